@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The test command (README): installs missing system tools when root, then format check,
+# clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
+# and the exposition checks of a live server with promtool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+missing=()
+have promtool || missing+=(prometheus)  # promtool ships in Debian's prometheus package
+have curl || missing+=(curl)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+  else
+    echo "missing tools: ${missing[*]} (run as root to install them with apt, or install them yourself)" >&2
+    exit 1
+  fi
+fi
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+say "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+say "cargo test (unit, integration, benches in test mode)"
+cargo test --all-targets --quiet
+say "cargo test --doc"
+cargo test --doc --quiet
+
+say "exposition checks: promtool on a live server fed by the demo traffic"
+cargo build --quiet --bin gatemeter
+./target/debug/gatemeter demo --listen 127.0.0.1:0 --rate 200 >"$tmp/demo.log" 2>&1 &
+pids+=($!)
+addr=""
+for _ in $(seq 1 100); do
+  addr=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/demo.log" | head -n1)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$tmp/demo.log"; echo "demo server did not start" >&2; exit 1; }
+sleep 3
+curl -fsS "http://$addr/metrics" >"$tmp/metrics.txt"
+grep -q '^ai_gateway_requests_total [1-9]' "$tmp/metrics.txt" || { echo "demo traffic was not counted" >&2; exit 1; }
+out=$(promtool check metrics <"$tmp/metrics.txt" 2>&1) || { echo "$out" >&2; exit 1; }
+if [ -n "$out" ]; then
+  echo "promtool check metrics reported problems:" >&2
+  echo "$out" >&2
+  exit 1
+fi
+echo "promtool check metrics: clean ($(grep -vc '^#' "$tmp/metrics.txt") samples)"
+
+say "all checks passed"

@@ -1,0 +1,631 @@
+//! Live aggregates — pure: no I/O, no clock reads (time is passed in), no locks.
+//!
+//! [`Aggregates`] is the one mergeable shape: the pipeline's [`Aggregator`] fills one with the
+//! deltas of a flush interval, live stores add deltas into their totals with
+//! [`Aggregates::merge`]. The aggregator also owns what must be decided once per record before
+//! anything is counted: request-id de-duplication, two-phase concurrency, and the series caps
+//! that keep label cardinality bounded.
+
+pub mod latency;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::catalog::{GENAI_TOKEN_BUCKETS, OVERFLOW_LABEL};
+use crate::record::{
+    CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord, genai_operation,
+};
+
+pub use latency::Latency;
+
+/// Which series a scope aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScopeKey {
+    /// One namespace.
+    Namespace(Label),
+    /// One provider.
+    Provider(Label),
+    /// One (provider, model) pair.
+    Model(Label, Label),
+}
+
+/// A label dimension with its own series cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    /// Namespaces.
+    Namespace = 0,
+    /// Providers.
+    Provider = 1,
+    /// (provider, model) pairs.
+    Model = 2,
+}
+
+impl Dimension {
+    /// All dimensions, in index order.
+    pub const ALL: [Dimension; 3] = [Self::Namespace, Self::Provider, Self::Model];
+
+    /// The label value of the `dimension` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespace => "namespace",
+            Self::Provider => "provider",
+            Self::Model => "model",
+        }
+    }
+}
+
+/// Duration and time-to-first-byte distributions of one scope.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    /// Total request duration.
+    pub duration: Latency,
+    /// Time to first byte/token, for records that report it.
+    pub ttfb: Latency,
+}
+
+impl Latencies {
+    /// Adds every value of `other`.
+    pub fn merge(&mut self, other: &Latencies) {
+        self.duration.merge(&other.duration);
+        self.ttfb.merge(&other.ttfb);
+    }
+
+    fn record(&mut self, r: &ValidRecord) {
+        self.duration.record(r.duration_ms);
+        if let Some(t) = r.ttfb_ms {
+            self.ttfb.record(t);
+        }
+    }
+}
+
+/// Exact per-bucket counts of token usage (GenAI semconv buckets), for input and output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// Non-cumulative counts per bucket (last = above the largest bound), `[input, output]`.
+    pub buckets: [[u64; GENAI_TOKEN_BUCKETS.len() + 1]; 2],
+    /// Sum of tokens, `[input, output]`.
+    pub sums: [u64; 2],
+}
+
+impl TokenUsage {
+    fn record(&mut self, kind: usize, tokens: u64) {
+        let i = GENAI_TOKEN_BUCKETS.partition_point(|b| *b < tokens);
+        self.buckets[kind][i] += 1;
+        self.sums[kind] += tokens;
+    }
+
+    fn merge(&mut self, o: &TokenUsage) {
+        for k in 0..2 {
+            for (a, b) in self.buckets[k].iter_mut().zip(o.buckets[k].iter()) {
+                *a += b;
+            }
+            self.sums[k] += o.sums[k];
+        }
+    }
+}
+
+/// Everything counted for one scope (global, a namespace, a provider or a model).
+#[derive(Debug, Clone, Default)]
+pub struct ScopeAgg {
+    /// Finished requests.
+    pub requests: u64,
+    /// Failed requests (4xx, 5xx, no response).
+    pub failures: u64,
+    /// Sum of durations, ms.
+    pub duration_ms_sum: u64,
+    /// Sum of time-to-first-byte, ms.
+    pub ttfb_ms_sum: u64,
+    /// Tokens by type.
+    pub tokens: Tokens,
+    /// Cost, micro-USD.
+    pub cost_micros: u64,
+    /// Requests without a cost whose model has no price.
+    pub unpriced: u64,
+    /// Requests per status code (global and namespace scopes).
+    pub status: BTreeMap<u16, u64>,
+    /// Started-not-finished requests (namespace scope; a delta may be negative).
+    pub concurrency: i64,
+    /// Start markers that expired (namespace scope).
+    pub abandoned: u64,
+    /// GenAI token usage (model scope).
+    pub token_usage: Option<Box<TokenUsage>>,
+    /// GenAI operation name (model scope).
+    pub operation: Option<&'static str>,
+    /// Latency distributions since the start of these aggregates.
+    pub latency: Latencies,
+}
+
+impl ScopeAgg {
+    fn record(&mut self, r: &ValidRecord, with_status: bool) {
+        self.requests += 1;
+        if !r.is_success() {
+            self.failures += 1;
+        }
+        self.duration_ms_sum += r.duration_ms;
+        self.ttfb_ms_sum += r.ttfb_ms.unwrap_or(0);
+        self.tokens.add(&r.tokens);
+        self.cost_micros += r.cost_micros;
+        if r.cost_source == CostSource::Unpriced {
+            self.unpriced += 1;
+        }
+        if with_status {
+            *self.status.entry(r.status).or_insert(0) += 1;
+        }
+        self.latency.record(r);
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &ScopeAgg) {
+        self.requests += o.requests;
+        self.failures += o.failures;
+        self.duration_ms_sum += o.duration_ms_sum;
+        self.ttfb_ms_sum += o.ttfb_ms_sum;
+        self.tokens.add(&o.tokens);
+        self.cost_micros += o.cost_micros;
+        self.unpriced += o.unpriced;
+        for (code, n) in &o.status {
+            *self.status.entry(*code).or_insert(0) += n;
+        }
+        self.concurrency += o.concurrency;
+        self.abandoned += o.abandoned;
+        if let Some(t) = &o.token_usage {
+            self.token_usage.get_or_insert_with(Box::default).merge(t);
+        }
+        if self.operation.is_none() {
+            self.operation = o.operation;
+        }
+        self.latency.merge(&o.latency);
+    }
+}
+
+/// The mergeable aggregate shape: global plus per-scope.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregates {
+    /// Over every request.
+    pub global: ScopeAgg,
+    /// Per namespace, provider and model.
+    pub scopes: HashMap<ScopeKey, ScopeAgg>,
+    /// Records folded into an overflow series, per [`Dimension`].
+    pub overflow: [u64; 3],
+}
+
+impl Aggregates {
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.global.requests == 0 && self.scopes.is_empty() && self.overflow == [0; 3]
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &Aggregates) {
+        self.global.merge(&o.global);
+        for (k, v) in &o.scopes {
+            self.scopes.entry(k.clone()).or_default().merge(v);
+        }
+        for (a, b) in self.overflow.iter_mut().zip(o.overflow) {
+            *a += b;
+        }
+    }
+
+    /// The aggregate of one scope, if any request was counted there.
+    pub fn scope(&self, key: &ScopeKey) -> Option<&ScopeAgg> {
+        self.scopes.get(key)
+    }
+
+    fn record(&mut self, r: &ValidRecord, ns: Label, provider: Label, model: Label) {
+        self.global.record(r, true);
+        self.scopes
+            .entry(ScopeKey::Namespace(ns))
+            .or_default()
+            .record(r, true);
+        self.scopes
+            .entry(ScopeKey::Provider(provider.clone()))
+            .or_default()
+            .record(r, false);
+        let m = self
+            .scopes
+            .entry(ScopeKey::Model(provider, model))
+            .or_default();
+        m.record(r, false);
+        m.operation
+            .get_or_insert_with(|| genai_operation(&r.endpoint));
+        let usage = m.token_usage.get_or_insert_with(Box::default);
+        usage.record(0, r.tokens.prompt_total());
+        usage.record(1, r.tokens.output);
+    }
+}
+
+/// Limits of the aggregator.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How many recent request ids are remembered for de-duplication.
+    pub dedup_window: usize,
+    /// After how long a start marker without its final record is abandoned, ms.
+    pub pending_timeout_ms: i64,
+    /// Most start markers waiting at once.
+    pub max_pending: usize,
+    /// Distinct label values per dimension before folding into `__overflow__`.
+    pub max_series_per_dimension: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            dedup_window: 200_000,
+            pending_timeout_ms: 600_000,
+            max_pending: 100_000,
+            max_series_per_dimension: 1000,
+        }
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A finished record was counted.
+    Counted,
+    /// A start marker raised a concurrency gauge.
+    Started,
+    /// The request id was already counted (or started twice): nothing changed.
+    Duplicate,
+    /// Too many start markers are pending: this one was not tracked.
+    PendingFull,
+}
+
+/// Remembers the last `cap` request ids (as 64-bit hashes) in insertion order.
+#[derive(Debug)]
+struct RecentIds {
+    set: HashSet<u64, ahash::RandomState>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::default(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn contains(&self, h: u64) -> bool {
+        self.set.contains(&h)
+    }
+
+    /// Inserts; false when already present.
+    fn insert(&mut self, h: u64) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// The single owner of live aggregation state in one process (see `pipeline`).
+#[derive(Debug)]
+pub struct Aggregator {
+    limits: Limits,
+    hasher: ahash::RandomState,
+    deltas: Aggregates,
+    seen: RecentIds,
+    pending: HashMap<u64, (Label, i64), ahash::RandomState>,
+    pending_order: VecDeque<(u64, i64)>,
+    admitted: [HashSet<Label, ahash::RandomState>; 2],
+    admitted_models: HashSet<(Label, Label), ahash::RandomState>,
+}
+
+impl Aggregator {
+    /// A new aggregator with the given limits.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            hasher: ahash::RandomState::new(),
+            deltas: Aggregates::default(),
+            seen: RecentIds::new(limits.dedup_window),
+            pending: HashMap::default(),
+            pending_order: VecDeque::new(),
+            admitted: Default::default(),
+            admitted_models: HashSet::default(),
+        }
+    }
+
+    fn id_hash(&self, id: &RequestId) -> u64 {
+        self.hasher.hash_one(id.as_str())
+    }
+
+    fn admit(&mut self, dim: Dimension, value: &Label) -> Label {
+        let set = &mut self.admitted[dim as usize];
+        if set.contains(value) {
+            return value.clone();
+        }
+        if set.len() < self.limits.max_series_per_dimension {
+            set.insert(value.clone());
+            return value.clone();
+        }
+        self.deltas.overflow[dim as usize] += 1;
+        Label::const_new(OVERFLOW_LABEL)
+    }
+
+    fn admit_model(&mut self, provider: &Label, model: &Label) -> Label {
+        let key = (provider.clone(), model.clone());
+        if self.admitted_models.contains(&key) {
+            return model.clone();
+        }
+        if self.admitted_models.len() < self.limits.max_series_per_dimension {
+            self.admitted_models.insert(key);
+            return model.clone();
+        }
+        self.deltas.overflow[Dimension::Model as usize] += 1;
+        Label::const_new(OVERFLOW_LABEL)
+    }
+
+    /// Applies one event received at `now_ms`.
+    pub fn apply(&mut self, event: &Event, now_ms: i64) -> Outcome {
+        match event {
+            Event::Start(s) => self.start(s, now_ms),
+            Event::Finish(r) => self.finish(r),
+        }
+    }
+
+    fn start(&mut self, s: &StartMarker, now_ms: i64) -> Outcome {
+        let h = self.id_hash(&s.request_id);
+        if self.seen.contains(h) || self.pending.contains_key(&h) {
+            return Outcome::Duplicate;
+        }
+        if self.pending.len() >= self.limits.max_pending {
+            return Outcome::PendingFull;
+        }
+        let ns = self.admit(Dimension::Namespace, &s.namespace);
+        self.deltas
+            .scopes
+            .entry(ScopeKey::Namespace(ns.clone()))
+            .or_default()
+            .concurrency += 1;
+        self.pending.insert(h, (ns, now_ms));
+        self.pending_order.push_back((h, now_ms));
+        Outcome::Started
+    }
+
+    fn finish(&mut self, r: &ValidRecord) -> Outcome {
+        if let Some(id) = &r.request_id {
+            let h = self.id_hash(id);
+            if !self.seen.insert(h) {
+                return Outcome::Duplicate;
+            }
+            if let Some((ns, _)) = self.pending.remove(&h) {
+                self.deltas
+                    .scopes
+                    .entry(ScopeKey::Namespace(ns))
+                    .or_default()
+                    .concurrency -= 1;
+            }
+        }
+        let ns = self.admit(Dimension::Namespace, &r.namespace);
+        let provider = self.admit(Dimension::Provider, &r.provider);
+        let model = self.admit_model(&provider, &r.model);
+        self.deltas.record(r, ns, provider, model);
+        Outcome::Counted
+    }
+
+    /// Abandons start markers older than the pending timeout; returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> u64 {
+        let mut n = 0;
+        while let Some(&(h, started)) = self.pending_order.front() {
+            if now_ms - started < self.limits.pending_timeout_ms {
+                break;
+            }
+            self.pending_order.pop_front();
+            // The entry may have finished already, or been re-started later.
+            if self.pending.get(&h).is_some_and(|(_, t)| *t == started)
+                && let Some((ns, _)) = self.pending.remove(&h)
+            {
+                let scope = self
+                    .deltas
+                    .scopes
+                    .entry(ScopeKey::Namespace(ns))
+                    .or_default();
+                scope.concurrency -= 1;
+                scope.abandoned += 1;
+                n += 1;
+            }
+        }
+        // Finished entries leave stale order entries behind; drop them when they dominate.
+        if self.pending_order.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.pending_order
+                .retain(|(h, t)| pending.get(h).is_some_and(|(_, s)| s == t));
+        }
+        n
+    }
+
+    /// Start markers waiting for their final record.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes the deltas accumulated since the last call.
+    pub fn take(&mut self) -> Aggregates {
+        std::mem::take(&mut self.deltas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::price::PriceTable;
+    use crate::record::{Validation, parse_event};
+
+    fn ev(json: &str) -> Event {
+        let prices = PriceTable::default();
+        parse_event(
+            json,
+            &Validation {
+                now_ms: 1_760_000_000_000,
+                prices: &prices,
+            },
+        )
+        .expect(json)
+    }
+
+    #[test]
+    fn counts_every_scope() {
+        let mut a = Aggregator::new(Limits::default());
+        for (i, status) in [200, 200, 500, 0].iter().enumerate() {
+            let json = format!(
+                r#"{{"request_id":"r{i}","namespace":"n","provider":"p","model":"m","status":{status},"duration_ms":{},"input_tokens":10,"output_tokens":5,"cost_usd":0.5}}"#,
+                (i + 1) * 100
+            );
+            assert_eq!(a.apply(&ev(&json), 0), Outcome::Counted);
+        }
+        let d = a.take();
+        assert_eq!(d.global.requests, 4);
+        assert_eq!(d.global.failures, 2);
+        assert_eq!(d.global.duration_ms_sum, 1000);
+        assert_eq!(d.global.cost_micros, 2_000_000);
+        assert_eq!(d.global.status.get(&200), Some(&2));
+        assert_eq!(d.global.status.get(&0), Some(&1));
+        let m = d
+            .scope(&ScopeKey::Model("p".into(), "m".into()))
+            .expect("model scope");
+        assert_eq!(m.tokens.input, 40);
+        assert_eq!(m.token_usage.as_ref().expect("usage").sums, [40, 20]);
+        assert_eq!(m.latency.duration.count(), 4);
+        assert!(m.status.is_empty());
+        assert!(a.take().is_empty());
+    }
+
+    #[test]
+    fn duplicates_are_not_counted() {
+        let mut a = Aggregator::new(Limits::default());
+        let e = ev(r#"{"request_id":"x","model":"m","status":200,"duration_ms":1}"#);
+        assert_eq!(a.apply(&e, 0), Outcome::Counted);
+        assert_eq!(a.apply(&e, 0), Outcome::Duplicate);
+        assert_eq!(a.take().global.requests, 1);
+    }
+
+    #[test]
+    fn dedup_window_is_bounded() {
+        let mut a = Aggregator::new(Limits {
+            dedup_window: 2,
+            ..Limits::default()
+        });
+        for id in ["a", "b", "c", "a"] {
+            a.apply(
+                &ev(&format!(
+                    r#"{{"request_id":"{id}","model":"m","status":200,"duration_ms":1}}"#
+                )),
+                0,
+            );
+        }
+        // "a" fell out of the two-id window, so it counts again.
+        assert_eq!(a.take().global.requests, 4);
+    }
+
+    #[test]
+    fn two_phase_concurrency_and_expiry() {
+        let mut a = Aggregator::new(Limits {
+            pending_timeout_ms: 1000,
+            ..Limits::default()
+        });
+        assert_eq!(
+            a.apply(
+                &ev(r#"{"phase":"start","request_id":"a","namespace":"n"}"#),
+                0
+            ),
+            Outcome::Started
+        );
+        assert_eq!(
+            a.apply(
+                &ev(r#"{"phase":"start","request_id":"b","namespace":"n"}"#),
+                10
+            ),
+            Outcome::Started
+        );
+        assert_eq!(
+            a.apply(
+                &ev(r#"{"phase":"start","request_id":"a","namespace":"n"}"#),
+                20
+            ),
+            Outcome::Duplicate
+        );
+        let ns = ScopeKey::Namespace("n".into());
+        assert_eq!(a.take().scope(&ns).expect("ns").concurrency, 2);
+        a.apply(
+            &ev(r#"{"request_id":"a","namespace":"n","model":"m","status":200,"duration_ms":1}"#),
+            30,
+        );
+        assert_eq!(a.expire(999), 0);
+        assert_eq!(a.expire(1010), 1);
+        let d = a.take();
+        let s = d.scope(&ns).expect("ns");
+        assert_eq!(s.concurrency, -2);
+        assert_eq!(s.abandoned, 1);
+        assert_eq!(a.pending(), 0);
+        // A late start for a finished id does not raise the gauge.
+        assert_eq!(
+            a.apply(
+                &ev(r#"{"phase":"start","request_id":"a","namespace":"n"}"#),
+                2000
+            ),
+            Outcome::Duplicate
+        );
+    }
+
+    #[test]
+    fn series_cap_folds_into_overflow() {
+        let mut a = Aggregator::new(Limits {
+            max_series_per_dimension: 2,
+            ..Limits::default()
+        });
+        for ns in ["a", "b", "c", "d", "a"] {
+            a.apply(
+                &ev(&format!(
+                    r#"{{"namespace":"{ns}","model":"m","status":200,"duration_ms":1}}"#
+                )),
+                0,
+            );
+        }
+        let d = a.take();
+        assert_eq!(d.overflow[Dimension::Namespace as usize], 2);
+        let over = d
+            .scope(&ScopeKey::Namespace(OVERFLOW_LABEL.into()))
+            .expect("overflow series");
+        assert_eq!(over.requests, 2);
+        assert_eq!(
+            d.scope(&ScopeKey::Namespace("a".into()))
+                .expect("a")
+                .requests,
+            2
+        );
+    }
+
+    #[test]
+    fn merge_is_addition() {
+        let mut a = Aggregator::new(Limits::default());
+        a.apply(
+            &ev(r#"{"model":"m","status":200,"duration_ms":7,"output_tokens":3}"#),
+            0,
+        );
+        let d1 = a.take();
+        a.apply(
+            &ev(r#"{"model":"m","status":404,"duration_ms":9,"output_tokens":4}"#),
+            0,
+        );
+        let d2 = a.take();
+        let mut total = Aggregates::default();
+        total.merge(&d1);
+        total.merge(&d2);
+        assert_eq!(total.global.requests, 2);
+        assert_eq!(total.global.tokens.output, 7);
+        assert_eq!(total.global.latency.duration.count(), 2);
+        assert_eq!(total.global.status.len(), 2);
+    }
+}

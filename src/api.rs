@@ -1,0 +1,139 @@
+//! HTTP surface shared by every endpoint: the one API error type and its JSON response,
+//! plus the orchestration endpoints (`/healthz`, `/readyz`).
+//!
+//! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
+//! logged as errors; internal failures answer a generic 500 and are logged once.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::pipeline::Pipeline;
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be read.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, naming the field or part.
+        message: String,
+    },
+    /// 413: too big.
+    #[error("{message}")]
+    TooLarge {
+        /// Stable code.
+        code: &'static str,
+        /// What exceeded which limit.
+        message: String,
+    },
+    /// 415: wrong Content-Type or Content-Encoding.
+    #[error("{message}")]
+    UnsupportedMediaType {
+        /// Stable code.
+        code: &'static str,
+        /// What is accepted.
+        message: String,
+    },
+    /// 503 with `Retry-After`: overloaded or shutting down; nothing was taken.
+    #[error("{message}")]
+    Unavailable {
+        /// What is wrong.
+        message: String,
+        /// Seconds to wait before retrying.
+        retry_after_secs: u32,
+    },
+    /// 404: no such endpoint.
+    #[error("no such endpoint")]
+    NotFound,
+    /// 500: our fault; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            Self::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, *code, message.as_str())
+            }
+            Self::TooLarge { code, message } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, *code, message.as_str())
+            }
+            Self::UnsupportedMediaType { code, message } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, *code, message.as_str())
+            }
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Self::Unavailable { message, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message.as_str(),
+            ),
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "Internal error answering a request.");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        resp
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    pipeline: bool,
+    live_store: &'static str,
+    live_store_up: bool,
+}
+
+/// `GET /readyz`: 200 when the pipeline runs and the stores are reachable, else 503.
+pub async fn readyz(State(pipeline): State<Pipeline>) -> Response {
+    let store = pipeline.store();
+    let r = Readiness {
+        pipeline: pipeline.is_running(),
+        live_store: store.name(),
+        live_store_up: store.is_up(),
+        ready: false,
+    };
+    let ready = r.pipeline && r.live_store_up;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, ..r })).into_response()
+}

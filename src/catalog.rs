@@ -1,0 +1,635 @@
+//! The metric catalogue: every metric name, help text, type, unit, label set and bucket layout.
+//!
+//! This is the only place metric names are written. The exporter, the dashboards and the alert
+//! rules refer to these definitions (a test checks that every name used in `dashboards/` and
+//! `alerts/` exists here). Counter names are written *without* `_total`; the encoder adds it.
+
+/// The type of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter; samples carry the `_total` suffix.
+    Counter,
+    /// Point-in-time value.
+    Gauge,
+    /// Classic cumulative histogram (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+/// One metric family definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Family name (for counters, without `_total`).
+    pub name: &'static str,
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// Family type.
+    pub kind: Kind,
+    /// OpenMetrics unit, when the name ends with it.
+    pub unit: Option<&'static str>,
+    /// Label names, in exposition order.
+    pub labels: &'static [&'static str],
+}
+
+impl Metric {
+    /// The names of the samples this family emits, e.g. `foo_total` or `foo_bucket`.
+    pub fn sample_names(&self) -> Vec<String> {
+        match self.kind {
+            Kind::Counter => vec![format!("{}_total", self.name)],
+            Kind::Gauge => vec![self.name.to_string()],
+            Kind::Histogram => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{}{s}", self.name))
+                .collect(),
+        }
+    }
+}
+
+macro_rules! metric {
+    ($id:ident, $name:literal, $kind:ident, $unit:expr, [$($label:literal),*], $help:literal) => {
+        #[doc = $help]
+        pub const $id: Metric = Metric {
+            name: $name,
+            help: $help,
+            kind: Kind::$kind,
+            unit: $unit,
+            labels: &[$($label),*],
+        };
+    };
+}
+
+const S: Option<&str> = Some("seconds");
+const USD: Option<&str> = Some("usd");
+
+// ---- Seed names: kept exactly so existing PromQL keeps working. ----
+metric!(
+    REQUESTS,
+    "ai_gateway_requests",
+    Counter,
+    None,
+    [],
+    "Requests completed by the gateway fleet."
+);
+metric!(
+    ERRORS,
+    "ai_gateway_errors",
+    Counter,
+    None,
+    [],
+    "Requests that failed (4xx, 5xx or no response)."
+);
+metric!(
+    RESPONSE_TIME,
+    "ai_gateway_response_time_seconds",
+    Gauge,
+    S,
+    [],
+    "Average response time since start."
+);
+metric!(
+    UPTIME,
+    "ai_gateway_uptime_seconds",
+    Gauge,
+    S,
+    [],
+    "Seconds since this gatemeter process started."
+);
+metric!(
+    NS_REQUESTS,
+    "ai_gateway_namespace_requests",
+    Counter,
+    None,
+    ["namespace"],
+    "Requests completed per namespace."
+);
+metric!(
+    NS_CONCURRENT,
+    "ai_gateway_namespace_concurrent_requests",
+    Gauge,
+    None,
+    ["namespace"],
+    "Requests started but not yet finished, per namespace (two-phase ingest)."
+);
+metric!(
+    NS_RESPONSE_TIME,
+    "ai_gateway_namespace_response_time_seconds",
+    Gauge,
+    S,
+    ["namespace"],
+    "Average response time since start, per namespace."
+);
+metric!(
+    NS_STATUS,
+    "ai_gateway_namespace_status_codes",
+    Counter,
+    None,
+    ["namespace", "status_code"],
+    "Requests per namespace and final HTTP status code (0 = no response)."
+);
+metric!(
+    MODEL_REQUESTS,
+    "model_requests",
+    Counter,
+    None,
+    ["provider", "model"],
+    "Requests per provider and model."
+);
+metric!(
+    MODEL_DURATION,
+    "model_request_duration_seconds",
+    Histogram,
+    S,
+    ["provider", "model"],
+    "Request duration per provider and model (buckets derived from HDR histograms)."
+);
+metric!(
+    MODEL_TOKENS_INPUT,
+    "model_tokens_input",
+    Counter,
+    None,
+    ["provider", "model"],
+    "Input tokens (excluding cache buckets) per provider and model."
+);
+metric!(
+    MODEL_TOKENS_OUTPUT,
+    "model_tokens_output",
+    Counter,
+    None,
+    ["provider", "model"],
+    "Output tokens per provider and model."
+);
+metric!(
+    MODEL_COST,
+    "model_cost_usd",
+    Counter,
+    USD,
+    ["provider", "model"],
+    "Cost in USD per provider and model (kept as integer micro-USD)."
+);
+metric!(
+    MODEL_ERRORS,
+    "model_errors",
+    Counter,
+    None,
+    ["provider", "model"],
+    "Failed requests per provider and model."
+);
+
+// ---- Beyond the seed: traffic. ----
+metric!(
+    NS_ERRORS,
+    "gatemeter_namespace_errors",
+    Counter,
+    None,
+    ["namespace"],
+    "Failed requests per namespace."
+);
+metric!(
+    STATUS,
+    "gatemeter_status_codes",
+    Counter,
+    None,
+    ["status_code"],
+    "Requests per final HTTP status code (0 = no response)."
+);
+metric!(
+    PROVIDER_REQUESTS,
+    "gatemeter_provider_requests",
+    Counter,
+    None,
+    ["provider"],
+    "Requests per provider (empty provider: blocked before forwarding)."
+);
+metric!(
+    PROVIDER_ERRORS,
+    "gatemeter_provider_errors",
+    Counter,
+    None,
+    ["provider"],
+    "Failed requests per provider."
+);
+metric!(
+    DURATION,
+    "gatemeter_request_duration_seconds",
+    Histogram,
+    S,
+    [],
+    "Request duration over all requests (buckets derived from HDR histograms)."
+);
+metric!(
+    NS_DURATION,
+    "gatemeter_namespace_request_duration_seconds",
+    Histogram,
+    S,
+    ["namespace"],
+    "Request duration per namespace."
+);
+metric!(
+    PROVIDER_DURATION,
+    "gatemeter_provider_request_duration_seconds",
+    Histogram,
+    S,
+    ["provider"],
+    "Request duration per provider."
+);
+metric!(
+    MODEL_TTFB,
+    "gatemeter_time_to_first_byte_seconds",
+    Histogram,
+    S,
+    ["provider", "model"],
+    "Time to first byte/token per provider and model (records that report ttfb_ms)."
+);
+metric!(
+    DURATION_Q,
+    "gatemeter_request_duration_quantile_seconds",
+    Gauge,
+    S,
+    ["window", "quantile"],
+    "Exact (HDR, nearest-rank) request duration quantiles over all requests; window 1m, 5m or all (since start)."
+);
+metric!(
+    NS_DURATION_Q,
+    "gatemeter_namespace_request_duration_quantile_seconds",
+    Gauge,
+    S,
+    ["namespace", "window", "quantile"],
+    "Request duration quantiles per namespace."
+);
+metric!(
+    PROVIDER_DURATION_Q,
+    "gatemeter_provider_request_duration_quantile_seconds",
+    Gauge,
+    S,
+    ["provider", "window", "quantile"],
+    "Request duration quantiles per provider."
+);
+metric!(
+    MODEL_DURATION_Q,
+    "gatemeter_model_request_duration_quantile_seconds",
+    Gauge,
+    S,
+    ["provider", "model", "window", "quantile"],
+    "Request duration quantiles per provider and model."
+);
+metric!(
+    TTFB_Q,
+    "gatemeter_time_to_first_byte_quantile_seconds",
+    Gauge,
+    S,
+    ["window", "quantile"],
+    "Time-to-first-byte quantiles over all requests that report it."
+);
+metric!(
+    MODEL_TTFB_Q,
+    "gatemeter_model_time_to_first_byte_quantile_seconds",
+    Gauge,
+    S,
+    ["provider", "model", "window", "quantile"],
+    "Time-to-first-byte quantiles per provider and model."
+);
+metric!(
+    TOKENS,
+    "gatemeter_tokens",
+    Counter,
+    None,
+    ["type"],
+    "Tokens over all requests by type: input, output, cache_write_5m, cache_write_1h, cache_read."
+);
+metric!(
+    NS_TOKENS,
+    "gatemeter_namespace_tokens",
+    Counter,
+    None,
+    ["namespace", "type"],
+    "Tokens per namespace and type."
+);
+metric!(
+    MODEL_TOKENS,
+    "gatemeter_model_tokens",
+    Counter,
+    None,
+    ["provider", "model", "type"],
+    "Tokens per provider, model and type."
+);
+metric!(
+    COST,
+    "gatemeter_cost_usd",
+    Counter,
+    USD,
+    [],
+    "Cost in USD over all requests (kept as integer micro-USD)."
+);
+metric!(
+    NS_COST,
+    "gatemeter_namespace_cost_usd",
+    Counter,
+    USD,
+    ["namespace"],
+    "Cost in USD per namespace."
+);
+metric!(
+    UNPRICED,
+    "gatemeter_unpriced_requests",
+    Counter,
+    None,
+    ["provider", "model"],
+    "Requests that carried no cost and whose model is not in the price table (counted at cost 0)."
+);
+metric!(
+    ABANDONED,
+    "gatemeter_abandoned_requests",
+    Counter,
+    None,
+    ["namespace"],
+    "Start markers never finished within the pending timeout."
+);
+
+// ---- OpenTelemetry GenAI semantic conventions. ----
+metric!(
+    GENAI_DURATION,
+    "gen_ai_client_operation_duration_seconds",
+    Histogram,
+    S,
+    [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_response_model"
+    ],
+    "GenAI operation duration (semconv buckets, derived from HDR histograms)."
+);
+metric!(
+    GENAI_TOKENS,
+    "gen_ai_client_token_usage",
+    Histogram,
+    None,
+    [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_response_model",
+        "gen_ai_token_type"
+    ],
+    "Tokens per GenAI operation (semconv buckets, exact counts; input includes cache reads and writes)."
+);
+
+// ---- gatemeter's own health (per process). ----
+metric!(
+    INGEST_ACCEPTED,
+    "gatemeter_ingest_accepted_records",
+    Counter,
+    None,
+    ["source"],
+    "Records accepted by this process's ingest API (duplicates included)."
+);
+metric!(
+    INGEST_REJECTED,
+    "gatemeter_ingest_rejected_records",
+    Counter,
+    None,
+    ["source", "reason"],
+    "Records rejected by this process's ingest API, by reason."
+);
+metric!(
+    INGEST_REJECTED_REQUESTS,
+    "gatemeter_ingest_rejected_requests",
+    Counter,
+    None,
+    ["source", "reason"],
+    "Whole ingest requests rejected before any record could be read, by reason."
+);
+metric!(
+    DROPPED,
+    "gatemeter_dropped_records",
+    Counter,
+    None,
+    ["reason"],
+    "Valid records this process could not take or pass on, by reason."
+);
+metric!(
+    DUPLICATES,
+    "gatemeter_duplicate_records",
+    Counter,
+    None,
+    [],
+    "Records ignored because their request_id was already counted."
+);
+metric!(
+    PROCESSED,
+    "gatemeter_processed_records",
+    Counter,
+    None,
+    [],
+    "Records and start markers applied by the aggregator."
+);
+metric!(
+    QUEUE_DEPTH,
+    "gatemeter_queue_depth_records",
+    Gauge,
+    None,
+    [],
+    "Records waiting in the ingest queue."
+);
+metric!(
+    QUEUE_CAPACITY,
+    "gatemeter_queue_capacity_records",
+    Gauge,
+    None,
+    [],
+    "Capacity of the ingest queue in records."
+);
+metric!(
+    PENDING,
+    "gatemeter_pending_requests",
+    Gauge,
+    None,
+    [],
+    "Start markers waiting for their final record in this process."
+);
+metric!(
+    SERIES_OVERFLOW,
+    "gatemeter_series_overflow",
+    Counter,
+    None,
+    ["dimension"],
+    "Records folded into the `__overflow__` series because a label dimension reached its series cap."
+);
+metric!(
+    STORE_UP,
+    "gatemeter_store_up",
+    Gauge,
+    None,
+    ["store"],
+    "1 when the store is reachable, 0 when not."
+);
+metric!(
+    SELF_UPTIME,
+    "gatemeter_uptime_seconds",
+    Gauge,
+    S,
+    [],
+    "Seconds since this gatemeter process started."
+);
+metric!(
+    BUILD_INFO,
+    "gatemeter_build_info",
+    Gauge,
+    None,
+    ["version"],
+    "Build information; value is always 1."
+);
+
+/// Every family, in exposition order.
+pub const ALL: &[Metric] = &[
+    REQUESTS,
+    ERRORS,
+    RESPONSE_TIME,
+    UPTIME,
+    NS_REQUESTS,
+    NS_CONCURRENT,
+    NS_RESPONSE_TIME,
+    NS_STATUS,
+    MODEL_REQUESTS,
+    MODEL_DURATION,
+    MODEL_TOKENS_INPUT,
+    MODEL_TOKENS_OUTPUT,
+    MODEL_COST,
+    MODEL_ERRORS,
+    NS_ERRORS,
+    STATUS,
+    PROVIDER_REQUESTS,
+    PROVIDER_ERRORS,
+    DURATION,
+    NS_DURATION,
+    PROVIDER_DURATION,
+    MODEL_TTFB,
+    DURATION_Q,
+    NS_DURATION_Q,
+    PROVIDER_DURATION_Q,
+    MODEL_DURATION_Q,
+    TTFB_Q,
+    MODEL_TTFB_Q,
+    TOKENS,
+    NS_TOKENS,
+    MODEL_TOKENS,
+    COST,
+    NS_COST,
+    UNPRICED,
+    ABANDONED,
+    GENAI_DURATION,
+    GENAI_TOKENS,
+    INGEST_ACCEPTED,
+    INGEST_REJECTED,
+    INGEST_REJECTED_REQUESTS,
+    DROPPED,
+    DUPLICATES,
+    PROCESSED,
+    QUEUE_DEPTH,
+    QUEUE_CAPACITY,
+    PENDING,
+    SERIES_OVERFLOW,
+    STORE_UP,
+    SELF_UPTIME,
+    BUILD_INFO,
+];
+
+/// Bucket bounds (seconds) for gatemeter's own duration histograms: 5 ms to 10 min.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+/// Bucket bounds of `gen_ai.client.operation.duration` from the OpenTelemetry GenAI semantic conventions.
+pub const GENAI_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// Bucket bounds of `gen_ai.client.token.usage` from the OpenTelemetry GenAI semantic conventions.
+pub const GENAI_TOKEN_BUCKETS: &[u64] = &[
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+];
+
+/// Quantiles exposed by the `*_quantile_seconds` gauges.
+pub const QUANTILES: &[(f64, &str)] = &[(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")];
+
+/// Label value of the series that absorbs label values beyond a dimension's series cap.
+pub const OVERFLOW_LABEL: &str = "__overflow__";
+
+/// Finds a family by any of its sample names (`foo_total`, `foo_bucket`, `foo`, ...).
+pub fn find_by_sample(sample: &str) -> Option<&'static Metric> {
+    ALL.iter()
+        .find(|m| m.sample_names().iter().any(|s| s == sample))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let mut seen = HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "duplicate family {}", m.name);
+            assert!(
+                !m.name.ends_with("_total"),
+                "{}: the encoder adds _total",
+                m.name
+            );
+            assert!(
+                m.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                m.name
+            );
+            if let Some(unit) = m.unit {
+                assert!(
+                    m.name.ends_with(&format!("_{unit}")),
+                    "{} must end with its unit",
+                    m.name
+                );
+            }
+        }
+        let samples: Vec<String> = ALL.iter().flat_map(|m| m.sample_names()).collect();
+        let unique: HashSet<&String> = samples.iter().collect();
+        assert_eq!(
+            unique.len(),
+            samples.len(),
+            "sample names collide across families"
+        );
+    }
+
+    #[test]
+    fn buckets_strictly_increase() {
+        for w in DURATION_BUCKETS
+            .windows(2)
+            .chain(GENAI_DURATION_BUCKETS.windows(2))
+        {
+            assert!(w[0] < w[1]);
+        }
+        for w in GENAI_TOKEN_BUCKETS.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+    }
+
+    #[test]
+    fn seed_names_are_present() {
+        for seed in [
+            "ai_gateway_requests_total",
+            "ai_gateway_errors_total",
+            "ai_gateway_response_time_seconds",
+            "ai_gateway_uptime_seconds",
+            "ai_gateway_namespace_requests_total",
+            "ai_gateway_namespace_concurrent_requests",
+            "ai_gateway_namespace_response_time_seconds",
+            "ai_gateway_namespace_status_codes_total",
+            "model_requests_total",
+            "model_request_duration_seconds_bucket",
+            "model_tokens_input_total",
+            "model_tokens_output_total",
+            "model_cost_usd_total",
+            "model_errors_total",
+        ] {
+            assert!(find_by_sample(seed).is_some(), "seed sample {seed} missing");
+        }
+    }
+}

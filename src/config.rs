@@ -1,0 +1,355 @@
+//! Configuration: one YAML file (unknown keys rejected) plus environment overrides, turned
+//! into a validated, typed [`Config`]. The YAML crate is confined to this module.
+//!
+//! Every key is documented in `config/gatemeter.example.yaml`, which a test loads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::aggregate::Limits;
+use crate::pipeline::PipelineConfig;
+use crate::price::{ModelPrice, PriceTable};
+
+/// Default listen address: OTLP/HTTP's port, loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4318";
+
+/// Environment variable overriding `listen`.
+pub const ENV_LISTEN: &str = "GATEMETER_LISTEN";
+
+/// A configuration problem, with the key or file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key or a wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: Option<String>,
+    live_store: Option<String>,
+    ingest: RawIngest,
+    pipeline: RawPipeline,
+    pricing: RawPricing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIngest {
+    max_body_bytes: Option<usize>,
+    max_records_per_request: Option<usize>,
+    pending_timeout_secs: Option<u64>,
+    max_pending: Option<usize>,
+    dedup_window: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPipeline {
+    queue_capacity: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    max_series_per_dimension: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPricing {
+    provider_multipliers: HashMap<String, f64>,
+    models: BTreeMap<String, RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    output: f64,
+    cache_write_5m: Option<f64>,
+    cache_write_1h: Option<f64>,
+    cache_read: Option<f64>,
+}
+
+/// Ingest limits of the native API.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestConfig {
+    /// Largest body accepted, after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Most records in one request.
+    pub max_records_per_request: usize,
+}
+
+/// Which live store holds the aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveStoreKind {
+    /// In process memory (one process is the fleet).
+    Memory,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Live store backend.
+    pub live_store: LiveStoreKind,
+    /// Native ingest limits.
+    pub ingest: IngestConfig,
+    /// Queue, flush and aggregator limits.
+    pub pipeline: PipelineConfig,
+    /// Price table.
+    pub prices: Arc<PriceTable>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults of an empty file; an empty file always validates.
+        match Config::from_yaml_str("{}", Path::new("<defaults>"), &|_| None) {
+            Ok(c) => c,
+            Err(e) => unreachable!("defaults must validate: {e}"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads a file and applies the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str(&text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// Defaults plus the process environment (no file).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_yaml_str("{}", Path::new("<defaults>"), &|k| std::env::var(k).ok())
+    }
+
+    /// Parses YAML text; `env` looks up environment overrides.
+    pub fn from_yaml_str(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        };
+        raw.validate(env)
+    }
+}
+
+fn positive(key: &str, v: Option<usize>, default: usize, max: usize) -> Result<usize, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v == 0 || v > max {
+        return Err(invalid(key, format!("{v} is not between 1 and {max}")));
+    }
+    Ok(v)
+}
+
+impl RawConfig {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let (listen_key, listen) = match env(ENV_LISTEN) {
+            Some(v) => (ENV_LISTEN, v),
+            None => (
+                "listen",
+                self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            ),
+        };
+        let listen: SocketAddr = listen.parse().map_err(|e| {
+            invalid(
+                listen_key,
+                format!("{listen:?} is not an address like 127.0.0.1:4318: {e}"),
+            )
+        })?;
+        let live_store = match self.live_store.as_deref() {
+            None | Some("memory") => LiveStoreKind::Memory,
+            Some(other) => {
+                return Err(invalid(
+                    "live_store",
+                    format!("{other:?} is not a live store (memory)"),
+                ));
+            }
+        };
+
+        let ingest = IngestConfig {
+            max_body_bytes: positive(
+                "ingest.max_body_bytes",
+                self.ingest.max_body_bytes,
+                8 << 20,
+                1 << 30,
+            )?,
+            max_records_per_request: positive(
+                "ingest.max_records_per_request",
+                self.ingest.max_records_per_request,
+                10_000,
+                1_000_000,
+            )?,
+        };
+        let pending_timeout_secs = self.ingest.pending_timeout_secs.unwrap_or(600);
+        if pending_timeout_secs == 0 || pending_timeout_secs > 86_400 {
+            return Err(invalid(
+                "ingest.pending_timeout_secs",
+                format!("{pending_timeout_secs} is not between 1 and 86400"),
+            ));
+        }
+        let limits = Limits {
+            dedup_window: self.ingest.dedup_window.unwrap_or(200_000),
+            pending_timeout_ms: pending_timeout_secs as i64 * 1000,
+            max_pending: positive(
+                "ingest.max_pending",
+                self.ingest.max_pending,
+                100_000,
+                10_000_000,
+            )?,
+            max_series_per_dimension: positive(
+                "pipeline.max_series_per_dimension",
+                self.pipeline.max_series_per_dimension,
+                1000,
+                100_000,
+            )?,
+        };
+        if limits.dedup_window > 10_000_000 {
+            return Err(invalid("ingest.dedup_window", "at most 10000000 ids"));
+        }
+        let flush_ms = self.pipeline.flush_interval_ms.unwrap_or(1000);
+        if !(10..=60_000).contains(&flush_ms) {
+            return Err(invalid(
+                "pipeline.flush_interval_ms",
+                format!("{flush_ms} is not between 10 and 60000"),
+            ));
+        }
+        let pipeline = PipelineConfig {
+            queue_capacity: positive(
+                "pipeline.queue_capacity",
+                self.pipeline.queue_capacity,
+                200_000,
+                100_000_000,
+            )?,
+            flush_interval: Duration::from_millis(flush_ms),
+            limits,
+        };
+
+        let mut models = HashMap::new();
+        for (name, p) in self.pricing.models {
+            let price = ModelPrice::from_usd_per_mtok(
+                p.input,
+                p.output,
+                p.cache_write_5m.unwrap_or(p.input),
+                p.cache_write_1h.unwrap_or(p.input),
+                p.cache_read.unwrap_or(p.input),
+            )
+            .map_err(|m| invalid(format!("pricing.models.{name}"), m))?;
+            models.insert(name, price);
+        }
+        let prices = PriceTable::new(models, self.pricing.provider_multipliers)
+            .map_err(|m| invalid("pricing", m))?;
+
+        Ok(Config {
+            listen,
+            live_store,
+            ingest,
+            pipeline,
+            prices: Arc::new(prices),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Tokens;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    #[test]
+    fn example_file_loads_and_prices() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatemeter.example.yaml");
+        let text = std::fs::read_to_string(&path).expect("example config exists");
+        let c = Config::from_yaml_str(&text, &path, &|_| None).expect("example config validates");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        let t = Tokens {
+            input: 1_000_000,
+            ..Tokens::default()
+        };
+        assert!(
+            c.prices
+                .cost_micros("anthropic", "claude-sonnet-4-5-20250929", &t)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = parse("pipeline:\n  queue_capacty: 5\n").expect_err("typo");
+        assert!(e.to_string().contains("queue_capacty"), "{e}");
+        let e = parse("bogus: 1\n").expect_err("unknown top-level key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn values_are_range_checked() {
+        let e = parse("pipeline:\n  queue_capacity: 0\n").expect_err("zero");
+        assert!(e.to_string().contains("pipeline.queue_capacity"), "{e}");
+        let e = parse("pricing:\n  models:\n    m: {input: -1, output: 1}\n")
+            .expect_err("negative price");
+        assert!(e.to_string().contains("pricing.models.m"), "{e}");
+        let e = parse("listen: nowhere\n").expect_err("bad address");
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = Config::from_yaml_str("listen: 127.0.0.1:1\n", Path::new("t"), &|k| {
+            (k == ENV_LISTEN).then(|| "127.0.0.1:2".to_string())
+        })
+        .expect("valid");
+        assert_eq!(c.listen.port(), 2);
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").expect("empty");
+        assert_eq!(c.pipeline.queue_capacity, 200_000);
+        assert_eq!(Config::default().ingest.max_records_per_request, 10_000);
+    }
+}

@@ -1,0 +1,1160 @@
+//! Synthetic gateway traffic: the generator behind `gatemeter demo` (and the record templates of
+//! [`crate::loadgen`]), and [`drive`], which posts that traffic to a running server.
+//!
+//! The generator is deterministic for a seed: a small world of namespaces, users with keys,
+//! providers (one of them flaky) and models (one of them unpriced), conversations that reuse a
+//! session id, streaming requests with time to first byte, retries across providers, blocked
+//! requests and upstream errors, log-normal long-tailed durations and token counts, and a cost
+//! reported on some records and left to the price table on others. It does no I/O and reads no
+//! clock; [`drive`] owns the timing and the one keep-alive connection.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use crate::loadgen::{self, Sender};
+
+/// Settings of `gatemeter demo`'s traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemoArgs {
+    /// Average number of gateway requests simulated per second.
+    pub requests_per_second: f64,
+    /// Seed of the generator: the same seed gives the same traffic.
+    pub seed: u64,
+}
+
+/// Why the demo traffic could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The rate is not a positive finite number.
+    #[error("requests per second must be a positive number, not {0}")]
+    InvalidRate(f64),
+}
+
+/// How often a batch is sent.
+const TICK: Duration = Duration::from_millis(100);
+/// Two-phase requests finish after their duration divided by this, so the gauge moves quickly.
+const TWO_PHASE_TIME_SCALE: u64 = 10;
+/// Longest wait before a two-phase request's final record is sent.
+const MAX_TWO_PHASE_WAIT: Duration = Duration::from_secs(60);
+/// Most final records waiting to be sent; beyond it a request is sent in one phase.
+const MAX_WAITING: usize = 50_000;
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Most new requests generated per tick (caps the rate at 50,000 requests per second).
+const MAX_PER_TICK: f64 = 5_000.0;
+/// Most lines per request body (the server's default limit is 10,000 records).
+const MAX_BATCH: usize = 1_000;
+/// Least time between two warnings about rejected batches.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Posts synthetic gateway traffic to `http://{target}/v1/events` until `shutdown` resolves.
+///
+/// Every ~100 ms the requests due in that tick are sent as one batch (alternately a JSON array
+/// and NDJSON) over one keep-alive HTTP/1.1 connection. A share of requests uses the two-phase
+/// protocol (a start marker now, the final record after a scaled-down duration) so the
+/// concurrency gauge moves; a few are never finished and expire as abandoned. When the server
+/// cannot be reached, batches are dropped and the connection is retried with back-off.
+pub async fn drive(
+    target: SocketAddr,
+    args: DemoArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DemoError> {
+    let rate = args.requests_per_second;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err(DemoError::InvalidRate(rate));
+    }
+    tokio::pin!(shutdown);
+    // Ids differ from run to run (a server that outlives one demo must not de-duplicate the
+    // next); the traffic itself depends only on the seed.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut traffic = Traffic::new(
+        args.seed,
+        &format!("demo-{run:x}"),
+        Detail::Full,
+        DEMO_COST_SHARE,
+    );
+    let mut link = Link::new(target);
+    let mut waiting: BinaryHeap<Waiting> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut owed = 0.0f64;
+    let mut ticks = 0u64;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    info!(%target, requests_per_second = rate, seed = args.seed, "Sending demo traffic.");
+
+    'run: loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        owed += rate * now.duration_since(last).as_secs_f64();
+        last = now;
+        // A rate beyond what one connection can carry is capped rather than queued without bound.
+        owed = owed.min(MAX_PER_TICK);
+        let due = owed.floor();
+        owed -= due;
+
+        let mut lines: Vec<String> = Vec::new();
+        for _ in 0..due as u64 {
+            let planned = traffic.next_request();
+            match planned.delivery {
+                Delivery::Direct => lines.push(planned.record.to_json()),
+                Delivery::TwoPhase if waiting.len() >= MAX_WAITING => {
+                    lines.push(planned.record.to_json());
+                }
+                Delivery::TwoPhase => {
+                    lines.push(planned.record.start_json());
+                    let wait =
+                        Duration::from_millis(planned.record.duration_ms / TWO_PHASE_TIME_SCALE)
+                            .min(MAX_TWO_PHASE_WAIT);
+                    seq += 1;
+                    waiting.push(Waiting {
+                        due: now + wait,
+                        seq,
+                        json: planned.record.to_json(),
+                    });
+                }
+                Delivery::Abandoned => lines.push(planned.record.start_json()),
+            }
+        }
+        while waiting.peek().is_some_and(|w| w.due <= now) {
+            if let Some(w) = waiting.pop() {
+                lines.push(w.json);
+            }
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        for chunk in lines.chunks(MAX_BATCH) {
+            ticks += 1;
+            let ndjson = ticks % 2 == 0;
+            let (body, content_type) = if ndjson {
+                (chunk.join("\n"), "application/x-ndjson")
+            } else {
+                (format!("[{}]", chunk.join(",")), "application/json")
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break 'run,
+                () = link.send(Bytes::from(body), content_type, chunk.len()) => {}
+            }
+        }
+    }
+    info!(waiting = waiting.len(), "Demo traffic stopped.");
+    Ok(())
+}
+
+/// A final record waiting for its two-phase request to finish (earliest first in the heap).
+struct Waiting {
+    due: Instant,
+    seq: u64,
+    json: String,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: `BinaryHeap` is a max-heap and the earliest must come out first.
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+/// The demo's one connection: reconnects with back-off, rate-limits its warnings.
+struct Link {
+    target: SocketAddr,
+    host: HeaderValue,
+    sender: Option<Sender>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    dropped: u64,
+    last_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Link {
+    fn new(target: SocketAddr) -> Self {
+        let host = HeaderValue::from_str(&target.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Self {
+            target,
+            host,
+            sender: None,
+            backoff: Duration::from_millis(250),
+            retry_at: None,
+            dropped: 0,
+            last_warn: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Sends one batch; on any failure the batch is dropped (this is demo traffic) and counted.
+    async fn send(&mut self, body: Bytes, content_type: &'static str, records: usize) {
+        let Some(mut sender) = self.ready().await else {
+            self.dropped += records as u64;
+            return;
+        };
+        let req = loadgen::events_request(&self.host, content_type, body);
+        match loadgen::exchange(&mut sender, req).await {
+            Ok((StatusCode::OK, answer)) => {
+                self.sender = Some(sender);
+                if loadgen::scan_u64(&answer, b"\"rejected\"").is_some_and(|n| n > 0) {
+                    self.warn_limited(StatusCode::OK, &answer);
+                }
+            }
+            Ok((status, answer)) => {
+                self.sender = Some(sender);
+                self.dropped += records as u64;
+                self.warn_limited(status, &answer);
+            }
+            Err(e) => {
+                self.dropped += records as u64;
+                warn!(target = %self.target, error = %loadgen::chain(&e), retry_in = ?self.backoff, "Demo connection failed; reconnecting.");
+                self.fail();
+            }
+        }
+    }
+
+    /// The connection, (re)connecting when needed and allowed by the back-off.
+    async fn ready(&mut self) -> Option<Sender> {
+        if let Some(s) = self.sender.take()
+            && !s.is_closed()
+        {
+            return Some(s);
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        match loadgen::connect(self.target).await {
+            Ok(s) => {
+                if self.retry_at.take().is_some() {
+                    info!(target = %self.target, dropped_records = self.dropped, "Demo connection restored.");
+                }
+                self.backoff = Duration::from_millis(250);
+                Some(s)
+            }
+            Err(e) => {
+                warn!(target = %self.target, error = %loadgen::chain(&e), retry_in = ?self.backoff, "Cannot reach the server; demo records are dropped until it answers.");
+                self.fail();
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.sender = None;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn warn_limited(&mut self, status: StatusCode, answer: &[u8]) {
+        let now = Instant::now();
+        if self
+            .last_warn
+            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
+        {
+            self.suppressed += 1;
+            debug!(%status, "Demo batch not fully accepted.");
+            return;
+        }
+        let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]);
+        warn!(%status, answer = %text, similar_since_last = self.suppressed, "Demo batch not fully accepted.");
+        self.last_warn = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generator.
+// ---------------------------------------------------------------------------------------------
+
+/// Share of priced records that carry their own `cost_usd` in the demo (the rest use the price table).
+const DEMO_COST_SHARE: f64 = 0.5;
+/// Share of requests sent in two phases.
+const TWO_PHASE_SHARE: f64 = 0.3;
+/// Share of two-phase requests never finished.
+const ABANDON_SHARE: f64 = 0.02;
+
+/// How many optional fields a generated record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// Everything a full gateway record has (user agent, client ip, trace id, ...).
+    Full,
+    /// The fields that feed aggregates; smaller bodies for load generation.
+    Lean,
+}
+
+/// How a generated request is to be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// One final record.
+    Direct,
+    /// A start marker now and the final record after the request's duration.
+    TwoPhase,
+    /// A start marker only: the request is never finished.
+    Abandoned,
+}
+
+/// One generated request.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    /// The final record.
+    pub(crate) record: Synthetic,
+    /// How to send it.
+    pub(crate) delivery: Delivery,
+}
+
+/// A generated final record and the figures it carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Synthetic {
+    /// The record's fields, `request_id` included.
+    pub(crate) fields: Map<String, Value>,
+    /// Its `request_id`.
+    pub(crate) request_id: String,
+    /// Its namespace.
+    pub(crate) namespace: &'static str,
+    /// Its `duration_ms`.
+    pub(crate) duration_ms: u64,
+    /// Tokens in the order of [`crate::record::TOKEN_TYPES`].
+    pub(crate) tokens: [u64; 5],
+    /// The `cost_usd` it carries, in micro-USD, if any.
+    pub(crate) cost_micros: Option<u64>,
+}
+
+impl Synthetic {
+    /// The final record as one JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        Value::Object(self.fields.clone()).to_string()
+    }
+
+    /// The matching `phase: start` marker.
+    pub(crate) fn start_json(&self) -> String {
+        serde_json::json!({"phase": "start", "request_id": self.request_id, "namespace": self.namespace}).to_string()
+    }
+}
+
+/// USD per million tokens: input, output, cache write 5m, cache write 1h, cache read.
+type Price = [f64; 5];
+
+/// Which cache buckets a provider reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheStyle {
+    /// Anthropic: reads and 5m/1h writes.
+    Anthropic,
+    /// OpenAI and Gemini: cached prompt reads only.
+    ReadsOnly,
+}
+
+/// A provider serving a model on an endpoint.
+struct Route {
+    provider: &'static str,
+    model: &'static str,
+    endpoint: &'static str,
+    /// Relative frequency.
+    weight: u32,
+    /// Median duration of a successful request, ms.
+    median_ms: f64,
+    /// List price (for gateway-reported costs; the server may price differently).
+    price: Price,
+    /// Whether the example config prices this model (if not, some records are unpriced).
+    priced: bool,
+    /// Share of streaming requests.
+    streaming: f64,
+    cache: CacheStyle,
+    /// Much more likely to fail with 5xx / no response.
+    flaky: bool,
+    /// A model clients ask for that the gateway redirects to this one.
+    redirected_from: &'static str,
+    user_agent: &'static str,
+}
+
+const SONNET: Price = [3.0, 15.0, 3.75, 6.0, 0.30];
+const HAIKU: Price = [1.0, 5.0, 1.25, 2.0, 0.10];
+const OPUS: Price = [15.0, 75.0, 18.75, 30.0, 1.50];
+const GPT4O: Price = [2.5, 10.0, 2.5, 2.5, 1.25];
+const GPT4O_MINI: Price = [0.15, 0.60, 0.15, 0.15, 0.075];
+const GEMINI_PRO: Price = [1.25, 10.0, 1.25, 1.25, 0.125];
+const CODEX: Price = [1.25, 10.0, 1.25, 1.25, 0.125];
+
+const CLAUDE_UA: &str = "claude-cli/2.1.3 (external, cli)";
+const OPENAI_UA: &str = "openai-python/1.109.1";
+
+const ROUTES: &[Route] = &[
+    Route {
+        provider: "anthropic",
+        model: "claude-sonnet-4-5-20250929",
+        endpoint: "/v1/messages",
+        weight: 30,
+        median_ms: 6_000.0,
+        price: SONNET,
+        priced: true,
+        streaming: 0.8,
+        cache: CacheStyle::Anthropic,
+        flaky: false,
+        redirected_from: "claude-3-7-sonnet-20250219",
+        user_agent: CLAUDE_UA,
+    },
+    Route {
+        provider: "anthropic",
+        model: "claude-haiku-4-5-20251001",
+        endpoint: "/v1/messages",
+        weight: 16,
+        median_ms: 1_500.0,
+        price: HAIKU,
+        priced: true,
+        streaming: 0.5,
+        cache: CacheStyle::Anthropic,
+        flaky: false,
+        redirected_from: "claude-3-5-haiku-20241022",
+        user_agent: "anthropic-sdk-python/0.69.0",
+    },
+    Route {
+        provider: "anthropic",
+        model: "claude-opus-4-1-20250805",
+        endpoint: "/v1/messages",
+        weight: 5,
+        median_ms: 15_000.0,
+        price: OPUS,
+        priced: true,
+        streaming: 0.9,
+        cache: CacheStyle::Anthropic,
+        flaky: false,
+        redirected_from: "claude-opus-4-20250514",
+        user_agent: CLAUDE_UA,
+    },
+    Route {
+        provider: "aws-bedrock",
+        model: "claude-sonnet-4-5-20250929",
+        endpoint: "/v1/messages",
+        weight: 10,
+        median_ms: 7_000.0,
+        price: SONNET,
+        priced: true,
+        streaming: 0.7,
+        cache: CacheStyle::Anthropic,
+        flaky: false,
+        redirected_from: "claude-3-7-sonnet-20250219",
+        user_agent: CLAUDE_UA,
+    },
+    Route {
+        provider: "openai",
+        model: "gpt-4o-mini",
+        endpoint: "/v1/chat/completions",
+        weight: 15,
+        median_ms: 900.0,
+        price: GPT4O_MINI,
+        priced: true,
+        streaming: 0.4,
+        cache: CacheStyle::ReadsOnly,
+        flaky: false,
+        redirected_from: "gpt-3.5-turbo",
+        user_agent: OPENAI_UA,
+    },
+    Route {
+        provider: "openai",
+        model: "gpt-4o",
+        endpoint: "/v1/chat/completions",
+        weight: 8,
+        median_ms: 2_500.0,
+        price: GPT4O,
+        priced: true,
+        streaming: 0.5,
+        cache: CacheStyle::ReadsOnly,
+        flaky: false,
+        redirected_from: "gpt-4-turbo",
+        user_agent: OPENAI_UA,
+    },
+    Route {
+        provider: "openai",
+        model: "gpt-5-codex",
+        endpoint: "/v1/responses",
+        weight: 7,
+        median_ms: 20_000.0,
+        price: CODEX,
+        priced: false,
+        streaming: 0.9,
+        cache: CacheStyle::ReadsOnly,
+        flaky: false,
+        redirected_from: "gpt-5",
+        user_agent: "codex_cli_rs/0.46.0",
+    },
+    Route {
+        provider: "google-vertex",
+        model: "gemini-2.5-pro",
+        endpoint: "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+        weight: 6,
+        median_ms: 5_000.0,
+        price: GEMINI_PRO,
+        priced: true,
+        streaming: 1.0,
+        cache: CacheStyle::ReadsOnly,
+        flaky: false,
+        redirected_from: "gemini-1.5-pro",
+        user_agent: "google-genai-sdk/1.41.0",
+    },
+    Route {
+        provider: "example-reseller",
+        model: "claude-haiku-4-5-20251001",
+        endpoint: "/v1/messages",
+        weight: 6,
+        median_ms: 2_000.0,
+        price: HAIKU,
+        priced: true,
+        streaming: 0.5,
+        cache: CacheStyle::Anthropic,
+        flaky: true,
+        redirected_from: "claude-3-5-haiku-20241022",
+        user_agent: "anthropic-sdk-typescript/0.65.0",
+    },
+    Route {
+        provider: "example-reseller",
+        model: "gpt-4o-mini",
+        endpoint: "/v1/chat/completions",
+        weight: 4,
+        median_ms: 1_200.0,
+        price: GPT4O_MINI,
+        priced: true,
+        streaming: 0.4,
+        cache: CacheStyle::ReadsOnly,
+        flaky: true,
+        redirected_from: "gpt-3.5-turbo",
+        user_agent: OPENAI_UA,
+    },
+];
+
+/// Providers a failed attempt may have gone to before the final one.
+const FALLBACKS: &[&str] = &[
+    "example-reseller",
+    "aws-bedrock",
+    "anthropic",
+    "openai",
+    "google-vertex",
+];
+
+/// A namespace and the routes its applications use.
+struct Namespace {
+    name: &'static str,
+    routes: &'static [usize],
+    /// Whether its clients hold conversations (session ids).
+    sessions: bool,
+}
+
+const NAMESPACES: &[Namespace] = &[
+    Namespace {
+        name: "web-app",
+        routes: &[0, 1, 4, 5, 7, 8, 9],
+        sessions: true,
+    },
+    Namespace {
+        name: "support-bot",
+        routes: &[1, 4, 5, 8, 9],
+        sessions: true,
+    },
+    Namespace {
+        name: "code-assist",
+        routes: &[0, 2, 3, 6],
+        sessions: true,
+    },
+    Namespace {
+        name: "batch-eval",
+        routes: &[0, 1, 2, 4, 5, 7],
+        sessions: false,
+    },
+];
+
+/// Users, their namespace (index into [`NAMESPACES`]) and relative activity.
+const USERS: &[(&str, usize, u32)] = &[
+    ("alice", 0, 9),
+    ("bob", 0, 4),
+    ("carol", 0, 6),
+    ("dave", 0, 2),
+    ("erin", 0, 3),
+    ("frank", 1, 8),
+    ("grace", 1, 5),
+    ("heidi", 1, 2),
+    ("ivan", 1, 3),
+    ("judy", 2, 10),
+    ("mallory", 2, 6),
+    ("niaj", 2, 7),
+    ("olivia", 2, 4),
+    ("peggy", 2, 3),
+    ("rupert", 2, 2),
+    ("sybil", 0, 1),
+    ("trent", 1, 1),
+    ("victor", 2, 5),
+    ("eval-runner", 3, 12),
+    ("nightly-ci", 3, 6),
+];
+
+/// A user's current conversation.
+#[derive(Debug, Clone, Default)]
+struct Session {
+    id: Option<String>,
+    messages: u32,
+}
+
+/// The deterministic traffic generator.
+pub(crate) struct Traffic {
+    rng: SmallRng,
+    id_prefix: String,
+    next_id: u64,
+    detail: Detail,
+    cost_share: f64,
+    sessions: Vec<Session>,
+    user_weights: u32,
+}
+
+impl Traffic {
+    /// A generator for `seed`; request ids are `{id_prefix}-{n}`; `cost_share` of the records of
+    /// priced models carry `cost_usd` (1.0: every record carries it).
+    pub(crate) fn new(seed: u64, id_prefix: &str, detail: Detail, cost_share: f64) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+            id_prefix: id_prefix.to_string(),
+            next_id: 0,
+            detail,
+            cost_share: cost_share.clamp(0.0, 1.0),
+            sessions: vec![Session::default(); USERS.len()],
+            user_weights: USERS.iter().map(|u| u.2).sum(),
+        }
+    }
+
+    /// The next request and how to deliver it.
+    pub(crate) fn next_request(&mut self) -> Planned {
+        let record = self.next_record();
+        let delivery = if self.rng.random_bool(TWO_PHASE_SHARE) {
+            if self.rng.random_bool(ABANDON_SHARE) {
+                Delivery::Abandoned
+            } else {
+                Delivery::TwoPhase
+            }
+        } else {
+            Delivery::Direct
+        };
+        Planned { record, delivery }
+    }
+
+    /// Standard normal deviate (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.rng.random::<f64>();
+        let u2 = self.rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// Log-normal value with the given median and shape, clamped.
+    fn log_normal(&mut self, median: f64, sigma: f64, min: f64, max: f64) -> u64 {
+        (median * (sigma * self.normal()).exp())
+            .clamp(min, max)
+            .round() as u64
+    }
+
+    fn pick_user(&mut self) -> usize {
+        let mut n = self.rng.random_range(0..self.user_weights);
+        for (i, u) in USERS.iter().enumerate() {
+            if n < u.2 {
+                return i;
+            }
+            n -= u.2;
+        }
+        0
+    }
+
+    fn pick_route(&mut self, ns: &Namespace) -> &'static Route {
+        let total: u32 = ns.routes.iter().map(|&r| ROUTES[r].weight).sum();
+        let mut n = self.rng.random_range(0..total.max(1));
+        for &r in ns.routes {
+            if n < ROUTES[r].weight {
+                return &ROUTES[r];
+            }
+            n -= ROUTES[r].weight;
+        }
+        &ROUTES[0]
+    }
+
+    fn hex(&mut self, digits: usize) -> String {
+        (0..digits)
+            .map(|_| char::from_digit(self.rng.random_range(0..16u32), 16).unwrap_or('0'))
+            .collect()
+    }
+
+    /// Status and error text of an attempt.
+    fn outcome(&mut self, route: &Route) -> (u16, Option<&'static str>) {
+        let failure = if route.flaky { 0.18 } else { 0.04 };
+        if !self.rng.random_bool(failure) {
+            return (200, None);
+        }
+        let overloaded: (u16, &str) =
+            if route.provider == "anthropic" || route.provider == "aws-bedrock" {
+                (529, "overloaded_error: Overloaded")
+            } else {
+                (503, "upstream service unavailable")
+            };
+        let table: &[(u16, &str, u32)] = if route.flaky {
+            &[
+                (500, "upstream returned 500: internal server error", 35),
+                (502, "bad gateway: upstream closed the connection", 20),
+                (overloaded.0, overloaded.1, 15),
+                (0, "upstream connect error: connection reset by peer", 15),
+                (429, "rate_limit_error: too many requests", 15),
+            ]
+        } else {
+            &[
+                (
+                    429,
+                    "rate_limit_error: Number of request tokens has exceeded your per-minute rate limit",
+                    40,
+                ),
+                (overloaded.0, overloaded.1, 25),
+                (500, "api_error: Internal server error", 15),
+                (0, "upstream timeout: no response within 600 s", 10),
+                (400, "invalid_request_error: prompt is too long", 10),
+            ]
+        };
+        let total: u32 = table.iter().map(|t| t.2).sum();
+        let mut n = self.rng.random_range(0..total);
+        for &(status, error, weight) in table {
+            if n < weight {
+                return (status, Some(error));
+            }
+            n -= weight;
+        }
+        (500, Some("api_error"))
+    }
+
+    fn next_record(&mut self) -> Synthetic {
+        self.next_id += 1;
+        let request_id = format!("{}-{}", self.id_prefix, self.next_id);
+        let u = self.pick_user();
+        let (user, ns_index, _) = USERS[u];
+        let ns = &NAMESPACES[ns_index];
+        let route = self.pick_route(ns);
+        let lean = self.detail == Detail::Lean;
+
+        let mut f = Map::new();
+        f.insert("request_id".into(), Value::from(request_id.clone()));
+        f.insert("namespace".into(), Value::from(ns.name));
+        let email = if ns.sessions {
+            format!("{user}@example.com")
+        } else {
+            user.to_string()
+        };
+        f.insert("user".into(), Value::from(email));
+        let key = if ns.sessions {
+            format!("{user}-laptop")
+        } else {
+            format!("{user}-service")
+        };
+        f.insert("key".into(), Value::from(key));
+        if !lean {
+            f.insert("user_id".into(), Value::from(format!("u-{:04}", 1001 + u)));
+            f.insert(
+                "key_id".into(),
+                Value::from(format!("key_{:06x}", 0x5eed00 + u * 7919)),
+            );
+            f.insert(
+                "instance".into(),
+                Value::from(if u % 2 == 0 { "gw-a" } else { "gw-b" }),
+            );
+            f.insert("method".into(), Value::from("POST"));
+            f.insert("user_agent".into(), Value::from(route.user_agent));
+            f.insert(
+                "client_ip".into(),
+                Value::from(format!("10.20.{}.{}", ns_index, 10 + u)),
+            );
+            if self.rng.random_bool(0.5) {
+                let trace = self.hex(32);
+                f.insert("trace_id".into(), Value::from(trace));
+            }
+        }
+        f.insert("model".into(), Value::from(route.model));
+        if self.rng.random_bool(0.03) {
+            f.insert("original_model".into(), Value::from(route.redirected_from));
+        }
+        f.insert("endpoint".into(), Value::from(route.endpoint));
+
+        // Sessions: a conversation lasts for several requests of the same user.
+        if ns.sessions {
+            if self.sessions[u].id.is_none() || self.rng.random_bool(0.12) {
+                let id = format!("sess-{}", self.hex(16));
+                self.sessions[u] = Session {
+                    id: Some(id),
+                    messages: 0,
+                };
+            }
+            let s = &mut self.sessions[u];
+            s.messages += 2;
+            if let Some(id) = &s.id {
+                f.insert("session_id".into(), Value::from(id.clone()));
+            }
+            if !lean {
+                f.insert("messages_count".into(), Value::from(s.messages - 1));
+            }
+        }
+
+        // Blocked before forwarding: no provider, no tokens.
+        if self.rng.random_bool(0.005) {
+            f.insert("provider".into(), Value::from(""));
+            f.insert("status".into(), Value::from(403));
+            let duration_ms = self.log_normal(15.0, 0.5, 2.0, 500.0);
+            f.insert("duration_ms".into(), Value::from(duration_ms));
+            f.insert("is_streaming".into(), Value::from(false));
+            f.insert("blocked_by".into(), Value::from("sensitive-words"));
+            f.insert(
+                "block_reason".into(),
+                Value::from("the prompt matched a blocked term"),
+            );
+            f.insert("error".into(), Value::from("request blocked by policy"));
+            let cost_micros = self.cost_share_hit(route).then_some(0);
+            if let Some(c) = cost_micros {
+                self.put_cost(&mut f, c);
+            }
+            return Synthetic {
+                fields: f,
+                request_id,
+                namespace: ns.name,
+                duration_ms,
+                tokens: [0; 5],
+                cost_micros,
+            };
+        }
+
+        // Retries: earlier attempts went to other providers.
+        let mut chain: Vec<&str> = Vec::new();
+        if self.rng.random_bool(0.06) {
+            let retries = self.rng.random_range(1..=2u32);
+            for _ in 0..retries {
+                let mut p = FALLBACKS[self.rng.random_range(0..FALLBACKS.len())];
+                if p == route.provider {
+                    p = "example-reseller";
+                }
+                chain.push(p);
+            }
+            chain.push(route.provider);
+            f.insert("retry_count".into(), Value::from(retries));
+            f.insert("provider_chain".into(), Value::from(chain.clone()));
+        }
+        f.insert("provider".into(), Value::from(route.provider));
+
+        let (status, error) = self.outcome(route);
+        let streaming = status == 200 && self.rng.random_bool(route.streaming);
+        f.insert("status".into(), Value::from(status));
+        f.insert("is_streaming".into(), Value::from(streaming));
+        if let Some(e) = error {
+            f.insert("error".into(), Value::from(e));
+        }
+
+        let mut tokens = [0u64; 5];
+        let duration_ms = match status {
+            200 => {
+                let mut d = self.log_normal(route.median_ms, 0.9, 50.0, 120_000.0);
+                if self.rng.random_bool(0.01) {
+                    d = (d * 5).min(120_000);
+                }
+                d
+            }
+            429 | 400 => self.log_normal(120.0, 0.7, 20.0, 3_000.0),
+            0 => {
+                if self.rng.random_bool(0.5) {
+                    self.log_normal(60_000.0, 0.4, 5_000.0, 120_000.0)
+                } else {
+                    self.log_normal(300.0, 0.8, 20.0, 10_000.0)
+                }
+            }
+            _ => self.log_normal(2_000.0, 1.0, 50.0, 60_000.0),
+        };
+        f.insert("duration_ms".into(), Value::from(duration_ms));
+        if status == 200 {
+            let ttfb = if streaming {
+                let share = 0.03 + 0.27 * self.rng.random::<f64>();
+                let t = ((duration_ms as f64 * share).round() as u64)
+                    .clamp(20.min(duration_ms), duration_ms);
+                f.insert("ttfb_ms".into(), Value::from(t));
+                t
+            } else {
+                0
+            };
+            tokens[0] = self.log_normal(1_200.0, 1.0, 1.0, 200_000.0);
+            let tokens_per_s = 30.0 + 60.0 * self.rng.random::<f64>();
+            tokens[1] = ((duration_ms - ttfb) as f64 / 1000.0 * tokens_per_s)
+                .clamp(1.0, 64_000.0)
+                .round() as u64;
+            match route.cache {
+                CacheStyle::Anthropic => {
+                    if self.rng.random_bool(0.6) {
+                        tokens[4] = self.log_normal(20_000.0, 0.8, 1_024.0, 200_000.0);
+                    }
+                    if self.rng.random_bool(0.15) {
+                        tokens[2] = self.log_normal(4_000.0, 0.8, 1_024.0, 100_000.0);
+                    }
+                    if self.rng.random_bool(0.03) {
+                        tokens[3] = self.log_normal(8_000.0, 0.8, 1_024.0, 100_000.0);
+                    }
+                }
+                CacheStyle::ReadsOnly => {
+                    if self.rng.random_bool(0.4) {
+                        tokens[4] = self.log_normal(2_000.0, 0.8, 1_024.0, 100_000.0);
+                    }
+                }
+            }
+        } else if status == 400 || (status >= 500 && self.rng.random_bool(0.3)) {
+            // The prompt was read (and billed) before the failure.
+            tokens[0] = self.log_normal(3_000.0, 1.0, 1.0, 200_000.0);
+        }
+        const FIELDS: [&str; 5] = [
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_5m_tokens",
+            "cache_creation_1h_tokens",
+            "cache_read_tokens",
+        ];
+        for (name, n) in FIELDS.iter().zip(tokens) {
+            if n > 0 || !lean {
+                f.insert((*name).into(), Value::from(n));
+            }
+        }
+
+        let cost_micros = self.cost_share_hit(route).then(|| {
+            let mult = if route.provider == "example-reseller" {
+                1.1
+            } else {
+                1.0
+            };
+            let usd_micros: f64 = tokens
+                .iter()
+                .zip(route.price)
+                .map(|(&n, p)| n as f64 * p)
+                .sum();
+            (usd_micros * mult).round() as u64
+        });
+        if let Some(c) = cost_micros {
+            self.put_cost(&mut f, c);
+        }
+        Synthetic {
+            fields: f,
+            request_id,
+            namespace: ns.name,
+            duration_ms,
+            tokens,
+            cost_micros,
+        }
+    }
+
+    /// Whether this record carries its own cost: unpriced models less often, so some stay unpriced.
+    /// A share of 1.0 means every record, unpriced ones included.
+    fn cost_share_hit(&mut self, route: &Route) -> bool {
+        if self.cost_share >= 1.0 {
+            return true;
+        }
+        let share = if route.priced {
+            self.cost_share
+        } else {
+            self.cost_share * 0.6
+        };
+        self.rng.random_bool(share)
+    }
+
+    /// Writes `cost_usd` as an exact decimal: mostly a JSON number, sometimes a string.
+    fn put_cost(&mut self, f: &mut Map<String, Value>, micros: u64) {
+        let text = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        let v = if self.rng.random_bool(0.2) {
+            Value::from(text)
+        } else {
+            text.parse::<serde_json::Number>()
+                .map(Value::Number)
+                .unwrap_or(Value::from(text))
+        };
+        f.insert("cost_usd".into(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::price::PriceTable;
+    use crate::record::{Event, Validation, parse_event};
+
+    const NOW: i64 = 1_760_000_000_000;
+
+    #[test]
+    fn generated_records_are_valid_and_varied() {
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: NOW,
+            prices: &prices,
+        };
+        let mut t = Traffic::new(42, "demo-test", Detail::Full, DEMO_COST_SHARE);
+        let (mut namespaces, mut models, mut providers, mut sessions) = (
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+        );
+        let (mut errors, mut no_cost, mut with_cost, mut streaming, mut retries) = (0, 0, 0, 0, 0);
+        let (mut two_phase, mut abandoned, mut no_response, mut long) = (0, 0, 0, 0);
+        let mut statuses = HashSet::new();
+        for _ in 0..1000 {
+            let p = t.next_request();
+            let json = p.record.to_json();
+            let r = match parse_event(&json, &v) {
+                Ok(Event::Finish(r)) => r,
+                other => panic!("{json} gave {other:?}"),
+            };
+            match p.delivery {
+                Delivery::Direct => {}
+                Delivery::TwoPhase | Delivery::Abandoned => {
+                    let start = p.record.start_json();
+                    assert!(
+                        matches!(parse_event(&start, &v), Ok(Event::Start(_))),
+                        "{start}"
+                    );
+                    if p.delivery == Delivery::Abandoned {
+                        abandoned += 1;
+                    } else {
+                        two_phase += 1;
+                    }
+                }
+            }
+            assert_eq!(r.tokens.as_array(), p.record.tokens);
+            assert_eq!(r.duration_ms, p.record.duration_ms);
+            if let Some(c) = p.record.cost_micros {
+                assert_eq!(r.cost_micros, c, "{json}");
+            }
+            namespaces.insert(r.namespace.to_string());
+            models.insert(r.model.to_string());
+            providers.insert(r.provider.to_string());
+            statuses.insert(r.status);
+            if let Some(s) = &r.session_id {
+                sessions.insert(s.to_string());
+            }
+            errors += usize::from(!r.is_success());
+            no_response += usize::from(r.status == 0 && r.error.is_some());
+            if p.record.cost_micros.is_some() {
+                with_cost += 1;
+            } else {
+                no_cost += 1;
+            }
+            streaming += usize::from(r.is_streaming && r.ttfb_ms.is_some());
+            retries += usize::from(
+                r.retry_count > 0 && r.provider_chain.len() == r.retry_count as usize + 1,
+            );
+            long += usize::from(r.duration_ms >= 20_000);
+        }
+        assert!(namespaces.len() >= 4, "{namespaces:?}");
+        assert!(models.len() >= 6, "{models:?}");
+        assert!(providers.len() >= 4, "{providers:?}");
+        assert!(errors >= 20, "{errors}");
+        assert!(no_response >= 1, "{no_response}");
+        for code in [429, 500] {
+            assert!(statuses.contains(&code), "{statuses:?}");
+        }
+        assert!(no_cost >= 100 && with_cost >= 100, "{no_cost} {with_cost}");
+        assert!(streaming >= 100, "{streaming}");
+        assert!(retries >= 10, "{retries}");
+        assert!(two_phase >= 100, "{two_phase}");
+        assert!(abandoned >= 1, "{abandoned}");
+        assert!(long >= 10, "{long}");
+        // Sessions are reused: far fewer sessions than records that carry one.
+        assert!(
+            sessions.len() >= 20 && sessions.len() <= 400,
+            "{}",
+            sessions.len()
+        );
+    }
+
+    #[test]
+    fn same_seed_same_traffic() {
+        let mut a = Traffic::new(7, "x", Detail::Full, DEMO_COST_SHARE);
+        let mut b = Traffic::new(7, "x", Detail::Full, DEMO_COST_SHARE);
+        let mut c = Traffic::new(8, "x", Detail::Full, DEMO_COST_SHARE);
+        let mut differs = false;
+        for _ in 0..100 {
+            let (ra, rb, rc) = (a.next_request(), b.next_request(), c.next_request());
+            assert_eq!(ra.record.to_json(), rb.record.to_json());
+            assert_eq!(ra.delivery, rb.delivery);
+            differs |= ra.record.to_json() != rc.record.to_json();
+        }
+        assert!(differs);
+    }
+
+    #[test]
+    fn full_cost_share_always_reports_cost() {
+        let mut t = Traffic::new(3, "lg", Detail::Lean, 1.0);
+        for _ in 0..500 {
+            let p = t.next_request();
+            assert!(p.record.cost_micros.is_some(), "{}", p.record.to_json());
+        }
+    }
+
+    #[test]
+    fn waiting_records_come_out_earliest_first() {
+        let now = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (i, ms) in [30u64, 10, 20].into_iter().enumerate() {
+            heap.push(Waiting {
+                due: now + Duration::from_millis(ms),
+                seq: i as u64,
+                json: ms.to_string(),
+            });
+        }
+        let order: Vec<String> = std::iter::from_fn(|| heap.pop().map(|w| w.json)).collect();
+        assert_eq!(order, ["10", "20", "30"]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_retried_until_shutdown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let args = DemoArgs {
+            requests_per_second: 200.0,
+            seed: 1,
+        };
+        let stop = tokio::time::sleep(Duration::from_millis(700));
+        let done = tokio::time::timeout(Duration::from_secs(5), drive(addr, args, stop)).await;
+        assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_rate_is_refused() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let err = drive(
+            addr,
+            DemoArgs {
+                requests_per_second: 0.0,
+                seed: 1,
+            },
+            std::future::pending(),
+        )
+        .await;
+        assert!(matches!(err, Err(DemoError::InvalidRate(_))));
+    }
+}

@@ -1,0 +1,3 @@
+//! Outputs: renderings of the fleet view for other systems.
+
+pub mod prometheus;

@@ -1,0 +1,663 @@
+//! `/metrics`: renders a [`FleetView`] and this process's [`HealthSnapshot`] as Prometheus text
+//! (0.0.4) or, when the scraper asks for it, OpenMetrics 1.0.
+//!
+//! Every family comes from `catalog`; each is written once, as one contiguous block; samples are
+//! sorted by label values so output is deterministic. Classic histogram buckets are derived from
+//! the HDR histograms (durations) or exact bucket counters (GenAI token usage); `+Inf` always
+//! equals `_count`. Money is printed from integer micro-USD as an exact decimal.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::aggregate::{Latency, ScopeAgg, ScopeKey};
+use crate::catalog::{self as c, Kind, Metric};
+use crate::health::{DropReason, HealthSnapshot, RequestReject, Source};
+use crate::pipeline::Pipeline;
+use crate::record::{RejectReason, TOKEN_TYPES};
+use crate::store::FleetView;
+
+/// Content type of the Prometheus text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A sample value.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    U(u64),
+    I(i64),
+    F(f64),
+    /// Integer micro-units printed as an exact decimal.
+    Micros(u64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Value::U(v) => write!(f, "{v}"),
+            Value::I(v) => write!(f, "{v}"),
+            Value::F(v) if v.is_nan() => f.write_str("NaN"),
+            Value::F(v) if v.is_infinite() => f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" }),
+            Value::F(v) => write!(f, "{v}"),
+            Value::Micros(v) => {
+                let (whole, frac) = (v / 1_000_000, v % 1_000_000);
+                if frac == 0 {
+                    write!(f, "{whole}")
+                } else {
+                    let s = format!("{frac:06}");
+                    write!(f, "{whole}.{}", s.trim_end_matches('0'))
+                }
+            }
+        }
+    }
+}
+
+/// A per-model counter family and how to read its value.
+type ModelColumn = (&'static Metric, fn(&ScopeAgg) -> Value);
+
+/// Text exposition writer.
+struct Encoder {
+    out: String,
+    openmetrics: bool,
+}
+
+fn escape_label(v: &str, out: &mut String) {
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+impl Encoder {
+    fn header(&mut self, m: &Metric) {
+        let name = if self.openmetrics || m.kind != Kind::Counter {
+            m.name.to_string()
+        } else {
+            format!("{}_total", m.name)
+        };
+        let kind = match m.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let help = m.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        if self.openmetrics
+            && let Some(unit) = m.unit
+        {
+            let _ = writeln!(self.out, "# UNIT {name} {unit}");
+        }
+    }
+
+    fn line(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        names: &[&str],
+        values: &[&str],
+        extra: Option<(&str, &str)>,
+        v: Value,
+    ) {
+        self.out.push_str(name);
+        self.out.push_str(suffix);
+        if !names.is_empty() || extra.is_some() {
+            self.out.push('{');
+            let mut first = true;
+            for (n, val) in names.iter().zip(values).map(|(n, v)| (*n, *v)).chain(extra) {
+                if !first {
+                    self.out.push(',');
+                }
+                first = false;
+                self.out.push_str(n);
+                self.out.push_str("=\"");
+                escape_label(val, &mut self.out);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {v}");
+    }
+
+    /// One counter or gauge sample; `labels` follow the family's label names.
+    fn sample(&mut self, m: &Metric, labels: &[&str], v: Value) {
+        debug_assert_eq!(labels.len(), m.labels.len(), "{}", m.name);
+        let suffix = if m.kind == Kind::Counter {
+            "_total"
+        } else {
+            ""
+        };
+        self.line(m.name, suffix, m.labels, labels, None, v);
+    }
+
+    /// One histogram series from cumulative bucket counts (`cumulative[i]` = count ≤ `bounds[i]`).
+    fn histogram(
+        &mut self,
+        m: &Metric,
+        labels: &[&str],
+        bounds: &[f64],
+        cumulative: &[u64],
+        count: u64,
+        sum: Value,
+    ) {
+        for (b, n) in bounds.iter().zip(cumulative) {
+            let le = format!("{b}");
+            self.line(
+                m.name,
+                "_bucket",
+                m.labels,
+                labels,
+                Some(("le", &le)),
+                Value::U((*n).min(count)),
+            );
+        }
+        self.line(
+            m.name,
+            "_bucket",
+            m.labels,
+            labels,
+            Some(("le", "+Inf")),
+            Value::U(count),
+        );
+        self.line(m.name, "_sum", m.labels, labels, None, sum);
+        self.line(m.name, "_count", m.labels, labels, None, Value::U(count));
+    }
+}
+
+fn seconds_from_ms(ms: u64) -> Value {
+    Value::F(ms as f64 / 1000.0)
+}
+
+fn avg_seconds(s: &ScopeAgg) -> Value {
+    if s.requests == 0 {
+        Value::F(0.0)
+    } else {
+        Value::F(s.duration_ms_sum as f64 / s.requests as f64 / 1000.0)
+    }
+}
+
+fn ms_bounds(bounds_s: &[f64]) -> Vec<f64> {
+    bounds_s.iter().map(|b| b * 1000.0).collect()
+}
+
+/// Scopes of one kind, sorted by label values.
+fn scopes<'a>(
+    view: &'a FleetView,
+    pick: impl Fn(&'a ScopeKey) -> Option<Vec<&'a str>>,
+) -> Vec<(Vec<&'a str>, &'a ScopeKey, &'a ScopeAgg)> {
+    let mut v: Vec<_> = view
+        .totals
+        .scopes
+        .iter()
+        .filter_map(|(k, s)| pick(k).map(|l| (l, k, s)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn ns_key(k: &ScopeKey) -> Option<Vec<&str>> {
+    if let ScopeKey::Namespace(n) = k {
+        Some(vec![n.as_str()])
+    } else {
+        None
+    }
+}
+fn provider_key(k: &ScopeKey) -> Option<Vec<&str>> {
+    if let ScopeKey::Provider(p) = k {
+        Some(vec![p.as_str()])
+    } else {
+        None
+    }
+}
+fn model_key(k: &ScopeKey) -> Option<Vec<&str>> {
+    if let ScopeKey::Model(p, m) = k {
+        Some(vec![p.as_str(), m.as_str()])
+    } else {
+        None
+    }
+}
+
+/// Renders the whole exposition.
+pub fn render(
+    view: &FleetView,
+    health: &HealthSnapshot,
+    store: (&str, bool),
+    openmetrics: bool,
+) -> String {
+    let mut e = Encoder {
+        out: String::with_capacity(64 * 1024),
+        openmetrics,
+    };
+    let g = &view.totals.global;
+    let ns = scopes(view, ns_key);
+    let providers = scopes(view, provider_key);
+    let models = scopes(view, model_key);
+    let dur_bounds = ms_bounds(c::DURATION_BUCKETS);
+    let genai_bounds = ms_bounds(c::GENAI_DURATION_BUCKETS);
+
+    // Seed families.
+    e.header(&c::REQUESTS);
+    e.sample(&c::REQUESTS, &[], Value::U(g.requests));
+    e.header(&c::ERRORS);
+    e.sample(&c::ERRORS, &[], Value::U(g.failures));
+    e.header(&c::RESPONSE_TIME);
+    e.sample(&c::RESPONSE_TIME, &[], avg_seconds(g));
+    e.header(&c::UPTIME);
+    e.sample(&c::UPTIME, &[], Value::F(health.uptime_seconds));
+    e.header(&c::NS_REQUESTS);
+    for (l, _, s) in &ns {
+        e.sample(&c::NS_REQUESTS, l, Value::U(s.requests));
+    }
+    e.header(&c::NS_CONCURRENT);
+    for (l, _, s) in &ns {
+        e.sample(&c::NS_CONCURRENT, l, Value::I(s.concurrency.max(0)));
+    }
+    e.header(&c::NS_RESPONSE_TIME);
+    for (l, _, s) in &ns {
+        e.sample(&c::NS_RESPONSE_TIME, l, avg_seconds(s));
+    }
+    e.header(&c::NS_STATUS);
+    for (l, _, s) in &ns {
+        for (code, n) in &s.status {
+            e.sample(&c::NS_STATUS, &[l[0], &code.to_string()], Value::U(*n));
+        }
+    }
+    let per_model: [ModelColumn; 5] = [
+        (&c::MODEL_REQUESTS, |s| Value::U(s.requests)),
+        (&c::MODEL_TOKENS_INPUT, |s| Value::U(s.tokens.input)),
+        (&c::MODEL_TOKENS_OUTPUT, |s| Value::U(s.tokens.output)),
+        (&c::MODEL_COST, |s| Value::Micros(s.cost_micros)),
+        (&c::MODEL_ERRORS, |s| Value::U(s.failures)),
+    ];
+    for (i, (m, f)) in per_model.iter().enumerate() {
+        e.header(m);
+        for (l, _, s) in &models {
+            e.sample(m, l, f(s));
+        }
+        if i == 0 {
+            e.header(&c::MODEL_DURATION);
+            for (l, _, s) in &models {
+                duration_histogram(
+                    &mut e,
+                    &c::MODEL_DURATION,
+                    l,
+                    &s.latency.duration,
+                    s.duration_ms_sum,
+                    &dur_bounds,
+                );
+            }
+        }
+    }
+
+    // Traffic beyond the seed.
+    e.header(&c::NS_ERRORS);
+    for (l, _, s) in &ns {
+        e.sample(&c::NS_ERRORS, l, Value::U(s.failures));
+    }
+    e.header(&c::STATUS);
+    for (code, n) in &g.status {
+        e.sample(&c::STATUS, &[&code.to_string()], Value::U(*n));
+    }
+    e.header(&c::PROVIDER_REQUESTS);
+    for (l, _, s) in &providers {
+        e.sample(&c::PROVIDER_REQUESTS, l, Value::U(s.requests));
+    }
+    e.header(&c::PROVIDER_ERRORS);
+    for (l, _, s) in &providers {
+        e.sample(&c::PROVIDER_ERRORS, l, Value::U(s.failures));
+    }
+    e.header(&c::DURATION);
+    duration_histogram(
+        &mut e,
+        &c::DURATION,
+        &[],
+        &g.latency.duration,
+        g.duration_ms_sum,
+        &dur_bounds,
+    );
+    for (m, list) in [(&c::NS_DURATION, &ns), (&c::PROVIDER_DURATION, &providers)] {
+        e.header(m);
+        for (l, _, s) in list {
+            duration_histogram(
+                &mut e,
+                m,
+                l,
+                &s.latency.duration,
+                s.duration_ms_sum,
+                &dur_bounds,
+            );
+        }
+    }
+    e.header(&c::MODEL_TTFB);
+    for (l, _, s) in &models {
+        duration_histogram(
+            &mut e,
+            &c::MODEL_TTFB,
+            l,
+            &s.latency.ttfb,
+            s.ttfb_ms_sum,
+            &dur_bounds,
+        );
+    }
+
+    // Quantiles: recent windows from the store, `all` from the since-start histograms.
+    quantiles(&mut e, &c::DURATION_Q, &[], view, None, false);
+    e.header(&c::NS_DURATION_Q);
+    for (l, k, _) in &ns {
+        quantiles(&mut e, &c::NS_DURATION_Q, l, view, Some(k), false);
+    }
+    e.header(&c::PROVIDER_DURATION_Q);
+    for (l, k, _) in &providers {
+        quantiles(&mut e, &c::PROVIDER_DURATION_Q, l, view, Some(k), false);
+    }
+    e.header(&c::MODEL_DURATION_Q);
+    for (l, k, _) in &models {
+        quantiles(&mut e, &c::MODEL_DURATION_Q, l, view, Some(k), false);
+    }
+    quantiles(&mut e, &c::TTFB_Q, &[], view, None, true);
+    e.header(&c::MODEL_TTFB_Q);
+    for (l, k, _) in &models {
+        quantiles(&mut e, &c::MODEL_TTFB_Q, l, view, Some(k), true);
+    }
+
+    // Tokens and cost.
+    e.header(&c::TOKENS);
+    for (t, n) in TOKEN_TYPES.iter().zip(g.tokens.as_array()) {
+        e.sample(&c::TOKENS, &[t], Value::U(n));
+    }
+    e.header(&c::NS_TOKENS);
+    for (l, _, s) in &ns {
+        for (t, n) in TOKEN_TYPES.iter().zip(s.tokens.as_array()) {
+            e.sample(&c::NS_TOKENS, &[l[0], t], Value::U(n));
+        }
+    }
+    e.header(&c::MODEL_TOKENS);
+    for (l, _, s) in &models {
+        for (t, n) in TOKEN_TYPES.iter().zip(s.tokens.as_array()) {
+            e.sample(&c::MODEL_TOKENS, &[l[0], l[1], t], Value::U(n));
+        }
+    }
+    e.header(&c::COST);
+    e.sample(&c::COST, &[], Value::Micros(g.cost_micros));
+    e.header(&c::NS_COST);
+    for (l, _, s) in &ns {
+        e.sample(&c::NS_COST, l, Value::Micros(s.cost_micros));
+    }
+    e.header(&c::UNPRICED);
+    for (l, _, s) in &models {
+        e.sample(&c::UNPRICED, l, Value::U(s.unpriced));
+    }
+    e.header(&c::ABANDONED);
+    for (l, _, s) in &ns {
+        e.sample(&c::ABANDONED, l, Value::U(s.abandoned));
+    }
+
+    // OpenTelemetry GenAI semantic conventions.
+    e.header(&c::GENAI_DURATION);
+    for (l, _, s) in &models {
+        let op = s.operation.unwrap_or("chat");
+        duration_histogram(
+            &mut e,
+            &c::GENAI_DURATION,
+            &[op, l[0], l[1]],
+            &s.latency.duration,
+            s.duration_ms_sum,
+            &genai_bounds,
+        );
+    }
+    e.header(&c::GENAI_TOKENS);
+    let token_bounds: Vec<f64> = c::GENAI_TOKEN_BUCKETS.iter().map(|b| *b as f64).collect();
+    for (l, _, s) in &models {
+        let Some(usage) = &s.token_usage else {
+            continue;
+        };
+        let op = s.operation.unwrap_or("chat");
+        for (k, kind) in ["input", "output"].iter().enumerate() {
+            let mut running = 0;
+            let cumulative: Vec<u64> = usage.buckets[k][..c::GENAI_TOKEN_BUCKETS.len()]
+                .iter()
+                .map(|n| {
+                    running += n;
+                    running
+                })
+                .collect();
+            let count = usage.buckets[k].iter().sum();
+            e.histogram(
+                &c::GENAI_TOKENS,
+                &[op, l[0], l[1], kind],
+                &token_bounds,
+                &cumulative,
+                count,
+                Value::U(usage.sums[k]),
+            );
+        }
+    }
+
+    // This process's health.
+    e.header(&c::INGEST_ACCEPTED);
+    for s in Source::ALL {
+        e.sample(
+            &c::INGEST_ACCEPTED,
+            &[s.as_str()],
+            Value::U(health.accepted[s as usize]),
+        );
+    }
+    e.header(&c::INGEST_REJECTED);
+    for s in Source::ALL {
+        for r in RejectReason::ALL {
+            e.sample(
+                &c::INGEST_REJECTED,
+                &[s.as_str(), r.as_str()],
+                Value::U(health.rejected_records[s as usize][r as usize]),
+            );
+        }
+    }
+    e.header(&c::INGEST_REJECTED_REQUESTS);
+    for s in Source::ALL {
+        for r in RequestReject::ALL {
+            e.sample(
+                &c::INGEST_REJECTED_REQUESTS,
+                &[s.as_str(), r.as_str()],
+                Value::U(health.rejected_requests[s as usize][r as usize]),
+            );
+        }
+    }
+    e.header(&c::DROPPED);
+    for r in DropReason::ALL {
+        e.sample(
+            &c::DROPPED,
+            &[r.as_str()],
+            Value::U(health.dropped[r as usize]),
+        );
+    }
+    e.header(&c::DUPLICATES);
+    e.sample(&c::DUPLICATES, &[], Value::U(health.duplicates));
+    e.header(&c::PROCESSED);
+    e.sample(&c::PROCESSED, &[], Value::U(health.processed));
+    e.header(&c::QUEUE_DEPTH);
+    e.sample(&c::QUEUE_DEPTH, &[], Value::U(health.queue_depth));
+    e.header(&c::QUEUE_CAPACITY);
+    e.sample(&c::QUEUE_CAPACITY, &[], Value::U(health.queue_capacity));
+    e.header(&c::PENDING);
+    e.sample(&c::PENDING, &[], Value::U(health.pending));
+    e.header(&c::SERIES_OVERFLOW);
+    for d in crate::aggregate::Dimension::ALL {
+        e.sample(
+            &c::SERIES_OVERFLOW,
+            &[d.as_str()],
+            Value::U(view.totals.overflow[d as usize]),
+        );
+    }
+    e.header(&c::STORE_UP);
+    e.sample(&c::STORE_UP, &[store.0], Value::U(u64::from(store.1)));
+    e.header(&c::SELF_UPTIME);
+    e.sample(&c::SELF_UPTIME, &[], Value::F(health.uptime_seconds));
+    e.header(&c::BUILD_INFO);
+    e.sample(&c::BUILD_INFO, &[env!("CARGO_PKG_VERSION")], Value::U(1));
+
+    if openmetrics {
+        e.out.push_str("# EOF\n");
+    }
+    e.out
+}
+
+fn duration_histogram(
+    e: &mut Encoder,
+    m: &Metric,
+    labels: &[&str],
+    h: &Latency,
+    sum_ms: u64,
+    bounds_ms: &[f64],
+) {
+    let cumulative = h.cumulative(bounds_ms);
+    let bounds_s: Vec<f64> = bounds_ms.iter().map(|b| b / 1000.0).collect();
+    e.histogram(
+        m,
+        labels,
+        &bounds_s,
+        &cumulative,
+        h.count(),
+        seconds_from_ms(sum_ms),
+    );
+}
+
+/// Writes the quantile gauges of one scope (`None` = global, which also writes the header).
+fn quantiles(
+    e: &mut Encoder,
+    m: &Metric,
+    labels: &[&str],
+    view: &FleetView,
+    key: Option<&ScopeKey>,
+    ttfb: bool,
+) {
+    if key.is_none() {
+        e.header(m);
+    }
+    let pick = |l: &crate::aggregate::Latencies| -> Latency {
+        if ttfb {
+            l.ttfb.clone()
+        } else {
+            l.duration.clone()
+        }
+    };
+    let mut series: Vec<(&str, Latency)> = Vec::with_capacity(3);
+    for w in &view.windows {
+        let lat = match key {
+            None => Some(pick(&w.global)),
+            Some(k) => w.scopes.get(k).map(pick),
+        };
+        if let Some(l) = lat {
+            series.push((w.label, l));
+        }
+    }
+    let all = match key {
+        None => Some(&view.totals.global),
+        Some(k) => view.totals.scopes.get(k),
+    };
+    if let Some(s) = all {
+        series.push(("all", pick(&s.latency)));
+    }
+    for (window, lat) in &series {
+        for (q, qs) in c::QUANTILES {
+            if let Some(ms) = lat.quantile(*q) {
+                let mut values: Vec<&str> = labels.to_vec();
+                values.push(window);
+                values.push(qs);
+                e.sample(m, &values, Value::F(ms / 1000.0));
+            }
+        }
+    }
+}
+
+/// State of the `/metrics` handler.
+#[derive(Clone)]
+pub struct MetricsState {
+    /// Source of the fleet view.
+    pub pipeline: Pipeline,
+    /// This process's health.
+    pub health: std::sync::Arc<crate::health::Health>,
+}
+
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(s): State<MetricsState>, headers: HeaderMap) -> Response {
+    let view = s.pipeline.view().await;
+    let store = s.pipeline.store();
+    let om = wants_openmetrics(&headers);
+    let body = render(
+        &view,
+        &s.health.snapshot(),
+        (store.name(), store.is_up()),
+        om,
+    );
+    let ct = if om {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        TEXT_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_print_exactly() {
+        assert_eq!(Value::Micros(214_380).to_string(), "0.21438");
+        assert_eq!(Value::Micros(3_000_000).to_string(), "3");
+        assert_eq!(Value::Micros(1).to_string(), "0.000001");
+        assert_eq!(Value::Micros(12_345_678_901).to_string(), "12345.678901");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        escape_label("a\"b\\c\nd", &mut s);
+        assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn empty_view_renders_every_family_once() {
+        let view = FleetView::default();
+        let health = crate::health::Health::new(10).snapshot();
+        for om in [false, true] {
+            let text = render(&view, &health, ("memory", true), om);
+            for m in c::ALL {
+                let name = if !om && m.kind == Kind::Counter {
+                    format!("{}_total", m.name)
+                } else {
+                    m.name.to_string()
+                };
+                let n = text
+                    .lines()
+                    .filter(|l| *l == format!("# TYPE {name} {}", kind_str(m.kind)))
+                    .count();
+                assert_eq!(n, 1, "family {name} (openmetrics={om})");
+            }
+            assert_eq!(text.ends_with("# EOF\n"), om);
+        }
+    }
+
+    fn kind_str(k: Kind) -> &'static str {
+        match k {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}

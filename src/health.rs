@@ -1,0 +1,228 @@
+//! gatemeter's own health counters (per process): lock-free atomics written by the ingest
+//! handlers and the pipeline, read by the exporter. Label values are enums, so every series
+//! is known up front and exposed even at zero.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use crate::record::RejectReason;
+
+/// Where records come from (the `source` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /v1/events`.
+    Native = 0,
+}
+
+impl Source {
+    /// All sources.
+    pub const ALL: [Source; 1] = [Source::Native];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+        }
+    }
+}
+
+/// Why a whole request was refused before its records could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestReject {
+    /// Body over the limit (before or after decompression).
+    BodyTooLarge = 0,
+    /// More records than allowed in one request.
+    TooManyRecords = 1,
+    /// Content-Type not accepted.
+    UnsupportedMediaType = 2,
+    /// Content-Encoding not accepted.
+    UnsupportedEncoding = 3,
+    /// The compressed body could not be decompressed.
+    BadCompression = 4,
+    /// The body is not JSON / NDJSON at all.
+    Malformed = 5,
+    /// Every record in the body was invalid.
+    NothingValid = 6,
+    /// The queue was full or the server shutting down.
+    Overloaded = 7,
+    /// The body could not be read from the connection.
+    BodyRead = 8,
+}
+
+impl RequestReject {
+    /// All reasons.
+    pub const ALL: [RequestReject; 9] = [
+        Self::BodyTooLarge,
+        Self::TooManyRecords,
+        Self::UnsupportedMediaType,
+        Self::UnsupportedEncoding,
+        Self::BadCompression,
+        Self::Malformed,
+        Self::NothingValid,
+        Self::Overloaded,
+        Self::BodyRead,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::TooManyRecords => "too_many_records",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::BadCompression => "bad_compression",
+            Self::Malformed => "malformed",
+            Self::NothingValid => "nothing_valid",
+            Self::Overloaded => "overloaded",
+            Self::BodyRead => "body_read",
+        }
+    }
+}
+
+/// Why a valid record was not taken or not passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ingest queue was full (the caller got 503 and may retry).
+    QueueFull = 0,
+    /// The server was shutting down (the caller got 503).
+    ShuttingDown = 1,
+    /// Too many start markers pending: a start was not tracked.
+    PendingFull = 2,
+    /// The request log's queue was full: counted but not logged.
+    LogFull = 3,
+}
+
+impl DropReason {
+    /// All reasons.
+    pub const ALL: [DropReason; 4] = [
+        Self::QueueFull,
+        Self::ShuttingDown,
+        Self::PendingFull,
+        Self::LogFull,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::PendingFull => "pending_full",
+            Self::LogFull => "log_full",
+        }
+    }
+}
+
+const SOURCES: usize = Source::ALL.len();
+
+/// Per-process health counters.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    accepted: [AtomicU64; SOURCES],
+    rejected_records: [[AtomicU64; RejectReason::ALL.len()]; SOURCES],
+    rejected_requests: [[AtomicU64; RequestReject::ALL.len()]; SOURCES],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    duplicates: AtomicU64,
+    processed: AtomicU64,
+    pending: AtomicU64,
+    /// Records in the ingest queue (maintained by the pipeline).
+    pub(crate) queue_depth: AtomicUsize,
+    queue_capacity: usize,
+}
+
+impl Health {
+    /// Fresh counters for a queue of `queue_capacity` records.
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            accepted: Default::default(),
+            rejected_records: Default::default(),
+            rejected_requests: Default::default(),
+            dropped: Default::default(),
+            duplicates: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            queue_depth: AtomicUsize::new(0),
+            queue_capacity,
+        }
+    }
+
+    /// Counts accepted records.
+    pub fn accepted(&self, s: Source, n: u64) {
+        self.accepted[s as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts a rejected record.
+    pub fn rejected_record(&self, s: Source, r: RejectReason) {
+        self.rejected_records[s as usize][r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a rejected request.
+    pub fn rejected_request(&self, s: Source, r: RequestReject) {
+        self.rejected_requests[s as usize][r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts dropped records.
+    pub fn dropped(&self, r: DropReason, n: u64) {
+        self.dropped[r as usize].fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn processed(&self, n: u64, duplicates: u64) {
+        self.processed.fetch_add(n, Relaxed);
+        self.duplicates.fetch_add(duplicates, Relaxed);
+    }
+
+    pub(crate) fn set_pending(&self, n: usize) {
+        self.pending.store(n as u64, Relaxed);
+    }
+
+    /// Reads every counter at once.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        HealthSnapshot {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            accepted: self.accepted.iter().map(load).collect(),
+            rejected_records: self
+                .rejected_records
+                .iter()
+                .map(|r| r.iter().map(load).collect())
+                .collect(),
+            rejected_requests: self
+                .rejected_requests
+                .iter()
+                .map(|r| r.iter().map(load).collect())
+                .collect(),
+            dropped: self.dropped.iter().map(load).collect(),
+            duplicates: load(&self.duplicates),
+            processed: load(&self.processed),
+            pending: load(&self.pending),
+            queue_depth: self.queue_depth.load(Relaxed) as u64,
+            queue_capacity: self.queue_capacity as u64,
+        }
+    }
+}
+
+/// A copy of the health counters, indexed by the enums' discriminants.
+#[derive(Debug, Clone)]
+pub struct HealthSnapshot {
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Per [`Source`].
+    pub accepted: Vec<u64>,
+    /// Per [`Source`], per [`RejectReason`].
+    pub rejected_records: Vec<Vec<u64>>,
+    /// Per [`Source`], per [`RequestReject`].
+    pub rejected_requests: Vec<Vec<u64>>,
+    /// Per [`DropReason`].
+    pub dropped: Vec<u64>,
+    /// Records ignored as duplicates.
+    pub duplicates: u64,
+    /// Events applied by the aggregator.
+    pub processed: u64,
+    /// Start markers pending.
+    pub pending: u64,
+    /// Records queued.
+    pub queue_depth: u64,
+    /// Queue capacity.
+    pub queue_capacity: u64,
+}

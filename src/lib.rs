@@ -1,0 +1,31 @@
+//! gatemeter — an observability collector for AI/LLM API gateways.
+//!
+//! Code map (the data path reads top to bottom):
+//! - [`record`]: the request record and its validation — the one type every source produces.
+//! - [`price`]: the price table; cost in integer micro-USD.
+//! - [`ingest`]: HTTP sources (native `/v1/events`); body limits and decompression.
+//! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
+//! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
+//! - [`store`]: live store (memory) and request-log seams, behind small traits.
+//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics.
+//! - [`catalog`]: every metric name — the only place names are written.
+//! - [`health`]: gatemeter's own counters (per process).
+//! - [`api`]: the API error type; `/healthz`, `/readyz`.
+//! - [`config`]: YAML config → validated [`config::Config`].
+//! - [`app`]: wires it all onto a listener; graceful shutdown.
+//! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
+
+pub mod aggregate;
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod demo;
+pub mod export;
+pub mod health;
+pub mod ingest;
+pub mod loadgen;
+pub mod pipeline;
+pub mod price;
+pub mod record;
+pub mod store;

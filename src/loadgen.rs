@@ -1,0 +1,1506 @@
+//! `gatemeter loadgen`: a load generator for `POST /v1/events` that checks the server's totals.
+//!
+//! It owns the cheap HTTP/1.1 client side used by loadgen and [`crate::demo`]: hyper's
+//! low-level connection over a `TcpStream`, one task per keep-alive connection. Bodies are not
+//! serialized per request: a small pool of templates (realistic records from the demo
+//! generator) is built once, and each request copies one and writes a fresh fixed-width counter
+//! into every record's `request_id`, so nothing is de-duplicated. Before and after the run it
+//! scrapes `/metrics` and compares the counter deltas with what the server accepted: requests,
+//! tokens by type and cost must match exactly. It assumes it is the only writer while it runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::catalog;
+use crate::demo::{Detail, Traffic};
+use crate::record::TOKEN_TYPES;
+
+/// The sending half of one HTTP/1.1 client connection.
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// How fast records are offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// Every connection sends its next request as soon as the previous one is answered.
+    Max,
+    /// Records per second, paced open-loop on a fixed schedule shared by all connections.
+    PerSecond(u64),
+}
+
+impl FromStr for Rate {
+    type Err = LoadgenError;
+
+    /// `max`, or a whole number of records per second greater than 0 (`_` separators allowed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("max") {
+            return Ok(Rate::Max);
+        }
+        let digits: String = t.chars().filter(|&c| c != '_').collect();
+        match digits.parse::<u64>() {
+            Ok(n) if n > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Rate::PerSecond(n))
+            }
+            _ => Err(LoadgenError::InvalidRate(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Max => f.write_str("max"),
+            Rate::PerSecond(n) => write!(f, "{n} records/s"),
+        }
+    }
+}
+
+/// What to send, where, and for how long.
+#[derive(Debug, Clone)]
+pub struct LoadgenArgs {
+    /// Base URL of the server: `http://host:port`.
+    pub target: String,
+    /// Offered rate.
+    pub rate: Rate,
+    /// Records per request: 1 sends single JSON objects, more sends JSON arrays.
+    pub batch: usize,
+    /// How long to send for.
+    pub duration: Duration,
+    /// Concurrent keep-alive HTTP/1.1 connections.
+    pub connections: usize,
+}
+
+/// Why a load run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    /// The rate is neither `max` nor a positive integer.
+    #[error("rate {0:?} is not \"max\" or a whole number of records per second greater than 0")]
+    InvalidRate(String),
+    /// The target is not `http://host:port`.
+    #[error("target {target:?} is not usable: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Batch size, connection count or duration is out of range.
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    /// A TCP connection could not be made.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed below the status line.
+    #[error("HTTP exchange with {addr} failed")]
+    Http {
+        /// The server's address.
+        addr: SocketAddr,
+        /// hyper's error.
+        source: hyper::Error,
+    },
+    /// `/metrics` could not be read or is not gatemeter's.
+    #[error("cannot read {target}/metrics: {reason}")]
+    Metrics {
+        /// The target.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A connection task failed.
+    #[error("a connection task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The server's counters do not match what it accepted; the report says where.
+    #[error("the server's counters differ from what it accepted:\n{0}")]
+    Mismatch(Box<Report>),
+}
+
+/// An error and its causes on one line (`a: b: c`), for logs and reports.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Outcome of comparing the server's counter deltas with what it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterCheck {
+    /// Requests, tokens by type, cost and duplicates all match exactly.
+    Exact,
+    /// These counters differ (one line each).
+    Mismatch(Vec<String>),
+    /// Some requests have an unknown outcome (no answer), so the totals cannot be checked exactly.
+    Inconclusive(String),
+}
+
+impl fmt::Display for CounterCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CounterCheck::Exact => f.write_str("exact"),
+            CounterCheck::Mismatch(lines) => {
+                f.write_str("MISMATCH")?;
+                for l in lines {
+                    write!(f, "\n  - {l}")?;
+                }
+                Ok(())
+            }
+            CounterCheck::Inconclusive(why) => write!(f, "inconclusive: {why}"),
+        }
+    }
+}
+
+/// What a load run did and measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The offered rate.
+    pub rate: Rate,
+    /// Records per request.
+    pub batch: usize,
+    /// Connections used.
+    pub connections: usize,
+    /// From the first request to the last answer.
+    pub elapsed: Duration,
+    /// Requests sent.
+    pub requests: u64,
+    /// Records in the requests sent.
+    pub records_sent: u64,
+    /// Records the server accepted (sum of `accepted`).
+    pub records_accepted: u64,
+    /// Records the server refused (sum of `rejected`).
+    pub records_rejected: u64,
+    /// Requests answered 503 or 429 (nothing taken; not retried).
+    pub overloaded: u64,
+    /// Requests answered with another error status, or not answered at all.
+    pub errors: u64,
+    /// Requests that got an answer (any status).
+    pub answered: u64,
+    /// Paced runs only: scheduled requests that could not be sent in time.
+    pub missed: u64,
+    /// Median request latency (paced runs behind schedule: measured from the scheduled send time).
+    pub latency_p50: Duration,
+    /// 99th percentile request latency.
+    pub latency_p99: Duration,
+    /// Highest request latency.
+    pub latency_max: Duration,
+    /// The first unexpected answer or failure, for diagnosis.
+    pub first_error: Option<String>,
+    /// The counter check.
+    pub counters: CounterCheck,
+}
+
+impl Report {
+    /// Accepted records per second.
+    pub fn records_per_second(&self) -> f64 {
+        per_second(self.records_accepted, self.elapsed)
+    }
+
+    /// Answered requests per second.
+    pub fn requests_per_second(&self) -> f64 {
+        per_second(self.answered, self.elapsed)
+    }
+}
+
+fn per_second(n: u64, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "rate:               {}", self.rate)?;
+        writeln!(f, "batch:              {} records/request", self.batch)?;
+        writeln!(f, "connections:        {}", self.connections)?;
+        writeln!(f, "duration:           {:.2} s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "requests sent:      {}", self.requests)?;
+        writeln!(f, "records sent:       {}", self.records_sent)?;
+        writeln!(f, "records accepted:   {}", self.records_accepted)?;
+        writeln!(f, "records rejected:   {}", self.records_rejected)?;
+        writeln!(f, "overloaded (503/429): {}", self.overloaded)?;
+        writeln!(f, "errors:             {}", self.errors)?;
+        if self.missed > 0 {
+            writeln!(f, "missed (behind schedule): {}", self.missed)?;
+        }
+        writeln!(
+            f,
+            "throughput:         {:.0} records/s",
+            self.records_per_second()
+        )?;
+        writeln!(
+            f,
+            "request rate:       {:.0} requests/s",
+            self.requests_per_second()
+        )?;
+        writeln!(f, "latency p50:        {:.3} ms", ms(self.latency_p50))?;
+        writeln!(f, "latency p99:        {:.3} ms", ms(self.latency_p99))?;
+        writeln!(f, "latency max:        {:.3} ms", ms(self.latency_max))?;
+        if let Some(e) = &self.first_error {
+            writeln!(f, "first error:        {e}")?;
+        }
+        write!(f, "counters:           {}", self.counters)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP client side (shared with `demo`).
+// ---------------------------------------------------------------------------------------------
+
+/// hyper's driver of one client connection (it does the actual reads and writes).
+type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// Opens one HTTP/1.1 keep-alive connection; the caller must poll the driver.
+async fn open(addr: SocketAddr) -> Result<(Sender, Driver), LoadgenError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| LoadgenError::Connect { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| LoadgenError::Connect { addr, source })?;
+    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| LoadgenError::Http { addr, source })
+}
+
+/// Opens one HTTP/1.1 keep-alive connection; its driver runs in its own task.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Sender, LoadgenError> {
+    let (sender, driver) = open(addr).await?;
+    tokio::spawn(async move {
+        if let Err(e) = driver.await {
+            debug!(error = %chain(&e), "Client connection ended with an error.");
+        }
+    });
+    Ok(sender)
+}
+
+/// A `POST /v1/events` request.
+pub(crate) fn events_request(
+    host: &HeaderValue,
+    content_type: &'static str,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = Uri::from_static("/v1/events");
+    let h = req.headers_mut();
+    h.insert(header::HOST, host.clone());
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    req
+}
+
+/// Sends a request and reads the whole answer.
+pub(crate) async fn exchange(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    // Answers are small and usually one frame: keep that frame rather than collecting a list.
+    let mut body = resp.into_body();
+    let mut first = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(v) => v.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut v = first.to_vec();
+                v.extend_from_slice(&data);
+                joined = Some(v);
+            }
+        }
+    }
+    Ok((status, joined.map_or(first, Bytes::from)))
+}
+
+/// The unsigned integer after `key` (a quoted JSON key) and a colon, e.g. `"accepted": 12`.
+pub(crate) fn scan_u64(body: &[u8], key: &[u8]) -> Option<u64> {
+    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &body[at..];
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let rest = rest.strip_prefix(b":")?;
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&rest[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A parsed `http://host:port` target.
+#[derive(Debug, Clone)]
+struct Target {
+    /// As given, without a trailing slash (for messages).
+    base: String,
+    addr: SocketAddr,
+    host: HeaderValue,
+}
+
+impl Target {
+    async fn resolve(target: &str) -> Result<Self, LoadgenError> {
+        let bad = |reason: &str| LoadgenError::InvalidTarget {
+            target: target.to_string(),
+            reason: reason.to_string(),
+        };
+        let authority = parse_authority(target).map_err(|r| bad(&r))?;
+        let addr = tokio::net::lookup_host(authority.as_str())
+            .await
+            .map_err(|e| bad(&format!("cannot resolve {authority}: {e}")))?
+            .next()
+            .ok_or_else(|| bad(&format!("{authority} resolves to no address")))?;
+        let host = HeaderValue::from_str(&authority)
+            .map_err(|_| bad("the host is not a valid header value"))?;
+        Ok(Self {
+            base: target.trim_end_matches('/').to_string(),
+            addr,
+            host,
+        })
+    }
+}
+
+/// `host:port` from `http://host:port[/]` (port 80 when absent).
+fn parse_authority(target: &str) -> Result<String, String> {
+    let rest = match target.trim().split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "scheme {scheme:?} is not supported; use http://host:port"
+            ));
+        }
+        None => return Err("expected http://host:port".to_string()),
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return Err("the host is missing".to_string());
+    }
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("give only http://host:port, without a path, query or credentials".to_string());
+    }
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close + 1..].starts_with(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        let port = &authority[authority.rfind(':').map_or(0, |i| i + 1)..];
+        if port.parse::<u16>().is_err() {
+            return Err(format!("port {port:?} is not a number 0-65535"));
+        }
+        Ok(authority.to_string())
+    } else {
+        Ok(format!("{authority}:80"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body templates.
+// ---------------------------------------------------------------------------------------------
+
+/// Digits of the per-record counter in `request_id`.
+const ID_DIGITS: usize = 12;
+/// Upper bound on records held by the whole template pool.
+const POOL_RECORDS: usize = 8192;
+/// Most templates in the pool.
+const POOL_TEMPLATES: usize = 64;
+
+/// One request body with placeholders for the record counters.
+#[derive(Debug)]
+struct Template {
+    body: Vec<u8>,
+    /// Byte offset of each record's counter digits.
+    id_offsets: Vec<usize>,
+    /// Tokens in the order of [`TOKEN_TYPES`].
+    tokens: [u64; 5],
+    cost_micros: u64,
+}
+
+impl Template {
+    /// A copy of the body with the counters `first`, `first + 1`, ... written in.
+    fn render(&self, first: u64) -> Bytes {
+        let mut buf = self.body.clone();
+        for (i, &at) in self.id_offsets.iter().enumerate() {
+            write_digits(&mut buf[at..at + ID_DIGITS], first + i as u64);
+        }
+        Bytes::from(buf)
+    }
+}
+
+/// Writes `n` in decimal, right-aligned and zero-padded (keeps the low digits if it is too wide).
+fn write_digits(slot: &mut [u8], mut n: u64) {
+    for b in slot.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// The template pool of a run.
+#[derive(Debug)]
+struct Pool {
+    templates: Vec<Template>,
+}
+
+impl Pool {
+    fn build(batch: usize, run_id: u32) -> Self {
+        let count = (POOL_RECORDS / batch.max(1)).clamp(1, POOL_TEMPLATES);
+        let mut traffic = Traffic::new(u64::from(run_id), "lg", Detail::Lean, 1.0);
+        let prefix = format!("{{\"request_id\":\"lg-{run_id:08x}-");
+        let templates = (0..count)
+            .map(|_| {
+                let mut t = Template {
+                    body: Vec::new(),
+                    id_offsets: Vec::with_capacity(batch),
+                    tokens: [0; 5],
+                    cost_micros: 0,
+                };
+                if batch > 1 {
+                    t.body.push(b'[');
+                }
+                for i in 0..batch {
+                    if i > 0 {
+                        t.body.push(b',');
+                    }
+                    let mut r = traffic.next_request().record;
+                    r.fields.remove("request_id");
+                    let rest = serde_json::Value::Object(r.fields).to_string();
+                    t.body.extend_from_slice(prefix.as_bytes());
+                    t.id_offsets.push(t.body.len());
+                    t.body.extend_from_slice(&[b'0'; ID_DIGITS]);
+                    t.body.extend_from_slice(b"\",");
+                    // `rest` is a non-empty object: drop its opening brace.
+                    t.body.extend_from_slice(&rest.as_bytes()[1..]);
+                    for (sum, n) in t.tokens.iter_mut().zip(r.tokens) {
+                        *sum += n;
+                    }
+                    t.cost_micros += r.cost_micros.unwrap_or(0);
+                }
+                if batch > 1 {
+                    t.body.push(b']');
+                }
+                t
+            })
+            .collect();
+        Self { templates }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+// ---------------------------------------------------------------------------------------------
+
+/// How long to wait for answers after the run's end before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the server's counters to settle after the run.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Counters unchanged for this long are taken as settled.
+const SETTLED_AFTER: Duration = Duration::from_millis(2500);
+/// A match must hold this long (past the server's flush interval, 1 s by default).
+const CONFIRM_AFTER: Duration = Duration::from_millis(1500);
+/// Most latency recorded, microseconds (one hour).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// What every connection task shares.
+struct Ctx {
+    target: Target,
+    pool: Pool,
+    batch: u64,
+    next_id: AtomicU64,
+    /// Paced runs: the next slot of the schedule.
+    next_slot: AtomicU64,
+    /// Paced runs: the schedule.
+    pace: Option<Pace>,
+    start: Instant,
+    end: Instant,
+}
+
+/// A fixed schedule: slot `k` is due at `start + k * batch / rate` seconds.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    batch: u64,
+    rate: u64,
+}
+
+impl Pace {
+    fn offset(&self, slot: u64) -> Duration {
+        let nanos =
+            u128::from(slot) * u128::from(self.batch) * 1_000_000_000 / u128::from(self.rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Slots due before `d` has passed.
+    fn slots_within(&self, d: Duration) -> u64 {
+        let n = d.as_nanos() * u128::from(self.rate);
+        let per = u128::from(self.batch) * 1_000_000_000;
+        u64::try_from(n.div_ceil(per)).unwrap_or(u64::MAX)
+    }
+}
+
+/// One connection's tallies.
+struct ConnStats {
+    requests: u64,
+    records_sent: u64,
+    accepted: u64,
+    rejected: u64,
+    overloaded: u64,
+    errors: u64,
+    answered: u64,
+    /// Requests accepted only in part (their token and cost totals are unknown).
+    partial: u64,
+    /// Records of requests whose outcome is unknown (no answer).
+    unknown_records: u64,
+    /// Records of the request in flight, if any.
+    in_flight: u64,
+    tokens: [u64; 5],
+    cost_micros: u64,
+    latency: Histogram<u64>,
+    first_error: Option<String>,
+    warned: bool,
+}
+
+impl ConnStats {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            records_sent: 0,
+            accepted: 0,
+            rejected: 0,
+            overloaded: 0,
+            errors: 0,
+            answered: 0,
+            partial: 0,
+            unknown_records: 0,
+            in_flight: 0,
+            tokens: [0; 5],
+            cost_micros: 0,
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant histogram bounds are valid"),
+            first_error: None,
+            warned: false,
+        }
+    }
+
+    fn note_error(&mut self, what: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+
+    fn merge(&mut self, o: ConnStats) {
+        self.requests += o.requests;
+        self.records_sent += o.records_sent;
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.overloaded += o.overloaded;
+        self.errors += o.errors;
+        self.answered += o.answered;
+        self.partial += o.partial;
+        self.unknown_records += o.unknown_records;
+        for (a, b) in self.tokens.iter_mut().zip(o.tokens) {
+            *a += b;
+        }
+        self.cost_micros += o.cost_micros;
+        if let Err(e) = self.latency.add(&o.latency) {
+            debug!(error = %e, "Latency histograms could not be merged.");
+        }
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+}
+
+/// Runs the load, then checks the server's counters against what it accepted.
+///
+/// Returns [`LoadgenError::Mismatch`] (with the full report) when the counters differ.
+pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
+    if args.batch == 0 {
+        return Err(LoadgenError::InvalidArgs("batch must be at least 1".into()));
+    }
+    if args.connections == 0 {
+        return Err(LoadgenError::InvalidArgs(
+            "connections must be at least 1".into(),
+        ));
+    }
+    if args.duration.is_zero() {
+        return Err(LoadgenError::InvalidArgs(
+            "duration must be longer than 0".into(),
+        ));
+    }
+    let target = Target::resolve(&args.target).await?;
+    let before = scrape(&target).await?;
+
+    let run_id: u32 = rand::rng().random();
+    let pool = Pool::build(args.batch, run_id);
+    debug!(
+        templates = pool.templates.len(),
+        body_bytes = pool.templates.first().map_or(0, |t| t.body.len()),
+        "Templates built."
+    );
+
+    let mut opened = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        opened.push(open(target.addr).await?);
+    }
+    let pace = match args.rate {
+        Rate::Max => None,
+        Rate::PerSecond(rate) => Some(Pace {
+            batch: args.batch as u64,
+            rate,
+        }),
+    };
+    let start = Instant::now();
+    let ctx = Arc::new(Ctx {
+        target: target.clone(),
+        pool,
+        batch: args.batch as u64,
+        next_id: AtomicU64::new(0),
+        next_slot: AtomicU64::new(0),
+        pace,
+        start,
+        end: start + args.duration,
+    });
+    info!(target = %target.base, run = format!("{run_id:08x}"), rate = %args.rate, batch = args.batch, connections = args.connections, duration = ?args.duration, "Load run started.");
+
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| tokio::spawn(connection(i, o, ctx.clone())))
+        .collect();
+    let mut total = ConnStats::new();
+    for t in tasks {
+        total.merge(t.await?);
+    }
+    let elapsed = start.elapsed();
+    let missed = pace.map_or(0, |p| {
+        p.slots_within(args.duration).saturating_sub(total.requests)
+    });
+
+    let expected = Expected {
+        requests: total.accepted,
+        tokens: total.tokens,
+        cost_micros: total.cost_micros,
+        partial: total.partial,
+        unknown_records: total.unknown_records,
+    };
+    let counters = settle_and_check(&target, &before, &expected).await?;
+    let q = |q: f64| Duration::from_micros(total.latency.value_at_quantile(q));
+    let report = Report {
+        rate: args.rate,
+        batch: args.batch,
+        connections: args.connections,
+        elapsed,
+        requests: total.requests,
+        records_sent: total.records_sent,
+        records_accepted: total.accepted,
+        records_rejected: total.rejected,
+        overloaded: total.overloaded,
+        errors: total.errors,
+        answered: total.answered,
+        missed,
+        latency_p50: q(0.5),
+        latency_p99: q(0.99),
+        latency_max: Duration::from_micros(total.latency.max()),
+        first_error: total.first_error,
+        counters,
+    };
+    info!(records_per_second = report.records_per_second() as u64, counters = %report.counters, "Load run finished.");
+    if matches!(report.counters, CounterCheck::Mismatch(_)) {
+        return Err(LoadgenError::Mismatch(Box::new(report)));
+    }
+    Ok(report)
+}
+
+/// One connection's task: sends until the end, then returns its tallies.
+async fn connection(index: usize, opened: (Sender, Driver), ctx: Arc<Ctx>) -> ConnStats {
+    let mut stats = ConnStats::new();
+    let finished = tokio::time::timeout_at(
+        ctx.end + DRAIN_TIMEOUT,
+        send_loop(index, opened, &ctx, &mut stats),
+    )
+    .await;
+    if finished.is_err() && stats.in_flight > 0 {
+        stats.errors += 1;
+        stats.unknown_records += stats.in_flight;
+        stats.note_error(|| format!("no answer within {DRAIN_TIMEOUT:?} after the end of the run"));
+    }
+    stats
+}
+
+/// How a connection's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The run is over.
+    Done,
+    /// The connection broke: open another.
+    Broken,
+}
+
+/// Sessions of one connection: reconnects after a failure until the run is over.
+async fn send_loop(index: usize, opened: (Sender, Driver), ctx: &Ctx, stats: &mut ConnStats) {
+    let mut next = Some(opened);
+    let mut template = index.wrapping_mul(7);
+    loop {
+        let (sender, driver) = match next.take() {
+            Some(o) => o,
+            None => match open(ctx.target.addr).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // Nothing was sent: count the failure and try again shortly.
+                    stats.errors += 1;
+                    let text = chain(&e);
+                    warn_once(stats, index, &text);
+                    stats.note_error(|| text);
+                    if Instant::now() >= ctx.end {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // The driver is polled in this task too: no cross-task wake-up per request.
+        let (driven, end) = tokio::join!(driver, session(index, sender, ctx, stats, &mut template));
+        if let Err(e) = driven {
+            debug!(connection = index, error = %chain(&e), "Load connection ended with an error.");
+        }
+        if end == SessionEnd::Done {
+            return;
+        }
+    }
+}
+
+/// Sends on one connection until the run is over or the connection breaks; dropping the
+/// sender on return lets the driver finish.
+async fn session(
+    index: usize,
+    mut sender: Sender,
+    ctx: &Ctx,
+    stats: &mut ConnStats,
+    template: &mut usize,
+) -> SessionEnd {
+    let pool = &ctx.pool.templates;
+    loop {
+        // When is this request due?
+        let origin = match ctx.pace {
+            None => {
+                if Instant::now() >= ctx.end {
+                    return SessionEnd::Done;
+                }
+                None
+            }
+            Some(pace) => {
+                let slot = ctx.next_slot.fetch_add(1, Ordering::Relaxed);
+                let due = ctx.start + pace.offset(slot);
+                if due >= ctx.end || Instant::now() >= ctx.end {
+                    return SessionEnd::Done;
+                }
+                if due > Instant::now() {
+                    // On time: the timer's own lag (up to a millisecond) is not the server's.
+                    tokio::time::sleep_until(due).await;
+                    None
+                } else {
+                    // Behind schedule (the connection was busy): count the wait against the server.
+                    Some(due)
+                }
+            }
+        };
+
+        let t = &pool[*template % pool.len()];
+        *template = template.wrapping_add(1);
+        let first = ctx.next_id.fetch_add(ctx.batch, Ordering::Relaxed);
+        let req = events_request(&ctx.target.host, "application/json", t.render(first));
+        let sent_at = Instant::now();
+        let origin = origin.unwrap_or(sent_at);
+        stats.requests += 1;
+        stats.records_sent += ctx.batch;
+        stats.in_flight = ctx.batch;
+        let result = exchange(&mut sender, req).await;
+        stats.in_flight = 0;
+        match result {
+            Ok((status, body)) => {
+                stats.answered += 1;
+                let us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
+                tally(stats, status, &body, t, ctx.batch);
+            }
+            Err(e) => {
+                stats.errors += 1;
+                stats.unknown_records += ctx.batch;
+                let text = chain(&e);
+                warn_once(stats, index, &text);
+                stats.note_error(|| format!("request failed: {text}"));
+                return SessionEnd::Broken;
+            }
+        }
+    }
+}
+
+fn warn_once(stats: &mut ConnStats, index: usize, error: &str) {
+    if stats.warned {
+        debug!(connection = index, error, "Load connection failed again.");
+    } else {
+        stats.warned = true;
+        warn!(
+            connection = index,
+            error, "Load connection failed; reconnecting (further failures are logged at debug)."
+        );
+    }
+}
+
+/// Books one answer.
+fn tally(stats: &mut ConnStats, status: StatusCode, body: &[u8], t: &Template, batch: u64) {
+    let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    match status {
+        StatusCode::OK => match scan_u64(body, b"\"accepted\"") {
+            Some(accepted) => {
+                let rejected = scan_u64(body, b"\"rejected\"").unwrap_or(0);
+                stats.accepted += accepted;
+                stats.rejected += rejected;
+                if accepted == batch {
+                    for (sum, n) in stats.tokens.iter_mut().zip(t.tokens) {
+                        *sum += n;
+                    }
+                    stats.cost_micros += t.cost_micros;
+                } else {
+                    stats.partial += 1;
+                    stats.note_error(|| {
+                        format!(
+                            "HTTP 200 with only {accepted} of {batch} records accepted: {}",
+                            text()
+                        )
+                    });
+                }
+            }
+            None => {
+                stats.errors += 1;
+                stats.unknown_records += batch;
+                stats.note_error(|| format!("HTTP 200 without an \"accepted\" count: {}", text()));
+            }
+        },
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => stats.overloaded += 1,
+        _ => {
+            stats.errors += 1;
+            stats.rejected += scan_u64(body, b"\"rejected\"").unwrap_or(0);
+            stats.note_error(|| format!("HTTP {}: {}", status.as_u16(), text()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The counter check.
+// ---------------------------------------------------------------------------------------------
+
+/// The counters loadgen reads from one scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Counters {
+    requests: u64,
+    tokens: [u64; 5],
+    cost_micros: u64,
+    duplicates: u64,
+    /// Not compared: watched only to see the pipeline settle.
+    processed: u64,
+}
+
+/// What the server should have added.
+#[derive(Debug, Clone)]
+struct Expected {
+    requests: u64,
+    tokens: [u64; 5],
+    cost_micros: u64,
+    partial: u64,
+    unknown_records: u64,
+}
+
+fn sample_name(m: &catalog::Metric) -> String {
+    m.sample_names()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| m.name.to_string())
+}
+
+impl Counters {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let samples = parse_metrics(text);
+        let get = |m: &catalog::Metric, labels: &[(&str, &str)]| {
+            samples
+                .get(&SeriesKey::new(&sample_name(m), labels))
+                .map(String::as_str)
+        };
+        let int = |m: &catalog::Metric, labels: &[(&str, &str)]| -> Result<u64, String> {
+            match get(m, labels) {
+                None => Ok(0),
+                Some(v) => {
+                    parse_count(v).ok_or_else(|| format!("{} has value {v:?}", sample_name(m)))
+                }
+            }
+        };
+        let requests_name = sample_name(&catalog::REQUESTS);
+        if !samples.keys().any(|k| k.name == requests_name) {
+            return Err(format!(
+                "no {requests_name} sample: is this a gatemeter server?"
+            ));
+        }
+        let mut tokens = [0u64; 5];
+        for (slot, ty) in tokens.iter_mut().zip(TOKEN_TYPES) {
+            *slot = int(&catalog::TOKENS, &[("type", ty)])?;
+        }
+        let cost_micros = match get(&catalog::COST, &[]) {
+            None => 0,
+            Some(v) => parse_micros(v)
+                .ok_or_else(|| format!("{} has value {v:?}", sample_name(&catalog::COST)))?,
+        };
+        Ok(Self {
+            requests: int(&catalog::REQUESTS, &[])?,
+            tokens,
+            cost_micros,
+            duplicates: int(&catalog::DUPLICATES, &[])?,
+            processed: int(&catalog::PROCESSED, &[])?,
+        })
+    }
+
+    /// `self - before`, or `None` when a counter went down (the server restarted).
+    fn delta(&self, before: &Counters) -> Option<Counters> {
+        let mut tokens = [0u64; 5];
+        for ((d, a), b) in tokens.iter_mut().zip(self.tokens).zip(before.tokens) {
+            *d = a.checked_sub(b)?;
+        }
+        Some(Counters {
+            requests: self.requests.checked_sub(before.requests)?,
+            tokens,
+            cost_micros: self.cost_micros.checked_sub(before.cost_micros)?,
+            duplicates: self.duplicates.checked_sub(before.duplicates)?,
+            processed: self.processed.checked_sub(before.processed)?,
+        })
+    }
+}
+
+/// Differences between the server's deltas and what it accepted (empty when exact).
+fn compare(delta: &Counters, expected: &Expected) -> Vec<String> {
+    let mut out = Vec::new();
+    let requests_name = sample_name(&catalog::REQUESTS);
+    if delta.requests != expected.requests {
+        out.push(format!(
+            "{requests_name}: +{} on the server, {} records accepted",
+            delta.requests, expected.requests
+        ));
+    }
+    if expected.partial > 0 {
+        out.push(format!(
+            "{} requests were accepted only in part (loadgen sends only valid records); token and cost totals cannot be checked",
+            expected.partial
+        ));
+    } else {
+        let tokens_name = sample_name(&catalog::TOKENS);
+        for ((ty, got), want) in TOKEN_TYPES.iter().zip(delta.tokens).zip(expected.tokens) {
+            if got != want {
+                out.push(format!(
+                    "{tokens_name}{{type=\"{ty}\"}}: +{got} on the server, {want} sent"
+                ));
+            }
+        }
+        if delta.cost_micros != expected.cost_micros {
+            out.push(format!(
+                "{}: +{} on the server, {} sent",
+                sample_name(&catalog::COST),
+                format_micros(delta.cost_micros),
+                format_micros(expected.cost_micros)
+            ));
+        }
+    }
+    if delta.duplicates != 0 {
+        out.push(format!(
+            "{}: +{} (every request_id was unique)",
+            sample_name(&catalog::DUPLICATES),
+            delta.duplicates
+        ));
+    }
+    out
+}
+
+fn format_micros(m: u64) -> String {
+    format!("{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
+/// Waits until the server's counters match (and keep matching) or stop changing, then compares.
+async fn settle_and_check(
+    target: &Target,
+    before: &Counters,
+    expected: &Expected,
+) -> Result<CounterCheck, LoadgenError> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last = scrape(target).await?;
+    let mut stable_since = Instant::now();
+    let mut matched_since: Option<Instant> = None;
+    loop {
+        let Some(delta) = last.delta(before) else {
+            return Ok(CounterCheck::Mismatch(vec![
+                "a counter went down during the run: did the server restart?".into(),
+            ]));
+        };
+        let diffs = compare(&delta, expected);
+        let now = Instant::now();
+        if diffs.is_empty() {
+            // A match must hold past a flush, so that a late over-count is still seen.
+            let since = *matched_since.get_or_insert(now);
+            if now.duration_since(since) >= CONFIRM_AFTER || now >= deadline {
+                return Ok(CounterCheck::Exact);
+            }
+        } else {
+            matched_since = None;
+            if now >= deadline || now.duration_since(stable_since) >= SETTLED_AFTER {
+                if expected.unknown_records > 0 {
+                    return Ok(CounterCheck::Inconclusive(format!(
+                        "{} records got no answer and may or may not have been counted; {}",
+                        expected.unknown_records,
+                        diffs.join("; ")
+                    )));
+                }
+                return Ok(CounterCheck::Mismatch(diffs));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let current = scrape(target).await?;
+        if current != last {
+            stable_since = Instant::now();
+            last = current;
+        }
+    }
+}
+
+/// Reads the counters from `GET /metrics` on a fresh connection.
+async fn scrape(target: &Target) -> Result<Counters, LoadgenError> {
+    let fail = |reason: String| LoadgenError::Metrics {
+        target: target.base.clone(),
+        reason,
+    };
+    let mut sender = connect(target.addr).await?;
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = Uri::from_static("/metrics");
+    req.headers_mut().insert(header::HOST, target.host.clone());
+    req.headers_mut()
+        .insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange(&mut sender, req))
+        .await
+        .map_err(|_| fail("no answer within 10 s".into()))?
+        .map_err(|source| LoadgenError::Http {
+            addr: target.addr,
+            source,
+        })?;
+    if status != StatusCode::OK {
+        return Err(fail(format!("HTTP {status}")));
+    }
+    let text = std::str::from_utf8(&body).map_err(|e| fail(format!("not UTF-8: {e}")))?;
+    Counters::from_text(text).map_err(fail)
+}
+
+/// A sample's name and its labels, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SeriesKey {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    fn new(name: &str, labels: &[(&str, &str)]) -> Self {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labels.sort();
+        Self {
+            name: name.to_string(),
+            labels,
+        }
+    }
+}
+
+/// Parses Prometheus text exposition into samples (value text as written). Comment lines and
+/// lines it cannot read are skipped; a trailing timestamp is ignored.
+fn parse_metrics(text: &str) -> BTreeMap<SeriesKey, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((key, value)) = parse_sample(line) {
+            out.insert(key, value.to_string());
+        }
+    }
+    out
+}
+
+fn parse_sample(line: &str) -> Option<(SeriesKey, &str)> {
+    let name_end = line.find(|c: char| c == '{' || c.is_ascii_whitespace())?;
+    let name = &line[..name_end];
+    let mut labels = Vec::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices().peekable();
+        let mut close = None;
+        // label="value" pairs separated by commas; values may hold escaped quotes.
+        loop {
+            while chars
+                .next_if(|(_, c)| *c == ',' || c.is_ascii_whitespace())
+                .is_some()
+            {}
+            match chars.peek() {
+                Some((i, '}')) => {
+                    close = Some(*i);
+                    break;
+                }
+                None => break,
+                _ => {}
+            }
+            let mut key = String::new();
+            while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=') {
+                key.push(c);
+            }
+            chars.next()?; // '='
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    c => value.push(c),
+                }
+            }
+            labels.push((key.trim().to_string(), value));
+        }
+        rest = &inner[close? + 1..];
+    }
+    let value = rest.split_ascii_whitespace().next()?;
+    labels.sort();
+    Some((
+        SeriesKey {
+            name: name.to_string(),
+            labels,
+        },
+        value,
+    ))
+}
+
+/// A counter value as a whole number (`123`, or a float form of an integer like `1.5e+06`).
+fn parse_count(v: &str) -> Option<u64> {
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(n);
+    }
+    let f = v.parse::<f64>().ok()?;
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64)
+}
+
+/// A decimal USD amount as integer micro-USD, exactly when written with up to 6 decimals.
+fn parse_micros(v: &str) -> Option<u64> {
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if plain {
+        let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+        if frac.len() <= 6 && !frac.contains('.') {
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().ok()?
+            };
+            let frac_micros: u64 = if frac.is_empty() {
+                0
+            } else {
+                frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32)
+            };
+            return whole.checked_mul(1_000_000)?.checked_add(frac_micros);
+        }
+    }
+    let f = v.parse::<f64>().ok()?;
+    (f.is_finite() && f >= 0.0).then(|| (f * 1_000_000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::price::PriceTable;
+    use crate::record::{Event, Validation, parse_event};
+
+    fn ids_and_records(batch: usize) -> (Vec<String>, usize) {
+        let pool = Pool::build(batch, 0xdead_beef);
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: 1_760_000_000_000,
+            prices: &prices,
+        };
+        let mut ids = Vec::new();
+        let mut first = 999_999_999_990u64;
+        for t in pool.templates.iter().take(3) {
+            for _ in 0..2 {
+                let body = t.render(first);
+                first += batch as u64;
+                let value: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+                let records = match value {
+                    serde_json::Value::Array(a) => a,
+                    o @ serde_json::Value::Object(_) => vec![o],
+                    other => panic!("{other}"),
+                };
+                assert_eq!(records.len(), batch);
+                let mut tokens = [0u64; 5];
+                let mut cost = 0;
+                for r in &records {
+                    let json = r.to_string();
+                    let rec = match parse_event(&json, &v) {
+                        Ok(Event::Finish(rec)) => rec,
+                        other => panic!("{json}: {other:?}"),
+                    };
+                    for (s, n) in tokens.iter_mut().zip(rec.tokens.as_array()) {
+                        *s += n;
+                    }
+                    assert_eq!(
+                        rec.cost_source,
+                        crate::record::CostSource::Reported,
+                        "{json}"
+                    );
+                    cost += rec.cost_micros;
+                    ids.push(rec.request_id.expect("has an id").as_str().to_string());
+                }
+                assert_eq!(tokens, t.tokens);
+                assert_eq!(cost, t.cost_micros);
+            }
+        }
+        (ids, pool.templates.len())
+    }
+
+    #[test]
+    fn single_record_templates_patch_unique_ids() {
+        let (ids, templates) = ids_and_records(1);
+        assert_eq!(templates, POOL_TEMPLATES);
+        assert_eq!(ids.len(), 6);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+        assert_eq!(ids[0], "lg-deadbeef-999999999990");
+        assert_eq!(ids[1], "lg-deadbeef-999999999991");
+    }
+
+    #[test]
+    fn batch_templates_patch_unique_ids() {
+        let (ids, templates) = ids_and_records(100);
+        assert!(templates > 1);
+        assert_eq!(ids.len(), 600);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == "lg-deadbeef-".len() + ID_DIGITS),
+            "{ids:?}"
+        );
+    }
+
+    #[test]
+    fn rate_from_str() {
+        assert_eq!("max".parse::<Rate>().ok(), Some(Rate::Max));
+        assert_eq!(" MAX ".parse::<Rate>().ok(), Some(Rate::Max));
+        assert_eq!("50000".parse::<Rate>().ok(), Some(Rate::PerSecond(50_000)));
+        assert_eq!(
+            "1_000_000".parse::<Rate>().ok(),
+            Some(Rate::PerSecond(1_000_000))
+        );
+        for bad in ["0", "-5", "", "1.5", "fast", "+3", "_"] {
+            assert!(
+                matches!(bad.parse::<Rate>(), Err(LoadgenError::InvalidRate(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_authority() {
+        assert_eq!(
+            parse_authority("http://127.0.0.1:4318").ok().as_deref(),
+            Some("127.0.0.1:4318")
+        );
+        assert_eq!(
+            parse_authority("http://localhost:4318/").ok().as_deref(),
+            Some("localhost:4318")
+        );
+        assert_eq!(
+            parse_authority("http://[::1]:9000").ok().as_deref(),
+            Some("[::1]:9000")
+        );
+        assert_eq!(
+            parse_authority("http://example.com").ok().as_deref(),
+            Some("example.com:80")
+        );
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:4318",
+            "http://x:1/v1/events",
+            "http://",
+            "http://x:port",
+        ] {
+            assert!(parse_authority(bad).is_err(), "{bad}");
+        }
+    }
+
+    const SAMPLE: &str = r#"# HELP ai_gateway_requests_total Requests completed by the gateway fleet.
+# TYPE ai_gateway_requests_total counter
+ai_gateway_requests_total 1500
+ai_gateway_namespace_requests_total{namespace="a \"quoted\" ns"} 7
+gatemeter_tokens_total{type="input"} 100
+gatemeter_tokens_total{type="output"} 200
+gatemeter_tokens_total{type="cache_write_5m"} 3
+gatemeter_tokens_total{type="cache_write_1h"} 0
+gatemeter_tokens_total{type="cache_read"} 1.5e+06
+gatemeter_cost_usd_total 12.3456
+gatemeter_duplicate_records_total 2 1760000000000
+gatemeter_processed_records_total 1502
+model_cost_usd_total{provider="p",model="m"} 1
+"#;
+
+    #[test]
+    fn metrics_text_is_parsed() {
+        let c = Counters::from_text(SAMPLE).expect("parsed");
+        assert_eq!(
+            c,
+            Counters {
+                requests: 1500,
+                tokens: [100, 200, 3, 0, 1_500_000],
+                cost_micros: 12_345_600,
+                duplicates: 2,
+                processed: 1502
+            }
+        );
+        let samples = parse_metrics(SAMPLE);
+        let ns = SeriesKey::new(
+            "ai_gateway_namespace_requests_total",
+            &[("namespace", "a \"quoted\" ns")],
+        );
+        assert_eq!(samples.get(&ns).map(String::as_str), Some("7"));
+        // Label order does not matter.
+        let m = SeriesKey::new("model_cost_usd_total", &[("model", "m"), ("provider", "p")]);
+        assert!(samples.contains_key(&m));
+        assert!(Counters::from_text("up 1\n").is_err());
+    }
+
+    #[test]
+    fn micros_are_exact() {
+        assert_eq!(parse_micros("0.000001"), Some(1));
+        assert_eq!(parse_micros("123"), Some(123_000_000));
+        assert_eq!(parse_micros("98765.4321"), Some(98_765_432_100));
+        assert_eq!(parse_micros("1e-6"), Some(1));
+        assert_eq!(parse_micros("x"), None);
+    }
+
+    #[test]
+    fn counter_comparison() {
+        let before = Counters::default();
+        let after = Counters {
+            requests: 10,
+            tokens: [1, 2, 3, 4, 5],
+            cost_micros: 77,
+            duplicates: 0,
+            processed: 10,
+        };
+        let exp = Expected {
+            requests: 10,
+            tokens: [1, 2, 3, 4, 5],
+            cost_micros: 77,
+            partial: 0,
+            unknown_records: 0,
+        };
+        let delta = after.delta(&before).expect("monotonic");
+        assert!(compare(&delta, &exp).is_empty());
+        let off = Expected {
+            requests: 9,
+            tokens: [1, 2, 3, 4, 6],
+            cost_micros: 70,
+            ..exp
+        };
+        let diffs = compare(&delta, &off);
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs[1].contains("cache_read"), "{diffs:?}");
+        assert!(before.delta(&after).is_none());
+    }
+
+    #[test]
+    fn accepted_count_is_scanned() {
+        assert_eq!(
+            scan_u64(
+                br#"{"accepted":100,"rejected":0,"errors":[]}"#,
+                b"\"accepted\""
+            ),
+            Some(100)
+        );
+        assert_eq!(scan_u64(br#"{"accepted" : 7}"#, b"\"accepted\""), Some(7));
+        assert_eq!(scan_u64(br#"{"rejected":0}"#, b"\"accepted\""), None);
+    }
+
+    #[tokio::test]
+    async fn unreachable_target_fails_before_sending() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let args = LoadgenArgs {
+            target: format!("http://{addr}"),
+            rate: Rate::Max,
+            batch: 1,
+            duration: Duration::from_secs(1),
+            connections: 1,
+        };
+        assert!(matches!(
+            run(&args).await,
+            Err(LoadgenError::Connect { .. })
+        ));
+        let zero = LoadgenArgs { batch: 0, ..args };
+        assert!(matches!(
+            run(&zero).await,
+            Err(LoadgenError::InvalidArgs(_))
+        ));
+    }
+
+    #[test]
+    fn pace_schedule() {
+        let p = Pace {
+            batch: 100,
+            rate: 1_000_000,
+        };
+        assert_eq!(p.offset(1), Duration::from_micros(100));
+        assert_eq!(p.slots_within(Duration::from_secs(1)), 10_000);
+        let p = Pace { batch: 1, rate: 3 };
+        assert_eq!(p.slots_within(Duration::from_secs(1)), 3);
+        assert_eq!(p.offset(3), Duration::from_secs(1));
+    }
+}

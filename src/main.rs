@@ -1,0 +1,219 @@
+//! The `gatemeter` command: parse the CLI, load config, init tracing, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatemeter::app::App;
+use gatemeter::config::Config;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "gatemeter",
+    version,
+    about = "Observability collector for AI/LLM API gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the ingest API and /metrics (default: memory store, 127.0.0.1:4318).
+    Serve {
+        /// YAML config file (see config/gatemeter.example.yaml).
+        #[arg(long, env = "GATEMETER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address; overrides the config file and GATEMETER_LISTEN.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a config file and print the effective settings.
+    CheckConfig {
+        /// YAML config file.
+        file: PathBuf,
+    },
+    /// Serve, and feed the server realistic synthetic gateway traffic.
+    Demo {
+        /// YAML config file; by default the annotated example's price table is used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Synthetic gateway requests per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Drive a running server with records and check its counters against what was sent.
+    Loadgen {
+        /// Base URL of the server, e.g. http://127.0.0.1:4318.
+        #[arg(long)]
+        target: String,
+        /// Records per second, or `max`.
+        #[arg(long, default_value = "max")]
+        rate: gatemeter::loadgen::Rate,
+        /// Records per request (1 sends single JSON objects).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::from_env()?,
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutting down: draining the queue and flushing.");
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = App::build(&config, listener);
+    tracing::info!(addr = %app.local_addr()?, store = "memory", "gatemeter listening.");
+    app.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen } => {
+            init_tracing();
+            serve(load_config(config.as_ref(), listen)?).await
+        }
+        Command::CheckConfig { file } => {
+            let c = Config::load(&file)?;
+            println!("{}: ok", file.display());
+            println!("listen: {}", c.listen);
+            println!("live_store: {:?}", c.live_store);
+            println!("ingest: {:?}", c.ingest);
+            println!("pipeline: {:?}", c.pipeline);
+            Ok(())
+        }
+        Command::Demo {
+            config,
+            listen,
+            rate,
+            seed,
+        } => {
+            init_tracing();
+            let config = match config {
+                Some(p) => load_config(Some(&p), listen)?,
+                None => {
+                    let text = include_str!("../config/gatemeter.example.yaml");
+                    let mut c =
+                        Config::from_yaml_str(text, std::path::Path::new("example"), &|k| {
+                            std::env::var(k).ok()
+                        })?;
+                    if let Some(addr) = listen {
+                        c.listen = addr;
+                    }
+                    c
+                }
+            };
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let app = App::build(&config, listener);
+            let addr = app.local_addr()?;
+            tracing::info!(%addr, "gatemeter demo: serving and generating traffic; open http://{addr}/metrics");
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut demo_stop = stop_rx.clone();
+            let traffic = tokio::spawn(gatemeter::demo::drive(
+                addr,
+                gatemeter::demo::DemoArgs {
+                    requests_per_second: rate,
+                    seed,
+                },
+                async move {
+                    let _ = demo_stop.wait_for(|s| *s).await;
+                },
+            ));
+            let server = app.run(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            server.await?;
+            let _ = tokio::time::timeout(Duration::from_secs(2), traffic).await;
+            Ok(())
+        }
+        Command::Loadgen {
+            target,
+            rate,
+            batch,
+            duration,
+            connections,
+        } => {
+            init_tracing();
+            let args = gatemeter::loadgen::LoadgenArgs {
+                target,
+                rate,
+                batch,
+                duration: Duration::from_secs(duration),
+                connections,
+            };
+            let report = gatemeter::loadgen::run(&args).await;
+            match report {
+                Ok(r) => {
+                    println!("{r}");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}

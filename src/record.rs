@@ -1,0 +1,1078 @@
+//! The request record (SPEC §2): the one type every source produces, and its validation.
+//!
+//! Sources hand JSON (or already-decoded values) to [`parse_event`]; what comes out is an
+//! [`Event`] — a finished [`ValidRecord`] or a start marker — whose every field is typed and in
+//! range. Errors name the field and the reason. No I/O and no clock reads here: the caller passes
+//! the receive time in [`Validation`].
+
+use std::fmt;
+
+use compact_str::CompactString;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use crate::price::PriceTable;
+
+/// A bounded label value (namespace, provider, model): short strings are stored inline.
+pub type Label = CompactString;
+
+/// Largest token count accepted in one bucket of one record.
+pub const MAX_TOKENS: u64 = 100_000_000;
+/// Largest duration accepted (one day), in milliseconds.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// Largest cost accepted for one request, in USD.
+pub const MAX_COST_USD: f64 = 100_000.0;
+/// Earliest accepted timestamp: 2000-01-01T00:00:00Z in epoch milliseconds.
+pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+/// How far in the future a timestamp may be (clock skew), in milliseconds.
+pub const MAX_FUTURE_MS: i64 = 86_400_000;
+
+const MAX_ID_LEN: usize = 256;
+const MAX_ENDPOINT_LEN: usize = 2048;
+const MAX_TEXT_LEN: usize = 4096;
+const MAX_CHAIN: usize = 64;
+
+/// Idempotency key of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(pub CompactString);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which API family a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiType {
+    /// Anthropic Messages API.
+    Claude,
+    /// OpenAI-compatible chat/completions/embeddings.
+    Openai,
+    /// OpenAI Responses API (Codex).
+    Codex,
+    /// Google Gemini.
+    Gemini,
+    /// Anything else.
+    Other,
+}
+
+impl ApiType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Claude => "claude",
+            Self::Openai => "openai",
+            Self::Codex => "codex",
+            Self::Gemini => "gemini",
+            Self::Other => "other",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "claude" => Self::Claude,
+            "openai" => Self::Openai,
+            "codex" => Self::Codex,
+            "gemini" => Self::Gemini,
+            "other" => Self::Other,
+            _ => return None,
+        })
+    }
+
+    /// Derives the API family from the request path.
+    pub fn from_endpoint(endpoint: &str) -> Self {
+        let path = endpoint.split('?').next().unwrap_or(endpoint);
+        if path.ends_with("/messages") || path.contains("/messages/") {
+            Self::Claude
+        } else if path.ends_with("/responses") || path.contains("/responses/") {
+            Self::Codex
+        } else if path.contains(":generateContent")
+            || path.contains(":streamGenerateContent")
+            || path.contains("/v1beta/")
+        {
+            Self::Gemini
+        } else if path.contains("/chat/completions")
+            || path.ends_with("/completions")
+            || path.ends_with("/embeddings")
+        {
+            Self::Openai
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// The GenAI semantic-convention operation name for an endpoint.
+pub fn genai_operation(endpoint: &str) -> &'static str {
+    if endpoint.contains("embed") {
+        "embeddings"
+    } else if endpoint.ends_with("/completions") && !endpoint.ends_with("/chat/completions") {
+        "text_completion"
+    } else if endpoint.contains("generateContent") {
+        "generate_content"
+    } else {
+        "chat"
+    }
+}
+
+/// Token counts by bucket; the buckets are disjoint (Anthropic-style).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Plain input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Cache writes, 5 minute TTL.
+    pub cache_write_5m: u64,
+    /// Cache writes, 1 hour TTL.
+    pub cache_write_1h: u64,
+    /// Cache reads.
+    pub cache_read: u64,
+}
+
+/// Names of the token types, in the order of [`Tokens::as_array`].
+pub const TOKEN_TYPES: [&str; 5] = [
+    "input",
+    "output",
+    "cache_write_5m",
+    "cache_write_1h",
+    "cache_read",
+];
+
+impl Tokens {
+    /// The counts in the order of [`TOKEN_TYPES`].
+    pub fn as_array(&self) -> [u64; 5] {
+        [
+            self.input,
+            self.output,
+            self.cache_write_5m,
+            self.cache_write_1h,
+            self.cache_read,
+        ]
+    }
+
+    /// Adds another set of counts.
+    pub fn add(&mut self, o: &Tokens) {
+        self.input += o.input;
+        self.output += o.output;
+        self.cache_write_5m += o.cache_write_5m;
+        self.cache_write_1h += o.cache_write_1h;
+        self.cache_read += o.cache_read;
+    }
+
+    /// All prompt-side tokens (input plus cache reads and writes).
+    pub fn prompt_total(&self) -> u64 {
+        self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
+    }
+
+    /// Every token of the request.
+    pub fn total(&self) -> u64 {
+        self.prompt_total() + self.output
+    }
+}
+
+/// Where a record's cost came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostSource {
+    /// The record carried `cost_usd`.
+    Reported,
+    /// Computed from the price table.
+    Priced,
+    /// No cost and the model is not priced: cost 0, counted as unpriced.
+    Unpriced,
+}
+
+/// A validated, finished gateway request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRecord {
+    /// Idempotency key.
+    pub request_id: Option<RequestId>,
+    /// Request start, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// Tenant / app grouping.
+    pub namespace: Label,
+    /// Gateway instance that served it.
+    pub instance: Option<Label>,
+    /// Who made the request.
+    pub user: Option<CompactString>,
+    /// Stable user id.
+    pub user_id: Option<CompactString>,
+    /// Gateway API key name (never the secret).
+    pub key: Option<CompactString>,
+    /// Gateway API key id.
+    pub key_id: Option<CompactString>,
+    /// Upstream provider; empty when blocked before forwarding.
+    pub provider: Label,
+    /// Model actually used.
+    pub model: Label,
+    /// Model the client asked for, when redirected.
+    pub original_model: Option<Label>,
+    /// API path.
+    pub endpoint: CompactString,
+    /// API family.
+    pub api_type: ApiType,
+    /// HTTP method.
+    pub method: CompactString,
+    /// Final status code (0 = no response).
+    pub status: u16,
+    /// Total duration in milliseconds.
+    pub duration_ms: u64,
+    /// Time to first byte/token in milliseconds.
+    pub ttfb_ms: Option<u64>,
+    /// Tokens by bucket.
+    pub tokens: Tokens,
+    /// Cost in integer micro-USD.
+    pub cost_micros: u64,
+    /// Where the cost came from.
+    pub cost_source: CostSource,
+    /// Conversation / CLI session.
+    pub session_id: Option<CompactString>,
+    /// Provider switches.
+    pub retry_count: u32,
+    /// Providers tried, in order.
+    pub provider_chain: Vec<CompactString>,
+    /// Streaming response.
+    pub is_streaming: bool,
+    /// Error message or type.
+    pub error: Option<CompactString>,
+    /// Filter that blocked the request.
+    pub blocked_by: Option<CompactString>,
+    /// Why it was blocked.
+    pub block_reason: Option<CompactString>,
+    /// Client user agent.
+    pub user_agent: Option<CompactString>,
+    /// Client address.
+    pub client_ip: Option<CompactString>,
+    /// Messages in the conversation.
+    pub messages_count: Option<u32>,
+    /// Distributed trace id.
+    pub trace_id: Option<CompactString>,
+}
+
+impl ValidRecord {
+    /// 2xx and 3xx are successes; 4xx, 5xx and 0 (no response) are failures.
+    pub fn is_success(&self) -> bool {
+        (200..400).contains(&self.status)
+    }
+}
+
+/// The first phase of a two-phase request: raises the namespace's concurrency gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartMarker {
+    /// Id the final record will carry.
+    pub request_id: RequestId,
+    /// Namespace whose gauge it raises.
+    pub namespace: Label,
+    /// When the request started, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// What one ingested JSON object means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A request started (phase `start`).
+    Start(StartMarker),
+    /// A request finished.
+    Finish(Box<ValidRecord>),
+}
+
+/// A record that could not be accepted: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// JSON path of the offending field (`(record)` for the object itself).
+    pub field: String,
+    /// Why it was rejected.
+    pub message: String,
+    /// Stable reason code for counting.
+    pub reason: RejectReason,
+}
+
+/// Why a record was rejected (the `reason` label of the rejection counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Not JSON, or not an object.
+    Malformed,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// A required field is absent.
+    MissingField,
+    /// A field is out of range or not allowed.
+    InvalidValue,
+}
+
+impl RejectReason {
+    /// All reasons, for metric exposition.
+    pub const ALL: [RejectReason; 4] = [
+        Self::Malformed,
+        Self::WrongType,
+        Self::MissingField,
+        Self::InvalidValue,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongType => "wrong_type",
+            Self::MissingField => "missing_field",
+            Self::InvalidValue => "invalid_value",
+        }
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl RecordError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+            reason: RejectReason::InvalidValue,
+        }
+    }
+
+    fn missing(field: &str) -> Self {
+        Self {
+            field: field.to_string(),
+            message: "is required".to_string(),
+            reason: RejectReason::MissingField,
+        }
+    }
+
+    /// A record whose JSON could not be read at all.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self {
+            field: "(record)".to_string(),
+            message: message.into(),
+            reason: RejectReason::Malformed,
+        }
+    }
+}
+
+/// What validation needs from outside: the receive time and the price table.
+#[derive(Debug, Clone, Copy)]
+pub struct Validation<'a> {
+    /// Receive time, epoch milliseconds.
+    pub now_ms: i64,
+    /// Prices for records without `cost_usd`.
+    pub prices: &'a PriceTable,
+}
+
+/// A timestamp as sent: epoch milliseconds or RFC 3339 text.
+#[derive(Debug)]
+enum RawTime {
+    Millis(f64),
+    Text(CompactString),
+}
+
+impl<'de> Deserialize<'de> for RawTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawTime;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawTime, E> {
+                Ok(RawTime::Millis(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawTime, E> {
+                Ok(RawTime::Millis(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawTime, E> {
+                Ok(RawTime::Millis(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTime, E> {
+                Ok(RawTime::Text(CompactString::from(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A cost as sent: a JSON number or a decimal string, in USD.
+#[derive(Debug)]
+struct RawCost(f64);
+
+impl<'de> Deserialize<'de> for RawCost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawCost;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a USD amount as a number or decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCost, E> {
+                Ok(RawCost(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCost, E> {
+                Ok(RawCost(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawCost, E> {
+                Ok(RawCost(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCost, E> {
+                v.trim()
+                    .parse::<f64>()
+                    .map(RawCost)
+                    .map_err(|_| E::custom(format!("{v:?} is not a decimal number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The value of an unknown field: skipped, but through `deserialize_any`, so the JSON parser's
+/// nesting limit (128) applies — serde's `IgnoredAny` would skip a 10,000-deep value silently.
+struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skipped;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+                while seq.next_element::<Skipped>()?.is_some() {}
+                Ok(Skipped)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+                while map.next_entry::<de::IgnoredAny, Skipped>()?.is_some() {}
+                Ok(Skipped)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Declares the wire record: every field optional, unknown fields skipped (depth-limited).
+macro_rules! raw_record {
+    ($($field:ident: $ty:ty,)*) => {
+        /// The record as it arrives on the wire.
+        #[derive(Debug, Default)]
+        struct RawRecord {
+            $($field: Option<$ty>,)*
+        }
+
+        impl<'de> Deserialize<'de> for RawRecord {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = RawRecord;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a request record (JSON object)")
+                    }
+                    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawRecord, A::Error> {
+                        let mut r = RawRecord::default();
+                        while let Some(key) = map.next_key::<Key<'de>>()? {
+                            match key.0.as_ref() {
+                                $(stringify!($field) => r.$field = map.next_value()?,)*
+                                _ => {
+                                    map.next_value::<Skipped>()?;
+                                }
+                            }
+                        }
+                        Ok(r)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+raw_record! {
+    phase: CompactString,
+    request_id: CompactString,
+    timestamp: RawTime,
+    namespace: CompactString,
+    instance: CompactString,
+    user: CompactString,
+    user_id: CompactString,
+    key: CompactString,
+    key_id: CompactString,
+    provider: CompactString,
+    model: CompactString,
+    original_model: CompactString,
+    endpoint: CompactString,
+    api_type: CompactString,
+    method: CompactString,
+    status: u16,
+    duration_ms: u64,
+    ttfb_ms: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_5m_tokens: u64,
+    cache_creation_1h_tokens: u64,
+    cache_read_tokens: u64,
+    cost_usd: RawCost,
+    session_id: CompactString,
+    retry_count: u32,
+    provider_chain: Vec<CompactString>,
+    is_streaming: bool,
+    error: CompactString,
+    blocked_by: CompactString,
+    block_reason: CompactString,
+    user_agent: CompactString,
+    client_ip: CompactString,
+    messages_count: u32,
+    trace_id: CompactString,
+}
+
+/// Parses and validates one JSON object.
+pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError> {
+    let raw: RawRecord = match serde_json::from_str(json) {
+        Ok(raw) => raw,
+        Err(e) => return Err(locate_error(json, e)),
+    };
+    raw.validate(v)
+}
+
+/// Parses a JSON array of records in one pass, validating each. Returns `None` when any
+/// element fails to *deserialize* (wrong type, bad syntax): the caller then falls back to
+/// per-element parsing to report each failure with its index.
+pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, RecordError>>> {
+    let raws: Vec<RawRecord> = serde_json::from_str(json).ok()?;
+    Some(raws.into_iter().map(|r| r.validate(v)).collect())
+}
+
+/// Re-reads a record that failed to deserialize, to name the field that failed (cold path).
+fn locate_error(json: &str, first: serde_json::Error) -> RecordError {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let (field, err) = match serde_path_to_error::deserialize::<_, RawRecord>(&mut de) {
+        Ok(_) => (String::new(), first),
+        Err(e) => (e.path().to_string(), e.into_inner()),
+    };
+    let reason = match err.classify() {
+        serde_json::error::Category::Data => RejectReason::WrongType,
+        _ => RejectReason::Malformed,
+    };
+    let message = strip_position(&err.to_string());
+    // Syntax errors deep inside a value are reported at the top-level field that holds them.
+    let field = if reason == RejectReason::Malformed {
+        field.split(['[', '.']).next().unwrap_or("").to_string()
+    } else {
+        field
+    };
+    let field = if field.is_empty() || field == "." {
+        "(record)".to_string()
+    } else {
+        field
+    };
+    let message = if reason == RejectReason::Malformed {
+        format!("invalid JSON: {message}")
+    } else {
+        message
+    };
+    RecordError {
+        field,
+        message,
+        reason,
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn id_field(field: &str, v: Option<CompactString>) -> Result<Option<CompactString>, RecordError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) if s.len() > MAX_ID_LEN => Err(RecordError::invalid(
+            field,
+            format!("is {} bytes long; the limit is {MAX_ID_LEN}", s.len()),
+        )),
+        Some(s) if s.chars().any(char::is_control) => {
+            Err(RecordError::invalid(field, "contains control characters"))
+        }
+        Some(s) => Ok(Some(s)),
+    }
+}
+
+/// Free text is truncated (at a character boundary) rather than rejected: losing a whole record
+/// because an upstream error message is long would be worse than losing its tail.
+fn text_field(v: Option<CompactString>, limit: usize) -> Option<CompactString> {
+    let s = v?;
+    if s.is_empty() {
+        return None;
+    }
+    if s.len() <= limit {
+        return Some(s);
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut t = CompactString::from(&s[..end]);
+    t.push('…');
+    Some(t)
+}
+
+fn tokens_field(field: &str, v: Option<u64>) -> Result<u64, RecordError> {
+    let n = v.unwrap_or(0);
+    if n > MAX_TOKENS {
+        return Err(RecordError::invalid(
+            field,
+            format!("{n} exceeds the limit of {MAX_TOKENS} tokens per request"),
+        ));
+    }
+    Ok(n)
+}
+
+fn timestamp(raw: Option<RawTime>, now_ms: i64) -> Result<i64, RecordError> {
+    let ms = match raw {
+        None => return Ok(now_ms),
+        Some(RawTime::Millis(f)) => {
+            if !f.is_finite() || f.fract() != 0.0 {
+                return Err(RecordError::invalid(
+                    "timestamp",
+                    "epoch milliseconds must be a whole number",
+                ));
+            }
+            f as i64
+        }
+        Some(RawTime::Text(s)) => {
+            let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    RecordError::invalid("timestamp", format!("{s:?} is not RFC 3339: {e}"))
+                })?;
+            (t.unix_timestamp_nanos() / 1_000_000) as i64
+        }
+    };
+    if ms < MIN_TIMESTAMP_MS {
+        let hint = if ms > 0 && ms < 100_000_000_000 {
+            " (it looks like seconds; send milliseconds)"
+        } else {
+            ""
+        };
+        return Err(RecordError::invalid(
+            "timestamp",
+            format!("{ms} is before 2000-01-01{hint}"),
+        ));
+    }
+    if ms > now_ms + MAX_FUTURE_MS {
+        return Err(RecordError::invalid(
+            "timestamp",
+            format!("{ms} is more than a day in the future"),
+        ));
+    }
+    Ok(ms)
+}
+
+impl RawRecord {
+    fn validate(self, v: &Validation<'_>) -> Result<Event, RecordError> {
+        let request_id = id_field("request_id", self.request_id)?.map(RequestId);
+        let namespace =
+            id_field("namespace", self.namespace)?.unwrap_or_else(|| Label::const_new("default"));
+        let timestamp_ms = timestamp(self.timestamp, v.now_ms)?;
+        match self.phase.as_deref() {
+            None | Some("end") | Some("final") => {}
+            Some("start") => {
+                let request_id = request_id.ok_or_else(|| RecordError {
+                    field: "request_id".into(),
+                    message: "is required with phase \"start\"".into(),
+                    reason: RejectReason::MissingField,
+                })?;
+                return Ok(Event::Start(StartMarker {
+                    request_id,
+                    namespace,
+                    timestamp_ms,
+                }));
+            }
+            Some(other) => {
+                return Err(RecordError::invalid(
+                    "phase",
+                    format!("{other:?} is not one of \"start\", \"end\""),
+                ));
+            }
+        }
+
+        let model = id_field("model", self.model)?.ok_or_else(|| RecordError::missing("model"))?;
+        let status = self.status.ok_or_else(|| RecordError::missing("status"))?;
+        if status != 0 && !(100..=599).contains(&status) {
+            return Err(RecordError::invalid(
+                "status",
+                format!("{status} is not 0 or an HTTP status 100-599"),
+            ));
+        }
+        let duration_ms = self
+            .duration_ms
+            .ok_or_else(|| RecordError::missing("duration_ms"))?;
+        if duration_ms > MAX_DURATION_MS {
+            return Err(RecordError::invalid(
+                "duration_ms",
+                format!("{duration_ms} exceeds the limit of {MAX_DURATION_MS} (one day)"),
+            ));
+        }
+        if let Some(t) = self.ttfb_ms
+            && t > duration_ms
+        {
+            return Err(RecordError::invalid(
+                "ttfb_ms",
+                format!("{t} exceeds duration_ms ({duration_ms})"),
+            ));
+        }
+        let tokens = Tokens {
+            input: tokens_field("input_tokens", self.input_tokens)?,
+            output: tokens_field("output_tokens", self.output_tokens)?,
+            cache_write_5m: tokens_field(
+                "cache_creation_5m_tokens",
+                self.cache_creation_5m_tokens,
+            )?,
+            cache_write_1h: tokens_field(
+                "cache_creation_1h_tokens",
+                self.cache_creation_1h_tokens,
+            )?,
+            cache_read: tokens_field("cache_read_tokens", self.cache_read_tokens)?,
+        };
+        let provider = id_field("provider", self.provider)?.unwrap_or_default();
+        let endpoint = match self.endpoint {
+            Some(e) if e.len() > MAX_ENDPOINT_LEN => {
+                return Err(RecordError::invalid(
+                    "endpoint",
+                    format!("is {} bytes long; the limit is {MAX_ENDPOINT_LEN}", e.len()),
+                ));
+            }
+            Some(e) => e,
+            None => CompactString::default(),
+        };
+        let api_type = match self.api_type.as_deref() {
+            None | Some("") => ApiType::from_endpoint(&endpoint),
+            Some(s) => ApiType::parse(s).ok_or_else(|| {
+                RecordError::invalid(
+                    "api_type",
+                    format!("{s:?} is not one of claude, openai, codex, gemini, other"),
+                )
+            })?,
+        };
+        let method = match id_field("method", self.method)? {
+            None => CompactString::const_new("POST"),
+            Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                m.to_ascii_uppercase()
+            }
+            Some(m) => {
+                return Err(RecordError::invalid(
+                    "method",
+                    format!("{m:?} is not an HTTP method"),
+                ));
+            }
+        };
+        let (cost_micros, cost_source) = match self.cost_usd {
+            Some(RawCost(usd)) => {
+                if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
+                    return Err(RecordError::invalid(
+                        "cost_usd",
+                        format!("{usd} is not an amount between 0 and {MAX_COST_USD} USD"),
+                    ));
+                }
+                ((usd * 1_000_000.0).round() as u64, CostSource::Reported)
+            }
+            None => match v.prices.cost_micros(&provider, &model, &tokens) {
+                Some(c) => (c, CostSource::Priced),
+                None => (0, CostSource::Unpriced),
+            },
+        };
+        let retry_count = self.retry_count.unwrap_or(0);
+        if retry_count > 1000 {
+            return Err(RecordError::invalid(
+                "retry_count",
+                format!("{retry_count} exceeds the limit of 1000"),
+            ));
+        }
+        let provider_chain = self.provider_chain.unwrap_or_default();
+        if provider_chain.len() > MAX_CHAIN {
+            return Err(RecordError::invalid(
+                "provider_chain",
+                format!(
+                    "has {} entries; the limit is {MAX_CHAIN}",
+                    provider_chain.len()
+                ),
+            ));
+        }
+        for (i, p) in provider_chain.iter().enumerate() {
+            if p.len() > MAX_ID_LEN {
+                return Err(RecordError::invalid(
+                    &format!("provider_chain[{i}]"),
+                    "is too long",
+                ));
+            }
+        }
+        Ok(Event::Finish(Box::new(ValidRecord {
+            request_id,
+            timestamp_ms,
+            namespace,
+            instance: id_field("instance", self.instance)?,
+            user: id_field("user", self.user)?,
+            user_id: id_field("user_id", self.user_id)?,
+            key: id_field("key", self.key)?,
+            key_id: id_field("key_id", self.key_id)?,
+            provider,
+            model,
+            original_model: id_field("original_model", self.original_model)?,
+            endpoint,
+            api_type,
+            method,
+            status,
+            duration_ms,
+            ttfb_ms: self.ttfb_ms,
+            tokens,
+            cost_micros,
+            cost_source,
+            session_id: id_field("session_id", self.session_id)?,
+            retry_count,
+            provider_chain,
+            is_streaming: self.is_streaming.unwrap_or(false),
+            error: text_field(self.error, MAX_TEXT_LEN),
+            blocked_by: id_field("blocked_by", self.blocked_by)?,
+            block_reason: text_field(self.block_reason, MAX_TEXT_LEN),
+            user_agent: text_field(self.user_agent, 1024),
+            client_ip: id_field("client_ip", self.client_ip)?,
+            messages_count: self.messages_count,
+            trace_id: id_field("trace_id", self.trace_id)?,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_760_000_000_000;
+
+    fn parse(json: &str) -> Result<Event, RecordError> {
+        let prices = PriceTable::default();
+        parse_event(
+            json,
+            &Validation {
+                now_ms: NOW,
+                prices: &prices,
+            },
+        )
+    }
+
+    fn finish(json: &str) -> ValidRecord {
+        match parse(json) {
+            Ok(Event::Finish(r)) => *r,
+            other => panic!("expected a finished record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let r = finish(r#"{"model":"m","status":200,"duration_ms":5}"#);
+        assert_eq!(r.namespace, "default");
+        assert_eq!(r.timestamp_ms, NOW);
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.api_type, ApiType::Other);
+        assert_eq!(r.cost_source, CostSource::Unpriced);
+        assert!(r.is_success());
+    }
+
+    #[test]
+    fn full_record() {
+        let r = finish(
+            r#"{"request_id":"r1","timestamp":"2025-10-09T08:53:20.5Z","namespace":"team-a","provider":"anthropic",
+            "model":"claude-sonnet-4-5","endpoint":"/v1/messages","method":"post","status":529,"duration_ms":1200,
+            "ttfb_ms":300,"input_tokens":10,"output_tokens":20,"cache_creation_5m_tokens":1,"cache_creation_1h_tokens":2,
+            "cache_read_tokens":3,"cost_usd":"0.001234","provider_chain":["a","b"],"retry_count":1,"is_streaming":true,
+            "unknown":{"deep":[1,2,3]}}"#,
+        );
+        assert_eq!(r.timestamp_ms, NOW + 500);
+        assert_eq!(r.api_type, ApiType::Claude);
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.cost_micros, 1234);
+        assert_eq!(r.cost_source, CostSource::Reported);
+        assert_eq!(r.tokens.as_array(), [10, 20, 1, 2, 3]);
+        assert!(!r.is_success());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"model":"m","status":200,"duration_ms":5,"input_tokens":-3}"#,
+                "input_tokens",
+                RejectReason::WrongType,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":5,"input_tokens":"many"}"#,
+                "input_tokens",
+                RejectReason::WrongType,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":5,"output_tokens":1000000000000}"#,
+                "output_tokens",
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200}"#,
+                "duration_ms",
+                RejectReason::MissingField,
+            ),
+            (
+                r#"{"status":200,"duration_ms":1}"#,
+                "model",
+                RejectReason::MissingField,
+            ),
+            (
+                r#"{"model":"m","status":999,"duration_ms":1}"#,
+                "status",
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":1,"timestamp":1700000000}"#,
+                "timestamp",
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":10,"ttfb_ms":11}"#,
+                "ttfb_ms",
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":1,"cost_usd":-1}"#,
+                "cost_usd",
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":1,"provider_chain":["a",5]}"#,
+                "provider_chain[1]",
+                RejectReason::WrongType,
+            ),
+            (
+                r#"{"phase":"start"}"#,
+                "request_id",
+                RejectReason::MissingField,
+            ),
+            (
+                r#"{"phase":"middle","request_id":"x"}"#,
+                "phase",
+                RejectReason::InvalidValue,
+            ),
+            (r#"[1,2]"#, "(record)", RejectReason::WrongType),
+            (r#"{"model": "#, "model", RejectReason::Malformed),
+            (r#"{"model"  "#, "(record)", RejectReason::Malformed),
+        ];
+        for (json, field, reason) in cases {
+            let err = parse(json).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert_eq!(err.reason, reason, "{json}: {err}");
+            assert!(!err.message.contains("line 1"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn seconds_timestamp_gets_a_hint() {
+        let err = parse(r#"{"model":"m","status":200,"duration_ms":1,"timestamp":1700000000}"#)
+            .expect_err("seconds");
+        assert!(
+            err.message.contains("looks like seconds"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_overflowed() {
+        let deep = format!(
+            "{{\"model\":\"m\",\"status\":200,\"duration_ms\":1,\"x\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let err = parse(&deep).expect_err("too deep");
+        assert_eq!(err.reason, RejectReason::Malformed);
+        assert_eq!(err.field, "x");
+        assert!(err.message.contains("recursion limit"), "{}", err.message);
+        // Shallow unknown values are ignored.
+        assert!(parse(r#"{"model":"m","status":200,"duration_ms":1,"x":[[{"a":[1]}]]}"#).is_ok());
+    }
+
+    #[test]
+    fn start_marker() {
+        match parse(r#"{"phase":"start","request_id":"a","namespace":"n"}"#) {
+            Ok(Event::Start(s)) => {
+                assert_eq!(s.request_id.as_str(), "a");
+                assert_eq!(s.namespace, "n");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_error_text_is_truncated_at_a_char_boundary() {
+        let msg = "é".repeat(3000);
+        let r = finish(&format!(
+            r#"{{"model":"m","status":500,"duration_ms":1,"error":"{msg}"}}"#
+        ));
+        let e = r.error.expect("error kept");
+        assert!(e.len() <= MAX_TEXT_LEN + '…'.len_utf8());
+        assert!(e.ends_with('…'));
+    }
+
+    #[test]
+    fn api_type_from_endpoint() {
+        assert_eq!(ApiType::from_endpoint("/v1/messages"), ApiType::Claude);
+        assert_eq!(
+            ApiType::from_endpoint("/v1/chat/completions"),
+            ApiType::Openai
+        );
+        assert_eq!(ApiType::from_endpoint("/v1/responses"), ApiType::Codex);
+        assert_eq!(
+            ApiType::from_endpoint("/v1beta/models/gemini-2.5-pro:generateContent"),
+            ApiType::Gemini
+        );
+        assert_eq!(ApiType::from_endpoint("/health"), ApiType::Other);
+    }
+}

@@ -1,0 +1,39 @@
+//! The request-log seam: every counted record is handed to a [`RequestLog`] after aggregation.
+//!
+//! A backend takes batches without blocking the pipeline (it queues them for its own writer
+//! task) and refuses with [`StoreError::Full`] when its bounded queue is full; the pipeline
+//! counts such drops. The SQL backends (SQLite default, PostgreSQL) implement this trait.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::record::ValidRecord;
+use crate::store::StoreError;
+
+/// Where counted records are written for later querying.
+pub trait RequestLog: Send + Sync + 'static {
+    /// Short name for logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Queues a batch of counted records. Must not block on I/O.
+    fn submit(&self, records: Vec<Box<ValidRecord>>) -> Result<(), StoreError>;
+    /// Waits until everything queued so far is written (graceful shutdown).
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// A request log that keeps nothing (aggregates only).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl RequestLog for Discard {
+    fn name(&self) -> &'static str {
+        "discard"
+    }
+
+    fn submit(&self, _records: Vec<Box<ValidRecord>>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,142 @@
+//! The embedded live store: the fleet is this one process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::live::{FleetView, LiveStore, SLOT_MS, WINDOWS, WindowView};
+use crate::aggregate::{Aggregates, Latencies, ScopeKey};
+
+#[derive(Debug, Default)]
+struct Slot {
+    global: Latencies,
+    scopes: HashMap<ScopeKey, Latencies>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    totals: Aggregates,
+    slots: BTreeMap<i64, Slot>,
+}
+
+/// Totals and windowed histograms in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    // Written once per flush by the pipeline task, read by `/metrics`; both hold it for a short,
+    // synchronous critical section (a merge or a clone), never across an await.
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding the lock leaves plain counters behind, still consistent enough to serve.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LiveStore for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn apply(&self, deltas: Aggregates, now_ms: i64) {
+        if deltas.is_empty() {
+            return;
+        }
+        let slot_id = now_ms.div_euclid(SLOT_MS);
+        let oldest_kept = slot_id - WINDOWS[WINDOWS.len() - 1].1 / SLOT_MS;
+        let mut st = lock(&self.state);
+        let slot = st.slots.entry(slot_id).or_default();
+        slot.global.merge(&deltas.global.latency);
+        for (k, v) in &deltas.scopes {
+            if v.latency.duration.count() > 0 || v.latency.ttfb.count() > 0 {
+                slot.scopes.entry(k.clone()).or_default().merge(&v.latency);
+            }
+        }
+        st.slots = st.slots.split_off(&oldest_kept);
+        st.totals.merge(&deltas);
+    }
+
+    fn view(&self, now_ms: i64) -> Arc<FleetView> {
+        let slot_id = now_ms.div_euclid(SLOT_MS);
+        let st = lock(&self.state);
+        let windows = WINDOWS
+            .iter()
+            .map(|(label, len)| {
+                let mut w = WindowView {
+                    label,
+                    ..WindowView::default()
+                };
+                for (_, slot) in st.slots.range(slot_id - len / SLOT_MS..=slot_id) {
+                    w.global.merge(&slot.global);
+                    for (k, v) in &slot.scopes {
+                        w.scopes.entry(k.clone()).or_default().merge(v);
+                    }
+                }
+                w
+            })
+            .collect();
+        Arc::new(FleetView {
+            totals: st.totals.clone(),
+            windows,
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Aggregator, Limits};
+    use crate::price::PriceTable;
+    use crate::record::{Validation, parse_event};
+
+    fn deltas(durations: &[u64]) -> Aggregates {
+        let prices = PriceTable::default();
+        let mut a = Aggregator::new(Limits::default());
+        for d in durations {
+            let json = format!(r#"{{"model":"m","status":200,"duration_ms":{d}}}"#);
+            let e = parse_event(
+                &json,
+                &Validation {
+                    now_ms: 1_760_000_000_000,
+                    prices: &prices,
+                },
+            )
+            .expect("valid");
+            a.apply(&e, 0);
+        }
+        a.take()
+    }
+
+    #[test]
+    fn windows_slide_and_totals_stay() {
+        let s = MemoryStore::new();
+        let t0 = 1_000_000_000;
+        s.apply(deltas(&[100]), t0);
+        s.apply(deltas(&[200, 300]), t0 + 120_000);
+        let v = s.view(t0 + 120_000);
+        assert_eq!(v.totals.global.requests, 3);
+        assert_eq!(
+            v.windows[0].global.duration.count(),
+            2,
+            "1m window holds the recent flush only"
+        );
+        assert_eq!(
+            v.windows[1].global.duration.count(),
+            3,
+            "5m window holds both"
+        );
+        let later = s.view(t0 + 400_000);
+        assert_eq!(later.windows[1].global.duration.count(), 2);
+        assert_eq!(later.windows[0].global.duration.count(), 0);
+        assert_eq!(later.totals.global.latency.duration.count(), 3);
+    }
+}

@@ -1,0 +1,211 @@
+//! TestApp: the real server on 127.0.0.1:0 with a real HTTP client, plus an exposition parser.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use gatemeter::app::App;
+use gatemeter::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    pub async fn with_config(yaml: &str) -> Self {
+        let config = Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+            .expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app = App::build(&config, listener);
+        let addr = app.local_addr().expect("addr");
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a body to /v1/events.
+    pub async fn post_raw(
+        &self,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        encoding: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url("/v1/events")).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(enc) = encoding {
+            req = req.header("content-encoding", enc);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// POSTs JSON; returns the status and the parsed answer.
+    pub async fn post_json(&self, body: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .post_raw(body.as_bytes().to_vec(), Some("application/json"), None)
+            .await;
+        answer(resp).await
+    }
+
+    pub async fn metrics(&self) -> Exposition {
+        let resp = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(resp.status(), 200);
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        Exposition::parse(&resp.text().await.expect("body"))
+    }
+
+    /// Stops the server gracefully and waits for the drain.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+    }
+}
+
+pub async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"));
+    (status, json)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug)]
+pub struct Exposition {
+    pub samples: Vec<Sample>,
+    /// Family name → type, in order of appearance.
+    pub families: Vec<(String, String)>,
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if name.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('"'));
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(o) => value.push(o),
+                    None => break,
+                },
+                '"' => break,
+                o => value.push(o),
+            }
+        }
+        out.insert(name.trim_start_matches(',').to_string(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    out
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        let mut families = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                families.push((
+                    it.next().expect("name").to_string(),
+                    it.next().expect("type").to_string(),
+                ));
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (
+                    n.to_string(),
+                    parse_labels(l.strip_suffix('}').expect("closing brace")),
+                ),
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        Self { samples, families }
+    }
+
+    /// The value of the series with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+    }
+
+    /// Like `get`, but 0 when absent is an error.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+    }
+}

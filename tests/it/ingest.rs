@@ -1,0 +1,246 @@
+//! Native ingest: formats, encodings, partial acceptance, idempotency, two-phase concurrency,
+//! overload.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::harness::{TestApp, answer};
+
+fn rec(id: &str, ns: &str) -> String {
+    format!(
+        r#"{{"request_id":"{id}","namespace":"{ns}","model":"m","status":200,"duration_ms":10,"output_tokens":3}}"#
+    )
+}
+
+#[tokio::test]
+async fn partial_acceptance_counts_only_valid_records() {
+    let app = TestApp::start().await;
+    let body = format!(
+        r#"[{}, {{"model":"m"}}, {}, "nope"]"#,
+        rec("a", "n"),
+        rec("b", "n")
+    );
+    let (status, ans) = app.post_json(&body).await;
+    assert_eq!(status, 200, "{ans}");
+    assert_eq!(ans["accepted"], 2);
+    assert_eq!(ans["rejected"], 2);
+    assert_eq!(ans["errors"][0]["index"], 1);
+    assert_eq!(ans["errors"][0]["field"], "status");
+    assert_eq!(ans["errors"][1]["index"], 3);
+    let m = app.metrics().await;
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 2.0);
+    assert_eq!(
+        m.value("gatemeter_tokens_total", &[("type", "output")]),
+        6.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_and_ndjson_bodies() {
+    let app = TestApp::start().await;
+    let nd = format!("{}\n{}\n", rec("g1", "n"), rec("g2", "n"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(nd.as_bytes()).expect("gzip");
+    let (status, ans) = answer(
+        app.post_raw(
+            gz.finish().expect("gzip"),
+            Some("application/x-ndjson"),
+            Some("gzip"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, ans["accepted"].as_u64()), (200, Some(2)), "{ans}");
+    let arr = format!("[{},{}]", rec("z1", "n"), rec("z2", "n"));
+    let z = zstd::encode_all(arr.as_bytes(), 3).expect("zstd");
+    let (status, ans) = answer(
+        app.post_raw(z, Some("application/json; charset=utf-8"), Some("zstd"))
+            .await,
+    )
+    .await;
+    assert_eq!((status, ans["accepted"].as_u64()), (200, Some(2)), "{ans}");
+    assert_eq!(
+        app.metrics().await.value("ai_gateway_requests_total", &[]),
+        4.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_is_not_counted_twice() {
+    let app = TestApp::start().await;
+    for _ in 0..3 {
+        let (status, ans) = app
+            .post_json(&format!("[{},{}]", rec("same", "n"), rec("other", "n")))
+            .await;
+        assert_eq!((status, ans["accepted"].as_u64()), (200, Some(2)));
+    }
+    let m = app.metrics().await;
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 2.0);
+    assert_eq!(m.value("gatemeter_duplicate_records_total", &[]), 4.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
+    let app = TestApp::with_config(
+        "ingest:\n  pending_timeout_secs: 1\npipeline:\n  flush_interval_ms: 50\n",
+    )
+    .await;
+    let start = |id: &str| format!(r#"{{"phase":"start","request_id":"{id}","namespace":"live"}}"#);
+    let (status, _) = app
+        .post_json(&format!(
+            "[{},{},{}]",
+            start("p1"),
+            start("p2"),
+            start("p3")
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(
+            "ai_gateway_namespace_concurrent_requests",
+            &[("namespace", "live")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.value("ai_gateway_requests_total", &[]),
+        0.0,
+        "a start is not a request"
+    );
+
+    let (status, _) = app.post_json(&rec("p1", "live")).await;
+    assert_eq!(status, 200);
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(
+            "ai_gateway_namespace_concurrent_requests",
+            &[("namespace", "live")]
+        ),
+        2.0
+    );
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 1.0);
+
+    // p2 and p3 never finish: after the 1 s timeout they are abandoned.
+    let mut abandoned = 0.0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = app.metrics().await;
+        abandoned = m.value(
+            "gatemeter_abandoned_requests_total",
+            &[("namespace", "live")],
+        );
+        if abandoned == 2.0 {
+            assert_eq!(
+                m.value(
+                    "ai_gateway_namespace_concurrent_requests",
+                    &[("namespace", "live")]
+                ),
+                0.0
+            );
+            assert_eq!(m.value("gatemeter_pending_requests", &[]), 0.0);
+            break;
+        }
+    }
+    assert_eq!(abandoned, 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_at_once() {
+    let app = TestApp::with_config("pipeline:\n  queue_capacity: 2\n").await;
+    let body = format!("[{},{},{}]", rec("q1", "n"), rec("q2", "n"), rec("q3", "n"));
+    let t0 = std::time::Instant::now();
+    let resp = app
+        .post_raw(body.into_bytes(), Some("application/json"), None)
+        .await;
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let (_, ans) = answer(resp).await;
+    assert!(
+        ans["message"]
+            .as_str()
+            .expect("msg")
+            .contains("queue is full"),
+        "{ans}"
+    );
+    let m = app.metrics().await;
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 0.0);
+    assert_eq!(
+        m.value(
+            "gatemeter_dropped_records_total",
+            &[("reason", "queue_full")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_ingest_accepted_records_total",
+            &[("source", "native")]
+        ),
+        0.0
+    );
+    assert_eq!(m.value("gatemeter_queue_capacity_records", &[]), 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_endpoints_and_unknown_routes() {
+    let app = TestApp::start().await;
+    let r = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    let (_, ans) = answer(r).await;
+    assert_eq!(ans["live_store"], "memory");
+    let r = app.client.get(app.url("/nope")).send().await.expect("404");
+    assert_eq!(r.status(), 404);
+    let r = app
+        .client
+        .get(app.url("/v1/events"))
+        .send()
+        .await
+        .expect("405");
+    assert_eq!(r.status(), 405);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn series_cap_folds_new_label_values_into_overflow() {
+    let app = TestApp::with_config("pipeline:\n  max_series_per_dimension: 2\n").await;
+    let body = format!(
+        "[{},{},{},{}]",
+        rec("1", "a"),
+        rec("2", "b"),
+        rec("3", "c"),
+        rec("4", "d")
+    );
+    app.post_json(&body).await;
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(
+            "ai_gateway_namespace_requests_total",
+            &[("namespace", "__overflow__")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_series_overflow_total",
+            &[("dimension", "namespace")]
+        ),
+        2.0
+    );
+    assert!(
+        m.get("ai_gateway_namespace_requests_total", &[("namespace", "d")])
+            .is_none()
+    );
+    app.stop().await;
+}
