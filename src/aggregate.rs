@@ -153,8 +153,9 @@ impl ScopeAgg {
         self.latency.record(r);
     }
 
-    /// Adds `o` into `self`.
-    pub fn merge(&mut self, o: &ScopeAgg) {
+    /// Adds the traffic of `o` (counters, status codes, latency) into `self`: how global and
+    /// provider aggregates are derived from namespace and model scopes.
+    pub fn merge_traffic(&mut self, o: &ScopeAgg) {
         self.requests += o.requests;
         self.failures += o.failures;
         self.duration_ms_sum += o.duration_ms_sum;
@@ -165,6 +166,12 @@ impl ScopeAgg {
         for (code, n) in &o.status {
             *self.status.entry(*code).or_insert(0) += n;
         }
+        self.latency.merge(&o.latency);
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &ScopeAgg) {
+        self.merge_traffic(o);
         self.concurrency += o.concurrency;
         self.abandoned += o.abandoned;
         if let Some(t) = &o.token_usage {
@@ -173,7 +180,6 @@ impl ScopeAgg {
         if self.operation.is_none() {
             self.operation = o.operation;
         }
-        self.latency.merge(&o.latency);
     }
 }
 
@@ -183,7 +189,7 @@ pub struct Aggregates {
     /// Over every request.
     pub global: ScopeAgg,
     /// Per namespace, provider and model.
-    pub scopes: HashMap<ScopeKey, ScopeAgg>,
+    pub scopes: HashMap<ScopeKey, ScopeAgg, ahash::RandomState>,
     /// Records folded into an overflow series, per [`Dimension`].
     pub overflow: [u64; 3],
 }
@@ -208,28 +214,6 @@ impl Aggregates {
     /// The aggregate of one scope, if any request was counted there.
     pub fn scope(&self, key: &ScopeKey) -> Option<&ScopeAgg> {
         self.scopes.get(key)
-    }
-
-    fn record(&mut self, r: &ValidRecord, ns: Label, provider: Label, model: Label) {
-        self.global.record(r, true);
-        self.scopes
-            .entry(ScopeKey::Namespace(ns))
-            .or_default()
-            .record(r, true);
-        self.scopes
-            .entry(ScopeKey::Provider(provider.clone()))
-            .or_default()
-            .record(r, false);
-        let m = self
-            .scopes
-            .entry(ScopeKey::Model(provider, model))
-            .or_default();
-        m.record(r, false);
-        m.operation
-            .get_or_insert_with(|| genai_operation(&r.endpoint));
-        let usage = m.token_usage.get_or_insert_with(Box::default);
-        usage.record(0, r.tokens.prompt_total());
-        usage.record(1, r.tokens.output);
     }
 }
 
@@ -270,10 +254,31 @@ pub enum Outcome {
     PendingFull,
 }
 
+/// Hasher for keys that already are 64-bit hashes.
+#[derive(Debug, Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PreHashedSet = HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>;
+type PreHashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PreHashed>>;
+
 /// Remembers the last `cap` request ids (as 64-bit hashes) in insertion order.
 #[derive(Debug)]
 struct RecentIds {
-    set: HashSet<u64, ahash::RandomState>,
+    set: PreHashedSet,
     order: VecDeque<u64>,
     cap: usize,
 }
@@ -309,17 +314,79 @@ impl RecentIds {
     }
 }
 
+/// Label values of one dimension mapped to dense ids, capped; values beyond the cap share the
+/// id of [`OVERFLOW_LABEL`].
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Label, u32, ahash::RandomState>,
+    labels: Vec<Label>,
+    overflow: Option<u32>,
+}
+
+impl Interner {
+    fn intern_new(&mut self, value: Label) -> u32 {
+        let id = self.labels.len() as u32;
+        self.ids.insert(value.clone(), id);
+        self.labels.push(value);
+        id
+    }
+
+    /// The id of `value`, and whether it was folded into the overflow series.
+    fn id(&mut self, value: &str, cap: usize) -> (u32, bool) {
+        if let Some(id) = self.ids.get(value) {
+            return (*id, false);
+        }
+        let real = self.labels.len() - usize::from(self.overflow.is_some());
+        if real < cap {
+            return (self.intern_new(Label::from(value)), false);
+        }
+        let id = match self.overflow {
+            Some(id) => id,
+            None => {
+                let id = self.intern_new(Label::const_new(OVERFLOW_LABEL));
+                self.overflow = Some(id);
+                id
+            }
+        };
+        (id, true)
+    }
+}
+
+/// Per-id deltas of one dimension.
+fn slot(v: &mut Vec<ScopeAgg>, id: u32) -> &mut ScopeAgg {
+    let i = id as usize;
+    if v.len() <= i {
+        v.resize_with(i + 1, ScopeAgg::default);
+    }
+    &mut v[i]
+}
+
+fn is_untouched(s: &ScopeAgg) -> bool {
+    s.requests == 0 && s.concurrency == 0 && s.abandoned == 0
+}
+
 /// The single owner of live aggregation state in one process (see `pipeline`).
+///
+/// Per record it updates two scopes only — the namespace and the (provider, model) pair, found
+/// through interned ids; global and per-provider aggregates are derived from them once per
+/// flush in [`Aggregator::take`].
 #[derive(Debug)]
 pub struct Aggregator {
     limits: Limits,
     hasher: ahash::RandomState,
-    deltas: Aggregates,
     seen: RecentIds,
-    pending: HashMap<u64, (Label, i64), ahash::RandomState>,
+    pending: PreHashedMap<(u32, i64)>,
     pending_order: VecDeque<(u64, i64)>,
-    admitted: [HashSet<Label, ahash::RandomState>; 2],
-    admitted_models: HashSet<(Label, Label), ahash::RandomState>,
+    namespaces: Interner,
+    providers: Interner,
+    /// Models per provider id.
+    models: Vec<Interner>,
+    /// (provider id, model id within that provider) per dense model id.
+    model_ids: Vec<Vec<u32>>,
+    model_keys: Vec<(u32, u32)>,
+    ns_deltas: Vec<ScopeAgg>,
+    model_deltas: Vec<ScopeAgg>,
+    overflow: [u64; 3],
 }
 
 impl Aggregator {
@@ -328,12 +395,17 @@ impl Aggregator {
         Self {
             limits,
             hasher: ahash::RandomState::new(),
-            deltas: Aggregates::default(),
             seen: RecentIds::new(limits.dedup_window),
             pending: HashMap::default(),
             pending_order: VecDeque::new(),
-            admitted: Default::default(),
-            admitted_models: HashSet::default(),
+            namespaces: Interner::default(),
+            providers: Interner::default(),
+            models: Vec::new(),
+            model_ids: Vec::new(),
+            model_keys: Vec::new(),
+            ns_deltas: Vec::new(),
+            model_deltas: Vec::new(),
+            overflow: [0; 3],
         }
     }
 
@@ -341,30 +413,49 @@ impl Aggregator {
         self.hasher.hash_one(id.as_str())
     }
 
-    fn admit(&mut self, dim: Dimension, value: &Label) -> Label {
-        let set = &mut self.admitted[dim as usize];
-        if set.contains(value) {
-            return value.clone();
+    fn namespace_id(&mut self, ns: &str) -> u32 {
+        let (id, folded) = self.namespaces.id(ns, self.limits.max_series_per_dimension);
+        if folded {
+            self.overflow[Dimension::Namespace as usize] += 1;
         }
-        if set.len() < self.limits.max_series_per_dimension {
-            set.insert(value.clone());
-            return value.clone();
-        }
-        self.deltas.overflow[dim as usize] += 1;
-        Label::const_new(OVERFLOW_LABEL)
+        id
     }
 
-    fn admit_model(&mut self, provider: &Label, model: &Label) -> Label {
-        let key = (provider.clone(), model.clone());
-        if self.admitted_models.contains(&key) {
-            return model.clone();
+    /// Dense id of a (provider, model) pair.
+    fn model_id(&mut self, provider: &str, model: &str) -> u32 {
+        let cap = self.limits.max_series_per_dimension;
+        let (pid, folded) = self.providers.id(provider, cap);
+        if folded {
+            self.overflow[Dimension::Provider as usize] += 1;
         }
-        if self.admitted_models.len() < self.limits.max_series_per_dimension {
-            self.admitted_models.insert(key);
-            return model.clone();
+        let p = pid as usize;
+        if self.models.len() <= p {
+            self.models.resize_with(p + 1, Interner::default);
+            self.model_ids.resize_with(p + 1, Vec::new);
         }
-        self.deltas.overflow[Dimension::Model as usize] += 1;
-        Label::const_new(OVERFLOW_LABEL)
+        // The model cap counts (provider, model) pairs across all providers.
+        let known = self.models[p].ids.get(model).copied();
+        let local = match known {
+            Some(id) => id,
+            None => {
+                let room = self.model_keys.len() < cap;
+                let (id, folded) = self.models[p].id(model, if room { usize::MAX } else { 0 });
+                if folded {
+                    self.overflow[Dimension::Model as usize] += 1;
+                }
+                id
+            }
+        };
+        let ids = &mut self.model_ids[p];
+        let l = local as usize;
+        if ids.len() <= l {
+            ids.resize(l + 1, u32::MAX);
+        }
+        if ids[l] == u32::MAX {
+            ids[l] = self.model_keys.len() as u32;
+            self.model_keys.push((pid, local));
+        }
+        ids[l]
     }
 
     /// Applies one event received at `now_ms`.
@@ -383,12 +474,8 @@ impl Aggregator {
         if self.pending.len() >= self.limits.max_pending {
             return Outcome::PendingFull;
         }
-        let ns = self.admit(Dimension::Namespace, &s.namespace);
-        self.deltas
-            .scopes
-            .entry(ScopeKey::Namespace(ns.clone()))
-            .or_default()
-            .concurrency += 1;
+        let ns = self.namespace_id(&s.namespace);
+        slot(&mut self.ns_deltas, ns).concurrency += 1;
         self.pending.insert(h, (ns, now_ms));
         self.pending_order.push_back((h, now_ms));
         Outcome::Started
@@ -401,17 +488,19 @@ impl Aggregator {
                 return Outcome::Duplicate;
             }
             if let Some((ns, _)) = self.pending.remove(&h) {
-                self.deltas
-                    .scopes
-                    .entry(ScopeKey::Namespace(ns))
-                    .or_default()
-                    .concurrency -= 1;
+                slot(&mut self.ns_deltas, ns).concurrency -= 1;
             }
         }
-        let ns = self.admit(Dimension::Namespace, &r.namespace);
-        let provider = self.admit(Dimension::Provider, &r.provider);
-        let model = self.admit_model(&provider, &r.model);
-        self.deltas.record(r, ns, provider, model);
+        let ns = self.namespace_id(&r.namespace);
+        let model = self.model_id(&r.provider, &r.model);
+        slot(&mut self.ns_deltas, ns).record(r, true);
+        let m = slot(&mut self.model_deltas, model);
+        m.record(r, false);
+        m.operation
+            .get_or_insert_with(|| genai_operation(&r.endpoint));
+        let usage = m.token_usage.get_or_insert_with(Box::default);
+        usage.record(0, r.tokens.prompt_total());
+        usage.record(1, r.tokens.output);
         Outcome::Counted
     }
 
@@ -427,11 +516,7 @@ impl Aggregator {
             if self.pending.get(&h).is_some_and(|(_, t)| *t == started)
                 && let Some((ns, _)) = self.pending.remove(&h)
             {
-                let scope = self
-                    .deltas
-                    .scopes
-                    .entry(ScopeKey::Namespace(ns))
-                    .or_default();
+                let scope = slot(&mut self.ns_deltas, ns);
                 scope.concurrency -= 1;
                 scope.abandoned += 1;
                 n += 1;
@@ -451,9 +536,37 @@ impl Aggregator {
         self.pending.len()
     }
 
-    /// Takes the deltas accumulated since the last call.
+    /// Takes the deltas accumulated since the last call, with global and per-provider
+    /// aggregates derived from the namespace and model scopes.
     pub fn take(&mut self) -> Aggregates {
-        std::mem::take(&mut self.deltas)
+        let mut out = Aggregates {
+            overflow: std::mem::take(&mut self.overflow),
+            ..Aggregates::default()
+        };
+        for (id, agg) in self.ns_deltas.iter_mut().enumerate() {
+            if is_untouched(agg) {
+                continue;
+            }
+            let agg = std::mem::take(agg);
+            out.global.merge_traffic(&agg);
+            out.scopes
+                .insert(ScopeKey::Namespace(self.namespaces.labels[id].clone()), agg);
+        }
+        for (id, agg) in self.model_deltas.iter_mut().enumerate() {
+            if is_untouched(agg) {
+                continue;
+            }
+            let agg = std::mem::take(agg);
+            let (pid, local) = self.model_keys[id];
+            let provider = self.providers.labels[pid as usize].clone();
+            out.scopes
+                .entry(ScopeKey::Provider(provider.clone()))
+                .or_default()
+                .merge_traffic(&agg);
+            let model = self.models[pid as usize].labels[local as usize].clone();
+            out.scopes.insert(ScopeKey::Model(provider, model), agg);
+        }
+        out
     }
 }
 

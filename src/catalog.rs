@@ -244,7 +244,7 @@ metric!(
     "gatemeter_request_duration_quantile_seconds",
     Gauge,
     S,
-    ["window", "quantile"],
+    ["window", "percentile"],
     "Exact (HDR, nearest-rank) request duration quantiles over all requests; window 1m, 5m or all (since start)."
 );
 metric!(
@@ -252,7 +252,7 @@ metric!(
     "gatemeter_namespace_request_duration_quantile_seconds",
     Gauge,
     S,
-    ["namespace", "window", "quantile"],
+    ["namespace", "window", "percentile"],
     "Request duration quantiles per namespace."
 );
 metric!(
@@ -260,7 +260,7 @@ metric!(
     "gatemeter_provider_request_duration_quantile_seconds",
     Gauge,
     S,
-    ["provider", "window", "quantile"],
+    ["provider", "window", "percentile"],
     "Request duration quantiles per provider."
 );
 metric!(
@@ -268,7 +268,7 @@ metric!(
     "gatemeter_model_request_duration_quantile_seconds",
     Gauge,
     S,
-    ["provider", "model", "window", "quantile"],
+    ["provider", "model", "window", "percentile"],
     "Request duration quantiles per provider and model."
 );
 metric!(
@@ -276,7 +276,7 @@ metric!(
     "gatemeter_time_to_first_byte_quantile_seconds",
     Gauge,
     S,
-    ["window", "quantile"],
+    ["window", "percentile"],
     "Time-to-first-byte quantiles over all requests that report it."
 );
 metric!(
@@ -284,7 +284,7 @@ metric!(
     "gatemeter_model_time_to_first_byte_quantile_seconds",
     Gauge,
     S,
-    ["provider", "model", "window", "quantile"],
+    ["provider", "model", "window", "percentile"],
     "Time-to-first-byte quantiles per provider and model."
 );
 metric!(
@@ -548,7 +548,9 @@ pub const GENAI_TOKEN_BUCKETS: &[u64] = &[
 ];
 
 /// Quantiles exposed by the `*_quantile_seconds` gauges.
-pub const QUANTILES: &[(f64, &str)] = &[(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")];
+/// (The label is `percentile`, not `quantile`: Prometheus reserves `quantile` for summaries,
+/// whose `_count` must be monotonic, which a sliding window is not.)
+pub const QUANTILES: &[(f64, &str)] = &[(0.5, "50"), (0.95, "95"), (0.99, "99")];
 
 /// Label value of the series that absorbs label values beyond a dimension's series cap.
 pub const OVERFLOW_LABEL: &str = "__overflow__";

@@ -158,6 +158,7 @@ async fn run(
     let mut agg = Aggregator::new(cfg.limits);
     let mut tick = tokio::time::interval(cfg.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inbox = Vec::with_capacity(256);
     loop {
         tokio::select! {
             // The tick first: under sustained load the queue is always ready and would starve it.
@@ -168,15 +169,23 @@ async fn run(
                 health.set_pending(agg.pending());
                 store.apply(agg.take(), now);
             }
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Msg::Events(events)) => apply(&mut agg, events, log.as_ref(), &health),
-                Some(Msg::View(reply)) => {
-                    let now = now_ms();
-                    store.apply(agg.take(), now);
-                    let _ = reply.send(store.view(now));
+            // Drain what is queued in one wake-up: under load a wake-up per message would cost
+            // more than the records themselves.
+            n = rx.recv_many(&mut inbox, 256) => {
+                if n == 0 {
+                    break;
                 }
-            },
+                for msg in inbox.drain(..) {
+                    match msg {
+                        Msg::Events(events) => apply(&mut agg, events, log.as_ref(), &health),
+                        Msg::View(reply) => {
+                            let now = now_ms();
+                            store.apply(agg.take(), now);
+                            let _ = reply.send(store.view(now));
+                        }
+                    }
+                }
+            }
         }
     }
     store.apply(agg.take(), now_ms());
@@ -209,5 +218,73 @@ fn apply(agg: &mut Aggregator, events: Vec<Event>, log: &dyn RequestLog, health:
     let logged = counted.len() as u64;
     if logged > 0 && log.submit(counted).is_err() {
         health.dropped(DropReason::LogFull, logged);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::price::PriceTable;
+    use crate::record::{Validation, parse_event};
+    use crate::store::{Discard, MemoryStore};
+
+    fn events(n: usize) -> Vec<Event> {
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: now_ms(),
+            prices: &prices,
+        };
+        (0..n)
+            .map(|i| {
+                let json = format!(
+                    r#"{{"request_id":"d{i}","model":"m","status":200,"duration_ms":{i}}}"#
+                );
+                parse_event(&json, &v).expect("valid")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_the_queue_and_flushes() {
+        let store = Arc::new(MemoryStore::new());
+        let health = Arc::new(Health::new(10_000));
+        // A flush interval far beyond the test: only the final flush can deliver the deltas.
+        let cfg = PipelineConfig {
+            flush_interval: Duration::from_secs(3600),
+            ..PipelineConfig::default()
+        };
+        let (p, task) = Pipeline::spawn(cfg, store.clone(), Arc::new(Discard), health.clone());
+        for _ in 0..10 {
+            p.try_submit(events(100)).expect("room");
+        }
+        drop(p);
+        task.await.expect("aggregator ends");
+        assert_eq!(
+            store.view(now_ms()).totals.global.requests,
+            100,
+            "ids repeat across batches"
+        );
+        let h = health.snapshot();
+        assert_eq!((h.processed, h.duplicates, h.queue_depth), (1000, 900, 0));
+    }
+
+    #[tokio::test]
+    async fn submissions_beyond_capacity_fail_at_once() {
+        let store = Arc::new(MemoryStore::new());
+        let health = Arc::new(Health::new(150));
+        let cfg = PipelineConfig {
+            queue_capacity: 150,
+            ..PipelineConfig::default()
+        };
+        let (p, task) = Pipeline::spawn(cfg, store, Arc::new(Discard), health.clone());
+        // The aggregator task has not run yet on this single-threaded test runtime.
+        p.try_submit(events(100)).expect("fits");
+        assert_eq!(p.try_submit(events(100)), Err(Overloaded::QueueFull));
+        assert_eq!(
+            health.snapshot().dropped[DropReason::QueueFull as usize],
+            100
+        );
+        drop(p);
+        task.await.expect("aggregator ends");
     }
 }

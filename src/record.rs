@@ -580,8 +580,31 @@ pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError>
 /// element fails to *deserialize* (wrong type, bad syntax): the caller then falls back to
 /// per-element parsing to report each failure with its index.
 pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, RecordError>>> {
-    let raws: Vec<RawRecord> = serde_json::from_str(json).ok()?;
-    Some(raws.into_iter().map(|r| r.validate(v)).collect())
+    struct Batch<'a, 'b>(&'a Validation<'b>);
+    impl<'de> de::DeserializeSeed<'de> for Batch<'_, '_> {
+        type Value = Vec<Result<Event, RecordError>>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Batch<'_, '_> {
+        type Value = Vec<Result<Event, RecordError>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of records")
+        }
+        // Each element is validated as soon as it is read: no intermediate Vec of raw records.
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
+            while let Some(raw) = seq.next_element::<RawRecord>()? {
+                out.push(raw.validate(self.0));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let out = de::DeserializeSeed::deserialize(Batch(v), &mut de).ok()?;
+    de.end().ok()?;
+    Some(out)
 }
 
 /// Re-reads a record that failed to deserialize, to name the field that failed (cold path).
@@ -634,7 +657,8 @@ fn id_field(field: &str, v: Option<CompactString>) -> Result<Option<CompactStrin
             field,
             format!("is {} bytes long; the limit is {MAX_ID_LEN}", s.len()),
         )),
-        Some(s) if s.chars().any(char::is_control) => {
+        // C0 controls and DEL; a byte scan (multi-byte UTF-8 never contains these bytes).
+        Some(s) if s.bytes().any(|b| b < 0x20 || b == 0x7f) => {
             Err(RecordError::invalid(field, "contains control characters"))
         }
         Some(s) => Ok(Some(s)),

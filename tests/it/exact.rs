@@ -242,10 +242,10 @@ async fn known_records_give_exact_totals_and_quantiles() {
         let mut d: Vec<u64> = rs.iter().map(|g| g.duration_ms).collect();
         d.sort_unstable();
         for window in ["1m", "5m", "all"] {
-            for (q, qs) in [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")] {
+            for (q, qs) in [(0.5, "50"), (0.95, "95"), (0.99, "99")] {
                 let got = m.value(
                     "gatemeter_namespace_request_duration_quantile_seconds",
-                    &[("namespace", ns), ("window", window), ("quantile", qs)],
+                    &[("namespace", ns), ("window", window), ("percentile", qs)],
                 );
                 close(
                     got * 1000.0,
@@ -399,10 +399,10 @@ async fn known_records_give_exact_totals_and_quantiles() {
     let mut t: Vec<u64> = records.iter().filter_map(|g| g.ttfb_ms).collect();
     t.sort_unstable();
     for window in ["1m", "5m", "all"] {
-        for (q, qs) in [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")] {
+        for (q, qs) in [(0.5, "50"), (0.95, "95"), (0.99, "99")] {
             let got = m.value(
                 "gatemeter_request_duration_quantile_seconds",
-                &[("window", window), ("quantile", qs)],
+                &[("window", window), ("percentile", qs)],
             );
             close(
                 got * 1000.0,
@@ -412,7 +412,7 @@ async fn known_records_give_exact_totals_and_quantiles() {
             );
             let got = m.value(
                 "gatemeter_time_to_first_byte_quantile_seconds",
-                &[("window", window), ("quantile", qs)],
+                &[("window", window), ("percentile", qs)],
             );
             close(
                 got * 1000.0,

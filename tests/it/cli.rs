@@ -1,0 +1,99 @@
+//! The `gatemeter` binary: check-config, and `serve` as the README shows it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatemeter");
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gatemeter.example.yaml");
+    let out = Command::new(BIN)
+        .args(["check-config", example])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "pipeline:\n  flush_interval_ms: 5\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pipeline.flush_interval_ms"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("addr=") {
+                let addr: String = line[i + 5..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server logs its address");
+    let client = reqwest::Client::new();
+    let body = r#"{"request_id": "req-1", "namespace": "team-a", "provider": "anthropic",
+      "model": "claude-sonnet-4-5", "endpoint": "/v1/messages", "status": 200,
+      "duration_ms": 1840, "ttfb_ms": 420, "input_tokens": 1200, "output_tokens": 350,
+      "cache_read_tokens": 8000, "cost_usd": "0.012345"}"#;
+    let resp = client
+        .post(format!("http://{addr}/v1/events"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.expect("text"),
+        r#"{"accepted":1,"rejected":0,"errors":[]}"#
+    );
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("\nai_gateway_requests_total 1\n"), "{text}");
+    assert!(text.contains(
+        "\nmodel_cost_usd_total{provider=\"anthropic\",model=\"claude-sonnet-4-5\"} 0.012345\n"
+    ));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+}
