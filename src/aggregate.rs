@@ -15,7 +15,7 @@ use crate::record::{
     CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord, genai_operation,
 };
 
-pub use latency::Latency;
+pub use latency::{Latency, SparseLatency};
 
 /// Which series a scope aggregates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,12 +4,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::live::{FleetView, LiveStore, SLOT_MS, WINDOWS, WindowView};
-use crate::aggregate::{Aggregates, Latencies, ScopeKey};
+use crate::aggregate::{Aggregates, Latencies, ScopeKey, SparseLatency};
 
+/// One scope's latencies in one time slot, in compact form.
+#[derive(Debug, Default)]
+struct SparsePair {
+    duration: SparseLatency,
+    ttfb: SparseLatency,
+}
+
+impl SparsePair {
+    fn add(&mut self, l: &Latencies) {
+        self.duration.add(&l.duration);
+        self.ttfb.add(&l.ttfb);
+    }
+
+    fn add_into(&self, l: &mut Latencies) {
+        self.duration.add_into(&mut l.duration);
+        self.ttfb.add_into(&mut l.ttfb);
+    }
+}
+
+/// Latencies of one 10 s slot. Sparse, so idle scopes and quiet slots cost almost nothing.
 #[derive(Debug, Default)]
 struct Slot {
-    global: Latencies,
-    scopes: HashMap<ScopeKey, Latencies>,
+    global: SparsePair,
+    scopes: HashMap<ScopeKey, SparsePair>,
 }
 
 #[derive(Debug, Default)]
@@ -51,10 +71,10 @@ impl LiveStore for MemoryStore {
         let oldest_kept = slot_id - WINDOWS[WINDOWS.len() - 1].1 / SLOT_MS;
         let mut st = lock(&self.state);
         let slot = st.slots.entry(slot_id).or_default();
-        slot.global.merge(&deltas.global.latency);
+        slot.global.add(&deltas.global.latency);
         for (k, v) in &deltas.scopes {
             if v.latency.duration.count() > 0 || v.latency.ttfb.count() > 0 {
-                slot.scopes.entry(k.clone()).or_default().merge(&v.latency);
+                slot.scopes.entry(k.clone()).or_default().add(&v.latency);
             }
         }
         st.slots = st.slots.split_off(&oldest_kept);
@@ -72,9 +92,9 @@ impl LiveStore for MemoryStore {
                     ..WindowView::default()
                 };
                 for (_, slot) in st.slots.range(slot_id - len / SLOT_MS..=slot_id) {
-                    w.global.merge(&slot.global);
+                    slot.global.add_into(&mut w.global);
                     for (k, v) in &slot.scopes {
-                        w.scopes.entry(k.clone()).or_default().merge(v);
+                        v.add_into(w.scopes.entry(k.clone()).or_default());
                     }
                 }
                 w
