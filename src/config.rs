@@ -266,6 +266,15 @@ impl RawConfig {
             flush_interval: Duration::from_millis(flush_ms),
             limits,
         };
+        if pipeline.queue_capacity < ingest.max_records_per_request {
+            return Err(invalid(
+                "pipeline.queue_capacity",
+                format!(
+                    "{} is smaller than ingest.max_records_per_request ({}): a full-size batch could never be queued",
+                    pipeline.queue_capacity, ingest.max_records_per_request
+                ),
+            ));
+        }
 
         let mut models = HashMap::new();
         for (name, p) in self.pricing.models {
@@ -333,6 +342,8 @@ mod tests {
         let e = parse("pricing:\n  models:\n    m: {input: -1, output: 1}\n")
             .expect_err("negative price");
         assert!(e.to_string().contains("pricing.models.m"), "{e}");
+        let e = parse("pipeline:\n  queue_capacity: 10\n").expect_err("smaller than a batch");
+        assert!(e.to_string().contains("max_records_per_request"), "{e}");
         let e = parse("listen: nowhere\n").expect_err("bad address");
         assert!(e.to_string().contains("listen"), "{e}");
     }

@@ -530,25 +530,21 @@ fn duration_histogram(
 }
 
 /// Writes the quantile gauges of one scope (`None` = global, which also writes the header).
-fn quantiles(
+fn quantiles<'a>(
     e: &mut Encoder,
     m: &Metric,
     labels: &[&str],
-    view: &FleetView,
+    view: &'a FleetView,
     key: Option<&ScopeKey>,
     ttfb: bool,
 ) {
     if key.is_none() {
         e.header(m);
     }
-    let pick = |l: &crate::aggregate::Latencies| -> Latency {
-        if ttfb {
-            l.ttfb.clone()
-        } else {
-            l.duration.clone()
-        }
+    let pick = |l: &'a crate::aggregate::Latencies| -> &'a Latency {
+        if ttfb { &l.ttfb } else { &l.duration }
     };
-    let mut series: Vec<(&str, Latency)> = Vec::with_capacity(3);
+    let mut series: Vec<(&str, &Latency)> = Vec::with_capacity(3);
     for w in &view.windows {
         let lat = match key {
             None => Some(pick(&w.global)),

@@ -307,6 +307,71 @@ mod tests {
         assert_eq!(p.errors[0].0, 1);
     }
 
+    #[tokio::test]
+    async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+
+        use crate::store::{Discard, MemoryStore};
+
+        let health = Arc::new(Health::new(3));
+        let cfg = crate::pipeline::PipelineConfig {
+            queue_capacity: 3,
+            ..Default::default()
+        };
+        // On this single-threaded runtime the aggregator task cannot run until the test awaits
+        // something that is not ready, so the queue stays as the requests leave it.
+        let (pipeline, _task) = Pipeline::spawn(
+            cfg,
+            Arc::new(MemoryStore::new()),
+            Arc::new(Discard),
+            health.clone(),
+        );
+        let ingest = NativeIngest {
+            pipeline,
+            health: health.clone(),
+            config: IngestConfig {
+                max_body_bytes: 1 << 20,
+                max_records_per_request: 3,
+            },
+            prices: Arc::new(PriceTable::default()),
+        };
+        let app = axum::Router::new()
+            .route("/v1/events", axum::routing::post(post_events))
+            .with_state(ingest);
+        let post = |body: String| {
+            Request::post("/v1/events")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .expect("request")
+        };
+        let first = app
+            .clone()
+            .oneshot(post(format!("[{OK},{OK}]")))
+            .await
+            .expect("answer");
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = app
+            .oneshot(post(format!("[{OK},{OK}]")))
+            .await
+            .expect("answer");
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(second.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("queue is full"), "{text}");
+        let h = health.snapshot();
+        assert_eq!(h.accepted[Source::Native as usize], 2);
+        assert_eq!(h.dropped[crate::health::DropReason::QueueFull as usize], 2);
+        assert_eq!(
+            h.rejected_requests[Source::Native as usize][RequestReject::Overloaded as usize],
+            1
+        );
+    }
+
     #[test]
     fn limits_and_malformed_bodies() {
         let four = format!("[{OK},{OK},{OK},{OK}]");

@@ -150,45 +150,6 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
 }
 
 #[tokio::test]
-async fn a_full_queue_answers_503_with_retry_after_at_once() {
-    let app = TestApp::with_config("pipeline:\n  queue_capacity: 2\n").await;
-    let body = format!("[{},{},{}]", rec("q1", "n"), rec("q2", "n"), rec("q3", "n"));
-    let t0 = std::time::Instant::now();
-    let resp = app
-        .post_raw(body.into_bytes(), Some("application/json"), None)
-        .await;
-    assert!(t0.elapsed() < Duration::from_secs(1));
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["retry-after"], "1");
-    let (_, ans) = answer(resp).await;
-    assert!(
-        ans["message"]
-            .as_str()
-            .expect("msg")
-            .contains("queue is full"),
-        "{ans}"
-    );
-    let m = app.metrics().await;
-    assert_eq!(m.value("ai_gateway_requests_total", &[]), 0.0);
-    assert_eq!(
-        m.value(
-            "gatemeter_dropped_records_total",
-            &[("reason", "queue_full")]
-        ),
-        3.0
-    );
-    assert_eq!(
-        m.value(
-            "gatemeter_ingest_accepted_records_total",
-            &[("source", "native")]
-        ),
-        0.0
-    );
-    assert_eq!(m.value("gatemeter_queue_capacity_records", &[]), 2.0);
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn health_endpoints_and_unknown_routes() {
     let app = TestApp::start().await;
     let r = app
