@@ -13,6 +13,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::price::PriceTable;
 
+mod scan;
+
 /// A bounded label value (namespace, provider, model): short strings are stored inline.
 pub type Label = CompactString;
 
@@ -569,6 +571,9 @@ raw_record! {
 
 /// Parses and validates one JSON object.
 pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError> {
+    if let Some(raw) = scan::object(json) {
+        return raw.validate(v);
+    }
     let raw: RawRecord = match serde_json::from_str(json) {
         Ok(raw) => raw,
         Err(e) => return Err(locate_error(json, e)),
@@ -580,6 +585,10 @@ pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError>
 /// element fails to *deserialize* (wrong type, bad syntax): the caller then falls back to
 /// per-element parsing to report each failure with its index.
 pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, RecordError>>> {
+    let mut out = Vec::new();
+    if scan::array(json, |raw| out.push(raw.validate(v))).is_some() {
+        return Some(out);
+    }
     struct Batch<'a, 'b>(&'a Validation<'b>);
     impl<'de> de::DeserializeSeed<'de> for Batch<'_, '_> {
         type Value = Vec<Result<Event, RecordError>>;

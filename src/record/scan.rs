@@ -1,0 +1,567 @@
+//! Fast path for the common shape of a record: a flat JSON object of plain strings, integers,
+//! decimals, booleans and nulls (plus `provider_chain`, an array of strings).
+//!
+//! The scanner either produces exactly the [`RawRecord`] serde would, or gives up (`None`) and
+//! the caller parses the same bytes with serde — which also produces every error message. It
+//! gives up on anything unusual: escape sequences, control characters, numbers that are not
+//! plain integers where integers are expected, nested values under unknown keys, a wrong type.
+//! `tests::agrees_with_serde` checks the two paths against each other.
+
+use compact_str::CompactString;
+
+use super::{RawCost, RawRecord, RawTime};
+
+/// The known fields, for a jump-table dispatch.
+#[derive(Clone, Copy)]
+enum Field {
+    Phase,
+    RequestId,
+    Timestamp,
+    Namespace,
+    Instance,
+    User,
+    UserId,
+    Key,
+    KeyId,
+    Provider,
+    Model,
+    OriginalModel,
+    Endpoint,
+    ApiType,
+    Method,
+    Status,
+    DurationMs,
+    TtfbMs,
+    InputTokens,
+    OutputTokens,
+    CacheCreation5mTokens,
+    CacheCreation1hTokens,
+    CacheReadTokens,
+    CostUsd,
+    SessionId,
+    RetryCount,
+    ProviderChain,
+    IsStreaming,
+    Error,
+    BlockedBy,
+    BlockReason,
+    UserAgent,
+    ClientIp,
+    MessagesCount,
+    TraceId,
+}
+
+/// The field a key names: length first, then at most a few comparisons.
+fn field(key: &str) -> Option<Field> {
+    use Field::*;
+    Some(match key.len() {
+        3 => match key {
+            "key" => Key,
+            _ => return None,
+        },
+        4 => match key {
+            "user" => User,
+            _ => return None,
+        },
+        5 => match key {
+            "phase" => Phase,
+            "model" => Model,
+            "error" => Error,
+            _ => return None,
+        },
+        6 => match key {
+            "key_id" => KeyId,
+            "method" => Method,
+            "status" => Status,
+            _ => return None,
+        },
+        7 => match key {
+            "user_id" => UserId,
+            "ttfb_ms" => TtfbMs,
+            _ => return None,
+        },
+        8 => match key {
+            "instance" => Instance,
+            "provider" => Provider,
+            "endpoint" => Endpoint,
+            "api_type" => ApiType,
+            "cost_usd" => CostUsd,
+            "trace_id" => TraceId,
+            _ => return None,
+        },
+        9 => match key {
+            "timestamp" => Timestamp,
+            "namespace" => Namespace,
+            "client_ip" => ClientIp,
+            _ => return None,
+        },
+        10 => match key {
+            "request_id" => RequestId,
+            "session_id" => SessionId,
+            "blocked_by" => BlockedBy,
+            "user_agent" => UserAgent,
+            _ => return None,
+        },
+        11 => match key {
+            "duration_ms" => DurationMs,
+            "retry_count" => RetryCount,
+            _ => return None,
+        },
+        12 => match key {
+            "input_tokens" => InputTokens,
+            "is_streaming" => IsStreaming,
+            "block_reason" => BlockReason,
+            _ => return None,
+        },
+        13 => match key {
+            "output_tokens" => OutputTokens,
+            _ => return None,
+        },
+        14 => match key {
+            "original_model" => OriginalModel,
+            "provider_chain" => ProviderChain,
+            "messages_count" => MessagesCount,
+            _ => return None,
+        },
+        17 => match key {
+            "cache_read_tokens" => CacheReadTokens,
+            _ => return None,
+        },
+        24 => match key {
+            "cache_creation_5m_tokens" => CacheCreation5mTokens,
+            "cache_creation_1h_tokens" => CacheCreation1hTokens,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn ws(&mut self) {
+        while let Some(c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + lit.len()) == Some(lit) {
+            self.i += lit.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A string without escapes or control characters; the slice between the quotes.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            let c = *self.b.get(self.i)?;
+            match c {
+                b'"' => break,
+                b'\\' => return None,
+                0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        // Quotes are ASCII, so both ends are char boundaries of the (valid UTF-8) input.
+        let out = self.s.get(start..self.i)?;
+        self.i += 1;
+        Some(out)
+    }
+
+    /// The raw text of a JSON number, checked against the JSON grammar.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() {
+            let d = self.i;
+            self.digits();
+            if self.i == d {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            let d = self.i;
+            self.digits();
+            if self.i == d {
+                return None;
+            }
+        }
+        self.s.get(start..self.i)
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+    }
+
+    fn null(&mut self) -> bool {
+        self.literal(b"null").is_some()
+    }
+
+    fn opt_string(&mut self) -> Option<Option<CompactString>> {
+        if self.null() {
+            return Some(None);
+        }
+        Some(Some(CompactString::from(self.string()?)))
+    }
+
+    /// A non-negative integer written without fraction or exponent, within `max`.
+    fn opt_uint(&mut self, max: u64) -> Option<Option<u64>> {
+        if self.null() {
+            return Some(None);
+        }
+        let n = self.number()?;
+        if n.bytes().any(|c| !c.is_ascii_digit()) {
+            return None;
+        }
+        let v: u64 = n.parse().ok()?;
+        (v <= max).then_some(Some(v))
+    }
+
+    fn opt_bool(&mut self) -> Option<Option<bool>> {
+        if self.null() {
+            Some(None)
+        } else if self.literal(b"true").is_some() {
+            Some(Some(true))
+        } else if self.literal(b"false").is_some() {
+            Some(Some(false))
+        } else {
+            None
+        }
+    }
+
+    /// A non-negative number as serde_json hands it to a visitor: integers through `u64`,
+    /// others through `f64`. Negative numbers (always invalid here) and integers beyond 64
+    /// bits are left to serde.
+    fn plain_number(&mut self) -> Option<f64> {
+        let n = self.number()?;
+        if n.starts_with('-') {
+            return None;
+        }
+        if n.bytes().all(|c| c.is_ascii_digit()) {
+            return n.parse::<u64>().ok().map(|u| u as f64);
+        }
+        n.parse().ok()
+    }
+
+    fn opt_time(&mut self) -> Option<Option<RawTime>> {
+        match self.peek()? {
+            b'n' => self.null().then_some(None),
+            b'"' => Some(Some(RawTime::Text(CompactString::from(self.string()?)))),
+            _ => Some(Some(RawTime::Millis(self.plain_number()?))),
+        }
+    }
+
+    fn opt_cost(&mut self) -> Option<Option<RawCost>> {
+        match self.peek()? {
+            b'n' => self.null().then_some(None),
+            b'"' => Some(Some(RawCost(self.string()?.trim().parse().ok()?))),
+            _ => Some(Some(RawCost(self.plain_number()?))),
+        }
+    }
+
+    fn opt_strings(&mut self) -> Option<Option<Vec<CompactString>>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(Some(out));
+        }
+        loop {
+            self.ws();
+            out.push(CompactString::from(self.string()?));
+            self.ws();
+            if self.eat(b',').is_none() {
+                self.eat(b']')?;
+                return Some(Some(out));
+            }
+        }
+    }
+
+    /// Skips a scalar value of an unknown field; nested values are left to serde.
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    fn record(&mut self) -> Option<RawRecord> {
+        let mut r = RawRecord::default();
+        self.ws();
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(r);
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match field(key) {
+                Some(Field::Phase) => r.phase = self.opt_string()?,
+                Some(Field::RequestId) => r.request_id = self.opt_string()?,
+                Some(Field::Timestamp) => r.timestamp = self.opt_time()?,
+                Some(Field::Namespace) => r.namespace = self.opt_string()?,
+                Some(Field::Instance) => r.instance = self.opt_string()?,
+                Some(Field::User) => r.user = self.opt_string()?,
+                Some(Field::UserId) => r.user_id = self.opt_string()?,
+                Some(Field::Key) => r.key = self.opt_string()?,
+                Some(Field::KeyId) => r.key_id = self.opt_string()?,
+                Some(Field::Provider) => r.provider = self.opt_string()?,
+                Some(Field::Model) => r.model = self.opt_string()?,
+                Some(Field::OriginalModel) => r.original_model = self.opt_string()?,
+                Some(Field::Endpoint) => r.endpoint = self.opt_string()?,
+                Some(Field::ApiType) => r.api_type = self.opt_string()?,
+                Some(Field::Method) => r.method = self.opt_string()?,
+                Some(Field::Status) => {
+                    r.status = self.opt_uint(u64::from(u16::MAX))?.map(|v| v as u16)
+                }
+                Some(Field::DurationMs) => r.duration_ms = self.opt_uint(u64::MAX)?,
+                Some(Field::TtfbMs) => r.ttfb_ms = self.opt_uint(u64::MAX)?,
+                Some(Field::InputTokens) => r.input_tokens = self.opt_uint(u64::MAX)?,
+                Some(Field::OutputTokens) => r.output_tokens = self.opt_uint(u64::MAX)?,
+                Some(Field::CacheCreation5mTokens) => {
+                    r.cache_creation_5m_tokens = self.opt_uint(u64::MAX)?
+                }
+                Some(Field::CacheCreation1hTokens) => {
+                    r.cache_creation_1h_tokens = self.opt_uint(u64::MAX)?
+                }
+                Some(Field::CacheReadTokens) => r.cache_read_tokens = self.opt_uint(u64::MAX)?,
+                Some(Field::CostUsd) => r.cost_usd = self.opt_cost()?,
+                Some(Field::SessionId) => r.session_id = self.opt_string()?,
+                Some(Field::RetryCount) => {
+                    r.retry_count = self.opt_uint(u64::from(u32::MAX))?.map(|v| v as u32)
+                }
+                Some(Field::ProviderChain) => r.provider_chain = self.opt_strings()?,
+                Some(Field::IsStreaming) => r.is_streaming = self.opt_bool()?,
+                Some(Field::Error) => r.error = self.opt_string()?,
+                Some(Field::BlockedBy) => r.blocked_by = self.opt_string()?,
+                Some(Field::BlockReason) => r.block_reason = self.opt_string()?,
+                Some(Field::UserAgent) => r.user_agent = self.opt_string()?,
+                Some(Field::ClientIp) => r.client_ip = self.opt_string()?,
+                Some(Field::MessagesCount) => {
+                    r.messages_count = self.opt_uint(u64::from(u32::MAX))?.map(|v| v as u32)
+                }
+                Some(Field::TraceId) => r.trace_id = self.opt_string()?,
+                None => self.skip_scalar()?,
+            }
+            self.ws();
+            if self.eat(b',').is_none() {
+                self.eat(b'}')?;
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// One record object filling the whole input (surrounding whitespace allowed).
+pub(super) fn object(json: &str) -> Option<RawRecord> {
+    let mut s = Scanner {
+        b: json.as_bytes(),
+        s: json,
+        i: 0,
+    };
+    let r = s.record()?;
+    s.ws();
+    (s.i == s.b.len()).then_some(r)
+}
+
+/// A JSON array of record objects filling the whole input; each is handed to `each`.
+pub(super) fn array(json: &str, mut each: impl FnMut(RawRecord)) -> Option<()> {
+    let mut s = Scanner {
+        b: json.as_bytes(),
+        s: json,
+        i: 0,
+    };
+    s.ws();
+    s.eat(b'[')?;
+    s.ws();
+    if s.eat(b']').is_none() {
+        loop {
+            each(s.record()?);
+            s.ws();
+            if s.eat(b',').is_none() {
+                s.eat(b']')?;
+                break;
+            }
+        }
+    }
+    s.ws();
+    (s.i == s.b.len()).then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde(json: &str) -> Option<String> {
+        serde_json::from_str::<RawRecord>(json)
+            .ok()
+            .map(|r| format!("{r:?}"))
+    }
+
+    fn fast(json: &str) -> Option<String> {
+        object(json).map(|r| format!("{r:?}"))
+    }
+
+    /// Where the fast path answers, it must answer exactly as serde does.
+    fn check(json: &str) {
+        if let Some(f) = fast(json) {
+            assert_eq!(
+                Some(f),
+                serde(json),
+                "fast path disagrees with serde on {json}"
+            );
+        }
+    }
+
+    #[test]
+    fn agrees_with_serde() {
+        let values = [
+            r#""text""#,
+            r#""""#,
+            r#""é ünï""#,
+            r#""a\"b""#,
+            r#""a\u0041""#,
+            "0",
+            "7",
+            "42",
+            "-1",
+            "1.5",
+            "1e3",
+            "1E+2",
+            "-0",
+            "007",
+            "18446744073709551615",
+            "18446744073709551616",
+            "65535",
+            "65536",
+            "4294967296",
+            "true",
+            "false",
+            "null",
+            "[]",
+            r#"["a","b"]"#,
+            r#"["a",1]"#,
+            "{}",
+            r#"{"x":1}"#,
+            r#""0.001234""#,
+            r#"" 0.5 ""#,
+            "0.000001",
+            "1700000000000",
+            "1.7e12",
+            "-5",
+            "3.0",
+        ];
+        let fields = [
+            "request_id",
+            "timestamp",
+            "namespace",
+            "model",
+            "status",
+            "duration_ms",
+            "ttfb_ms",
+            "input_tokens",
+            "cost_usd",
+            "retry_count",
+            "provider_chain",
+            "is_streaming",
+            "messages_count",
+            "unknown",
+            "error",
+        ];
+        let mut agreed = 0;
+        for f in fields {
+            for v in values {
+                for json in [
+                    format!(r#"{{"{f}":{v}}}"#),
+                    format!(" {{ \"model\" : \"m\" ,\n\t\"{f}\" :{v} , \"status\":200 }} "),
+                    format!(r#"{{"{f}":{v},"{f}":{v}}}"#),
+                ] {
+                    check(&json);
+                    agreed += usize::from(fast(&json).is_some());
+                }
+            }
+        }
+        assert!(
+            agreed > 300,
+            "the fast path should take most plain inputs ({agreed})"
+        );
+        for bad in [
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{} x",
+            "[]",
+            "{\"a\":1 \"b\":2}",
+            "{\"a\":tru}",
+        ] {
+            assert_eq!(fast(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn arrays_match_serde_record_by_record() {
+        let json = r#" [ {"model":"m","status":200,"duration_ms":5,"cost_usd":0.25,"provider_chain":["a","b"]} ,
+            {"model":"n","status":500,"duration_ms":7,"x":"y","timestamp":"2025-01-01T00:00:00Z"} ] "#;
+        let mut got = Vec::new();
+        array(json, |r| got.push(format!("{r:?}"))).expect("fast path");
+        let want: Vec<String> = serde_json::from_str::<Vec<RawRecord>>(json)
+            .expect("serde")
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert_eq!(got, want);
+        assert!(
+            array("[{\"x\":[1]}]", |_| {}).is_none(),
+            "nested unknown values go to serde"
+        );
+        assert!(array("[]", |_| {}).is_some());
+    }
+}
