@@ -275,25 +275,27 @@ impl std::hash::Hasher for PreHashed {
 type PreHashedSet = HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>;
 type PreHashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PreHashed>>;
 
-/// Remembers the last `cap` request ids (as 64-bit hashes) in insertion order.
+/// Remembers at least the last `cap` request ids (as 64-bit hashes), at most `2 * cap`: two
+/// generations, the older dropped whole when the newer fills. No per-id eviction, so an
+/// insert costs two probes and no removal.
 #[derive(Debug)]
 struct RecentIds {
-    set: PreHashedSet,
-    order: VecDeque<u64>,
+    current: PreHashedSet,
+    previous: PreHashedSet,
     cap: usize,
 }
 
 impl RecentIds {
     fn new(cap: usize) -> Self {
         Self {
-            set: HashSet::default(),
-            order: VecDeque::new(),
+            current: HashSet::default(),
+            previous: HashSet::default(),
             cap,
         }
     }
 
     fn contains(&self, h: u64) -> bool {
-        self.set.contains(&h)
+        self.current.contains(&h) || self.previous.contains(&h)
     }
 
     /// Inserts; false when already present.
@@ -301,14 +303,12 @@ impl RecentIds {
         if self.cap == 0 {
             return true;
         }
-        if !self.set.insert(h) {
+        if self.previous.contains(&h) || !self.current.insert(h) {
             return false;
         }
-        self.order.push_back(h);
-        if self.order.len() > self.cap
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
+        if self.current.len() >= self.cap {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
         }
         true
     }
@@ -630,7 +630,7 @@ mod tests {
             dedup_window: 2,
             ..Limits::default()
         });
-        for id in ["a", "b", "c", "a"] {
+        for id in ["a", "b", "a", "c", "d", "e", "a"] {
             a.apply(
                 &ev(&format!(
                     r#"{{"request_id":"{id}","model":"m","status":200,"duration_ms":1}}"#
@@ -638,8 +638,9 @@ mod tests {
                 0,
             );
         }
-        // "a" fell out of the two-id window, so it counts again.
-        assert_eq!(a.take().global.requests, 4);
+        // The second "a" is within the last 2 ids' window; the third is 4 distinct ids later,
+        // beyond the window (at least 2, at most 4 ids), so it counts again.
+        assert_eq!(a.take().global.requests, 6);
     }
 
     #[test]
