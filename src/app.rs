@@ -94,7 +94,10 @@ pub fn router(config: &Config, pipeline: Pipeline, health: Arc<Health>) -> Route
         prices: config.prices.clone(),
     };
     Router::new()
-        .route("/v1/events", post(native::post_events).with_state(ingest))
+        .route(
+            "/v1/events",
+            post(native::post_events).with_state(Arc::new(ingest)),
+        )
         .route(
             "/metrics",
             get(prometheus::metrics).with_state(MetricsState {

@@ -193,7 +193,7 @@ fn parse_body(
 
 /// `POST /v1/events`.
 pub async fn post_events(
-    State(ingest): State<NativeIngest>,
+    State(ingest): State<Arc<NativeIngest>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -339,7 +339,7 @@ mod tests {
         };
         let app = axum::Router::new()
             .route("/v1/events", axum::routing::post(post_events))
-            .with_state(ingest);
+            .with_state(Arc::new(ingest));
         let post = |body: String| {
             Request::post("/v1/events")
                 .header("content-type", "application/json")
