@@ -21,19 +21,15 @@ new=$root/target/release/gatemeter
 base=$root/target/bench-base/release/gatemeter
 port=$(( 20000 + RANDOM % 20000 ))
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+. scripts/bench-lib.sh
 
 for batch in 100 1; do
   : >"$tmp/base.txt"; : >"$tmp/new.txt"
   for _ in $(seq "$runs"); do
     for which in base new; do
       bin=$base; [ "$which" = new ] && bin=$new
-      taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" 2>/dev/null &
-      pid=$!
-      for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-      taskset -c 1 "$new" loadgen --target "http://127.0.0.1:$port" --rate max --batch "$batch" \
-        --duration "$secs" 2>/dev/null | awk '/^throughput:/ {print $2}' >>"$tmp/$which.txt"
-      kill "$pid"; wait "$pid" 2>/dev/null || true
+      run_once "$bin" "$new" "$batch" "$secs" "$port" "$tmp/out"
+      awk '/^throughput:/ {print $2}' "$tmp/out" >>"$tmp/$which.txt"
     done
   done
   b=$(median <"$tmp/base.txt"); n=$(median <"$tmp/new.txt")
