@@ -528,6 +528,19 @@ macro_rules! raw_record {
                 d.deserialize_map(V)
             }
         }
+
+        impl RawRecord {
+            /// Reads the value of field `key` with the fast scanner: `Some(false)` for an unknown
+            /// key (its value is not consumed), `None` when the scanner gives up.
+            #[inline]
+            fn scan_field(&mut self, key: &str, s: &mut scan::Scanner<'_>) -> Option<bool> {
+                match key {
+                    $(stringify!($field) => self.$field = <$ty as scan::Scan>::scan(s)?,)*
+                    _ => return Some(false),
+                }
+                Some(true)
+            }
+        }
     };
 }
 

@@ -5,138 +5,16 @@
 //! the caller parses the same bytes with serde — which also produces every error message. It
 //! gives up on anything unusual: escape sequences, control characters, numbers that are not
 //! plain integers where integers are expected, nested values under unknown keys, a wrong type.
-//! `tests::agrees_with_serde` checks the two paths against each other.
+//! Which fields exist and of what type comes from the one list in `raw_record!` (through
+//! [`Scan`]), so a field added there is read by both paths. `tests::agrees_with_serde` checks the
+//! two paths against each other.
 
 use compact_str::CompactString;
 
 use super::{RawCost, RawRecord, RawTime};
 
-/// The known fields, for a jump-table dispatch.
-#[derive(Clone, Copy)]
-enum Field {
-    Phase,
-    RequestId,
-    Timestamp,
-    Namespace,
-    Instance,
-    User,
-    UserId,
-    Key,
-    KeyId,
-    Provider,
-    Model,
-    OriginalModel,
-    Endpoint,
-    ApiType,
-    Method,
-    Status,
-    DurationMs,
-    TtfbMs,
-    InputTokens,
-    OutputTokens,
-    CacheCreation5mTokens,
-    CacheCreation1hTokens,
-    CacheReadTokens,
-    CostUsd,
-    SessionId,
-    RetryCount,
-    ProviderChain,
-    IsStreaming,
-    Error,
-    BlockedBy,
-    BlockReason,
-    UserAgent,
-    ClientIp,
-    MessagesCount,
-    TraceId,
-}
-
-/// The field a key names: length first, then at most a few comparisons.
-fn field(key: &str) -> Option<Field> {
-    use Field::*;
-    Some(match key.len() {
-        3 => match key {
-            "key" => Key,
-            _ => return None,
-        },
-        4 => match key {
-            "user" => User,
-            _ => return None,
-        },
-        5 => match key {
-            "phase" => Phase,
-            "model" => Model,
-            "error" => Error,
-            _ => return None,
-        },
-        6 => match key {
-            "key_id" => KeyId,
-            "method" => Method,
-            "status" => Status,
-            _ => return None,
-        },
-        7 => match key {
-            "user_id" => UserId,
-            "ttfb_ms" => TtfbMs,
-            _ => return None,
-        },
-        8 => match key {
-            "instance" => Instance,
-            "provider" => Provider,
-            "endpoint" => Endpoint,
-            "api_type" => ApiType,
-            "cost_usd" => CostUsd,
-            "trace_id" => TraceId,
-            _ => return None,
-        },
-        9 => match key {
-            "timestamp" => Timestamp,
-            "namespace" => Namespace,
-            "client_ip" => ClientIp,
-            _ => return None,
-        },
-        10 => match key {
-            "request_id" => RequestId,
-            "session_id" => SessionId,
-            "blocked_by" => BlockedBy,
-            "user_agent" => UserAgent,
-            _ => return None,
-        },
-        11 => match key {
-            "duration_ms" => DurationMs,
-            "retry_count" => RetryCount,
-            _ => return None,
-        },
-        12 => match key {
-            "input_tokens" => InputTokens,
-            "is_streaming" => IsStreaming,
-            "block_reason" => BlockReason,
-            _ => return None,
-        },
-        13 => match key {
-            "output_tokens" => OutputTokens,
-            _ => return None,
-        },
-        14 => match key {
-            "original_model" => OriginalModel,
-            "provider_chain" => ProviderChain,
-            "messages_count" => MessagesCount,
-            _ => return None,
-        },
-        17 => match key {
-            "cache_read_tokens" => CacheReadTokens,
-            _ => return None,
-        },
-        24 => match key {
-            "cache_creation_5m_tokens" => CacheCreation5mTokens,
-            "cache_creation_1h_tokens" => CacheCreation1hTokens,
-            _ => return None,
-        },
-        _ => return None,
-    })
-}
-
-struct Scanner<'a> {
+/// A cursor over the input.
+pub(super) struct Scanner<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
@@ -341,53 +219,8 @@ impl<'a> Scanner<'a> {
             self.ws();
             self.eat(b':')?;
             self.ws();
-            match field(key) {
-                Some(Field::Phase) => r.phase = self.opt_string()?,
-                Some(Field::RequestId) => r.request_id = self.opt_string()?,
-                Some(Field::Timestamp) => r.timestamp = self.opt_time()?,
-                Some(Field::Namespace) => r.namespace = self.opt_string()?,
-                Some(Field::Instance) => r.instance = self.opt_string()?,
-                Some(Field::User) => r.user = self.opt_string()?,
-                Some(Field::UserId) => r.user_id = self.opt_string()?,
-                Some(Field::Key) => r.key = self.opt_string()?,
-                Some(Field::KeyId) => r.key_id = self.opt_string()?,
-                Some(Field::Provider) => r.provider = self.opt_string()?,
-                Some(Field::Model) => r.model = self.opt_string()?,
-                Some(Field::OriginalModel) => r.original_model = self.opt_string()?,
-                Some(Field::Endpoint) => r.endpoint = self.opt_string()?,
-                Some(Field::ApiType) => r.api_type = self.opt_string()?,
-                Some(Field::Method) => r.method = self.opt_string()?,
-                Some(Field::Status) => {
-                    r.status = self.opt_uint(u64::from(u16::MAX))?.map(|v| v as u16)
-                }
-                Some(Field::DurationMs) => r.duration_ms = self.opt_uint(u64::MAX)?,
-                Some(Field::TtfbMs) => r.ttfb_ms = self.opt_uint(u64::MAX)?,
-                Some(Field::InputTokens) => r.input_tokens = self.opt_uint(u64::MAX)?,
-                Some(Field::OutputTokens) => r.output_tokens = self.opt_uint(u64::MAX)?,
-                Some(Field::CacheCreation5mTokens) => {
-                    r.cache_creation_5m_tokens = self.opt_uint(u64::MAX)?
-                }
-                Some(Field::CacheCreation1hTokens) => {
-                    r.cache_creation_1h_tokens = self.opt_uint(u64::MAX)?
-                }
-                Some(Field::CacheReadTokens) => r.cache_read_tokens = self.opt_uint(u64::MAX)?,
-                Some(Field::CostUsd) => r.cost_usd = self.opt_cost()?,
-                Some(Field::SessionId) => r.session_id = self.opt_string()?,
-                Some(Field::RetryCount) => {
-                    r.retry_count = self.opt_uint(u64::from(u32::MAX))?.map(|v| v as u32)
-                }
-                Some(Field::ProviderChain) => r.provider_chain = self.opt_strings()?,
-                Some(Field::IsStreaming) => r.is_streaming = self.opt_bool()?,
-                Some(Field::Error) => r.error = self.opt_string()?,
-                Some(Field::BlockedBy) => r.blocked_by = self.opt_string()?,
-                Some(Field::BlockReason) => r.block_reason = self.opt_string()?,
-                Some(Field::UserAgent) => r.user_agent = self.opt_string()?,
-                Some(Field::ClientIp) => r.client_ip = self.opt_string()?,
-                Some(Field::MessagesCount) => {
-                    r.messages_count = self.opt_uint(u64::from(u32::MAX))?.map(|v| v as u32)
-                }
-                Some(Field::TraceId) => r.trace_id = self.opt_string()?,
-                None => self.skip_scalar()?,
+            if !r.scan_field(key, self)? {
+                self.skip_scalar()?;
             }
             self.ws();
             if self.eat(b',').is_none() {
@@ -395,6 +228,67 @@ impl<'a> Scanner<'a> {
                 return Some(r);
             }
         }
+    }
+}
+
+/// A field type the scanner can read: `Some(None)` for `null`, `None` to give up.
+pub(super) trait Scan: Sized {
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>>;
+}
+
+impl Scan for CompactString {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_string()
+    }
+}
+
+impl Scan for u64 {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_uint(u64::MAX)
+    }
+}
+
+impl Scan for u32 {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        Some(s.opt_uint(u64::from(u32::MAX))?.map(|v| v as u32))
+    }
+}
+
+impl Scan for u16 {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        Some(s.opt_uint(u64::from(u16::MAX))?.map(|v| v as u16))
+    }
+}
+
+impl Scan for bool {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_bool()
+    }
+}
+
+impl Scan for RawTime {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_time()
+    }
+}
+
+impl Scan for RawCost {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_cost()
+    }
+}
+
+impl Scan for Vec<CompactString> {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        s.opt_strings()
     }
 }
 
