@@ -433,19 +433,13 @@ impl Aggregator {
             self.models.resize_with(p + 1, Interner::default);
             self.model_ids.resize_with(p + 1, Vec::new);
         }
-        // The model cap counts (provider, model) pairs across all providers.
-        let known = self.models[p].ids.get(model).copied();
-        let local = match known {
-            Some(id) => id,
-            None => {
-                let room = self.model_keys.len() < cap;
-                let (id, folded) = self.models[p].id(model, if room { usize::MAX } else { 0 });
-                if folded {
-                    self.overflow[Dimension::Model as usize] += 1;
-                }
-                id
-            }
-        };
+        // The model cap counts (provider, model) pairs across all providers; a known model
+        // keeps its id whatever the cap.
+        let room = self.model_keys.len() < cap;
+        let (local, folded) = self.models[p].id(model, if room { usize::MAX } else { 0 });
+        if folded {
+            self.overflow[Dimension::Model as usize] += 1;
+        }
         let ids = &mut self.model_ids[p];
         let l = local as usize;
         if ids.len() <= l {
