@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs missing system tools when root, then format check,
 # clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
-# and the exposition checks of a live server with promtool.
+# and the exposition checks of a live server with promtool. Tests that need Redis or PostgreSQL
+# get throwaway servers started here (scripts/services.sh) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ have() { command -v "$1" >/dev/null 2>&1; }
 missing=()
 have promtool || missing+=(prometheus)  # promtool ships in Debian's prometheus package
 have curl || missing+=(curl)
+have python3 || missing+=(python3)
+have redis-server || missing+=(redis-server)
+[ -n "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     say "installing ${missing[*]}"
@@ -24,9 +28,14 @@ if ((${#missing[@]})); then
 fi
 
 tmp=$(mktemp -d)
+chmod 755 "$tmp"
+svc_dir="$tmp/services"
+mkdir -p "$svc_dir"
+. scripts/services.sh
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_services
   wait 2>/dev/null || true
   rm -rf "$tmp"
 }
@@ -40,6 +49,11 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 say "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+say "throwaway services: redis-server and PostgreSQL on free loopback ports"
+start_redis
+start_postgres
+echo "redis: $GATEMETER_TEST_REDIS_URL  postgres: $GATEMETER_TEST_DATABASE_URL"
 
 say "cargo test (unit, integration, benches in test mode)"
 cargo test --all-targets --quiet
