@@ -529,16 +529,31 @@ macro_rules! raw_record {
             }
         }
 
-        impl RawRecord {
-            /// Reads the value of field `key` with the fast scanner: `Some(false)` for an unknown
-            /// key (its value is not consumed), `None` when the scanner gives up.
-            #[inline]
-            fn scan_field(&mut self, key: &str, s: &mut scan::Scanner<'_>) -> Option<bool> {
+        /// A known field of the wire record.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(non_camel_case_types)]
+        enum Field {
+            $($field,)*
+        }
+
+        impl Field {
+            /// The field called `key`, if any.
+            fn of(key: &str) -> Option<Self> {
                 match key {
-                    $(stringify!($field) => self.$field = <$ty as scan::Scan>::scan(s)?,)*
-                    _ => return Some(false),
+                    $(stringify!($field) => Some(Self::$field),)*
+                    _ => None,
                 }
-                Some(true)
+            }
+        }
+
+        impl RawRecord {
+            /// Reads the value of field `f` with the fast scanner; `None` when it gives up.
+            #[inline]
+            fn scan_field(&mut self, f: Field, s: &mut scan::Scanner<'_>) -> Option<()> {
+                match f {
+                    $(Field::$field => self.$field = <$ty as scan::Scan>::scan(s)?,)*
+                }
+                Some(())
             }
         }
     };
@@ -585,13 +600,13 @@ raw_record! {
 /// Parses and validates one JSON object.
 pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError> {
     if let Some(raw) = scan::object(json) {
-        return raw.validate(v);
+        return raw.validate(v, Source::Scanner);
     }
     let raw: RawRecord = match serde_json::from_str(json) {
         Ok(raw) => raw,
         Err(e) => return Err(locate_error(json, e)),
     };
-    raw.validate(v)
+    raw.validate(v, Source::Serde)
 }
 
 /// Parses a JSON array of records in one pass, validating each. Returns `None` when any
@@ -599,7 +614,7 @@ pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError>
 /// per-element parsing to report each failure with its index.
 pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, RecordError>>> {
     let mut out = Vec::new();
-    if scan::array(json, |raw| out.push(raw.validate(v))).is_some() {
+    if scan::array(json, |raw| out.push(raw.validate(v, Source::Scanner))).is_some() {
         return Some(out);
     }
     struct Batch<'a, 'b>(&'a Validation<'b>);
@@ -618,7 +633,7 @@ pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, R
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
             while let Some(raw) = seq.next_element::<RawRecord>()? {
-                out.push(raw.validate(self.0));
+                out.push(raw.validate(self.0, Source::Serde));
             }
             Ok(out)
         }
@@ -671,7 +686,19 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-fn id_field(field: &str, v: Option<CompactString>) -> Result<Option<CompactString>, RecordError> {
+/// Which parser produced a [`RawRecord`]: the scanner has already refused control characters
+/// in every string (see `scan::STOP`), so its ids need no second look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Scanner,
+    Serde,
+}
+
+fn id_field(
+    field: &str,
+    v: Option<CompactString>,
+    source: Source,
+) -> Result<Option<CompactString>, RecordError> {
     match v {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
@@ -680,7 +707,7 @@ fn id_field(field: &str, v: Option<CompactString>) -> Result<Option<CompactStrin
             format!("is {} bytes long; the limit is {MAX_ID_LEN}", s.len()),
         )),
         // C0 controls and DEL; a byte scan (multi-byte UTF-8 never contains these bytes).
-        Some(s) if s.bytes().any(|b| b < 0x20 || b == 0x7f) => {
+        Some(s) if source == Source::Serde && s.bytes().any(|b| b < 0x20 || b == 0x7f) => {
             Err(RecordError::invalid(field, "contains control characters"))
         }
         Some(s) => Ok(Some(s)),
@@ -758,7 +785,8 @@ fn timestamp(raw: Option<RawTime>, now_ms: i64) -> Result<i64, RecordError> {
 }
 
 impl RawRecord {
-    fn validate(self, v: &Validation<'_>) -> Result<Event, RecordError> {
+    fn validate(self, v: &Validation<'_>, source: Source) -> Result<Event, RecordError> {
+        let id_field = |field: &str, value| id_field(field, value, source);
         let request_id = id_field("request_id", self.request_id)?.map(RequestId);
         let namespace =
             id_field("namespace", self.namespace)?.unwrap_or_else(|| Label::const_new("default"));
@@ -1068,6 +1096,30 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// The scanner leaves strings with control characters to serde; validation must then
+    /// still refuse them in ids, whichever way a record arrives.
+    #[test]
+    fn control_characters_in_ids_are_refused_on_every_path() {
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: NOW,
+            prices: &prices,
+        };
+        // An escaped C0 control, a raw DEL (JSON allows it unescaped) and an escaped DEL.
+        for c in ["\\u0001", "\u{7f}", "\\u007f"] {
+            let rec = format!(r#"{{"model":"m{c}","status":200,"duration_ms":5}}"#);
+            let one = parse(&rec).expect_err("refused");
+            assert_eq!(one.field, "model");
+            assert!(one.message.contains("control"), "{}", one.message);
+            let ok = r#"{"model":"m","status":200,"duration_ms":5}"#;
+            let array = format!("[{ok},{rec}]");
+            let got = parse_array(&array, &v).expect("deserializes");
+            assert!(got[0].is_ok());
+            let err = got[1].as_ref().expect_err("refused");
+            assert_eq!(err.field, "model");
+        }
     }
 
     #[test]

@@ -11,13 +11,36 @@
 
 use compact_str::CompactString;
 
-use super::{RawCost, RawRecord, RawTime};
+use super::{Field, RawCost, RawRecord, RawTime};
+
+/// Bytes the scanner will not take inside a string: the closing quote, a backslash (escapes go
+/// to serde), C0 controls and DEL. Because of this table, every string of a scanned record is
+/// free of control characters, which validation relies on (`Source::Scanner`).
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
+/// Most keys per record whose order is remembered for the next record.
+const MAX_PREDICTED: usize = 64;
 
 /// A cursor over the input.
 pub(super) struct Scanner<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
+    /// Keys of the previous record in order, with the field each names. A gateway writes its
+    /// records with one serializer, so the k-th key of a record is almost always the k-th key
+    /// of the one before: it is then matched with one comparison instead of a scan and a lookup.
+    order: Vec<(&'a str, Option<Field>)>,
 }
 
 impl<'a> Scanner<'a> {
@@ -56,19 +79,37 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        loop {
-            let c = *self.b.get(self.i)?;
-            match c {
-                b'"' => break,
-                b'\\' => return None,
-                0..=0x1f => return None,
-                _ => self.i += 1,
+        let rest = self.b.get(start..)?;
+        let len = rest.iter().position(|&c| STOP[usize::from(c)])?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.i = start + len + 1;
+        // Quotes are ASCII, so both ends are char boundaries of the (valid UTF-8) input.
+        self.s.get(start..start + len)
+    }
+
+    /// The `k`-th key of a record and the field it names (`None` for an unknown key).
+    fn key(&mut self, k: usize) -> Option<Option<Field>> {
+        if let Some(&(key, field)) = self.order.get(k) {
+            let at = self.i;
+            let end = at + 1 + key.len();
+            if self.b.get(at) == Some(&b'"')
+                && self.b.get(at + 1..end) == Some(key.as_bytes())
+                && self.b.get(end) == Some(&b'"')
+            {
+                self.i = end + 1;
+                return Some(field);
             }
         }
-        // Quotes are ASCII, so both ends are char boundaries of the (valid UTF-8) input.
-        let out = self.s.get(start..self.i)?;
-        self.i += 1;
-        Some(out)
+        let key = self.string()?;
+        let field = Field::of(key);
+        if let Some(slot) = self.order.get_mut(k) {
+            *slot = (key, field);
+        } else if k == self.order.len() && k < MAX_PREDICTED {
+            self.order.push((key, field));
+        }
+        Some(field)
     }
 
     /// The raw text of a JSON number, checked against the JSON grammar.
@@ -118,16 +159,28 @@ impl<'a> Scanner<'a> {
         Some(Some(CompactString::from(self.string()?)))
     }
 
-    /// A non-negative integer written without fraction or exponent, within `max`.
+    /// A non-negative integer written without sign, fraction, exponent or leading zero, within
+    /// `max`; read in one pass.
     fn opt_uint(&mut self, max: u64) -> Option<Option<u64>> {
         if self.null() {
             return Some(None);
         }
-        let n = self.number()?;
-        if n.bytes().any(|c| !c.is_ascii_digit()) {
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if digits == 0
+            || (digits > 1 && self.b[start] == b'0')
+            || matches!(self.peek(), Some(b'.' | b'e' | b'E'))
+        {
             return None;
         }
-        let v: u64 = n.parse().ok()?;
         (v <= max).then_some(Some(v))
     }
 
@@ -213,14 +266,17 @@ impl<'a> Scanner<'a> {
         if self.eat(b'}').is_some() {
             return Some(r);
         }
+        let mut k = 0;
         loop {
             self.ws();
-            let key = self.string()?;
+            let field = self.key(k)?;
+            k += 1;
             self.ws();
             self.eat(b':')?;
             self.ws();
-            if !r.scan_field(key, self)? {
-                self.skip_scalar()?;
+            match field {
+                Some(f) => r.scan_field(f, self)?,
+                None => self.skip_scalar()?,
             }
             self.ws();
             if self.eat(b',').is_none() {
@@ -298,6 +354,7 @@ pub(super) fn object(json: &str) -> Option<RawRecord> {
         b: json.as_bytes(),
         s: json,
         i: 0,
+        order: Vec::new(),
     };
     let r = s.record()?;
     s.ws();
@@ -310,6 +367,7 @@ pub(super) fn array(json: &str, mut each: impl FnMut(RawRecord)) -> Option<()> {
         b: json.as_bytes(),
         s: json,
         i: 0,
+        order: Vec::new(),
     };
     s.ws();
     s.eat(b'[')?;
@@ -457,5 +515,42 @@ mod tests {
             "nested unknown values go to serde"
         );
         assert!(array("[]", |_| {}).is_some());
+    }
+
+    /// Key-order prediction must never read a key as the previous record's key at the same
+    /// position unless it is exactly that key: prefixes, extensions, reordering, fewer or more
+    /// keys, unknown keys in between.
+    #[test]
+    fn predicted_key_order_matches_serde() {
+        let json = r#"[
+            {"model":"a","status":200,"duration_ms":1,"user":"u","x":1},
+            {"model":"b","status":201,"duration_ms":2,"user":"v","x":2},
+            {"modelx":"c","status":202,"duration_ms":3,"use":"w","x":3},
+            {"mode":"d","model":"e","duration_ms":4,"status":203},
+            {"status":204,"model":"f"},
+            {"status":205,"model":"g","duration_ms":6,"user":"z","x":7,"ttfb_ms":1,"error":"e"},
+            {"status":206,"model":"h","duration_ms":7,"user":"y","y":8,"ttfb_ms":2},
+            {},
+            {"model":"i"}
+        ]"#;
+        let mut got = Vec::new();
+        array(json, |r| got.push(format!("{r:?}"))).expect("fast path");
+        let want: Vec<String> = serde_json::from_str::<Vec<RawRecord>>(json)
+            .expect("serde")
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn control_characters_and_del_are_left_to_serde() {
+        for c in ['\u{1}', '\t', '\u{7f}'] {
+            assert_eq!(fast(&format!("{{\"model\":\"a{c}b\"}}")), None, "{c:?}");
+        }
+        assert!(
+            fast("{\"model\":\"a\u{80}b\"}").is_some(),
+            "non-ASCII is plain text"
+        );
     }
 }
