@@ -694,23 +694,35 @@ enum Source {
     Serde,
 }
 
+#[inline]
 fn id_field(
     field: &str,
     v: Option<CompactString>,
     source: Source,
 ) -> Result<Option<CompactString>, RecordError> {
     match v {
-        None => Ok(None),
+        // C0 controls and DEL; a byte scan (multi-byte UTF-8 never contains these bytes).
+        Some(s)
+            if s.len() > MAX_ID_LEN
+                || (source == Source::Serde && s.bytes().any(|b| b < 0x20 || b == 0x7f)) =>
+        {
+            Err(id_error(field, &s))
+        }
         Some(s) if s.is_empty() => Ok(None),
-        Some(s) if s.len() > MAX_ID_LEN => Err(RecordError::invalid(
+        v => Ok(v),
+    }
+}
+
+/// Why [`id_field`] refused `s` (kept out of line: the hot path never builds a message).
+#[cold]
+fn id_error(field: &str, s: &str) -> RecordError {
+    if s.len() > MAX_ID_LEN {
+        RecordError::invalid(
             field,
             format!("is {} bytes long; the limit is {MAX_ID_LEN}", s.len()),
-        )),
-        // C0 controls and DEL; a byte scan (multi-byte UTF-8 never contains these bytes).
-        Some(s) if source == Source::Serde && s.bytes().any(|b| b < 0x20 || b == 0x7f) => {
-            Err(RecordError::invalid(field, "contains control characters"))
-        }
-        Some(s) => Ok(Some(s)),
+        )
+    } else {
+        RecordError::invalid(field, "contains control characters")
     }
 }
 
@@ -733,15 +745,21 @@ fn text_field(v: Option<CompactString>, limit: usize) -> Option<CompactString> {
     Some(t)
 }
 
+#[inline]
 fn tokens_field(field: &str, v: Option<u64>) -> Result<u64, RecordError> {
     let n = v.unwrap_or(0);
     if n > MAX_TOKENS {
-        return Err(RecordError::invalid(
-            field,
-            format!("{n} exceeds the limit of {MAX_TOKENS} tokens per request"),
-        ));
+        return Err(tokens_error(field, n));
     }
     Ok(n)
+}
+
+#[cold]
+fn tokens_error(field: &str, n: u64) -> RecordError {
+    RecordError::invalid(
+        field,
+        format!("{n} exceeds the limit of {MAX_TOKENS} tokens per request"),
+    )
 }
 
 fn timestamp(raw: Option<RawTime>, now_ms: i64) -> Result<i64, RecordError> {

@@ -29,6 +29,35 @@ static STOP: [bool; 256] = {
     t
 };
 
+/// Index of the first [`STOP`] byte, eight bytes at a time (SWAR): a byte is flagged when it is
+/// below 0x20 or equal to `"`, `\\` or DEL. The borrow of the subtraction can only flag bytes
+/// *after* a true hit, so the lowest flagged byte is exact.
+fn stop_position(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let hits = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+            | zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | zero(x ^ (ONES * 0x7f));
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| STOP[usize::from(c)])
+        .map(|p| at + p)
+}
+
 /// Most keys per record whose order is remembered for the next record.
 const MAX_PREDICTED: usize = 64;
 
@@ -80,7 +109,7 @@ impl<'a> Scanner<'a> {
         self.eat(b'"')?;
         let start = self.i;
         let rest = self.b.get(start..)?;
-        let len = rest.iter().position(|&c| STOP[usize::from(c)])?;
+        let len = stop_position(rest)?;
         if rest[len] != b'"' {
             return None;
         }
@@ -159,12 +188,9 @@ impl<'a> Scanner<'a> {
         Some(Some(CompactString::from(self.string()?)))
     }
 
-    /// A non-negative integer written without sign, fraction, exponent or leading zero, within
-    /// `max`; read in one pass.
-    fn opt_uint(&mut self, max: u64) -> Option<Option<u64>> {
-        if self.null() {
-            return Some(None);
-        }
+    /// A non-negative integer written without sign, fraction, exponent or leading zero, read in
+    /// one pass; `None` (position unspecified) for anything else or beyond 64 bits.
+    fn uint(&mut self) -> Option<u64> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(&c) = self.b.get(self.i) {
@@ -181,6 +207,15 @@ impl<'a> Scanner<'a> {
         {
             return None;
         }
+        Some(v)
+    }
+
+    /// A non-negative integer (see [`Self::uint`]) within `max`.
+    fn opt_uint(&mut self, max: u64) -> Option<Option<u64>> {
+        if self.null() {
+            return Some(None);
+        }
+        let v = self.uint()?;
         (v <= max).then_some(Some(v))
     }
 
@@ -200,12 +235,15 @@ impl<'a> Scanner<'a> {
     /// others through `f64`. Negative numbers (always invalid here) and integers beyond 64
     /// bits are left to serde.
     fn plain_number(&mut self) -> Option<f64> {
-        let n = self.number()?;
-        if n.starts_with('-') {
-            return None;
+        let start = self.i;
+        if let Some(v) = self.uint() {
+            return Some(v as f64);
         }
-        if n.bytes().all(|c| c.is_ascii_digit()) {
-            return n.parse::<u64>().ok().map(|u| u as f64);
+        self.i = start;
+        let n = self.number()?;
+        if n.starts_with('-') || n.bytes().all(|c| c.is_ascii_digit()) {
+            // Negative, a leading zero, or an integer beyond 64 bits.
+            return None;
         }
         n.parse().ok()
     }
@@ -541,6 +579,31 @@ mod tests {
             .map(|r| format!("{r:?}"))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn stop_position_finds_the_first_stop_byte() {
+        // Every position in words and tails, every kind of stop byte, with plain bytes
+        // (ASCII, high bytes, 0x20 and 0x7e next to the stop values) around it.
+        for len in 0..40 {
+            for at in 0..=len {
+                for stop in [b'"', b'\\', 0, 0x1f, 0x7f, b'\n'] {
+                    let mut b: Vec<u8> = (0..len)
+                        .map(|i| [b'a', 0x20, 0x7e, 0xc3, 0xff][i % 5])
+                        .collect();
+                    let want = (at < len).then(|| {
+                        b[at] = stop;
+                        at
+                    });
+                    assert_eq!(stop_position(&b), want, "len {len} at {at} stop {stop:#x}");
+                    // Stop bytes after the first do not change the answer.
+                    if at + 1 < len {
+                        b[at + 1] = b'"';
+                        assert_eq!(stop_position(&b), want);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
