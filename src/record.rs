@@ -537,6 +537,9 @@ macro_rules! raw_record {
         }
 
         impl Field {
+            /// How many fields there are.
+            const COUNT: usize = [$(stringify!($field)),*].len();
+
             /// The field called `key`, if any.
             fn of(key: &str) -> Option<Self> {
                 match key {

@@ -58,18 +58,29 @@ fn stop_position(b: &[u8]) -> Option<usize> {
         .map(|p| at + p)
 }
 
-/// Most keys per record whose order is remembered for the next record.
-const MAX_PREDICTED: usize = 64;
+/// A key as last seen, with the field it names (`None`: an unknown key).
+type Seen<'a> = Option<(&'a str, Option<Field>)>;
 
 /// A cursor over the input.
 pub(super) struct Scanner<'a> {
     b: &'a [u8],
     s: &'a str,
     i: usize,
-    /// Keys of the previous record in order, with the field each names. A gateway writes its
-    /// records with one serializer, so the k-th key of a record is almost always the k-th key
-    /// of the one before: it is then matched with one comparison instead of a scan and a lookup.
-    order: Vec<(&'a str, Option<Field>)>,
+    /// For each key, the key that followed it last time (slot 0: the first key of a record;
+    /// slot `f + 1`: after field `f`; the last slot: after an unknown key). A gateway writes
+    /// its records with one serializer, so the next key is almost always the one that followed
+    /// the same key before — also when optional fields come and go — and is then matched with
+    /// one comparison instead of a scan and a lookup.
+    next: Vec<Seen<'a>>,
+}
+
+/// The [`Scanner::next`] slot of the key after `prev`.
+fn slot(prev: Option<Option<Field>>) -> usize {
+    match prev {
+        None => 0,
+        Some(Some(f)) => f as usize + 1,
+        Some(None) => Field::COUNT + 1,
+    }
 }
 
 impl<'a> Scanner<'a> {
@@ -118,9 +129,10 @@ impl<'a> Scanner<'a> {
         self.s.get(start..start + len)
     }
 
-    /// The `k`-th key of a record and the field it names (`None` for an unknown key).
-    fn key(&mut self, k: usize) -> Option<Option<Field>> {
-        if let Some(&(key, field)) = self.order.get(k) {
+    /// The key after `prev` (`None` at the start of a record), and the field it names.
+    fn key(&mut self, prev: Option<Option<Field>>) -> Option<Option<Field>> {
+        let slot = slot(prev);
+        if let Some(Some((key, field))) = self.next.get(slot).copied() {
             let at = self.i;
             let end = at + 1 + key.len();
             if self.b.get(at) == Some(&b'"')
@@ -133,10 +145,8 @@ impl<'a> Scanner<'a> {
         }
         let key = self.string()?;
         let field = Field::of(key);
-        if let Some(slot) = self.order.get_mut(k) {
-            *slot = (key, field);
-        } else if k == self.order.len() && k < MAX_PREDICTED {
-            self.order.push((key, field));
+        if let Some(seen) = self.next.get_mut(slot) {
+            *seen = Some((key, field));
         }
         Some(field)
     }
@@ -304,11 +314,11 @@ impl<'a> Scanner<'a> {
         if self.eat(b'}').is_some() {
             return Some(r);
         }
-        let mut k = 0;
+        let mut prev = None;
         loop {
             self.ws();
-            let field = self.key(k)?;
-            k += 1;
+            let field = self.key(prev)?;
+            prev = Some(field);
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -392,7 +402,7 @@ pub(super) fn object(json: &str) -> Option<RawRecord> {
         b: json.as_bytes(),
         s: json,
         i: 0,
-        order: Vec::new(),
+        next: vec![None; Field::COUNT + 2],
     };
     let r = s.record()?;
     s.ws();
@@ -405,7 +415,7 @@ pub(super) fn array(json: &str, mut each: impl FnMut(RawRecord)) -> Option<()> {
         b: json.as_bytes(),
         s: json,
         i: 0,
-        order: Vec::new(),
+        next: vec![None; Field::COUNT + 2],
     };
     s.ws();
     s.eat(b'[')?;
@@ -555,9 +565,8 @@ mod tests {
         assert!(array("[]", |_| {}).is_some());
     }
 
-    /// Key-order prediction must never read a key as the previous record's key at the same
-    /// position unless it is exactly that key: prefixes, extensions, reordering, fewer or more
-    /// keys, unknown keys in between.
+    /// Key prediction must never read a key as the one predicted unless it is exactly that key:
+    /// prefixes, extensions, reordering, fewer or more keys, unknown keys in between.
     #[test]
     fn predicted_key_order_matches_serde() {
         let json = r#"[
