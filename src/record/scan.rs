@@ -74,6 +74,29 @@ pub(super) struct Scanner<'a> {
     next: Vec<Seen<'a>>,
 }
 
+/// `a == b` for slices of equal length, without a `memcmp` call for the short lengths of
+/// keys: two overlapping word loads cover 4 to 16 bytes.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len();
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let half = |s: &[u8], at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
 /// The [`Scanner::next`] slot of the key after `prev`.
 fn slot(prev: Option<Option<Field>>) -> usize {
     match prev {
@@ -136,8 +159,8 @@ impl<'a> Scanner<'a> {
             let at = self.i;
             let end = at + 1 + key.len();
             if self.b.get(at) == Some(&b'"')
-                && self.b.get(at + 1..end) == Some(key.as_bytes())
                 && self.b.get(end) == Some(&b'"')
+                && same(&self.b[at + 1..end], key.as_bytes())
             {
                 self.i = end + 1;
                 return Some(field);
@@ -588,6 +611,19 @@ mod tests {
             .map(|r| format!("{r:?}"))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn same_compares_every_byte() {
+        for n in 0..40 {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same(&a, &a.clone()), "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 1;
+                assert!(!same(&a, &b), "len {n}, byte {at}");
+            }
+        }
     }
 
     #[test]
