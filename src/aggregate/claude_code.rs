@@ -125,8 +125,13 @@ pub enum Input {
     Point(Point),
     /// A tool event.
     Tool(ToolEvent),
-    /// A Claude Code event of this name was received (any event, counted by name).
-    Event(CompactString),
+    /// A Claude Code event was received (any event, counted by name).
+    Event {
+        /// `event.name`.
+        name: CompactString,
+        /// Hash of (`session.id`, `event.sequence`), for de-duplication.
+        id: Option<u64>,
+    },
 }
 
 /// Statistics of one tool.
@@ -166,6 +171,8 @@ pub struct Snapshot {
     pub stream_limit_points: u64,
     /// Tool events ignored as repeats.
     pub repeated_tool_events: u64,
+    /// Events ignored as repeats.
+    pub repeated_events: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -242,7 +249,15 @@ impl ClaudeCodeState {
                 self.tool(t);
                 None
             }
-            Input::Event(name) => {
+            Input::Event { name, id } => {
+                if let Some(id) = id
+                    && !self
+                        .seen
+                        .insert(id ^ 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                {
+                    self.totals.repeated_events += 1;
+                    return None;
+                }
                 let max = self.limits.max_event_names;
                 let events = &mut self.totals.events;
                 let key = if events.contains_key(&name) || events.len() < max {

@@ -269,6 +269,7 @@ impl Mapping {
                         out.unused += 1;
                         continue;
                     };
+                    let event_id = event_id(&a);
                     let result = match name {
                         "api_request" => self.record(&a, r, false, v).map(Some),
                         "api_error" => self.record(&a, r, true, v).map(Some),
@@ -281,7 +282,10 @@ impl Mapping {
                         Err(e) => {
                             out.rejected.push((i, e));
                             if name != GATEMETER_EVENT {
-                                out.inputs.push(Input::Event(CompactString::from(name)));
+                                out.inputs.push(Input::Event {
+                                    name: CompactString::from(name),
+                                    id: event_id,
+                                });
                             }
                             continue;
                         }
@@ -289,10 +293,13 @@ impl Mapping {
                     if name == GATEMETER_EVENT {
                         continue;
                     }
-                    out.inputs.push(Input::Event(CompactString::from(name)));
+                    out.inputs.push(Input::Event {
+                        name: CompactString::from(name),
+                        id: event_id,
+                    });
                     match name {
                         "api_request" | "api_error" => {}
-                        "tool_result" | "tool_decision" => match tool_event(name, &a) {
+                        "tool_result" | "tool_decision" => match tool_event(name, &a, event_id) {
                             Some(t) => {
                                 out.tools += 1;
                                 out.inputs.push(Input::Tool(t));
@@ -467,9 +474,18 @@ fn bounded(s: CompactString) -> CompactString {
     CompactString::from(&s[..end])
 }
 
-fn tool_event(name: &str, a: &Attrs<'_>) -> Option<ToolEvent> {
+/// The identity of a Claude Code event: its session and sequence number.
+fn event_id(a: &Attrs<'_>) -> Option<u64> {
+    let session = a.session_id.and_then(str_of)?;
+    let seq = a.sequence.and_then(text_of)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (session, seq.as_ref()).hash(&mut h);
+    Some(h.finish())
+}
+
+fn tool_event(name: &str, a: &Attrs<'_>, event_id: Option<u64>) -> Option<ToolEvent> {
     let tool = bounded(opt_text(a.tool_name)?);
-    let id = id_hash(a.tool_use_id);
+    let id = event_id.or_else(|| id_hash(a.tool_use_id));
     if name == "tool_result" {
         Some(ToolEvent::Result {
             tool,
