@@ -8,3 +8,4 @@ mod harness;
 mod ingest;
 mod loadgen;
 mod otlp;
+mod otlp_export;

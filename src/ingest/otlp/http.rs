@@ -93,7 +93,14 @@ impl Refusal {
 fn encode<T: Message + serde::Serialize>(enc: Encoding, msg: &T) -> Vec<u8> {
     match enc {
         Encoding::Protobuf => msg.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec()),
+        Encoding::Json => {
+            // An absent `partial_success` is omitted (`{}`), not written as null.
+            let mut v = serde_json::to_value(msg).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.retain(|_, x| !x.is_null());
+            }
+            serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())
+        }
     }
 }
 
@@ -325,5 +332,118 @@ impl OtlpIngest {
             enc,
             &ExportMetricsServiceResponse { partial_success },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::aggregate::claude_code::Limits;
+    use crate::store::{Discard, MemoryStore};
+
+    fn logs(ids: &[&str]) -> String {
+        let now_ns = crate::pipeline::now_ms() as u128 * 1_000_000;
+        let records: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    r#"{{"timeUnixNano":"{now_ns}","attributes":[
+                    {{"key":"event.name","value":{{"stringValue":"api_request"}}}},
+                    {{"key":"request_id","value":{{"stringValue":"{id}"}}}},
+                    {{"key":"model","value":{{"stringValue":"m"}}}},
+                    {{"key":"duration_ms","value":{{"intValue":"5"}}}}]}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{}]}}]}}]}}"#,
+            records.join(",")
+        )
+    }
+
+    const METRICS: &str = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"claude_code.session.count","sum":{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{"startTimeUnixNano":"1","timeUnixNano":"2","asDouble":1}]}}]}]}]}"#;
+
+    fn req(path: &str, body: String) -> Request<Body> {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn full_queues_answer_503_with_retry_after_and_take_nothing() {
+        // On this single-threaded runtime neither the aggregator nor the Claude Code task runs
+        // until the test awaits something that is not ready: the queues stay as left.
+        let health = Arc::new(Health::new(3));
+        let (pipeline, _p) = Pipeline::spawn(
+            crate::pipeline::PipelineConfig {
+                queue_capacity: 3,
+                ..Default::default()
+            },
+            Arc::new(MemoryStore::new()),
+            Arc::new(Discard),
+            health.clone(),
+        );
+        let diagnostics = Arc::new(Diagnostics::default());
+        let (claude_code, _c) = ClaudeCode::spawn(Limits::default(), 2, diagnostics.clone());
+        let state = Arc::new(OtlpIngest {
+            pipeline,
+            claude_code,
+            diagnostics: diagnostics.clone(),
+            health: health.clone(),
+            max_body_bytes: 1 << 20,
+            prices: Arc::new(PriceTable::default()),
+            mapping: Mapping::default(),
+        });
+        let app = axum::Router::new()
+            .route("/v1/logs", axum::routing::any(export))
+            .route("/v1/metrics", axum::routing::any(export))
+            .with_state(state);
+
+        let ok = app
+            .clone()
+            .oneshot(req("/v1/logs", logs(&["a", "b"])))
+            .await
+            .expect("answer");
+        assert_eq!(ok.status(), StatusCode::OK);
+        // Two more records do not fit the record queue (3): refused whole ...
+        let full = app
+            .clone()
+            .oneshot(req("/v1/logs", logs(&["c", "d"])))
+            .await
+            .expect("answer");
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(health.snapshot().queue_depth, 2);
+        // ... and its reserved Claude Code slot was given back: one metrics request still fits.
+        let m = app
+            .clone()
+            .oneshot(req("/v1/metrics", METRICS.into()))
+            .await
+            .expect("answer");
+        assert_eq!(m.status(), StatusCode::OK);
+        let m = app
+            .clone()
+            .oneshot(req("/v1/metrics", METRICS.into()))
+            .await
+            .expect("answer");
+        assert_eq!(m.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let d = diagnostics.snapshot();
+        assert_eq!(
+            d.rejected_requests[Signal::Logs as usize][RequestReason::Overloaded as usize],
+            1
+        );
+        assert_eq!(
+            d.rejected_requests[Signal::Metrics as usize][RequestReason::Overloaded as usize],
+            1
+        );
+        assert_eq!(
+            d.received[Signal::Logs as usize],
+            2,
+            "refused requests are not counted as received"
+        );
     }
 }
