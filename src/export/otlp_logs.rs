@@ -11,10 +11,12 @@
 //!   (`retries_exhausted`). Records a receiver refuses in `partial_success` count as `rejected`.
 //!
 //! Why not `opentelemetry-otlp`'s exporter: it takes SDK log records through a logger
-//! provider with its own batch processor and queue (drops there are not visible to us by
-//! reason), and its HTTP exporter does not let us retry exactly on 429/502/503/504 while
-//! honouring `Retry-After`. The request is built with `opentelemetry-proto` types and sent with
-//! hyper (already a dependency).
+//! provider with its own batch processor and queue, so drops there are not visible to us by
+//! reason, and the receiver's `partial_success` count does not reach us. (Its HTTP retry rules
+//! were aligned with the spec in opentelemetry-rust PR #3632 — only 429/502/503/504, and
+//! `Retry-After` on 429/503 — behind its experimental retry feature; that was not the reason.)
+//! The request is built with `opentelemetry-proto` types and sent with hyper (already a
+//! dependency); `Retry-After` is honoured on all four retryable codes.
 //!
 //! Another gatemeter's `/v1/logs` reads `gatemeter.request` records back into request records
 //! (`crate::ingest::otlp::claude_code`), so edge collectors can forward to a central one.
