@@ -714,6 +714,13 @@ async fn bad_requests_get_the_otlp_codes_and_record_nothing() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.value(
+            "gatemeter_ingest_rejected_requests_total",
+            &[("source", "otlp"), ("reason", "malformed")]
+        ),
+        4.0
+    );
     let r = post(&app, "/v1/logs", Some(pb), None, good).await;
     assert_eq!(r.status(), 200);
     let m = app.metrics().await;
@@ -833,4 +840,46 @@ async fn records_exported_over_otlp_are_counted_by_a_central_gatemeter() {
     );
     edge.stop().await;
     central.stop().await;
+}
+
+#[tokio::test]
+async fn series_beyond_the_cap_fold_into_one_overflow_series_and_allow_listed_ids_become_labels() {
+    let app = TestApp::with_config(&format!(
+        "{CONFIG}  max_series_per_metric: 2\n  label_allowlist: [session.id]\n"
+    ))
+    .await;
+    replay(&app, "protobuf").await;
+    let m = app.metrics().await;
+    let tokens: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| s.name == "claude_code_token_usage_tokens_total")
+        .collect();
+    // Four token types, two series kept, the rest in one overflow series: totals unchanged.
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    let overflow = m.value(
+        "claude_code_token_usage_tokens_total",
+        &[("series", "__overflow__")],
+    );
+    assert!(overflow > 0.0);
+    close(
+        tokens.iter().map(|s| s.value).sum(),
+        38_680.0 + 311.0 + 27_200.0 + 9_600.0,
+        "token total",
+    );
+    assert!(
+        m.value(
+            "gatemeter_claude_code_series_overflow_total",
+            &[("metric", "claude_code.token.usage")]
+        ) > 0.0
+    );
+    // session.id was allow-listed: it is a label now.
+    assert!(
+        tokens
+            .iter()
+            .filter(|s| s.labels.get("series").is_none())
+            .all(|s| s.labels.contains_key("session_id")),
+        "{tokens:?}"
+    );
+    app.stop().await;
 }

@@ -198,6 +198,19 @@ pub async fn export(
         Ok(body) => answer(StatusCode::OK, enc, body),
         Err(r) => {
             s.diagnostics.rejected_request(signal, r.reason);
+            let common = match r.reason {
+                RequestReason::BodyTooLarge => Some(RequestReject::BodyTooLarge),
+                RequestReason::UnsupportedMediaType => Some(RequestReject::UnsupportedMediaType),
+                RequestReason::UnsupportedEncoding => Some(RequestReject::UnsupportedEncoding),
+                RequestReason::BadCompression => Some(RequestReject::BadCompression),
+                RequestReason::Undecodable => Some(RequestReject::Malformed),
+                RequestReason::Overloaded => Some(RequestReject::Overloaded),
+                RequestReason::BodyRead => Some(RequestReject::BodyRead),
+                RequestReason::MethodNotAllowed => None,
+            };
+            if let Some(c) = common {
+                s.health.rejected_request(Source::Otlp, c);
+            }
             refuse(enc, r)
         }
     }
