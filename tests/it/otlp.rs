@@ -877,7 +877,7 @@ async fn series_beyond_the_cap_fold_into_one_overflow_series_and_allow_listed_id
     assert!(
         tokens
             .iter()
-            .filter(|s| s.labels.get("series").is_none())
+            .filter(|s| !s.labels.contains_key("series"))
             .all(|s| s.labels.contains_key("session_id")),
         "{tokens:?}"
     );
