@@ -635,6 +635,114 @@ impl Mapping {
 mod tests {
     use super::*;
 
+    fn map_one(attrs: &str) -> Result<Box<crate::record::ValidRecord>, RecordError> {
+        let json = format!(
+            r#"{{"resourceLogs":[{{"resource":{{"attributes":[{{"key":"team.id","value":{{"stringValue":"t"}}}}]}},"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"1795458649672000000","attributes":[{attrs}]}}]}}]}}]}}"#
+        );
+        let req: ExportLogsServiceRequest = serde_json::from_str(&json).expect("json");
+        let prices = crate::price::PriceTable::default();
+        let v = Validation {
+            now_ms: 1_795_460_000_000,
+            prices: &prices,
+        };
+        let m = Mapping {
+            namespace_attribute: Some("team.id".into()),
+            ..Mapping::default()
+        };
+        let mut out = m.logs(&req, &v);
+        if let Some((_, e)) = out.rejected.pop() {
+            return Err(e);
+        }
+        match out.events.pop() {
+            Some(Event::Finish(r)) => Ok(r),
+            other => panic!("no record: {other:?}"),
+        }
+    }
+
+    fn a(k: &str, v: &str) -> String {
+        format!(r#"{{"key":"{k}","value":{v}}}"#)
+    }
+
+    #[test]
+    fn an_api_error_without_response_is_status_0_and_keyed_by_sequence() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("session.id", r#"{"stringValue":"s1"}"#),
+                a("event.sequence", r#"{"intValue":"5"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"stringValue":"undefined"}"#),
+                a("error", r#"{"stringValue":"Connection error."}"#),
+                a("attempt", r#"{"intValue":3}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.status, 0);
+        assert!(!r.is_success());
+        assert_eq!(r.retry_count, 2);
+        assert_eq!(r.cost_micros, 0);
+        assert_eq!(r.cost_source, crate::record::CostSource::Reported);
+        assert_eq!(r.request_id.as_ref().map(|i| i.as_str()), Some("cc:s1:5"));
+        assert_eq!(r.namespace, "t");
+        assert_eq!(r.error.as_deref(), Some("Connection error."));
+        assert_eq!(r.timestamp_ms, 1_795_458_649_672);
+    }
+
+    #[test]
+    fn cache_creation_is_split_and_cost_falls_back_to_usd() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("duration_ms", r#"{"stringValue":"900"}"#),
+                a("ttft_ms", r#"{"doubleValue":300}"#),
+                a("cache_creation_tokens", r#"{"intValue":"500"}"#),
+                a("cache_creation_1h_tokens", r#"{"intValue":"200"}"#),
+                a("cost_usd", r#"{"stringValue":"0.0125"}"#),
+                a("user.id", r#"{"stringValue":"u-hash"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.tokens.cache_write_5m, 300);
+        assert_eq!(r.tokens.cache_write_1h, 200);
+        assert_eq!(r.cost_micros, 12_500);
+        assert_eq!(r.ttfb_ms, Some(300));
+        assert_eq!(
+            r.user.as_deref(),
+            Some("u-hash"),
+            "user.id when no user.email"
+        );
+        assert_eq!(r.provider, "anthropic");
+        assert_eq!(r.endpoint, "/v1/messages");
+    }
+
+    #[test]
+    fn unreadable_numbers_reject_the_record_naming_the_attribute() {
+        let e = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("duration_ms", r#"{"stringValue":"9"}"#),
+                a("input_tokens", r#"{"stringValue":"lots"}"#),
+            ]
+            .join(","),
+        )
+        .expect_err("invalid");
+        assert_eq!(e.field, "attributes.input_tokens");
+        assert!(e.message.contains("lots"), "{e}");
+        let e = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("duration_ms", r#"{"stringValue":"9"}"#),
+            ]
+            .join(","),
+        )
+        .expect_err("no model");
+        assert_eq!(e.field, "model");
+    }
+
     #[test]
     fn label_names_are_sanitised() {
         assert_eq!(label_name("team.id"), "team_id");
