@@ -1,5 +1,6 @@
 //! Criterion: the OTLP receiver's CPU work for one request of 100 Claude Code `api_request`
-//! events — protobuf decode, mapping, record validation — without HTTP or the pipeline.
+//! events — protobuf decode (prost, and the in-place fast path the server uses), mapping,
+//! record validation — without HTTP or the pipeline.
 //! End-to-end throughput: `scripts/bench-otlp.sh`.
 
 use std::hint::black_box;
@@ -7,6 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatemeter::ingest::otlp::claude_code::Mapping;
 use gatemeter::ingest::otlp::decode::{self, Encoding};
+use gatemeter::ingest::otlp::scan;
 use gatemeter::price::PriceTable;
 use gatemeter::record::Validation;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -69,6 +71,18 @@ fn otlp(c: &mut Criterion) {
                 prices: &prices,
             };
             let out = mapping.logs(&req, &v);
+            assert_eq!(out.events.len(), 100);
+            black_box(out)
+        })
+    });
+    g.bench_function("fast_path_map_validate_100_api_requests", |b| {
+        b.iter(|| {
+            let view = scan::logs(black_box(&body)).expect("fast path");
+            let v = Validation {
+                now_ms: 1_795_460_000_000,
+                prices: &prices,
+            };
+            let out = mapping.logs_view(&view, &v);
             assert_eq!(out.events.len(), 100);
             black_box(out)
         })

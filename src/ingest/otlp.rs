@@ -6,6 +6,8 @@
 //!   the request's encoding.
 //! - [`decode`]: protobuf and OTLP/JSON bodies into `opentelemetry-proto` types; AnyValue reading
 //!   (numbers and booleans that arrive as strings).
+//! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
+//!   allocating per attribute (prost decodes whatever it does not fully understand).
 //! - [`claude_code`]: what each log record and data point becomes — request records (validated
 //!   like native ones), tool events, metric points with bounded labels.
 //!
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub mod claude_code;
 pub mod decode;
 pub mod http;
+pub mod scan;
 
 /// OTLP signal (the `signal` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,11 +18,11 @@ use std::hash::{Hash, Hasher};
 use compact_str::{CompactString, ToCompactString};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
-use super::decode::{bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of};
+use super::decode::{Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of};
+use super::scan::{Kv, LogRef, ResourceLogsRef};
 use crate::aggregate::claude_code::{Input, Labels, Point, Temporality, ToolEvent};
 use crate::catalog;
 use crate::record::{Event, RecordError, RecordFields, Validation};
@@ -90,60 +90,61 @@ pub struct MetricsOutcome {
 /// The attributes a log record mapping reads, found in one pass (record over resource).
 #[derive(Default, Clone, Copy)]
 struct Attrs<'a> {
-    event_name: Option<&'a AnyValue>,
-    namespace: Option<&'a AnyValue>,
-    user_email: Option<&'a AnyValue>,
-    user_id: Option<&'a AnyValue>,
-    user_name: Option<&'a AnyValue>,
-    session_id: Option<&'a AnyValue>,
-    sequence: Option<&'a AnyValue>,
-    model: Option<&'a AnyValue>,
-    request_model: Option<&'a AnyValue>,
-    input_tokens: Option<&'a AnyValue>,
-    output_tokens: Option<&'a AnyValue>,
-    cache_read: Option<&'a AnyValue>,
-    cache_creation: Option<&'a AnyValue>,
-    cache_5m: Option<&'a AnyValue>,
-    cache_1h: Option<&'a AnyValue>,
-    cost_usd: Option<&'a AnyValue>,
-    cost_micros: Option<&'a AnyValue>,
-    duration_ms: Option<&'a AnyValue>,
-    ttft_ms: Option<&'a AnyValue>,
-    request_id: Option<&'a AnyValue>,
-    status_code: Option<&'a AnyValue>,
-    error: Option<&'a AnyValue>,
-    attempt: Option<&'a AnyValue>,
-    tool_name: Option<&'a AnyValue>,
-    success: Option<&'a AnyValue>,
-    decision: Option<&'a AnyValue>,
-    source: Option<&'a AnyValue>,
-    tool_use_id: Option<&'a AnyValue>,
+    event_name: Option<Val<'a>>,
+    namespace: Option<Val<'a>>,
+    user_email: Option<Val<'a>>,
+    user_id: Option<Val<'a>>,
+    user_name: Option<Val<'a>>,
+    session_id: Option<Val<'a>>,
+    sequence: Option<Val<'a>>,
+    model: Option<Val<'a>>,
+    request_model: Option<Val<'a>>,
+    input_tokens: Option<Val<'a>>,
+    output_tokens: Option<Val<'a>>,
+    cache_read: Option<Val<'a>>,
+    cache_creation: Option<Val<'a>>,
+    cache_5m: Option<Val<'a>>,
+    cache_1h: Option<Val<'a>>,
+    cost_usd: Option<Val<'a>>,
+    cost_micros: Option<Val<'a>>,
+    duration_ms: Option<Val<'a>>,
+    ttft_ms: Option<Val<'a>>,
+    request_id: Option<Val<'a>>,
+    status_code: Option<Val<'a>>,
+    error: Option<Val<'a>>,
+    attempt: Option<Val<'a>>,
+    tool_name: Option<Val<'a>>,
+    success: Option<Val<'a>>,
+    decision: Option<Val<'a>>,
+    source: Option<Val<'a>>,
+    tool_use_id: Option<Val<'a>>,
     // gatemeter.request only.
-    provider: Option<&'a AnyValue>,
-    gm_namespace: Option<&'a AnyValue>,
-    instance: Option<&'a AnyValue>,
-    key: Option<&'a AnyValue>,
-    key_id: Option<&'a AnyValue>,
-    endpoint: Option<&'a AnyValue>,
-    api_type: Option<&'a AnyValue>,
-    method: Option<&'a AnyValue>,
-    retry_count: Option<&'a AnyValue>,
-    is_streaming: Option<&'a AnyValue>,
-    blocked_by: Option<&'a AnyValue>,
-    block_reason: Option<&'a AnyValue>,
-    user_agent: Option<&'a AnyValue>,
-    client_ip: Option<&'a AnyValue>,
-    messages_count: Option<&'a AnyValue>,
-    trace_id: Option<&'a AnyValue>,
+    provider: Option<Val<'a>>,
+    gm_namespace: Option<Val<'a>>,
+    instance: Option<Val<'a>>,
+    key: Option<Val<'a>>,
+    key_id: Option<Val<'a>>,
+    endpoint: Option<Val<'a>>,
+    api_type: Option<Val<'a>>,
+    method: Option<Val<'a>>,
+    retry_count: Option<Val<'a>>,
+    is_streaming: Option<Val<'a>>,
+    blocked_by: Option<Val<'a>>,
+    block_reason: Option<Val<'a>>,
+    user_agent: Option<Val<'a>>,
+    client_ip: Option<Val<'a>>,
+    messages_count: Option<Val<'a>>,
+    trace_id: Option<Val<'a>>,
 }
 
 impl<'a> Attrs<'a> {
-    fn fill(&mut self, attrs: &'a [KeyValue], ns_key: Option<&str>) {
+    fn fill(&mut self, attrs: &[Kv<'a>], ns_key: Option<&str>) {
         for kv in attrs {
-            let Some(v) = kv.value.as_ref() else {
+            let v = kv.val;
+            if v == Val::Empty {
                 continue;
-            };
-            let k = kv.key.as_str();
+            }
+            let k = kv.key;
             if ns_key == Some(k) {
                 self.namespace = Some(v);
             }
@@ -212,59 +213,57 @@ fn attr_err(field: &str, message: String) -> RecordError {
     }
 }
 
-fn opt_u64(v: Option<&AnyValue>, field: &str) -> Result<Option<u64>, RecordError> {
+fn opt_u64(v: Option<Val<'_>>, field: &str) -> Result<Option<u64>, RecordError> {
     v.map(|v| u64_of(v).map_err(|m| attr_err(field, m)))
         .transpose()
 }
 
-fn opt_u32(v: Option<&AnyValue>, field: &str) -> Result<Option<u32>, RecordError> {
+fn opt_u32(v: Option<Val<'_>>, field: &str) -> Result<Option<u32>, RecordError> {
     opt_u64(v, field)?
         .map(|n| u32::try_from(n).map_err(|_| attr_err(field, format!("{n} is too large"))))
         .transpose()
 }
 
-fn opt_text(v: Option<&AnyValue>) -> Option<CompactString> {
+fn opt_text(v: Option<Val<'_>>) -> Option<CompactString> {
     v.and_then(compact_text)
 }
 
-fn time_ms(r: &LogRecord) -> Option<i64> {
-    let ns = if r.time_unix_nano != 0 {
-        r.time_unix_nano
+fn time_ms(r: &LogRef<'_>) -> Option<i64> {
+    let ns = if r.time_ns != 0 {
+        r.time_ns
     } else {
-        r.observed_time_unix_nano
+        r.observed_ns
     };
     (ns != 0).then_some((ns / 1_000_000) as i64)
 }
 
 impl Mapping {
-    /// Maps a logs request. `v` validates the records.
+    /// Maps a decoded logs request. `v` validates the records.
     pub fn logs(&self, req: &ExportLogsServiceRequest, v: &Validation<'_>) -> LogsOutcome {
+        self.logs_view(&super::scan::view(req), v)
+    }
+
+    /// Maps a logs request's view (decoded or read in place). `v` validates the records.
+    pub fn logs_view(&self, resources: &[ResourceLogsRef<'_>], v: &Validation<'_>) -> LogsOutcome {
         let mut out = LogsOutcome::default();
         let ns_key = self.namespace_attribute.as_deref();
         let mut index = 0usize;
-        for rl in &req.resource_logs {
+        for rl in resources {
             let mut base = Attrs::default();
-            if let Some(res) = &rl.resource {
-                base.fill(&res.attributes, ns_key);
-            }
-            for sl in &rl.scope_logs {
-                out.events.reserve(sl.log_records.len());
-                for r in &sl.log_records {
+            base.fill(&rl.resource, ns_key);
+            {
+                out.events.reserve(rl.records.len());
+                for r in &rl.records {
                     out.received += 1;
                     let i = index;
                     index += 1;
                     let mut a = base;
-                    a.fill(&r.attributes, ns_key);
+                    a.fill(&r.attrs, ns_key);
                     let name: Option<&str> = a
                         .event_name
                         .and_then(str_of)
-                        .or((!r.event_name.is_empty()).then_some(r.event_name.as_str()))
-                        .or_else(|| {
-                            r.body
-                                .as_ref()
-                                .and_then(str_of)
-                                .and_then(|b| b.strip_prefix("claude_code."))
-                        });
+                        .or((!r.event_name.is_empty()).then_some(r.event_name))
+                        .or_else(|| str_of(r.body).and_then(|b| b.strip_prefix("claude_code.")));
                     let Some(name) = name else {
                         out.unused += 1;
                         continue;
@@ -317,7 +316,7 @@ impl Mapping {
     fn record(
         &self,
         a: &Attrs<'_>,
-        r: &LogRecord,
+        r: &LogRef<'_>,
         error: bool,
         v: &Validation<'_>,
     ) -> Result<Box<crate::record::ValidRecord>, RecordError> {
@@ -404,7 +403,7 @@ fn cost(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
 /// A record exported by gatemeter's OTLP log export (`crate::export::otlp_logs`).
 fn gatemeter_record(
     a: &Attrs<'_>,
-    r: &LogRecord,
+    r: &LogRef<'_>,
     v: &Validation<'_>,
 ) -> Result<Box<crate::record::ValidRecord>, RecordError> {
     let status = opt_u64(a.status_code, "http.response.status_code")?
@@ -456,7 +455,7 @@ fn gatemeter_record(
     f.validate(v)
 }
 
-fn id_hash(v: Option<&AnyValue>) -> Option<u64> {
+fn id_hash(v: Option<Val<'_>>) -> Option<u64> {
     let s = v.and_then(str_of)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
@@ -529,7 +528,7 @@ impl Mapping {
             if !self.label_allowed(&kv.key) {
                 continue;
             }
-            let Some(v) = kv.value.as_ref().and_then(text_of) else {
+            let Some(v) = kv.value.as_ref().map(Val::of).and_then(text_of) else {
                 continue;
             };
             let name = label_name(&kv.key);
@@ -753,6 +752,8 @@ mod tests {
         assert_eq!(label_name("9lives"), "_lives");
         assert_eq!(label_name("a-b c"), "a_b_c");
     }
+
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
 
     #[test]
     fn ids_are_never_labels_unless_allow_listed() {

@@ -58,37 +58,79 @@ pub fn message<T: prost::Message + Default + DeserializeOwned>(
     }
 }
 
+/// A scalar attribute value, borrowed (from a decoded message or straight from the body).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val<'a> {
+    /// `stringValue`.
+    Str(&'a str),
+    /// `intValue`.
+    Int(i64),
+    /// `doubleValue`.
+    Double(f64),
+    /// `boolValue`.
+    Bool(bool),
+    /// An array, a key-value list or bytes: no scalar reading.
+    Other,
+    /// No value.
+    Empty,
+}
+
+impl<'a> Val<'a> {
+    /// The view of a decoded value.
+    pub fn of(v: &'a AnyValue) -> Self {
+        match &v.value {
+            Some(Value::StringValue(s)) => Val::Str(s),
+            Some(Value::IntValue(i)) => Val::Int(*i),
+            Some(Value::DoubleValue(d)) => Val::Double(*d),
+            Some(Value::BoolValue(b)) => Val::Bool(*b),
+            None => Val::Empty,
+            Some(_) => Val::Other,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Val::Empty => "an empty value",
+            Val::Str(_) => "a string",
+            Val::Bool(_) => "a boolean",
+            Val::Int(_) => "an integer",
+            Val::Double(_) => "a double",
+            Val::Other => "an array, key-value list or bytes",
+        }
+    }
+}
+
 /// A string value (only `stringValue`).
-pub fn str_of(v: &AnyValue) -> Option<&str> {
-    match &v.value {
-        Some(Value::StringValue(s)) => Some(s),
+pub fn str_of(v: Val<'_>) -> Option<&str> {
+    match v {
+        Val::Str(s) => Some(s),
         _ => None,
     }
 }
 
 /// A scalar as text: strings as they are, numbers and booleans printed. Arrays, maps and bytes
 /// have no text form here.
-pub fn text_of(v: &AnyValue) -> Option<Cow<'_, str>> {
-    match &v.value {
-        Some(Value::StringValue(s)) => Some(Cow::Borrowed(s)),
-        Some(Value::IntValue(i)) => Some(Cow::Owned(i.to_string())),
-        Some(Value::DoubleValue(d)) => Some(Cow::Owned(d.to_string())),
-        Some(Value::BoolValue(b)) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => None,
+pub fn text_of(v: Val<'_>) -> Option<Cow<'_, str>> {
+    match v {
+        Val::Str(s) => Some(Cow::Borrowed(s)),
+        Val::Int(i) => Some(Cow::Owned(i.to_string())),
+        Val::Double(d) => Some(Cow::Owned(d.to_string())),
+        Val::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+        Val::Other | Val::Empty => None,
     }
 }
 
 /// A compact copy of [`text_of`].
-pub fn compact_text(v: &AnyValue) -> Option<CompactString> {
+pub fn compact_text(v: Val<'_>) -> Option<CompactString> {
     text_of(v).map(|t| t.to_compact_string())
 }
 
 /// A non-negative integer: `intValue`, a whole `doubleValue`, or a string holding either.
-pub fn u64_of(v: &AnyValue) -> Result<u64, String> {
-    match &v.value {
-        Some(Value::IntValue(i)) => u64::try_from(*i).map_err(|_| format!("{i} is negative")),
-        Some(Value::DoubleValue(d)) => whole(*d),
-        Some(Value::StringValue(s)) => {
+pub fn u64_of(v: Val<'_>) -> Result<u64, String> {
+    match v {
+        Val::Int(i) => u64::try_from(i).map_err(|_| format!("{i} is negative")),
+        Val::Double(d) => whole(d),
+        Val::Str(s) => {
             let t = s.trim();
             t.parse::<u64>()
                 .or_else(|_| {
@@ -98,7 +140,7 @@ pub fn u64_of(v: &AnyValue) -> Result<u64, String> {
                 })
                 .map_err(|_| format!("{s:?} is not a non-negative integer"))
         }
-        other => Err(format!("{} is not an integer", kind(other))),
+        other => Err(format!("{} is not an integer", other.kind())),
     }
 }
 
@@ -111,44 +153,30 @@ fn whole(d: f64) -> Result<u64, String> {
 }
 
 /// A number: `doubleValue`, `intValue`, or a string holding one.
-pub fn f64_of(v: &AnyValue) -> Result<f64, String> {
-    match &v.value {
-        Some(Value::DoubleValue(d)) => Ok(*d),
-        Some(Value::IntValue(i)) => Ok(*i as f64),
-        Some(Value::StringValue(s)) => s
+pub fn f64_of(v: Val<'_>) -> Result<f64, String> {
+    match v {
+        Val::Double(d) => Ok(d),
+        Val::Int(i) => Ok(i as f64),
+        Val::Str(s) => s
             .trim()
             .parse::<f64>()
             .map_err(|_| format!("{s:?} is not a number")),
-        other => Err(format!("{} is not a number", kind(other))),
+        other => Err(format!("{} is not a number", other.kind())),
     }
 }
 
 /// A boolean: `boolValue`, or the strings `true` / `false` (any case), or 0 / 1.
-pub fn bool_of(v: &AnyValue) -> Result<bool, String> {
-    match &v.value {
-        Some(Value::BoolValue(b)) => Ok(*b),
-        Some(Value::IntValue(0)) => Ok(false),
-        Some(Value::IntValue(1)) => Ok(true),
-        Some(Value::StringValue(s)) => match s.trim().to_ascii_lowercase().as_str() {
+pub fn bool_of(v: Val<'_>) -> Result<bool, String> {
+    match v {
+        Val::Bool(b) => Ok(b),
+        Val::Int(0) => Ok(false),
+        Val::Int(1) => Ok(true),
+        Val::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
             _ => Err(format!("{s:?} is not a boolean")),
         },
-        other => Err(format!("{} is not a boolean", kind(other))),
-    }
-}
-
-fn kind(v: &Option<Value>) -> &'static str {
-    match v {
-        None => "an empty value",
-        Some(Value::StringValue(_)) => "a string",
-        Some(Value::BoolValue(_)) => "a boolean",
-        Some(Value::IntValue(_)) => "an integer",
-        Some(Value::DoubleValue(_)) => "a double",
-        Some(Value::ArrayValue(_)) => "an array",
-        Some(Value::KvlistValue(_)) => "a key-value list",
-        Some(Value::BytesValue(_)) => "bytes",
-        Some(_) => "an unsupported value",
+        other => Err(format!("{} is not a boolean", other.kind())),
     }
 }
 
@@ -196,14 +224,14 @@ mod tests {
 
     #[test]
     fn numbers_and_booleans_in_strings_are_read() {
-        assert_eq!(u64_of(&s("126")), Ok(126));
-        assert_eq!(u64_of(&s(" 7.0 ")), Ok(7));
-        assert!(u64_of(&s("-1")).is_err());
-        assert!(u64_of(&s("abc")).is_err());
-        assert_eq!(bool_of(&s("true")), Ok(true));
-        assert_eq!(bool_of(&s("False")), Ok(false));
-        assert!(bool_of(&s("yes")).is_err());
-        assert_eq!(f64_of(&s("0.025344")), Ok(0.025344));
+        assert_eq!(u64_of(Val::of(&s("126"))), Ok(126));
+        assert_eq!(u64_of(Val::of(&s(" 7.0 "))), Ok(7));
+        assert!(u64_of(Val::of(&s("-1"))).is_err());
+        assert!(u64_of(Val::of(&s("abc"))).is_err());
+        assert_eq!(bool_of(Val::of(&s("true"))), Ok(true));
+        assert_eq!(bool_of(Val::of(&s("False"))), Ok(false));
+        assert!(bool_of(Val::of(&s("yes"))).is_err());
+        assert_eq!(f64_of(Val::of(&s("0.025344"))), Ok(0.025344));
     }
 
     #[test]
@@ -224,7 +252,7 @@ mod tests {
         let vals: Vec<u64> = logs[0]
             .attributes
             .iter()
-            .map(|kv| u64_of(kv.value.as_ref().expect("value")).expect("int"))
+            .map(|kv| u64_of(Val::of(kv.value.as_ref().expect("value"))).expect("int"))
             .collect();
         assert_eq!(vals, vec![6, 7]);
     }

@@ -239,9 +239,14 @@ impl OtlpIngest {
             |m: String| Refusal::new(StatusCode::BAD_REQUEST, RequestReason::Undecodable, m);
         match signal {
             Signal::Logs => {
+                if enc == Encoding::Protobuf
+                    && let Some(view) = super::scan::logs(&bytes)
+                {
+                    return self.logs(enc, &view);
+                }
                 let req: ExportLogsServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.logs(enc, &req)
+                self.logs(enc, &super::scan::view(&req))
             }
             Signal::Metrics => {
                 let req: ExportMetricsServiceRequest =
@@ -270,12 +275,16 @@ impl OtlpIngest {
         }
     }
 
-    fn logs(&self, enc: Encoding, req: &ExportLogsServiceRequest) -> Result<Vec<u8>, Refusal> {
+    fn logs(
+        &self,
+        enc: Encoding,
+        req: &[super::scan::ResourceLogsRef<'_>],
+    ) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
             now_ms: crate::pipeline::now_ms(),
             prices: &self.prices,
         };
-        let out = self.mapping.logs(req, &v);
+        let out = self.mapping.logs_view(req, &v);
         let d = &self.diagnostics;
         // Reserve the Claude Code slot first: then the pipeline's answer decides alone.
         let slot = if out.inputs.is_empty() {
