@@ -5,7 +5,7 @@
 //! - Fed through the [`RequestLog`] seam; `submit` never waits: beyond `queue_capacity`
 //!   waiting records the batch is dropped and counted (`queue_full`).
 //! - One task batches (`batch_size` records or `interval`, whichever first) and POSTs.
-//! - Retried only on 429, 502, 503, 504 (honouring `Retry-After`, capped at 60 s) and on
+//! - Retried only on 429, 502, 503, 504 (honouring `Retry-After` in seconds or as an HTTP-date, capped at 60 s) and on
 //!   connection failures or timeouts, with exponential backoff, at most `max_retries` times;
 //!   any other answer drops the batch (`rejected`), as do exhausted retries
 //!   (`retries_exhausted`). Records a receiver refuses in `partial_success` count as `rejected`.
@@ -356,8 +356,7 @@ impl Client {
         let retry_after = resp
             .headers()
             .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v.to_str().ok()?, std::time::SystemTime::now()));
         let body = resp
             .into_body()
             .collect()
@@ -375,6 +374,17 @@ impl Client {
             _ => Attempt::Refused(status),
         })
     }
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP-date (RFC 7231) relative to `now`.
+fn retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let at = std::time::SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -511,5 +521,81 @@ pub fn log_record(r: &ValidRecord) -> LogRecord {
         attributes: a,
         event_name: GATEMETER_EVENT.to_string(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
+        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn records_map_to_genai_attributes() {
+        let prices = crate::price::PriceTable::default();
+        let v = crate::record::Validation {
+            now_ms: 1_795_460_000_000,
+            prices: &prices,
+        };
+        let r = crate::record::RecordFields {
+            model: Some("m".into()),
+            original_model: Some("asked".into()),
+            provider: Some("p".into()),
+            status: Some(503),
+            duration_ms: Some(10),
+            input_tokens: Some(3),
+            cache_creation_1h_tokens: Some(4),
+            cost_usd: Some(0.25),
+            ..Default::default()
+        }
+        .validate(&v)
+        .expect("valid");
+        let lr = log_record(&r);
+        let get = |k: &str| {
+            lr.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            get("gen_ai.request.model"),
+            Some(Value::StringValue("asked".into()))
+        );
+        assert_eq!(
+            get("gen_ai.response.model"),
+            Some(Value::StringValue("m".into()))
+        );
+        assert_eq!(
+            get("gen_ai.provider.name"),
+            Some(Value::StringValue("p".into()))
+        );
+        assert_eq!(get("gen_ai.usage.input_tokens"), Some(Value::IntValue(3)));
+        assert_eq!(
+            get("gen_ai.usage.cache_creation.input_tokens"),
+            Some(Value::IntValue(4))
+        );
+        assert_eq!(
+            get("gatemeter.cost_usd_micros"),
+            Some(Value::IntValue(250_000))
+        );
+        assert_eq!(get("http.response.status_code"), Some(Value::IntValue(503)));
+        assert_eq!(lr.event_name, GATEMETER_EVENT);
+        assert_eq!(lr.severity_text, "ERROR");
+        assert_eq!(lr.time_unix_nano, 1_795_460_000_000 * 1_000_000);
     }
 }
