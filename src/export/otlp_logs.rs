@@ -5,8 +5,9 @@
 //! - Fed through the [`RequestLog`] seam; `submit` never waits: beyond `queue_capacity`
 //!   waiting records the batch is dropped and counted (`queue_full`).
 //! - One task batches (`batch_size` records or `interval`, whichever first) and POSTs.
-//! - Retried only on 429, 502, 503, 504 (honouring `Retry-After` in seconds or as an HTTP-date, capped at 60 s) and on
-//!   connection failures or timeouts, with exponential backoff, at most `max_retries` times;
+//! - Retried only on 429, 502, 503, 504 (honouring `Retry-After`, in seconds or as an
+//!   HTTP-date, capped at 60 s) and on connection failures or timeouts, with exponential
+//!   backoff, at most `max_retries` times;
 //!   any other answer drops the batch (`rejected`), as do exhausted retries
 //!   (`retries_exhausted`). Records a receiver refuses in `partial_success` count as `rejected`.
 //!
