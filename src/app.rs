@@ -6,16 +6,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::Request;
+use axum::http::Uri;
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::claude_code::ClaudeCode;
 use crate::config::{Config, LiveStoreKind};
-use crate::export::prometheus::{self, MetricsState};
+use crate::export::otlp_logs::OtlpLogExport;
+use crate::export::prometheus::{self, MetricsState, OtlpSource};
 use crate::health::Health;
 use crate::ingest::native::{self, NativeIngest};
+use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
+use crate::ingest::otlp::{Diagnostics, Signal};
 use crate::pipeline::Pipeline;
+use crate::store::fanout::FanOut;
 use crate::store::{Discard, LiveStore, MemoryStore, RequestLog};
 
 /// A server ready to run.
@@ -24,6 +31,8 @@ pub struct App {
     router: Router,
     pipeline: Pipeline,
     aggregator: JoinHandle<()>,
+    claude_code: Option<ClaudeCode>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Why the server could not start or stopped badly.
@@ -43,15 +52,42 @@ impl App {
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
         };
-        let log: Arc<dyn RequestLog> = Arc::new(Discard);
+        let mut logs: Vec<Arc<dyn RequestLog>> = vec![Arc::new(Discard)];
+        let mut background = Vec::new();
+        let mut export_stats = None;
+        if let Some(x) = &config.otlp_export {
+            let (export, task) = OtlpLogExport::spawn(x.clone());
+            export_stats = Some(export.stats());
+            logs.push(Arc::new(export));
+            background.push(task);
+        }
+        let log: Arc<dyn RequestLog> = if logs.len() == 1 {
+            logs.remove(0)
+        } else {
+            Arc::new(FanOut::new(logs))
+        };
         let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
-        let router = router(config, pipeline.clone(), health);
+        let diagnostics = Arc::new(Diagnostics::default());
+        let (claude_code, cc_task) = ClaudeCode::spawn(
+            config.otlp.limits,
+            config.otlp.queue_capacity,
+            diagnostics.clone(),
+        );
+        background.push(cc_task);
+        let otlp = OtlpSource {
+            claude_code: claude_code.clone(),
+            diagnostics,
+            export: export_stats,
+        };
+        let router = router_with_otlp(config, pipeline.clone(), health, otlp);
         Self {
             listener,
             router,
             pipeline,
             aggregator,
+            claude_code: Some(claude_code),
+            background,
         }
     }
 
@@ -71,41 +107,116 @@ impl App {
             router,
             pipeline,
             aggregator,
+            claude_code,
+            background,
         } = self;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
         drop(pipeline);
+        drop(claude_code);
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await?;
-        aggregator
+        // The router (and with it every pipeline handle) is gone: the aggregator drains, flushes
+        // and closes the request log (which flushes the OTLP log export).
+        let result = aggregator
             .await
-            .map_err(|e| AppError::Aggregator(e.to_string()))
+            .map_err(|e| AppError::Aggregator(e.to_string()));
+        for task in background {
+            let _ = task.await;
+        }
+        result
     }
 }
 
-/// The HTTP routes.
+/// The HTTP routes, with a Claude Code task of its own (for `Router::oneshot` tests).
 pub fn router(config: &Config, pipeline: Pipeline, health: Arc<Health>) -> Router {
+    let diagnostics = Arc::new(Diagnostics::default());
+    let (claude_code, _task) = ClaudeCode::spawn(
+        config.otlp.limits,
+        config.otlp.queue_capacity,
+        diagnostics.clone(),
+    );
+    let otlp = OtlpSource {
+        claude_code,
+        diagnostics,
+        export: None,
+    };
+    router_with_otlp(config, pipeline, health, otlp)
+}
+
+/// The HTTP routes. OTLP paths under a prefix (`/some/prefix/v1/logs`) are rewritten to their
+/// canonical path before routing, so every layer on the ingest routes applies to them too.
+pub fn router_with_otlp(
+    config: &Config,
+    pipeline: Pipeline,
+    health: Arc<Health>,
+    otlp: OtlpSource,
+) -> Router {
+    let otlp_ingest = Arc::new(OtlpIngest {
+        pipeline: pipeline.clone(),
+        claude_code: otlp.claude_code.clone(),
+        diagnostics: otlp.diagnostics.clone(),
+        health: health.clone(),
+        max_body_bytes: config.ingest.max_body_bytes,
+        prices: config.prices.clone(),
+        mapping: config.otlp.mapping.clone(),
+    });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),
         health: health.clone(),
         config: config.ingest,
         prices: config.prices.clone(),
     };
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/events",
             post(native::post_events).with_state(Arc::new(ingest)),
         )
+        // OTLP/HTTP: every method is routed so that others get the protocol's 405.
+        .route(
+            "/v1/logs",
+            any(otlp_http::export).with_state(otlp_ingest.clone()),
+        )
+        .route(
+            "/v1/metrics",
+            any(otlp_http::export).with_state(otlp_ingest.clone()),
+        )
+        .route("/v1/traces", any(otlp_http::export).with_state(otlp_ingest))
         .route(
             "/metrics",
             get(prometheus::metrics).with_state(MetricsState {
                 pipeline: pipeline.clone(),
                 health,
+                otlp,
             }),
         )
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz).with_state(pipeline))
-        .fallback(|| async { crate::api::ApiError::NotFound })
+        .fallback(|| async { crate::api::ApiError::NotFound });
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::map_request(canonical_otlp_path))
+}
+
+/// Rewrites `/<prefix>/v1/{logs,metrics,traces}` to `/v1/...` (OTLP endpoints under a prefix).
+async fn canonical_otlp_path(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if let Some(signal) = Signal::from_path(path)
+        && path != signal.path()
+    {
+        let mut parts = req.uri().clone().into_parts();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{}?{q}", signal.path()),
+            None => signal.path().to_string(),
+        };
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
 }

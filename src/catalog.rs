@@ -477,6 +477,195 @@ metric!(
     "Build information; value is always 1."
 );
 
+// ---- Claude Code (OTLP receiver). Attribute-labelled families have dynamic labels: the point's
+// attributes with `.` → `_`, minus session.id, user.*, organization.id and account ids unless
+// allow-listed (`otlp.label_allowlist`). ----
+metric!(
+    CC_SESSIONS,
+    "claude_code_session_count",
+    Counter,
+    None,
+    [],
+    "Claude Code sessions started (from the metric claude_code.session.count; labels: its attributes)."
+);
+metric!(
+    CC_COST,
+    "claude_code_cost_usage_usd",
+    Counter,
+    USD,
+    [],
+    "Claude Code cost in USD from the metric claude_code.cost.usage (labels: its attributes). Request-record cost from api_request events is in gatemeter_cost_usd / model_cost_usd; never add the two."
+);
+metric!(
+    CC_TOKENS,
+    "claude_code_token_usage_tokens",
+    Counter,
+    Some("tokens"),
+    [],
+    "Claude Code tokens from the metric claude_code.token.usage, by type (labels: its attributes). Request-record tokens from api_request events are in gatemeter_tokens; never add the two."
+);
+metric!(
+    CC_ACTIVE_TIME,
+    "claude_code_active_time_seconds",
+    Counter,
+    S,
+    [],
+    "Claude Code active time from the metric claude_code.active_time.total (labels: its attributes)."
+);
+metric!(
+    CC_LINES,
+    "claude_code_lines_of_code",
+    Counter,
+    None,
+    [],
+    "Lines of code changed, from the metric claude_code.lines_of_code.count (labels: its attributes)."
+);
+metric!(
+    CC_EDIT_DECISIONS,
+    "claude_code_code_edit_tool_decisions",
+    Counter,
+    None,
+    [],
+    "Code edit tool permission decisions, from the metric claude_code.code_edit_tool.decision (labels: its attributes)."
+);
+metric!(
+    CC_COMMITS,
+    "claude_code_commits",
+    Counter,
+    None,
+    [],
+    "Git commits made by Claude Code, from the metric claude_code.commit.count (labels: its attributes)."
+);
+metric!(
+    CC_PULL_REQUESTS,
+    "claude_code_pull_requests",
+    Counter,
+    None,
+    [],
+    "Pull requests created by Claude Code, from the metric claude_code.pull_request.count (labels: its attributes)."
+);
+metric!(
+    CC_EVENTS,
+    "claude_code_events",
+    Counter,
+    None,
+    ["event"],
+    "Claude Code log events received, by event name (capped; beyond it `__overflow__`)."
+);
+metric!(
+    CC_TOOL_CALLS,
+    "claude_code_tool_calls",
+    Counter,
+    None,
+    ["tool"],
+    "Tool calls (tool_result events), by tool name (capped; beyond it `__overflow__`)."
+);
+metric!(
+    CC_TOOL_FAILURES,
+    "claude_code_tool_failures",
+    Counter,
+    None,
+    ["tool"],
+    "Tool calls that failed (tool_result with success=false), by tool name."
+);
+metric!(
+    CC_TOOL_DURATION,
+    "claude_code_tool_duration_seconds",
+    Histogram,
+    S,
+    ["tool"],
+    "Duration of tool calls (tool_result duration_ms), by tool name."
+);
+metric!(
+    CC_TOOL_DECISIONS,
+    "claude_code_tool_decisions",
+    Counter,
+    None,
+    ["tool", "decision", "source"],
+    "Tool permission decisions (tool_decision events), by tool, decision and who decided."
+);
+metric!(
+    CC_SERIES_OVERFLOW,
+    "gatemeter_claude_code_series_overflow",
+    Counter,
+    None,
+    ["metric"],
+    "Claude Code metric points folded into the overflow series because the metric reached its series cap."
+);
+metric!(
+    OTLP_RECEIVED,
+    "gatemeter_otlp_received_items",
+    Counter,
+    None,
+    ["signal"],
+    "OTLP items received (log records, metric data points, spans), by signal."
+);
+metric!(
+    OTLP_ACCEPTED,
+    "gatemeter_otlp_accepted_items",
+    Counter,
+    None,
+    ["signal", "use"],
+    "OTLP items accepted, by signal and what they became (record, tool, event, metric, repeated, unused)."
+);
+metric!(
+    OTLP_REJECTED,
+    "gatemeter_otlp_rejected_items",
+    Counter,
+    None,
+    ["signal", "reason"],
+    "OTLP items rejected (reported in partial_success), by signal and reason."
+);
+metric!(
+    OTLP_REJECTED_REQUESTS,
+    "gatemeter_otlp_rejected_requests",
+    Counter,
+    None,
+    ["signal", "reason"],
+    "OTLP export requests refused as a whole (4xx/5xx), by signal and reason."
+);
+metric!(
+    OTLP_EXPORTED,
+    "gatemeter_otlp_export_records",
+    Counter,
+    None,
+    [],
+    "Request records delivered to the OTLP log export endpoint."
+);
+metric!(
+    OTLP_EXPORT_DROPPED,
+    "gatemeter_otlp_export_dropped_records",
+    Counter,
+    None,
+    ["reason"],
+    "Request records the OTLP log export gave up on, by reason."
+);
+metric!(
+    OTLP_EXPORT_RETRIES,
+    "gatemeter_otlp_export_retries",
+    Counter,
+    None,
+    [],
+    "OTLP log export requests retried (after 429/502/503/504 or a connection failure)."
+);
+
+/// The Claude Code metrics re-exposed as cumulative counters: OTLP name, family, and whether
+/// the value is USD (printed rounded to the micro-dollar).
+pub const CLAUDE_CODE_METRICS: &[(&str, Metric, bool)] = &[
+    ("claude_code.session.count", CC_SESSIONS, false),
+    ("claude_code.cost.usage", CC_COST, true),
+    ("claude_code.token.usage", CC_TOKENS, false),
+    ("claude_code.active_time.total", CC_ACTIVE_TIME, false),
+    ("claude_code.lines_of_code.count", CC_LINES, false),
+    (
+        "claude_code.code_edit_tool.decision",
+        CC_EDIT_DECISIONS,
+        false,
+    ),
+    ("claude_code.commit.count", CC_COMMITS, false),
+    ("claude_code.pull_request.count", CC_PULL_REQUESTS, false),
+];
+
 /// Every family, in exposition order.
 pub const ALL: &[Metric] = &[
     REQUESTS,
@@ -529,6 +718,27 @@ pub const ALL: &[Metric] = &[
     STORE_UP,
     SELF_UPTIME,
     BUILD_INFO,
+    CC_SESSIONS,
+    CC_COST,
+    CC_TOKENS,
+    CC_ACTIVE_TIME,
+    CC_LINES,
+    CC_EDIT_DECISIONS,
+    CC_COMMITS,
+    CC_PULL_REQUESTS,
+    CC_EVENTS,
+    CC_TOOL_CALLS,
+    CC_TOOL_FAILURES,
+    CC_TOOL_DURATION,
+    CC_TOOL_DECISIONS,
+    CC_SERIES_OVERFLOW,
+    OTLP_RECEIVED,
+    OTLP_ACCEPTED,
+    OTLP_REJECTED,
+    OTLP_REJECTED_REQUESTS,
+    OTLP_EXPORTED,
+    OTLP_EXPORT_DROPPED,
+    OTLP_EXPORT_RETRIES,
 ];
 
 /// Bucket bounds (seconds) for gatemeter's own duration histograms: 5 ms to 10 min.

@@ -65,6 +65,30 @@ struct RawConfig {
     ingest: RawIngest,
     pipeline: RawPipeline,
     pricing: RawPricing,
+    otlp: RawOtlp,
+    otlp_export: Option<RawOtlpExport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOtlp {
+    namespace_attribute: Option<String>,
+    label_allowlist: Vec<String>,
+    max_series_per_metric: Option<usize>,
+    max_streams: Option<usize>,
+    max_tools: Option<usize>,
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlpExport {
+    endpoint: String,
+    batch_size: Option<usize>,
+    interval_ms: Option<u64>,
+    queue_capacity: Option<usize>,
+    timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +135,34 @@ pub struct IngestConfig {
     pub max_records_per_request: usize,
 }
 
+/// The OTLP receiver's mapping and Claude Code state bounds (`otlp:`).
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// How log records and points are mapped.
+    pub mapping: crate::ingest::otlp::claude_code::Mapping,
+    /// Bounds of the Claude Code state.
+    pub limits: crate::aggregate::claude_code::Limits,
+    /// Batches waiting for the Claude Code task.
+    pub queue_capacity: usize,
+}
+
+/// OTLP log export of request records (`otlp_export:`).
+#[derive(Debug, Clone)]
+pub struct OtlpExportConfig {
+    /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
+    pub endpoint: hyper::Uri,
+    /// Most records per export request.
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is sent.
+    pub interval: Duration,
+    /// Most records waiting to be exported; beyond it they are dropped and counted.
+    pub queue_capacity: usize,
+    /// Time limit of one export request.
+    pub timeout: Duration,
+    /// Retries of one batch (on 429/502/503/504 or a connection failure) before it is dropped.
+    pub max_retries: u32,
+}
+
 /// Which live store holds the aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveStoreKind {
@@ -131,6 +183,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Price table.
     pub prices: Arc<PriceTable>,
+    /// OTLP receiver.
+    pub otlp: OtlpConfig,
+    /// OTLP log export, when configured.
+    pub otlp_export: Option<OtlpExportConfig>,
 }
 
 impl Default for Config {
@@ -291,12 +347,84 @@ impl RawConfig {
         let prices = PriceTable::new(models, self.pricing.provider_multipliers)
             .map_err(|m| invalid("pricing", m))?;
 
+        let otlp = OtlpConfig {
+            mapping: crate::ingest::otlp::claude_code::Mapping {
+                namespace_attribute: self.otlp.namespace_attribute.filter(|a| !a.is_empty()),
+                label_allowlist: self.otlp.label_allowlist,
+            },
+            limits: crate::aggregate::claude_code::Limits {
+                max_series_per_metric: positive(
+                    "otlp.max_series_per_metric",
+                    self.otlp.max_series_per_metric,
+                    1000,
+                    100_000,
+                )?,
+                max_streams: positive(
+                    "otlp.max_streams",
+                    self.otlp.max_streams,
+                    100_000,
+                    10_000_000,
+                )?,
+                max_tools: positive("otlp.max_tools", self.otlp.max_tools, 200, 10_000)?,
+                ..crate::aggregate::claude_code::Limits::default()
+            },
+            queue_capacity: positive(
+                "otlp.queue_capacity",
+                self.otlp.queue_capacity,
+                1024,
+                1_000_000,
+            )?,
+        };
+        let otlp_export = match self.otlp_export {
+            None => None,
+            Some(x) => {
+                let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
+                    invalid(
+                        "otlp_export.endpoint",
+                        format!("{:?} is not a URL: {e}", x.endpoint),
+                    )
+                })?;
+                if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
+                    return Err(invalid(
+                        "otlp_export.endpoint",
+                        format!(
+                            "{:?} must be an http:// URL with a host (https is not supported yet)",
+                            x.endpoint
+                        ),
+                    ));
+                }
+                let ms = |key: &str, v: Option<u64>, default: u64| {
+                    let v = v.unwrap_or(default);
+                    if (1..=600_000).contains(&v) {
+                        Ok(Duration::from_millis(v))
+                    } else {
+                        Err(invalid(key, format!("{v} is not between 1 and 600000")))
+                    }
+                };
+                Some(OtlpExportConfig {
+                    endpoint,
+                    batch_size: positive("otlp_export.batch_size", x.batch_size, 512, 100_000)?,
+                    interval: ms("otlp_export.interval_ms", x.interval_ms, 1000)?,
+                    queue_capacity: positive(
+                        "otlp_export.queue_capacity",
+                        x.queue_capacity,
+                        100_000,
+                        100_000_000,
+                    )?,
+                    timeout: ms("otlp_export.timeout_ms", x.timeout_ms, 10_000)?,
+                    max_retries: x.max_retries.unwrap_or(5).min(100),
+                })
+            }
+        };
+
         Ok(Config {
             listen,
             live_store,
             ingest,
             pipeline,
             prices: Arc::new(prices),
+            otlp,
+            otlp_export,
         })
     }
 }

@@ -12,16 +12,19 @@ use crate::record::RejectReason;
 pub enum Source {
     /// `POST /v1/events`.
     Native = 0,
+    /// OTLP `/v1/logs` (Claude Code events, forwarded gatemeter records).
+    Otlp = 1,
 }
 
 impl Source {
     /// All sources.
-    pub const ALL: [Source; 1] = [Source::Native];
+    pub const ALL: [Source; 2] = [Source::Native, Source::Otlp];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
+            Self::Otlp => "otlp",
         }
     }
 }

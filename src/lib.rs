@@ -3,22 +3,24 @@
 //! Code map (the data path reads top to bottom):
 //! - [`record`]: the request record and its validation — the one type every source produces.
 //! - [`price`]: the price table; cost in integer micro-USD.
-//! - [`ingest`]: HTTP sources (native `/v1/events`); body limits and decompression.
+//! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits and decompression.
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
 //! - [`store`]: live store (memory) and request-log seams, behind small traits.
-//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics.
+//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records.
 //! - [`catalog`]: every metric name — the only place names are written.
 //! - [`health`]: gatemeter's own counters (per process).
 //! - [`api`]: the API error type; `/healthz`, `/readyz`.
 //! - [`config`]: YAML config → validated [`config::Config`].
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
 //! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
+//! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
 
 pub mod aggregate;
 pub mod api;
 pub mod app;
 pub mod catalog;
+pub mod claude_code;
 pub mod config;
 pub mod demo;
 pub mod export;

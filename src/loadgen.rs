@@ -31,6 +31,30 @@ use crate::catalog;
 use crate::demo::{Detail, Traffic};
 use crate::record::TOKEN_TYPES;
 
+mod otlp;
+
+/// What loadgen sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Native JSON records to `POST /v1/events`.
+    #[default]
+    Json,
+    /// Claude Code `api_request` events as OTLP/HTTP protobuf to `POST /v1/logs`.
+    Otlp,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "otlp" => Ok(Self::Otlp),
+            _ => Err(format!("format {s:?} is not \"json\" or \"otlp\"")),
+        }
+    }
+}
+
 /// The sending half of one HTTP/1.1 client connection.
 pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
@@ -84,6 +108,8 @@ pub struct LoadgenArgs {
     pub duration: Duration,
     /// Concurrent keep-alive HTTP/1.1 connections.
     pub connections: usize,
+    /// Native JSON or OTLP protobuf.
+    pub format: Format,
 }
 
 /// Why a load run failed.
@@ -537,6 +563,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// What every connection task shares.
 struct Ctx {
     target: Target,
+    format: Format,
     pool: Pool,
     batch: u64,
     next_id: AtomicU64,
@@ -664,7 +691,12 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     let before = scrape(&target).await?;
 
     let run_id: u32 = rand::rng().random();
-    let pool = Pool::build(args.batch, run_id);
+    let pool = match args.format {
+        Format::Json => Pool::build(args.batch, run_id),
+        Format::Otlp => Pool {
+            templates: otlp::pool(args.batch, run_id),
+        },
+    };
     debug!(
         templates = pool.templates.len(),
         body_bytes = pool.templates.first().map_or(0, |t| t.body.len()),
@@ -685,6 +717,7 @@ pub async fn run(args: &LoadgenArgs) -> Result<Report, LoadgenError> {
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
         target: target.clone(),
+        format: args.format,
         pool,
         batch: args.batch as u64,
         next_id: AtomicU64::new(0),
@@ -842,7 +875,10 @@ async fn session(
         let t = &pool[*template % pool.len()];
         *template = template.wrapping_add(1);
         let first = ctx.next_id.fetch_add(ctx.batch, Ordering::Relaxed);
-        let req = events_request(&ctx.target.host, "application/json", t.render(first));
+        let req = match ctx.format {
+            Format::Json => events_request(&ctx.target.host, "application/json", t.render(first)),
+            Format::Otlp => otlp::logs_request(&ctx.target.host, t.render(first)),
+        };
         let sent_at = Instant::now();
         let origin = origin.unwrap_or(sent_at);
         stats.requests += 1;
@@ -855,7 +891,10 @@ async fn session(
                 stats.answered += 1;
                 let us = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
-                tally(stats, status, &body, t, ctx.batch);
+                match ctx.format {
+                    Format::Json => tally(stats, status, &body, t, ctx.batch),
+                    Format::Otlp => otlp::tally(stats, status, &body, t, ctx.batch),
+                }
             }
             Err(e) => {
                 stats.errors += 1;
@@ -1479,6 +1518,7 @@ model_cost_usd_total{provider="p",model="m"} 1
             batch: 1,
             duration: Duration::from_secs(1),
             connections: 1,
+            format: Format::Json,
         };
         assert!(matches!(
             run(&args).await,

@@ -74,6 +74,10 @@ enum Command {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 32)]
         connections: usize,
+        /// `json` (native records to /v1/events) or `otlp` (Claude Code api_request events as
+        /// OTLP protobuf to /v1/logs).
+        #[arg(long, default_value = "json")]
+        format: gatemeter::loadgen::Format,
     },
 }
 
@@ -218,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             duration,
             connections,
+            format,
         } => {
             init_tracing();
             let args = gatemeter::loadgen::LoadgenArgs {
@@ -226,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch,
                 duration: Duration::from_secs(duration),
                 connections,
+                format,
             };
             let report = gatemeter::loadgen::run(&args).await;
             match report {

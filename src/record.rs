@@ -980,6 +980,128 @@ impl RawRecord {
     }
 }
 
+/// A record assembled field by field by a source that does not speak the JSON record (OTLP
+/// events). It has the JSON record's fields and goes through the very same validation, so no
+/// source bypasses it; `timestamp_ms` is epoch milliseconds and `cost_usd` a USD amount.
+#[derive(Debug, Default, Clone)]
+pub struct RecordFields {
+    /// `request_id`.
+    pub request_id: Option<CompactString>,
+    /// `timestamp`, epoch milliseconds.
+    pub timestamp_ms: Option<i64>,
+    /// `namespace`.
+    pub namespace: Option<CompactString>,
+    /// `instance`.
+    pub instance: Option<CompactString>,
+    /// `user`.
+    pub user: Option<CompactString>,
+    /// `user_id`.
+    pub user_id: Option<CompactString>,
+    /// `key`.
+    pub key: Option<CompactString>,
+    /// `key_id`.
+    pub key_id: Option<CompactString>,
+    /// `provider`.
+    pub provider: Option<CompactString>,
+    /// `model`.
+    pub model: Option<CompactString>,
+    /// `original_model`.
+    pub original_model: Option<CompactString>,
+    /// `endpoint`.
+    pub endpoint: Option<CompactString>,
+    /// `api_type`.
+    pub api_type: Option<CompactString>,
+    /// `method`.
+    pub method: Option<CompactString>,
+    /// `status`.
+    pub status: Option<u16>,
+    /// `duration_ms`.
+    pub duration_ms: Option<u64>,
+    /// `ttfb_ms`.
+    pub ttfb_ms: Option<u64>,
+    /// `input_tokens`.
+    pub input_tokens: Option<u64>,
+    /// `output_tokens`.
+    pub output_tokens: Option<u64>,
+    /// `cache_creation_5m_tokens`.
+    pub cache_creation_5m_tokens: Option<u64>,
+    /// `cache_creation_1h_tokens`.
+    pub cache_creation_1h_tokens: Option<u64>,
+    /// `cache_read_tokens`.
+    pub cache_read_tokens: Option<u64>,
+    /// `cost_usd`.
+    pub cost_usd: Option<f64>,
+    /// `session_id`.
+    pub session_id: Option<CompactString>,
+    /// `retry_count`.
+    pub retry_count: Option<u32>,
+    /// `provider_chain`.
+    pub provider_chain: Option<Vec<CompactString>>,
+    /// `is_streaming`.
+    pub is_streaming: Option<bool>,
+    /// `error`.
+    pub error: Option<CompactString>,
+    /// `blocked_by`.
+    pub blocked_by: Option<CompactString>,
+    /// `block_reason`.
+    pub block_reason: Option<CompactString>,
+    /// `user_agent`.
+    pub user_agent: Option<CompactString>,
+    /// `client_ip`.
+    pub client_ip: Option<CompactString>,
+    /// `messages_count`.
+    pub messages_count: Option<u32>,
+    /// `trace_id`.
+    pub trace_id: Option<CompactString>,
+}
+
+impl RecordFields {
+    /// Validates exactly like a JSON record (a finished one: there is no phase).
+    pub fn validate(self, v: &Validation<'_>) -> Result<Box<ValidRecord>, RecordError> {
+        let raw = RawRecord {
+            phase: None,
+            request_id: self.request_id,
+            timestamp: self.timestamp_ms.map(|ms| RawTime::Millis(ms as f64)),
+            namespace: self.namespace,
+            instance: self.instance,
+            user: self.user,
+            user_id: self.user_id,
+            key: self.key,
+            key_id: self.key_id,
+            provider: self.provider,
+            model: self.model,
+            original_model: self.original_model,
+            endpoint: self.endpoint,
+            api_type: self.api_type,
+            method: self.method,
+            status: self.status,
+            duration_ms: self.duration_ms,
+            ttfb_ms: self.ttfb_ms,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_creation_5m_tokens: self.cache_creation_5m_tokens,
+            cache_creation_1h_tokens: self.cache_creation_1h_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cost_usd: self.cost_usd.map(RawCost),
+            session_id: self.session_id,
+            retry_count: self.retry_count,
+            provider_chain: self.provider_chain,
+            is_streaming: self.is_streaming,
+            error: self.error,
+            blocked_by: self.blocked_by,
+            block_reason: self.block_reason,
+            user_agent: self.user_agent,
+            client_ip: self.client_ip,
+            messages_count: self.messages_count,
+            trace_id: self.trace_id,
+        };
+        match raw.validate(v)? {
+            Event::Finish(r) => Ok(r),
+            Event::Start(_) => Err(RecordError::malformed("not a finished record")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

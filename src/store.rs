@@ -1,6 +1,7 @@
 //! Stores behind small traits: the live store (aggregates: memory now, Redis next) and the
 //! request log (SQL). Backend errors never escape this module: callers see [`StoreError`].
 
+pub mod fanout;
 pub mod live;
 pub mod log;
 pub mod memory;

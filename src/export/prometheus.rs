@@ -225,11 +225,25 @@ fn model_key(k: &ScopeKey) -> Option<Vec<&str>> {
     }
 }
 
-/// Renders the whole exposition.
+mod otlp;
+pub use otlp::{OtlpSnapshot, OtlpSource};
+
+/// Renders the whole exposition (with no OTLP state).
 pub fn render(
     view: &FleetView,
     health: &HealthSnapshot,
     store: (&str, bool),
+    openmetrics: bool,
+) -> String {
+    render_all(view, health, store, &OtlpSnapshot::default(), openmetrics)
+}
+
+/// Renders the whole exposition, including the Claude Code and OTLP families.
+pub fn render_all(
+    view: &FleetView,
+    health: &HealthSnapshot,
+    store: (&str, bool),
+    otlp: &OtlpSnapshot,
     openmetrics: bool,
 ) -> String {
     let mut e = Encoder {
@@ -502,6 +516,7 @@ pub fn render(
     e.sample(&c::SELF_UPTIME, &[], Value::F(health.uptime_seconds));
     e.header(&c::BUILD_INFO);
     e.sample(&c::BUILD_INFO, &[env!("CARGO_PKG_VERSION")], Value::U(1));
+    otlp::write(&mut e, otlp);
 
     if openmetrics {
         e.out.push_str("# EOF\n");
@@ -580,6 +595,8 @@ pub struct MetricsState {
     pub pipeline: Pipeline,
     /// This process's health.
     pub health: std::sync::Arc<crate::health::Health>,
+    /// Claude Code state and OTLP counters.
+    pub otlp: OtlpSource,
 }
 
 fn wants_openmetrics(headers: &HeaderMap) -> bool {
@@ -594,10 +611,12 @@ pub async fn metrics(State(s): State<MetricsState>, headers: HeaderMap) -> Respo
     let view = s.pipeline.view().await;
     let store = s.pipeline.store();
     let om = wants_openmetrics(&headers);
-    let body = render(
+    let otlp = s.otlp.snapshot().await;
+    let body = render_all(
         &view,
         &s.health.snapshot(),
         (store.name(), store.is_up()),
+        &otlp,
         om,
     );
     let ct = if om {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gatemeter::loadgen::{CounterCheck, LoadgenArgs, Rate, run};
+use gatemeter::loadgen::{CounterCheck, Format, LoadgenArgs, Rate, run};
 
 use crate::harness::TestApp;
 
@@ -16,11 +16,30 @@ async fn loadgen_counters_match_the_server() {
             batch,
             duration: Duration::from_secs(1),
             connections: 4,
+            format: Format::Json,
         };
         let report = run(&args).await.expect("loadgen run succeeds");
         assert!(matches!(report.counters, CounterCheck::Exact), "{report}");
         assert!(report.records_accepted > 500, "{report}");
         assert_eq!(report.errors, 0, "{report}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn otlp_loadgen_counters_match_the_server() {
+    let app = TestApp::start().await;
+    let args = LoadgenArgs {
+        target: app.url(""),
+        rate: Rate::PerSecond(2000),
+        batch: 100,
+        duration: Duration::from_secs(1),
+        connections: 2,
+        format: Format::Otlp,
+    };
+    let report = run(&args).await.expect("loadgen run succeeds");
+    assert!(matches!(report.counters, CounterCheck::Exact), "{report}");
+    assert!(report.records_accepted >= 1000, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
     app.stop().await;
 }

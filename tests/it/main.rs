@@ -7,3 +7,5 @@ mod exposition;
 mod harness;
 mod ingest;
 mod loadgen;
+mod otlp;
+mod otlp_export;

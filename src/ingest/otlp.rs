@@ -1,0 +1,276 @@
+//! The OTLP/HTTP receiver (`POST /v1/logs`, `/v1/metrics`, `/v1/traces`, also under any path
+//! prefix): Claude Code's metrics and events, and request records forwarded by another
+//! gatemeter's OTLP log export.
+//!
+//! - [`http`]: the OTLP/HTTP protocol — media types, status codes, `partial_success`, answers in
+//!   the request's encoding.
+//! - [`decode`]: protobuf and OTLP/JSON bodies into `opentelemetry-proto` types; AnyValue reading
+//!   (numbers and booleans that arrive as strings).
+//! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
+//!   allocating per attribute (prost decodes whatever it does not fully understand).
+//! - [`claude_code`]: what each log record and data point becomes — request records (validated
+//!   like native ones), tool events, metric points with bounded labels.
+//!
+//! It never touches aggregates: records go to the pipeline, Claude Code inputs to the Claude
+//! Code task (`crate::claude_code`). Counts of what happened to every item live in
+//! [`Diagnostics`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub mod claude_code;
+pub mod decode;
+pub mod http;
+pub mod scan;
+
+/// OTLP signal (the `signal` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `/v1/logs`.
+    Logs = 0,
+    /// `/v1/metrics`.
+    Metrics = 1,
+    /// `/v1/traces`.
+    Traces = 2,
+}
+
+impl Signal {
+    /// All signals.
+    pub const ALL: [Signal; 3] = [Self::Logs, Self::Metrics, Self::Traces];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logs => "logs",
+            Self::Metrics => "metrics",
+            Self::Traces => "traces",
+        }
+    }
+
+    /// The signal whose path `path` ends with (`/v1/logs`, ... after any prefix).
+    pub fn from_path(path: &str) -> Option<Self> {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/v1/logs") {
+            Some(Self::Logs)
+        } else if path.ends_with("/v1/metrics") {
+            Some(Self::Metrics)
+        } else if path.ends_with("/v1/traces") {
+            Some(Self::Traces)
+        } else {
+            None
+        }
+    }
+
+    /// The canonical path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Logs => "/v1/logs",
+            Self::Metrics => "/v1/metrics",
+            Self::Traces => "/v1/traces",
+        }
+    }
+}
+
+/// What an accepted item became (the `use` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A request record (api_request, api_error, gatemeter.request).
+    Record = 0,
+    /// A tool event (tool_result, tool_decision).
+    Tool = 1,
+    /// Another Claude Code event (counted by name only).
+    Event = 2,
+    /// A Claude Code metric point that was counted.
+    Metric = 3,
+    /// A metric point not newer than its stream's last one (a retried export): ignored.
+    Repeated = 4,
+    /// Not something gatemeter reads (other metrics, spans, other logs).
+    Unused = 5,
+}
+
+impl Use {
+    /// All uses.
+    pub const ALL: [Use; 6] = [
+        Self::Record,
+        Self::Tool,
+        Self::Event,
+        Self::Metric,
+        Self::Repeated,
+        Self::Unused,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::Tool => "tool",
+            Self::Event => "event",
+            Self::Metric => "metric",
+            Self::Repeated => "repeated",
+            Self::Unused => "unused",
+        }
+    }
+}
+
+/// Why an item was rejected (the `reason` label; reported in `partial_success`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemReject {
+    /// An api_request / api_error that fails record validation (e.g. no model).
+    InvalidRecord = 0,
+    /// A metric point with a NaN, infinite or negative value, or a malformed attribute.
+    BadValue = 1,
+    /// The metric stream table is full.
+    StreamLimit = 2,
+}
+
+impl ItemReject {
+    /// All reasons.
+    pub const ALL: [ItemReject; 3] = [Self::InvalidRecord, Self::BadValue, Self::StreamLimit];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRecord => "invalid_record",
+            Self::BadValue => "bad_value",
+            Self::StreamLimit => "stream_limit",
+        }
+    }
+}
+
+/// Why a whole request was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestReason {
+    /// 413: over the body limit (on the wire or decompressed).
+    BodyTooLarge = 0,
+    /// 415: not `application/x-protobuf` or `application/json`.
+    UnsupportedMediaType = 1,
+    /// 415: a Content-Encoding other than gzip / zstd / identity.
+    UnsupportedEncoding = 2,
+    /// 400: the compressed body could not be decompressed.
+    BadCompression = 3,
+    /// 400: not a valid message of the signal (truncated, wrong encoding, too deep).
+    Undecodable = 4,
+    /// 503: the queue is full or the server shutting down.
+    Overloaded = 5,
+    /// 405: not POST.
+    MethodNotAllowed = 6,
+    /// 400: the body could not be read from the connection.
+    BodyRead = 7,
+}
+
+impl RequestReason {
+    /// All reasons.
+    pub const ALL: [RequestReason; 8] = [
+        Self::BodyTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UnsupportedEncoding,
+        Self::BadCompression,
+        Self::Undecodable,
+        Self::Overloaded,
+        Self::MethodNotAllowed,
+        Self::BodyRead,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::BadCompression => "bad_compression",
+            Self::Undecodable => "undecodable",
+            Self::Overloaded => "overloaded",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyRead => "body_read",
+        }
+    }
+}
+
+const SIGNALS: usize = Signal::ALL.len();
+
+/// Counters of every OTLP item and request, by signal and outcome (lock-free atomics).
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    received: [AtomicU64; SIGNALS],
+    accepted: [[AtomicU64; Use::ALL.len()]; SIGNALS],
+    rejected: [[AtomicU64; ItemReject::ALL.len()]; SIGNALS],
+    rejected_requests: [[AtomicU64; RequestReason::ALL.len()]; SIGNALS],
+}
+
+/// A copy of [`Diagnostics`], indexed by the enums' discriminants.
+#[derive(Debug, Clone, Default)]
+pub struct DiagnosticsSnapshot {
+    /// Per [`Signal`].
+    pub received: Vec<u64>,
+    /// Per [`Signal`], per [`Use`].
+    pub accepted: Vec<Vec<u64>>,
+    /// Per [`Signal`], per [`ItemReject`].
+    pub rejected: Vec<Vec<u64>>,
+    /// Per [`Signal`], per [`RequestReason`].
+    pub rejected_requests: Vec<Vec<u64>>,
+}
+
+impl Diagnostics {
+    /// Counts received items.
+    pub fn received(&self, s: Signal, n: u64) {
+        self.received[s as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts accepted items.
+    pub fn accepted(&self, s: Signal, u: Use, n: u64) {
+        if n > 0 {
+            self.accepted[s as usize][u as usize].fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Counts rejected items.
+    pub fn rejected(&self, s: Signal, r: ItemReject, n: u64) {
+        if n > 0 {
+            self.rejected[s as usize][r as usize].fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Counts a refused request.
+    pub fn rejected_request(&self, s: Signal, r: RequestReason) {
+        self.rejected_requests[s as usize][r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> DiagnosticsSnapshot {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        DiagnosticsSnapshot {
+            received: self.received.iter().map(load).collect(),
+            accepted: self
+                .accepted
+                .iter()
+                .map(|r| r.iter().map(load).collect())
+                .collect(),
+            rejected: self
+                .rejected
+                .iter()
+                .map(|r| r.iter().map(load).collect())
+                .collect(),
+            rejected_requests: self
+                .rejected_requests
+                .iter()
+                .map(|r| r.iter().map(load).collect())
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_found_under_any_prefix() {
+        assert_eq!(Signal::from_path("/v1/logs"), Some(Signal::Logs));
+        assert_eq!(
+            Signal::from_path("/some/prefix/v1/metrics"),
+            Some(Signal::Metrics)
+        );
+        assert_eq!(Signal::from_path("/x/v1/traces/"), Some(Signal::Traces));
+        assert_eq!(Signal::from_path("/v1/events"), None);
+        assert_eq!(Signal::from_path("/v1/logsx"), None);
+    }
+}

@@ -1,0 +1,796 @@
+//! What OTLP items become.
+//!
+//! Log records (by `event.name`, else the body `claude_code.<name>`):
+//! - `api_request` / `api_error` → a request record, built as [`RecordFields`] and validated like
+//!   a native record: user from `user.email` else `user.id`, session from `session.id`,
+//!   namespace from the configured attribute, provider `anthropic`, endpoint `/v1/messages`, cost
+//!   from `cost_usd_micros` (else `cost_usd`), cache creation split into 5 m / 1 h buckets;
+//! - `tool_result` / `tool_decision` → tool events; every Claude Code event is counted by name;
+//! - `gatemeter.request` → a request record exported by another gatemeter (edge → central), read
+//!   back from its GenAI attribute names (see `crate::export::otlp_logs`).
+//!
+//! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
+//! Code state, with labels from the point's attributes minus the deny-list (session, user and
+//! account ids) unless allow-listed.
+
+use std::hash::{Hash, Hasher};
+
+use compact_str::{CompactString, ToCompactString};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+
+use super::decode::{Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of};
+use super::scan::{Kv, LogRef, ResourceLogsRef};
+use crate::aggregate::claude_code::{Input, Labels, Point, Temporality, ToolEvent};
+use crate::catalog;
+use crate::record::{Event, RecordError, RecordFields, Validation};
+
+/// Attributes that are never labels unless allow-listed (besides every `user.*`).
+pub const DENIED_LABELS: &[&str] = &[
+    "session.id",
+    "organization.id",
+    "prompt.id",
+    "tool_use_id",
+    "request_id",
+    "event.sequence",
+    "event.timestamp",
+];
+
+/// Longest label value kept; longer values are cut.
+const MAX_LABEL_VALUE: usize = 128;
+
+/// Event name of request records exported by gatemeter.
+pub const GATEMETER_EVENT: &str = "gatemeter.request";
+
+/// How items are mapped (from the `otlp:` config).
+#[derive(Debug, Clone, Default)]
+pub struct Mapping {
+    /// Attribute whose value is the record's namespace (e.g. `team.id`).
+    pub namespace_attribute: Option<String>,
+    /// Attributes kept as labels although denied by default.
+    pub label_allowlist: Vec<String>,
+}
+
+/// What a logs request turned into.
+#[derive(Debug, Default)]
+pub struct LogsOutcome {
+    /// Request records for the pipeline.
+    pub events: Vec<Event>,
+    /// Tool events and event counts for the Claude Code task.
+    pub inputs: Vec<Input>,
+    /// Log records received.
+    pub received: u64,
+    /// Records that became tool events.
+    pub tools: u64,
+    /// Other Claude Code events.
+    pub other_events: u64,
+    /// Log records gatemeter does not read.
+    pub unused: u64,
+    /// Rejected records, with the first few errors (index, error).
+    pub rejected: Vec<(usize, RecordError)>,
+}
+
+/// What a metrics request turned into.
+#[derive(Debug, Default)]
+pub struct MetricsOutcome {
+    /// Points for the Claude Code task.
+    pub inputs: Vec<Input>,
+    /// Data points received (of every type).
+    pub received: u64,
+    /// Points gatemeter does not read.
+    pub unused: u64,
+    /// Rejected points: count and first message.
+    pub rejected: u64,
+    /// The first rejection message.
+    pub first_error: Option<String>,
+}
+
+/// The attributes a log record mapping reads, found in one pass (record over resource).
+#[derive(Default, Clone, Copy)]
+struct Attrs<'a> {
+    event_name: Option<Val<'a>>,
+    namespace: Option<Val<'a>>,
+    user_email: Option<Val<'a>>,
+    user_id: Option<Val<'a>>,
+    user_name: Option<Val<'a>>,
+    session_id: Option<Val<'a>>,
+    sequence: Option<Val<'a>>,
+    model: Option<Val<'a>>,
+    request_model: Option<Val<'a>>,
+    input_tokens: Option<Val<'a>>,
+    output_tokens: Option<Val<'a>>,
+    cache_read: Option<Val<'a>>,
+    cache_creation: Option<Val<'a>>,
+    cache_5m: Option<Val<'a>>,
+    cache_1h: Option<Val<'a>>,
+    cost_usd: Option<Val<'a>>,
+    cost_micros: Option<Val<'a>>,
+    duration_ms: Option<Val<'a>>,
+    ttft_ms: Option<Val<'a>>,
+    request_id: Option<Val<'a>>,
+    status_code: Option<Val<'a>>,
+    error: Option<Val<'a>>,
+    attempt: Option<Val<'a>>,
+    tool_name: Option<Val<'a>>,
+    success: Option<Val<'a>>,
+    decision: Option<Val<'a>>,
+    source: Option<Val<'a>>,
+    tool_use_id: Option<Val<'a>>,
+    // gatemeter.request only.
+    provider: Option<Val<'a>>,
+    gm_namespace: Option<Val<'a>>,
+    instance: Option<Val<'a>>,
+    key: Option<Val<'a>>,
+    key_id: Option<Val<'a>>,
+    endpoint: Option<Val<'a>>,
+    api_type: Option<Val<'a>>,
+    method: Option<Val<'a>>,
+    retry_count: Option<Val<'a>>,
+    is_streaming: Option<Val<'a>>,
+    blocked_by: Option<Val<'a>>,
+    block_reason: Option<Val<'a>>,
+    user_agent: Option<Val<'a>>,
+    client_ip: Option<Val<'a>>,
+    messages_count: Option<Val<'a>>,
+    trace_id: Option<Val<'a>>,
+}
+
+impl<'a> Attrs<'a> {
+    fn fill(&mut self, attrs: &[Kv<'a>], ns_key: Option<&str>) {
+        for kv in attrs {
+            let v = kv.val;
+            if v == Val::Empty {
+                continue;
+            }
+            let k = kv.key;
+            if ns_key == Some(k) {
+                self.namespace = Some(v);
+            }
+            let slot = match k {
+                "event.name" => &mut self.event_name,
+                "user.email" => &mut self.user_email,
+                "user.id" => &mut self.user_id,
+                "user.name" => &mut self.user_name,
+                "session.id" => &mut self.session_id,
+                "event.sequence" => &mut self.sequence,
+                "model" | "gen_ai.response.model" => &mut self.model,
+                "gen_ai.request.model" => &mut self.request_model,
+                "input_tokens" | "gen_ai.usage.input_tokens" => &mut self.input_tokens,
+                "output_tokens" | "gen_ai.usage.output_tokens" => &mut self.output_tokens,
+                "cache_read_tokens" | "gen_ai.usage.cache_read.input_tokens" => {
+                    &mut self.cache_read
+                }
+                "cache_creation_tokens" => &mut self.cache_creation,
+                "cache_creation_5m_tokens" | "gatemeter.cache_creation_5m_tokens" => {
+                    &mut self.cache_5m
+                }
+                "cache_creation_1h_tokens" | "gatemeter.cache_creation_1h_tokens" => {
+                    &mut self.cache_1h
+                }
+                "cost_usd" => &mut self.cost_usd,
+                "cost_usd_micros" | "gatemeter.cost_usd_micros" => &mut self.cost_micros,
+                "duration_ms" | "gatemeter.duration_ms" => &mut self.duration_ms,
+                "ttft_ms" | "gatemeter.ttfb_ms" => &mut self.ttft_ms,
+                "request_id" | "gatemeter.request_id" => &mut self.request_id,
+                "status_code" | "http.response.status_code" => &mut self.status_code,
+                "error" | "gatemeter.error" => &mut self.error,
+                "attempt" => &mut self.attempt,
+                "tool_name" => &mut self.tool_name,
+                "success" => &mut self.success,
+                "decision" => &mut self.decision,
+                "source" => &mut self.source,
+                "tool_use_id" => &mut self.tool_use_id,
+                "gen_ai.provider.name" => &mut self.provider,
+                "gatemeter.namespace" => &mut self.gm_namespace,
+                "gatemeter.instance" => &mut self.instance,
+                "gatemeter.key" => &mut self.key,
+                "gatemeter.key_id" => &mut self.key_id,
+                "url.path" => &mut self.endpoint,
+                "gatemeter.api_type" => &mut self.api_type,
+                "http.request.method" => &mut self.method,
+                "gatemeter.retry_count" => &mut self.retry_count,
+                "gatemeter.is_streaming" => &mut self.is_streaming,
+                "gatemeter.blocked_by" => &mut self.blocked_by,
+                "gatemeter.block_reason" => &mut self.block_reason,
+                "user_agent.original" => &mut self.user_agent,
+                "client.address" => &mut self.client_ip,
+                "gatemeter.messages_count" => &mut self.messages_count,
+                "gatemeter.trace_id" => &mut self.trace_id,
+                _ => continue,
+            };
+            *slot = Some(v);
+        }
+    }
+}
+
+fn attr_err(field: &str, message: String) -> RecordError {
+    RecordError {
+        field: format!("attributes.{field}"),
+        message,
+        reason: crate::record::RejectReason::WrongType,
+    }
+}
+
+fn opt_u64(v: Option<Val<'_>>, field: &str) -> Result<Option<u64>, RecordError> {
+    v.map(|v| u64_of(v).map_err(|m| attr_err(field, m)))
+        .transpose()
+}
+
+fn opt_u32(v: Option<Val<'_>>, field: &str) -> Result<Option<u32>, RecordError> {
+    opt_u64(v, field)?
+        .map(|n| u32::try_from(n).map_err(|_| attr_err(field, format!("{n} is too large"))))
+        .transpose()
+}
+
+fn opt_text(v: Option<Val<'_>>) -> Option<CompactString> {
+    v.and_then(compact_text)
+}
+
+fn time_ms(r: &LogRef<'_>) -> Option<i64> {
+    let ns = if r.time_ns != 0 {
+        r.time_ns
+    } else {
+        r.observed_ns
+    };
+    (ns != 0).then_some((ns / 1_000_000) as i64)
+}
+
+impl Mapping {
+    /// Maps a decoded logs request. `v` validates the records.
+    pub fn logs(&self, req: &ExportLogsServiceRequest, v: &Validation<'_>) -> LogsOutcome {
+        self.logs_view(&super::scan::view(req), v)
+    }
+
+    /// Maps a logs request's view (decoded or read in place). `v` validates the records.
+    pub fn logs_view(&self, resources: &[ResourceLogsRef<'_>], v: &Validation<'_>) -> LogsOutcome {
+        let mut out = LogsOutcome::default();
+        let ns_key = self.namespace_attribute.as_deref();
+        let mut index = 0usize;
+        for rl in resources {
+            let mut base = Attrs::default();
+            base.fill(&rl.resource, ns_key);
+            {
+                out.events.reserve(rl.records.len());
+                for r in &rl.records {
+                    out.received += 1;
+                    let i = index;
+                    index += 1;
+                    let mut a = base;
+                    a.fill(&r.attrs, ns_key);
+                    let name: Option<&str> = a
+                        .event_name
+                        .and_then(str_of)
+                        .or((!r.event_name.is_empty()).then_some(r.event_name))
+                        .or_else(|| str_of(r.body).and_then(|b| b.strip_prefix("claude_code.")));
+                    let Some(name) = name else {
+                        out.unused += 1;
+                        continue;
+                    };
+                    let event_id = event_id(&a);
+                    let result = match name {
+                        "api_request" => self.record(&a, r, false, v).map(Some),
+                        "api_error" => self.record(&a, r, true, v).map(Some),
+                        GATEMETER_EVENT => gatemeter_record(&a, r, v).map(Some),
+                        _ => Ok(None),
+                    };
+                    match result {
+                        Ok(Some(rec)) => out.events.push(Event::Finish(rec)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            out.rejected.push((i, e));
+                            if name != GATEMETER_EVENT {
+                                out.inputs.push(Input::Event {
+                                    name: CompactString::from(name),
+                                    id: event_id,
+                                });
+                            }
+                            continue;
+                        }
+                    }
+                    if name == GATEMETER_EVENT {
+                        continue;
+                    }
+                    out.inputs.push(Input::Event {
+                        name: CompactString::from(name),
+                        id: event_id,
+                    });
+                    match name {
+                        "api_request" | "api_error" => {}
+                        "tool_result" | "tool_decision" => match tool_event(name, &a, event_id) {
+                            Some(t) => {
+                                out.tools += 1;
+                                out.inputs.push(Input::Tool(t));
+                            }
+                            None => out.other_events += 1,
+                        },
+                        _ => out.other_events += 1,
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn record(
+        &self,
+        a: &Attrs<'_>,
+        r: &LogRef<'_>,
+        error: bool,
+        v: &Validation<'_>,
+    ) -> Result<Box<crate::record::ValidRecord>, RecordError> {
+        let user_id = opt_text(a.user_id);
+        let user = opt_text(a.user_email).or_else(|| user_id.clone());
+        let session_id = opt_text(a.session_id);
+        // The idempotency key: the API request id; for errors (which may have none, and whose
+        // id must not collide with the retried request's) the session's event sequence number.
+        let seq_id = match (&session_id, a.sequence.and_then(text_of)) {
+            (Some(s), Some(n)) => Some(CompactString::from(format!("cc:{s}:{n}"))),
+            _ => None,
+        };
+        let request_id = if error {
+            seq_id.or_else(|| {
+                opt_text(a.request_id).map(|id| CompactString::from(format!("{id}:error")))
+            })
+        } else {
+            opt_text(a.request_id).or(seq_id)
+        };
+        let mut f = RecordFields {
+            request_id,
+            timestamp_ms: time_ms(r),
+            namespace: opt_text(a.namespace),
+            user,
+            user_id,
+            provider: Some(CompactString::const_new("anthropic")),
+            model: opt_text(a.model),
+            endpoint: Some(CompactString::const_new("/v1/messages")),
+            api_type: Some(CompactString::const_new("claude")),
+            method: Some(CompactString::const_new("POST")),
+            session_id,
+            ..RecordFields::default()
+        };
+        f.duration_ms = opt_u64(a.duration_ms, "duration_ms")?;
+        if error {
+            // Network failures report no HTTP status ("undefined"): status 0, no response.
+            f.status = Some(
+                a.status_code
+                    .and_then(|s| u64_of(s).ok())
+                    .and_then(|n| u16::try_from(n).ok())
+                    .unwrap_or(0),
+            );
+            f.duration_ms = Some(f.duration_ms.unwrap_or(0));
+            f.error = opt_text(a.error);
+            f.retry_count = opt_u32(a.attempt, "attempt")?.map(|n| n.saturating_sub(1));
+            f.cost_usd = Some(0.0);
+            return f.validate(v);
+        }
+        f.status = Some(200);
+        f.ttfb_ms = opt_u64(a.ttft_ms, "ttft_ms")?;
+        f.input_tokens = opt_u64(a.input_tokens, "input_tokens")?;
+        f.output_tokens = opt_u64(a.output_tokens, "output_tokens")?;
+        f.cache_read_tokens = opt_u64(a.cache_read, "cache_read_tokens")?;
+        let (c5, c1) = cache_split(a)?;
+        f.cache_creation_5m_tokens = c5;
+        f.cache_creation_1h_tokens = c1;
+        f.cost_usd = cost(a)?;
+        f.validate(v)
+    }
+}
+
+/// The 5 m / 1 h split of cache creation tokens; what the split does not explain of
+/// `cache_creation_tokens` is counted as 5 m (Anthropic's default TTL).
+fn cache_split(a: &Attrs<'_>) -> Result<(Option<u64>, Option<u64>), RecordError> {
+    let c5 = opt_u64(a.cache_5m, "cache_creation_5m_tokens")?;
+    let c1 = opt_u64(a.cache_1h, "cache_creation_1h_tokens")?;
+    let total = opt_u64(a.cache_creation, "cache_creation_tokens")?;
+    let split = c5.unwrap_or(0) + c1.unwrap_or(0);
+    Ok(match total {
+        Some(t) if t > split => (Some(c5.unwrap_or(0) + (t - split)), c1),
+        _ => (c5, c1),
+    })
+}
+
+fn cost(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
+    if let Some(m) = opt_u64(a.cost_micros, "cost_usd_micros")? {
+        return Ok(Some(m as f64 / 1_000_000.0));
+    }
+    a.cost_usd
+        .map(|c| f64_of(c).map_err(|m| attr_err("cost_usd", m)))
+        .transpose()
+}
+
+/// A record exported by gatemeter's OTLP log export (`crate::export::otlp_logs`).
+fn gatemeter_record(
+    a: &Attrs<'_>,
+    r: &LogRef<'_>,
+    v: &Validation<'_>,
+) -> Result<Box<crate::record::ValidRecord>, RecordError> {
+    let status = opt_u64(a.status_code, "http.response.status_code")?
+        .map(|s| {
+            u16::try_from(s)
+                .map_err(|_| attr_err("http.response.status_code", format!("{s} is too large")))
+        })
+        .transpose()?;
+    let (c5, c1) = cache_split(a)?;
+    let f = RecordFields {
+        request_id: opt_text(a.request_id),
+        timestamp_ms: time_ms(r),
+        namespace: opt_text(a.gm_namespace),
+        instance: opt_text(a.instance),
+        user: opt_text(a.user_name),
+        user_id: opt_text(a.user_id),
+        key: opt_text(a.key),
+        key_id: opt_text(a.key_id),
+        provider: opt_text(a.provider),
+        model: opt_text(a.model),
+        original_model: opt_text(a.request_model),
+        endpoint: opt_text(a.endpoint),
+        api_type: opt_text(a.api_type),
+        method: opt_text(a.method),
+        status,
+        duration_ms: opt_u64(a.duration_ms, "gatemeter.duration_ms")?,
+        ttfb_ms: opt_u64(a.ttft_ms, "gatemeter.ttfb_ms")?,
+        input_tokens: opt_u64(a.input_tokens, "gen_ai.usage.input_tokens")?,
+        output_tokens: opt_u64(a.output_tokens, "gen_ai.usage.output_tokens")?,
+        cache_creation_5m_tokens: c5,
+        cache_creation_1h_tokens: c1,
+        cache_read_tokens: opt_u64(a.cache_read, "gen_ai.usage.cache_read.input_tokens")?,
+        cost_usd: cost(a)?,
+        session_id: opt_text(a.session_id),
+        retry_count: opt_u32(a.retry_count, "gatemeter.retry_count")?,
+        provider_chain: None,
+        is_streaming: a
+            .is_streaming
+            .map(|b| bool_of(b).map_err(|m| attr_err("gatemeter.is_streaming", m)))
+            .transpose()?,
+        error: opt_text(a.error),
+        blocked_by: opt_text(a.blocked_by),
+        block_reason: opt_text(a.block_reason),
+        user_agent: opt_text(a.user_agent),
+        client_ip: opt_text(a.client_ip),
+        messages_count: opt_u32(a.messages_count, "gatemeter.messages_count")?,
+        trace_id: opt_text(a.trace_id),
+    };
+    f.validate(v)
+}
+
+fn id_hash(v: Option<Val<'_>>) -> Option<u64> {
+    let s = v.and_then(str_of)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    Some(h.finish())
+}
+
+fn bounded(s: CompactString) -> CompactString {
+    if s.len() <= MAX_LABEL_VALUE {
+        return s;
+    }
+    let mut end = MAX_LABEL_VALUE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    CompactString::from(&s[..end])
+}
+
+/// The identity of a Claude Code event: its session and sequence number.
+fn event_id(a: &Attrs<'_>) -> Option<u64> {
+    let session = a.session_id.and_then(str_of)?;
+    let seq = a.sequence.and_then(text_of)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (session, seq.as_ref()).hash(&mut h);
+    Some(h.finish())
+}
+
+fn tool_event(name: &str, a: &Attrs<'_>, event_id: Option<u64>) -> Option<ToolEvent> {
+    let tool = bounded(opt_text(a.tool_name)?);
+    let id = event_id.or_else(|| id_hash(a.tool_use_id));
+    if name == "tool_result" {
+        Some(ToolEvent::Result {
+            tool,
+            // A result without a readable `success` is counted as a call, not as a failure.
+            success: a.success.is_none_or(|s| bool_of(s).unwrap_or(true)),
+            duration_ms: a.duration_ms.and_then(|d| u64_of(d).ok()),
+            id,
+        })
+    } else {
+        Some(ToolEvent::Decision {
+            tool,
+            decision: bounded(opt_text(a.decision).unwrap_or_default()),
+            source: bounded(opt_text(a.source).unwrap_or_default()),
+            id,
+        })
+    }
+}
+
+/// A Prometheus label name for an attribute key: `.` and other characters → `_`.
+pub fn label_name(key: &str) -> CompactString {
+    let mut out = CompactString::with_capacity(key.len());
+    for (i, c) in key.chars().enumerate() {
+        if c.is_ascii_alphanumeric() && !(i == 0 && c.is_ascii_digit()) || c == '_' {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+impl Mapping {
+    fn label_allowed(&self, key: &str) -> bool {
+        let denied = key.starts_with("user.") || DENIED_LABELS.contains(&key);
+        !denied || self.label_allowlist.iter().any(|k| k == key)
+    }
+
+    fn labels(&self, attrs: &[KeyValue]) -> Labels {
+        let mut out: Labels = Vec::with_capacity(attrs.len());
+        for kv in attrs {
+            if !self.label_allowed(&kv.key) {
+                continue;
+            }
+            let Some(v) = kv.value.as_ref().map(Val::of).and_then(text_of) else {
+                continue;
+            };
+            let name = label_name(&kv.key);
+            if name.is_empty() || name.starts_with("__") {
+                continue;
+            }
+            out.push((name, bounded(v.to_compact_string())));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
+    /// Maps a metrics request.
+    pub fn metrics(&self, req: &ExportMetricsServiceRequest) -> MetricsOutcome {
+        let mut out = MetricsOutcome::default();
+        for rm in &req.resource_metrics {
+            let mut res_hash = std::collections::hash_map::DefaultHasher::new();
+            if let Some(res) = &rm.resource {
+                for kv in &res.attributes {
+                    kv.key.hash(&mut res_hash);
+                    if let Some(v) = &kv.value {
+                        hash_value(v, &mut res_hash);
+                    }
+                }
+            }
+            let res_hash = res_hash.finish();
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    let n = match &m.data {
+                        Some(Data::Gauge(g)) => g.data_points.len(),
+                        Some(Data::Sum(s)) => s.data_points.len(),
+                        Some(Data::Histogram(h)) => h.data_points.len(),
+                        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                        Some(Data::Summary(s)) => s.data_points.len(),
+                        None => 0,
+                    } as u64;
+                    out.received += n;
+                    let known = catalog::CLAUDE_CODE_METRICS
+                        .iter()
+                        .position(|(name, _, _)| *name == m.name);
+                    let (Some(metric), Some(Data::Sum(sum))) = (known, &m.data) else {
+                        out.unused += n;
+                        continue;
+                    };
+                    if !sum.is_monotonic {
+                        out.unused += n;
+                        continue;
+                    }
+                    let temporality = match sum.aggregation_temporality {
+                        1 => Temporality::Delta,
+                        2 => Temporality::Cumulative,
+                        t => {
+                            out.rejected += n;
+                            out.first_error.get_or_insert_with(|| {
+                                format!("{}: aggregation temporality {t} is not delta (1) or cumulative (2)", m.name)
+                            });
+                            continue;
+                        }
+                    };
+                    for p in &sum.data_points {
+                        let value = match p.value {
+                            Some(number_data_point::Value::AsDouble(d)) => d,
+                            Some(number_data_point::Value::AsInt(i)) => i as f64,
+                            None => f64::NAN,
+                        };
+                        if !value.is_finite() || value < 0.0 {
+                            out.rejected += 1;
+                            out.first_error.get_or_insert_with(|| {
+                                format!(
+                                    "{}: {value} is not a finite non-negative value of a monotonic sum",
+                                    m.name
+                                )
+                            });
+                            continue;
+                        }
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        (metric, res_hash).hash(&mut h);
+                        for kv in &p.attributes {
+                            kv.key.hash(&mut h);
+                            if let Some(v) = &kv.value {
+                                hash_value(v, &mut h);
+                            }
+                        }
+                        out.inputs.push(Input::Point(Point {
+                            metric,
+                            stream: h.finish(),
+                            labels: self.labels(&p.attributes),
+                            temporality,
+                            start_ns: p.start_time_unix_nano,
+                            time_ns: p.time_unix_nano,
+                            value,
+                        }));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_one(attrs: &str) -> Result<Box<crate::record::ValidRecord>, RecordError> {
+        let json = format!(
+            r#"{{"resourceLogs":[{{"resource":{{"attributes":[{{"key":"team.id","value":{{"stringValue":"t"}}}}]}},"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"1795458649672000000","attributes":[{attrs}]}}]}}]}}]}}"#
+        );
+        let req: ExportLogsServiceRequest = serde_json::from_str(&json).expect("json");
+        let prices = crate::price::PriceTable::default();
+        let v = Validation {
+            now_ms: 1_795_460_000_000,
+            prices: &prices,
+        };
+        let m = Mapping {
+            namespace_attribute: Some("team.id".into()),
+            ..Mapping::default()
+        };
+        let mut out = m.logs(&req, &v);
+        if let Some((_, e)) = out.rejected.pop() {
+            return Err(e);
+        }
+        match out.events.pop() {
+            Some(Event::Finish(r)) => Ok(r),
+            other => panic!("no record: {other:?}"),
+        }
+    }
+
+    fn a(k: &str, v: &str) -> String {
+        format!(r#"{{"key":"{k}","value":{v}}}"#)
+    }
+
+    #[test]
+    fn an_api_error_without_response_is_status_0_and_keyed_by_sequence() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("session.id", r#"{"stringValue":"s1"}"#),
+                a("event.sequence", r#"{"intValue":"5"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"stringValue":"undefined"}"#),
+                a("error", r#"{"stringValue":"Connection error."}"#),
+                a("attempt", r#"{"intValue":3}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.status, 0);
+        assert!(!r.is_success());
+        assert_eq!(r.retry_count, 2);
+        assert_eq!(r.cost_micros, 0);
+        assert_eq!(r.cost_source, crate::record::CostSource::Reported);
+        assert_eq!(r.request_id.as_ref().map(|i| i.as_str()), Some("cc:s1:5"));
+        assert_eq!(r.namespace, "t");
+        assert_eq!(r.error.as_deref(), Some("Connection error."));
+        assert_eq!(r.timestamp_ms, 1_795_458_649_672);
+    }
+
+    #[test]
+    fn cache_creation_is_split_and_cost_falls_back_to_usd() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("duration_ms", r#"{"stringValue":"900"}"#),
+                a("ttft_ms", r#"{"doubleValue":300}"#),
+                a("cache_creation_tokens", r#"{"intValue":"500"}"#),
+                a("cache_creation_1h_tokens", r#"{"intValue":"200"}"#),
+                a("cost_usd", r#"{"stringValue":"0.0125"}"#),
+                a("user.id", r#"{"stringValue":"u-hash"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.tokens.cache_write_5m, 300);
+        assert_eq!(r.tokens.cache_write_1h, 200);
+        assert_eq!(r.cost_micros, 12_500);
+        assert_eq!(r.ttfb_ms, Some(300));
+        assert_eq!(
+            r.user.as_deref(),
+            Some("u-hash"),
+            "user.id when no user.email"
+        );
+        assert_eq!(r.provider, "anthropic");
+        assert_eq!(r.endpoint, "/v1/messages");
+    }
+
+    #[test]
+    fn unreadable_numbers_reject_the_record_naming_the_attribute() {
+        let e = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("duration_ms", r#"{"stringValue":"9"}"#),
+                a("input_tokens", r#"{"stringValue":"lots"}"#),
+            ]
+            .join(","),
+        )
+        .expect_err("invalid");
+        assert_eq!(e.field, "attributes.input_tokens");
+        assert!(e.message.contains("lots"), "{e}");
+        let e = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_request"}"#),
+                a("duration_ms", r#"{"stringValue":"9"}"#),
+            ]
+            .join(","),
+        )
+        .expect_err("no model");
+        assert_eq!(e.field, "model");
+    }
+
+    #[test]
+    fn label_names_are_sanitised() {
+        assert_eq!(label_name("team.id"), "team_id");
+        assert_eq!(
+            label_name("deployment.environment"),
+            "deployment_environment"
+        );
+        assert_eq!(label_name("9lives"), "_lives");
+        assert_eq!(label_name("a-b c"), "a_b_c");
+    }
+
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    #[test]
+    fn ids_are_never_labels_unless_allow_listed() {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v.into()),
+                ),
+            }),
+            ..Default::default()
+        };
+        let attrs = vec![
+            kv("session.id", "s"),
+            kv("user.id", "u"),
+            kv("user.email", "e@x"),
+            kv("user.account_uuid", "a"),
+            kv("organization.id", "o"),
+            kv("type", "input"),
+            kv("model", "m"),
+        ];
+        let m = Mapping::default();
+        let names: Vec<String> = m
+            .labels(&attrs)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(names, vec!["model", "type"]);
+        let m = Mapping {
+            label_allowlist: vec!["user.email".into()],
+            ..Mapping::default()
+        };
+        let names: Vec<String> = m
+            .labels(&attrs)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(names, vec!["model", "type", "user_email"]);
+    }
+}

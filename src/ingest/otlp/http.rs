@@ -1,0 +1,471 @@
+//! The OTLP/HTTP protocol (OTLP 1.x, "OTLP/HTTP" section): one handler for the three signals.
+//!
+//! - 200 with an empty `Export*ServiceResponse` on full success; 200 with `partial_success`
+//!   (count and message) when some records were rejected;
+//! - 400 undecodable body, 413 over the body limit (checked again after decompression),
+//!   415 media type or encoding not supported, 405 not POST, 503 + `Retry-After` when the queues
+//!   are full — errors carry a `google.rpc.Status`;
+//! - every answer in the request's encoding (protobuf or JSON; JSON when the request's own
+//!   media type is not supported).
+//!
+//! A request is taken whole or not at all: the Claude Code queue slot is reserved before the
+//! records are submitted, and nothing is sent if either is refused.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::claude_code::Mapping;
+use super::decode::{self, Encoding};
+use super::{Diagnostics, ItemReject, RequestReason, Signal, Use};
+use crate::api::ApiError;
+use crate::claude_code::ClaudeCode;
+use crate::health::{Health, RequestReject, Source};
+use crate::ingest::body;
+use crate::pipeline::Pipeline;
+use crate::price::PriceTable;
+use crate::record::Validation;
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error answers (not part of opentelemetry-proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct Status {
+    /// gRPC status code.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What went wrong.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// Most rejection messages listed in one `partial_success.error_message`.
+const MAX_LISTED_ERRORS: usize = 5;
+
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// State of the OTLP handler.
+pub struct OtlpIngest {
+    /// Where request records go.
+    pub pipeline: Pipeline,
+    /// Where Claude Code metric points and tool events go.
+    pub claude_code: ClaudeCode,
+    /// Item and request counters.
+    pub diagnostics: Arc<Diagnostics>,
+    /// Process health (records accepted / rejected under source `otlp`).
+    pub health: Arc<Health>,
+    /// Body limit after decompression.
+    pub max_body_bytes: usize,
+    /// Prices for records without a cost.
+    pub prices: Arc<PriceTable>,
+    /// Item mapping.
+    pub mapping: Mapping,
+}
+
+struct Refusal {
+    status: StatusCode,
+    reason: RequestReason,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: RequestReason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+fn encode<T: Message + serde::Serialize>(enc: Encoding, msg: &T) -> Vec<u8> {
+    match enc {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => {
+            // An absent `partial_success` is omitted (`{}`), not written as null.
+            let mut v = serde_json::to_value(msg).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.retain(|_, x| !x.is_null());
+            }
+            serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())
+        }
+    }
+}
+
+fn answer(status: StatusCode, enc: Encoding, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(enc.content_type()),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn refuse(enc: Encoding, r: Refusal) -> Response {
+    let code = match r.status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => 14, // UNAVAILABLE
+        StatusCode::PAYLOAD_TOO_LARGE => 8,                                    // RESOURCE_EXHAUSTED
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => 12, // UNIMPLEMENTED
+        _ => 3,                                                                // INVALID_ARGUMENT
+    };
+    let status = Status {
+        code,
+        message: r.message,
+    };
+    let mut resp = answer(r.status, enc, encode(enc, &status));
+    match r.status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn body_refusal(e: body::BodyError) -> Refusal {
+    let reason = match e.reason {
+        RequestReject::BodyTooLarge => RequestReason::BodyTooLarge,
+        RequestReject::UnsupportedEncoding => RequestReason::UnsupportedEncoding,
+        RequestReject::BadCompression => RequestReason::BadCompression,
+        _ => RequestReason::BodyRead,
+    };
+    let (status, message) = match e.error {
+        ApiError::TooLarge { message, .. } => (StatusCode::PAYLOAD_TOO_LARGE, message),
+        ApiError::UnsupportedMediaType { message, .. } => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+        }
+        other => (StatusCode::BAD_REQUEST, other.to_string()),
+    };
+    Refusal::new(status, reason, message)
+}
+
+/// `POST /v1/logs`, `/v1/metrics`, `/v1/traces` (any method is routed here so that the others
+/// get a proper 405).
+pub async fn export(
+    State(s): State<Arc<OtlpIngest>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(signal) = Signal::from_path(uri.path()) else {
+        return ApiError::NotFound.into_response();
+    };
+    let enc = Encoding::from_headers(&headers);
+    let result = if method != Method::POST {
+        Err(Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            RequestReason::MethodNotAllowed,
+            format!("{method} is not allowed on {}; use POST", signal.path()),
+        ))
+    } else if let Some(enc) = enc {
+        s.receive(signal, enc, &headers, body).await
+    } else {
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RequestReason::UnsupportedMediaType,
+            format!(
+                "Content-Type {} is not supported; use application/x-protobuf or application/json",
+                got.map_or_else(|| "(none)".to_string(), |g| format!("{g:?}"))
+            ),
+        ))
+    };
+    let enc = enc.unwrap_or(Encoding::Json);
+    match result {
+        Ok(body) => answer(StatusCode::OK, enc, body),
+        Err(r) => {
+            s.diagnostics.rejected_request(signal, r.reason);
+            let common = match r.reason {
+                RequestReason::BodyTooLarge => Some(RequestReject::BodyTooLarge),
+                RequestReason::UnsupportedMediaType => Some(RequestReject::UnsupportedMediaType),
+                RequestReason::UnsupportedEncoding => Some(RequestReject::UnsupportedEncoding),
+                RequestReason::BadCompression => Some(RequestReject::BadCompression),
+                RequestReason::Undecodable => Some(RequestReject::Malformed),
+                RequestReason::Overloaded => Some(RequestReject::Overloaded),
+                RequestReason::BodyRead => Some(RequestReject::BodyRead),
+                RequestReason::MethodNotAllowed => None,
+            };
+            if let Some(c) = common {
+                s.health.rejected_request(Source::Otlp, c);
+            }
+            refuse(enc, r)
+        }
+    }
+}
+
+fn overloaded() -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        RequestReason::Overloaded,
+        "the ingest queue is full; retry after the Retry-After delay",
+    )
+}
+
+impl OtlpIngest {
+    async fn receive(
+        &self,
+        signal: Signal,
+        enc: Encoding,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Vec<u8>, Refusal> {
+        let bytes = body::read(body, headers, self.max_body_bytes)
+            .await
+            .map_err(body_refusal)?;
+        let undecodable =
+            |m: String| Refusal::new(StatusCode::BAD_REQUEST, RequestReason::Undecodable, m);
+        match signal {
+            Signal::Logs => {
+                if enc == Encoding::Protobuf
+                    && let Some(view) = super::scan::logs(&bytes)
+                {
+                    return self.logs(enc, &view);
+                }
+                let req: ExportLogsServiceRequest =
+                    decode::message(&bytes, enc).map_err(undecodable)?;
+                self.logs(enc, &super::scan::view(&req))
+            }
+            Signal::Metrics => {
+                let req: ExportMetricsServiceRequest =
+                    decode::message(&bytes, enc).map_err(undecodable)?;
+                self.metrics(enc, &req)
+            }
+            Signal::Traces => {
+                let req: ExportTraceServiceRequest =
+                    decode::message(&bytes, enc).map_err(undecodable)?;
+                let spans: usize = req
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum();
+                self.diagnostics.received(Signal::Traces, spans as u64);
+                self.diagnostics
+                    .accepted(Signal::Traces, Use::Unused, spans as u64);
+                Ok(encode(
+                    enc,
+                    &ExportTraceServiceResponse {
+                        partial_success: None,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn logs(
+        &self,
+        enc: Encoding,
+        req: &[super::scan::ResourceLogsRef<'_>],
+    ) -> Result<Vec<u8>, Refusal> {
+        let v = Validation {
+            now_ms: crate::pipeline::now_ms(),
+            prices: &self.prices,
+        };
+        let out = self.mapping.logs_view(req, &v);
+        let d = &self.diagnostics;
+        // Reserve the Claude Code slot first: then the pipeline's answer decides alone.
+        let slot = if out.inputs.is_empty() {
+            None
+        } else {
+            Some(self.claude_code.reserve().ok_or_else(overloaded)?)
+        };
+        let records = out.events.len() as u64;
+        if self.pipeline.try_submit(out.events).is_err() {
+            return Err(overloaded());
+        }
+        if let Some(slot) = slot {
+            slot.send(out.inputs);
+        }
+        d.received(Signal::Logs, out.received);
+        d.accepted(Signal::Logs, Use::Record, records);
+        d.accepted(Signal::Logs, Use::Tool, out.tools);
+        d.accepted(Signal::Logs, Use::Event, out.other_events);
+        d.accepted(Signal::Logs, Use::Unused, out.unused);
+        let rejected = out.rejected.len() as u64;
+        d.rejected(Signal::Logs, ItemReject::InvalidRecord, rejected);
+        self.health.accepted(Source::Otlp, records);
+        for (_, e) in &out.rejected {
+            self.health.rejected_record(Source::Otlp, e.reason);
+        }
+        let partial_success = (rejected > 0).then(|| {
+            let mut msg = String::new();
+            for (i, e) in out.rejected.iter().take(MAX_LISTED_ERRORS) {
+                if !msg.is_empty() {
+                    msg.push_str("; ");
+                }
+                msg.push_str(&format!("log record {i}: {e}"));
+            }
+            if out.rejected.len() > MAX_LISTED_ERRORS {
+                msg.push_str(&format!(
+                    "; and {} more",
+                    out.rejected.len() - MAX_LISTED_ERRORS
+                ));
+            }
+            ExportLogsPartialSuccess {
+                rejected_log_records: rejected as i64,
+                error_message: msg,
+            }
+        });
+        Ok(encode(enc, &ExportLogsServiceResponse { partial_success }))
+    }
+
+    fn metrics(
+        &self,
+        enc: Encoding,
+        req: &ExportMetricsServiceRequest,
+    ) -> Result<Vec<u8>, Refusal> {
+        let out = self.mapping.metrics(req);
+        if !out.inputs.is_empty() {
+            let slot = self.claude_code.reserve().ok_or_else(overloaded)?;
+            slot.send(out.inputs);
+        }
+        let d = &self.diagnostics;
+        d.received(Signal::Metrics, out.received);
+        d.accepted(Signal::Metrics, Use::Unused, out.unused);
+        d.rejected(Signal::Metrics, ItemReject::BadValue, out.rejected);
+        let partial_success = (out.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: out.rejected as i64,
+            error_message: out.first_error.unwrap_or_default(),
+        });
+        Ok(encode(
+            enc,
+            &ExportMetricsServiceResponse { partial_success },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::aggregate::claude_code::Limits;
+    use crate::store::{Discard, MemoryStore};
+
+    fn logs(ids: &[&str]) -> String {
+        let now_ns = crate::pipeline::now_ms() as u128 * 1_000_000;
+        let records: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    r#"{{"timeUnixNano":"{now_ns}","attributes":[
+                    {{"key":"event.name","value":{{"stringValue":"api_request"}}}},
+                    {{"key":"request_id","value":{{"stringValue":"{id}"}}}},
+                    {{"key":"model","value":{{"stringValue":"m"}}}},
+                    {{"key":"duration_ms","value":{{"intValue":"5"}}}}]}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{}]}}]}}]}}"#,
+            records.join(",")
+        )
+    }
+
+    const METRICS: &str = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"claude_code.session.count","sum":{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{"startTimeUnixNano":"1","timeUnixNano":"2","asDouble":1}]}}]}]}]}"#;
+
+    fn req(path: &str, body: String) -> Request<Body> {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn full_queues_answer_503_with_retry_after_and_take_nothing() {
+        // On this single-threaded runtime neither the aggregator nor the Claude Code task runs
+        // until the test awaits something that is not ready: the queues stay as left.
+        let health = Arc::new(Health::new(3));
+        let (pipeline, _p) = Pipeline::spawn(
+            crate::pipeline::PipelineConfig {
+                queue_capacity: 3,
+                ..Default::default()
+            },
+            Arc::new(MemoryStore::new()),
+            Arc::new(Discard),
+            health.clone(),
+        );
+        let diagnostics = Arc::new(Diagnostics::default());
+        let (claude_code, _c) = ClaudeCode::spawn(Limits::default(), 2, diagnostics.clone());
+        let state = Arc::new(OtlpIngest {
+            pipeline,
+            claude_code,
+            diagnostics: diagnostics.clone(),
+            health: health.clone(),
+            max_body_bytes: 1 << 20,
+            prices: Arc::new(PriceTable::default()),
+            mapping: Mapping::default(),
+        });
+        let app = axum::Router::new()
+            .route("/v1/logs", axum::routing::any(export))
+            .route("/v1/metrics", axum::routing::any(export))
+            .with_state(state);
+
+        let ok = app
+            .clone()
+            .oneshot(req("/v1/logs", logs(&["a", "b"])))
+            .await
+            .expect("answer");
+        assert_eq!(ok.status(), StatusCode::OK);
+        // Two more records do not fit the record queue (3): refused whole ...
+        let full = app
+            .clone()
+            .oneshot(req("/v1/logs", logs(&["c", "d"])))
+            .await
+            .expect("answer");
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(health.snapshot().queue_depth, 2);
+        // ... and its reserved Claude Code slot was given back: one metrics request still fits.
+        let m = app
+            .clone()
+            .oneshot(req("/v1/metrics", METRICS.into()))
+            .await
+            .expect("answer");
+        assert_eq!(m.status(), StatusCode::OK);
+        let m = app
+            .clone()
+            .oneshot(req("/v1/metrics", METRICS.into()))
+            .await
+            .expect("answer");
+        assert_eq!(m.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let d = diagnostics.snapshot();
+        assert_eq!(
+            d.rejected_requests[Signal::Logs as usize][RequestReason::Overloaded as usize],
+            1
+        );
+        assert_eq!(
+            d.rejected_requests[Signal::Metrics as usize][RequestReason::Overloaded as usize],
+            1
+        );
+        assert_eq!(
+            d.received[Signal::Logs as usize],
+            2,
+            "refused requests are not counted as received"
+        );
+    }
+}
