@@ -16,7 +16,7 @@ use crate::export::prometheus::{self, MetricsState};
 use crate::health::Health;
 use crate::ingest::native::{self, NativeIngest};
 use crate::pipeline::Pipeline;
-use crate::store::{Discard, LiveStore, MemoryStore, RequestLog};
+use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog};
 
 /// A server ready to run.
 pub struct App {
@@ -40,11 +40,16 @@ pub enum AppError {
 impl App {
     /// Wires everything for `config` onto an already bound `listener` (tests bind port 0).
     pub fn build(config: &Config, listener: TcpListener) -> Self {
+        let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
+            LiveStoreKind::Redis => match RedisStore::start(config.redis.clone(), health.clone()) {
+                Ok(s) => Arc::new(s),
+                // The URL was validated with the config; this cannot happen with a Config.
+                Err(e) => unreachable!("validated Redis config refused: {e}"),
+            },
         };
         let log: Arc<dyn RequestLog> = Arc::new(Discard);
-        let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
         let router = router(config, pipeline.clone(), health);
         Self {

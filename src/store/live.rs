@@ -5,6 +5,8 @@
 //! histograms in [`SLOT_MS`] slots so every backend reports the same windows.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::aggregate::{Aggregates, Latencies, ScopeKey};
@@ -46,4 +48,8 @@ pub trait LiveStore: Send + Sync + 'static {
     fn view(&self, now_ms: i64) -> Arc<FleetView>;
     /// Whether the backend is reachable.
     fn is_up(&self) -> bool;
+    /// Writes out whatever is still buffered (graceful shutdown, after the last `apply`).
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }

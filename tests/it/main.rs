@@ -6,4 +6,7 @@ mod exact;
 mod exposition;
 mod harness;
 mod ingest;
+mod live_store;
 mod loadgen;
+mod redis_fleet;
+mod redis_server;
