@@ -292,3 +292,105 @@ async fn redis_absent_at_start_then_caught_up() {
     )
     .await;
 }
+
+/// A TCP proxy to Redis that, when armed, passes the next flush batch carrying records on to
+/// Redis but swallows its reply (and everything after it on that connection): the "applied,
+/// but the answer was lost" case. Later connections pass normally.
+struct LossyProxy {
+    port: u16,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn lossy_proxy(upstream: u16) -> LossyProxy {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let swallow = Arc::new(AtomicBool::new(false));
+    let sw = swallow.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let lost = Arc::new(AtomicBool::new(false));
+            let (armed, lost_w) = (sw.clone(), lost.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = match c2.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    let is_batch = chunk
+                        .windows(b"metrics:global:total_requests".len())
+                        .any(|w| w == b"metrics:global:total_requests");
+                    if is_batch && armed.swap(false, Ordering::SeqCst) {
+                        lost_w.store(true, Ordering::SeqCst);
+                    }
+                    if s2.write_all(chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = s2.shutdown(std::net::Shutdown::Both);
+            });
+            let sw = lost;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !sw.load(Ordering::SeqCst) && client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    LossyProxy { port, swallow }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_reply_was_lost_is_not_applied_twice() {
+    use std::sync::atomic::Ordering;
+    let redis = RedisProc::start();
+    let proxy = lossy_proxy(redis.port);
+    let via_proxy = format!("redis://127.0.0.1:{}/", proxy.port);
+    let records = generate(2_000, 5);
+    let app = TestApp::with_config(&config(&via_proxy, "", "lossy")).await;
+    post(&app, &records, 0, 1_000, 100).await;
+    wait_for_total(&app, 1_000, Duration::from_secs(10)).await;
+
+    proxy.swallow.store(true, Ordering::SeqCst);
+    post(&app, &records, 1_000, 2_000, 1_000).await;
+    // The batch reaches Redis and is applied; its reply is lost, so the replica retries the
+    // same batch on a new connection, where the script sees its marker and skips it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_int(&redis.url(), "metrics:global:total_requests") != 2_000 {
+        assert!(Instant::now() < deadline, "the batch never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !proxy.swallow.load(Ordering::SeqCst),
+        "a reply was swallowed"
+    );
+    let m = wait_for_total(&app, 2_000, Duration::from_secs(10)).await;
+    check_fleet(&m, &records);
+    // Several flush intervals (and the retry) later, still applied exactly once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        get_int(&redis.url(), "metrics:global:total_requests"),
+        2_000
+    );
+    check_fleet(&app.metrics().await, &records);
+    app.stop().await;
+}
