@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use self::codec::{HistScope, Keys, MINUTE_MS};
 use super::StoreError;
-use super::live::{FleetView, LiveStore, WINDOWS, WindowView};
+use super::live::{FleetView, KeyCalls, LiveStore, WINDOWS, WindowView, utc_day, utc_month};
 use crate::aggregate::{Aggregates, Latencies};
 use crate::health::{DropReason, Health};
 use crate::pipeline::now_ms;
@@ -59,6 +59,10 @@ while i <= n do
   elseif op == 'N' then redis.call('HSETNX', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
   elseif op == 'E' then redis.call('EXPIRE', ARGV[i+1], ARGV[i+2]); i = i + 3
   elseif op == 'X' then redis.call('SET', ARGV[i+1], ARGV[i+2], 'EX', ARGV[i+3]); i = i + 4
+  elseif op == 'F' then
+    local cur = tonumber(redis.call('HGET', ARGV[i+1], ARGV[i+2]) or '0') or 0
+    if tonumber(ARGV[i+3]) > cur then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]) end
+    i = i + 4
   elseif op == 'M' then
     local cur = tonumber(redis.call('GET', ARGV[i+1]) or '0') or 0
     if tonumber(ARGV[i+2]) > cur then redis.call('SET', ARGV[i+1], ARGV[i+2]) end
@@ -379,6 +383,14 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         for (f, n) in &fields {
             ops.hincr(&agg, &codec::agg_field(f, &scope), *n);
         }
+        if a.last_used_ms > 0 {
+            ops.op(&[
+                b"F",
+                agg.as_bytes(),
+                codec::agg_field("last", &scope).as_bytes(),
+                a.last_used_ms.to_string().as_bytes(),
+            ]);
+        }
         if let Some(op) = a.operation {
             ops.op(&[
                 b"N",
@@ -422,6 +434,24 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         for (code, n) in &a.status {
             ops.incr(&keys.ns(ns, &format!("status:{code}")), *n as i64);
         }
+    }
+
+    // API key calls per UTC day and month (hashes of key → calls, expiring after the period).
+    let day_key = keys.key_calls_day(utc_day(now));
+    let month_key = keys.key_calls_month(utc_month(now));
+    let mut any_key = false;
+    for (k, a) in &pending.scopes {
+        if let crate::aggregate::ScopeKey::Key(key) = k
+            && a.requests > 0
+        {
+            ops.hincr(&day_key, key, a.requests as i64);
+            ops.hincr(&month_key, key, a.requests as i64);
+            any_key = true;
+        }
+    }
+    if any_key {
+        ops.op(&[b"E", day_key.as_bytes(), b"259200"]);
+        ops.op(&[b"E", month_key.as_bytes(), b"3456000"]);
     }
 
     // Histograms: cumulative blobs, overwritten.
@@ -611,15 +641,33 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
     let now_minute = now.div_euclid(MINUTE_MS);
     let first = now_minute - window_minutes() + 1;
     let mut pipe = redis::pipe();
-    pipe.hgetall(keys.agg()).hgetall(keys.hist_total());
+    pipe.hgetall(keys.agg())
+        .hgetall(keys.hist_total())
+        .hgetall(keys.key_calls_day(utc_day(now)))
+        .hgetall(keys.key_calls_month(utc_month(now)));
     for m in first..=now_minute {
         pipe.hgetall(keys.hist_minute(m));
     }
     let mut replies: Vec<Fields> = bounded(&shared.cfg, pipe.query_async(con)).await?;
-    if replies.len() != 2 + (now_minute - first + 1) as usize {
+    if replies.len() != 4 + (now_minute - first + 1) as usize {
         return Err(unavailable("unexpected reply shape"));
     }
-    let minutes = replies.split_off(2);
+    let minutes = replies.split_off(4);
+    let int = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
+    let mut key_calls: HashMap<Label, KeyCalls> = HashMap::new();
+    for (i, fields) in replies[2..4].iter().enumerate() {
+        for (k, v) in fields {
+            let (Ok(k), Some(n)) = (std::str::from_utf8(k), int(v)) else {
+                continue;
+            };
+            let e = key_calls.entry(Label::from(k)).or_default();
+            if i == 0 {
+                e.today = n;
+            } else {
+                e.this_month = n;
+            }
+        }
+    }
     let mut totals = codec::decode_agg(&replies[0]);
     for (scope, blob) in blobs(&replies[1]) {
         let into = match scope {
@@ -651,7 +699,11 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
             w
         })
         .collect();
-    Ok(FleetView { totals, windows })
+    Ok(FleetView {
+        totals,
+        windows,
+        key_calls,
+    })
 }
 
 /// The `(scope, blob)` pairs of a histogram hash (every writer's), malformed fields skipped.

@@ -40,10 +40,21 @@ fn redis() -> Pin<Box<dyn Future<Output = Arc<dyn LiveStore>>>> {
     })
 }
 
+/// Receive time of every generated record (their default timestamp).
+const RECEIVED_MS: i64 = 1_700_000_000_000;
+
+/// User and key of generated record `i`.
+fn who(i: usize) -> (String, String) {
+    (
+        format!("user-{}@example.com", i % 7),
+        format!("key-{}", i % 3),
+    )
+}
+
 fn aggregate(records: &[Gen], flushes: usize, limits: Limits) -> Vec<Aggregates> {
     let c = Config::from_yaml_str(PRICED_CONFIG, Path::new("t"), &|_| None).expect("config");
     let v = Validation {
-        now_ms: now_ms(),
+        now_ms: RECEIVED_MS,
         prices: &c.prices,
     };
     let mut a = Aggregator::new(limits);
@@ -53,7 +64,14 @@ fn aggregate(records: &[Gen], flushes: usize, limits: Limits) -> Vec<Aggregates>
         .enumerate()
         .map(|(ci, chunk)| {
             for (i, g) in chunk.iter().enumerate() {
-                let e = parse_event(&g.json(ci * per + i), &v).expect("valid");
+                let id = ci * per + i;
+                let (user, key) = who(id);
+                let json = g.json(id);
+                let json = format!(
+                    r#"{},"user_id":"{user}","key":"{key}"}}"#,
+                    json.trim_end_matches('}')
+                );
+                let e = parse_event(&json, &v).expect("valid");
                 a.apply(&e, 0);
             }
             a.take()
@@ -173,6 +191,42 @@ async fn totals_are_exact(make: Make) {
     );
 }
 
+async fn users_and_keys(make: Make) {
+    let store = make().await;
+    let records = generate(1000, 21);
+    for d in aggregate(&records, 3, Limits::default()) {
+        store.apply(d, now_ms());
+    }
+    let v = settle(store.as_ref(), |v| v.totals.global.requests == 1000).await;
+    for u in 0..7 {
+        let ids: Vec<usize> = (0..1000).filter(|i| i % 7 == u).collect();
+        let s = v
+            .totals
+            .scope(&ScopeKey::User(who(u).0.as_str().into()))
+            .expect("user");
+        assert_eq!(s.requests, ids.len() as u64);
+        assert_eq!(
+            s.cost_micros,
+            ids.iter().map(|i| records[*i].cost()).sum::<u64>()
+        );
+        assert_eq!(
+            s.tokens.input,
+            ids.iter().map(|i| records[*i].tokens[0]).sum::<u64>()
+        );
+    }
+    for k in 0..3 {
+        let name = who(k).1;
+        let calls = (0..1000).filter(|i| i % 3 == k).count() as u64;
+        let s = v
+            .totals
+            .scope(&ScopeKey::Key(name.as_str().into()))
+            .expect("key");
+        assert_eq!((s.requests, s.last_used_ms), (calls, RECEIVED_MS), "{name}");
+        let c = v.key_calls.get(name.as_str()).expect("key calls");
+        assert_eq!((c.today, c.this_month), (calls, calls), "{name}");
+    }
+}
+
 async fn agrees_with_memory(make: Make) {
     let store = make().await;
     let reference = MemoryStore::new();
@@ -212,6 +266,7 @@ async fn agrees_with_memory(make: Make) {
         );
         assert_eq!(got.status, want.status, "{k:?}");
         assert_eq!(got.token_usage, want.token_usage, "{k:?}");
+        assert_eq!(got.last_used_ms, want.last_used_ms, "{k:?}");
         for q in [0.5, 0.9, 0.99, 1.0] {
             assert_eq!(
                 got.latency.duration.quantile(q),
@@ -220,6 +275,7 @@ async fn agrees_with_memory(make: Make) {
             assert_eq!(got.latency.ttfb.quantile(q), want.latency.ttfb.quantile(q));
         }
     }
+    assert_eq!(v.key_calls, r.key_calls);
     for (w, rw) in v.windows.iter().zip(&r.windows) {
         assert_eq!(w.label, rw.label);
         assert_eq!(w.global.duration.count(), rw.global.duration.count());
@@ -291,6 +347,10 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn agrees_with_memory() {
                 super::agrees_with_memory(super::$backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn users_and_keys() {
+                super::users_and_keys(super::$backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrency_and_overflow() {

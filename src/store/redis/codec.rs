@@ -54,6 +54,16 @@ impl Keys {
         self.key(&format!("gatemeter:flush:{writer}:{seq}"))
     }
 
+    /// API key calls per key in one UTC day (`day` = days since the epoch).
+    pub fn key_calls_day(&self, day: i64) -> String {
+        self.key(&format!("gatemeter:apikey:calls:day:{day}"))
+    }
+
+    /// API key calls per key in one UTC month (`month` = year * 12 + month - 1).
+    pub fn key_calls_month(&self, month: i64) -> String {
+        self.key(&format!("gatemeter:apikey:calls:month:{month}"))
+    }
+
     /// Heartbeat of one instance (written even without traffic).
     pub fn heartbeat(&self, instance: &str) -> String {
         self.key(&format!("gatemeter:heartbeat:{instance}"))
@@ -82,6 +92,8 @@ pub fn scope_enc(s: &HistScope) -> String {
         Some(ScopeKey::Namespace(n)) => format!("n|{n}"),
         Some(ScopeKey::Provider(p)) => format!("p|{p}"),
         Some(ScopeKey::Model(p, m)) => format!("m|{}:{p}{m}", p.len()),
+        Some(ScopeKey::User(u)) => format!("u|{u}"),
+        Some(ScopeKey::Key(k)) => format!("k|{k}"),
     }
 }
 
@@ -94,6 +106,8 @@ pub fn scope_dec(s: &str) -> Option<HistScope> {
     Some(Some(match tag {
         "n" => ScopeKey::Namespace(Label::from(rest)),
         "p" => ScopeKey::Provider(Label::from(rest)),
+        "u" => ScopeKey::User(Label::from(rest)),
+        "k" => ScopeKey::Key(Label::from(rest)),
         "m" => {
             let (len, pm) = rest.split_once(':')?;
             let len: usize = len.parse().ok()?;
@@ -172,6 +186,7 @@ fn set_field(a: &mut ScopeAgg, field: &str, value: &[u8]) -> bool {
         "cost" => a.cost_micros = u,
         "unpriced" => a.unpriced = u,
         "aband" => a.abandoned = u,
+        "last" => a.last_used_ms = v,
         "conc" => a.concurrency = v,
         f => {
             if let Some(code) = f.strip_prefix("st") {
@@ -328,6 +343,8 @@ mod tests {
             Some(ScopeKey::Namespace("a|b:c".into())),
             Some(ScopeKey::Provider("".into())),
             Some(ScopeKey::Model("p:1|".into(), "m|x:2é".into())),
+            Some(ScopeKey::User("a@b.c".into())),
+            Some(ScopeKey::Key("key|1".into())),
         ] {
             assert_eq!(scope_dec(&scope_enc(&s)), Some(s.clone()));
         }
