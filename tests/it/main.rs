@@ -10,3 +10,4 @@ mod live_store;
 mod loadgen;
 mod redis_fleet;
 mod redis_server;
+mod scrape_config;
