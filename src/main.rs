@@ -127,7 +127,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let app = App::build(&config, listener);
-    tracing::info!(addr = %app.local_addr()?, store = "memory", "gatemeter listening.");
+    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, "gatemeter listening.");
     app.run(shutdown_signal()).await?;
     Ok(())
 }
