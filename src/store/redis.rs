@@ -24,7 +24,7 @@
 pub mod codec;
 pub mod settings;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use self::codec::{HistScope, Keys, MINUTE_MS};
 use super::StoreError;
 use super::live::{FleetView, KeyCalls, LiveStore, WINDOWS, WindowView, utc_day, utc_month};
-use crate::aggregate::{Aggregates, Latencies};
+use crate::aggregate::{Aggregates, Latencies, ScopeAgg, ScopeKey};
 use crate::health::{DropReason, Health};
 use crate::pipeline::now_ms;
 use crate::record::Label;
@@ -55,14 +55,10 @@ while i <= n do
   local op = ARGV[i]
   if op == 'I' then redis.call('INCRBY', ARGV[i+1], ARGV[i+2]); i = i + 3
   elseif op == 'H' then redis.call('HINCRBY', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
-  elseif op == 'S' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
-  elseif op == 'N' then redis.call('HSETNX', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
+  elseif op == 'S' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]); i = i + 6
+  elseif op == 'W' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
   elseif op == 'E' then redis.call('EXPIRE', ARGV[i+1], ARGV[i+2]); i = i + 3
   elseif op == 'X' then redis.call('SET', ARGV[i+1], ARGV[i+2], 'EX', ARGV[i+3]); i = i + 4
-  elseif op == 'F' then
-    local cur = tonumber(redis.call('HGET', ARGV[i+1], ARGV[i+2]) or '0') or 0
-    if tonumber(ARGV[i+3]) > cur then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]) end
-    i = i + 4
   elseif op == 'M' then
     local cur = tonumber(redis.call('GET', ARGV[i+1]) or '0') or 0
     if tonumber(ARGV[i+2]) > cur then redis.call('SET', ARGV[i+1], ARGV[i+2]) end
@@ -80,25 +76,37 @@ fn window_minutes() -> i64 {
     WINDOWS[WINDOWS.len() - 1].1 / MINUTE_MS + 1
 }
 
-/// Cumulative histograms of one minute, and which scopes changed since the last batch.
+/// Cumulative histograms of one minute (this writer), and whether they changed since the
+/// last batch.
 #[derive(Default)]
 struct MinuteHist {
     scopes: HashMap<HistScope, Latencies>,
-    dirty: HashSet<HistScope>,
+    dirty: bool,
     /// Records added since this minute was last frozen into a batch.
     unsent: u64,
+}
+
+/// This writer's API key calls in one UTC day and month.
+#[derive(Default)]
+struct KeyPeriods {
+    day: i64,
+    today: HashMap<Label, u64>,
+    month: i64,
+    this_month: HashMap<Label, u64>,
 }
 
 /// This writer's local state: written by `apply`, frozen into batches by the flush task.
 #[derive(Default)]
 struct Local {
-    /// Counter deltas not yet frozen into a batch (their latency parts are ignored).
-    pending: Aggregates,
+    /// Namespace and global counter deltas for the seed keys, not yet frozen into a batch.
+    seed: Aggregates,
     /// When the last record-bearing deltas were applied (for `last_request_time`).
     last_request_ms: i64,
-    total: HashMap<HistScope, Latencies>,
-    total_dirty: HashSet<HistScope>,
+    /// Everything this writer counted since it started (counters and histograms).
+    state: Aggregates,
+    dirty: bool,
     minutes: BTreeMap<i64, MinuteHist>,
+    keys: KeyPeriods,
     /// Namespaces seen by this instance (bounded by the namespace cap), for heartbeats.
     namespaces: BTreeSet<Label>,
     /// Requests since the last batch, per namespace (heartbeat counters).
@@ -121,12 +129,11 @@ struct Batch {
     args: Vec<Vec<u8>>,
 }
 
-struct Ops<'a> {
+struct Ops {
     args: Vec<Vec<u8>>,
-    keys: &'a Keys,
 }
 
-impl Ops<'_> {
+impl Ops {
     fn op(&mut self, parts: &[&[u8]]) {
         self.args.extend(parts.iter().map(|p| p.to_vec()));
     }
@@ -146,7 +153,7 @@ impl Ops<'_> {
         }
     }
     fn hset(&mut self, key: &str, field: &str, value: &[u8]) {
-        self.op(&[b"S", key.as_bytes(), field.as_bytes(), value]);
+        self.op(&[b"W", key.as_bytes(), field.as_bytes(), value]);
     }
 }
 
@@ -261,31 +268,52 @@ impl LiveStore for RedisStore {
             return;
         }
         let minute = now_ms.div_euclid(MINUTE_MS);
+        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
         let mut l = lock(&self.shared.local);
         let l = &mut *l;
         let m = l.minutes.entry(minute).or_default();
         m.unsent += deltas.global.requests;
         for (scope, lat) in scopes_of(&deltas) {
-            if lat.duration.is_empty() && lat.ttfb.is_empty() {
-                continue;
+            if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
+                m.scopes.entry(scope).or_default().merge(lat);
+                m.dirty = true;
             }
-            l.total.entry(scope.clone()).or_default().merge(lat);
-            l.total_dirty.insert(scope.clone());
-            m.scopes.entry(scope.clone()).or_default().merge(lat);
-            m.dirty.insert(scope);
         }
-        for (k, v) in &deltas.scopes {
-            if let crate::aggregate::ScopeKey::Namespace(ns) = k {
-                if !l.namespaces.contains(ns) {
-                    l.namespaces.insert(ns.clone());
+        let k = &mut l.keys;
+        if k.day != day {
+            k.day = day;
+            k.today.clear();
+        }
+        if k.month != month {
+            k.month = month;
+            k.this_month.clear();
+        }
+        for (scope, v) in &deltas.scopes {
+            match scope {
+                ScopeKey::Namespace(ns) => {
+                    if !l.namespaces.contains(ns) {
+                        l.namespaces.insert(ns.clone());
+                    }
+                    *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
+                    l.seed
+                        .scopes
+                        .entry(scope.clone())
+                        .or_default()
+                        .merge(&counters(v));
                 }
-                *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
+                ScopeKey::Key(key) if v.requests > 0 => {
+                    *k.today.entry(key.clone()).or_insert(0) += v.requests;
+                    *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
+                }
+                _ => {}
             }
         }
+        l.seed.global.merge(&counters(&deltas.global));
         if deltas.global.requests > 0 {
             l.last_request_ms = l.last_request_ms.max(now_ms);
         }
-        merge_counters(&mut l.pending, &deltas);
+        l.state.merge(&deltas);
+        l.dirty = true;
     }
 
     fn view(&self, _now_ms: i64) -> Arc<FleetView> {
@@ -307,117 +335,109 @@ impl LiveStore for RedisStore {
     }
 }
 
-/// Adds counter deltas only (latency is kept in the cumulative histograms instead).
-fn merge_counters(into: &mut Aggregates, d: &Aggregates) {
-    fn counters(a: &crate::aggregate::ScopeAgg) -> crate::aggregate::ScopeAgg {
-        crate::aggregate::ScopeAgg {
-            latency: Latencies::default(),
-            status: a.status.clone(),
-            token_usage: a.token_usage.clone(),
-            ..*a
-        }
-    }
-    into.global.merge(&counters(&d.global));
-    for (k, v) in &d.scopes {
-        into.scopes
-            .entry(k.clone())
-            .or_default()
-            .merge(&counters(v));
-    }
-    for (a, b) in into.overflow.iter_mut().zip(d.overflow) {
-        *a += b;
+/// The counters of a scope, without its histograms (seed keys need no latency).
+fn counters(a: &ScopeAgg) -> ScopeAgg {
+    ScopeAgg {
+        latency: Latencies::default(),
+        status: a.status.clone(),
+        token_usage: None,
+        ..*a
     }
 }
 
-/// Freezes everything pending into one batch.
+/// What `freeze` takes out of [`Local`] under the lock; encoded after it is released.
+struct Frozen {
+    seed: Aggregates,
+    last_request_ms: i64,
+    state: Option<Vec<u8>>,
+    minutes: Vec<(i64, Vec<u8>)>,
+    keys: Option<(i64, Vec<u8>, i64, Vec<u8>)>,
+    namespaces: Vec<Label>,
+    ns_requests: HashMap<Label, u64>,
+}
+
+fn take_frozen(shared: &Shared, now: i64) -> Frozen {
+    let mut l = lock(&shared.local);
+    let l = &mut *l;
+    // Minutes that left every window are dropped; records not yet sent in them are counted.
+    let oldest = now.div_euclid(MINUTE_MS) - window_minutes() + 1;
+    let kept = l.minutes.split_off(&oldest);
+    let expired = std::mem::replace(&mut l.minutes, kept);
+    let lost: u64 = expired.values().map(|m| m.unsent).sum();
+    if lost > 0 {
+        shared.health.dropped(DropReason::LiveStoreExpired, lost);
+    }
+    let minutes = l
+        .minutes
+        .iter_mut()
+        .filter(|(_, m)| m.dirty)
+        .map(|(minute, m)| {
+            m.dirty = false;
+            m.unsent = 0;
+            (*minute, codec::encode_minute(&m.scopes))
+        })
+        .collect();
+    let dirty = std::mem::take(&mut l.dirty);
+    let k = &l.keys;
+    Frozen {
+        seed: std::mem::take(&mut l.seed),
+        last_request_ms: std::mem::take(&mut l.last_request_ms),
+        state: dirty.then(|| codec::encode_state(&l.state)),
+        minutes,
+        keys: (dirty && !k.this_month.is_empty()).then(|| {
+            (
+                k.day,
+                codec::encode_counts(&k.today),
+                k.month,
+                codec::encode_counts(&k.this_month),
+            )
+        }),
+        namespaces: l.namespaces.iter().cloned().collect(),
+        ns_requests: std::mem::take(&mut l.ns_requests),
+    }
+}
+
+/// Freezes everything pending into one batch: this writer's cumulative blobs (idempotent
+/// overwrites) and the seed keys' increments (guarded by the batch marker).
 fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let (pending, last_request_ms, hist_total, hist_minutes, namespaces, ns_requests) = {
-        let mut l = lock(&shared.local);
-        let l = &mut *l;
-        let pending = std::mem::take(&mut l.pending);
-        let hist_total: Vec<(HistScope, Vec<u8>)> = l
-            .total_dirty
-            .drain()
-            .filter_map(|s| l.total.get(&s).map(|h| (s, codec::encode_latencies(h))))
-            .collect();
-        // Minutes that left every window are dropped; unsent samples in them are counted.
-        let oldest = now.div_euclid(MINUTE_MS) - window_minutes() + 1;
-        let kept = l.minutes.split_off(&oldest);
-        let expired = std::mem::replace(&mut l.minutes, kept);
-        let lost: u64 = expired.values().map(|m| m.unsent).sum();
-        if lost > 0 {
-            shared.health.dropped(DropReason::LiveStoreExpired, lost);
-        }
-        let mut hist_minutes = Vec::new();
-        for (minute, m) in &mut l.minutes {
-            m.unsent = 0;
-            for s in m.dirty.drain() {
-                if let Some(h) = m.scopes.get(&s) {
-                    hist_minutes.push((*minute, s, codec::encode_latencies(h)));
-                }
-            }
-        }
-        (
-            pending,
-            std::mem::take(&mut l.last_request_ms),
-            hist_total,
-            hist_minutes,
-            l.namespaces.iter().cloned().collect::<Vec<_>>(),
-            std::mem::take(&mut l.ns_requests),
-        )
-    };
-
+    let f = take_frozen(shared, now);
     let mut ops = Ops {
         args: vec![MARKER_TTL_SECS.to_string().into_bytes()],
-        keys,
     };
-    let agg = keys.agg();
-    let mut fields = Vec::new();
-    for (scope, a) in std::iter::once((None, &pending.global))
-        .chain(pending.scopes.iter().map(|(k, v)| (Some(k.clone()), v)))
-    {
-        fields.clear();
-        codec::scope_fields(a, &mut fields);
-        for (f, n) in &fields {
-            ops.hincr(&agg, &codec::agg_field(f, &scope), *n);
-        }
-        if a.last_used_ms > 0 {
-            ops.op(&[
-                b"F",
-                agg.as_bytes(),
-                codec::agg_field("last", &scope).as_bytes(),
-                a.last_used_ms.to_string().as_bytes(),
-            ]);
-        }
-        if let Some(op) = a.operation {
-            ops.op(&[
-                b"N",
-                agg.as_bytes(),
-                codec::agg_field("op", &scope).as_bytes(),
-                op.as_bytes(),
-            ]);
-        }
+    let writer = shared.writer.as_str();
+    if let Some(blob) = &f.state {
+        ops.hset(&keys.state(), writer, blob);
     }
-    for (d, n) in pending.overflow.iter().enumerate() {
-        ops.hincr(&agg, &codec::overflow_field(d), *n as i64);
+    let ttl = ((window_minutes() + 2) * MINUTE_MS / 1000).to_string();
+    for (minute, blob) in &f.minutes {
+        let key = keys.hist_minute(*minute);
+        ops.hset(&key, writer, blob);
+        ops.op(&[b"E", key.as_bytes(), ttl.as_bytes()]);
+    }
+    if let Some((day, today, month, this_month)) = &f.keys {
+        let (dk, mk) = (keys.key_calls_day(*day), keys.key_calls_month(*month));
+        ops.hset(&dk, writer, today);
+        ops.op(&[b"E", dk.as_bytes(), b"259200"]);
+        ops.hset(&mk, writer, this_month);
+        ops.op(&[b"E", mk.as_bytes(), b"3456000"]);
     }
 
-    // The seed system's keys.
-    let g = &pending.global;
+    // The seed system's keys: integer increments.
+    let g = &f.seed.global;
     ops.incr(&keys.global("total_requests"), g.requests as i64);
     ops.incr(&keys.global("total_errors"), g.failures as i64);
     ops.incr(
         &keys.global("total_response_time"),
         g.duration_ms_sum as i64,
     );
-    if last_request_ms > 0 {
-        let k = ops.keys.global("last_request_time");
-        ops.op(&[b"M", k.as_bytes(), last_request_ms.to_string().as_bytes()]);
+    if f.last_request_ms > 0 {
+        let k = keys.global("last_request_time");
+        ops.op(&[b"M", k.as_bytes(), f.last_request_ms.to_string().as_bytes()]);
     }
-    for (k, a) in &pending.scopes {
-        let crate::aggregate::ScopeKey::Namespace(ns) = k else {
+    for (k, a) in &f.seed.scopes {
+        let ScopeKey::Namespace(ns) = k else {
             continue;
         };
         ops.incr(&keys.ns(ns, "total_requests"), a.requests as i64);
@@ -436,59 +456,29 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         }
     }
 
-    // API key calls per UTC day and month (hashes of key → calls, expiring after the period).
-    let day_key = keys.key_calls_day(utc_day(now));
-    let month_key = keys.key_calls_month(utc_month(now));
-    let mut any_key = false;
-    for (k, a) in &pending.scopes {
-        if let crate::aggregate::ScopeKey::Key(key) = k
-            && a.requests > 0
-        {
-            ops.hincr(&day_key, key, a.requests as i64);
-            ops.hincr(&month_key, key, a.requests as i64);
-            any_key = true;
-        }
-    }
-    if any_key {
-        ops.op(&[b"E", day_key.as_bytes(), b"259200"]);
-        ops.op(&[b"E", month_key.as_bytes(), b"3456000"]);
-    }
-
-    // Histograms: cumulative blobs, overwritten.
-    let total = keys.hist_total();
-    for (scope, blob) in &hist_total {
-        let field = format!("{}|{}", shared.writer, codec::scope_enc(scope));
-        ops.hset(&total, &field, blob);
-    }
-    let ttl = (window_minutes() + 2) * MINUTE_MS / 1000;
-    let mut touched = BTreeSet::new();
-    for (minute, scope, blob) in &hist_minutes {
-        let key = keys.hist_minute(*minute);
-        let field = format!("{}|{}", shared.writer, codec::scope_enc(scope));
-        ops.hset(&key, &field, blob);
-        touched.insert(key);
-    }
-    for key in touched {
-        ops.op(&[b"E", key.as_bytes(), ttl.to_string().as_bytes()]);
-    }
-
     // Heartbeats, with a TTL.
     let hb_ttl = cfg.heartbeat_ttl.as_secs().to_string();
     let now_s = now.to_string();
     let hb = keys.heartbeat(&cfg.instance_id);
     ops.op(&[b"X", hb.as_bytes(), now_s.as_bytes(), hb_ttl.as_bytes()]);
-    for ns in &namespaces {
+    for ns in &f.namespaces {
         let key = keys.instance_ns(&cfg.instance_id, ns);
-        ops.hset(&key, "last_seen", now_s.as_bytes());
-        ops.hset(&key, "instance", cfg.instance_id.as_bytes());
-        let n = ns_requests.get(ns).copied().unwrap_or(0);
+        ops.op(&[
+            b"S",
+            key.as_bytes(),
+            b"last_seen",
+            now_s.as_bytes(),
+            b"instance",
+            cfg.instance_id.as_bytes(),
+        ]);
+        let n = f.ns_requests.get(ns).copied().unwrap_or(0);
         ops.hincr(&key, "requests", n as i64);
         ops.op(&[b"E", key.as_bytes(), hb_ttl.as_bytes()]);
     }
 
     Batch {
         seq,
-        marker: keys.flush_marker(&shared.writer, seq),
+        marker: keys.flush_marker(writer, seq),
         args: ops.args,
     }
 }
@@ -634,48 +624,55 @@ fn next_backoff(cur: Duration, cfg: &RedisConfig) -> Duration {
 
 type Fields = HashMap<Vec<u8>, Vec<u8>>;
 
-/// Reads the fleet view: the aggregates hash, the since-start blobs and the recent minutes.
+/// Every writer's blob of a hash, logging (once per refresh) malformed ones.
+fn each_blob(fields: &Fields, mut add: impl FnMut(&[u8]) -> bool) {
+    let bad = fields.values().filter(|b| !add(b)).count();
+    if bad > 0 {
+        debug!(
+            bad,
+            "Skipped malformed blobs (written by an incompatible version?)."
+        );
+    }
+}
+
+/// Reads the fleet view: every writer's state, the recent minutes, the API key periods.
 async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
     let now_minute = now.div_euclid(MINUTE_MS);
     let first = now_minute - window_minutes() + 1;
     let mut pipe = redis::pipe();
-    pipe.hgetall(keys.agg())
-        .hgetall(keys.hist_total())
+    pipe.hgetall(keys.state())
         .hgetall(keys.key_calls_day(utc_day(now)))
         .hgetall(keys.key_calls_month(utc_month(now)));
     for m in first..=now_minute {
         pipe.hgetall(keys.hist_minute(m));
     }
     let mut replies: Vec<Fields> = bounded(&shared.cfg, pipe.query_async(con)).await?;
-    if replies.len() != 4 + (now_minute - first + 1) as usize {
+    if replies.len() != 3 + (now_minute - first + 1) as usize {
         return Err(unavailable("unexpected reply shape"));
     }
-    let minutes = replies.split_off(4);
-    let int = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
-    let mut key_calls: HashMap<Label, KeyCalls> = HashMap::new();
-    for (i, fields) in replies[2..4].iter().enumerate() {
-        for (k, v) in fields {
-            let (Ok(k), Some(n)) = (std::str::from_utf8(k), int(v)) else {
-                continue;
-            };
-            let e = key_calls.entry(Label::from(k)).or_default();
-            if i == 0 {
-                e.today = n;
-            } else {
-                e.this_month = n;
-            }
-        }
-    }
-    let mut totals = codec::decode_agg(&replies[0]);
-    for (scope, blob) in blobs(&replies[1]) {
-        let into = match scope {
-            None => &mut totals.global.latency,
-            Some(k) => &mut totals.scopes.entry(k).or_default().latency,
-        };
-        add_blob(blob, into);
-    }
+    let minutes = replies.split_off(3);
+    let mut totals = Aggregates::default();
+    each_blob(&replies[0], |b| codec::decode_state_into(b, &mut totals));
+    let (mut today, mut this_month) = (HashMap::new(), HashMap::new());
+    each_blob(&replies[1], |b| codec::decode_counts_into(b, &mut today));
+    each_blob(&replies[2], |b| {
+        codec::decode_counts_into(b, &mut this_month)
+    });
+    let key_calls = this_month
+        .into_iter()
+        .map(|(k, m)| {
+            let t = today.get(&k).copied().unwrap_or(0);
+            (
+                k,
+                KeyCalls {
+                    today: t,
+                    this_month: m,
+                },
+            )
+        })
+        .collect();
     let windows = WINDOWS
         .iter()
         .map(|(label, len)| {
@@ -685,15 +682,10 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
             };
             let from = (now - len).div_euclid(MINUTE_MS);
             for (i, fields) in minutes.iter().enumerate() {
-                if first + (i as i64) < from {
-                    continue;
-                }
-                for (scope, blob) in blobs(fields) {
-                    let into = match scope {
-                        None => &mut w.global,
-                        Some(k) => w.scopes.entry(k).or_default(),
-                    };
-                    add_blob(blob, into);
+                if first + (i as i64) >= from {
+                    each_blob(fields, |b| {
+                        codec::decode_minute_into(b, &mut w.global, &mut w.scopes)
+                    });
                 }
             }
             w
@@ -704,21 +696,6 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
         windows,
         key_calls,
     })
-}
-
-/// The `(scope, blob)` pairs of a histogram hash (every writer's), malformed fields skipped.
-fn blobs(fields: &Fields) -> impl Iterator<Item = (HistScope, &[u8])> {
-    fields.iter().filter_map(|(f, blob)| {
-        let f = std::str::from_utf8(f).ok()?;
-        let (_writer, scope) = f.split_once('|')?;
-        Some((codec::scope_dec(scope)?, blob.as_slice()))
-    })
-}
-
-fn add_blob(blob: &[u8], into: &mut Latencies) {
-    if !codec::decode_latencies_into(blob, into) {
-        debug!("Skipped a malformed histogram blob.");
-    }
 }
 
 async fn refresh_loop(shared: Arc<Shared>) {

@@ -1,7 +1,9 @@
 //! How aggregates are laid out in Redis: key names (the seed system's, under the prefix),
 //! hash field names of the fleet aggregates, and the compact histogram blob.
 //!
-//! Pure: no I/O. Field names put the label last, so label values may hold any character.
+//! Pure: no I/O. Each writer's data is a blob of its own cumulative values, so a flush is a
+//! handful of Redis commands whatever the number of series, and a re-write is idempotent.
+//! Blobs are versioned varint records; label strings are length-prefixed (any character).
 
 use std::collections::HashMap;
 
@@ -34,14 +36,10 @@ impl Keys {
         format!("{}{name}", self.prefix)
     }
 
-    /// The fleet aggregates hash (every scope's counters).
-    pub fn agg(&self) -> String {
-        self.key("gatemeter:agg")
-    }
-
-    /// Since-start histogram blobs of every writer.
-    pub fn hist_total(&self) -> String {
-        self.key("gatemeter:hist:total")
+    /// Every writer's cumulative state blob (counters and since-start histograms of every
+    /// scope), one field per writer.
+    pub fn state(&self) -> String {
+        self.key("gatemeter:state")
     }
 
     /// Histogram blobs of one minute bucket, every writer.
@@ -154,24 +152,21 @@ pub fn scope_fields(a: &ScopeAgg, out: &mut Vec<(String, i64)>) {
     if a.concurrency != 0 {
         out.push(("conc".to_string(), a.concurrency));
     }
+    if a.last_used_ms != 0 {
+        out.push(("last".to_string(), a.last_used_ms));
+    }
+    if let Some(i) = a
+        .operation
+        .and_then(|o| OPERATIONS.iter().position(|x| *x == o))
+    {
+        out.push(("op".to_string(), i as i64));
+    }
 }
 
-fn operation(s: &str) -> Option<&'static str> {
-    ["chat", "embeddings", "text_completion", "generate_content"]
-        .into_iter()
-        .find(|o| *o == s)
-}
+const OPERATIONS: [&str; 4] = ["chat", "embeddings", "text_completion", "generate_content"];
 
 /// Applies one stored field to a scope; false when the field is unknown.
-fn set_field(a: &mut ScopeAgg, field: &str, value: &[u8]) -> bool {
-    let text = std::str::from_utf8(value).unwrap_or("");
-    if field == "op" {
-        a.operation = operation(text);
-        return true;
-    }
-    let Ok(v) = text.parse::<i64>() else {
-        return false;
-    };
+fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
     let u = v.max(0) as u64;
     match field {
         "req" => a.requests = u,
@@ -187,6 +182,7 @@ fn set_field(a: &mut ScopeAgg, field: &str, value: &[u8]) -> bool {
         "unpriced" => a.unpriced = u,
         "aband" => a.abandoned = u,
         "last" => a.last_used_ms = v,
+        "op" => a.operation = OPERATIONS.get(u as usize).copied(),
         "conc" => a.concurrency = v,
         f => {
             if let Some(code) = f.strip_prefix("st") {
@@ -223,49 +219,6 @@ fn set_field(a: &mut ScopeAgg, field: &str, value: &[u8]) -> bool {
         }
     }
     true
-}
-
-/// The hash field of a scope's counter.
-pub fn agg_field(field: &str, scope: &HistScope) -> String {
-    format!("{field}|{}", scope_enc(scope))
-}
-
-/// The hash field of an overflow counter.
-pub fn overflow_field(dim: usize) -> String {
-    format!("ovf|{dim}")
-}
-
-/// Rebuilds fleet aggregates (counters only) from the aggregates hash. Unknown fields are
-/// skipped: a newer replica may write fields this one does not know.
-pub fn decode_agg(fields: &HashMap<Vec<u8>, Vec<u8>>) -> Aggregates {
-    let mut out = Aggregates::default();
-    for (f, v) in fields {
-        let Ok(f) = std::str::from_utf8(f) else {
-            continue;
-        };
-        let Some((name, scope)) = f.split_once('|') else {
-            continue;
-        };
-        if name == "ovf" {
-            if let (Ok(d), Ok(n)) = (
-                scope.parse::<usize>(),
-                std::str::from_utf8(v).unwrap_or("").parse::<u64>(),
-            ) && d < out.overflow.len()
-            {
-                out.overflow[d] = n;
-            }
-            continue;
-        }
-        let Some(scope) = scope_dec(scope) else {
-            continue;
-        };
-        let a = match scope {
-            None => &mut out.global,
-            Some(k) => out.scopes.entry(k).or_default(),
-        };
-        set_field(a, name, v);
-    }
-    out
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -312,24 +265,152 @@ fn get_latency(b: &[u8], i: &mut usize, into: &mut Latency) -> Option<()> {
     Some(())
 }
 
-/// Encodes duration and TTFB distributions: version byte, then per distribution the number of
-/// non-empty HDR buckets and delta-encoded `(value, count)` varints. Exact (every bucket kept),
-/// and a few bytes per bucket.
-pub fn encode_latencies(l: &Latencies) -> Vec<u8> {
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn get_str<'b>(b: &'b [u8], i: &mut usize) -> Option<&'b str> {
+    let n = usize::try_from(get_varint(b, i)?).ok()?;
+    let s = b.get(*i..i.checked_add(n)?)?;
+    *i += n;
+    std::str::from_utf8(s).ok()
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a writer's cumulative aggregates: overflow counters, then per scope its counters
+/// (named fields) and its duration and TTFB distributions.
+pub fn encode_state(a: &Aggregates) -> Vec<u8> {
     let mut out = vec![BLOB_VERSION];
-    put_latency(&mut out, &l.duration);
-    put_latency(&mut out, &l.ttfb);
+    put_varint(&mut out, a.overflow.len() as u64);
+    for n in a.overflow {
+        put_varint(&mut out, n);
+    }
+    put_varint(&mut out, 1 + a.scopes.len() as u64);
+    let mut fields = Vec::new();
+    for (scope, agg) in
+        std::iter::once((None, &a.global)).chain(a.scopes.iter().map(|(k, v)| (Some(k.clone()), v)))
+    {
+        put_str(&mut out, &scope_enc(&scope));
+        fields.clear();
+        scope_fields(agg, &mut fields);
+        put_varint(&mut out, fields.len() as u64);
+        for (f, v) in &fields {
+            put_str(&mut out, f);
+            put_varint(&mut out, zigzag(*v));
+        }
+        put_latency(&mut out, &agg.latency.duration);
+        put_latency(&mut out, &agg.latency.ttfb);
+    }
     out
 }
 
-/// Adds a blob's values into `into`; false (and nothing certain added) when malformed.
-pub fn decode_latencies_into(b: &[u8], into: &mut Latencies) -> bool {
+/// Adds one writer's state blob into `into` (counters summed, histograms merged). Unknown
+/// fields are skipped (a newer replica may write more); false when the blob is malformed.
+pub fn decode_state_into(b: &[u8], into: &mut Aggregates) -> bool {
+    decode_state(b, into).is_some()
+}
+
+fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
     if b.first() != Some(&BLOB_VERSION) {
-        return false;
+        return None;
     }
     let mut i = 1;
-    get_latency(b, &mut i, &mut into.duration).is_some()
-        && get_latency(b, &mut i, &mut into.ttfb).is_some()
+    let dims = get_varint(b, &mut i)?;
+    for d in 0..dims {
+        let n = get_varint(b, &mut i)?;
+        if let Some(slot) = into.overflow.get_mut(d as usize) {
+            *slot += n;
+        }
+    }
+    let scopes = get_varint(b, &mut i)?;
+    for _ in 0..scopes {
+        let scope = scope_dec(get_str(b, &mut i)?)?;
+        let mut counters = ScopeAgg::default();
+        for _ in 0..get_varint(b, &mut i)? {
+            let f = get_str(b, &mut i)?;
+            let v = unzigzag(get_varint(b, &mut i)?);
+            set_field(&mut counters, f, v);
+        }
+        let target = match scope {
+            None => &mut into.global,
+            Some(k) => into.scopes.entry(k).or_default(),
+        };
+        target.merge(&counters);
+        get_latency(b, &mut i, &mut target.latency.duration)?;
+        get_latency(b, &mut i, &mut target.latency.ttfb)?;
+    }
+    Some(())
+}
+
+/// Encodes one minute's distributions of every scope.
+pub fn encode_minute(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
+    let mut out = vec![BLOB_VERSION];
+    put_varint(&mut out, scopes.len() as u64);
+    for (scope, l) in scopes {
+        put_str(&mut out, &scope_enc(scope));
+        put_latency(&mut out, &l.duration);
+        put_latency(&mut out, &l.ttfb);
+    }
+    out
+}
+
+/// Adds a minute blob's distributions: the global scope into `global`, the others into `scopes`.
+pub fn decode_minute_into(
+    b: &[u8],
+    global: &mut Latencies,
+    scopes: &mut HashMap<ScopeKey, Latencies>,
+) -> bool {
+    (|| {
+        if b.first() != Some(&BLOB_VERSION) {
+            return None;
+        }
+        let mut i = 1;
+        for _ in 0..get_varint(b, &mut i)? {
+            let into = match scope_dec(get_str(b, &mut i)?)? {
+                None => &mut *global,
+                Some(k) => scopes.entry(k).or_default(),
+            };
+            get_latency(b, &mut i, &mut into.duration)?;
+            get_latency(b, &mut i, &mut into.ttfb)?;
+        }
+        Some(())
+    })()
+    .is_some()
+}
+
+/// Encodes per-label counts (API key calls).
+pub fn encode_counts(counts: &HashMap<Label, u64>) -> Vec<u8> {
+    let mut out = vec![BLOB_VERSION];
+    put_varint(&mut out, counts.len() as u64);
+    for (k, n) in counts {
+        put_str(&mut out, k);
+        put_varint(&mut out, *n);
+    }
+    out
+}
+
+/// Adds per-label counts into `into`; false when malformed.
+pub fn decode_counts_into(b: &[u8], into: &mut HashMap<Label, u64>) -> bool {
+    (|| {
+        if b.first() != Some(&BLOB_VERSION) {
+            return None;
+        }
+        let mut i = 1;
+        for _ in 0..get_varint(b, &mut i)? {
+            let k = Label::from(get_str(b, &mut i)?);
+            *into.entry(k).or_insert(0) += get_varint(b, &mut i)?;
+        }
+        Some(())
+    })()
+    .is_some()
 }
 
 #[cfg(test)]
@@ -353,56 +434,77 @@ mod tests {
     }
 
     #[test]
-    fn blobs_round_trip_exactly() {
+    fn state_blobs_round_trip_and_add_up() {
+        let mut a = Aggregates::default();
+        a.overflow[1] = 4;
+        a.global.requests = 3;
+        a.global.latency.duration.record(250);
+        let s = a
+            .scopes
+            .entry(ScopeKey::Namespace("n|s".into()))
+            .or_default();
+        s.requests = 3;
+        s.failures = 1;
+        s.cost_micros = 1_500_000;
+        s.concurrency = -2;
+        s.tokens.cache_read = 9;
+        s.status.insert(503, 1);
+        s.last_used_ms = 1_700_000_000_000;
+        s.operation = Some("embeddings");
+        s.latency.duration.record(7);
+        s.latency.ttfb.record(3_600_000);
+        let mut u = Box::<TokenUsage>::default();
+        u.buckets[1][3] = 2;
+        u.sums = [5, 6];
+        s.token_usage = Some(u);
+        let blob = encode_state(&a);
+        let mut back = Aggregates::default();
+        assert!(decode_state_into(&blob, &mut back));
+        assert!(
+            decode_state_into(&blob, &mut back),
+            "a second writer adds up"
+        );
+        let b = back
+            .scope(&ScopeKey::Namespace("n|s".into()))
+            .expect("scope");
+        assert_eq!(
+            (b.requests, b.failures, b.cost_micros, b.concurrency),
+            (6, 2, 3_000_000, -4)
+        );
+        assert_eq!((b.tokens.cache_read, b.status.get(&503)), (18, Some(&2)));
+        assert_eq!(
+            (b.last_used_ms, b.operation),
+            (1_700_000_000_000, Some("embeddings"))
+        );
+        assert_eq!(b.token_usage.as_ref().expect("usage").sums, [10, 12]);
+        assert_eq!(b.latency.ttfb.count(), 2);
+        assert_eq!(back.global.latency.duration.quantile(0.5), Some(250.0));
+        assert_eq!(back.overflow[1], 8);
+        assert!(!decode_state_into(&blob[..blob.len() - 1], &mut back));
+        assert!(!decode_state_into(&[], &mut back));
+    }
+
+    #[test]
+    fn minute_and_count_blobs_round_trip() {
+        let mut m = HashMap::new();
         let mut l = Latencies::default();
         for v in [1, 1, 7, 250, 9_999, 3_600_000] {
             l.duration.record(v);
         }
         l.ttfb.record(42);
-        let mut back = Latencies::default();
-        assert!(decode_latencies_into(&encode_latencies(&l), &mut back));
-        assert_eq!(back.duration.to_pairs(), l.duration.to_pairs());
-        assert_eq!(back.ttfb.to_pairs(), l.ttfb.to_pairs());
-        assert!(!decode_latencies_into(&[1, 5], &mut back));
-        assert!(!decode_latencies_into(&[], &mut back));
-    }
-
-    #[test]
-    fn fields_round_trip() {
-        let mut a = ScopeAgg {
-            requests: 3,
-            failures: 1,
-            cost_micros: 1_500_000,
-            concurrency: -2,
-            ..ScopeAgg::default()
-        };
-        a.tokens.cache_read = 9;
-        a.status.insert(503, 1);
-        a.token_usage = Some(Box::default());
-        if let Some(u) = a.token_usage.as_mut() {
-            u.buckets[1][3] = 2;
-            u.sums = [5, 6];
-        }
-        let mut fields = Vec::new();
-        scope_fields(&a, &mut fields);
-        let scope = Some(ScopeKey::Namespace("n".into()));
-        let map: HashMap<Vec<u8>, Vec<u8>> = fields
-            .iter()
-            .map(|(f, v)| {
-                (
-                    agg_field(f, &scope).into_bytes(),
-                    v.to_string().into_bytes(),
-                )
-            })
-            .collect();
-        let back = decode_agg(&map);
-        let b = back.scope(&ScopeKey::Namespace("n".into())).expect("scope");
+        m.insert(None, l.clone());
+        m.insert(Some(ScopeKey::Provider("p".into())), l.clone());
+        let (mut g, mut scopes) = (Latencies::default(), HashMap::new());
+        assert!(decode_minute_into(&encode_minute(&m), &mut g, &mut scopes));
+        assert_eq!(g.duration.to_pairs(), l.duration.to_pairs());
         assert_eq!(
-            (b.requests, b.failures, b.cost_micros, b.concurrency),
-            (3, 1, 1_500_000, -2)
+            scopes[&ScopeKey::Provider("p".into())].ttfb.to_pairs(),
+            l.ttfb.to_pairs()
         );
-        assert_eq!(b.tokens.cache_read, 9);
-        assert_eq!(b.status.get(&503), Some(&1));
-        assert_eq!(b.token_usage, a.token_usage);
+        assert!(!decode_minute_into(&[1, 5], &mut g, &mut scopes));
+        let counts: HashMap<Label, u64> = [("k1".into(), 3), ("k|2".into(), 4)].into();
+        let mut back = HashMap::new();
+        assert!(decode_counts_into(&encode_counts(&counts), &mut back));
+        assert_eq!(back, counts);
     }
 }
