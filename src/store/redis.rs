@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -46,11 +46,15 @@ use crate::record::Label;
 
 pub use settings::{RawRedisConfig, RedisConfig};
 
-/// The flush script: marker first (`SET NX EX`), then the operations in ARGV, all atomic.
-/// ARGV[1] is the marker's TTL; then operations, each a code followed by its arguments.
+/// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
+/// whose number is not above it was applied already (its reply was lost) and is skipped.
+/// ARGV[1] is the marker's TTL, ARGV[2] the batch number; then operations, each a code
+/// followed by its arguments.
 const FLUSH_SCRIPT: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local i, n = 2, #ARGV
+local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+local i, n = 3, #ARGV
 while i <= n do
   local op = ARGV[i]
   if op == 'I' then redis.call('INCRBY', ARGV[i+1], ARGV[i+2]); i = i + 3
@@ -68,8 +72,12 @@ end
 return 1
 ";
 
-/// How long a flush marker is kept: far beyond any retry of its batch.
-const MARKER_TTL_SECS: u64 = 86_400;
+/// How long a writer's flush marker outlives its last flush: far beyond any retry of a batch.
+const MARKER_TTL_SECS: u64 = 7 * 86_400;
+
+/// A writer re-writes its state blob at least every this many flushes, even without traffic:
+/// a Redis that lost its data (no persistence) gets the live writers' totals back.
+const STATE_REWRITE_FLUSHES: u64 = 30;
 
 /// Minute buckets kept in Redis and locally: the longest window plus the current minute.
 fn window_minutes() -> i64 {
@@ -172,7 +180,6 @@ struct Shared {
     script: redis::Script,
     /// Set by `close`: the flush task sends what is left and stops.
     closing: watch::Sender<bool>,
-    flushed: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,7 +228,6 @@ impl RedisStore {
             health,
             script: redis::Script::new(FLUSH_SCRIPT),
             closing,
-            flushed: Notify::new(),
         });
         let flush_task = tokio::spawn(flush_loop(shared.clone()));
         let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
@@ -241,11 +247,6 @@ impl RedisStore {
     /// This process run's writer id (instance id + random suffix).
     pub fn writer(&self) -> &str {
         &self.shared.writer
-    }
-
-    /// Waits until one refresh after this call has completed (tests and graceful paths).
-    pub async fn refreshed(&self) {
-        self.shared.flushed.notified().await;
     }
 }
 
@@ -356,7 +357,7 @@ struct Frozen {
     ns_requests: HashMap<Label, u64>,
 }
 
-fn take_frozen(shared: &Shared, now: i64) -> Frozen {
+fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
     let mut l = lock(&shared.local);
     let l = &mut *l;
     // Minutes that left every window are dropped; records not yet sent in them are counted.
@@ -377,7 +378,7 @@ fn take_frozen(shared: &Shared, now: i64) -> Frozen {
             (*minute, codec::encode_minute(&m.scopes))
         })
         .collect();
-    let dirty = std::mem::take(&mut l.dirty);
+    let dirty = std::mem::take(&mut l.dirty) || rewrite;
     let k = &l.keys;
     Frozen {
         seed: std::mem::take(&mut l.seed),
@@ -402,9 +403,12 @@ fn take_frozen(shared: &Shared, now: i64) -> Frozen {
 fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let f = take_frozen(shared, now);
+    let f = take_frozen(shared, now, seq % STATE_REWRITE_FLUSHES == 0);
     let mut ops = Ops {
-        args: vec![MARKER_TTL_SECS.to_string().into_bytes()],
+        args: vec![
+            MARKER_TTL_SECS.to_string().into_bytes(),
+            seq.to_string().into_bytes(),
+        ],
     };
     let writer = shared.writer.as_str();
     if let Some(blob) = &f.state {
@@ -478,7 +482,7 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
 
     Batch {
         seq,
-        marker: keys.flush_marker(writer, seq),
+        marker: keys.flush_marker(writer),
         args: ops.args,
     }
 }
@@ -722,6 +726,5 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 con = None;
             }
         }
-        shared.flushed.notify_waiters();
     }
 }

@@ -47,9 +47,9 @@ impl Keys {
         self.key(&format!("gatemeter:hist:{minute}"))
     }
 
-    /// The idempotency marker of one flush batch.
-    pub fn flush_marker(&self, writer: &str, seq: u64) -> String {
-        self.key(&format!("gatemeter:flush:{writer}:{seq}"))
+    /// A writer's idempotency marker: the number of its last applied flush batch.
+    pub fn flush_marker(&self, writer: &str) -> String {
+        self.key(&format!("gatemeter:flush:{writer}"))
     }
 
     /// API key calls per key in one UTC day (`day` = days since the epoch).
