@@ -430,3 +430,23 @@ async fn live_writers_restore_fleet_state_that_redis_lost() {
     check_fleet(&m, &records);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_while_redis_is_away() {
+    let redis = RedisProc::unstarted();
+    let app = TestApp::with_config(&config(&redis.url(), "", "ready")).await;
+    let resp = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let (status, body) = crate::harness::answer(resp).await;
+    assert_eq!(
+        status, 200,
+        "a replica that buffers stays in service: {body}"
+    );
+    assert_eq!(body["live_store"], "redis");
+    assert_eq!(body["live_store_up"], false);
+    app.stop().await;
+}
