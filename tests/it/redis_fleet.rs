@@ -450,3 +450,29 @@ async fn ready_while_redis_is_away() {
     assert_eq!(body["live_store_up"], false);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_writes_the_last_deltas() {
+    let url = shared_url();
+    let prefix = unique_prefix("shutdown");
+    let records = generate(500, 23);
+    // Flush intervals far beyond the test: only the shutdown path can deliver the records.
+    let yaml = config(&url, &prefix, "shutdown")
+        .replace("flush_interval_ms: 100", "flush_interval_ms: 60000");
+    let app = TestApp::with_config(&yaml).await;
+    post(&app, &records, 0, 500, 100).await;
+    assert_eq!(
+        get_int(&url, &format!("{prefix}metrics:global:total_requests")),
+        0
+    );
+    app.stop().await;
+    assert_eq!(
+        get_int(&url, &format!("{prefix}metrics:global:total_requests")),
+        500
+    );
+    // A fresh replica sees the fleet's totals, histograms included.
+    let reader = TestApp::with_config(&config(&url, &prefix, "reader")).await;
+    let m = wait_for_total(&reader, 500, Duration::from_secs(10)).await;
+    check_fleet(&m, &records);
+    reader.stop().await;
+}
