@@ -1,19 +1,21 @@
 //! The Redis live store: any number of replicas share one Redis, the fleet's source of truth.
 //!
-//! - [`LiveStore::apply`] never waits: it merges the deltas into this process's pending
-//!   aggregates and its cumulative latency histograms (a short synchronous lock).
-//! - A flush task sends everything pending every `flush_interval` as ONE `EVALSHA`: the script
-//!   first sets a per-batch marker `gatemeter:flush:{writer}:{seq}` with `SET NX`, and applies
-//!   the batch only if that succeeded — so a batch retried after a lost reply is applied once.
-//!   A failed batch is retried as is (same seq) with back-off; newer deltas wait for the next.
-//! - Counters are integers only (`INCRBY`/`HINCRBY`): the seed keys (`metrics:global:*`,
-//!   `metrics:ns:{ns}:*`, `metrics:instance:{id}:{ns}`) and one hash of every scope's counters.
-//! - Latency: each writer (one process run) keeps cumulative HDR histograms per scope, since
-//!   start and per minute, and overwrites their blobs (naturally idempotent); reads merge all
-//!   writers' blobs, so quantiles over any window and any number of replicas are exact to HDR
-//!   precision.
-//! - A refresh task reads the fleet's totals back every `refresh_interval` into a snapshot;
-//!   [`LiveStore::view`] returns that snapshot and never awaits Redis.
+//! - [`LiveStore::apply`] never waits: it merges the deltas into this writer's local state (a
+//!   short synchronous lock). A *writer* is one process run: `instance_id` + a random suffix.
+//! - A flush task sends everything new every `flush_interval` as ONE `EVALSHA`. The script
+//!   skips a batch whose number is not above the writer's last applied one (kept in
+//!   `gatemeter:flush:{writer}`), so a batch retried after a lost reply is applied once. A
+//!   failed batch is retried unchanged (same number) with back-off; newer deltas wait for the
+//!   next batch.
+//! - What a batch writes: the writer's cumulative state blob (counters, tokens, cost and
+//!   since-start HDR histograms of every scope) in `gatemeter:state`, its blob of each changed
+//!   minute in `gatemeter:hist:{minute}` (expiring), its API key calls of the UTC day and month
+//!   — all overwrites, idempotent by nature — and the seed keys (`metrics:global:*`,
+//!   `metrics:ns:{ns}:*`) by `INCRBY`, plus the heartbeats (`metrics:instance:{id}:{ns}`,
+//!   `gatemeter:heartbeat:{id}`) with a TTL. Integers only; never `INCRBYFLOAT`.
+//! - A refresh task reads every writer's blobs back every `refresh_interval` and merges them
+//!   (counters add up, HDR histograms merge exactly) into a snapshot; [`LiveStore::view`]
+//!   returns that snapshot and never awaits Redis.
 //! - Redis absent, killed or hung: calls time out (`command_timeout`), the connection is
 //!   rebuilt with back-off, deltas keep accumulating in memory bounded by the series caps.
 //!   Minute histograms that leave every window before Redis takes them are dropped and counted
