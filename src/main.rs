@@ -163,6 +163,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("live_store: {:?}", c.live_store);
             println!("ingest: {:?}", c.ingest);
             println!("pipeline: {:?}", c.pipeline);
+            if c.live_store == gatemeter::config::LiveStoreKind::Redis {
+                // Debug redacts the URL's password.
+                println!("redis: {:?}", c.redis);
+            }
             Ok(())
         }
         Command::Demo {

@@ -476,3 +476,25 @@ async fn graceful_shutdown_writes_the_last_deltas() {
     check_fleet(&m, &records);
     reader.stop().await;
 }
+
+#[test]
+fn check_config_shows_the_redis_settings_without_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("redis.yaml");
+    std::fs::write(
+        &file,
+        "live_store: redis\nredis:\n  url: redis://:hunter2@127.0.0.1:6399/0\n  instance_id: a\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatemeter"))
+        .arg("check-config")
+        .arg(&file)
+        .env_remove("GATEMETER_REDIS_URL")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("live_store: Redis"), "{stdout}");
+    assert!(stdout.contains("redis://***@127.0.0.1:6399/0"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
