@@ -177,7 +177,11 @@ struct Shared {
     // Held for one merge (apply) or one freeze/snapshot swap; never across an await.
     local: Mutex<Local>,
     view: Mutex<Arc<FleetView>>,
-    up: AtomicBool,
+    /// Whether the last flush and the last snapshot read succeeded (both: up).
+    flush_ok: AtomicBool,
+    read_ok: AtomicBool,
+    /// Whether the state was logged once (the first failure at start is logged too).
+    state_logged: AtomicBool,
     health: Arc<Health>,
     script: redis::Script,
     /// Set by `close`: the flush task sends what is left and stops.
@@ -226,7 +230,9 @@ impl RedisStore {
             writer,
             local: Mutex::new(Local::default()),
             view: Mutex::new(Arc::new(FleetView::default())),
-            up: AtomicBool::new(false),
+            flush_ok: AtomicBool::new(false),
+            read_ok: AtomicBool::new(false),
+            state_logged: AtomicBool::new(false),
             health,
             script: redis::Script::new(FLUSH_SCRIPT),
             closing,
@@ -324,7 +330,7 @@ impl LiveStore for RedisStore {
     }
 
     fn is_up(&self) -> bool {
-        self.shared.up.load(Relaxed)
+        self.shared.flush_ok.load(Relaxed) && self.shared.read_ok.load(Relaxed)
     }
 
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -520,12 +526,28 @@ async fn send(shared: &Shared, con: &mut ConnectionManager, b: &Batch) -> Result
     Ok(applied == 1)
 }
 
-/// State transitions of `up`, logged once each.
-fn set_up(shared: &Shared, up: bool, what: &str, err: Option<&StoreError>) {
-    let was = shared.up.swap(up, Relaxed);
-    match (was, up, err) {
+#[derive(Clone, Copy)]
+enum Task {
+    Flush,
+    Read,
+}
+
+/// Records the outcome of a Redis call; logs when the store goes down or up (and the first
+/// failure after start, so an absent Redis is visible in the logs).
+fn set_up(shared: &Shared, task: Task, ok: bool, err: Option<&StoreError>) {
+    let was = shared.flush_ok.load(Relaxed) && shared.read_ok.load(Relaxed);
+    match task {
+        Task::Flush => shared.flush_ok.store(ok, Relaxed),
+        Task::Read => shared.read_ok.store(ok, Relaxed),
+    }
+    let now = shared.flush_ok.load(Relaxed) && shared.read_ok.load(Relaxed);
+    let first = !shared.state_logged.swap(true, Relaxed);
+    match (was, now, err) {
         (true, false, Some(e)) => {
-            warn!(error = %e, "Redis unreachable during {what}; buffering deltas in memory.")
+            warn!(error = %e, "Redis unreachable; buffering deltas in memory.")
+        }
+        (false, false, Some(e)) if first => {
+            warn!(error = %e, "Redis unreachable at start; buffering deltas in memory.")
         }
         (false, true, _) => info!("Redis reachable."),
         _ => {}
@@ -565,11 +587,11 @@ async fn flush_once(
                     "Flush batch was already applied (retry after a lost reply)."
                 );
             }
-            set_up(shared, true, "flush", None);
+            set_up(shared, Task::Flush, true, None);
             Ok(())
         }
         Err(e) => {
-            set_up(shared, false, "flush", Some(&e));
+            set_up(shared, Task::Flush, false, Some(&e));
             // Outcome unknown: retry the SAME batch (same seq) on a fresh connection.
             *in_flight = Some(batch);
             *con = None;
@@ -721,10 +743,10 @@ async fn refresh_loop(shared: Arc<Shared>) {
         match read_view(&shared, c).await {
             Ok(view) => {
                 *lock(&shared.view) = Arc::new(view);
-                set_up(&shared, true, "refresh", None);
+                set_up(&shared, Task::Read, true, None);
             }
             Err(e) => {
-                set_up(&shared, false, "refresh", Some(&e));
+                set_up(&shared, Task::Read, false, Some(&e));
                 con = None;
             }
         }
