@@ -77,9 +77,9 @@ elapsed=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 calls() { echo "$stats" | awk -F'[:=,]' -v c="$1" '$1 == "cmdstat_" c {n = $3} END {print n + 0}'; }
 total=$(echo "$stats" | awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" && $1 != "cmdstat_config" {s += $3} END {print s + 0}')
 # INFO commandstats also counts the commands a script runs. Replicas send EVALSHA (one per
-# flush) and HGETALL (snapshot reads); everything else runs inside the flush script.
+# flush) and snapshot reads (MULTI, HGETALLs, one GET, EXEC); the rest runs inside scripts.
 flushes=$(( $(calls evalsha) + $(calls eval) ))
-sent=$(( flushes + $(calls hgetall) + $(calls script) ))
+sent=$(( flushes + $(calls multi) + 2 * $(calls exec) + $(calls hgetall) + $(calls script) ))
 inside=$((total - sent))
 per1k() { awk -v c="$1" -v n="$accepted" 'BEGIN {printf "%.3f", n ? c * 1000 / n : 0}'; }
 persec() { awk -v c="$1" -v s="$elapsed" 'BEGIN {printf "%.0f", c / s}'; }

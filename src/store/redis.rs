@@ -391,7 +391,8 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
     Frozen {
         seed: std::mem::take(&mut l.seed),
         last_request_ms: std::mem::take(&mut l.last_request_ms),
-        state: dirty.then(|| codec::encode_state(&l.state)),
+        // A writer that counted nothing writes no blob (nothing to retire later either).
+        state: (dirty && !l.state.is_empty()).then(|| codec::encode_state(&l.state)),
         minutes,
         keys: (dirty && !k.this_month.is_empty()).then(|| {
             (
@@ -626,6 +627,8 @@ async fn flush_loop(shared: Arc<Shared>) {
     // then one final batch, for a few seconds at most.
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(5).max(2 * (cfg.connect_timeout + cfg.command_timeout));
+    // The final batch carries the state blob, so Redis holds exactly this writer's totals.
+    lock(&shared.local).dirty = true;
     let mut rounds = if in_flight.is_some() { 2 } else { 1 };
     while rounds > 0 {
         match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
@@ -640,6 +643,65 @@ async fn flush_loop(shared: Arc<Shared>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    if let Some(c) = con.as_mut()
+        && let Err(e) = retire(&shared, c).await
+    {
+        // Nothing is lost: the writer's blob stays in `gatemeter:state`.
+        warn!(error = %e, "Could not fold this writer's totals into the retired totals.");
+    }
+}
+
+/// Folds `gatemeter:state` field `{writer}` into `gatemeter:retired` and deletes the field, if
+/// `gatemeter:retired` is still what was read (compare-and-swap; retried on a race).
+const RETIRE_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[2]) or ''
+if cur ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+";
+
+/// At graceful shutdown, after the final batch: this writer will never write again, so its
+/// cumulative blob can join the merged totals of retired writers. Keeps `gatemeter:state` at
+/// one blob per running writer (plus writers that crashed) instead of one per process ever
+/// started.
+async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), StoreError> {
+    let own = {
+        let l = lock(&shared.local);
+        if l.state.is_empty() {
+            return Ok(());
+        }
+        l.state.clone()
+    };
+    let (state, retired) = (shared.keys.state(), shared.keys.retired());
+    let script = redis::Script::new(RETIRE_SCRIPT);
+    for _ in 0..5 {
+        let cur: Option<Vec<u8>> = bounded(
+            &shared.cfg,
+            redis::cmd("GET").arg(&retired).query_async(&mut *con),
+        )
+        .await?;
+        let mut merged = Aggregates::default();
+        if let Some(b) = &cur
+            && !codec::decode_state_into(b, &mut merged)
+        {
+            return Err(unavailable(
+                "gatemeter:retired is not readable by this version",
+            ));
+        }
+        merged.merge(&own);
+        let mut inv = script.key(&state);
+        inv.key(&retired)
+            .arg(&shared.writer)
+            .arg(cur.unwrap_or_default())
+            .arg(codec::encode_state(&merged));
+        let done: i64 = bounded(&shared.cfg, inv.invoke_async(&mut *con)).await?;
+        if done == 1 {
+            debug!(writer = %shared.writer, "Writer retired.");
+            return Ok(());
+        }
+    }
+    Err(unavailable("gatemeter:retired kept changing"))
 }
 
 fn next_backoff(cur: Duration, cfg: &RedisConfig) -> Duration {
@@ -663,29 +725,53 @@ fn each_blob(fields: &Fields, mut add: impl FnMut(&[u8]) -> bool) {
     }
 }
 
+/// The snapshot pipeline's replies: the state hash, the retired blob, then hashes.
+type Replies = (Fields, Option<Vec<u8>>, Vec<Fields>);
+
+fn split_replies(v: Vec<redis::Value>) -> Result<Replies, StoreError> {
+    let mut it = v.into_iter();
+    let mut next = || it.next().ok_or_else(|| unavailable("short reply"));
+    let state: Fields = redis::from_redis_value(next()?).map_err(unavailable)?;
+    let retired: Option<Vec<u8>> = redis::from_redis_value(next()?).map_err(unavailable)?;
+    let rest = it
+        .map(|v| redis::from_redis_value(v).map_err(unavailable))
+        .collect::<Result<Vec<Fields>, _>>()?;
+    Ok((state, retired, rest))
+}
+
 /// Reads the fleet view: every writer's state, the recent minutes, the API key periods.
 async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
     let now_minute = now.div_euclid(MINUTE_MS);
     let first = now_minute - window_minutes() + 1;
+    // MULTI/EXEC: a writer retiring between two reads would be counted twice or not at all.
     let mut pipe = redis::pipe();
+    pipe.atomic();
     pipe.hgetall(keys.state())
+        .get(keys.retired())
         .hgetall(keys.key_calls_day(utc_day(now)))
         .hgetall(keys.key_calls_month(utc_month(now)));
     for m in first..=now_minute {
         pipe.hgetall(keys.hist_minute(m));
     }
-    let mut replies: Vec<Fields> = bounded(&shared.cfg, pipe.query_async(con)).await?;
-    if replies.len() != 3 + (now_minute - first + 1) as usize {
+    let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
+        .await
+        .and_then(split_replies)?;
+    if replies.len() != 2 + (now_minute - first + 1) as usize {
         return Err(unavailable("unexpected reply shape"));
     }
-    let minutes = replies.split_off(3);
+    let minutes = replies.split_off(2);
     let mut totals = Aggregates::default();
-    each_blob(&replies[0], |b| codec::decode_state_into(b, &mut totals));
+    each_blob(&state, |b| codec::decode_state_into(b, &mut totals));
+    if let Some(b) = &retired
+        && !codec::decode_state_into(b, &mut totals)
+    {
+        debug!("Skipped a malformed retired-writers blob.");
+    }
     let (mut today, mut this_month) = (HashMap::new(), HashMap::new());
-    each_blob(&replies[1], |b| codec::decode_counts_into(b, &mut today));
-    each_blob(&replies[2], |b| {
+    each_blob(&replies[0], |b| codec::decode_counts_into(b, &mut today));
+    each_blob(&replies[1], |b| {
         codec::decode_counts_into(b, &mut this_month)
     });
     let key_calls = this_month

@@ -451,30 +451,49 @@ async fn ready_while_redis_is_away() {
     app.stop().await;
 }
 
+fn hlen(url: &str, key: &str) -> i64 {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    redis::cmd("HLEN").arg(key).query(&mut c).expect("HLEN")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_writes_the_last_deltas() {
+async fn graceful_shutdown_writes_the_last_deltas_and_retires_the_writer() {
     let url = shared_url();
     let prefix = unique_prefix("shutdown");
-    let records = generate(500, 23);
+    let records = generate(1_000, 23);
+    let state = format!("{prefix}gatemeter:state");
     // Flush intervals far beyond the test: only the shutdown path can deliver the records.
-    let yaml = config(&url, &prefix, "shutdown")
-        .replace("flush_interval_ms: 100", "flush_interval_ms: 60000");
-    let app = TestApp::with_config(&yaml).await;
-    post(&app, &records, 0, 500, 100).await;
-    assert_eq!(
-        get_int(&url, &format!("{prefix}metrics:global:total_requests")),
-        0
-    );
-    app.stop().await;
-    assert_eq!(
-        get_int(&url, &format!("{prefix}metrics:global:total_requests")),
-        500
-    );
+    let slow = |instance: &str| {
+        config(&url, &prefix, instance)
+            .replace("flush_interval_ms: 100", "flush_interval_ms: 60000")
+    };
+    for (i, instance) in ["first", "second"].into_iter().enumerate() {
+        let app = TestApp::with_config(&slow(instance)).await;
+        post(&app, &records, i * 500, (i + 1) * 500, 100).await;
+        assert_eq!(
+            get_int(&url, &format!("{prefix}metrics:global:total_requests")),
+            i as i64 * 500
+        );
+        app.stop().await;
+        assert_eq!(
+            get_int(&url, &format!("{prefix}metrics:global:total_requests")),
+            (i as i64 + 1) * 500
+        );
+        // The stopped writer's blob was folded into the retired totals.
+        assert_eq!(hlen(&url, &state), 0, "no blob left behind by {instance}");
+    }
     // A fresh replica sees the fleet's totals, histograms included.
     let reader = TestApp::with_config(&config(&url, &prefix, "reader")).await;
-    let m = wait_for_total(&reader, 500, Duration::from_secs(10)).await;
+    let m = wait_for_total(&reader, 1_000, Duration::from_secs(10)).await;
     check_fleet(&m, &records);
     reader.stop().await;
+    assert_eq!(
+        hlen(&url, &state),
+        0,
+        "a replica that counted nothing writes no blob"
+    );
 }
 
 #[test]

@@ -42,6 +42,11 @@ impl Keys {
         self.key("gatemeter:state")
     }
 
+    /// The merged state blob of every writer that shut down gracefully.
+    pub fn retired(&self) -> String {
+        self.key("gatemeter:retired")
+    }
+
     /// Histogram blobs of one minute bucket, every writer.
     pub fn hist_minute(&self, minute: i64) -> String {
         self.key(&format!("gatemeter:hist:{minute}"))
