@@ -627,8 +627,20 @@ async fn flush_loop(shared: Arc<Shared>) {
     // then one final batch, for a few seconds at most.
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(5).max(2 * (cfg.connect_timeout + cfg.command_timeout));
-    // The final batch carries the state blob, so Redis holds exactly this writer's totals.
-    lock(&shared.local).dirty = true;
+    // The final batch carries the state blob, so Redis holds exactly this writer's totals,
+    // and takes back this writer's share of the concurrency gauges: a stopped process has no
+    // requests in flight (its pending starts would otherwise raise the fleet's gauge for good).
+    {
+        let mut l = lock(&shared.local);
+        let l = &mut *l;
+        l.dirty = true;
+        for (k, v) in l.state.scopes.iter_mut() {
+            if v.concurrency != 0 && matches!(k, ScopeKey::Namespace(_)) {
+                l.seed.scopes.entry(k.clone()).or_default().concurrency -= v.concurrency;
+                v.concurrency = 0;
+            }
+        }
+    }
     let mut rounds = if in_flight.is_some() { 2 } else { 1 };
     while rounds > 0 {
         match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {

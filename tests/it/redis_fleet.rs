@@ -517,3 +517,42 @@ fn check_config_shows_the_redis_settings_without_the_password() {
     assert!(stdout.contains("redis://***@127.0.0.1:6399/0"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_takes_back_its_concurrency() {
+    let url = shared_url();
+    let prefix = unique_prefix("conc");
+    let app = TestApp::with_config(&config(&url, &prefix, "conc")).await;
+    for id in ["s1", "s2", "s3"] {
+        let (status, ans) = app
+            .post_json(&format!(
+                r#"{{"phase":"start","request_id":"{id}","namespace":"n"}}"#
+            ))
+            .await;
+        assert_eq!(status, 200, "{ans}");
+    }
+    let (status, _) = app
+        .post_json(
+            r#"{"request_id":"s1","namespace":"n","model":"m","status":200,"duration_ms":5}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let key = format!("{prefix}metrics:ns:n:concurrent_requests");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_int(&url, &key) != 2 {
+        assert!(Instant::now() < deadline, "gauge never reached 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+    assert_eq!(get_int(&url, &key), 0);
+    let reader = TestApp::with_config(&config(&url, &prefix, "reader")).await;
+    let m = wait_for_total(&reader, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        m.value(
+            "ai_gateway_namespace_concurrent_requests",
+            &[("namespace", "n")]
+        ),
+        0.0
+    );
+    reader.stop().await;
+}
