@@ -354,7 +354,8 @@ fn counters(a: &ScopeAgg) -> ScopeAgg {
     }
 }
 
-/// What `freeze` takes out of [`Local`] under the lock; encoded after it is released.
+/// What `freeze` takes out of [`Local`], blobs encoded under the lock (`apply` waits for at
+/// most one encoding per flush interval).
 struct Frozen {
     seed: Aggregates,
     last_request_ms: i64,
