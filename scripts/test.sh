@@ -82,4 +82,7 @@ if [ -n "$out" ]; then
 fi
 echo "promtool check metrics: clean ($(grep -vc '^#' "$tmp/metrics.txt") samples)"
 
+say "promtool check config prometheus/prometheus.yml"
+promtool check config prometheus/prometheus.yml
+
 say "all checks passed"

@@ -27,6 +27,10 @@ pub enum ScopeKey {
     Provider(Label),
     /// One (provider, model) pair.
     Model(Label, Label),
+    /// One user (`user_id`, else `user`): requests, tokens and cost only; never a label.
+    User(Label),
+    /// One API key (`key_id`, else `key` name): requests, tokens, cost and last use only.
+    Key(Label),
 }
 
 /// A label dimension with its own series cap.
@@ -38,11 +42,21 @@ pub enum Dimension {
     Provider = 1,
     /// (provider, model) pairs.
     Model = 2,
+    /// Users.
+    User = 3,
+    /// API keys.
+    Key = 4,
 }
 
 impl Dimension {
     /// All dimensions, in index order.
-    pub const ALL: [Dimension; 3] = [Self::Namespace, Self::Provider, Self::Model];
+    pub const ALL: [Dimension; 5] = [
+        Self::Namespace,
+        Self::Provider,
+        Self::Model,
+        Self::User,
+        Self::Key,
+    ];
 
     /// The label value of the `dimension` label.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +64,8 @@ impl Dimension {
             Self::Namespace => "namespace",
             Self::Provider => "provider",
             Self::Model => "model",
+            Self::User => "user",
+            Self::Key => "key",
         }
     }
 }
@@ -133,6 +149,8 @@ pub struct ScopeAgg {
     pub operation: Option<&'static str>,
     /// Latency distributions since the start of these aggregates.
     pub latency: Latencies,
+    /// Latest record timestamp, epoch ms (key scope: `last_used_at`; 0 elsewhere).
+    pub last_used_ms: i64,
 }
 
 impl ScopeAgg {
@@ -152,6 +170,19 @@ impl ScopeAgg {
             *self.status.entry(r.status).or_insert(0) += 1;
         }
         self.latency.record(r);
+    }
+
+    /// Counts a record's usage only (user and key scopes: no latency, no status codes).
+    fn record_usage(&mut self, r: &ValidRecord) {
+        self.requests += 1;
+        if !r.is_success() {
+            self.failures += 1;
+        }
+        self.tokens.add(&r.tokens);
+        self.cost_micros += r.cost_micros;
+        if r.cost_source == CostSource::Unpriced {
+            self.unpriced += 1;
+        }
     }
 
     /// Adds the traffic of `o` (counters, status codes, latency) into `self`: how global and
@@ -181,6 +212,7 @@ impl ScopeAgg {
         if self.operation.is_none() {
             self.operation = o.operation;
         }
+        self.last_used_ms = self.last_used_ms.max(o.last_used_ms);
     }
 }
 
@@ -192,13 +224,15 @@ pub struct Aggregates {
     /// Per namespace, provider and model.
     pub scopes: HashMap<ScopeKey, ScopeAgg, ahash::RandomState>,
     /// Records folded into an overflow series, per [`Dimension`].
-    pub overflow: [u64; 3],
+    pub overflow: [u64; Dimension::ALL.len()],
 }
 
 impl Aggregates {
     /// True when nothing was counted.
     pub fn is_empty(&self) -> bool {
-        self.global.requests == 0 && self.scopes.is_empty() && self.overflow == [0; 3]
+        self.global.requests == 0
+            && self.scopes.is_empty()
+            && self.overflow == [0; Dimension::ALL.len()]
     }
 
     /// Adds `o` into `self`.
@@ -387,7 +421,11 @@ pub struct Aggregator {
     model_keys: Vec<(u32, u32)>,
     ns_deltas: Vec<ScopeAgg>,
     model_deltas: Vec<ScopeAgg>,
-    overflow: [u64; 3],
+    users: Interner,
+    keys: Interner,
+    user_deltas: Vec<ScopeAgg>,
+    key_deltas: Vec<ScopeAgg>,
+    overflow: [u64; Dimension::ALL.len()],
 }
 
 impl Aggregator {
@@ -406,7 +444,11 @@ impl Aggregator {
             model_keys: Vec::new(),
             ns_deltas: Vec::new(),
             model_deltas: Vec::new(),
-            overflow: [0; 3],
+            users: Interner::default(),
+            keys: Interner::default(),
+            user_deltas: Vec::new(),
+            key_deltas: Vec::new(),
+            overflow: [0; Dimension::ALL.len()],
         }
     }
 
@@ -496,6 +538,19 @@ impl Aggregator {
         let usage = m.token_usage.get_or_insert_with(Box::default);
         usage.record(0, r.tokens.prompt_total());
         usage.record(1, r.tokens.output);
+        let cap = self.limits.max_series_per_dimension;
+        if let Some(user) = r.user_id.as_deref().or(r.user.as_deref()) {
+            let (id, folded) = self.users.id(user, cap);
+            self.overflow[Dimension::User as usize] += u64::from(folded);
+            slot(&mut self.user_deltas, id).record_usage(r);
+        }
+        if let Some(key) = r.key_id.as_deref().or(r.key.as_deref()) {
+            let (id, folded) = self.keys.id(key, cap);
+            self.overflow[Dimension::Key as usize] += u64::from(folded);
+            let k = slot(&mut self.key_deltas, id);
+            k.record_usage(r);
+            k.last_used_ms = k.last_used_ms.max(r.timestamp_ms);
+        }
         Outcome::Counted
     }
 
@@ -560,6 +615,18 @@ impl Aggregator {
                 .merge_traffic(&agg);
             let model = self.models[pid as usize].labels[local as usize].clone();
             out.scopes.insert(ScopeKey::Model(provider, model), agg);
+        }
+        for (id, agg) in self.user_deltas.iter_mut().enumerate() {
+            if agg.requests > 0 {
+                let key = ScopeKey::User(self.users.labels[id].clone());
+                out.scopes.insert(key, std::mem::take(agg));
+            }
+        }
+        for (id, agg) in self.key_deltas.iter_mut().enumerate() {
+            if agg.requests > 0 {
+                let key = ScopeKey::Key(self.keys.labels[id].clone());
+                out.scopes.insert(key, std::mem::take(agg));
+            }
         }
         out
     }
@@ -714,6 +781,41 @@ mod tests {
                 .requests,
             2
         );
+    }
+
+    #[test]
+    fn users_and_keys_get_usage_scopes() {
+        let mut a = Aggregator::new(Limits {
+            max_series_per_dimension: 1,
+            ..Limits::default()
+        });
+        let t0 = 1_760_000_000_000i64;
+        for (user, key, ts) in [("u1", "k1", t0 - 9), ("u1", "k1", t0 - 5), ("u2", "k2", t0)] {
+            let json = format!(
+                r#"{{"user_id":"{user}","key":"{key}","timestamp":{ts},"model":"m","status":200,"duration_ms":1,"output_tokens":2,"cost_usd":0.25}}"#
+            );
+            a.apply(&ev(&json), 0);
+        }
+        a.apply(&ev(r#"{"model":"m","status":200,"duration_ms":1}"#), 0);
+        let d = a.take();
+        let u = d.scope(&ScopeKey::User("u1".into())).expect("user");
+        assert_eq!(
+            (u.requests, u.tokens.output, u.cost_micros),
+            (2, 4, 500_000)
+        );
+        assert!(u.latency.duration.is_empty(), "no latency per user");
+        let k = d.scope(&ScopeKey::Key("k1".into())).expect("key");
+        assert_eq!((k.requests, k.last_used_ms), (2, t0 - 5));
+        // Cap 1: the second user and key fold into the overflow series.
+        assert_eq!(d.overflow[Dimension::User as usize], 1);
+        assert_eq!(d.overflow[Dimension::Key as usize], 1);
+        assert_eq!(
+            d.scope(&ScopeKey::User(OVERFLOW_LABEL.into()))
+                .expect("overflow")
+                .requests,
+            1
+        );
+        assert_eq!(d.global.requests, 4);
     }
 
     #[test]

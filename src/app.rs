@@ -23,7 +23,7 @@ use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::ingest::otlp::{Diagnostics, Signal};
 use crate::pipeline::Pipeline;
 use crate::store::fanout::FanOut;
-use crate::store::{Discard, LiveStore, MemoryStore, RequestLog};
+use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog};
 
 /// A server ready to run.
 pub struct App {
@@ -49,8 +49,14 @@ pub enum AppError {
 impl App {
     /// Wires everything for `config` onto an already bound `listener` (tests bind port 0).
     pub fn build(config: &Config, listener: TcpListener) -> Self {
+        let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
+            LiveStoreKind::Redis => match RedisStore::start(config.redis.clone(), health.clone()) {
+                Ok(s) => Arc::new(s),
+                // The URL was validated with the config; this cannot happen with a Config.
+                Err(e) => unreachable!("validated Redis config refused: {e}"),
+            },
         };
         let mut logs: Vec<Arc<dyn RequestLog>> = vec![Arc::new(Discard)];
         let mut background = Vec::new();
@@ -66,7 +72,6 @@ impl App {
         } else {
             Arc::new(FanOut::new(logs))
         };
-        let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
         let diagnostics = Arc::new(Diagnostics::default());
         let (claude_code, cc_task) = ClaudeCode::spawn(

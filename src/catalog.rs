@@ -741,6 +741,33 @@ pub const ALL: &[Metric] = &[
     OTLP_EXPORT_RETRIES,
 ];
 
+/// The per-process families: each replica's own health, which differs between replicas and
+/// is summed over them. Every other family is a fleet total (with the Redis store, any replica
+/// answers the same), to be scraped from ONE replica — see `prometheus/prometheus.yml`.
+pub const PROCESS: &[Metric] = &[
+    UPTIME,
+    INGEST_ACCEPTED,
+    INGEST_REJECTED,
+    INGEST_REJECTED_REQUESTS,
+    DROPPED,
+    DUPLICATES,
+    PROCESSED,
+    QUEUE_DEPTH,
+    QUEUE_CAPACITY,
+    PENDING,
+    STORE_UP,
+    SELF_UPTIME,
+    BUILD_INFO,
+];
+
+/// A regular expression matching exactly the sample names of [`PROCESS`] families (for
+/// Prometheus relabelling: `keep` on the per-replica job, `drop` on the fleet job).
+pub fn process_sample_regex() -> String {
+    let mut names: Vec<String> = PROCESS.iter().flat_map(|m| m.sample_names()).collect();
+    names.sort();
+    format!("({})", names.join("|"))
+}
+
 /// Bucket bounds (seconds) for gatemeter's own duration histograms: 5 ms to 10 min.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,

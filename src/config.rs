@@ -21,6 +21,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4318";
 /// Environment variable overriding `listen`.
 pub const ENV_LISTEN: &str = "GATEMETER_LISTEN";
 
+/// Environment variable setting `redis.url`; when set, it also selects the Redis live store.
+pub const ENV_REDIS_URL: &str = "GATEMETER_REDIS_URL";
+
 /// A configuration problem, with the key or file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,7 +53,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -67,6 +70,7 @@ struct RawConfig {
     pricing: RawPricing,
     otlp: RawOtlp,
     otlp_export: Option<RawOtlpExport>,
+    redis: crate::store::redis::RawRedisConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +172,8 @@ pub struct OtlpExportConfig {
 pub enum LiveStoreKind {
     /// In process memory (one process is the fleet).
     Memory,
+    /// Shared Redis (the fleet's source of truth; see `store::redis`).
+    Redis,
 }
 
 /// The validated configuration.
@@ -187,6 +193,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// OTLP log export, when configured.
     pub otlp_export: Option<OtlpExportConfig>,
+    /// Redis live-store settings (used when `live_store` is Redis).
+    pub redis: crate::store::redis::RedisConfig,
 }
 
 impl Default for Config {
@@ -255,15 +263,19 @@ impl RawConfig {
                 format!("{listen:?} is not an address like 127.0.0.1:4318: {e}"),
             )
         })?;
+        let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = match self.live_store.as_deref() {
+            _ if redis_url.is_some() => LiveStoreKind::Redis,
             None | Some("memory") => LiveStoreKind::Memory,
+            Some("redis") => LiveStoreKind::Redis,
             Some(other) => {
                 return Err(invalid(
                     "live_store",
-                    format!("{other:?} is not a live store (memory)"),
+                    format!("{other:?} is not a live store (memory, redis)"),
                 ));
             }
         };
+        let redis = self.redis.validate(redis_url, env)?;
 
         let ingest = IngestConfig {
             max_body_bytes: positive(
@@ -425,6 +437,7 @@ impl RawConfig {
             prices: Arc::new(prices),
             otlp,
             otlp_export,
+            redis,
         })
     }
 }
@@ -483,6 +496,28 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(c.listen.port(), 2);
+    }
+
+    #[test]
+    fn redis_is_chosen_by_file_or_environment() {
+        let c = parse("live_store: redis\nredis:\n  key_prefix: \"gm:\"\n  instance_id: a1\n")
+            .expect("valid");
+        assert_eq!(c.live_store, LiveStoreKind::Redis);
+        assert_eq!(
+            (c.redis.key_prefix.as_str(), c.redis.instance_id.as_str()),
+            ("gm:", "a1")
+        );
+        assert_eq!(parse("").expect("empty").live_store, LiveStoreKind::Memory);
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_REDIS_URL).then(|| "redis://127.0.0.1:7000/".to_string())
+        })
+        .expect("valid");
+        assert_eq!(c.live_store, LiveStoreKind::Redis);
+        assert_eq!(c.redis.url, "redis://127.0.0.1:7000/");
+        let e = parse("live_store: mongo\n").expect_err("unknown store");
+        assert!(e.to_string().contains("live_store"), "{e}");
+        let e = parse("redis:\n  flush_interval_ms: 0\n").expect_err("zero");
+        assert!(e.to_string().contains("redis.flush_interval_ms"), "{e}");
     }
 
     #[test]

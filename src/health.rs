@@ -93,15 +93,19 @@ pub enum DropReason {
     PendingFull = 2,
     /// The request log's queue was full: counted but not logged.
     LogFull = 3,
+    /// Latency samples of a minute that left every window before the live store could take
+    /// it (Redis down); they remain in the since-start totals.
+    LiveStoreExpired = 4,
 }
 
 impl DropReason {
     /// All reasons.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         Self::QueueFull,
         Self::ShuttingDown,
         Self::PendingFull,
         Self::LogFull,
+        Self::LiveStoreExpired,
     ];
 
     /// The label value.
@@ -111,6 +115,7 @@ impl DropReason {
             Self::ShuttingDown => "shutting_down",
             Self::PendingFull => "pending_full",
             Self::LogFull => "log_full",
+            Self::LiveStoreExpired => "live_store_expired",
         }
     }
 }

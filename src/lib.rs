@@ -6,7 +6,7 @@
 //! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits and decompression.
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
-//! - [`store`]: live store (memory) and request-log seams, behind small traits.
+//! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits.
 //! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records.
 //! - [`catalog`]: every metric name — the only place names are written.
 //! - [`health`]: gatemeter's own counters (per process).

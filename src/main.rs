@@ -131,7 +131,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let app = App::build(&config, listener);
-    tracing::info!(addr = %app.local_addr()?, store = "memory", "gatemeter listening.");
+    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, "gatemeter listening.");
     app.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -167,6 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("live_store: {:?}", c.live_store);
             println!("ingest: {:?}", c.ingest);
             println!("pipeline: {:?}", c.pipeline);
+            if c.live_store == gatemeter::config::LiveStoreKind::Redis {
+                // Debug redacts the URL's password.
+                println!("redis: {:?}", c.redis);
+            }
             Ok(())
         }
         Command::Demo {

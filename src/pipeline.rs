@@ -189,6 +189,7 @@ async fn run(
         }
     }
     store.apply(agg.take(), now_ms());
+    store.close().await;
     log.close().await;
 }
 

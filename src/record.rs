@@ -609,7 +609,7 @@ pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError>
         Ok(raw) => raw,
         Err(e) => return Err(locate_error(json, e)),
     };
-    raw.validate(v, Source::Serde)
+    raw.validate(v, Source::Other)
 }
 
 /// Parses a JSON array of records in one pass, validating each. Returns `None` when any
@@ -636,7 +636,7 @@ pub fn parse_array(json: &str, v: &Validation<'_>) -> Option<Vec<Result<Event, R
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
             while let Some(raw) = seq.next_element::<RawRecord>()? {
-                out.push(raw.validate(self.0, Source::Serde));
+                out.push(raw.validate(self.0, Source::Other));
             }
             Ok(out)
         }
@@ -693,8 +693,10 @@ fn strip_position(msg: &str) -> String {
 /// in every string (see `scan::STOP`), so its ids need no second look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
+    /// The fast scanner: no control character in any string.
     Scanner,
-    Serde,
+    /// Any other producer (serde, OTLP mapping): strings not yet checked.
+    Other,
 }
 
 #[inline]
@@ -707,7 +709,7 @@ fn id_field(
         // C0 controls and DEL; a byte scan (multi-byte UTF-8 never contains these bytes).
         Some(s)
             if s.len() > MAX_ID_LEN
-                || (source == Source::Serde && s.bytes().any(|b| b < 0x20 || b == 0x7f)) =>
+                || (source == Source::Other && s.bytes().any(|b| b < 0x20 || b == 0x7f)) =>
         {
             Err(id_error(field, &s))
         }
@@ -1095,7 +1097,7 @@ impl RecordFields {
             messages_count: self.messages_count,
             trace_id: self.trace_id,
         };
-        match raw.validate(v)? {
+        match raw.validate(v, Source::Other)? {
             Event::Finish(r) => Ok(r),
             Event::Start(_) => Err(RecordError::malformed("not a finished record")),
         }

@@ -1,14 +1,16 @@
-//! Stores behind small traits: the live store (aggregates: memory now, Redis next) and the
+//! Stores behind small traits: the live store (aggregates: memory or Redis) and the
 //! request log (SQL). Backend errors never escape this module: callers see [`StoreError`].
 
 pub mod fanout;
 pub mod live;
 pub mod log;
 pub mod memory;
+pub mod redis;
 
 pub use live::{FleetView, LiveStore, WindowView};
 pub use log::{Discard, RequestLog};
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// A store failure, backend-neutral.
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,24 @@ impl Latency {
         self.0.as_ref().map_or(0, |h| h.len())
     }
 
+    /// The non-empty HDR buckets as sorted `(value, count)` pairs: the exact content of the
+    /// histogram, for storage elsewhere (rebuilt with [`Latency::record_n`]).
+    pub fn to_pairs(&self) -> Vec<(u64, u64)> {
+        self.0.as_ref().map_or_else(Vec::new, |h| {
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_since_last_iteration()))
+                .collect()
+        })
+    }
+
+    /// Records `value` (ms, saturating at one day) `n` times.
+    pub fn record_n(&mut self, value: u64, n: u64) {
+        if n > 0 {
+            let h = self.0.get_or_insert_with(new_histogram);
+            let _ = h.record_n(value.min(MAX_DURATION_MS), n);
+        }
+    }
+
     /// True when nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.count() == 0

@@ -3,8 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::live::{FleetView, LiveStore, SLOT_MS, WINDOWS, WindowView};
+use super::live::{
+    FleetView, KeyCalls, LiveStore, SLOT_MS, WINDOWS, WindowView, utc_day, utc_month,
+};
 use crate::aggregate::{Aggregates, Latencies, ScopeKey, SparseLatency};
+use crate::record::Label;
 
 /// One scope's latencies in one time slot, in compact form.
 #[derive(Debug, Default)]
@@ -32,10 +35,20 @@ struct Slot {
     scopes: HashMap<ScopeKey, SparsePair>,
 }
 
+/// Calls of one API key in the day and month they were last counted in.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyPeriods {
+    day: i64,
+    today: u64,
+    month: i64,
+    this_month: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     totals: Aggregates,
     slots: BTreeMap<i64, Slot>,
+    key_calls: HashMap<Label, KeyPeriods>,
 }
 
 /// Totals and windowed histograms in process memory.
@@ -78,6 +91,30 @@ impl LiveStore for MemoryStore {
             }
         }
         st.slots = st.slots.split_off(&oldest_kept);
+        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
+        for (k, v) in &deltas.scopes {
+            if let ScopeKey::Key(key) = k
+                && v.requests > 0
+            {
+                let p = st.key_calls.entry(key.clone()).or_default();
+                if p.day != day {
+                    *p = KeyPeriods {
+                        day,
+                        today: 0,
+                        ..*p
+                    };
+                }
+                if p.month != month {
+                    *p = KeyPeriods {
+                        month,
+                        this_month: 0,
+                        ..*p
+                    };
+                }
+                p.today += v.requests;
+                p.this_month += v.requests;
+            }
+        }
         st.totals.merge(&deltas);
     }
 
@@ -100,9 +137,26 @@ impl LiveStore for MemoryStore {
                 w
             })
             .collect();
+        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
+        let key_calls = st
+            .key_calls
+            .iter()
+            .filter(|(_, p)| p.month == month)
+            .map(|(k, p)| {
+                let today = if p.day == day { p.today } else { 0 };
+                (
+                    k.clone(),
+                    KeyCalls {
+                        today,
+                        this_month: p.this_month,
+                    },
+                )
+            })
+            .collect();
         Arc::new(FleetView {
             totals: st.totals.clone(),
             windows,
+            key_calls,
         })
     }
 

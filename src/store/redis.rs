@@ -1,0 +1,853 @@
+//! The Redis live store: any number of replicas share one Redis, the fleet's source of truth.
+//!
+//! - [`LiveStore::apply`] never waits: it merges the deltas into this writer's local state (a
+//!   short synchronous lock). A *writer* is one process run: `instance_id` + a random suffix.
+//! - A flush task sends everything new every `flush_interval` as ONE `EVALSHA`. The script
+//!   skips a batch whose number is not above the writer's last applied one (kept in
+//!   `gatemeter:flush:{writer}`), so a batch retried after a lost reply is applied once. A
+//!   failed batch is retried unchanged (same number) with back-off; newer deltas wait for the
+//!   next batch.
+//! - What a batch writes: the writer's cumulative state blob (counters, tokens, cost and
+//!   since-start HDR histograms of every scope) in `gatemeter:state`, its blob of each changed
+//!   minute in `gatemeter:hist:{minute}` (expiring), its API key calls of the UTC day and month
+//!   — all overwrites, idempotent by nature — and the seed keys (`metrics:global:*`,
+//!   `metrics:ns:{ns}:*`) by `INCRBY`, plus the heartbeats (`metrics:instance:{id}:{ns}`,
+//!   `gatemeter:heartbeat:{id}`) with a TTL. Integers only; never `INCRBYFLOAT`.
+//! - A refresh task reads every writer's blobs back every `refresh_interval` and merges them
+//!   (counters add up, HDR histograms merge exactly) into a snapshot; [`LiveStore::view`]
+//!   returns that snapshot and never awaits Redis.
+//! - Redis absent, killed or hung: calls time out (`command_timeout`), the connection is
+//!   rebuilt with back-off, deltas keep accumulating in memory bounded by the series caps.
+//!   Minute histograms that leave every window before Redis takes them are dropped and counted
+//!   (`live_store_expired`); they stay in the since-start totals.
+//!
+//! Redis errors never leave this module.
+
+pub mod codec;
+pub mod settings;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use self::codec::{HistScope, Keys, MINUTE_MS};
+use super::StoreError;
+use super::live::{FleetView, KeyCalls, LiveStore, WINDOWS, WindowView, utc_day, utc_month};
+use crate::aggregate::{Aggregates, Latencies, ScopeAgg, ScopeKey};
+use crate::health::{DropReason, Health};
+use crate::pipeline::now_ms;
+use crate::record::Label;
+
+pub use settings::{RawRedisConfig, RedisConfig};
+
+/// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
+/// whose number is not above it was applied already (its reply was lost) and is skipped.
+/// ARGV[1] is the marker's TTL, ARGV[2] the batch number; then operations, each a code
+/// followed by its arguments.
+const FLUSH_SCRIPT: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+local i, n = 3, #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'I' then redis.call('INCRBY', ARGV[i+1], ARGV[i+2]); i = i + 3
+  elseif op == 'H' then redis.call('HINCRBY', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
+  elseif op == 'S' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]); i = i + 6
+  elseif op == 'W' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
+  elseif op == 'E' then redis.call('EXPIRE', ARGV[i+1], ARGV[i+2]); i = i + 3
+  elseif op == 'X' then redis.call('SET', ARGV[i+1], ARGV[i+2], 'EX', ARGV[i+3]); i = i + 4
+  elseif op == 'M' then
+    local cur = tonumber(redis.call('GET', ARGV[i+1]) or '0') or 0
+    if tonumber(ARGV[i+2]) > cur then redis.call('SET', ARGV[i+1], ARGV[i+2]) end
+    i = i + 3
+  else return redis.error_reply('gatemeter flush: unknown op ' .. tostring(op)) end
+end
+return 1
+";
+
+/// How long a writer's flush marker outlives its last flush: far beyond any retry of a batch.
+const MARKER_TTL_SECS: u64 = 7 * 86_400;
+
+/// A writer re-writes its state blob at least every this many flushes, even without traffic:
+/// a Redis that lost its data (no persistence) gets the live writers' totals back.
+const STATE_REWRITE_FLUSHES: u64 = 30;
+
+/// Minute buckets kept in Redis and locally: the longest window plus the current minute.
+fn window_minutes() -> i64 {
+    WINDOWS[WINDOWS.len() - 1].1 / MINUTE_MS + 1
+}
+
+/// Cumulative histograms of one minute (this writer), and whether they changed since the
+/// last batch.
+#[derive(Default)]
+struct MinuteHist {
+    scopes: HashMap<HistScope, Latencies>,
+    dirty: bool,
+    /// Records added since this minute was last frozen into a batch.
+    unsent: u64,
+}
+
+/// This writer's API key calls in one UTC day and month.
+#[derive(Default)]
+struct KeyPeriods {
+    day: i64,
+    today: HashMap<Label, u64>,
+    month: i64,
+    this_month: HashMap<Label, u64>,
+}
+
+/// This writer's local state: written by `apply`, frozen into batches by the flush task.
+#[derive(Default)]
+struct Local {
+    /// Namespace and global counter deltas for the seed keys, not yet frozen into a batch.
+    seed: Aggregates,
+    /// When the last record-bearing deltas were applied (for `last_request_time`).
+    last_request_ms: i64,
+    /// Everything this writer counted since it started (counters and histograms).
+    state: Aggregates,
+    dirty: bool,
+    minutes: BTreeMap<i64, MinuteHist>,
+    keys: KeyPeriods,
+    /// Namespaces seen by this instance (bounded by the namespace cap), for heartbeats.
+    namespaces: BTreeSet<Label>,
+    /// Requests since the last batch, per namespace (heartbeat counters).
+    ns_requests: HashMap<Label, u64>,
+}
+
+fn scopes_of(deltas: &Aggregates) -> impl Iterator<Item = (HistScope, &Latencies)> {
+    std::iter::once((None, &deltas.global.latency)).chain(
+        deltas
+            .scopes
+            .iter()
+            .map(|(k, v)| (Some(k.clone()), &v.latency)),
+    )
+}
+
+/// One frozen flush: the arguments of one script call.
+struct Batch {
+    seq: u64,
+    marker: String,
+    args: Vec<Vec<u8>>,
+}
+
+struct Ops {
+    args: Vec<Vec<u8>>,
+}
+
+impl Ops {
+    fn op(&mut self, parts: &[&[u8]]) {
+        self.args.extend(parts.iter().map(|p| p.to_vec()));
+    }
+    fn incr(&mut self, key: &str, n: i64) {
+        if n != 0 {
+            self.op(&[b"I", key.as_bytes(), n.to_string().as_bytes()]);
+        }
+    }
+    fn hincr(&mut self, key: &str, field: &str, n: i64) {
+        if n != 0 {
+            self.op(&[
+                b"H",
+                key.as_bytes(),
+                field.as_bytes(),
+                n.to_string().as_bytes(),
+            ]);
+        }
+    }
+    fn hset(&mut self, key: &str, field: &str, value: &[u8]) {
+        self.op(&[b"W", key.as_bytes(), field.as_bytes(), value]);
+    }
+}
+
+struct Shared {
+    cfg: RedisConfig,
+    keys: Keys,
+    /// This process run's id in histogram fields and flush markers: the instance id plus a
+    /// random suffix, so a restarted process never reuses an old run's sequence numbers or
+    /// overwrites its cumulative histograms.
+    writer: String,
+    // Held for one merge (apply) or one freeze/snapshot swap; never across an await.
+    local: Mutex<Local>,
+    view: Mutex<Arc<FleetView>>,
+    /// Whether the last flush and the last snapshot read succeeded (both: up).
+    flush_ok: AtomicBool,
+    read_ok: AtomicBool,
+    /// Whether the state was logged once (the first failure at start is logged too).
+    state_logged: AtomicBool,
+    health: Arc<Health>,
+    script: redis::Script,
+    /// Set by `close`: the flush task sends what is left and stops.
+    closing: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain counters stay usable after a panic elsewhere.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The Redis live store (see the module docs).
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    flush_task: Mutex<Option<JoinHandle<()>>>,
+    refresh_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.shared.cfg)
+            .field("writer", &self.shared.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        store: "redis",
+        message: e.to_string(),
+    }
+}
+
+impl RedisStore {
+    /// Starts the store's background tasks (on the current tokio runtime). Never waits on
+    /// Redis: a Redis that is absent is retried in the background.
+    pub fn start(cfg: RedisConfig, health: Arc<Health>) -> Result<Self, StoreError> {
+        // Validate the URL now; connections are made lazily by the tasks.
+        redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
+        let writer = format!("{}.{:08x}", cfg.instance_id, rand::random::<u32>());
+        let (closing, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&cfg.key_prefix),
+            cfg,
+            writer,
+            local: Mutex::new(Local::default()),
+            view: Mutex::new(Arc::new(FleetView::default())),
+            flush_ok: AtomicBool::new(false),
+            read_ok: AtomicBool::new(false),
+            state_logged: AtomicBool::new(false),
+            health,
+            script: redis::Script::new(FLUSH_SCRIPT),
+            closing,
+        });
+        let flush_task = tokio::spawn(flush_loop(shared.clone()));
+        let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
+        info!(
+            url = %settings::redact_url(&shared.cfg.url),
+            instance = %shared.cfg.instance_id,
+            writer = %shared.writer,
+            "Redis live store started."
+        );
+        Ok(Self {
+            shared,
+            flush_task: Mutex::new(Some(flush_task)),
+            refresh_task,
+        })
+    }
+
+    /// This process run's writer id (instance id + random suffix).
+    pub fn writer(&self) -> &str {
+        &self.shared.writer
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.refresh_task.abort();
+        if let Some(t) = lock(&self.flush_task).take() {
+            t.abort();
+        }
+    }
+}
+
+impl LiveStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn apply(&self, deltas: Aggregates, now_ms: i64) {
+        if deltas.is_empty() {
+            return;
+        }
+        let minute = now_ms.div_euclid(MINUTE_MS);
+        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
+        let mut l = lock(&self.shared.local);
+        let l = &mut *l;
+        let m = l.minutes.entry(minute).or_default();
+        m.unsent += deltas.global.requests;
+        for (scope, lat) in scopes_of(&deltas) {
+            if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
+                m.scopes.entry(scope).or_default().merge(lat);
+                m.dirty = true;
+            }
+        }
+        let k = &mut l.keys;
+        if k.day != day {
+            k.day = day;
+            k.today.clear();
+        }
+        if k.month != month {
+            k.month = month;
+            k.this_month.clear();
+        }
+        for (scope, v) in &deltas.scopes {
+            match scope {
+                ScopeKey::Namespace(ns) => {
+                    if !l.namespaces.contains(ns) {
+                        l.namespaces.insert(ns.clone());
+                    }
+                    *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
+                    l.seed
+                        .scopes
+                        .entry(scope.clone())
+                        .or_default()
+                        .merge(&counters(v));
+                }
+                ScopeKey::Key(key) if v.requests > 0 => {
+                    *k.today.entry(key.clone()).or_insert(0) += v.requests;
+                    *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
+                }
+                _ => {}
+            }
+        }
+        l.seed.global.merge(&counters(&deltas.global));
+        if deltas.global.requests > 0 {
+            l.last_request_ms = l.last_request_ms.max(now_ms);
+        }
+        l.state.merge(&deltas);
+        l.dirty = true;
+    }
+
+    fn view(&self, _now_ms: i64) -> Arc<FleetView> {
+        lock(&self.shared.view).clone()
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.flush_ok.load(Relaxed) && self.shared.read_ok.load(Relaxed)
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self.shared.closing.send(true);
+            let task = lock(&self.flush_task).take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        })
+    }
+}
+
+/// The counters of a scope, without its histograms (seed keys need no latency).
+fn counters(a: &ScopeAgg) -> ScopeAgg {
+    ScopeAgg {
+        latency: Latencies::default(),
+        status: a.status.clone(),
+        token_usage: None,
+        ..*a
+    }
+}
+
+/// What `freeze` takes out of [`Local`], blobs encoded under the lock (`apply` waits for at
+/// most one encoding per flush interval).
+struct Frozen {
+    seed: Aggregates,
+    last_request_ms: i64,
+    state: Option<Vec<u8>>,
+    minutes: Vec<(i64, Vec<u8>)>,
+    keys: Option<(i64, Vec<u8>, i64, Vec<u8>)>,
+    namespaces: Vec<Label>,
+    ns_requests: HashMap<Label, u64>,
+}
+
+fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
+    let mut l = lock(&shared.local);
+    let l = &mut *l;
+    // Minutes that left every window are dropped; records not yet sent in them are counted.
+    let oldest = now.div_euclid(MINUTE_MS) - window_minutes() + 1;
+    let kept = l.minutes.split_off(&oldest);
+    let expired = std::mem::replace(&mut l.minutes, kept);
+    let lost: u64 = expired.values().map(|m| m.unsent).sum();
+    if lost > 0 {
+        shared.health.dropped(DropReason::LiveStoreExpired, lost);
+    }
+    let minutes = l
+        .minutes
+        .iter_mut()
+        .filter(|(_, m)| m.dirty)
+        .map(|(minute, m)| {
+            m.dirty = false;
+            m.unsent = 0;
+            (*minute, codec::encode_minute(&m.scopes))
+        })
+        .collect();
+    let dirty = std::mem::take(&mut l.dirty) || rewrite;
+    let k = &l.keys;
+    Frozen {
+        seed: std::mem::take(&mut l.seed),
+        last_request_ms: std::mem::take(&mut l.last_request_ms),
+        // A writer that counted nothing writes no blob (nothing to retire later either).
+        state: (dirty && !l.state.is_empty()).then(|| codec::encode_state(&l.state)),
+        minutes,
+        keys: (dirty && !k.this_month.is_empty()).then(|| {
+            (
+                k.day,
+                codec::encode_counts(&k.today),
+                k.month,
+                codec::encode_counts(&k.this_month),
+            )
+        }),
+        namespaces: l.namespaces.iter().cloned().collect(),
+        ns_requests: std::mem::take(&mut l.ns_requests),
+    }
+}
+
+/// Freezes everything pending into one batch: this writer's cumulative blobs (idempotent
+/// overwrites) and the seed keys' increments (guarded by the batch marker).
+fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
+    let keys = &shared.keys;
+    let cfg = &shared.cfg;
+    let f = take_frozen(shared, now, seq % STATE_REWRITE_FLUSHES == 0);
+    let mut ops = Ops {
+        args: vec![
+            MARKER_TTL_SECS.to_string().into_bytes(),
+            seq.to_string().into_bytes(),
+        ],
+    };
+    let writer = shared.writer.as_str();
+    if let Some(blob) = &f.state {
+        ops.hset(&keys.state(), writer, blob);
+    }
+    let ttl = ((window_minutes() + 2) * MINUTE_MS / 1000).to_string();
+    for (minute, blob) in &f.minutes {
+        let key = keys.hist_minute(*minute);
+        ops.hset(&key, writer, blob);
+        ops.op(&[b"E", key.as_bytes(), ttl.as_bytes()]);
+    }
+    if let Some((day, today, month, this_month)) = &f.keys {
+        let (dk, mk) = (keys.key_calls_day(*day), keys.key_calls_month(*month));
+        ops.hset(&dk, writer, today);
+        ops.op(&[b"E", dk.as_bytes(), b"259200"]);
+        ops.hset(&mk, writer, this_month);
+        ops.op(&[b"E", mk.as_bytes(), b"3456000"]);
+    }
+
+    // The seed system's keys: integer increments.
+    let g = &f.seed.global;
+    ops.incr(&keys.global("total_requests"), g.requests as i64);
+    ops.incr(&keys.global("total_errors"), g.failures as i64);
+    ops.incr(
+        &keys.global("total_response_time"),
+        g.duration_ms_sum as i64,
+    );
+    if f.last_request_ms > 0 {
+        let k = keys.global("last_request_time");
+        ops.op(&[b"M", k.as_bytes(), f.last_request_ms.to_string().as_bytes()]);
+    }
+    for (k, a) in &f.seed.scopes {
+        let ScopeKey::Namespace(ns) = k else {
+            continue;
+        };
+        ops.incr(&keys.ns(ns, "total_requests"), a.requests as i64);
+        ops.incr(
+            &keys.ns(ns, "successful_requests"),
+            (a.requests - a.failures) as i64,
+        );
+        ops.incr(&keys.ns(ns, "failed_requests"), a.failures as i64);
+        ops.incr(
+            &keys.ns(ns, "total_response_time"),
+            a.duration_ms_sum as i64,
+        );
+        ops.incr(&keys.ns(ns, "concurrent_requests"), a.concurrency);
+        for (code, n) in &a.status {
+            ops.incr(&keys.ns(ns, &format!("status:{code}")), *n as i64);
+        }
+    }
+
+    // Heartbeats, with a TTL.
+    let hb_ttl = cfg.heartbeat_ttl.as_secs().to_string();
+    let now_s = now.to_string();
+    let hb = keys.heartbeat(&cfg.instance_id);
+    ops.op(&[b"X", hb.as_bytes(), now_s.as_bytes(), hb_ttl.as_bytes()]);
+    for ns in &f.namespaces {
+        let key = keys.instance_ns(&cfg.instance_id, ns);
+        ops.op(&[
+            b"S",
+            key.as_bytes(),
+            b"last_seen",
+            now_s.as_bytes(),
+            b"instance",
+            cfg.instance_id.as_bytes(),
+        ]);
+        let n = f.ns_requests.get(ns).copied().unwrap_or(0);
+        ops.hincr(&key, "requests", n as i64);
+        ops.op(&[b"E", key.as_bytes(), hb_ttl.as_bytes()]);
+    }
+
+    Batch {
+        seq,
+        marker: keys.flush_marker(writer),
+        args: ops.args,
+    }
+}
+
+fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
+    let mc = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.command_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(cfg.connect_timeout);
+    ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)
+}
+
+/// Runs one Redis call with a hard deadline (connect + reply), whatever the client does.
+async fn bounded<T>(
+    cfg: &RedisConfig,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(cfg.connect_timeout + cfg.command_timeout, fut).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(unavailable("timed out")),
+    }
+}
+
+async fn send(shared: &Shared, con: &mut ConnectionManager, b: &Batch) -> Result<bool, StoreError> {
+    let mut inv = shared.script.key(&b.marker);
+    for a in &b.args {
+        inv.arg(a.as_slice());
+    }
+    let applied: i64 = bounded(&shared.cfg, inv.invoke_async(con)).await?;
+    Ok(applied == 1)
+}
+
+#[derive(Clone, Copy)]
+enum Task {
+    Flush,
+    Read,
+}
+
+/// Records the outcome of a Redis call; logs when the store goes down or up (and the first
+/// failure after start, so an absent Redis is visible in the logs).
+fn set_up(shared: &Shared, task: Task, ok: bool, err: Option<&StoreError>) {
+    let was = shared.flush_ok.load(Relaxed) && shared.read_ok.load(Relaxed);
+    match task {
+        Task::Flush => shared.flush_ok.store(ok, Relaxed),
+        Task::Read => shared.read_ok.store(ok, Relaxed),
+    }
+    let now = shared.flush_ok.load(Relaxed) && shared.read_ok.load(Relaxed);
+    let first = !shared.state_logged.swap(true, Relaxed);
+    match (was, now, err) {
+        (true, false, Some(e)) => {
+            warn!(error = %e, "Redis unreachable; buffering deltas in memory.")
+        }
+        (false, false, Some(e)) if first => {
+            warn!(error = %e, "Redis unreachable at start; buffering deltas in memory.")
+        }
+        (false, true, _) => info!("Redis reachable."),
+        _ => {}
+    }
+}
+
+/// One attempt to deliver `in_flight` (or a fresh batch); on failure the batch is kept for a
+/// retry with the same seq and the connection is dropped.
+async fn flush_once(
+    shared: &Shared,
+    con: &mut Option<ConnectionManager>,
+    in_flight: &mut Option<Batch>,
+    seq: &mut u64,
+) -> Result<(), StoreError> {
+    let batch = match in_flight.take() {
+        Some(b) => b,
+        None => {
+            *seq += 1;
+            freeze(shared, *seq, now_ms())
+        }
+    };
+    let c = match con.as_mut() {
+        Some(c) => c,
+        None => match connection(&shared.cfg) {
+            Ok(c) => con.insert(c),
+            Err(e) => {
+                *in_flight = Some(batch);
+                return Err(e);
+            }
+        },
+    };
+    match send(shared, c, &batch).await {
+        Ok(applied) => {
+            if !applied {
+                debug!(
+                    seq = batch.seq,
+                    "Flush batch was already applied (retry after a lost reply)."
+                );
+            }
+            set_up(shared, Task::Flush, true, None);
+            Ok(())
+        }
+        Err(e) => {
+            set_up(shared, Task::Flush, false, Some(&e));
+            // Outcome unknown: retry the SAME batch (same seq) on a fresh connection.
+            *in_flight = Some(batch);
+            *con = None;
+            Err(e)
+        }
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>) {
+    let cfg = shared.cfg.clone();
+    let mut closing = shared.closing.subscribe();
+    let mut con: Option<ConnectionManager> = None;
+    let mut in_flight: Option<Batch> = None;
+    let mut seq = 0u64;
+    let mut backoff = Duration::ZERO;
+    loop {
+        let wait = if backoff.is_zero() {
+            cfg.flush_interval
+        } else {
+            backoff
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = closing.wait_for(|c| *c) => break,
+        }
+        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+            Ok(()) => backoff = Duration::ZERO,
+            Err(_) => backoff = next_backoff(backoff, &cfg),
+        }
+    }
+    // Graceful shutdown: the pipeline has applied its last deltas. Deliver the batch in flight,
+    // then one final batch, for a few seconds at most.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(5).max(2 * (cfg.connect_timeout + cfg.command_timeout));
+    // The final batch carries the state blob, so Redis holds exactly this writer's totals,
+    // and takes back this writer's share of the concurrency gauges: a stopped process has no
+    // requests in flight (its pending starts would otherwise raise the fleet's gauge for good).
+    {
+        let mut l = lock(&shared.local);
+        let l = &mut *l;
+        l.dirty = true;
+        for (k, v) in l.state.scopes.iter_mut() {
+            if v.concurrency != 0 && matches!(k, ScopeKey::Namespace(_)) {
+                l.seed.scopes.entry(k.clone()).or_default().concurrency -= v.concurrency;
+                v.concurrency = 0;
+            }
+        }
+    }
+    let mut rounds = if in_flight.is_some() { 2 } else { 1 };
+    while rounds > 0 {
+        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+            Ok(()) => rounds -= 1,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                error!(
+                    error = %e,
+                    "Redis unreachable at shutdown: this process's last deltas were not written (data loss)."
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    if let Some(c) = con.as_mut()
+        && let Err(e) = retire(&shared, c).await
+    {
+        // Nothing is lost: the writer's blob stays in `gatemeter:state`.
+        warn!(error = %e, "Could not fold this writer's totals into the retired totals.");
+    }
+}
+
+/// Folds `gatemeter:state` field `{writer}` into `gatemeter:retired` and deletes the field, if
+/// `gatemeter:retired` is still what was read (compare-and-swap; retried on a race).
+const RETIRE_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[2]) or ''
+if cur ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+";
+
+/// At graceful shutdown, after the final batch: this writer will never write again, so its
+/// cumulative blob can join the merged totals of retired writers. Keeps `gatemeter:state` at
+/// one blob per running writer (plus writers that crashed) instead of one per process ever
+/// started.
+async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), StoreError> {
+    let own = {
+        let l = lock(&shared.local);
+        if l.state.is_empty() {
+            return Ok(());
+        }
+        l.state.clone()
+    };
+    let (state, retired) = (shared.keys.state(), shared.keys.retired());
+    let script = redis::Script::new(RETIRE_SCRIPT);
+    for _ in 0..5 {
+        let cur: Option<Vec<u8>> = bounded(
+            &shared.cfg,
+            redis::cmd("GET").arg(&retired).query_async(&mut *con),
+        )
+        .await?;
+        let mut merged = Aggregates::default();
+        if let Some(b) = &cur
+            && !codec::decode_state_into(b, &mut merged)
+        {
+            return Err(unavailable(
+                "gatemeter:retired is not readable by this version",
+            ));
+        }
+        merged.merge(&own);
+        let mut inv = script.key(&state);
+        inv.key(&retired)
+            .arg(&shared.writer)
+            .arg(cur.unwrap_or_default())
+            .arg(codec::encode_state(&merged));
+        let done: i64 = bounded(&shared.cfg, inv.invoke_async(&mut *con)).await?;
+        if done == 1 {
+            debug!(writer = %shared.writer, "Writer retired.");
+            return Ok(());
+        }
+    }
+    Err(unavailable("gatemeter:retired kept changing"))
+}
+
+fn next_backoff(cur: Duration, cfg: &RedisConfig) -> Duration {
+    if cur.is_zero() {
+        Duration::from_millis(50)
+    } else {
+        (cur * 2).min(cfg.max_backoff)
+    }
+}
+
+type Fields = HashMap<Vec<u8>, Vec<u8>>;
+
+/// Every writer's blob of a hash, logging (once per refresh) malformed ones.
+fn each_blob(fields: &Fields, mut add: impl FnMut(&[u8]) -> bool) {
+    let bad = fields.values().filter(|b| !add(b)).count();
+    if bad > 0 {
+        debug!(
+            bad,
+            "Skipped malformed blobs (written by an incompatible version?)."
+        );
+    }
+}
+
+/// The snapshot pipeline's replies: the state hash, the retired blob, then hashes.
+type Replies = (Fields, Option<Vec<u8>>, Vec<Fields>);
+
+fn split_replies(v: Vec<redis::Value>) -> Result<Replies, StoreError> {
+    let mut it = v.into_iter();
+    let mut next = || it.next().ok_or_else(|| unavailable("short reply"));
+    let state: Fields = redis::from_redis_value(next()?).map_err(unavailable)?;
+    let retired: Option<Vec<u8>> = redis::from_redis_value(next()?).map_err(unavailable)?;
+    let rest = it
+        .map(|v| redis::from_redis_value(v).map_err(unavailable))
+        .collect::<Result<Vec<Fields>, _>>()?;
+    Ok((state, retired, rest))
+}
+
+/// Reads the fleet view: every writer's state, the recent minutes, the API key periods.
+async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<FleetView, StoreError> {
+    let keys = &shared.keys;
+    let now = now_ms();
+    let now_minute = now.div_euclid(MINUTE_MS);
+    let first = now_minute - window_minutes() + 1;
+    // MULTI/EXEC: a writer retiring between two reads would be counted twice or not at all.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.hgetall(keys.state())
+        .get(keys.retired())
+        .hgetall(keys.key_calls_day(utc_day(now)))
+        .hgetall(keys.key_calls_month(utc_month(now)));
+    for m in first..=now_minute {
+        pipe.hgetall(keys.hist_minute(m));
+    }
+    let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
+        .await
+        .and_then(split_replies)?;
+    if replies.len() != 2 + (now_minute - first + 1) as usize {
+        return Err(unavailable("unexpected reply shape"));
+    }
+    let minutes = replies.split_off(2);
+    let mut totals = Aggregates::default();
+    each_blob(&state, |b| codec::decode_state_into(b, &mut totals));
+    if let Some(b) = &retired
+        && !codec::decode_state_into(b, &mut totals)
+    {
+        debug!("Skipped a malformed retired-writers blob.");
+    }
+    let (mut today, mut this_month) = (HashMap::new(), HashMap::new());
+    each_blob(&replies[0], |b| codec::decode_counts_into(b, &mut today));
+    each_blob(&replies[1], |b| {
+        codec::decode_counts_into(b, &mut this_month)
+    });
+    let key_calls = this_month
+        .into_iter()
+        .map(|(k, m)| {
+            let t = today.get(&k).copied().unwrap_or(0);
+            (
+                k,
+                KeyCalls {
+                    today: t,
+                    this_month: m,
+                },
+            )
+        })
+        .collect();
+    let windows = WINDOWS
+        .iter()
+        .map(|(label, len)| {
+            let mut w = WindowView {
+                label,
+                ..WindowView::default()
+            };
+            let from = (now - len).div_euclid(MINUTE_MS);
+            for (i, fields) in minutes.iter().enumerate() {
+                if first + (i as i64) >= from {
+                    each_blob(fields, |b| {
+                        codec::decode_minute_into(b, &mut w.global, &mut w.scopes)
+                    });
+                }
+            }
+            w
+        })
+        .collect();
+    Ok(FleetView {
+        totals,
+        windows,
+        key_calls,
+    })
+}
+
+async fn refresh_loop(shared: Arc<Shared>) {
+    let cfg = shared.cfg.clone();
+    let mut con: Option<ConnectionManager> = None;
+    let mut tick = tokio::time::interval(cfg.refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let c = match con.as_mut() {
+            Some(c) => c,
+            None => match connection(&cfg) {
+                Ok(c) => con.insert(c),
+                Err(_) => continue,
+            },
+        };
+        match read_view(&shared, c).await {
+            Ok(view) => {
+                *lock(&shared.view) = Arc::new(view);
+                set_up(&shared, Task::Read, true, None);
+            }
+            Err(e) => {
+                set_up(&shared, Task::Read, false, Some(&e));
+                con = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! How aggregates are laid out in Redis: key names (the seed system's, under the prefix),
+//! hash field names of the fleet aggregates, and the compact histogram blob.
+//!
+//! Pure: no I/O. Each writer's data is a blob of its own cumulative values, so a flush is a
+//! handful of Redis commands whatever the number of series, and a re-write is idempotent.
+//! Blobs are versioned varint records; label strings are length-prefixed (any character).
+
+use std::collections::HashMap;
+
+use crate::aggregate::{Aggregates, Latencies, Latency, ScopeAgg, ScopeKey, TokenUsage};
+use crate::catalog::GENAI_TOKEN_BUCKETS;
+use crate::record::Label;
+
+/// Length of one minute bucket of the windowed histograms, ms.
+pub const MINUTE_MS: i64 = 60_000;
+
+/// A histogram scope: `None` is the global scope.
+pub type HistScope = Option<ScopeKey>;
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (may be empty).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// A key under the prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Every writer's cumulative state blob (counters and since-start histograms of every
+    /// scope), one field per writer.
+    pub fn state(&self) -> String {
+        self.key("gatemeter:state")
+    }
+
+    /// The merged state blob of every writer that shut down gracefully.
+    pub fn retired(&self) -> String {
+        self.key("gatemeter:retired")
+    }
+
+    /// Histogram blobs of one minute bucket, every writer.
+    pub fn hist_minute(&self, minute: i64) -> String {
+        self.key(&format!("gatemeter:hist:{minute}"))
+    }
+
+    /// A writer's idempotency marker: the number of its last applied flush batch.
+    pub fn flush_marker(&self, writer: &str) -> String {
+        self.key(&format!("gatemeter:flush:{writer}"))
+    }
+
+    /// API key calls per key in one UTC day (`day` = days since the epoch).
+    pub fn key_calls_day(&self, day: i64) -> String {
+        self.key(&format!("gatemeter:apikey:calls:day:{day}"))
+    }
+
+    /// API key calls per key in one UTC month (`month` = year * 12 + month - 1).
+    pub fn key_calls_month(&self, month: i64) -> String {
+        self.key(&format!("gatemeter:apikey:calls:month:{month}"))
+    }
+
+    /// Heartbeat of one instance (written even without traffic).
+    pub fn heartbeat(&self, instance: &str) -> String {
+        self.key(&format!("gatemeter:heartbeat:{instance}"))
+    }
+
+    /// The seed system's per-instance, per-namespace heartbeat hash.
+    pub fn instance_ns(&self, instance: &str, ns: &str) -> String {
+        self.key(&format!("metrics:instance:{instance}:{ns}"))
+    }
+
+    /// A seed global counter (`total_requests`, `total_errors`, …).
+    pub fn global(&self, name: &str) -> String {
+        self.key(&format!("metrics:global:{name}"))
+    }
+
+    /// A seed per-namespace counter (`total_requests`, `status:200`, …).
+    pub fn ns(&self, ns: &str, name: &str) -> String {
+        self.key(&format!("metrics:ns:{ns}:{name}"))
+    }
+}
+
+/// Encodes a scope: `g`, `n|ns`, `p|provider`, `m|len:providermodel`.
+pub fn scope_enc(s: &HistScope) -> String {
+    match s {
+        None => "g".to_string(),
+        Some(ScopeKey::Namespace(n)) => format!("n|{n}"),
+        Some(ScopeKey::Provider(p)) => format!("p|{p}"),
+        Some(ScopeKey::Model(p, m)) => format!("m|{}:{p}{m}", p.len()),
+        Some(ScopeKey::User(u)) => format!("u|{u}"),
+        Some(ScopeKey::Key(k)) => format!("k|{k}"),
+    }
+}
+
+/// Decodes [`scope_enc`]; `None` for anything malformed.
+pub fn scope_dec(s: &str) -> Option<HistScope> {
+    if s == "g" {
+        return Some(None);
+    }
+    let (tag, rest) = s.split_once('|')?;
+    Some(Some(match tag {
+        "n" => ScopeKey::Namespace(Label::from(rest)),
+        "p" => ScopeKey::Provider(Label::from(rest)),
+        "u" => ScopeKey::User(Label::from(rest)),
+        "k" => ScopeKey::Key(Label::from(rest)),
+        "m" => {
+            let (len, pm) = rest.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            if !pm.is_char_boundary(len) {
+                return None;
+            }
+            let (p, m) = pm.split_at(len);
+            ScopeKey::Model(Label::from(p), Label::from(m))
+        }
+        _ => return None,
+    }))
+}
+
+const TOKENS: [&str; 5] = ["tok0", "tok1", "tok2", "tok3", "tok4"];
+
+/// The integer increments of one scope, as `(field, delta)` (zeros left out).
+pub fn scope_fields(a: &ScopeAgg, out: &mut Vec<(String, i64)>) {
+    let mut push = |name: &str, v: u64| {
+        if v != 0 {
+            out.push((name.to_string(), v as i64));
+        }
+    };
+    push("req", a.requests);
+    push("fail", a.failures);
+    push("dur", a.duration_ms_sum);
+    push("ttfb", a.ttfb_ms_sum);
+    for (name, v) in TOKENS.iter().zip(a.tokens.as_array()) {
+        push(name, v);
+    }
+    push("cost", a.cost_micros);
+    push("unpriced", a.unpriced);
+    push("aband", a.abandoned);
+    for (code, n) in &a.status {
+        push(&format!("st{code}"), *n);
+    }
+    if let Some(u) = &a.token_usage {
+        for k in 0..2 {
+            for (i, n) in u.buckets[k].iter().enumerate() {
+                push(&format!("tub{k}_{i}"), *n);
+            }
+            push(&format!("tus{k}"), u.sums[k]);
+        }
+    }
+    if a.concurrency != 0 {
+        out.push(("conc".to_string(), a.concurrency));
+    }
+    if a.last_used_ms != 0 {
+        out.push(("last".to_string(), a.last_used_ms));
+    }
+    if let Some(i) = a
+        .operation
+        .and_then(|o| OPERATIONS.iter().position(|x| *x == o))
+    {
+        out.push(("op".to_string(), i as i64));
+    }
+}
+
+const OPERATIONS: [&str; 4] = ["chat", "embeddings", "text_completion", "generate_content"];
+
+/// Applies one stored field to a scope; false when the field is unknown.
+fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
+    let u = v.max(0) as u64;
+    match field {
+        "req" => a.requests = u,
+        "fail" => a.failures = u,
+        "dur" => a.duration_ms_sum = u,
+        "ttfb" => a.ttfb_ms_sum = u,
+        "tok0" => a.tokens.input = u,
+        "tok1" => a.tokens.output = u,
+        "tok2" => a.tokens.cache_write_5m = u,
+        "tok3" => a.tokens.cache_write_1h = u,
+        "tok4" => a.tokens.cache_read = u,
+        "cost" => a.cost_micros = u,
+        "unpriced" => a.unpriced = u,
+        "aband" => a.abandoned = u,
+        "last" => a.last_used_ms = v,
+        "op" => a.operation = OPERATIONS.get(u as usize).copied(),
+        "conc" => a.concurrency = v,
+        f => {
+            if let Some(code) = f.strip_prefix("st") {
+                let Ok(code) = code.parse::<u16>() else {
+                    return false;
+                };
+                a.status.insert(code, u);
+            } else if let Some(rest) = f.strip_prefix("tub") {
+                let Some((k, i)) = rest.split_once('_') else {
+                    return false;
+                };
+                let (Ok(k), Ok(i)) = (k.parse::<usize>(), i.parse::<usize>()) else {
+                    return false;
+                };
+                if k > 1 || i > GENAI_TOKEN_BUCKETS.len() {
+                    return false;
+                }
+                a.token_usage
+                    .get_or_insert_with(Box::<TokenUsage>::default)
+                    .buckets[k][i] = u;
+            } else if let Some(k) = f.strip_prefix("tus") {
+                let Ok(k) = k.parse::<usize>() else {
+                    return false;
+                };
+                if k > 1 {
+                    return false;
+                }
+                a.token_usage
+                    .get_or_insert_with(Box::<TokenUsage>::default)
+                    .sums[k] = u;
+            } else {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+const BLOB_VERSION: u8 = 1;
+
+fn put_latency(out: &mut Vec<u8>, l: &Latency) {
+    let pairs = l.to_pairs();
+    put_varint(out, pairs.len() as u64);
+    let mut prev = 0;
+    for (v, n) in pairs {
+        put_varint(out, v - prev);
+        put_varint(out, n);
+        prev = v;
+    }
+}
+
+fn get_latency(b: &[u8], i: &mut usize, into: &mut Latency) -> Option<()> {
+    let n = get_varint(b, i)?;
+    let mut prev = 0u64;
+    for _ in 0..n {
+        prev = prev.checked_add(get_varint(b, i)?)?;
+        into.record_n(prev, get_varint(b, i)?);
+    }
+    Some(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn get_str<'b>(b: &'b [u8], i: &mut usize) -> Option<&'b str> {
+    let n = usize::try_from(get_varint(b, i)?).ok()?;
+    let s = b.get(*i..i.checked_add(n)?)?;
+    *i += n;
+    std::str::from_utf8(s).ok()
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a writer's cumulative aggregates: overflow counters, then per scope its counters
+/// (named fields) and its duration and TTFB distributions.
+pub fn encode_state(a: &Aggregates) -> Vec<u8> {
+    let mut out = vec![BLOB_VERSION];
+    put_varint(&mut out, a.overflow.len() as u64);
+    for n in a.overflow {
+        put_varint(&mut out, n);
+    }
+    put_varint(&mut out, 1 + a.scopes.len() as u64);
+    let mut fields = Vec::new();
+    for (scope, agg) in
+        std::iter::once((None, &a.global)).chain(a.scopes.iter().map(|(k, v)| (Some(k.clone()), v)))
+    {
+        put_str(&mut out, &scope_enc(&scope));
+        fields.clear();
+        scope_fields(agg, &mut fields);
+        put_varint(&mut out, fields.len() as u64);
+        for (f, v) in &fields {
+            put_str(&mut out, f);
+            put_varint(&mut out, zigzag(*v));
+        }
+        put_latency(&mut out, &agg.latency.duration);
+        put_latency(&mut out, &agg.latency.ttfb);
+    }
+    out
+}
+
+/// Adds one writer's state blob into `into` (counters summed, histograms merged). Unknown
+/// fields are skipped (a newer replica may write more); false when the blob is malformed.
+pub fn decode_state_into(b: &[u8], into: &mut Aggregates) -> bool {
+    decode_state(b, into).is_some()
+}
+
+fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
+    if b.first() != Some(&BLOB_VERSION) {
+        return None;
+    }
+    let mut i = 1;
+    let dims = get_varint(b, &mut i)?;
+    for d in 0..dims {
+        let n = get_varint(b, &mut i)?;
+        if let Some(slot) = into.overflow.get_mut(d as usize) {
+            *slot += n;
+        }
+    }
+    let scopes = get_varint(b, &mut i)?;
+    for _ in 0..scopes {
+        let scope = scope_dec(get_str(b, &mut i)?)?;
+        let mut counters = ScopeAgg::default();
+        for _ in 0..get_varint(b, &mut i)? {
+            let f = get_str(b, &mut i)?;
+            let v = unzigzag(get_varint(b, &mut i)?);
+            set_field(&mut counters, f, v);
+        }
+        let target = match scope {
+            None => &mut into.global,
+            Some(k) => into.scopes.entry(k).or_default(),
+        };
+        target.merge(&counters);
+        get_latency(b, &mut i, &mut target.latency.duration)?;
+        get_latency(b, &mut i, &mut target.latency.ttfb)?;
+    }
+    Some(())
+}
+
+/// Encodes one minute's distributions of every scope.
+pub fn encode_minute(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
+    let mut out = vec![BLOB_VERSION];
+    put_varint(&mut out, scopes.len() as u64);
+    for (scope, l) in scopes {
+        put_str(&mut out, &scope_enc(scope));
+        put_latency(&mut out, &l.duration);
+        put_latency(&mut out, &l.ttfb);
+    }
+    out
+}
+
+/// Adds a minute blob's distributions: the global scope into `global`, the others into `scopes`.
+pub fn decode_minute_into(
+    b: &[u8],
+    global: &mut Latencies,
+    scopes: &mut HashMap<ScopeKey, Latencies>,
+) -> bool {
+    (|| {
+        if b.first() != Some(&BLOB_VERSION) {
+            return None;
+        }
+        let mut i = 1;
+        for _ in 0..get_varint(b, &mut i)? {
+            let into = match scope_dec(get_str(b, &mut i)?)? {
+                None => &mut *global,
+                Some(k) => scopes.entry(k).or_default(),
+            };
+            get_latency(b, &mut i, &mut into.duration)?;
+            get_latency(b, &mut i, &mut into.ttfb)?;
+        }
+        Some(())
+    })()
+    .is_some()
+}
+
+/// Encodes per-label counts (API key calls).
+pub fn encode_counts(counts: &HashMap<Label, u64>) -> Vec<u8> {
+    let mut out = vec![BLOB_VERSION];
+    put_varint(&mut out, counts.len() as u64);
+    for (k, n) in counts {
+        put_str(&mut out, k);
+        put_varint(&mut out, *n);
+    }
+    out
+}
+
+/// Adds per-label counts into `into`; false when malformed.
+pub fn decode_counts_into(b: &[u8], into: &mut HashMap<Label, u64>) -> bool {
+    (|| {
+        if b.first() != Some(&BLOB_VERSION) {
+            return None;
+        }
+        let mut i = 1;
+        for _ in 0..get_varint(b, &mut i)? {
+            let k = Label::from(get_str(b, &mut i)?);
+            *into.entry(k).or_insert(0) += get_varint(b, &mut i)?;
+        }
+        Some(())
+    })()
+    .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip_with_any_characters() {
+        for s in [
+            None,
+            Some(ScopeKey::Namespace("a|b:c".into())),
+            Some(ScopeKey::Provider("".into())),
+            Some(ScopeKey::Model("p:1|".into(), "m|x:2é".into())),
+            Some(ScopeKey::User("a@b.c".into())),
+            Some(ScopeKey::Key("key|1".into())),
+        ] {
+            assert_eq!(scope_dec(&scope_enc(&s)), Some(s.clone()));
+        }
+        assert_eq!(scope_dec("m|9:ab"), None);
+        assert_eq!(scope_dec("x|a"), None);
+    }
+
+    #[test]
+    fn state_blobs_round_trip_and_add_up() {
+        let mut a = Aggregates::default();
+        a.overflow[1] = 4;
+        a.global.requests = 3;
+        a.global.latency.duration.record(250);
+        let s = a
+            .scopes
+            .entry(ScopeKey::Namespace("n|s".into()))
+            .or_default();
+        s.requests = 3;
+        s.failures = 1;
+        s.cost_micros = 1_500_000;
+        s.concurrency = -2;
+        s.tokens.cache_read = 9;
+        s.status.insert(503, 1);
+        s.last_used_ms = 1_700_000_000_000;
+        s.operation = Some("embeddings");
+        s.latency.duration.record(7);
+        s.latency.ttfb.record(3_600_000);
+        let mut u = Box::<TokenUsage>::default();
+        u.buckets[1][3] = 2;
+        u.sums = [5, 6];
+        s.token_usage = Some(u);
+        let blob = encode_state(&a);
+        let mut back = Aggregates::default();
+        assert!(decode_state_into(&blob, &mut back));
+        assert!(
+            decode_state_into(&blob, &mut back),
+            "a second writer adds up"
+        );
+        let b = back
+            .scope(&ScopeKey::Namespace("n|s".into()))
+            .expect("scope");
+        assert_eq!(
+            (b.requests, b.failures, b.cost_micros, b.concurrency),
+            (6, 2, 3_000_000, -4)
+        );
+        assert_eq!((b.tokens.cache_read, b.status.get(&503)), (18, Some(&2)));
+        assert_eq!(
+            (b.last_used_ms, b.operation),
+            (1_700_000_000_000, Some("embeddings"))
+        );
+        assert_eq!(b.token_usage.as_ref().expect("usage").sums, [10, 12]);
+        assert_eq!(b.latency.ttfb.count(), 2);
+        assert_eq!(back.global.latency.duration.quantile(0.5), Some(250.0));
+        assert_eq!(back.overflow[1], 8);
+        assert!(!decode_state_into(&blob[..blob.len() - 1], &mut back));
+        assert!(!decode_state_into(&[], &mut back));
+    }
+
+    #[test]
+    fn minute_and_count_blobs_round_trip() {
+        let mut m = HashMap::new();
+        let mut l = Latencies::default();
+        for v in [1, 1, 7, 250, 9_999, 3_600_000] {
+            l.duration.record(v);
+        }
+        l.ttfb.record(42);
+        m.insert(None, l.clone());
+        m.insert(Some(ScopeKey::Provider("p".into())), l.clone());
+        let (mut g, mut scopes) = (Latencies::default(), HashMap::new());
+        assert!(decode_minute_into(&encode_minute(&m), &mut g, &mut scopes));
+        assert_eq!(g.duration.to_pairs(), l.duration.to_pairs());
+        assert_eq!(
+            scopes[&ScopeKey::Provider("p".into())].ttfb.to_pairs(),
+            l.ttfb.to_pairs()
+        );
+        assert!(!decode_minute_into(&[1, 5], &mut g, &mut scopes));
+        let counts: HashMap<Label, u64> = [("k1".into(), 3), ("k|2".into(), 4)].into();
+        let mut back = HashMap::new();
+        assert!(decode_counts_into(&encode_counts(&counts), &mut back));
+        assert_eq!(back, counts);
+    }
+}
