@@ -11,12 +11,14 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::api::auth::{Access, Auth};
+use crate::api::logs::{self, LogApi};
 use crate::config::{Config, LiveStoreKind};
 use crate::export::prometheus::{self, MetricsState};
 use crate::health::Health;
 use crate::ingest::native::{self, NativeIngest};
 use crate::pipeline::Pipeline;
-use crate::store::{Discard, LiveStore, MemoryStore, RequestLog};
+use crate::store::{Discard, LiveStore, MemoryStore, RequestLog, SqlLog, StoreError};
 
 /// A server ready to run.
 pub struct App {
@@ -35,24 +37,51 @@ pub enum AppError {
     /// The aggregator task panicked.
     #[error("aggregator task failed: {0}")]
     Aggregator(String),
+    /// The request log could not be opened.
+    #[error("request log: {0}")]
+    Store(#[from] StoreError),
+    /// No tokens are configured and the listener is not loopback (SPEC §8).
+    #[error(
+        "refusing to serve on {0} without tokens: configure auth tokens, listen on loopback, or set auth.allow_open: true"
+    )]
+    OpenNonLoopback(SocketAddr),
 }
 
 impl App {
-    /// Wires everything for `config` onto an already bound `listener` (tests bind port 0).
-    pub fn build(config: &Config, listener: TcpListener) -> Self {
+    /// Wires everything for `config` onto an already bound `listener` (tests bind port 0):
+    /// opens the request log (running its migrations) and refuses an open non-loopback listener.
+    pub async fn build(config: &Config, listener: TcpListener) -> Result<Self, AppError> {
+        let addr = listener.local_addr()?;
+        if !config.auth.has_tokens() && !config.auth.allow_open && !addr.ip().is_loopback() {
+            return Err(AppError::OpenNonLoopback(addr));
+        }
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
         };
-        let log: Arc<dyn RequestLog> = Arc::new(Discard);
         let health = Arc::new(Health::new(config.pipeline.queue_capacity));
+        let sql = match &config.log_store {
+            Some(cfg) => Some(SqlLog::open(cfg, health.clone()).await?),
+            None => None,
+        };
+        let log: Arc<dyn RequestLog> = match &sql {
+            Some(l) => Arc::new(l.clone()),
+            None => Arc::new(Discard),
+        };
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
-        let router = router(config, pipeline.clone(), health);
-        Self {
+        let mut router = router(config, pipeline.clone(), health);
+        if let Some(log) = sql {
+            let api = LogApi {
+                log,
+                export_max_rows: config.export_max_rows,
+            };
+            router = router.merge(logs::routes(api, &Auth::new(config.auth.clone())));
+        }
+        Ok(Self {
             listener,
             router,
             pipeline,
             aggregator,
-        }
+        })
     }
 
     /// The address the server listens on.
@@ -93,18 +122,22 @@ pub fn router(config: &Config, pipeline: Pipeline, health: Arc<Health>) -> Route
         config: config.ingest,
         prices: config.prices.clone(),
     };
+    let auth = Auth::new(config.auth.clone());
+    // Every ingest route (`/v1/*`) belongs to this group, behind the ingest guard.
+    let ingest_routes = Router::new().route(
+        "/v1/events",
+        post(native::post_events).with_state(Arc::new(ingest)),
+    );
+    let metrics_routes = Router::new().route(
+        "/metrics",
+        get(prometheus::metrics).with_state(MetricsState {
+            pipeline: pipeline.clone(),
+            health,
+        }),
+    );
     Router::new()
-        .route(
-            "/v1/events",
-            post(native::post_events).with_state(Arc::new(ingest)),
-        )
-        .route(
-            "/metrics",
-            get(prometheus::metrics).with_state(MetricsState {
-                pipeline: pipeline.clone(),
-                health,
-            }),
-        )
+        .merge(auth.guard(ingest_routes, Access::Ingest))
+        .merge(auth.guard(metrics_routes, Access::Metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz).with_state(pipeline))
         .fallback(|| async { crate::api::ApiError::NotFound })

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::aggregate::Limits;
+use crate::api::auth::AuthConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
+use crate::store::sql::{SqlBackend, SqlConfig};
 
 /// Default listen address: OTLP/HTTP's port, loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4318";
@@ -65,6 +67,8 @@ struct RawConfig {
     ingest: RawIngest,
     pipeline: RawPipeline,
     pricing: RawPricing,
+    log_store: RawLogStore,
+    auth: RawAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +135,12 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Price table.
     pub prices: Arc<PriceTable>,
+    /// The SQL request log; `None` keeps no log (`log_store.kind: none`).
+    pub log_store: Option<SqlConfig>,
+    /// Most rows in one usage CSV export.
+    pub export_max_rows: u64,
+    /// Bearer tokens and roles.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -291,12 +301,179 @@ impl RawConfig {
         let prices = PriceTable::new(models, self.pricing.provider_multipliers)
             .map_err(|m| invalid("pricing", m))?;
 
+        let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let auth = self.auth.validate(env)?;
         Ok(Config {
             listen,
             live_store,
             ingest,
             pipeline,
             prices: Arc::new(prices),
+            log_store,
+            export_max_rows,
+            auth,
+        })
+    }
+}
+
+/// Environment variable selecting PostgreSQL for the request log (its URL).
+pub const ENV_DATABASE_URL: &str = "GATEMETER_DATABASE_URL";
+/// Environment variable overriding `log_store.data_dir`.
+pub const ENV_DATA_DIR: &str = "GATEMETER_DATA_DIR";
+/// Environment variables adding tokens (comma-separated) to the file's.
+pub const ENV_ADMIN_TOKENS: &str = "GATEMETER_ADMIN_TOKENS";
+/// See [`ENV_ADMIN_TOKENS`].
+pub const ENV_INGEST_TOKENS: &str = "GATEMETER_INGEST_TOKENS";
+/// Environment variable replacing `auth.metrics_token`.
+pub const ENV_METRICS_TOKEN: &str = "GATEMETER_METRICS_TOKEN";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogStore {
+    kind: Option<String>,
+    data_dir: Option<PathBuf>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    queue_capacity: Option<usize>,
+    batch_rows: Option<usize>,
+    log_retention_days: Option<u32>,
+    export_max_rows: Option<u64>,
+}
+
+impl RawLogStore {
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Option<SqlConfig>, u64), ConfigError> {
+        let export_max_rows = self.export_max_rows.unwrap_or(10_000);
+        if export_max_rows == 0 || export_max_rows > 100_000_000 {
+            return Err(invalid(
+                "log_store.export_max_rows",
+                format!("{export_max_rows} is not between 1 and 100000000"),
+            ));
+        }
+        let env_url = env(ENV_DATABASE_URL).filter(|u| !u.is_empty());
+        let backend = match (self.kind.as_deref(), env_url) {
+            (Some("none"), _) => return Ok((None, export_max_rows)),
+            (None | Some("postgres"), Some(url)) => SqlBackend::Postgres { url },
+            (Some("postgres"), None) => match self.url {
+                Some(url) => SqlBackend::Postgres { url },
+                None => {
+                    return Err(invalid(
+                        "log_store.url",
+                        format!("required for kind postgres (or set {ENV_DATABASE_URL})"),
+                    ));
+                }
+            },
+            (None | Some("sqlite"), None) | (Some("sqlite"), Some(_)) => {
+                let dir = env(ENV_DATA_DIR)
+                    .map(PathBuf::from)
+                    .or(self.data_dir)
+                    .unwrap_or_else(|| PathBuf::from("data"));
+                SqlBackend::Sqlite {
+                    path: self.path.unwrap_or_else(|| dir.join("requests.db")),
+                }
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "log_store.kind",
+                    format!("{other:?} is not a log store (sqlite, postgres, none)"),
+                ));
+            }
+        };
+        let cfg = SqlConfig {
+            backend,
+            queue_capacity: positive(
+                "log_store.queue_capacity",
+                self.queue_capacity,
+                200_000,
+                100_000_000,
+            )?,
+            batch_rows: positive("log_store.batch_rows", self.batch_rows, 10_000, 1_000_000)?,
+            retention_days: self.log_retention_days.unwrap_or(30),
+        };
+        Ok((Some(cfg), export_max_rows))
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    ingest_tokens: Vec<String>,
+    admin_tokens: Vec<String>,
+    user_tokens: BTreeMap<String, String>,
+    metrics_token: Option<String>,
+    allow_open: bool,
+}
+
+impl std::fmt::Debug for RawAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawAuth { <tokens hidden> }")
+    }
+}
+
+impl RawAuth {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
+        let from_env = |k: &str| -> Vec<String> {
+            env(k)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut ingest_tokens = self.ingest_tokens;
+        ingest_tokens.extend(from_env(ENV_INGEST_TOKENS));
+        let mut admin_tokens = self.admin_tokens;
+        admin_tokens.extend(from_env(ENV_ADMIN_TOKENS));
+        let metrics_token = env(ENV_METRICS_TOKEN)
+            .filter(|t| !t.is_empty())
+            .or(self.metrics_token);
+        let user_tokens: Vec<(String, String)> = self.user_tokens.into_iter().collect();
+        // Tokens are secrets: messages name the list and position, never the value.
+        let mut seen = std::collections::HashSet::new();
+        let lists: [(&str, Vec<&String>); 4] = [
+            ("auth.ingest_tokens", ingest_tokens.iter().collect()),
+            ("auth.admin_tokens", admin_tokens.iter().collect()),
+            (
+                "auth.user_tokens",
+                user_tokens.iter().map(|(t, _)| t).collect(),
+            ),
+            ("auth.metrics_token", metrics_token.iter().collect()),
+        ];
+        for (key, tokens) in lists {
+            for (i, t) in tokens.into_iter().enumerate() {
+                if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        "a token must be at least 16 printable ASCII characters without spaces",
+                    ));
+                }
+                if !seen.insert(t.clone()) {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        "the same token is configured twice (each token has one role)",
+                    ));
+                }
+            }
+        }
+        for (i, (_, user)) in user_tokens.iter().enumerate() {
+            if user.is_empty() {
+                return Err(invalid(
+                    format!("auth.user_tokens[{i}]"),
+                    "the user id must not be empty",
+                ));
+            }
+        }
+        Ok(AuthConfig {
+            ingest_tokens,
+            admin_tokens,
+            user_tokens,
+            metrics_token,
+            allow_open: self.allow_open,
         })
     }
 }

@@ -1,3 +1,4 @@
-//! Outputs: renderings of the fleet view for other systems.
+//! Outputs: renderings of the fleet view for other systems, and the usage CSV of the request log.
 
 pub mod prometheus;
+pub mod usage_csv;

@@ -90,15 +90,18 @@ pub enum DropReason {
     PendingFull = 2,
     /// The request log's queue was full: counted but not logged.
     LogFull = 3,
+    /// The request log kept failing to write a batch (after retries): counted but not logged.
+    LogWriteFailed = 4,
 }
 
 impl DropReason {
     /// All reasons.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         Self::QueueFull,
         Self::ShuttingDown,
         Self::PendingFull,
         Self::LogFull,
+        Self::LogWriteFailed,
     ];
 
     /// The label value.
@@ -108,6 +111,7 @@ impl DropReason {
             Self::ShuttingDown => "shutting_down",
             Self::PendingFull => "pending_full",
             Self::LogFull => "log_full",
+            Self::LogWriteFailed => "log_write_failed",
         }
     }
 }

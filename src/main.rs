@@ -126,8 +126,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = App::build(&config, listener);
-    tracing::info!(addr = %app.local_addr()?, store = "memory", "gatemeter listening.");
+    let app = App::build(&config, listener).await?;
+    let log = config
+        .log_store
+        .as_ref()
+        .map_or("none", |l| match l.backend {
+            gatemeter::store::sql::SqlBackend::Sqlite { .. } => "sqlite",
+            gatemeter::store::sql::SqlBackend::Postgres { .. } => "postgres",
+        });
+    tracing::info!(addr = %app.local_addr()?, store = "memory", log, "gatemeter listening.");
     app.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -163,6 +170,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("live_store: {:?}", c.live_store);
             println!("ingest: {:?}", c.ingest);
             println!("pipeline: {:?}", c.pipeline);
+            println!("log_store: {:?}", c.log_store);
+            println!("auth: {:?}", c.auth);
             Ok(())
         }
         Command::Demo {
@@ -183,13 +192,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(addr) = listen {
                         c.listen = addr;
                     }
+                    // Without a config the demo's request log is a throwaway file.
+                    if let Some(gatemeter::store::sql::SqlConfig {
+                        backend: gatemeter::store::sql::SqlBackend::Sqlite { path },
+                        ..
+                    }) = c.log_store.as_mut()
+                    {
+                        *path = std::env::temp_dir()
+                            .join(format!("gatemeter-demo-{}", std::process::id()))
+                            .join("requests.db");
+                    }
                     c
                 }
             };
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            let app = App::build(&config, listener);
+            let app = App::build(&config, listener).await?;
             let addr = app.local_addr()?;
             tracing::info!(%addr, "gatemeter demo: serving and generating traffic; open http://{addr}/metrics");
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -4,10 +4,12 @@
 pub mod live;
 pub mod log;
 pub mod memory;
+pub mod sql;
 
 pub use live::{FleetView, LiveStore, WindowView};
 pub use log::{Discard, RequestLog};
 pub use memory::MemoryStore;
+pub use sql::SqlLog;
 
 /// A store failure, backend-neutral.
 #[derive(Debug, thiserror::Error)]

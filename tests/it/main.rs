@@ -7,3 +7,4 @@ mod exposition;
 mod harness;
 mod ingest;
 mod loadgen;
+mod sql_log;

@@ -1,0 +1,167 @@
+//! The one writer task of the SQL request log: drains the queue, writes what it took as
+//! multi-row `INSERT … ON CONFLICT (request_id) DO NOTHING` statements in one transaction per
+//! batch, retries transient failures with back-off, and counts what it finally gives up on.
+//!
+//! Batching adapts to load: a wake-up takes everything queued, so a quiet server writes small
+//! transactions at once and a busy one writes up to `batch_rows` rows per transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use sqlx::QueryBuilder;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Backend, count_failed, dispatch, unavailable};
+use crate::health::Health;
+use crate::record::ValidRecord;
+use crate::store::StoreError;
+
+/// What the writer receives.
+pub(crate) enum Msg {
+    /// Records to write (boxed as the pipeline hands them over: no copy).
+    #[allow(clippy::vec_box)]
+    Records(Vec<Box<ValidRecord>>),
+    /// Answer once everything received before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Columns bound per row (see [`push_row`]).
+const COLUMNS: usize = 36;
+/// Rows per statement: SQLite allows 32,766 bound parameters, PostgreSQL 65,535.
+const SQLITE_ROWS_PER_STATEMENT: usize = 32_766 / COLUMNS;
+const POSTGRES_ROWS_PER_STATEMENT: usize = 65_535 / COLUMNS;
+/// Attempts per batch before it is dropped and counted.
+const ATTEMPTS: u32 = 5;
+
+const INSERT: &str = "INSERT INTO request_log (request_id, ts_ms, namespace, instance, user_ref, \
+    user_name, user_id, key_name, key_id, provider, model, original_model, endpoint, api_type, \
+    method, status, duration_ms, ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, \
+    cache_write_1h_tokens, cache_read_tokens, cost_micros, cost_source, session_id, retry_count, \
+    provider_chain, is_streaming, error, blocked_by, block_reason, user_agent, client_ip, \
+    messages_count, trace_id) ";
+
+pub(crate) async fn run(
+    backend: Backend,
+    mut rx: mpsc::Receiver<Msg>,
+    depth: Arc<AtomicUsize>,
+    health: Arc<Health>,
+    batch_rows: usize,
+) {
+    let mut inbox = Vec::with_capacity(64);
+    let mut pending: Vec<Box<ValidRecord>> = Vec::new();
+    let mut acks = Vec::new();
+    loop {
+        let n = rx.recv_many(&mut inbox, 64).await;
+        if n == 0 {
+            break;
+        }
+        for msg in inbox.drain(..) {
+            match msg {
+                Msg::Records(r) => pending.extend(r),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+        }
+        while !pending.is_empty() {
+            let take = pending.len().min(batch_rows);
+            let batch: Vec<_> = pending.drain(..take).collect();
+            write_with_retry(&backend, &batch, &health).await;
+            depth.fetch_sub(take, Relaxed);
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+async fn write_with_retry(backend: &Backend, batch: &[Box<ValidRecord>], health: &Health) {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=ATTEMPTS {
+        match write_batch(backend, batch).await {
+            Ok(()) => return,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, rows = batch.len(), "Request log write failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = batch.len(), "Request log write failed; batch dropped.");
+                count_failed(health, batch.len());
+            }
+        }
+    }
+}
+
+/// Writes one batch in one transaction. Rows whose `request_id` is already stored are skipped.
+pub(crate) async fn write_batch(
+    backend: &Backend,
+    batch: &[Box<ValidRecord>],
+) -> Result<(), StoreError> {
+    dispatch!(backend, pool, DB => {
+        let per_statement = if matches!(backend, Backend::Sqlite(_)) {
+            SQLITE_ROWS_PER_STATEMENT
+        } else {
+            POSTGRES_ROWS_PER_STATEMENT
+        };
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        for chunk in batch.chunks(per_statement) {
+            let mut qb = QueryBuilder::<DB>::new(INSERT);
+            qb.push_values(chunk, |mut b, r| {
+                let chain = serde_json::to_string(&r.provider_chain)
+                    .unwrap_or_else(|_| "[]".to_string());
+                b.push_bind(r.request_id.as_ref().map(|id| id.as_str()))
+                    .push_bind(r.timestamp_ms)
+                    .push_bind(r.namespace.as_str())
+                    .push_bind(r.instance.as_deref())
+                    .push_bind(r.user_id.as_deref().or(r.user.as_deref()))
+                    .push_bind(r.user.as_deref())
+                    .push_bind(r.user_id.as_deref())
+                    .push_bind(r.key.as_deref())
+                    .push_bind(r.key_id.as_deref())
+                    .push_bind(r.provider.as_str())
+                    .push_bind(r.model.as_str())
+                    .push_bind(r.original_model.as_deref())
+                    .push_bind(r.endpoint.as_str())
+                    .push_bind(r.api_type.as_str())
+                    .push_bind(r.method.as_str())
+                    .push_bind(i64::from(r.status))
+                    .push_bind(big(r.duration_ms))
+                    .push_bind(r.ttfb_ms.map(big))
+                    .push_bind(big(r.tokens.input))
+                    .push_bind(big(r.tokens.output))
+                    .push_bind(big(r.tokens.cache_write_5m))
+                    .push_bind(big(r.tokens.cache_write_1h))
+                    .push_bind(big(r.tokens.cache_read))
+                    .push_bind(big(r.cost_micros))
+                    .push_bind(cost_source(r.cost_source))
+                    .push_bind(r.session_id.as_deref())
+                    .push_bind(i64::from(r.retry_count))
+                    .push_bind(chain)
+                    .push_bind(r.is_streaming)
+                    .push_bind(r.error.as_deref())
+                    .push_bind(r.blocked_by.as_deref())
+                    .push_bind(r.block_reason.as_deref())
+                    .push_bind(r.user_agent.as_deref())
+                    .push_bind(r.client_ip.as_deref())
+                    .push_bind(r.messages_count.map(i64::from))
+                    .push_bind(r.trace_id.as_deref());
+            });
+            qb.push(" ON CONFLICT (request_id) DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    })
+}
+
+/// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn cost_source(c: crate::record::CostSource) -> &'static str {
+    match c {
+        crate::record::CostSource::Reported => "reported",
+        crate::record::CostSource::Priced => "priced",
+        crate::record::CostSource::Unpriced => "unpriced",
+    }
+}
