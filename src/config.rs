@@ -535,6 +535,60 @@ mod tests {
     }
 
     #[test]
+    fn log_store_defaults_and_environment() {
+        let c = parse("").expect("empty");
+        let l = c.log_store.expect("sqlite by default");
+        assert_eq!(
+            l.backend,
+            SqlBackend::Sqlite {
+                path: PathBuf::from("data/requests.db")
+            }
+        );
+        assert_eq!((l.retention_days, c.export_max_rows), (30, 10_000));
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_DATABASE_URL).then(|| "postgres://u@h/db".to_string())
+        })
+        .expect("valid");
+        assert_eq!(
+            c.log_store.expect("postgres").backend,
+            SqlBackend::Postgres {
+                url: "postgres://u@h/db".into()
+            }
+        );
+        assert!(
+            parse("log_store: {kind: none}\n")
+                .expect("none")
+                .log_store
+                .is_none()
+        );
+        let e = parse("log_store: {kind: mysql}\n").expect_err("unknown kind");
+        assert!(e.to_string().contains("log_store.kind"), "{e}");
+        let e = parse("log_store: {kind: postgres}\n").expect_err("no url");
+        assert!(e.to_string().contains("log_store.url"), "{e}");
+        let e = parse("log_store: {export_max_rows: 0}\n").expect_err("zero cap");
+        assert!(e.to_string().contains("export_max_rows"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_echoed() {
+        let e = parse("auth: {admin_tokens: [short]}\n").expect_err("short");
+        assert!(e.to_string().contains("auth.admin_tokens[0]"), "{e}");
+        assert!(!e.to_string().contains("short"), "{e}");
+        let e = parse(
+            "auth: {admin_tokens: [same-token-0123456789], ingest_tokens: [same-token-0123456789]}\n",
+        )
+        .expect_err("duplicate");
+        assert!(e.to_string().contains("twice"), "{e}");
+        assert!(!e.to_string().contains("same-token"), "{e}");
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_ADMIN_TOKENS).then(|| "env-admin-token-0123456789, ".to_string())
+        })
+        .expect("valid");
+        assert_eq!(c.auth.admin_tokens, ["env-admin-token-0123456789"]);
+        assert!(!format!("{c:?}").contains("env-admin-token"));
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         let c = parse("").expect("empty");
         assert_eq!(c.pipeline.queue_capacity, 200_000);

@@ -32,7 +32,7 @@ impl TestApp {
             backend: gatemeter::store::sql::SqlBackend::Sqlite { path },
             ..
         }) = config.log_store.as_mut()
-            && path.starts_with("data")
+            && path.is_relative()
         {
             let dir = tempfile::tempdir().expect("tempdir");
             *path = dir.path().join("requests.db");
