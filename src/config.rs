@@ -318,6 +318,8 @@ impl RawConfig {
 
 /// Environment variable selecting PostgreSQL for the request log (its URL).
 pub const ENV_DATABASE_URL: &str = "GATEMETER_DATABASE_URL";
+/// Environment variable overriding `log_store.kind` (`sqlite`, `postgres`, `none`).
+pub const ENV_LOG_STORE: &str = "GATEMETER_LOG_STORE";
 /// Environment variable overriding `log_store.data_dir`.
 pub const ENV_DATA_DIR: &str = "GATEMETER_DATA_DIR";
 /// Environment variables adding tokens (comma-separated) to the file's.
@@ -353,7 +355,8 @@ impl RawLogStore {
             ));
         }
         let env_url = env(ENV_DATABASE_URL).filter(|u| !u.is_empty());
-        let backend = match (self.kind.as_deref(), env_url) {
+        let kind = env(ENV_LOG_STORE).filter(|k| !k.is_empty()).or(self.kind);
+        let backend = match (kind.as_deref(), env_url) {
             (Some("none"), _) => return Ok((None, export_max_rows)),
             (None | Some("postgres"), Some(url)) => SqlBackend::Postgres { url },
             (Some("postgres"), None) => match self.url {

@@ -75,6 +75,25 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// Benchmark the request log: write ROWS rows (all indexes in place), then time filtered
+    /// queries. The database is left filled (for an export benchmark, see scripts/bench-sql.sh).
+    BenchLog {
+        /// A SQLite file to create (must not exist yet).
+        #[arg(long, conflicts_with = "database_url")]
+        sqlite: Option<PathBuf>,
+        /// A PostgreSQL URL (an empty database).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Rows to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Most rows per transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch_rows: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn init_tracing() {
@@ -229,6 +248,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             server.await?;
             let _ = tokio::time::timeout(Duration::from_secs(2), traffic).await;
+            Ok(())
+        }
+        Command::BenchLog {
+            sqlite,
+            database_url,
+            rows,
+            batch_rows,
+            seed,
+        } => {
+            use gatemeter::store::sql::{SqlBackend, SqlConfig};
+            let backend = match (sqlite, database_url) {
+                (Some(path), None) => {
+                    anyhow::ensure!(!path.exists(), "{} already exists", path.display());
+                    SqlBackend::Sqlite { path }
+                }
+                (None, Some(url)) => SqlBackend::Postgres { url },
+                _ => anyhow::bail!("give --sqlite FILE or --database-url URL"),
+            };
+            let args = gatemeter::logbench::BenchArgs {
+                log: SqlConfig {
+                    backend,
+                    queue_capacity: 200_000,
+                    batch_rows,
+                    retention_days: 0,
+                },
+                rows,
+                seed,
+            };
+            print!("{}", gatemeter::logbench::run(&args).await?);
             Ok(())
         }
         Command::Loadgen {
