@@ -532,18 +532,27 @@ fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
 }
 
 async fn open_log(db: Db, queue_capacity: usize) -> (SqlLog, Option<tempfile::TempDir>) {
-    let (backend, dir) = match db {
+    let (log, dir, _) = open_log_with(db, queue_capacity, Arc::new(Health::new(1))).await;
+    (log, dir)
+}
+
+/// Opens a fresh log; also returns a URL a test can reach the same database by.
+async fn open_log_with(
+    db: Db,
+    queue_capacity: usize,
+    health: Arc<Health>,
+) -> (SqlLog, Option<tempfile::TempDir>, String) {
+    let (backend, dir, url) = match db {
         Db::Sqlite => {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("log.db");
-            (SqlBackend::Sqlite { path }, Some(dir))
+            let url = format!("sqlite://{}", path.display());
+            (SqlBackend::Sqlite { path }, Some(dir), url)
         }
-        Db::Postgres => (
-            SqlBackend::Postgres {
-                url: fresh_postgres().await,
-            },
-            None,
-        ),
+        Db::Postgres => {
+            let url = fresh_postgres().await;
+            (SqlBackend::Postgres { url: url.clone() }, None, url)
+        }
     };
     let cfg = SqlConfig {
         backend,
@@ -551,10 +560,47 @@ async fn open_log(db: Db, queue_capacity: usize) -> (SqlLog, Option<tempfile::Te
         batch_rows: 1000,
         retention_days: 0,
     };
-    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
-        .await
-        .expect("log opens");
-    (log, dir)
+    let log = SqlLog::open(&cfg, health).await.expect("log opens");
+    (log, dir, url)
+}
+
+/// A batch the database keeps refusing is retried, then dropped and counted — never silently.
+pub async fn store_counts_what_it_cannot_write(db: Db) {
+    let health = Arc::new(Health::new(1));
+    let (log, _dir, url) = open_log_with(db, 100, health.clone()).await;
+    // Break the database behind the log's back.
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::query("DROP TABLE request_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query("DROP TABLE request_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+    }
+    let now = gatemeter::pipeline::now_ms();
+    let batch = (0..3)
+        .map(|i| {
+            valid(
+                json!({"request_id": format!("f{i}"), "timestamp": now, "model": "m",
+                         "status": 200, "duration_ms": 1}),
+            )
+        })
+        .collect();
+    log.submit(batch).expect("queued");
+    log.flush().await;
+    let dropped = health.snapshot().dropped[gatemeter::health::DropReason::LogWriteFailed as usize];
+    assert_eq!(dropped, 3);
+    assert!(log.page(&LogFilter::default(), None, 1).await.is_err());
 }
 
 /// The store itself: idempotent on request_id, bounded queue, retention purge.
@@ -726,4 +772,5 @@ conformance!(
     usage_csv_row_cap,
     roles_force_the_user,
     store_idempotent_bounded_and_purged,
+    store_counts_what_it_cannot_write,
 );
