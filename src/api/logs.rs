@@ -253,7 +253,7 @@ pub async fn usage_csv(
     let started = crate::pipeline::now_ms();
     let truncated = api.log.more_than(&f, cap).await.map_err(store_error)?;
     let filters_json = serde_json::to_string(&f).unwrap_or_else(|_| "{}".into());
-    let mut rows_rx = api.log.stream(f, cap);
+    let mut rows_rx = api.log.stream_usage(f, cap);
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let log = api.log.clone();
     tokio::spawn(async move {

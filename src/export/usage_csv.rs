@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::store::sql::LogEntry;
+use crate::store::sql::UsageRow;
 
 /// The UTF-8 byte-order mark, written once at the start.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -73,31 +73,29 @@ pub fn format_micros(m: i64) -> String {
     format!("{sign}{}.{:06}", a / 1_000_000, a % 1_000_000)
 }
 
-/// Writes one entry as a CSV row.
-pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &LogEntry) -> csv::Result<()> {
-    let user = e.user_id.as_deref().or(e.user.as_deref()).unwrap_or("");
-    let key = e.key.as_deref().or(e.key_id.as_deref()).unwrap_or("");
-    let text = |s: &str| neutralise(s).into_owned();
-    w.write_record([
-        format_time(e.timestamp_ms),
-        text(user),
-        text(key),
-        text(&e.provider),
-        text(&e.model),
-        text(e.original_model.as_deref().unwrap_or("")),
-        text(&e.endpoint),
-        e.status.to_string(),
-        e.input_tokens.to_string(),
-        e.output_tokens.to_string(),
-        e.cache_write_5m_tokens.to_string(),
-        e.cache_write_1h_tokens.to_string(),
-        e.cache_read_tokens.to_string(),
-        e.total_tokens().to_string(),
-        format_micros(e.cost_micros),
-        e.duration_ms.to_string(),
-        text(e.session_id.as_deref().unwrap_or("")),
-        e.retry_count.to_string(),
-    ])
+/// Writes one row (field by field: no per-row allocation but the time).
+pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv::Result<()> {
+    let mut n = itoa::Buffer::new();
+    let text = |w: &mut csv::Writer<W>, s: Option<&str>| {
+        w.write_field(neutralise(s.unwrap_or("")).as_bytes())
+    };
+    w.write_field(format_time(e.timestamp_ms))?;
+    text(w, e.user.as_deref())?;
+    text(w, e.key.as_deref())?;
+    text(w, Some(&e.provider))?;
+    text(w, Some(&e.model))?;
+    text(w, e.original_model.as_deref())?;
+    text(w, Some(&e.endpoint))?;
+    w.write_field(n.format(e.status))?;
+    for t in e.tokens {
+        w.write_field(n.format(t))?;
+    }
+    w.write_field(n.format(e.tokens.iter().sum::<i64>()))?;
+    w.write_field(format_micros(e.cost_micros))?;
+    w.write_field(n.format(e.duration_ms))?;
+    text(w, e.session_id.as_deref())?;
+    w.write_field(n.format(e.retry_count))?;
+    w.write_record(None::<&[u8]>)
 }
 
 /// A CSV writer with the house settings (RFC 4180 quoting, CRLF).
@@ -132,43 +130,20 @@ mod tests {
     #[test]
     fn hostile_rows_reparse_to_the_original() {
         let hostile = "\t=cmd, \"quoted\"\r\nnext line ✓";
-        let e = LogEntry {
-            id: 1,
-            request_id: None,
+        let e = UsageRow {
             timestamp_ms: 0,
-            namespace: "n".into(),
-            instance: None,
             user: Some(hostile.into()),
-            user_id: None,
             key: Some("\rkey".into()),
-            key_id: None,
             provider: "@p".into(),
             model: "+m".into(),
             original_model: Some("-o".into()),
             endpoint: "=e".into(),
-            api_type: "other".into(),
-            method: "POST".into(),
             status: 200,
-            duration_ms: 5,
-            ttfb_ms: None,
-            input_tokens: 1,
-            output_tokens: 2,
-            cache_write_5m_tokens: 3,
-            cache_write_1h_tokens: 4,
-            cache_read_tokens: 5,
+            tokens: [1, 2, 3, 4, 5],
             cost_micros: 1,
-            cost_source: "reported".into(),
+            duration_ms: 5,
             session_id: Some("'s".into()),
             retry_count: 0,
-            provider_chain: vec![],
-            is_streaming: false,
-            error: None,
-            blocked_by: None,
-            block_reason: None,
-            user_agent: None,
-            client_ip: None,
-            messages_count: None,
-            trace_id: None,
         };
         let mut w = writer(Vec::new());
         write_row(&mut w, &e).expect("write");

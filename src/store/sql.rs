@@ -34,7 +34,7 @@ use crate::health::{DropReason, Health};
 use crate::record::ValidRecord;
 use crate::store::{RequestLog, StoreError};
 
-pub use query::{AuditEntry, Cursor, LogEntry, LogFilter, LogPage, NewAudit};
+pub use query::{AuditEntry, Cursor, LogEntry, LogFilter, LogPage, NewAudit, UsageRow};
 
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);

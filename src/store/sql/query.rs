@@ -163,6 +163,71 @@ impl LogEntry {
     }
 }
 
+/// The columns of one usage CSV row (SPEC §6.4), read by a narrower query than [`LogEntry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Start time, epoch ms.
+    pub timestamp_ms: i64,
+    /// `user_id`, else `user` (what the `user` filter matches).
+    pub user: Option<String>,
+    /// Key name, else key id.
+    pub key: Option<String>,
+    /// Provider.
+    pub provider: String,
+    /// Model used.
+    pub model: String,
+    /// Model asked for.
+    pub original_model: Option<String>,
+    /// API path.
+    pub endpoint: String,
+    /// Final status.
+    pub status: i64,
+    /// Input, output, cache write 5m, cache write 1h, cache read.
+    pub tokens: [i64; 5],
+    /// Cost, integer micro-USD.
+    pub cost_micros: i64,
+    /// Total duration, ms.
+    pub duration_ms: i64,
+    /// Session id.
+    pub session_id: Option<String>,
+    /// Provider switches.
+    pub retry_count: i64,
+}
+
+const USAGE_COLUMNS: &str = "ts_ms, user_ref, COALESCE(key_name, key_id), provider, model, \
+    original_model, endpoint, status, input_tokens, output_tokens, cache_write_5m_tokens, \
+    cache_write_1h_tokens, cache_read_tokens, cost_micros, duration_ms, session_id, retry_count";
+
+/// Reads a [`UsageRow`] from a row of `SELECT USAGE_COLUMNS` (by position: no name lookups).
+macro_rules! decode_usage {
+    ($row:expr) => {{
+        let row = $row;
+        (|| {
+            Ok::<UsageRow, sqlx::Error>(UsageRow {
+                timestamp_ms: row.try_get(0)?,
+                user: row.try_get(1)?,
+                key: row.try_get(2)?,
+                provider: row.try_get(3)?,
+                model: row.try_get(4)?,
+                original_model: row.try_get(5)?,
+                endpoint: row.try_get(6)?,
+                status: row.try_get(7)?,
+                tokens: [
+                    row.try_get(8)?,
+                    row.try_get(9)?,
+                    row.try_get(10)?,
+                    row.try_get(11)?,
+                    row.try_get(12)?,
+                ],
+                cost_micros: row.try_get(13)?,
+                duration_ms: row.try_get(14)?,
+                session_id: row.try_get(15)?,
+                retry_count: row.try_get(16)?,
+            })
+        })()
+    }};
+}
+
 /// One page of the log list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogPage {
@@ -379,28 +444,30 @@ impl SqlLog {
         })
     }
 
-    /// Streams up to `limit` rows matching `filter`, newest first, in chunks through a small
-    /// bounded channel: memory stays constant however many rows match. Dropping the receiver
-    /// cancels the query.
-    pub fn stream(
+    /// Streams the usage columns of up to `limit` rows matching `filter`, newest first, in
+    /// chunks through a small bounded channel: memory stays constant however many rows match.
+    /// Dropping the receiver cancels the query.
+    pub fn stream_usage(
         &self,
         filter: LogFilter,
         limit: u64,
-    ) -> mpsc::Receiver<Result<Vec<LogEntry>, StoreError>> {
+    ) -> mpsc::Receiver<Result<Vec<UsageRow>, StoreError>> {
         let (tx, rx) = mpsc::channel(4);
         let backend = self.backend().clone();
         tokio::spawn(async move {
             use futures_util::TryStreamExt;
             let r: Result<(), StoreError> = async {
                 dispatch!(&backend, pool, DB => {
-                    let mut qb = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM request_log WHERE 1=1"));
+                    let mut qb = QueryBuilder::<DB>::new(format!(
+                        "SELECT {USAGE_COLUMNS} FROM request_log WHERE 1=1"
+                    ));
                     push_filters!(qb, &filter);
                     qb.push(" ORDER BY ts_ms DESC, id DESC LIMIT ")
                         .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
                     let mut rows = qb.build().fetch(pool);
                     let mut chunk = Vec::with_capacity(STREAM_CHUNK);
                     while let Some(r) = rows.try_next().await.map_err(unavailable)? {
-                        chunk.push(decode_entry!(&r).map_err(unavailable)?);
+                        chunk.push(decode_usage!(&r).map_err(unavailable)?);
                         if chunk.len() == STREAM_CHUNK {
                             let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
                             if tx.send(Ok(full)).await.is_err() {
