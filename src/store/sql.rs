@@ -184,7 +184,10 @@ impl SqlLog {
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5));
+                    .busy_timeout(Duration::from_secs(5))
+                    // Rows handed from SQLite's worker thread per wake-up (default 50): fewer
+                    // thread hand-offs on long exports; memory stays bounded.
+                    .row_buffer_size(1024);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
