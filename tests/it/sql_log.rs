@@ -119,18 +119,32 @@ async fn get_json(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value
     (status, v)
 }
 
-/// Waits until the newest row of the log is `request_id` (rows are written in order, one
-/// transaction per batch, so every record posted before it is then stored too).
-async fn wait_newest(app: &TestApp, token: Option<&str>, request_id: &str) {
+/// Waits until the log holds `n` rows (PostgreSQL may commit batches out of order, so the
+/// newest row alone says nothing about the others).
+async fn wait_rows(app: &TestApp, token: Option<&str>, n: usize) {
     for _ in 0..400 {
-        let (status, page) = get_json(app, token, "/api/v1/logs?limit=1").await;
-        assert_eq!(status, 200, "{page}");
-        if page["items"][0]["request_id"] == request_id {
+        let mut count = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let q = match &cursor {
+                Some(c) => format!("/api/v1/logs?limit=1000&cursor={c}"),
+                None => "/api/v1/logs?limit=1000".to_string(),
+            };
+            let (status, page) = get_json(app, token, &q).await;
+            assert_eq!(status, 200, "{page}");
+            count += page["items"].as_array().expect("items").len();
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        if count >= n {
+            assert_eq!(count, n, "more rows than records sent");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{request_id} never reached the request log");
+    panic!("{n} rows never reached the request log");
 }
 
 fn rec(i: i64, base: i64) -> Value {
@@ -169,7 +183,7 @@ pub async fn filters_pages_and_detail(db: Db) {
     let base = base_ms();
     let records: Vec<Value> = (0..20).map(|i| rec(i, base)).collect();
     ingest(&app, None, &records).await;
-    wait_newest(&app, None, "r19").await;
+    wait_rows(&app, None, 20).await;
 
     let list = |q: String| {
         let app = &app;
@@ -340,7 +354,7 @@ pub async fn usage_csv_is_safe_and_exact(db: Db) {
         })
         .collect();
     ingest(&app, None, &records).await;
-    wait_newest(&app, None, &format!("h{}", hostile.len() - 1)).await;
+    wait_rows(&app, None, hostile.len()).await;
 
     let resp = get(&app, None, "/api/v1/export/usage.csv").await;
     assert_eq!(resp.status(), 200);
@@ -398,7 +412,7 @@ pub async fn usage_csv_row_cap(db: Db) {
         })
         .collect();
     ingest(&app, None, &records).await;
-    wait_newest(&app, None, "c10000").await;
+    wait_rows(&app, None, 10_001).await;
     let resp = get(&app, None, "/api/v1/export/usage.csv?user=u").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-gatemeter-truncated"], "true");
@@ -454,7 +468,7 @@ pub async fn roles_force_the_user(db: Db) {
     assert_eq!(resp.status(), 403);
     ingest(&app, Some(INGEST), &records[..3]).await;
     ingest(&app, Some(ADMIN), &records[3..]).await;
-    wait_newest(&app, Some(ADMIN), "a5").await;
+    wait_rows(&app, Some(ADMIN), 6).await;
 
     let (s, all) = get_json(&app, Some(ADMIN), "/api/v1/logs").await;
     assert_eq!(s, 200);
@@ -660,7 +674,7 @@ async fn sqlite_and_postgres_answer_identically() {
     for db in [Db::Sqlite, Db::Postgres] {
         let app = app(db, "").await;
         ingest(&app, None, &records).await;
-        wait_newest(&app, None, "r39").await;
+        wait_rows(&app, None, 40).await;
         let mut out = Vec::new();
         for q in [
             "limit=1000",

@@ -4,13 +4,19 @@
 //! `ON CONFLICT (request_id) DO NOTHING`; retries transient failures with back-off, and counts
 //! what it finally gives up on.
 //!
-//! Batching adapts to load: a wake-up takes everything queued, so a quiet server writes small
-//! transactions at once and a busy one writes up to `batch_rows` rows per transaction.
+//! Batching adapts to load: while a batch is being written, whatever arrives waits, so a quiet
+//! server writes small transactions at once and a busy one writes up to `batch_rows` rows per
+//! transaction. SQLite writes one batch at a time (it has one writer anyway); PostgreSQL up to
+//! four at once, on separate connections — batches may then commit out of order, which
+//! idempotent inserts allow. A flush waits for every record received before it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sqlx::QueryBuilder;
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +38,8 @@ pub(crate) enum Msg {
 const COLUMNS: usize = 36;
 /// Rows per statement: SQLite allows 32,766 bound parameters.
 const SQLITE_ROWS_PER_STATEMENT: usize = 32_766 / COLUMNS;
+/// Batches a PostgreSQL log writes at once (each on its own pooled connection).
+const POSTGRES_IN_FLIGHT: usize = 4;
 /// Attempts per batch before it is dropped and counted.
 const ATTEMPTS: u32 = 5;
 
@@ -49,28 +57,65 @@ pub(crate) async fn run(
     health: Arc<Health>,
     batch_rows: usize,
 ) {
+    // SQLite has one writer at a time anyway; PostgreSQL writes batches in parallel.
+    let max_in_flight = match backend {
+        Backend::Sqlite(_) => 1,
+        Backend::Postgres(_) => POSTGRES_IN_FLIGHT,
+    };
     let mut inbox = Vec::with_capacity(64);
     let mut pending: Vec<Box<ValidRecord>> = Vec::new();
-    let mut acks = Vec::new();
+    // Records are numbered in arrival order: `received` so far, `taken` into batches.
+    let (mut received, mut taken) = (0u64, 0u64);
+    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight_starts = BTreeSet::new();
+    // A flush is answered once every record received before it is written (or counted).
+    let mut acks: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut open = true;
     loop {
-        let n = rx.recv_many(&mut inbox, 64).await;
-        if n == 0 {
-            break;
-        }
-        for msg in inbox.drain(..) {
-            match msg {
-                Msg::Records(r) => pending.extend(r),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-        }
-        while !pending.is_empty() {
+        while in_flight.len() < max_in_flight && !pending.is_empty() {
             let take = pending.len().min(batch_rows);
             let batch: Vec<_> = pending.drain(..take).collect();
-            write_with_retry(&backend, &batch, &health).await;
-            depth.fetch_sub(take, Relaxed);
+            let start = taken;
+            taken += take as u64;
+            in_flight_starts.insert(start);
+            let (backend, health) = (backend.clone(), health.clone());
+            in_flight.push(async move {
+                write_with_retry(&backend, &batch, &health).await;
+                (start, batch.len())
+            });
         }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
+        // Everything numbered below the watermark is written.
+        let watermark = in_flight_starts.first().copied().unwrap_or(taken);
+        if acks.iter().any(|(target, _)| *target <= watermark) {
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                acks.drain(..).partition(|(target, _)| *target <= watermark);
+            acks = waiting;
+            for (_, ack) in ready {
+                let _ = ack.send(());
+            }
+        }
+        if !open && in_flight.is_empty() && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((start, n)) = in_flight.next(), if !in_flight.is_empty() => {
+                in_flight_starts.remove(&start);
+                depth.fetch_sub(n, Relaxed);
+            }
+            k = rx.recv_many(&mut inbox, 64), if open => {
+                if k == 0 {
+                    open = false;
+                }
+                for msg in inbox.drain(..) {
+                    match msg {
+                        Msg::Records(r) => {
+                            received += r.len() as u64;
+                            pending.extend(r);
+                        }
+                        Msg::Flush(ack) => acks.push((received, ack)),
+                    }
+                }
+            }
         }
     }
 }
