@@ -665,6 +665,53 @@ pub async fn store_idempotent_bounded_and_purged(db: Db) {
     log.close().await;
 }
 
+/// The retention task deletes rows older than `log_retention_days` (it runs at start, then
+/// hourly).
+pub async fn retention_task_deletes_old_rows(db: Db) {
+    let (log, _dir, url) = open_log_with(db, 100, Arc::new(Health::new(1))).await;
+    let now = gatemeter::pipeline::now_ms();
+    let day = 86_400_000;
+    let r = |id: &str, ts: i64| {
+        valid(
+            json!({"request_id": id, "timestamp": ts, "model": "m", "status": 200, "duration_ms": 1}),
+        )
+    };
+    log.submit(vec![r("old", now - 31 * day), r("new", now - 29 * day)])
+        .expect("room");
+    log.flush().await;
+    let backend = match db {
+        Db::Sqlite => SqlBackend::Sqlite {
+            path: url.trim_start_matches("sqlite://").into(),
+        },
+        Db::Postgres => SqlBackend::Postgres { url },
+    };
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity: 10,
+        batch_rows: 10,
+        retention_days: 30,
+    };
+    let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("reopen");
+    for _ in 0..100 {
+        let page = log
+            .page(&LogFilter::default(), None, 10)
+            .await
+            .expect("page");
+        let ids: Vec<_> = page
+            .items
+            .iter()
+            .map(|e| e.request_id.clone().unwrap_or_default())
+            .collect();
+        if ids == ["new"] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the 31-day-old row was not deleted");
+}
+
 /// The same records through SQLite and PostgreSQL give identical answers.
 #[tokio::test]
 async fn sqlite_and_postgres_answer_identically() {
@@ -787,4 +834,5 @@ conformance!(
     roles_force_the_user,
     store_idempotent_bounded_and_purged,
     store_counts_what_it_cannot_write,
+    retention_task_deletes_old_rows,
 );
