@@ -712,6 +712,51 @@ pub async fn retention_task_deletes_old_rows(db: Db) {
     panic!("the 31-day-old row was not deleted");
 }
 
+/// Records accepted just before a graceful stop are in the log afterwards.
+pub async fn shutdown_flushes_the_log(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (yaml, backend) = match db {
+        Db::Sqlite => {
+            let path = dir.path().join("stop.db");
+            (
+                format!("log_store:\n  kind: sqlite\n  path: {}\n", path.display()),
+                SqlBackend::Sqlite { path },
+            )
+        }
+        Db::Postgres => {
+            let url = fresh_postgres().await;
+            (
+                format!("log_store:\n  kind: postgres\n  url: {url}\n"),
+                SqlBackend::Postgres { url },
+            )
+        }
+    };
+    let app = TestApp::with_config(&yaml).await;
+    let base = base_ms();
+    let records: Vec<Value> = (0..3000).map(|i| rec(i, base)).collect();
+    ingest(&app, None, &records).await;
+    app.stop().await;
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity: 10,
+        batch_rows: 10,
+        retention_days: 0,
+    };
+    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("reopen");
+    assert!(
+        log.more_than(&LogFilter::default(), 2999)
+            .await
+            .expect("count")
+    );
+    assert!(
+        !log.more_than(&LogFilter::default(), 3000)
+            .await
+            .expect("count")
+    );
+}
+
 /// The same records through SQLite and PostgreSQL give identical answers.
 #[tokio::test]
 async fn sqlite_and_postgres_answer_identically() {
@@ -835,4 +880,5 @@ conformance!(
     store_idempotent_bounded_and_purged,
     store_counts_what_it_cannot_write,
     retention_task_deletes_old_rows,
+    shutdown_flushes_the_log,
 );
