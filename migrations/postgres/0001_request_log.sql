@@ -40,13 +40,15 @@ CREATE TABLE request_log (
     messages_count        BIGINT,
     trace_id              TEXT
 );
+-- Indexes end with id, like SQLite's (which end with the rowid implicitly): they then serve
+-- ORDER BY ts_ms DESC, id DESC and the keyset cursor (ts_ms, id) < (…) without a sort.
 CREATE UNIQUE INDEX request_log_request_id ON request_log (request_id);
 CREATE INDEX request_log_ts ON request_log (ts_ms, id);
-CREATE INDEX request_log_user_ts ON request_log (user_ref, ts_ms);
-CREATE INDEX request_log_key_ts ON request_log (key_name, ts_ms);
-CREATE INDEX request_log_provider_ts ON request_log (provider, ts_ms);
-CREATE INDEX request_log_model_ts ON request_log (model, ts_ms);
-CREATE INDEX request_log_session ON request_log (session_id, ts_ms);
+CREATE INDEX request_log_user_ts ON request_log (user_ref, ts_ms, id);
+CREATE INDEX request_log_key_ts ON request_log (key_name, ts_ms, id);
+CREATE INDEX request_log_provider_ts ON request_log (provider, ts_ms, id);
+CREATE INDEX request_log_model_ts ON request_log (model, ts_ms, id);
+CREATE INDEX request_log_session ON request_log (session_id, ts_ms, id);
 
 -- Every export, who asked for it and how it ended (SPEC §6.4).
 CREATE TABLE export_audit (
