@@ -413,6 +413,12 @@ pub async fn usage_csv_row_cap(db: Db) {
         .collect();
     ingest(&app, None, &records).await;
     wait_rows(&app, None, 10_001).await;
+    // The list's default page is 50; 1000 at most.
+    let (_, page) = get_json(&app, None, "/api/v1/logs?user=u").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 50);
+    assert!(page["next_cursor"].is_string());
+    let (_, page) = get_json(&app, None, "/api/v1/logs?user=u&limit=1000").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 1000);
     let resp = get(&app, None, "/api/v1/export/usage.csv?user=u").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-gatemeter-truncated"], "true");
