@@ -8,7 +8,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # report to OUT and the server's peak RSS (kB) to OUT.rss; fails if the counters differ.
 run_once() {
   local server=$1 loadgen=$2 batch=$3 secs=$4 port=$5 out=$6 pid
-  taskset -c 0 "$server" serve --listen "127.0.0.1:$port" 2>/dev/null &
+  # The aggregate path only, unless the caller sets GATEMETER_LOG_STORE (e.g. sqlite); a SQLite
+  # log goes to a throwaway directory.
+  GATEMETER_LOG_STORE=${GATEMETER_LOG_STORE:-none} GATEMETER_DATA_DIR=$(dirname "$out")/data \
+    taskset -c 0 "$server" serve --listen "127.0.0.1:$port" 2>/dev/null &
   pid=$!
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   taskset -c 1 "$loadgen" loadgen --target "http://127.0.0.1:$port" --rate max --batch "$batch" \

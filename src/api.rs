@@ -1,5 +1,6 @@
 //! HTTP surface shared by every endpoint: the one API error type and its JSON response,
-//! plus the orchestration endpoints (`/healthz`, `/readyz`).
+//! plus the orchestration endpoints (`/healthz`, `/readyz`). Submodules: [`auth`] (roles from
+//! bearer tokens) and [`logs`] (request-log queries, usage CSV export, audit trail).
 //!
 //! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
 //! logged as errors; internal failures answer a generic 500 and are logged once.
@@ -11,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::pipeline::Pipeline;
+
+pub mod auth;
+pub mod logs;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,24 @@ pub enum ApiError {
     /// 404: no such endpoint.
     #[error("no such endpoint")]
     NotFound,
+    /// 401 with `WWW-Authenticate: Bearer`: no token, or an unknown one.
+    #[error("{message}")]
+    Unauthorized {
+        /// What is missing (never the token itself).
+        message: String,
+    },
+    /// 403: the token's role may not do this.
+    #[error("{message}")]
+    Forbidden {
+        /// Which role was refused.
+        message: String,
+    },
+    /// 404: no such record (or not the caller's).
+    #[error("{message}")]
+    NoSuchRecord {
+        /// What was looked for.
+        message: String,
+    },
     /// 500: our fault; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -74,6 +96,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, *code, message.as_str())
             }
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            Self::Unauthorized { message } => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", message.as_str())
+            }
+            Self::Forbidden { message } => (StatusCode::FORBIDDEN, "forbidden", message.as_str()),
+            Self::NoSuchRecord { message } => {
+                (StatusCode::NOT_FOUND, "not_found", message.as_str())
+            }
             Self::Unavailable { message, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -96,6 +125,10 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Self::Unauthorized { .. } = self {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Self::Unavailable {
             retry_after_secs, ..
         } = self

@@ -13,6 +13,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::api::auth::{Access, Auth};
+use crate::api::logs::{self, LogApi};
 use crate::claude_code::ClaudeCode;
 use crate::config::{Config, LiveStoreKind};
 use crate::export::otlp_logs::OtlpLogExport;
@@ -23,7 +25,7 @@ use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::ingest::otlp::{Diagnostics, Signal};
 use crate::pipeline::Pipeline;
 use crate::store::fanout::FanOut;
-use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog};
+use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlLog, StoreError};
 
 /// A server ready to run.
 pub struct App {
@@ -44,11 +46,24 @@ pub enum AppError {
     /// The aggregator task panicked.
     #[error("aggregator task failed: {0}")]
     Aggregator(String),
+    /// The request log could not be opened.
+    #[error("request log: {0}")]
+    Store(#[from] StoreError),
+    /// No tokens are configured and the listener is not loopback (SPEC §8).
+    #[error(
+        "refusing to serve on {0} without tokens: configure auth tokens, listen on loopback, or set auth.allow_open: true"
+    )]
+    OpenNonLoopback(SocketAddr),
 }
 
 impl App {
-    /// Wires everything for `config` onto an already bound `listener` (tests bind port 0).
-    pub fn build(config: &Config, listener: TcpListener) -> Self {
+    /// Wires everything for `config` onto an already bound `listener` (tests bind port 0):
+    /// opens the request log (running its migrations) and refuses an open non-loopback listener.
+    pub async fn build(config: &Config, listener: TcpListener) -> Result<Self, AppError> {
+        let addr = listener.local_addr()?;
+        if !config.auth.has_tokens() && !config.auth.allow_open && !addr.ip().is_loopback() {
+            return Err(AppError::OpenNonLoopback(addr));
+        }
         let health = Arc::new(Health::new(config.pipeline.queue_capacity));
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
@@ -58,7 +73,14 @@ impl App {
                 Err(e) => unreachable!("validated Redis config refused: {e}"),
             },
         };
-        let mut logs: Vec<Arc<dyn RequestLog>> = vec![Arc::new(Discard)];
+        let sql = match &config.log_store {
+            Some(cfg) => Some(SqlLog::open(cfg, health.clone()).await?),
+            None => None,
+        };
+        let mut logs: Vec<Arc<dyn RequestLog>> = Vec::new();
+        if let Some(l) = &sql {
+            logs.push(Arc::new(l.clone()));
+        }
         let mut background = Vec::new();
         let mut export_stats = None;
         if let Some(x) = &config.otlp_export {
@@ -67,10 +89,10 @@ impl App {
             logs.push(Arc::new(export));
             background.push(task);
         }
-        let log: Arc<dyn RequestLog> = if logs.len() == 1 {
-            logs.remove(0)
-        } else {
-            Arc::new(FanOut::new(logs))
+        let log: Arc<dyn RequestLog> = match logs.len() {
+            0 => Arc::new(Discard),
+            1 => logs.remove(0),
+            _ => Arc::new(FanOut::new(logs)),
         };
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
         let diagnostics = Arc::new(Diagnostics::default());
@@ -85,15 +107,22 @@ impl App {
             diagnostics,
             export: export_stats,
         };
-        let router = router_with_otlp(config, pipeline.clone(), health, otlp);
-        Self {
+        let mut router = router_with_otlp(config, pipeline.clone(), health, otlp);
+        if let Some(log) = sql {
+            let api = LogApi {
+                log,
+                export_max_rows: config.export_max_rows,
+            };
+            router = router.merge(logs::routes(api, &Auth::new(config.auth.clone())));
+        }
+        Ok(Self {
             listener,
             router,
             pipeline,
             aggregator,
             claude_code: Some(claude_code),
             background,
-        }
+        })
     }
 
     /// The address the server listens on.
@@ -174,12 +203,14 @@ pub fn router_with_otlp(
         config: config.ingest,
         prices: config.prices.clone(),
     };
-    let routes = Router::new()
+    let auth = Auth::new(config.auth.clone());
+    // Every ingest route (`/v1/*`) belongs to this group, behind the ingest guard. OTLP/HTTP:
+    // every method is routed so that others get the protocol's 405.
+    let ingest_routes = Router::new()
         .route(
             "/v1/events",
             post(native::post_events).with_state(Arc::new(ingest)),
         )
-        // OTLP/HTTP: every method is routed so that others get the protocol's 405.
         .route(
             "/v1/logs",
             any(otlp_http::export).with_state(otlp_ingest.clone()),
@@ -188,15 +219,18 @@ pub fn router_with_otlp(
             "/v1/metrics",
             any(otlp_http::export).with_state(otlp_ingest.clone()),
         )
-        .route("/v1/traces", any(otlp_http::export).with_state(otlp_ingest))
-        .route(
-            "/metrics",
-            get(prometheus::metrics).with_state(MetricsState {
-                pipeline: pipeline.clone(),
-                health,
-                otlp,
-            }),
-        )
+        .route("/v1/traces", any(otlp_http::export).with_state(otlp_ingest));
+    let metrics_routes = Router::new().route(
+        "/metrics",
+        get(prometheus::metrics).with_state(MetricsState {
+            pipeline: pipeline.clone(),
+            health,
+            otlp,
+        }),
+    );
+    let routes = Router::new()
+        .merge(auth.guard(ingest_routes, Access::Ingest))
+        .merge(auth.guard(metrics_routes, Access::Metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz).with_state(pipeline))
         .fallback(|| async { crate::api::ApiError::NotFound });

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::aggregate::Limits;
+use crate::api::auth::AuthConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
+use crate::store::sql::{SqlBackend, SqlConfig};
 
 /// Default listen address: OTLP/HTTP's port, loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4318";
@@ -71,6 +73,8 @@ struct RawConfig {
     otlp: RawOtlp,
     otlp_export: Option<RawOtlpExport>,
     redis: crate::store::redis::RawRedisConfig,
+    log_store: RawLogStore,
+    auth: RawAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +199,12 @@ pub struct Config {
     pub otlp_export: Option<OtlpExportConfig>,
     /// Redis live-store settings (used when `live_store` is Redis).
     pub redis: crate::store::redis::RedisConfig,
+    /// The SQL request log; `None` keeps no log (`log_store.kind: none`).
+    pub log_store: Option<SqlConfig>,
+    /// Most rows in one usage CSV export.
+    pub export_max_rows: u64,
+    /// Bearer tokens and roles.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -429,6 +439,8 @@ impl RawConfig {
             }
         };
 
+        let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let auth = self.auth.validate(env)?;
         Ok(Config {
             listen,
             live_store,
@@ -438,6 +450,174 @@ impl RawConfig {
             otlp,
             otlp_export,
             redis,
+            log_store,
+            export_max_rows,
+            auth,
+        })
+    }
+}
+
+/// Environment variable selecting PostgreSQL for the request log (its URL).
+pub const ENV_DATABASE_URL: &str = "GATEMETER_DATABASE_URL";
+/// Environment variable overriding `log_store.kind` (`sqlite`, `postgres`, `none`).
+pub const ENV_LOG_STORE: &str = "GATEMETER_LOG_STORE";
+/// Environment variable overriding `log_store.data_dir`.
+pub const ENV_DATA_DIR: &str = "GATEMETER_DATA_DIR";
+/// Environment variables adding tokens (comma-separated) to the file's.
+pub const ENV_ADMIN_TOKENS: &str = "GATEMETER_ADMIN_TOKENS";
+/// See [`ENV_ADMIN_TOKENS`].
+pub const ENV_INGEST_TOKENS: &str = "GATEMETER_INGEST_TOKENS";
+/// Environment variable replacing `auth.metrics_token`.
+pub const ENV_METRICS_TOKEN: &str = "GATEMETER_METRICS_TOKEN";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogStore {
+    kind: Option<String>,
+    data_dir: Option<PathBuf>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    queue_capacity: Option<usize>,
+    batch_rows: Option<usize>,
+    log_retention_days: Option<u32>,
+    export_max_rows: Option<u64>,
+}
+
+impl RawLogStore {
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Option<SqlConfig>, u64), ConfigError> {
+        let export_max_rows = self.export_max_rows.unwrap_or(10_000);
+        if export_max_rows == 0 || export_max_rows > 100_000_000 {
+            return Err(invalid(
+                "log_store.export_max_rows",
+                format!("{export_max_rows} is not between 1 and 100000000"),
+            ));
+        }
+        let env_url = env(ENV_DATABASE_URL).filter(|u| !u.is_empty());
+        let kind = env(ENV_LOG_STORE).filter(|k| !k.is_empty()).or(self.kind);
+        let backend = match (kind.as_deref(), env_url) {
+            (Some("none"), _) => return Ok((None, export_max_rows)),
+            (None | Some("postgres"), Some(url)) => SqlBackend::Postgres { url },
+            (Some("postgres"), None) => match self.url {
+                Some(url) => SqlBackend::Postgres { url },
+                None => {
+                    return Err(invalid(
+                        "log_store.url",
+                        format!("required for kind postgres (or set {ENV_DATABASE_URL})"),
+                    ));
+                }
+            },
+            (None | Some("sqlite"), None) | (Some("sqlite"), Some(_)) => {
+                let dir = env(ENV_DATA_DIR)
+                    .map(PathBuf::from)
+                    .or(self.data_dir)
+                    .unwrap_or_else(|| PathBuf::from("data"));
+                SqlBackend::Sqlite {
+                    path: self.path.unwrap_or_else(|| dir.join("requests.db")),
+                }
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "log_store.kind",
+                    format!("{other:?} is not a log store (sqlite, postgres, none)"),
+                ));
+            }
+        };
+        let cfg = SqlConfig {
+            backend,
+            queue_capacity: positive(
+                "log_store.queue_capacity",
+                self.queue_capacity,
+                200_000,
+                100_000_000,
+            )?,
+            batch_rows: positive("log_store.batch_rows", self.batch_rows, 10_000, 1_000_000)?,
+            retention_days: self.log_retention_days.unwrap_or(30),
+        };
+        Ok((Some(cfg), export_max_rows))
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    ingest_tokens: Vec<String>,
+    admin_tokens: Vec<String>,
+    user_tokens: BTreeMap<String, String>,
+    metrics_token: Option<String>,
+    allow_open: bool,
+}
+
+impl std::fmt::Debug for RawAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawAuth { <tokens hidden> }")
+    }
+}
+
+impl RawAuth {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
+        let from_env = |k: &str| -> Vec<String> {
+            env(k)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut ingest_tokens = self.ingest_tokens;
+        ingest_tokens.extend(from_env(ENV_INGEST_TOKENS));
+        let mut admin_tokens = self.admin_tokens;
+        admin_tokens.extend(from_env(ENV_ADMIN_TOKENS));
+        let metrics_token = env(ENV_METRICS_TOKEN)
+            .filter(|t| !t.is_empty())
+            .or(self.metrics_token);
+        let user_tokens: Vec<(String, String)> = self.user_tokens.into_iter().collect();
+        // Tokens are secrets: messages name the list and position, never the value.
+        let mut seen = std::collections::HashSet::new();
+        let lists: [(&str, Vec<&String>); 4] = [
+            ("auth.ingest_tokens", ingest_tokens.iter().collect()),
+            ("auth.admin_tokens", admin_tokens.iter().collect()),
+            (
+                "auth.user_tokens",
+                user_tokens.iter().map(|(t, _)| t).collect(),
+            ),
+            ("auth.metrics_token", metrics_token.iter().collect()),
+        ];
+        for (key, tokens) in lists {
+            for (i, t) in tokens.into_iter().enumerate() {
+                if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        "a token must be at least 16 printable ASCII characters without spaces",
+                    ));
+                }
+                if !seen.insert(t.clone()) {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        "the same token is configured twice (each token has one role)",
+                    ));
+                }
+            }
+        }
+        for (i, (_, user)) in user_tokens.iter().enumerate() {
+            if user.is_empty() {
+                return Err(invalid(
+                    format!("auth.user_tokens[{i}]"),
+                    "the user id must not be empty",
+                ));
+            }
+        }
+        Ok(AuthConfig {
+            ingest_tokens,
+            admin_tokens,
+            user_tokens,
+            metrics_token,
+            allow_open: self.allow_open,
         })
     }
 }
@@ -518,6 +698,60 @@ mod tests {
         assert!(e.to_string().contains("live_store"), "{e}");
         let e = parse("redis:\n  flush_interval_ms: 0\n").expect_err("zero");
         assert!(e.to_string().contains("redis.flush_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn log_store_defaults_and_environment() {
+        let c = parse("").expect("empty");
+        let l = c.log_store.expect("sqlite by default");
+        assert_eq!(
+            l.backend,
+            SqlBackend::Sqlite {
+                path: PathBuf::from("data/requests.db")
+            }
+        );
+        assert_eq!((l.retention_days, c.export_max_rows), (30, 10_000));
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_DATABASE_URL).then(|| "postgres://u@h/db".to_string())
+        })
+        .expect("valid");
+        assert_eq!(
+            c.log_store.expect("postgres").backend,
+            SqlBackend::Postgres {
+                url: "postgres://u@h/db".into()
+            }
+        );
+        assert!(
+            parse("log_store: {kind: none}\n")
+                .expect("none")
+                .log_store
+                .is_none()
+        );
+        let e = parse("log_store: {kind: mysql}\n").expect_err("unknown kind");
+        assert!(e.to_string().contains("log_store.kind"), "{e}");
+        let e = parse("log_store: {kind: postgres}\n").expect_err("no url");
+        assert!(e.to_string().contains("log_store.url"), "{e}");
+        let e = parse("log_store: {export_max_rows: 0}\n").expect_err("zero cap");
+        assert!(e.to_string().contains("export_max_rows"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_echoed() {
+        let e = parse("auth: {admin_tokens: [short]}\n").expect_err("short");
+        assert!(e.to_string().contains("auth.admin_tokens[0]"), "{e}");
+        assert!(!e.to_string().contains("short"), "{e}");
+        let e = parse(
+            "auth: {admin_tokens: [same-token-0123456789], ingest_tokens: [same-token-0123456789]}\n",
+        )
+        .expect_err("duplicate");
+        assert!(e.to_string().contains("twice"), "{e}");
+        assert!(!e.to_string().contains("same-token"), "{e}");
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_ADMIN_TOKENS).then(|| "env-admin-token-0123456789, ".to_string())
+        })
+        .expect("valid");
+        assert_eq!(c.auth.admin_tokens, ["env-admin-token-0123456789"]);
+        assert!(!format!("{c:?}").contains("env-admin-token"));
     }
 
     #[test]

@@ -96,16 +96,19 @@ pub enum DropReason {
     /// Latency samples of a minute that left every window before the live store could take
     /// it (Redis down); they remain in the since-start totals.
     LiveStoreExpired = 4,
+    /// The request log kept failing to write a batch (after retries): counted but not logged.
+    LogWriteFailed = 5,
 }
 
 impl DropReason {
     /// All reasons.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         Self::QueueFull,
         Self::ShuttingDown,
         Self::PendingFull,
         Self::LogFull,
         Self::LiveStoreExpired,
+        Self::LogWriteFailed,
     ];
 
     /// The label value.
@@ -116,6 +119,7 @@ impl DropReason {
             Self::PendingFull => "pending_full",
             Self::LogFull => "log_full",
             Self::LiveStoreExpired => "live_store_expired",
+            Self::LogWriteFailed => "log_write_failed",
         }
     }
 }

@@ -6,15 +6,19 @@
 //! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits and decompression.
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
-//! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits.
-//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records.
+//! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
+//!   request log (SQLite, PostgreSQL) in [`store::sql`].
+//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records;
+//!   usage CSV.
 //! - [`catalog`]: every metric name — the only place names are written.
 //! - [`health`]: gatemeter's own counters (per process).
-//! - [`api`]: the API error type; `/healthz`, `/readyz`.
+//! - [`api`]: the API error type; `/healthz`, `/readyz`; roles ([`api::auth`]); log queries,
+//!   usage CSV and audit ([`api::logs`]).
 //! - [`config`]: YAML config → validated [`config::Config`].
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
 //! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
 //! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
+//! - [`logbench`]: `gatemeter bench-log`, the request log's write and query benchmark.
 
 pub mod aggregate;
 pub mod api;
@@ -27,6 +31,7 @@ pub mod export;
 pub mod health;
 pub mod ingest;
 pub mod loadgen;
+pub mod logbench;
 pub mod pipeline;
 pub mod price;
 pub mod record;

@@ -79,6 +79,25 @@ enum Command {
         #[arg(long, default_value = "json")]
         format: gatemeter::loadgen::Format,
     },
+    /// Benchmark the request log: write ROWS rows (all indexes in place), then time filtered
+    /// queries. The database is left filled (for an export benchmark, see scripts/bench-sql.sh).
+    BenchLog {
+        /// A SQLite file to create (must not exist yet).
+        #[arg(long, conflicts_with = "database_url")]
+        sqlite: Option<PathBuf>,
+        /// A PostgreSQL URL (an empty database).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Rows to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Most rows per transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch_rows: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn init_tracing() {
@@ -130,8 +149,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = App::build(&config, listener);
-    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, "gatemeter listening.");
+    let app = App::build(&config, listener).await?;
+    let log = config
+        .log_store
+        .as_ref()
+        .map_or("none", |l| match l.backend {
+            gatemeter::store::sql::SqlBackend::Sqlite { .. } => "sqlite",
+            gatemeter::store::sql::SqlBackend::Postgres { .. } => "postgres",
+        });
+    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
     app.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -171,6 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // Debug redacts the URL's password.
                 println!("redis: {:?}", c.redis);
             }
+            println!("log_store: {:?}", c.log_store);
+            println!("auth: {:?}", c.auth);
             Ok(())
         }
         Command::Demo {
@@ -191,13 +219,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(addr) = listen {
                         c.listen = addr;
                     }
+                    // Without a config the demo's request log is a throwaway file.
+                    if let Some(gatemeter::store::sql::SqlConfig {
+                        backend: gatemeter::store::sql::SqlBackend::Sqlite { path },
+                        ..
+                    }) = c.log_store.as_mut()
+                    {
+                        *path = std::env::temp_dir()
+                            .join(format!("gatemeter-demo-{}", std::process::id()))
+                            .join("requests.db");
+                    }
                     c
                 }
             };
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            let app = App::build(&config, listener);
+            let app = App::build(&config, listener).await?;
             let addr = app.local_addr()?;
             tracing::info!(%addr, "gatemeter demo: serving and generating traffic; open http://{addr}/metrics");
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -218,6 +256,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             server.await?;
             let _ = tokio::time::timeout(Duration::from_secs(2), traffic).await;
+            Ok(())
+        }
+        Command::BenchLog {
+            sqlite,
+            database_url,
+            rows,
+            batch_rows,
+            seed,
+        } => {
+            use gatemeter::store::sql::{SqlBackend, SqlConfig};
+            let backend = match (sqlite, database_url) {
+                (Some(path), None) => {
+                    anyhow::ensure!(!path.exists(), "{} already exists", path.display());
+                    SqlBackend::Sqlite { path }
+                }
+                (None, Some(url)) => SqlBackend::Postgres { url },
+                _ => anyhow::bail!("give --sqlite FILE or --database-url URL"),
+            };
+            let args = gatemeter::logbench::BenchArgs {
+                log: SqlConfig {
+                    backend,
+                    queue_capacity: 200_000,
+                    batch_rows,
+                    retention_days: 0,
+                },
+                rows,
+                seed,
+            };
+            print!("{}", gatemeter::logbench::run(&args).await?);
             Ok(())
         }
         Command::Loadgen {

@@ -6,11 +6,13 @@ pub mod live;
 pub mod log;
 pub mod memory;
 pub mod redis;
+pub mod sql;
 
 pub use live::{FleetView, LiveStore, WindowView};
 pub use log::{Discard, RequestLog};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use sql::SqlLog;
 
 /// A store failure, backend-neutral.
 #[derive(Debug, thiserror::Error)]

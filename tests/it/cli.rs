@@ -37,9 +37,12 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 
 #[tokio::test]
 async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
+        .env("GATEMETER_DATA_DIR", data.path())
+        .env_remove("GATEMETER_DATABASE_URL")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -96,4 +99,6 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     assert!(status.success());
     let exit = child.wait().expect("wait");
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    // With no config the request log is a SQLite file in the data directory.
+    assert!(data.path().join("requests.db").exists());
 }

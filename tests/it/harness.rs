@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// Holds the SQLite request log of the test (removed on drop).
+    _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -22,12 +24,28 @@ impl TestApp {
     }
 
     pub async fn with_config(yaml: &str) -> Self {
-        let config = Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+        let mut config = Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
             .expect("test config is valid");
+        // The default SQLite request log goes to a temp dir of this test, never ./data.
+        let mut data = None;
+        if let Some(gatemeter::store::sql::SqlConfig {
+            backend: gatemeter::store::sql::SqlBackend::Sqlite { path },
+            ..
+        }) = config.log_store.as_mut()
+            && path.is_relative()
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            *path = dir.path().join("requests.db");
+            data = Some(dir);
+        }
+        Self::with_parsed(config, data).await
+    }
+
+    pub async fn with_parsed(config: Config, data: Option<tempfile::TempDir>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let app = App::build(&config, listener);
+        let app = App::build(&config, listener).await.expect("app builds");
         let addr = app.local_addr().expect("addr");
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -40,6 +58,7 @@ impl TestApp {
         Self {
             addr,
             client: reqwest::Client::new(),
+            _data: data,
             stop: Some(stop),
             task: Some(task),
         }

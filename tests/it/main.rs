@@ -13,3 +13,4 @@ mod otlp_export;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;
+mod sql_log;

@@ -1,0 +1,384 @@
+//! The request-log API (SPEC §6.3 logs, §6.4 usage CSV, export audit):
+//!
+//! - `GET /api/v1/logs` — filtered list, newest first, keyset pages (`limit`, `cursor`);
+//! - `GET /api/v1/logs/{id}` — one record with its provider chain;
+//! - `GET /api/v1/export/usage.csv` — the same filters as a streamed CSV, capped;
+//! - `GET /api/v1/audit` — the export audit trail (admins only).
+//!
+//! Parameters are parsed strictly: an unknown, repeated, empty or malformed parameter is a 400
+//! naming it. A user token's queries are forced to its own user id whatever it sends (a `user`
+//! parameter is overridden, a record of someone else is "not found"); admins see everything.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::mpsc;
+
+use crate::api::ApiError;
+use crate::api::auth::{Access, Auth, Principal};
+use crate::export::usage_csv;
+use crate::store::StoreError;
+use crate::store::sql::{Cursor, LogFilter, NewAudit, SqlLog};
+
+/// Default and largest page size of the log list.
+pub const DEFAULT_PAGE: u32 = 50;
+/// Largest page size of the log list and the audit trail.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Shared state of the log routes.
+#[derive(Clone)]
+pub struct LogApi {
+    /// The request log.
+    pub log: SqlLog,
+    /// Row cap of one usage CSV export.
+    pub export_max_rows: u64,
+}
+
+/// The routes, each behind its role check.
+pub fn routes(api: LogApi, auth: &Auth) -> Router {
+    let state = Arc::new(api);
+    let query = Router::new()
+        .route("/api/v1/logs", get(list))
+        .route("/api/v1/logs/{id}", get(detail))
+        .route("/api/v1/export/usage.csv", get(usage_csv))
+        .with_state(state.clone());
+    let admin = Router::new()
+        .route("/api/v1/audit", get(audit))
+        .with_state(state);
+    auth.guard(query, Access::Query)
+        .merge(auth.guard(admin, Access::Admin))
+}
+
+fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_parameter",
+        message: format!("parameter `{param}`: {message}"),
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Full { .. } | StoreError::Unavailable { .. } => ApiError::Unavailable {
+            message: "the request log is unavailable".into(),
+            retry_after_secs: 1,
+        },
+    }
+}
+
+/// The query string as a map, refusing repeated and empty parameters and any name outside
+/// `allowed`.
+fn params(
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
+    let Query(pairs) = q.map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+    })?;
+    let mut out = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::BadRequest {
+                code: "unknown_parameter",
+                message: format!(
+                    "parameter `{k}` is not known here (accepted: {})",
+                    allowed.join(", ")
+                ),
+            });
+        }
+        if v.is_empty() {
+            return Err(bad(&k, "must not be empty"));
+        }
+        if out.contains_key(&k) {
+            return Err(bad(&k, "given more than once"));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+const FILTER_PARAMS: [&str; 11] = [
+    "from",
+    "to",
+    "user",
+    "key",
+    "provider",
+    "model",
+    "endpoint",
+    "status",
+    "exclude_200",
+    "session_id",
+    "min_retry_count",
+];
+
+fn parse_num<T: std::str::FromStr>(
+    p: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    p.get(name)
+        .map(|v| v.parse::<T>().map_err(|e| bad(name, format!("{v:?}: {e}"))))
+        .transpose()
+}
+
+/// The filter of the log list and the export, with the caller's forced user applied.
+fn filter(p: &HashMap<String, String>, who: &Principal) -> Result<LogFilter, ApiError> {
+    let from_ms: Option<i64> = parse_num(p, "from")?;
+    let to_ms: Option<i64> = parse_num(p, "to")?;
+    if let Some(v) = from_ms.filter(|v| *v < 0) {
+        return Err(bad(
+            "from",
+            format!("{v} is before 1970 (epoch milliseconds expected)"),
+        ));
+    }
+    if let Some(v) = to_ms.filter(|v| *v < 0) {
+        return Err(bad(
+            "to",
+            format!("{v} is before 1970 (epoch milliseconds expected)"),
+        ));
+    }
+    if let (Some(f), Some(t)) = (from_ms, to_ms)
+        && t <= f
+    {
+        return Err(bad("to", format!("{t} is not after from ({f})")));
+    }
+    let status: Option<u16> = parse_num(p, "status")?;
+    if let Some(s) = status.filter(|s| *s > 999) {
+        return Err(bad("status", format!("{s} is not an HTTP status (0-999)")));
+    }
+    let exclude_200 = match p.get("exclude_200").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(v) => return Err(bad("exclude_200", format!("{v:?} is not true or false"))),
+    };
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
+        match p.get(k) {
+            Some(v) if v.len() > 2048 => Err(bad(k, "longer than 2048 bytes")),
+            v => Ok(v.cloned()),
+        }
+    };
+    let mut f = LogFilter {
+        from_ms,
+        to_ms,
+        user: text("user")?,
+        key: text("key")?,
+        provider: text("provider")?,
+        model: text("model")?,
+        endpoint: text("endpoint")?,
+        status,
+        exclude_200,
+        session_id: text("session_id")?,
+        min_retry_count: parse_num(p, "min_retry_count")?,
+    };
+    // A user token sees its own rows only, whatever it asked for.
+    if let Some(id) = who.forced_user() {
+        f.user = Some(id.to_string());
+    }
+    Ok(f)
+}
+
+/// `GET /api/v1/logs`.
+pub async fn list(
+    State(api): State<Arc<LogApi>>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.extend(["limit", "cursor"]);
+    let p = params(q, &allowed)?;
+    let f = filter(&p, &who)?;
+    let limit: u32 = parse_num(&p, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(bad(
+            "limit",
+            format!("{limit} is not between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let cursor = match p.get("cursor") {
+        Some(c) => {
+            Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "not a cursor from next_cursor"))?)
+        }
+        None => None,
+    };
+    let page = api.log.page(&f, cursor, limit).await.map_err(store_error)?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /api/v1/logs/{id}`.
+pub async fn detail(
+    State(api): State<Arc<LogApi>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| bad("id", format!("{id:?} is not a record id")))?;
+    match api
+        .log
+        .get(id, who.forced_user())
+        .await
+        .map_err(store_error)?
+    {
+        Some(e) => Ok(Json(e).into_response()),
+        None => Err(ApiError::NoSuchRecord {
+            message: format!("no record {id}"),
+        }),
+    }
+}
+
+/// Bytes buffered before a chunk is sent to the client.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// `GET /api/v1/export/usage.csv`: streamed, capped, audited.
+pub async fn usage_csv(
+    State(api): State<Arc<LogApi>>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = params(q, &FILTER_PARAMS)?;
+    let f = filter(&p, &who)?;
+    let cap = api.export_max_rows;
+    let started = crate::pipeline::now_ms();
+    let truncated = api.log.more_than(&f, cap).await.map_err(store_error)?;
+    let filters_json = serde_json::to_string(&f).unwrap_or_else(|_| "{}".into());
+    let mut rows_rx = api.log.stream_usage(f, cap);
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let log = api.log.clone();
+    tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
+        buf.extend_from_slice(usage_csv::BOM);
+        let mut rows = 0u64;
+        let mut outcome = "ok".to_string();
+        let mut sent_ok = true;
+        // One csv writer per chunk of rows: its output is then taken whole with `into_inner`.
+        let encode = |buf: &mut Vec<u8>, rows_chunk: &[_], header: bool| -> csv::Result<()> {
+            let mut w = usage_csv::writer(std::mem::take(buf));
+            if header {
+                w.write_record(usage_csv::HEADER)?;
+            }
+            for e in rows_chunk {
+                usage_csv::write_row(&mut w, e)?;
+            }
+            *buf = w
+                .into_inner()
+                .map_err(|e| csv::Error::from(e.into_error()))?;
+            Ok(())
+        };
+        if let Err(e) = encode(&mut buf, &[], true) {
+            outcome = format!("error: {e}");
+        }
+        while outcome == "ok" {
+            let Some(msg) = rows_rx.recv().await else {
+                break;
+            };
+            match msg {
+                Ok(chunk) => {
+                    if let Err(e) = encode(&mut buf, &chunk, false) {
+                        outcome = format!("error: {e}");
+                        break;
+                    }
+                    rows += chunk.len() as u64;
+                    if buf.len() >= CHUNK_BYTES {
+                        let full = std::mem::replace(
+                            &mut buf,
+                            Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+                        );
+                        if tx.send(Bytes::from(full)).await.is_err() {
+                            sent_ok = false;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, rows, "Usage export failed while streaming.");
+                    outcome = "error: the request log failed while streaming".into();
+                }
+            }
+        }
+        drop(rows_rx);
+        let mut tail = buf;
+        if !sent_ok {
+            outcome = "aborted: client went away".into();
+        } else if outcome.starts_with("error") {
+            tail.extend_from_slice(b"# error: export failed; rows above are incomplete\r\n");
+        } else if truncated && rows >= cap {
+            outcome = "truncated".into();
+            tail.extend_from_slice(usage_csv::truncation_line(cap).as_bytes());
+        }
+        // Audit before the last bytes: a client holding the whole file finds its export logged.
+        let entry = NewAudit {
+            ts_ms: started,
+            role: who.role().to_string(),
+            actor: who.forced_user().map(str::to_string),
+            action: "usage_csv".into(),
+            filters: filters_json,
+            rows: i64::try_from(rows).unwrap_or(i64::MAX),
+            outcome,
+        };
+        if let Err(e) = log.audit(&entry).await {
+            tracing::error!(error = %e, "Could not record an export in the audit trail.");
+        }
+        if sent_ok {
+            let _ = tx.send(Bytes::from(tail)).await;
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }));
+    let date = usage_csv::format_time(started);
+    let filename = format!("usage-{}.csv", &date[..10.min(date.len())]);
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        "x-gatemeter-truncated",
+        HeaderValue::from_static(if truncated { "true" } else { "false" }),
+    );
+    h.insert("x-gatemeter-row-cap", HeaderValue::from(cap));
+    Ok(resp)
+}
+
+/// `GET /api/v1/audit` (admins): newest first; `limit` (default 50, max 1000), `before` (an id).
+pub async fn audit(
+    State(api): State<Arc<LogApi>>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = params(q, &["limit", "before"])?;
+    let limit: u32 = parse_num(&p, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(bad(
+            "limit",
+            format!("{limit} is not between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let before: Option<i64> = parse_num(&p, "before")?;
+    let items = api
+        .log
+        .audit_list(before, limit)
+        .await
+        .map_err(store_error)?;
+    let next_before = if items.len() == limit as usize {
+        items.last().map(|a| a.id)
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({ "items": items, "next_before": next_before })).into_response())
+}

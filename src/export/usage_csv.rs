@@ -1,0 +1,174 @@
+//! The usage CSV (SPEC §6.4): its columns, one row per request-log entry, and the spreadsheet
+//! formula neutralisation OWASP recommends. Pure: no I/O; the HTTP streaming is in
+//! `api/logs.rs`.
+//!
+//! Format: UTF-8 with exactly one byte-order mark, RFC 4180 quoting by the `csv` crate, CRLF
+//! line ends. A text cell that starts with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, so a
+//! spreadsheet shows it as text instead of evaluating it; numeric columns are written as plain
+//! numbers and never altered. A text cell that already starts with `'` gets one too, so the
+//! encoding is reversible: a reader recovers the original by removing one leading `'` from any
+//! text cell that has one ([`restore`]). When the row cap cut the export short, the last line is
+//! [`truncation_line`] — deliberately not a data row (one field, starting with `#`).
+
+use std::borrow::Cow;
+
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use crate::store::sql::UsageRow;
+
+/// The UTF-8 byte-order mark, written once at the start.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Column names, in order.
+pub const HEADER: [&str; 18] = [
+    "time",
+    "user",
+    "key",
+    "provider",
+    "model",
+    "original_model",
+    "endpoint",
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "total_tokens",
+    "cost_usd",
+    "duration_ms",
+    "session_id",
+    "retry_count",
+];
+
+/// Prefixes a text cell that a spreadsheet would read as a formula with `'` (OWASP CSV
+/// injection guidance).
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r' | b'\'') => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
+    }
+}
+
+/// The inverse of [`neutralise`]: the original text of a text cell.
+pub fn restore(cell: &str) -> &str {
+    cell.strip_prefix('\'').unwrap_or(cell)
+}
+
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds.
+pub fn format_time(ms: i64) -> String {
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Integer micro-USD as an exact decimal (`1234567` → `1.234567`).
+pub fn format_micros(m: i64) -> String {
+    let sign = if m < 0 { "-" } else { "" };
+    let a = m.unsigned_abs();
+    format!("{sign}{}.{:06}", a / 1_000_000, a % 1_000_000)
+}
+
+/// Writes one row (field by field: no per-row allocation but the time).
+pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv::Result<()> {
+    let mut n = itoa::Buffer::new();
+    let text = |w: &mut csv::Writer<W>, s: Option<&str>| {
+        w.write_field(neutralise(s.unwrap_or("")).as_bytes())
+    };
+    w.write_field(format_time(e.timestamp_ms))?;
+    text(w, e.user.as_deref())?;
+    text(w, e.key.as_deref())?;
+    text(w, Some(&e.provider))?;
+    text(w, Some(&e.model))?;
+    text(w, e.original_model.as_deref())?;
+    text(w, Some(&e.endpoint))?;
+    w.write_field(n.format(e.status))?;
+    for t in e.tokens {
+        w.write_field(n.format(t))?;
+    }
+    w.write_field(n.format(e.tokens.iter().sum::<i64>()))?;
+    w.write_field(format_micros(e.cost_micros))?;
+    w.write_field(n.format(e.duration_ms))?;
+    text(w, e.session_id.as_deref())?;
+    w.write_field(n.format(e.retry_count))?;
+    w.write_record(None::<&[u8]>)
+}
+
+/// A CSV writer with the house settings (RFC 4180 quoting, CRLF).
+pub fn writer<W: std::io::Write>(w: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(w)
+}
+
+/// The last line of a capped export: one field, starting with `#`, never a data row.
+pub fn truncation_line(cap: u64) -> String {
+    format!("# truncated at {cap} rows: more rows match; narrow the filters\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_starts_are_neutralised_and_others_kept() {
+        for s in ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(neutralise(s), format!("'{s}"));
+        }
+        for s in ["", "plain", "a=b", "ünïcode"] {
+            assert_eq!(neutralise(s), s);
+        }
+        for s in ["=1", "'quoted", "''", "plain", "-"] {
+            assert_eq!(restore(&neutralise(s)), s);
+        }
+    }
+
+    #[test]
+    fn hostile_rows_reparse_to_the_original() {
+        let hostile = "\t=cmd, \"quoted\"\r\nnext line ✓";
+        let e = UsageRow {
+            timestamp_ms: 0,
+            user: Some(hostile.into()),
+            key: Some("\rkey".into()),
+            provider: "@p".into(),
+            model: "+m".into(),
+            original_model: Some("-o".into()),
+            endpoint: "=e".into(),
+            status: 200,
+            tokens: [1, 2, 3, 4, 5],
+            cost_micros: 1,
+            duration_ms: 5,
+            session_id: Some("'s".into()),
+            retry_count: 0,
+        };
+        let mut w = writer(Vec::new());
+        write_row(&mut w, &e).expect("write");
+        let bytes = w.into_inner().expect("flush");
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(bytes.as_slice());
+        let row = r.records().next().expect("one row").expect("valid CSV");
+        let cells: Vec<&str> = row.iter().collect();
+        assert_eq!(cells[1], format!("'{hostile}"));
+        assert_eq!(restore(cells[1]), hostile);
+        assert_eq!(restore(cells[2]), "\rkey");
+        assert_eq!(cells[3..7], ["'@p", "'+m", "'-o", "'=e"]);
+        assert_eq!(restore(cells[16]), "'s");
+        assert_eq!(
+            cells[7..16],
+            ["200", "1", "2", "3", "4", "5", "15", "0.000001", "5"]
+        );
+    }
+
+    #[test]
+    fn times_and_money_are_exact() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(format_micros(1_234_567), "1.234567");
+        assert_eq!(format_micros(5), "0.000005");
+    }
+}

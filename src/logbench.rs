@@ -1,0 +1,231 @@
+//! `gatemeter bench-log`: the request log's write path and filtered queries, measured on a real
+//! database (SQLite file or PostgreSQL), with every index in place.
+//!
+//! Rows are generated in chunks outside the timed section; the timed section is `submit` plus
+//! the writer's `flush` of each chunk, i.e. what the database takes. The filled database is left
+//! behind, so `scripts/bench-sql.sh` can then time a usage CSV export of it over HTTP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compact_str::{CompactString, format_compact};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::health::{DropReason, Health};
+use crate::record::{ApiType, CostSource, RequestId, Tokens, ValidRecord};
+use crate::store::sql::{LogFilter, SqlConfig, SqlLog};
+use crate::store::{RequestLog, StoreError};
+
+/// Rows generated (and timed) per chunk.
+const CHUNK: usize = 100_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// The database (its `queue_capacity` is raised to hold a chunk).
+    pub log: SqlConfig,
+    /// Rows to write.
+    pub rows: usize,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// Results.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// `sqlite` or `postgres`.
+    pub dialect: &'static str,
+    /// Rows written.
+    pub rows: usize,
+    /// Time the database took to write them.
+    pub write_time: Duration,
+    /// Rows dropped (must be 0).
+    pub dropped: u64,
+    /// (description, median time) of each filtered query.
+    pub queries: Vec<(String, Duration)>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.write_time.as_secs_f64();
+        writeln!(f, "database: {}", self.dialect)?;
+        writeln!(
+            f,
+            "write: {} rows in {:.2} s = {:.0} rows/s (dropped {})",
+            self.rows,
+            secs,
+            self.rows as f64 / secs.max(1e-9),
+            self.dropped
+        )?;
+        for (q, t) in &self.queries {
+            writeln!(
+                f,
+                "query {q}: {:.1} ms (median of 5)",
+                t.as_secs_f64() * 1000.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn record(rng: &mut SmallRng, i: usize, ts: i64) -> Box<ValidRecord> {
+    const MODELS: [(&str, &str); 4] = [
+        ("anthropic", "claude-sonnet-4-5"),
+        ("anthropic", "claude-haiku-4-5"),
+        ("openai", "gpt-4o"),
+        ("google", "gemini-2.5-pro"),
+    ];
+    let (provider, model) = MODELS[rng.random_range(0..MODELS.len())];
+    let user = format_compact!("user-{}", rng.random_range(0..500u32));
+    let status = if rng.random_range(0..100) < 5 {
+        502
+    } else {
+        200
+    };
+    let retry_count = if status == 200 {
+        0
+    } else {
+        rng.random_range(1..3)
+    };
+    Box::new(ValidRecord {
+        request_id: Some(RequestId(format_compact!("bench-{ts}-{i}"))),
+        timestamp_ms: ts,
+        namespace: "bench".into(),
+        instance: Some("gw-1".into()),
+        user: Some(user.clone()),
+        user_id: Some(user),
+        key: Some(format_compact!("key-{}", rng.random_range(0..100u32))),
+        key_id: None,
+        provider: provider.into(),
+        model: model.into(),
+        original_model: None,
+        endpoint: "/v1/messages".into(),
+        api_type: ApiType::Claude,
+        method: "POST".into(),
+        status,
+        duration_ms: rng.random_range(200..20_000),
+        ttfb_ms: Some(rng.random_range(50..2000)),
+        tokens: Tokens {
+            input: rng.random_range(10..5000),
+            output: rng.random_range(10..2000),
+            cache_write_5m: 0,
+            cache_write_1h: 0,
+            cache_read: rng.random_range(0..20_000),
+        },
+        cost_micros: rng.random_range(0..50_000),
+        cost_source: CostSource::Priced,
+        session_id: Some(format_compact!(
+            "session-{}",
+            rng.random_range(0..20_000u32)
+        )),
+        retry_count,
+        provider_chain: if retry_count > 0 {
+            vec![CompactString::from("p1"), CompactString::from("p2")]
+        } else {
+            vec![]
+        },
+        is_streaming: true,
+        error: None,
+        blocked_by: None,
+        block_reason: None,
+        user_agent: Some("claude-cli/2.1".into()),
+        client_ip: None,
+        messages_count: Some(4),
+        trace_id: None,
+    })
+}
+
+async fn median_of_5<F, Fut>(mut f: F) -> Result<Duration, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[2])
+}
+
+/// Writes `rows` rows, then times filtered queries over them.
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
+    let mut cfg = args.log.clone();
+    cfg.queue_capacity = cfg.queue_capacity.max(CHUNK);
+    cfg.retention_days = 0;
+    let health = Arc::new(Health::new(1));
+    let log = SqlLog::open(&cfg, health.clone()).await?;
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    // One row every 10 ms, ending now: a million rows span about three hours.
+    let start_ts = crate::pipeline::now_ms() - args.rows as i64 * 10;
+    let mut write_time = Duration::ZERO;
+    let mut done = 0;
+    while done < args.rows {
+        let n = CHUNK.min(args.rows - done);
+        let chunk: Vec<_> = (done..done + n)
+            .map(|i| record(&mut rng, i, start_ts + i as i64 * 10))
+            .collect();
+        let t = Instant::now();
+        for batch in chunk.chunks(10_000) {
+            log.submit(batch.to_vec())?;
+        }
+        log.flush().await;
+        write_time += t.elapsed();
+        done += n;
+    }
+    let dropped = health.snapshot().dropped[DropReason::LogWriteFailed as usize];
+
+    let mut queries = Vec::new();
+    let cases = [
+        (
+            "user+provider, first page of 50 (indexed)",
+            LogFilter {
+                user: Some("user-7".into()),
+                provider: Some("openai".into()),
+                ..LogFilter::default()
+            },
+        ),
+        (
+            "exclude_200 + min_retry_count=2, first page of 50 (scan)",
+            LogFilter {
+                exclude_200: true,
+                min_retry_count: Some(2),
+                ..LogFilter::default()
+            },
+        ),
+        (
+            "session_id, first page of 50 (indexed)",
+            LogFilter {
+                session_id: Some("session-42".into()),
+                ..LogFilter::default()
+            },
+        ),
+    ];
+    for (name, filter) in cases {
+        let t = median_of_5(|| async { log.page(&filter, None, 50).await.map(|_| ()) }).await?;
+        queries.push((name.to_string(), t));
+    }
+    let all = LogFilter::default();
+    let t = median_of_5(|| async { log.more_than(&all, 10_000).await.map(|_| ()) }).await?;
+    queries.push(("row cap check of an unfiltered export".to_string(), t));
+    let count_filter = LogFilter {
+        model: Some("gpt-4o".into()),
+        from_ms: Some(start_ts + args.rows as i64 * 5),
+        ..LogFilter::default()
+    };
+    let t = median_of_5(|| async { log.more_than(&count_filter, u64::MAX / 2).await.map(|_| ()) })
+        .await?;
+    queries.push(("count model=gpt-4o over the newer half".to_string(), t));
+    log.close().await;
+    Ok(BenchReport {
+        dialect: log.dialect(),
+        rows: args.rows,
+        write_time,
+        dropped,
+        queries,
+    })
+}

@@ -1,0 +1,351 @@
+//! The SQL request log (SPEC §5): SQLite (embedded default, one file) or PostgreSQL, both
+//! through `sqlx` with versioned migrations (`migrations/{sqlite,postgres}/`, embedded in the
+//! binary).
+//!
+//! [`SqlLog`] implements [`RequestLog`]: `submit` only queues (bounded by a record budget, never
+//! waits); one writer task (`sql/writer.rs`) turns what is queued into multi-row `INSERT`s, one
+//! transaction per batch, idempotent on `request_id`, retrying transient errors. It also answers
+//! the query API ([`query`]): filtered pages, one record, streamed exports, the export audit
+//! trail, and the retention purge.
+//!
+//! Nothing here returns a `sqlx::Error`: callers see [`StoreError`]. The SQL is written once for
+//! both dialects; `dispatch!` expands a body for each pool type.
+
+pub mod query;
+mod writer;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::health::{DropReason, Health};
+use crate::record::ValidRecord;
+use crate::store::{RequestLog, StoreError};
+
+pub use query::{AuditEntry, Cursor, LogEntry, LogFilter, LogPage, NewAudit, UsageRow};
+
+/// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which database holds the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlBackend {
+    /// A SQLite file (created with its directory when missing).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL server.
+    Postgres {
+        /// `postgres://user@host:port/db` (never logged: it may hold a password).
+        url: String,
+    },
+}
+
+/// Settings of the SQL request log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SqlConfig {
+    /// The database.
+    pub backend: SqlBackend,
+    /// Records waiting for the writer at most; beyond it batches are dropped and counted.
+    pub queue_capacity: usize,
+    /// Most records written in one transaction.
+    pub batch_rows: usize,
+    /// Rows older than this many days are deleted hourly; 0 keeps everything.
+    pub retention_days: u32,
+}
+
+impl std::fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            SqlBackend::Sqlite { path } => format!("sqlite {}", path.display()),
+            SqlBackend::Postgres { .. } => "postgres (url hidden)".to_string(),
+        };
+        f.debug_struct("SqlConfig")
+            .field("backend", &backend)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("batch_rows", &self.batch_rows)
+            .field("retention_days", &self.retention_days)
+            .finish()
+    }
+}
+
+/// A connection pool of either dialect.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per pool type, with `$p` bound to the pool and `$DB` to the database
+/// type, so the SQL and binding code is written once and type-checked for both dialects.
+macro_rules! dispatch {
+    ($backend:expr, $p:ident, $DB:ident => $body:expr) => {
+        match $backend {
+            $crate::store::sql::Backend::Sqlite($p) => {
+                #[allow(dead_code)]
+                type $DB = sqlx::Sqlite;
+                $body
+            }
+            $crate::store::sql::Backend::Postgres($p) => {
+                #[allow(dead_code)]
+                type $DB = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// A backend failure as a neutral [`StoreError`] (the `sqlx` error stays in this module).
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        store: "request log",
+        message: e.to_string(),
+    }
+}
+
+/// Migrations compiled into the binary, so a deployed file needs no `migrations/` directory.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(
+                        *v,
+                        Cow::Borrowed(*d),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "request log",
+    include_str!("../../migrations/sqlite/0001_request_log.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "request log",
+    include_str!("../../migrations/postgres/0001_request_log.sql"),
+)];
+
+/// The SQL request log: a handle to the pool and to the writer's queue. Cheap to clone.
+#[derive(Clone)]
+pub struct SqlLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    tx: mpsc::Sender<writer::Msg>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+    dialect: &'static str,
+}
+
+impl SqlLog {
+    /// Connects (creating the SQLite file if needed), runs pending migrations, starts the writer
+    /// and, when `retention_days > 0`, the retention task.
+    pub async fn open(cfg: &SqlConfig, health: Arc<Health>) -> Result<Self, StoreError> {
+        let (backend, dialect) = match &cfg.backend {
+            SqlBackend::Sqlite { path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    // Rows handed from SQLite's worker thread per wake-up (default 50): fewer
+                    // thread hand-offs on long exports; memory stays bounded.
+                    .row_buffer_size(1024);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(opts)
+                    .await
+                    .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))?;
+                let m = Migrator::new(Embedded(SQLITE_MIGRATIONS))
+                    .await
+                    .map_err(unavailable)?;
+                m.run(&pool).await.map_err(unavailable)?;
+                (Backend::Sqlite(pool), "sqlite")
+            }
+            SqlBackend::Postgres { url } => {
+                let opts: PgConnectOptions = url
+                    .parse()
+                    .map_err(|e| unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(opts)
+                    .await
+                    .map_err(unavailable)?;
+                let m = Migrator::new(Embedded(POSTGRES_MIGRATIONS))
+                    .await
+                    .map_err(unavailable)?;
+                m.run(&pool).await.map_err(unavailable)?;
+                (Backend::Postgres(pool), "postgres")
+            }
+        };
+        let depth = Arc::new(AtomicUsize::new(0));
+        // Each message holds at least one record, so the record budget bounds the channel too.
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 1 << 20) + 16);
+        tokio::spawn(writer::run(
+            backend.clone(),
+            rx,
+            depth.clone(),
+            health,
+            cfg.batch_rows.max(1),
+        ));
+        if cfg.retention_days > 0 {
+            tokio::spawn(retention(backend.clone(), cfg.retention_days));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                tx,
+                depth,
+                capacity: cfg.queue_capacity,
+                dialect,
+            }),
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn dialect(&self) -> &'static str {
+        self.inner.dialect
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// Waits until every record submitted before this call is written (or dropped and counted).
+    pub async fn flush(&self) {
+        let (ack, rx) = oneshot::channel();
+        if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Deletes request-log rows that started before `cutoff_ms`, in chunks so a large purge never
+    /// holds a long write lock. Returns how many rows were deleted.
+    pub async fn purge_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        purge_before(&self.inner.backend, cutoff_ms).await
+    }
+}
+
+const PURGE_CHUNK: i64 = 10_000;
+
+async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    loop {
+        let n = dispatch!(backend, p, DB => {
+            sqlx::query(
+                "DELETE FROM request_log WHERE id IN \
+                 (SELECT id FROM request_log WHERE ts_ms < $1 LIMIT $2)",
+            )
+            .bind(cutoff_ms)
+            .bind(PURGE_CHUNK)
+            .execute(p)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+        });
+        total += n;
+        if n < PURGE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Hourly: delete rows older than `days` days.
+async fn retention(backend: Backend, days: u32) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cutoff = crate::pipeline::now_ms() - i64::from(days) * 86_400_000;
+        match purge_before(&backend, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, days, "Request log retention: deleted old rows."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Request log retention failed; retrying next hour.")
+            }
+        }
+        let closed = dispatch!(&backend, p, DB => p.is_closed());
+        if closed {
+            return;
+        }
+    }
+}
+
+impl RequestLog for SqlLog {
+    fn name(&self) -> &'static str {
+        self.inner.dialect
+    }
+
+    fn submit(&self, records: Vec<Box<ValidRecord>>) -> Result<(), StoreError> {
+        let n = records.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let depth = &self.inner.depth;
+        if depth.fetch_add(n, Relaxed) + n > self.inner.capacity {
+            depth.fetch_sub(n, Relaxed);
+            return Err(StoreError::Full {
+                store: "request log",
+            });
+        }
+        self.inner
+            .tx
+            .try_send(writer::Msg::Records(records))
+            .map_err(|_| {
+                depth.fetch_sub(n, Relaxed);
+                StoreError::Full {
+                    store: "request log",
+                }
+            })
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.flush().await;
+        })
+    }
+}
+
+/// Counts a batch the writer gave up on.
+pub(crate) fn count_failed(health: &Health, n: usize) {
+    health.dropped(DropReason::LogWriteFailed, n as u64);
+}

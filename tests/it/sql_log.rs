@@ -1,0 +1,890 @@
+//! The request-log conformance suite: every test runs against SQLite (a temp file) and
+//! PostgreSQL (a fresh database per test on the throwaway server of scripts/test.sh), through
+//! the real server and real HTTP — plus a test that both give byte-identical answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use gatemeter::config::Config;
+use gatemeter::export::usage_csv;
+use gatemeter::health::Health;
+use gatemeter::price::PriceTable;
+use gatemeter::record::{Event, Validation, parse_event};
+use gatemeter::store::RequestLog;
+use gatemeter::store::sql::{LogFilter, SqlBackend, SqlConfig, SqlLog};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::harness::TestApp;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const ALICE: &str = "alice-token-0123456789abcdef";
+const BOB: &str = "bob-token-0123456789abcdef";
+const INGEST: &str = "ingest-token-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty PostgreSQL database on the test server; its URL.
+async fn fresh_postgres() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let url = std::env::var("GATEMETER_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "GATEMETER_TEST_DATABASE_URL is not set: run the tests through scripts/test.sh or \
+             scripts/with-services.sh (they start a throwaway PostgreSQL server)"
+        )
+    });
+    let name = format!(
+        "gm_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos()
+    );
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let base = url.rsplit_once('/').expect("url has a database").0;
+    format!("{base}/{name}")
+}
+
+/// The `log_store` YAML of a fresh log on `db` (SQLite: the harness puts it in a temp dir).
+async fn log_store_yaml(db: Db) -> String {
+    match db {
+        Db::Sqlite => "log_store:\n  kind: sqlite\n".to_string(),
+        Db::Postgres => format!(
+            "log_store:\n  kind: postgres\n  url: {}\n",
+            fresh_postgres().await
+        ),
+    }
+}
+
+fn auth_yaml() -> String {
+    format!(
+        "auth:\n  ingest_tokens: [{INGEST}]\n  admin_tokens: [{ADMIN}]\n  user_tokens:\n    {ALICE}: alice\n    {BOB}: bob\n"
+    )
+}
+
+async fn app(db: Db, extra: &str) -> TestApp {
+    TestApp::with_config(&format!("{}{extra}", log_store_yaml(db).await)).await
+}
+
+fn base_ms() -> i64 {
+    gatemeter::pipeline::now_ms() - 3_600_000
+}
+
+/// POSTs records (as a JSON array) with a token; panics unless all were accepted.
+async fn ingest(app: &TestApp, token: Option<&str>, records: &[Value]) {
+    for chunk in records.chunks(5000) {
+        let mut req = app
+            .client
+            .post(app.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(chunk).expect("json"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("post");
+        let status = resp.status();
+        let body: Value =
+            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json answer");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], chunk.len(), "{body}");
+    }
+}
+
+async fn get(app: &TestApp, token: Option<&str>, path: &str) -> reqwest::Response {
+    let mut req = app.client.get(app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("get")
+}
+
+async fn get_json(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value) {
+    let resp = get(app, token, path).await;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, v)
+}
+
+/// Waits until the log holds `n` rows (PostgreSQL may commit batches out of order, so the
+/// newest row alone says nothing about the others).
+async fn wait_rows(app: &TestApp, token: Option<&str>, n: usize) {
+    for _ in 0..400 {
+        let mut count = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let q = match &cursor {
+                Some(c) => format!("/api/v1/logs?limit=1000&cursor={c}"),
+                None => "/api/v1/logs?limit=1000".to_string(),
+            };
+            let (status, page) = get_json(app, token, &q).await;
+            assert_eq!(status, 200, "{page}");
+            count += page["items"].as_array().expect("items").len();
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        if count >= n {
+            assert_eq!(count, n, "more rows than records sent");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} rows never reached the request log");
+}
+
+fn rec(i: i64, base: i64) -> Value {
+    json!({
+        "request_id": format!("r{i}"),
+        "timestamp": base + i * 1000,
+        "namespace": "team",
+        "user": format!("user-{}", i % 3),
+        "key": format!("key-{}", i % 2),
+        "provider": if i % 2 == 0 { "anthropic" } else { "openai" },
+        "model": if i % 2 == 0 { "claude-sonnet-4-5" } else { "gpt-4o" },
+        "endpoint": if i % 2 == 0 { "/v1/messages" } else { "/v1/chat/completions" },
+        "status": if i % 4 == 3 { 502 } else { 200 },
+        "duration_ms": 100 + i,
+        "input_tokens": 10 * i,
+        "output_tokens": i,
+        "cost_usd": format!("0.{:06}", i),
+        "session_id": format!("s{}", i % 5),
+        "retry_count": i % 3,
+        "provider_chain": if i % 3 == 0 { vec![] } else { vec!["p1", "p2"] },
+    })
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["request_id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Filters are AND-ed, newest first; keyset pages cover everything once; detail by id.
+pub async fn filters_pages_and_detail(db: Db) {
+    let app = app(db, "").await;
+    let base = base_ms();
+    let records: Vec<Value> = (0..20).map(|i| rec(i, base)).collect();
+    ingest(&app, None, &records).await;
+    wait_rows(&app, None, 20).await;
+
+    let list = |q: String| {
+        let app = &app;
+        async move {
+            let (s, v) = get_json(app, None, &format!("/api/v1/logs?{q}")).await;
+            assert_eq!(s, 200, "{q}: {v}");
+            ids(&v)
+        }
+    };
+    let all = list("limit=1000".into()).await;
+    let expect_all: Vec<String> = (0..20).rev().map(|i| format!("r{i}")).collect();
+    assert_eq!(all, expect_all, "newest first");
+    // Each filter alone, against a model of it.
+    let model = |f: &dyn Fn(i64) -> bool| -> Vec<String> {
+        (0..20)
+            .rev()
+            .filter(|i| f(*i))
+            .map(|i| format!("r{i}"))
+            .collect()
+    };
+    assert_eq!(list("user=user-1".into()).await, model(&|i| i % 3 == 1));
+    assert_eq!(list("key=key-0".into()).await, model(&|i| i % 2 == 0));
+    assert_eq!(list("provider=openai".into()).await, model(&|i| i % 2 == 1));
+    assert_eq!(list("model=gpt-4o".into()).await, model(&|i| i % 2 == 1));
+    assert_eq!(
+        list("endpoint=%2Fv1%2Fmessages".into()).await,
+        model(&|i| i % 2 == 0)
+    );
+    assert_eq!(list("status=502".into()).await, model(&|i| i % 4 == 3));
+    assert_eq!(
+        list("exclude_200=true".into()).await,
+        model(&|i| i % 4 == 3)
+    );
+    assert_eq!(list("session_id=s2".into()).await, model(&|i| i % 5 == 2));
+    assert_eq!(
+        list("min_retry_count=2".into()).await,
+        model(&|i| i % 3 == 2)
+    );
+    assert_eq!(
+        list(format!("from={}&to={}", base + 5000, base + 9000)).await,
+        model(&|i| (5..9).contains(&i))
+    );
+    // AND-ed.
+    assert_eq!(
+        list("provider=anthropic&user=user-0&min_retry_count=1".into()).await,
+        model(&|i| i % 2 == 0 && i % 3 == 0 && i % 3 >= 1)
+    );
+    assert_eq!(
+        list("provider=anthropic&session_id=s4".into()).await,
+        model(&|i| i % 2 == 0 && i % 5 == 4)
+    );
+
+    // Keyset pages: default 50; limit 3 walks everything exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/api/v1/logs?limit=3&cursor={c}"),
+            None => "/api/v1/logs?limit=3".to_string(),
+        };
+        let (s, page) = get_json(&app, None, &q).await;
+        assert_eq!(s, 200);
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expect_all);
+
+    // Detail: the whole record with its provider chain.
+    let (_, page) = get_json(&app, None, "/api/v1/logs?session_id=s1&limit=1").await;
+    let id = page["items"][0]["id"].as_i64().expect("id");
+    let (s, one) = get_json(&app, None, &format!("/api/v1/logs/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(one["request_id"], "r16");
+    assert_eq!(one["provider_chain"], json!(["p1", "p2"]));
+    assert_eq!(one["cost_micros"], 16);
+    assert_eq!(one["input_tokens"], 160);
+    let (s, _) = get_json(&app, None, "/api/v1/logs/999999").await;
+    assert_eq!(s, 404);
+
+    // Bad parameters: 400 naming the parameter.
+    for (q, name) in [
+        ("from=abc", "from"),
+        ("to=-5", "to"),
+        ("from=10&to=5", "to"),
+        ("status=abc", "status"),
+        ("status=1000", "status"),
+        ("exclude_200=maybe", "exclude_200"),
+        ("min_retry_count=-1", "min_retry_count"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("cursor=zzz", "cursor"),
+        ("usr=alice", "usr"),
+        ("user=a&user=b", "user"),
+        ("user=", "user"),
+    ] {
+        let (s, v) = get_json(&app, None, &format!("/api/v1/logs?{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        let msg = v["message"].as_str().expect("message");
+        assert!(msg.contains(&format!("`{name}`")), "{q}: {msg}");
+    }
+    let (s, v) = get_json(&app, None, "/api/v1/logs/abc").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().expect("msg").contains("`id`"));
+    app.stop().await;
+}
+
+/// Parses a usage CSV: checks the BOM, returns the rows (header first) as strings.
+fn parse_csv(body: &[u8]) -> Vec<Vec<String>> {
+    assert!(body.starts_with(usage_csv::BOM), "starts with a BOM");
+    let rest = &body[usage_csv::BOM.len()..];
+    assert!(
+        !rest
+            .windows(usage_csv::BOM.len())
+            .any(|w| w == usage_csv::BOM),
+        "exactly one BOM"
+    );
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(rest);
+    r.records()
+        .map(|rec| {
+            rec.expect("valid CSV")
+                .iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn label_safe(s: &str) -> String {
+    s.replace(['\t', '\r', '\n'], " ")
+}
+
+/// Hostile text: neutralised, re-parses to the original values; numbers stay numbers.
+pub async fn usage_csv_is_safe_and_exact(db: Db) {
+    let app = app(db, "").await;
+    let base = base_ms();
+    let hostile = [
+        "=HYPERLINK(\"http://evil\",\"x\")",
+        "+cmd|' /C calc'!A0",
+        "@SUM(1+1)",
+        "-2+3",
+        // Ingest refuses control characters in ids and labels, so leading tab / CR and
+        // newlines cannot reach these columns; export/usage_csv.rs tests them on the writer.
+        "has \"quotes\", commas; and semicolons",
+        "ünïcødé ✓ 日本",
+        "'already quoted",
+    ];
+    let records: Vec<Value> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            // Labels refuse control characters; free text keeps them.
+            let label = label_safe(h);
+            json!({
+                "request_id": format!("h{i}"),
+                "timestamp": base + i as i64 * 1000,
+                "user": h, "key": h, "provider": label, "model": label,
+                "original_model": label, "endpoint": format!("/v1/{label}"), "session_id": h,
+                "status": 200, "duration_ms": 7, "input_tokens": 3, "output_tokens": 4,
+                "cache_creation_5m_tokens": 1, "cache_creation_1h_tokens": 2, "cache_read_tokens": 5,
+                "cost_usd": "1.5", "retry_count": 1,
+            })
+        })
+        .collect();
+    ingest(&app, None, &records).await;
+    wait_rows(&app, None, hostile.len()).await;
+
+    let resp = get(&app, None, "/api/v1/export/usage.csv").await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "text/csv; charset=utf-8");
+    let cd = h["content-disposition"].to_str().expect("ascii");
+    let today = &usage_csv::format_time(gatemeter::pipeline::now_ms())[..10];
+    assert_eq!(cd, format!("attachment; filename=\"usage-{today}.csv\""));
+    assert_eq!(h["x-gatemeter-truncated"], "false");
+    let body = resp.bytes().await.expect("body");
+    let rows = parse_csv(&body);
+    assert_eq!(rows[0], usage_csv::HEADER.map(str::to_string).to_vec());
+    assert_eq!(rows.len(), hostile.len() + 1, "header + one row per record");
+    for row in &rows[1..] {
+        // Text cells: neutralised when dangerous, and exactly the original once restored.
+        for &col in &[1usize, 2, 3, 4, 5, 16] {
+            let cell = &row[col];
+            assert!(
+                !matches!(
+                    cell.as_bytes().first(),
+                    Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+                ),
+                "cell {col} starts with a formula character: {cell:?}"
+            );
+        }
+        let original = usage_csv::restore(&row[1]);
+        assert!(
+            hostile.contains(&original),
+            "{original:?} is one of the originals"
+        );
+        for col in [2usize, 3, 4, 5, 16] {
+            assert_eq!(usage_csv::restore(&row[col]), original, "column {col}");
+        }
+        assert_eq!(row[6], format!("/v1/{original}"), "endpoint starts with /");
+        // Numbers are plain numbers.
+        assert_eq!(
+            &row[7..16],
+            &["200", "3", "4", "1", "2", "5", "15", "1.500000", "7"]
+        );
+        assert_eq!(row[17], "1");
+    }
+    // Newest first: the last hostile string is the first row.
+    assert_eq!(usage_csv::restore(&rows[1][1]), hostile[hostile.len() - 1]);
+    app.stop().await;
+}
+
+/// 10,001 matching rows → 10,000 rows and the truncation signal (header and last line).
+pub async fn usage_csv_row_cap(db: Db) {
+    let app = app(db, "").await;
+    let base = base_ms() - 20_000_000;
+    let records: Vec<Value> = (0..10_001)
+        .map(|i| {
+            json!({"request_id": format!("c{i}"), "timestamp": base + i * 1000, "model": "m",
+                   "status": 200, "duration_ms": 1, "user": "u"})
+        })
+        .collect();
+    ingest(&app, None, &records).await;
+    wait_rows(&app, None, 10_001).await;
+    // The list's default page is 50; 1000 at most.
+    let (_, page) = get_json(&app, None, "/api/v1/logs?user=u").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 50);
+    assert!(page["next_cursor"].is_string());
+    let (_, page) = get_json(&app, None, "/api/v1/logs?user=u&limit=1000").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 1000);
+    let resp = get(&app, None, "/api/v1/export/usage.csv?user=u").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-gatemeter-truncated"], "true");
+    assert_eq!(resp.headers()["x-gatemeter-row-cap"], "10000");
+    let body = resp.bytes().await.expect("body");
+    let rows = parse_csv(&body);
+    assert_eq!(
+        rows.len(),
+        1 + 10_000 + 1,
+        "header, 10,000 rows, the signal"
+    );
+    let last = rows.last().expect("rows");
+    assert_eq!(last.len(), 1, "the signal is not a data row: {last:?}");
+    assert!(last[0].starts_with("# truncated at 10000 rows"), "{last:?}");
+    assert!(rows[1..=10_000].iter().all(|r| r.len() == 18));
+    // Exactly at the cap: no signal.
+    let resp = get(
+        &app,
+        None,
+        &format!("/api/v1/export/usage.csv?from={}", base + 1000),
+    )
+    .await;
+    assert_eq!(resp.headers()["x-gatemeter-truncated"], "false");
+    let rows = parse_csv(&resp.bytes().await.expect("body"));
+    assert_eq!(rows.len(), 1 + 10_000);
+    assert_eq!(rows.last().expect("rows").len(), 18);
+    app.stop().await;
+}
+
+/// Roles: a user token gets only its own rows whatever it asks; admins get all; 401/403.
+pub async fn roles_force_the_user(db: Db) {
+    let app = app(db, &auth_yaml()).await;
+    let base = base_ms();
+    let records: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"request_id": format!("a{i}"), "timestamp": base + i * 1000, "model": "m",
+                   "status": 200, "duration_ms": 1,
+                   "user_id": if i % 2 == 0 { "alice" } else { "bob" }, "session_id": "shared"})
+        })
+        .collect();
+    // Ingest: no token 401, user token 403, ingest and admin tokens accepted.
+    let (s, v) = app.post_json(&records[0].to_string()).await;
+    assert_eq!(s, 401, "{v}");
+    let resp = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(ALICE)
+        .header("content-type", "application/json")
+        .body(records[0].to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 403);
+    ingest(&app, Some(INGEST), &records[..3]).await;
+    ingest(&app, Some(ADMIN), &records[3..]).await;
+    wait_rows(&app, Some(ADMIN), 6).await;
+
+    let (s, all) = get_json(&app, Some(ADMIN), "/api/v1/logs").await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&all), ["a5", "a4", "a3", "a2", "a1", "a0"]);
+    for q in [
+        "",
+        "?user=bob",
+        "?user=alice",
+        "?session_id=shared",
+        "?user=bob&session_id=shared",
+    ] {
+        let (s, page) = get_json(&app, Some(ALICE), &format!("/api/v1/logs{q}")).await;
+        assert_eq!(s, 200, "{q}");
+        assert_eq!(ids(&page), ["a4", "a2", "a0"], "alice asking {q:?}");
+        let resp = get(&app, Some(ALICE), &format!("/api/v1/export/usage.csv{q}")).await;
+        let rows = parse_csv(&resp.bytes().await.expect("csv"));
+        assert_eq!(rows.len(), 4, "alice's CSV {q:?}");
+        assert!(rows[1..].iter().all(|r| r[1] == "alice"), "{rows:?}");
+    }
+    let (_, page) = get_json(&app, Some(BOB), "/api/v1/logs?user=alice").await;
+    assert_eq!(ids(&page), ["a5", "a3", "a1"]);
+    // Someone else's record by id: not found.
+    let bob_row = all["items"][0]["id"].as_i64().expect("id");
+    let (s, _) = get_json(&app, Some(ALICE), &format!("/api/v1/logs/{bob_row}")).await;
+    assert_eq!(s, 404);
+    let (s, _) = get_json(&app, Some(BOB), &format!("/api/v1/logs/{bob_row}")).await;
+    assert_eq!(s, 200);
+    // 401 without or with an unknown token; 403 for the wrong role.
+    let resp = get(&app, None, "/api/v1/logs").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        get(&app, Some("nope-nope-nope-nope"), "/api/v1/logs")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(get(&app, Some(INGEST), "/api/v1/logs").await.status(), 403);
+    assert_eq!(get(&app, Some(ALICE), "/api/v1/audit").await.status(), 403);
+    assert_eq!(
+        get(&app, None, "/api/v1/export/usage.csv").await.status(),
+        401
+    );
+
+    // Every export is in the audit trail, with who, filters, rows and outcome.
+    let (s, audit) = get_json(&app, Some(ADMIN), "/api/v1/audit").await;
+    assert_eq!(s, 200, "{audit}");
+    let items = audit["items"].as_array().expect("items");
+    assert_eq!(items.len(), 5, "{audit}");
+    let newest = &items[0];
+    assert_eq!(newest["role"], "user");
+    assert_eq!(newest["actor"], "alice");
+    assert_eq!(newest["action"], "usage_csv");
+    assert_eq!(newest["rows"], 3);
+    assert_eq!(newest["outcome"], "ok");
+    assert_eq!(
+        newest["filters"]["user"], "alice",
+        "the forced filter is recorded"
+    );
+    assert_eq!(newest["filters"]["session_id"], "shared");
+    assert!(newest["timestamp_ms"].as_i64().expect("ts") > base);
+    app.stop().await;
+}
+
+fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
+    let prices = PriceTable::default();
+    let v = Validation {
+        now_ms: gatemeter::pipeline::now_ms(),
+        prices: &prices,
+    };
+    match parse_event(&json.to_string(), &v).expect("valid") {
+        Event::Finish(r) => r,
+        Event::Start(_) => panic!("not a start marker"),
+    }
+}
+
+async fn open_log(db: Db, queue_capacity: usize) -> (SqlLog, Option<tempfile::TempDir>) {
+    let (log, dir, _) = open_log_with(db, queue_capacity, Arc::new(Health::new(1))).await;
+    (log, dir)
+}
+
+/// Opens a fresh log; also returns a URL a test can reach the same database by.
+async fn open_log_with(
+    db: Db,
+    queue_capacity: usize,
+    health: Arc<Health>,
+) -> (SqlLog, Option<tempfile::TempDir>, String) {
+    let (backend, dir, url) = match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("log.db");
+            let url = format!("sqlite://{}", path.display());
+            (SqlBackend::Sqlite { path }, Some(dir), url)
+        }
+        Db::Postgres => {
+            let url = fresh_postgres().await;
+            (SqlBackend::Postgres { url: url.clone() }, None, url)
+        }
+    };
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity,
+        batch_rows: 1000,
+        retention_days: 0,
+    };
+    let log = SqlLog::open(&cfg, health).await.expect("log opens");
+    (log, dir, url)
+}
+
+/// A batch the database keeps refusing is retried, then dropped and counted — never silently.
+pub async fn store_counts_what_it_cannot_write(db: Db) {
+    let health = Arc::new(Health::new(1));
+    let (log, _dir, url) = open_log_with(db, 100, health.clone()).await;
+    // Break the database behind the log's back.
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::query("DROP TABLE request_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query("DROP TABLE request_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+    }
+    let now = gatemeter::pipeline::now_ms();
+    let batch = (0..3)
+        .map(|i| {
+            valid(
+                json!({"request_id": format!("f{i}"), "timestamp": now, "model": "m",
+                         "status": 200, "duration_ms": 1}),
+            )
+        })
+        .collect();
+    log.submit(batch).expect("queued");
+    log.flush().await;
+    let dropped = health.snapshot().dropped[gatemeter::health::DropReason::LogWriteFailed as usize];
+    assert_eq!(dropped, 3);
+    assert!(log.page(&LogFilter::default(), None, 1).await.is_err());
+}
+
+/// The store itself: idempotent on request_id, bounded queue, retention purge.
+pub async fn store_idempotent_bounded_and_purged(db: Db) {
+    let (log, _dir) = open_log(db, 5).await;
+    let now = gatemeter::pipeline::now_ms();
+    let r = |id: &str, ts: i64| {
+        valid(
+            json!({"request_id": id, "timestamp": ts, "model": "m", "status": 200, "duration_ms": 1}),
+        )
+    };
+    log.submit(vec![r("x", now - 5000), r("y", now - 4000)])
+        .expect("room");
+    log.submit(vec![r("x", now - 5000), r("z", now - 1000)])
+        .expect("room");
+    // 4 queued of 5: a batch of 2 does not fit and is refused at once.
+    assert!(log.submit(vec![r("p", now), r("q", now)]).is_err());
+    log.flush().await;
+    let page = log
+        .page(&LogFilter::default(), None, 100)
+        .await
+        .expect("page");
+    let got: Vec<_> = page
+        .items
+        .iter()
+        .map(|e| e.request_id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(got, ["z", "y", "x"], "x stored once");
+    // Records without a request id are all kept.
+    let anon =
+        |ts: i64| valid(json!({"timestamp": ts, "model": "m", "status": 200, "duration_ms": 1}));
+    log.submit(vec![anon(now - 3000), anon(now - 3000)])
+        .expect("room");
+    log.flush().await;
+    let page = log
+        .page(&LogFilter::default(), None, 100)
+        .await
+        .expect("page");
+    assert_eq!(page.items.len(), 5);
+    // Retention: everything before the cutoff goes.
+    assert_eq!(log.purge_before(now - 3500).await.expect("purge"), 2);
+    let page = log
+        .page(&LogFilter::default(), None, 100)
+        .await
+        .expect("page");
+    assert_eq!(page.items.len(), 3);
+    assert!(page.items.iter().all(|e| e.timestamp_ms >= now - 3500));
+    log.close().await;
+}
+
+/// The retention task deletes rows older than `log_retention_days` (it runs at start, then
+/// hourly).
+pub async fn retention_task_deletes_old_rows(db: Db) {
+    let (log, _dir, url) = open_log_with(db, 100, Arc::new(Health::new(1))).await;
+    let now = gatemeter::pipeline::now_ms();
+    let day = 86_400_000;
+    let r = |id: &str, ts: i64| {
+        valid(
+            json!({"request_id": id, "timestamp": ts, "model": "m", "status": 200, "duration_ms": 1}),
+        )
+    };
+    log.submit(vec![r("old", now - 31 * day), r("new", now - 29 * day)])
+        .expect("room");
+    log.flush().await;
+    let backend = match db {
+        Db::Sqlite => SqlBackend::Sqlite {
+            path: url.trim_start_matches("sqlite://").into(),
+        },
+        Db::Postgres => SqlBackend::Postgres { url },
+    };
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity: 10,
+        batch_rows: 10,
+        retention_days: 30,
+    };
+    let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("reopen");
+    for _ in 0..100 {
+        let page = log
+            .page(&LogFilter::default(), None, 10)
+            .await
+            .expect("page");
+        let ids: Vec<_> = page
+            .items
+            .iter()
+            .map(|e| e.request_id.clone().unwrap_or_default())
+            .collect();
+        if ids == ["new"] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the 31-day-old row was not deleted");
+}
+
+/// Records accepted just before a graceful stop are in the log afterwards.
+pub async fn shutdown_flushes_the_log(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (yaml, backend) = match db {
+        Db::Sqlite => {
+            let path = dir.path().join("stop.db");
+            (
+                format!("log_store:\n  kind: sqlite\n  path: {}\n", path.display()),
+                SqlBackend::Sqlite { path },
+            )
+        }
+        Db::Postgres => {
+            let url = fresh_postgres().await;
+            (
+                format!("log_store:\n  kind: postgres\n  url: {url}\n"),
+                SqlBackend::Postgres { url },
+            )
+        }
+    };
+    let app = TestApp::with_config(&yaml).await;
+    let base = base_ms();
+    let records: Vec<Value> = (0..3000).map(|i| rec(i, base)).collect();
+    ingest(&app, None, &records).await;
+    app.stop().await;
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity: 10,
+        batch_rows: 10,
+        retention_days: 0,
+    };
+    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("reopen");
+    assert!(
+        log.more_than(&LogFilter::default(), 2999)
+            .await
+            .expect("count")
+    );
+    assert!(
+        !log.more_than(&LogFilter::default(), 3000)
+            .await
+            .expect("count")
+    );
+}
+
+/// The same records through SQLite and PostgreSQL give identical answers.
+#[tokio::test]
+async fn sqlite_and_postgres_answer_identically() {
+    let base = base_ms();
+    let records: Vec<Value> = (0..40).map(|i| rec(i, base)).collect();
+    let mut answers = Vec::new();
+    for db in [Db::Sqlite, Db::Postgres] {
+        let app = app(db, "").await;
+        ingest(&app, None, &records).await;
+        wait_rows(&app, None, 40).await;
+        let mut out = Vec::new();
+        for q in [
+            "limit=1000",
+            "limit=7",
+            "provider=openai&exclude_200=true",
+            "user=user-2&min_retry_count=1",
+            &format!("from={}&to={}&session_id=s3", base + 3000, base + 30_000),
+        ] {
+            let (s, v) = get_json(&app, None, &format!("/api/v1/logs?{q}")).await;
+            assert_eq!(s, 200);
+            out.push(v.to_string());
+            let filters: Vec<&str> = q.split('&').filter(|p| !p.starts_with("limit=")).collect();
+            let csv = get(
+                &app,
+                None,
+                &format!("/api/v1/export/usage.csv?{}", filters.join("&")),
+            )
+            .await
+            .bytes()
+            .await
+            .expect("csv");
+            out.push(String::from_utf8(csv.to_vec()).expect("utf-8"));
+        }
+        answers.push(out);
+        app.stop().await;
+    }
+    assert_eq!(answers[0].len(), answers[1].len());
+    for (a, b) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(a, b, "SQLite and PostgreSQL differ");
+    }
+}
+
+/// No tokens: a non-loopback listener is refused unless `auth.allow_open`.
+#[tokio::test]
+async fn open_server_refuses_non_loopback() {
+    let config = Config::from_yaml_str(
+        "log_store: {kind: none}\n",
+        std::path::Path::new("t"),
+        &|_| None,
+    )
+    .expect("valid");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let err = gatemeter::app::App::build(&config, listener)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("allow_open"), "{err}");
+    let config = Config::from_yaml_str(
+        "log_store: {kind: none}\nauth: {allow_open: true}\n",
+        std::path::Path::new("t"),
+        &|_| None,
+    )
+    .expect("valid");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    assert!(gatemeter::app::App::build(&config, listener).await.is_ok());
+    let config = Config::from_yaml_str(
+        &format!("log_store: {{kind: none}}\n{}", auth_yaml()),
+        std::path::Path::new("t"),
+        &|_| None,
+    )
+    .expect("valid");
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    assert!(gatemeter::app::App::build(&config, listener).await.is_ok());
+}
+
+/// `/metrics` behind a token when one is configured.
+#[tokio::test]
+async fn metrics_token_guards_metrics() {
+    let app = TestApp::with_config(
+        "log_store: {kind: none}\nauth:\n  metrics_token: metrics-token-0123456789\n",
+    )
+    .await;
+    assert_eq!(get(&app, None, "/metrics").await.status(), 401);
+    assert_eq!(
+        get(&app, Some("metrics-token-0123456789"), "/metrics")
+            .await
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::Postgres).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    filters_pages_and_detail,
+    usage_csv_is_safe_and_exact,
+    usage_csv_row_cap,
+    roles_force_the_user,
+    store_idempotent_bounded_and_purged,
+    store_counts_what_it_cannot_write,
+    retention_task_deletes_old_rows,
+    shutdown_flushes_the_log,
+);
