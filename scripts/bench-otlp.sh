@@ -18,7 +18,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 : >"$tmp/rate"; : >"$tmp/rss"; : >"$tmp/p99"
 for _ in $(seq "$runs"); do
-  taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" 2>/dev/null &
+  # The receiver and aggregate path only, unless the caller sets GATEMETER_LOG_STORE (as bench-lib.sh).
+  GATEMETER_LOG_STORE=${GATEMETER_LOG_STORE:-none} GATEMETER_DATA_DIR="$tmp/data" \
+    taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" 2>/dev/null &
   pid=$!
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   taskset -c 1 "$bin" loadgen --format otlp --target "http://127.0.0.1:$port" --rate max \

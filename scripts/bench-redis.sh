@@ -40,7 +40,9 @@ rcli ping >/dev/null
 ports=()
 for i in $(seq "$replicas"); do
   port=$(free_port)
-  GATEMETER_REDIS_URL="redis://127.0.0.1:$rport/" "$BIN" serve --listen "127.0.0.1:$port" \
+  # The live-store path only, unless the caller sets GATEMETER_LOG_STORE (as bench-lib.sh).
+  GATEMETER_LOG_STORE=${GATEMETER_LOG_STORE:-none} GATEMETER_DATA_DIR="$tmp/data-$i" \
+    GATEMETER_REDIS_URL="redis://127.0.0.1:$rport/" "$BIN" serve --listen "127.0.0.1:$port" \
     2>"$tmp/replica-$i.log" &
   pids+=($!)
   ports+=("$port")
