@@ -145,7 +145,7 @@ pub async fn drive(
         }
         for chunk in lines.chunks(MAX_BATCH) {
             ticks += 1;
-            let ndjson = ticks % 2 == 0;
+            let ndjson = ticks.is_multiple_of(2);
             let (body, content_type) = if ndjson {
                 (chunk.join("\n"), "application/x-ndjson")
             } else {
@@ -780,7 +780,7 @@ impl Traffic {
             );
             f.insert(
                 "instance".into(),
-                Value::from(if u % 2 == 0 { "gw-a" } else { "gw-b" }),
+                Value::from(if u.is_multiple_of(2) { "gw-a" } else { "gw-b" }),
             );
             f.insert("method".into(), Value::from("POST"));
             f.insert("user_agent".into(), Value::from(route.user_agent));

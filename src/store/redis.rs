@@ -413,7 +413,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
 fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let f = take_frozen(shared, now, seq % STATE_REWRITE_FLUSHES == 0);
+    let f = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
     let mut ops = Ops {
         args: vec![
             MARKER_TTL_SECS.to_string().into_bytes(),
