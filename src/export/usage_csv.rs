@@ -66,6 +66,42 @@ pub fn format_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// [`format_time`] into a stack buffer, without allocating: the export's per-row path. Years
+/// 0000–9999 only (every realistic timestamp); `None` outside, where [`format_time`] applies.
+pub fn format_time_fast(ms: i64) -> Option<[u8; 24]> {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            // `v % 10` is a digit: the cast cannot truncate.
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, in_day / 3_600_000);
+    put(14, 2, in_day / 60_000 % 60);
+    put(17, 2, in_day / 1000 % 60);
+    put(20, 3, in_day % 1000);
+    Some(b)
+}
+
 /// Integer micro-USD as an exact decimal (`1234567` → `1.234567`).
 pub fn format_micros(m: i64) -> String {
     let sign = if m < 0 { "-" } else { "" };
@@ -73,13 +109,46 @@ pub fn format_micros(m: i64) -> String {
     format!("{sign}{}.{:06}", a / 1_000_000, a % 1_000_000)
 }
 
-/// Writes one row (field by field: no per-row allocation but the time).
+/// [`format_micros`] into a stack buffer, without allocating: the export's per-row path.
+/// Returns the buffer and where the text starts in it.
+pub fn format_micros_fast(m: i64) -> ([u8; 28], usize) {
+    let mut b = [b'0'; 28];
+    let mut a = m.unsigned_abs();
+    // Six fraction digits, the point, then the integer part (at least one digit), right to left.
+    let mut at = b.len();
+    for _ in 0..6 {
+        at -= 1;
+        // `a % 10` is a digit: the cast cannot truncate.
+        b[at] = b'0' + (a % 10) as u8;
+        a /= 10;
+    }
+    at -= 1;
+    b[at] = b'.';
+    loop {
+        at -= 1;
+        b[at] = b'0' + (a % 10) as u8;
+        a /= 10;
+        if a == 0 {
+            break;
+        }
+    }
+    if m < 0 {
+        at -= 1;
+        b[at] = b'-';
+    }
+    (b, at)
+}
+
+/// Writes one row (field by field: no per-row allocation).
 pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv::Result<()> {
     let mut n = itoa::Buffer::new();
     let text = |w: &mut csv::Writer<W>, s: Option<&str>| {
         w.write_field(neutralise(s.unwrap_or("")).as_bytes())
     };
-    w.write_field(format_time(e.timestamp_ms))?;
+    match format_time_fast(e.timestamp_ms) {
+        Some(t) => w.write_field(t)?,
+        None => w.write_field(format_time(e.timestamp_ms))?,
+    }
     text(w, e.user.as_deref())?;
     text(w, e.key.as_deref())?;
     text(w, Some(&e.provider))?;
@@ -91,7 +160,8 @@ pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv
         w.write_field(n.format(t))?;
     }
     w.write_field(n.format(e.tokens.iter().sum::<i64>()))?;
-    w.write_field(format_micros(e.cost_micros))?;
+    let (cost, from) = format_micros_fast(e.cost_micros);
+    w.write_field(&cost[from..])?;
     w.write_field(n.format(e.duration_ms))?;
     text(w, e.session_id.as_deref())?;
     w.write_field(n.format(e.retry_count))?;
@@ -162,6 +232,51 @@ mod tests {
             cells[7..16],
             ["200", "1", "2", "3", "4", "5", "15", "0.000001", "5"]
         );
+    }
+
+    #[test]
+    fn fast_formats_agree_with_the_slow_ones() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut samples = vec![
+            0,
+            -1,
+            1,
+            999,
+            -86_400_000,
+            951_782_400_000,     // 2000-02-29
+            4_107_542_400_000,   // 2100-02-28
+            -62_167_219_200_000, // 0000-01-01
+            -62_167_219_200_001, // just before year 0
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01
+            i64::MIN,
+            i64::MAX,
+        ];
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Signed, spread over ±2^46 ms (about ±2,200 years around 1970) and full range.
+            samples.push((x as i64) >> 17);
+            samples.push(x as i64);
+        }
+        assert!(format_time_fast(-62_167_219_200_000).is_some());
+        assert!(format_time_fast(253_402_300_799_999).is_some());
+        assert!(format_time_fast(253_402_300_800_000).is_none());
+        for ms in samples {
+            let slow = format_time(ms);
+            match format_time_fast(ms) {
+                Some(b) => assert_eq!(std::str::from_utf8(&b).ok(), Some(slow.as_str()), "{ms}"),
+                // Outside years 0000–9999 the slow path writes a sign or the raw number.
+                None => assert_ne!(slow.len(), 24, "{ms}: {slow}"),
+            }
+            let (b, from) = format_micros_fast(ms);
+            assert_eq!(
+                std::str::from_utf8(&b[from..]).ok(),
+                Some(format_micros(ms).as_str()),
+                "{ms}"
+            );
+        }
     }
 
     #[test]
