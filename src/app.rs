@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::response::{IntoResponse, Response};
-use tower::ServiceExt;
 use axum::extract::Request;
 use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::api::auth::{Access, Auth};
 use crate::api::logs::{self, LogApi};

@@ -97,11 +97,24 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    #[inline(always)]
     fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
+    /// A varint; one-byte values (most field keys and lengths) are read inline.
+    #[inline(always)]
     fn varint(&mut self) -> Option<u64> {
+        let b = *self.buf.get(self.pos)?;
+        if b < 0x80 {
+            self.pos += 1;
+            return Some(u64::from(b));
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self.buf.get(self.pos)?;
@@ -118,6 +131,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field's number and wire type.
+    #[inline(always)]
     fn key(&mut self) -> Option<(u32, u8)> {
         let k = self.varint()?;
         let field = u32::try_from(k >> 3).ok()?;
@@ -127,12 +141,14 @@ impl<'a> Reader<'a> {
         Some((field, (k & 7) as u8))
     }
 
+    #[inline(always)]
     fn fixed64(&mut self) -> Option<u64> {
         let b = self.buf.get(self.pos..self.pos + 8)?;
         self.pos += 8;
         Some(u64::from_le_bytes(b.try_into().ok()?))
     }
 
+    #[inline(always)]
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.varint()?).ok()?;
         let end = self.pos.checked_add(n)?;
@@ -141,8 +157,9 @@ impl<'a> Reader<'a> {
         Some(b)
     }
 
+    #[inline(always)]
     fn str(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.bytes()?).ok()
+        utf8(self.bytes()?)
     }
 
     /// Skips a field of wire type `wt` (groups are not supported: the slow path takes them).
@@ -158,6 +175,18 @@ impl<'a> Reader<'a> {
             }
             _ => None,
         }
+    }
+}
+
+/// `b` as text if it is valid UTF-8. Attribute keys and most values are short ASCII strings:
+/// an inlined ASCII check settles those without a call into `core::str::from_utf8`.
+#[inline(always)]
+fn utf8(b: &[u8]) -> Option<&str> {
+    if b.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b).ok()
     }
 }
 
@@ -255,6 +284,7 @@ fn nested_kv(buf: &[u8], depth: usize) -> Option<()> {
 
 /// An AnyValue: scalars are read; arrays and key-value lists are checked (up to
 /// [`MAX_NESTING`]) and seen as [`Val::Other`]; unknown kinds are left to prost.
+#[inline]
 fn any_value(buf: &[u8]) -> Option<Val<'_>> {
     let mut r = Reader::new(buf);
     let mut v = Val::Empty;
@@ -508,6 +538,22 @@ mod tests {
         }
         assert!(out.len() >= 20, "fixtures found: {}", out.len());
         out
+    }
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_from_utf8() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"session.id",
+            "caf\u{e9} \u{1f600}".as_bytes(),
+            b"\xff",
+            b"abc\xc3",
+            b"\xed\xa0\x80",
+            b"user.id\x80",
+        ];
+        for b in cases {
+            assert_eq!(utf8(b), std::str::from_utf8(b).ok(), "{b:?}");
+        }
     }
 
     #[test]
