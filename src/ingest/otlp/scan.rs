@@ -371,12 +371,14 @@ fn usual_key_value(buf: &[u8]) -> Option<Kv<'_>> {
     if m >= 0x80 || usize::from(m) != v.len() {
         return None;
     }
-    Some(Kv {
-        key,
-        val: any_value(v)?,
-    })
+    let val = match usual_scalar(v) {
+        Some(val) => val,
+        None => any_value(v)?,
+    };
+    Some(Kv { key, val })
 }
 
+#[inline]
 fn key_value(buf: &[u8]) -> Option<Kv<'_>> {
     if let Some(kv) = usual_key_value(buf) {
         return Some(kv);
