@@ -949,55 +949,39 @@ impl RawRecord {
                 ));
             }
         }
-        // Every fallible step first, so the record below is built in one go straight into its
-        // heap slot (a literal with `?` inside is built on the stack and copied, ~600 bytes).
-        let instance = id_field("instance", self.instance)?;
-        let user = id_field("user", self.user)?;
-        let user_id = id_field("user_id", self.user_id)?;
-        let key = id_field("key", self.key)?;
-        let key_id = id_field("key_id", self.key_id)?;
-        let original_model = id_field("original_model", self.original_model)?;
-        let session_id = id_field("session_id", self.session_id)?;
-        let blocked_by = id_field("blocked_by", self.blocked_by)?;
-        let client_ip = id_field("client_ip", self.client_ip)?;
-        let trace_id = id_field("trace_id", self.trace_id)?;
-        let slot = Box::new_uninit();
-        Ok(Event::Finish(Box::write(
-            slot,
-            ValidRecord {
-                request_id,
-                timestamp_ms,
-                namespace,
-                instance,
-                user,
-                user_id,
-                key,
-                key_id,
-                provider,
-                model,
-                original_model,
-                endpoint,
-                api_type,
-                method,
-                status,
-                duration_ms,
-                ttfb_ms: self.ttfb_ms,
-                tokens,
-                cost_micros,
-                cost_source,
-                session_id,
-                retry_count,
-                provider_chain,
-                is_streaming: self.is_streaming.unwrap_or(false),
-                error: text_field(self.error, MAX_TEXT_LEN),
-                blocked_by,
-                block_reason: text_field(self.block_reason, MAX_TEXT_LEN),
-                user_agent: text_field(self.user_agent, 1024),
-                client_ip,
-                messages_count: self.messages_count,
-                trace_id,
-            },
-        )))
+        Ok(Event::Finish(Box::new(ValidRecord {
+            request_id,
+            timestamp_ms,
+            namespace,
+            instance: id_field("instance", self.instance)?,
+            user: id_field("user", self.user)?,
+            user_id: id_field("user_id", self.user_id)?,
+            key: id_field("key", self.key)?,
+            key_id: id_field("key_id", self.key_id)?,
+            provider,
+            model,
+            original_model: id_field("original_model", self.original_model)?,
+            endpoint,
+            api_type,
+            method,
+            status,
+            duration_ms,
+            ttfb_ms: self.ttfb_ms,
+            tokens,
+            cost_micros,
+            cost_source,
+            session_id: id_field("session_id", self.session_id)?,
+            retry_count,
+            provider_chain,
+            is_streaming: self.is_streaming.unwrap_or(false),
+            error: text_field(self.error, MAX_TEXT_LEN),
+            blocked_by: id_field("blocked_by", self.blocked_by)?,
+            block_reason: text_field(self.block_reason, MAX_TEXT_LEN),
+            user_agent: text_field(self.user_agent, 1024),
+            client_ip: id_field("client_ip", self.client_ip)?,
+            messages_count: self.messages_count,
+            trace_id: id_field("trace_id", self.trace_id)?,
+        })))
     }
 }
 
