@@ -526,15 +526,20 @@ impl RawLogStore {
             }
         };
         let cfg = SqlConfig {
-            backend,
             queue_capacity: positive(
                 "log_store.queue_capacity",
                 self.queue_capacity,
                 200_000,
                 100_000_000,
             )?,
-            batch_rows: positive("log_store.batch_rows", self.batch_rows, 10_000, 1_000_000)?,
+            batch_rows: positive(
+                "log_store.batch_rows",
+                self.batch_rows,
+                backend.default_batch_rows(),
+                1_000_000,
+            )?,
             retention_days: self.log_retention_days.unwrap_or(30),
+            backend,
         };
         Ok((Some(cfg), export_max_rows))
     }

@@ -91,9 +91,9 @@ enum Command {
         /// Rows to write.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
-        /// Most rows per transaction.
-        #[arg(long, default_value_t = 10_000)]
-        batch_rows: usize,
+        /// Most rows per transaction [default: the database's, as `serve` uses]
+        #[arg(long)]
+        batch_rows: Option<usize>,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -276,9 +276,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let args = gatemeter::logbench::BenchArgs {
                 log: SqlConfig {
+                    batch_rows: batch_rows.unwrap_or(backend.default_batch_rows()),
                     backend,
                     queue_capacity: 200_000,
-                    batch_rows,
                     retention_days: 0,
                 },
                 rows,

@@ -1,6 +1,7 @@
 //! The one writer task of the SQL request log: drains the queue, writes what it took in one
-//! statement or transaction per batch — SQLite: multi-row `INSERT … VALUES` statements in one
-//! transaction; PostgreSQL: one `INSERT … SELECT * FROM UNNEST(arrays)` — both
+//! statement or transaction per batch — SQLite: a prepared single-row `INSERT` stepped per row
+//! in one transaction (`sqlite_insert.rs`); PostgreSQL: one `INSERT … SELECT * FROM
+//! UNNEST(arrays)` — both
 //! `ON CONFLICT (request_id) DO NOTHING`; retries transient failures with back-off, and counts
 //! what it finally gives up on.
 //!
@@ -17,10 +18,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use sqlx::QueryBuilder;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, count_failed, dispatch, unavailable};
+use super::{Backend, count_failed, unavailable};
 use crate::health::Health;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
@@ -35,15 +35,13 @@ pub(crate) enum Msg {
 }
 
 /// Columns bound per row (see [`push_row`]).
-const COLUMNS: usize = 36;
-/// Rows per statement: SQLite allows 32,766 bound parameters.
-const SQLITE_ROWS_PER_STATEMENT: usize = 32_766 / COLUMNS;
+pub(super) const COLUMNS: usize = 36;
 /// Batches a PostgreSQL log writes at once (each on its own pooled connection).
 const POSTGRES_IN_FLIGHT: usize = 4;
 /// Attempts per batch before it is dropped and counted.
 const ATTEMPTS: u32 = 5;
 
-const INSERT: &str = "INSERT INTO request_log (request_id, ts_ms, namespace, instance, user_ref, \
+pub(super) const INSERT: &str = "INSERT INTO request_log (request_id, ts_ms, namespace, instance, user_ref, \
     user_name, user_id, key_name, key_id, provider, model, original_model, endpoint, api_type, \
     method, status, duration_ms, ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, \
     cache_write_1h_tokens, cache_read_tokens, cost_micros, cost_source, session_id, retry_count, \
@@ -74,7 +72,7 @@ pub(crate) async fn run(
     loop {
         while in_flight.len() < max_in_flight && !pending.is_empty() {
             let take = pending.len().min(batch_rows);
-            let batch: Vec<_> = pending.drain(..take).collect();
+            let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
             let start = taken;
             taken += take as u64;
             in_flight_starts.insert(start);
@@ -120,7 +118,8 @@ pub(crate) async fn run(
     }
 }
 
-async fn write_with_retry(backend: &Backend, batch: &[Box<ValidRecord>], health: &Health) {
+#[allow(clippy::vec_box)]
+async fn write_with_retry(backend: &Backend, batch: &Arc<Vec<Box<ValidRecord>>>, health: &Health) {
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
         match write_batch(backend, batch).await {
@@ -139,63 +138,15 @@ async fn write_with_retry(backend: &Backend, batch: &[Box<ValidRecord>], health:
 }
 
 /// Writes one batch in one transaction. Rows whose `request_id` is already stored are skipped.
+#[allow(clippy::vec_box)]
 pub(crate) async fn write_batch(
     backend: &Backend,
-    batch: &[Box<ValidRecord>],
+    batch: &Arc<Vec<Box<ValidRecord>>>,
 ) -> Result<(), StoreError> {
-    if let Backend::Postgres(pool) = backend {
-        return write_postgres(pool, batch).await;
+    match backend {
+        Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone()).await,
+        Backend::Postgres(pool) => write_postgres(pool, batch).await,
     }
-    dispatch!(backend, pool, DB => {
-        let per_statement = SQLITE_ROWS_PER_STATEMENT;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        for chunk in batch.chunks(per_statement) {
-            let mut qb = QueryBuilder::<DB>::new(INSERT);
-            qb.push_values(chunk, |mut b, r| {
-                let chain = serde_json::to_string(&r.provider_chain)
-                    .unwrap_or_else(|_| "[]".to_string());
-                b.push_bind(r.request_id.as_ref().map(|id| id.as_str()))
-                    .push_bind(r.timestamp_ms)
-                    .push_bind(r.namespace.as_str())
-                    .push_bind(r.instance.as_deref())
-                    .push_bind(r.user_id.as_deref().or(r.user.as_deref()))
-                    .push_bind(r.user.as_deref())
-                    .push_bind(r.user_id.as_deref())
-                    .push_bind(r.key.as_deref())
-                    .push_bind(r.key_id.as_deref())
-                    .push_bind(r.provider.as_str())
-                    .push_bind(r.model.as_str())
-                    .push_bind(r.original_model.as_deref())
-                    .push_bind(r.endpoint.as_str())
-                    .push_bind(r.api_type.as_str())
-                    .push_bind(r.method.as_str())
-                    .push_bind(i64::from(r.status))
-                    .push_bind(big(r.duration_ms))
-                    .push_bind(r.ttfb_ms.map(big))
-                    .push_bind(big(r.tokens.input))
-                    .push_bind(big(r.tokens.output))
-                    .push_bind(big(r.tokens.cache_write_5m))
-                    .push_bind(big(r.tokens.cache_write_1h))
-                    .push_bind(big(r.tokens.cache_read))
-                    .push_bind(big(r.cost_micros))
-                    .push_bind(cost_source(r.cost_source))
-                    .push_bind(r.session_id.as_deref())
-                    .push_bind(i64::from(r.retry_count))
-                    .push_bind(chain)
-                    .push_bind(r.is_streaming)
-                    .push_bind(r.error.as_deref())
-                    .push_bind(r.blocked_by.as_deref())
-                    .push_bind(r.block_reason.as_deref())
-                    .push_bind(r.user_agent.as_deref())
-                    .push_bind(r.client_ip.as_deref())
-                    .push_bind(r.messages_count.map(i64::from))
-                    .push_bind(r.trace_id.as_deref());
-            });
-            qb.push(" ON CONFLICT (request_id) DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)
-    })
 }
 
 /// PostgreSQL: the whole batch as one `INSERT … SELECT * FROM UNNEST(<one array per column>)`,
@@ -266,11 +217,11 @@ async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Resu
 }
 
 /// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).
-fn big(v: u64) -> i64 {
+pub(super) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn cost_source(c: crate::record::CostSource) -> &'static str {
+pub(super) fn cost_source(c: crate::record::CostSource) -> &'static str {
     match c {
         crate::record::CostSource::Reported => "reported",
         crate::record::CostSource::Priced => "priced",
