@@ -10,8 +10,9 @@
 //!   *label set* (the attributes left after the deny-list). Each metric holds at most
 //!   `max_series_per_metric` series; beyond it increments go to one overflow series, counted.
 //! - **Tools**: calls, failures and a duration histogram per tool, decisions per
-//!   (tool, decision, source); tool names are capped. Retried exports are recognised by
-//!   `tool_use_id` and not counted twice.
+//!   (tool, decision, source); tool names are capped. Retried exports are recognised by the
+//!   event's identity (session, sequence number, name and time; else `tool_use_id`) and not
+//!   counted twice.
 //!
 //! Pure: no I/O, no clock (times come from the points). Only the Claude Code task
 //! (`crate::claude_code`) owns a [`ClaudeCodeState`]; readers get a [`Snapshot`].
@@ -102,7 +103,7 @@ pub enum ToolEvent {
         success: bool,
         /// How long it ran.
         duration_ms: Option<u64>,
-        /// Hash of `tool_use_id`, for de-duplication.
+        /// The event's identity (else a hash of `tool_use_id`), for de-duplication.
         id: Option<u64>,
     },
     /// `tool_decision`.
@@ -113,7 +114,7 @@ pub enum ToolEvent {
         decision: CompactString,
         /// Who decided (`config`, `user_temporary`, ...).
         source: CompactString,
-        /// Hash of `tool_use_id`, for de-duplication.
+        /// The event's identity (else a hash of `tool_use_id`), for de-duplication.
         id: Option<u64>,
     },
 }
@@ -129,7 +130,7 @@ pub enum Input {
     Event {
         /// `event.name`.
         name: CompactString,
-        /// Hash of (`session.id`, `event.sequence`), for de-duplication.
+        /// Hash of (`session.id`, `event.sequence`, name, time), for de-duplication.
         id: Option<u64>,
     },
 }

@@ -131,9 +131,13 @@ fn close(a: f64, b: f64, what: &str) {
 
 struct Expected {
     requests: u64,
+    /// Failed records (`api_error` events).
+    errors: u64,
     cost_micros: u64,
-    /// input, output, cache_read, cache_creation
+    /// input, output, cache_read, cache_creation (5 m, and what the 1 h split leaves over)
     tokens: [u64; 4],
+    /// cache creation with a 1 h TTL
+    cache_1h: u64,
     events: &'static [(&'static str, u64)],
     tools: &'static [(&'static str, u64, u64)],
     metric_cost: f64,
@@ -161,8 +165,10 @@ fn expected(scenario: &str) -> Expected {
     // The totals of tests/data/claude-code/README.md.
     let session = |cost: u64, input: u64, active: f64, edits: f64| Expected {
         requests: 8,
+        errors: 0,
         cost_micros: cost,
         tokens: [input, 311, 27200, 9600],
+        cache_1h: 0,
         events: SESSION_EVENTS,
         tools: SESSION_TOOLS,
         metric_cost: cost as f64 / 1e6,
@@ -182,8 +188,10 @@ fn expected(scenario: &str) -> Expected {
         "cumulative" => session(214_480, 38_705, 10.882, 2.0),
         "oauth_fake" => Expected {
             requests: 2,
+            errors: 0,
             cost_micros: 26_128,
             tokens: [9429, 59, 6800, 2400],
+            cache_1h: 0,
             events: &[
                 ("managed_settings_resolved", 1),
                 ("plugin_loaded", 3),
@@ -204,8 +212,10 @@ fn expected(scenario: &str) -> Expected {
         },
         "api_error_final" => Expected {
             requests: 1,
+            errors: 1,
             cost_micros: 0,
             tokens: [0; 4],
+            cache_1h: 0,
             events: &[
                 ("managed_settings_resolved", 1),
                 ("plugin_loaded", 3),
@@ -221,6 +231,35 @@ fn expected(scenario: &str) -> Expected {
             commits: 0.0,
             edit_decisions: 0.0,
             lines_added: 0.0,
+        },
+        // Four processes of one conversation (`claude -p`, then three `claude -p --continue`):
+        // each resumed process keeps the session.id and restarts event.sequence at 0, so the
+        // same (session.id, event.sequence) names different events. 7 + 1 API calls, and two
+        // resumed calls that failed (500, then 529) with no retry.
+        "continue" => Expected {
+            requests: 10,
+            errors: 2,
+            cost_micros: 46_953,
+            tokens: [8196, 348, 18_800, 2428],
+            cache_1h: 400,
+            events: &[
+                ("managed_settings_resolved", 4),
+                ("plugin_loaded", 12),
+                ("user_prompt", 4),
+                ("tool_decision", 6),
+                ("api_request", 8),
+                ("assistant_response", 8),
+                ("tool_result", 5),
+                ("api_error", 2),
+            ],
+            tools: &[("Bash", 3, 1), ("Read", 1, 0), ("Write", 1, 0)],
+            metric_cost: 0.046953,
+            metric_tokens: [8196.0, 348.0, 18_800.0, 2828.0],
+            active_time: 2.192,
+            sessions: 4.0,
+            commits: 1.0,
+            edit_decisions: 1.0,
+            lines_added: 4.0,
         },
         other => panic!("unknown scenario {other}"),
     }
@@ -252,8 +291,13 @@ fn check(m: &Exposition, scenario: &str) {
     }
     close(
         m.value("gatemeter_tokens_total", &[("type", "cache_write_1h")]),
-        0.0,
+        e.cache_1h as f64,
         &ctx("1h"),
+    );
+    close(
+        m.value("ai_gateway_errors_total", &[]),
+        e.errors as f64,
+        &ctx("errors"),
     );
     // Events and tools.
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
@@ -367,18 +411,21 @@ async fn every_fixture_scenario_gives_the_readme_totals() {
         "cumulative",
         "oauth_fake",
         "api_error_final",
+        "continue",
     ] {
         let app = TestApp::with_config(CONFIG).await;
         replay(&app, scenario).await;
         let m = app.metrics().await;
         check(&m, scenario);
-        if scenario != "oauth_fake" && scenario != "api_error_final" {
+        let namespace = match scenario {
+            "oauth_fake" | "api_error_final" => None,
+            "continue" => Some(("platform", 10.0)),
+            _ => Some(("obs-team", 8.0)),
+        };
+        if let Some((ns, n)) = namespace {
             close(
-                m.value(
-                    "ai_gateway_namespace_requests_total",
-                    &[("namespace", "obs-team")],
-                ),
-                8.0,
+                m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+                n,
                 "namespace from team.id",
             );
         }
@@ -390,7 +437,7 @@ async fn every_fixture_scenario_gives_the_readme_totals() {
 async fn a_replayed_session_is_not_counted_twice() {
     // Exporters retry a whole request when an answer is lost: records, points and tool events
     // must not be counted again.
-    for scenario in ["protobuf", "cumulative"] {
+    for scenario in ["protobuf", "cumulative", "continue"] {
         let app = TestApp::with_config(CONFIG).await;
         replay(&app, scenario).await;
         replay(&app, scenario).await;

@@ -6,6 +6,8 @@
 //!   namespace from the configured attribute, provider `anthropic`, endpoint `/v1/messages`, cost
 //!   from `cost_usd_micros` (else `cost_usd`), cache creation split into 5 m / 1 h buckets;
 //! - `tool_result` / `tool_decision` → tool events; every Claude Code event is counted by name;
+//!   events and tools are identified by session, sequence number, name and time (a retried
+//!   export is not counted twice; a resumed session's restarted sequence is counted);
 //! - `gatemeter.request` → a request record exported by another gatemeter (edge → central), read
 //!   back from its GenAI attribute names (see `crate::export::otlp_logs`).
 //!
@@ -229,11 +231,7 @@ fn opt_text(v: Option<Val<'_>>) -> Option<CompactString> {
 }
 
 fn time_ms(r: &LogRef<'_>) -> Option<i64> {
-    let ns = if r.time_ns != 0 {
-        r.time_ns
-    } else {
-        r.observed_ns
-    };
+    let ns = event_time_ns(r);
     (ns != 0).then_some((ns / 1_000_000) as i64)
 }
 
@@ -268,7 +266,7 @@ impl Mapping {
                         out.unused += 1;
                         continue;
                     };
-                    let event_id = event_id(&a);
+                    let event_id = event_id(&a, name, r);
                     let result = match name {
                         "api_request" => self.record(&a, r, false, v).map(Some),
                         "api_error" => self.record(&a, r, true, v).map(Some),
@@ -324,9 +322,11 @@ impl Mapping {
         let user = opt_text(a.user_email).or_else(|| user_id.clone());
         let session_id = opt_text(a.session_id);
         // The idempotency key: the API request id; for errors (which may have none, and whose
-        // id must not collide with the retried request's) the session's event sequence number.
-        let seq_id = match (&session_id, a.sequence.and_then(text_of)) {
-            (Some(s), Some(n)) => Some(CompactString::from(format!("cc:{s}:{n}"))),
+        // id must not collide with the retried request's) the session's event sequence number
+        // and the event's time (a resumed session restarts the sequence: see `event_id`).
+        let seq_id = match (&session_id, a.sequence.and_then(text_of), time_ms(r)) {
+            (Some(s), Some(n), Some(t)) => Some(CompactString::from(format!("cc:{s}:{n}:{t}"))),
+            (Some(s), Some(n), None) => Some(CompactString::from(format!("cc:{s}:{n}"))),
             _ => None,
         };
         let request_id = if error {
@@ -473,13 +473,27 @@ fn bounded(s: CompactString) -> CompactString {
     CompactString::from(&s[..end])
 }
 
-/// The identity of a Claude Code event: its session and sequence number.
-fn event_id(a: &Attrs<'_>) -> Option<u64> {
+/// The identity of a Claude Code event: its session, sequence number, name and time.
+///
+/// (`session.id`, `event.sequence`) alone does not name one event: the sequence restarts at 0 in
+/// every CLI process, and a resumed conversation (`claude --continue` / `--resume`) keeps its
+/// `session.id`, so each later process emits pairs that an earlier one already used (for other
+/// events). The time tells those apart, while a retried export repeats its events unchanged.
+fn event_id(a: &Attrs<'_>, name: &str, r: &LogRef<'_>) -> Option<u64> {
     let session = a.session_id.and_then(str_of)?;
     let seq = a.sequence.and_then(text_of)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (session, seq.as_ref()).hash(&mut h);
+    (session, seq.as_ref(), name, event_time_ns(r)).hash(&mut h);
     Some(h.finish())
+}
+
+/// When the event happened: its time, else when it was observed (0 when neither is set).
+fn event_time_ns(r: &LogRef<'_>) -> u64 {
+    if r.time_ns != 0 {
+        r.time_ns
+    } else {
+        r.observed_ns
+    }
 }
 
 fn tool_event(name: &str, a: &Attrs<'_>, event_id: Option<u64>) -> Option<ToolEvent> {
@@ -663,7 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn an_api_error_without_response_is_status_0_and_keyed_by_sequence() {
+    fn an_api_error_without_response_is_status_0_and_keyed_by_sequence_and_time() {
         let r = map_one(
             &[
                 a("event.name", r#"{"stringValue":"api_error"}"#),
@@ -682,7 +696,10 @@ mod tests {
         assert_eq!(r.retry_count, 2);
         assert_eq!(r.cost_micros, 0);
         assert_eq!(r.cost_source, crate::record::CostSource::Reported);
-        assert_eq!(r.request_id.as_ref().map(|i| i.as_str()), Some("cc:s1:5"));
+        assert_eq!(
+            r.request_id.as_ref().map(|i| i.as_str()),
+            Some("cc:s1:5:1795458649672")
+        );
         assert_eq!(r.namespace, "t");
         assert_eq!(r.error.as_deref(), Some("Connection error."));
         assert_eq!(r.timestamp_ms, 1_795_458_649_672);
