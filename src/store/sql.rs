@@ -224,15 +224,21 @@ impl SqlLog {
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
                     .map_err(unavailable)?;
                 let m = Migrator::new(Embedded(POSTGRES_MIGRATIONS))
                     .await
                     .map_err(unavailable)?;
                 m.run(&pool).await.map_err(unavailable)?;
-                let pool = Backend::Postgres(pool);
-                (pool.clone(), pool, "postgres")
+                // The writer's own connections, each with its COPY staging table: reads never
+                // wait behind batches in flight.
+                let write_pool = writer::postgres::open_pool(opts).await?;
+                (
+                    Backend::Postgres(pool),
+                    Backend::Postgres(write_pool),
+                    "postgres",
+                )
             }
         };
         let depth = Arc::new(AtomicUsize::new(0));
