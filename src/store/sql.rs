@@ -152,11 +152,18 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
     "request log",
     include_str!("../../migrations/sqlite/0001_request_log.sql"),
 )];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "request log",
-    include_str!("../../migrations/postgres/0001_request_log.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "request log",
+        include_str!("../../migrations/postgres/0001_request_log.sql"),
+    ),
+    (
+        2,
+        "request log c collation",
+        include_str!("../../migrations/postgres/0002_request_log_c_collation.sql"),
+    ),
+];
 
 /// The SQL request log: a handle to the pool and to the writer's queue. Cheap to clone.
 #[derive(Clone)]
