@@ -180,11 +180,18 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_indexes_and_statistics.sql"),
     ),
 ];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "request log",
-    include_str!("../../migrations/postgres/0001_request_log.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "request log",
+        include_str!("../../migrations/postgres/0001_request_log.sql"),
+    ),
+    (
+        2,
+        "request log c collation",
+        include_str!("../../migrations/postgres/0002_request_log_c_collation.sql"),
+    ),
+];
 
 /// The SQL request log: a handle to the pool and to the writer's queue. Cheap to clone.
 #[derive(Clone)]
@@ -256,15 +263,21 @@ impl SqlLog {
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
                     .map_err(unavailable)?;
                 let m = Migrator::new(Embedded(POSTGRES_MIGRATIONS))
                     .await
                     .map_err(unavailable)?;
                 m.run(&pool).await.map_err(unavailable)?;
-                let pool = Backend::Postgres(pool);
-                (pool.clone(), pool, "postgres")
+                // The writer's own connections, each with its COPY staging table: reads never
+                // wait behind batches in flight.
+                let write_pool = writer::postgres::open_pool(opts).await?;
+                (
+                    Backend::Postgres(pool),
+                    Backend::Postgres(write_pool),
+                    "postgres",
+                )
             }
         };
         let depth = Arc::new(AtomicUsize::new(0));

@@ -671,6 +671,165 @@ pub async fn store_idempotent_bounded_and_purged(db: Db) {
     log.close().await;
 }
 
+/// Every value comes back exactly (NULLs, empty strings, non-ASCII text, integer extremes), and a
+/// repeated request_id is stored once: within one batch (the first is kept) and across batches
+/// written at the same time (batches of 2 rows, several in flight on PostgreSQL).
+pub async fn store_keeps_values_and_ids_exactly(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = match db {
+        Db::Sqlite => SqlBackend::Sqlite {
+            path: dir.path().join("log.db"),
+        },
+        Db::Postgres => SqlBackend::Postgres {
+            url: fresh_postgres().await,
+        },
+    };
+    let cfg = SqlConfig {
+        backend,
+        queue_capacity: 1000,
+        batch_rows: 2,
+        retention_days: 0,
+    };
+    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("log opens");
+    let now = gatemeter::pipeline::now_ms();
+    let base = |id: Option<&str>, ts: i64| {
+        let mut r = valid(json!({"timestamp": now, "model": "m", "status": 200, "duration_ms": 1}));
+        r.request_id = id.map(|i| gatemeter::record::RequestId(i.into()));
+        r.timestamp_ms = ts;
+        r
+    };
+    // Every optional field set; non-ASCII, quotes, backslashes, tabs and newlines in text.
+    let mut full = base(Some("id-ü-漢字"), i64::MAX);
+    full.instance = Some("gw-ö".into());
+    full.user = Some("Zoë 🚀".into());
+    full.user_id = Some("u-\"quoted\"-\\".into());
+    full.key = Some("key\tname".into());
+    full.key_id = Some("k-1".into());
+    full.provider = "прованс".into();
+    full.original_model = Some("m-orig".into());
+    full.ttfb_ms = Some(u64::MAX);
+    full.tokens.input = u64::MAX;
+    full.tokens.output = i64::MAX as u64;
+    full.tokens.cache_write_5m = 1;
+    full.tokens.cache_write_1h = 0;
+    full.tokens.cache_read = 7;
+    full.cost_micros = u64::MAX;
+    full.session_id = Some("s\nline".into());
+    full.retry_count = u32::MAX;
+    full.provider_chain = vec!["a\"b".into(), "ü".into()];
+    full.is_streaming = true;
+    full.error = Some("".into());
+    full.blocked_by = Some("filter".into());
+    full.block_reason = Some("naughty ✗".into());
+    full.user_agent = Some("ua/1".into());
+    full.client_ip = Some("::1".into());
+    full.messages_count = Some(u32::MAX);
+    full.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());
+    // Every optional field absent; the oldest possible time.
+    let mut bare = base(None, i64::MIN);
+    bare.provider_chain = Vec::new();
+    let mut repeat = base(Some("id-ü-漢字"), now);
+    repeat.model = "other".into();
+
+    // One batch with the id twice (and a record without id, which is always kept).
+    log.submit(vec![full.clone(), repeat, bare.clone()])
+        .expect("room");
+    // Then many repeats spread over batches written at the same time.
+    let dup = |i: usize| base(Some(&format!("d{}", i % 25)), now - 1000 - i as i64);
+    log.submit((0..50).map(dup).collect()).expect("room");
+    log.submit((0..50).rev().map(dup).collect()).expect("room");
+    log.flush().await;
+
+    let page = log
+        .page(&LogFilter::default(), None, 1000)
+        .await
+        .expect("page");
+    assert_eq!(
+        page.items.len(),
+        1 + 1 + 25,
+        "each id once, the anonymous row kept"
+    );
+    let mut ids: Vec<_> = page
+        .items
+        .iter()
+        .filter_map(|e| e.request_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 26);
+
+    let first = &page.items[0];
+    assert_eq!(first.request_id.as_deref(), Some("id-ü-漢字"));
+    assert_eq!(
+        first.model, "m",
+        "the first of a repeated id in a batch is kept"
+    );
+    assert_eq!(first.timestamp_ms, i64::MAX);
+    assert_eq!(first.instance.as_deref(), Some("gw-ö"));
+    assert_eq!(first.user.as_deref(), Some("Zoë 🚀"));
+    assert_eq!(first.user_id.as_deref(), Some("u-\"quoted\"-\\"));
+    assert_eq!(first.key.as_deref(), Some("key\tname"));
+    assert_eq!(first.key_id.as_deref(), Some("k-1"));
+    assert_eq!(first.provider, "прованс");
+    assert_eq!(first.original_model.as_deref(), Some("m-orig"));
+    assert_eq!(first.ttfb_ms, Some(i64::MAX));
+    assert_eq!(first.input_tokens, i64::MAX);
+    assert_eq!(first.output_tokens, i64::MAX);
+    assert_eq!(first.cache_write_5m_tokens, 1);
+    assert_eq!(first.cache_write_1h_tokens, 0);
+    assert_eq!(first.cache_read_tokens, 7);
+    assert_eq!(first.cost_micros, i64::MAX);
+    assert_eq!(first.session_id.as_deref(), Some("s\nline"));
+    assert_eq!(first.retry_count, i64::from(u32::MAX));
+    assert_eq!(first.provider_chain, ["a\"b", "ü"]);
+    assert!(first.is_streaming);
+    assert_eq!(first.error.as_deref(), Some(""), "empty text is not NULL");
+    assert_eq!(first.blocked_by.as_deref(), Some("filter"));
+    assert_eq!(first.block_reason.as_deref(), Some("naughty ✗"));
+    assert_eq!(first.user_agent.as_deref(), Some("ua/1"));
+    assert_eq!(first.client_ip.as_deref(), Some("::1"));
+    assert_eq!(first.messages_count, Some(i64::from(u32::MAX)));
+    assert_eq!(
+        first.trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
+    // The user filter matches user_id when there is one.
+    let by_user = LogFilter {
+        user: Some("u-\"quoted\"-\\".into()),
+        ..LogFilter::default()
+    };
+    let page_u = log.page(&by_user, None, 10).await.expect("page");
+    assert_eq!(page_u.items.len(), 1);
+
+    let last = page.items.last().expect("rows");
+    assert_eq!(last.request_id, None);
+    assert_eq!(last.timestamp_ms, i64::MIN);
+    for v in [
+        &last.instance,
+        &last.user,
+        &last.user_id,
+        &last.key,
+        &last.key_id,
+        &last.original_model,
+        &last.session_id,
+        &last.error,
+        &last.blocked_by,
+        &last.block_reason,
+        &last.user_agent,
+        &last.client_ip,
+        &last.trace_id,
+    ] {
+        assert_eq!(*v, None);
+    }
+    assert_eq!(last.ttfb_ms, None);
+    assert_eq!(last.messages_count, None);
+    assert!(last.provider_chain.is_empty());
+    assert_eq!(last.model, bare.model.as_str());
+    log.close().await;
+}
+
 /// The retention task deletes rows older than `log_retention_days` (it runs at start, then
 /// hourly).
 pub async fn retention_task_deletes_old_rows(db: Db) {
@@ -885,6 +1044,7 @@ conformance!(
     roles_force_the_user,
     store_idempotent_bounded_and_purged,
     store_counts_what_it_cannot_write,
+    store_keeps_values_and_ids_exactly,
     retention_task_deletes_old_rows,
     shutdown_flushes_the_log,
 );

@@ -1,7 +1,7 @@
 //! The one writer task of the SQL request log: drains the queue, writes what it took in one
 //! statement or transaction per batch — SQLite: a prepared single-row `INSERT` stepped per row
-//! in one transaction (`sqlite_insert.rs`); PostgreSQL: one `INSERT … SELECT * FROM
-//! UNNEST(arrays)` — both
+//! in one transaction (`sqlite_insert.rs`); PostgreSQL: a binary `COPY` into a staging table,
+//! then one `INSERT … SELECT` (`writer/postgres.rs`) — both
 //! `ON CONFLICT (request_id) DO NOTHING`; retries transient failures with back-off, and counts
 //! what it finally gives up on.
 //!
@@ -20,10 +20,12 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, count_failed, unavailable};
+use super::{Backend, count_failed};
 use crate::health::Health;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
+
+pub(super) mod postgres;
 
 /// What the writer receives.
 pub(crate) enum Msg {
@@ -149,71 +151,10 @@ pub(crate) async fn write_batch(
     }
 }
 
-/// PostgreSQL: the whole batch as one `INSERT … SELECT * FROM UNNEST(<one array per column>)`,
-/// 36 bind parameters whatever the batch size: much less parsing and binding per row than a
-/// multi-row `VALUES` list (and no 65,535-parameter limit).
+/// PostgreSQL: binary `COPY` into a staging table, then one idempotent `INSERT … SELECT`
+/// (see [`postgres`]).
 async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Result<(), StoreError> {
-    let n = batch.len();
-    macro_rules! column {
-        (|$r:ident| $e:expr) => {
-            batch.iter().map(|$r| $e).collect::<Vec<_>>()
-        };
-    }
-    let sql = format!(
-        "{INSERT} SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::text[], $14::text[], $15::text[], $16::int8[], $17::int8[], $18::int8[], \
-         $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[], \
-         $25::text[], $26::text[], $27::int8[], $28::text[], $29::bool[], $30::text[], \
-         $31::text[], $32::text[], $33::text[], $34::text[], $35::int8[], $36::text[]) \
-         ON CONFLICT (request_id) DO NOTHING"
-    );
-    let chains: Vec<String> = batch
-        .iter()
-        .map(|r| serde_json::to_string(&r.provider_chain).unwrap_or_else(|_| "[]".to_string()))
-        .collect();
-    debug_assert_eq!(chains.len(), n);
-    sqlx::query(&sql)
-        .bind(column!(|r| r.request_id.as_ref().map(|id| id.as_str())))
-        .bind(column!(|r| r.timestamp_ms))
-        .bind(column!(|r| r.namespace.as_str()))
-        .bind(column!(|r| r.instance.as_deref()))
-        .bind(column!(|r| r.user_id.as_deref().or(r.user.as_deref())))
-        .bind(column!(|r| r.user.as_deref()))
-        .bind(column!(|r| r.user_id.as_deref()))
-        .bind(column!(|r| r.key.as_deref()))
-        .bind(column!(|r| r.key_id.as_deref()))
-        .bind(column!(|r| r.provider.as_str()))
-        .bind(column!(|r| r.model.as_str()))
-        .bind(column!(|r| r.original_model.as_deref()))
-        .bind(column!(|r| r.endpoint.as_str()))
-        .bind(column!(|r| r.api_type.as_str()))
-        .bind(column!(|r| r.method.as_str()))
-        .bind(column!(|r| i64::from(r.status)))
-        .bind(column!(|r| big(r.duration_ms)))
-        .bind(column!(|r| r.ttfb_ms.map(big)))
-        .bind(column!(|r| big(r.tokens.input)))
-        .bind(column!(|r| big(r.tokens.output)))
-        .bind(column!(|r| big(r.tokens.cache_write_5m)))
-        .bind(column!(|r| big(r.tokens.cache_write_1h)))
-        .bind(column!(|r| big(r.tokens.cache_read)))
-        .bind(column!(|r| big(r.cost_micros)))
-        .bind(column!(|r| cost_source(r.cost_source)))
-        .bind(column!(|r| r.session_id.as_deref()))
-        .bind(column!(|r| i64::from(r.retry_count)))
-        .bind(chains)
-        .bind(column!(|r| r.is_streaming))
-        .bind(column!(|r| r.error.as_deref()))
-        .bind(column!(|r| r.blocked_by.as_deref()))
-        .bind(column!(|r| r.block_reason.as_deref()))
-        .bind(column!(|r| r.user_agent.as_deref()))
-        .bind(column!(|r| r.client_ip.as_deref()))
-        .bind(column!(|r| r.messages_count.map(i64::from)))
-        .bind(column!(|r| r.trace_id.as_deref()))
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
+    postgres::write(pool, batch).await
 }
 
 /// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).

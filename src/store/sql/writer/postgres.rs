@@ -1,0 +1,359 @@
+//! PostgreSQL's write path of the request log: a batch is sent as one binary
+//! `COPY … FROM STDIN` into a temporary staging table of the writer's connection, then moved into
+//! `request_log` by one `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`, both in one
+//! transaction. The staging table empties itself at commit (`ON COMMIT DELETE ROWS`), and a
+//! failed batch leaves nothing behind in either table; idempotency stays with the unique index
+//! on `request_id`, so batches written at once on several connections may repeat ids.
+//!
+//! The writer has its own small pool (one connection per batch in flight); each connection
+//! creates its staging table when it connects. The COPY rows are encoded here
+//! ([`encode_row`]): per row a 16-bit field count, per field a 32-bit length (−1 for NULL)
+//! and the value in PostgreSQL's binary send format (`text`: the UTF-8 bytes, `int8`:
+//! big-endian, `bool`: one byte).
+
+use std::sync::LazyLock;
+
+use sqlx::Executor;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::{POSTGRES_IN_FLIGHT, big, cost_source};
+use crate::record::ValidRecord;
+use crate::store::StoreError;
+use crate::store::sql::{ACQUIRE_TIMEOUT, unavailable};
+
+/// The staging table (temporary: one per connection, no WAL, no locks shared with others).
+const STAGING: &str = "request_log_staging";
+
+/// PostgreSQL types of the binary COPY fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Int8,
+    Bool,
+}
+
+impl Kind {
+    fn sql(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Int8 => "int8",
+            Kind::Bool => "bool",
+        }
+    }
+}
+
+/// The columns of `request_log` a writer fills, in the order (and with the types) that
+/// [`encode_row`] writes them; the staging table is made from this list.
+const FIELDS: [(&str, Kind); 36] = [
+    ("request_id", Kind::Text),
+    ("ts_ms", Kind::Int8),
+    ("namespace", Kind::Text),
+    ("instance", Kind::Text),
+    ("user_ref", Kind::Text),
+    ("user_name", Kind::Text),
+    ("user_id", Kind::Text),
+    ("key_name", Kind::Text),
+    ("key_id", Kind::Text),
+    ("provider", Kind::Text),
+    ("model", Kind::Text),
+    ("original_model", Kind::Text),
+    ("endpoint", Kind::Text),
+    ("api_type", Kind::Text),
+    ("method", Kind::Text),
+    ("status", Kind::Int8),
+    ("duration_ms", Kind::Int8),
+    ("ttfb_ms", Kind::Int8),
+    ("input_tokens", Kind::Int8),
+    ("output_tokens", Kind::Int8),
+    ("cache_write_5m_tokens", Kind::Int8),
+    ("cache_write_1h_tokens", Kind::Int8),
+    ("cache_read_tokens", Kind::Int8),
+    ("cost_micros", Kind::Int8),
+    ("cost_source", Kind::Text),
+    ("session_id", Kind::Text),
+    ("retry_count", Kind::Int8),
+    ("provider_chain", Kind::Text),
+    ("is_streaming", Kind::Bool),
+    ("error", Kind::Text),
+    ("blocked_by", Kind::Text),
+    ("block_reason", Kind::Text),
+    ("user_agent", Kind::Text),
+    ("client_ip", Kind::Text),
+    ("messages_count", Kind::Int8),
+    ("trace_id", Kind::Text),
+];
+
+fn column_list() -> String {
+    FIELDS.map(|(name, _)| name).join(", ")
+}
+
+/// Run on every new writer connection.
+static CREATE_STAGING: LazyLock<String> = LazyLock::new(|| {
+    let columns = FIELDS.map(|(name, kind)| format!("{name} {}", kind.sql()));
+    format!(
+        "CREATE TEMPORARY TABLE {STAGING} ({}) ON COMMIT DELETE ROWS",
+        columns.join(", ")
+    )
+});
+
+static COPY_IN: LazyLock<String> =
+    LazyLock::new(|| format!("COPY {STAGING} FROM STDIN (FORMAT binary)"));
+
+static MOVE: LazyLock<String> = LazyLock::new(|| {
+    let columns = column_list();
+    format!(
+        "INSERT INTO request_log ({columns}) SELECT {columns} FROM {STAGING} \
+         ON CONFLICT (request_id) DO NOTHING"
+    )
+});
+
+/// COPY data is sent in messages of about this size (sqlx copies each into its write buffer).
+const SEND_CHUNK: usize = 256 * 1024;
+
+/// The writer's pool: one connection per batch in flight, each with its staging table.
+pub(in crate::store::sql) async fn open_pool(opts: PgConnectOptions) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(POSTGRES_IN_FLIGHT as u32)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute(CREATE_STAGING.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(unavailable)
+}
+
+/// Writes one batch in one transaction; rows whose `request_id` is already stored (or repeated
+/// earlier in the batch) are skipped. `pool` must come from [`open_pool`].
+pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(), StoreError> {
+    // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
+    let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
+    data.extend_from_slice(HEADER);
+    for r in batch {
+        encode_row(&mut data, r)?;
+    }
+    data.extend_from_slice(&TRAILER);
+
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut copy = tx.copy_in_raw(&COPY_IN).await.map_err(unavailable)?;
+    for chunk in data.chunks(SEND_CHUNK) {
+        copy.send(chunk).await.map_err(unavailable)?;
+    }
+    copy.finish().await.map_err(unavailable)?;
+    sqlx::query(&MOVE)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)
+}
+
+/// Binary COPY header: signature, flags (32 bits, 0: no OIDs), header extension length (0).
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Binary COPY trailer: a field count of −1.
+const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+
+/// Appends one row of [`FIELDS`] in binary COPY format.
+fn encode_row(buf: &mut Vec<u8>, r: &ValidRecord) -> Result<(), StoreError> {
+    buf.extend_from_slice(&(FIELDS.len() as i16).to_be_bytes());
+    text(buf, r.request_id.as_ref().map(|id| id.0.as_str()))?;
+    int8(buf, Some(r.timestamp_ms));
+    text(buf, Some(r.namespace.as_str()))?;
+    text(buf, r.instance.as_deref())?;
+    text(buf, r.user_id.as_deref().or(r.user.as_deref()))?;
+    text(buf, r.user.as_deref())?;
+    text(buf, r.user_id.as_deref())?;
+    text(buf, r.key.as_deref())?;
+    text(buf, r.key_id.as_deref())?;
+    text(buf, Some(r.provider.as_str()))?;
+    text(buf, Some(r.model.as_str()))?;
+    text(buf, r.original_model.as_deref())?;
+    text(buf, Some(r.endpoint.as_str()))?;
+    text(buf, Some(r.api_type.as_str()))?;
+    text(buf, Some(r.method.as_str()))?;
+    int8(buf, Some(i64::from(r.status)));
+    int8(buf, Some(big(r.duration_ms)));
+    int8(buf, r.ttfb_ms.map(big));
+    int8(buf, Some(big(r.tokens.input)));
+    int8(buf, Some(big(r.tokens.output)));
+    int8(buf, Some(big(r.tokens.cache_write_5m)));
+    int8(buf, Some(big(r.tokens.cache_write_1h)));
+    int8(buf, Some(big(r.tokens.cache_read)));
+    int8(buf, Some(big(r.cost_micros)));
+    text(buf, Some(cost_source(r.cost_source)))?;
+    text(buf, r.session_id.as_deref())?;
+    int8(buf, Some(i64::from(r.retry_count)));
+    provider_chain(buf, r)?;
+    boolean(buf, r.is_streaming);
+    text(buf, r.error.as_deref())?;
+    text(buf, r.blocked_by.as_deref())?;
+    text(buf, r.block_reason.as_deref())?;
+    text(buf, r.user_agent.as_deref())?;
+    text(buf, r.client_ip.as_deref())?;
+    int8(buf, r.messages_count.map(i64::from));
+    text(buf, r.trace_id.as_deref())
+}
+
+const NULL: [u8; 4] = (-1i32).to_be_bytes();
+
+fn length(n: usize) -> Result<[u8; 4], StoreError> {
+    i32::try_from(n)
+        .map(i32::to_be_bytes)
+        .map_err(|_| unavailable(format!("request log field of {n} bytes is too long")))
+}
+
+fn text(buf: &mut Vec<u8>, v: Option<&str>) -> Result<(), StoreError> {
+    match v {
+        Some(s) => {
+            buf.extend_from_slice(&length(s.len())?);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        None => buf.extend_from_slice(&NULL),
+    }
+    Ok(())
+}
+
+fn int8(buf: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        Some(n) => {
+            buf.extend_from_slice(&8i32.to_be_bytes());
+            buf.extend_from_slice(&n.to_be_bytes());
+        }
+        None => buf.extend_from_slice(&NULL),
+    }
+}
+
+fn boolean(buf: &mut Vec<u8>, v: bool) {
+    buf.extend_from_slice(&1i32.to_be_bytes());
+    buf.push(u8::from(v));
+}
+
+/// The providers tried, as JSON text (serialized in place, its length patched in after).
+fn provider_chain(buf: &mut Vec<u8>, r: &ValidRecord) -> Result<(), StoreError> {
+    let at = buf.len();
+    buf.extend_from_slice(&NULL);
+    if serde_json::to_writer(&mut *buf, &r.provider_chain).is_err() {
+        buf.truncate(at + NULL.len());
+        buf.extend_from_slice(b"[]");
+    }
+    let n = buf.len() - at - NULL.len();
+    buf[at..at + NULL.len()].copy_from_slice(&length(n)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits one encoded row into its fields (`None` for NULL).
+    fn fields(row: &[u8]) -> Vec<Option<&[u8]>> {
+        let count = i16::from_be_bytes([row[0], row[1]]);
+        let mut at = 2;
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes"));
+            at += 4;
+            if len < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(&row[at..at + len as usize]));
+                at += len as usize;
+            }
+        }
+        assert_eq!(at, row.len(), "row fully read");
+        out
+    }
+
+    fn record() -> ValidRecord {
+        let json = r#"{"request_id": "r-1", "timestamp": 1700000000000, "model": "m",
+            "status": 200, "duration_ms": 1}"#;
+        let prices = crate::price::PriceTable::default();
+        let v = crate::record::Validation {
+            now_ms: 1_700_000_000_000,
+            prices: &prices,
+        };
+        match crate::record::parse_event(json, &v).expect("valid") {
+            crate::record::Event::Finish(r) => *r,
+            crate::record::Event::Start(_) => panic!("not a start marker"),
+        }
+    }
+
+    #[test]
+    fn header_and_trailer_are_postgres_binary_copy() {
+        assert_eq!(HEADER.len(), 11 + 4 + 4);
+        assert_eq!(&HEADER[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(TRAILER, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn nulls_text_and_integers() {
+        let mut r = record();
+        r.user = Some("Zoë 漢字 🚀".into());
+        r.user_id = None;
+        r.timestamp_ms = i64::MIN;
+        r.tokens.input = u64::MAX;
+        r.tokens.output = i64::MAX as u64;
+        r.ttfb_ms = None;
+        r.messages_count = Some(u32::MAX);
+        r.provider_chain = vec!["a\"b".into(), "ü".into()];
+        r.is_streaming = true;
+        let mut buf = Vec::new();
+        encode_row(&mut buf, &r).expect("encodes");
+        let f = fields(&buf);
+        assert_eq!(f.len(), FIELDS.len());
+        let at = |name: &str| {
+            FIELDS
+                .iter()
+                .position(|(n, _)| *n == name)
+                .expect("known column")
+        };
+        assert_eq!(f[at("request_id")], Some(&b"r-1"[..]));
+        assert_eq!(f[at("ts_ms")], Some(&i64::MIN.to_be_bytes()[..]));
+        // user_ref falls back to the user name; user_id is NULL.
+        assert_eq!(f[at("user_ref")], Some("Zoë 漢字 🚀".as_bytes()));
+        assert_eq!(f[at("user_name")], Some("Zoë 漢字 🚀".as_bytes()));
+        assert_eq!(f[at("user_id")], None);
+        assert_eq!(f[at("ttfb_ms")], None);
+        assert_eq!(f[at("input_tokens")], Some(&i64::MAX.to_be_bytes()[..]));
+        assert_eq!(f[at("output_tokens")], Some(&i64::MAX.to_be_bytes()[..]));
+        assert_eq!(
+            f[at("messages_count")],
+            Some(&i64::from(u32::MAX).to_be_bytes()[..])
+        );
+        assert_eq!(f[at("provider_chain")], Some(r#"["a\"b","ü"]"#.as_bytes()));
+        assert_eq!(f[at("is_streaming")], Some(&[1u8][..]));
+        assert_eq!(f[at("status")], Some(&200i64.to_be_bytes()[..]));
+        // Every field has the width of its declared type.
+        for ((name, kind), v) in FIELDS.iter().zip(&f) {
+            match (kind, v) {
+                (Kind::Int8, Some(b)) => assert_eq!(b.len(), 8, "{name}"),
+                (Kind::Bool, Some(b)) => assert_eq!(b.len(), 1, "{name}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn empty_chain_and_empty_strings() {
+        let mut r = record();
+        r.provider_chain = Vec::new();
+        r.error = Some("".into());
+        let mut buf = Vec::new();
+        encode_row(&mut buf, &r).expect("encodes");
+        let f = fields(&buf);
+        let at = |name: &str| FIELDS.iter().position(|(n, _)| *n == name).expect("known");
+        assert_eq!(f[at("provider_chain")], Some(&b"[]"[..]));
+        assert_eq!(f[at("error")], Some(&b""[..]), "empty is not NULL");
+    }
+
+    #[test]
+    fn statements_name_every_field_in_order() {
+        assert!(CREATE_STAGING.starts_with(
+            "CREATE TEMPORARY TABLE request_log_staging (request_id text, ts_ms int8,"
+        ));
+        assert!(MOVE.contains("(request_id, ts_ms, namespace,"));
+        assert!(MOVE.ends_with("ON CONFLICT (request_id) DO NOTHING"));
+    }
+}
