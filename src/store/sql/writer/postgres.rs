@@ -1,7 +1,8 @@
 //! PostgreSQL's write path of the request log: a batch is sent as one binary
-//! `COPY … FROM STDIN` into a temporary staging table of the writer's connection, then moved into
-//! `request_log` by one `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`, both in one
-//! transaction. The staging table empties itself at commit (`ON COMMIT DELETE ROWS`), and a
+//! `COPY … FROM STDIN` straight into `request_log`; only when that fails on a repeated
+//! `request_id` is it sent again into a temporary staging table of the writer's connection and
+//! moved into `request_log` by one `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`, both
+//! in one transaction. The staging table empties itself at commit (`ON COMMIT DELETE ROWS`), and a
 //! failed batch leaves nothing behind in either table; idempotency stays with the unique index
 //! on `request_id`, so batches written at once on several connections may repeat ids.
 //!
@@ -99,6 +100,14 @@ static CREATE_STAGING: LazyLock<String> = LazyLock::new(|| {
 static COPY_IN: LazyLock<String> =
     LazyLock::new(|| format!("COPY {STAGING} FROM STDIN (FORMAT binary)"));
 
+/// The fast path: straight into the log (see [`write`]).
+static COPY_DIRECT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "COPY request_log ({}) FROM STDIN (FORMAT binary)",
+        column_list()
+    )
+});
+
 static MOVE: LazyLock<String> = LazyLock::new(|| {
     let columns = column_list();
     format!(
@@ -137,17 +146,36 @@ pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(
     }
     data.extend_from_slice(&TRAILER);
 
-    let mut tx = pool.begin().await.map_err(unavailable)?;
-    let mut copy = tx.copy_in_raw(&COPY_IN).await.map_err(unavailable)?;
-    for chunk in data.chunks(SEND_CHUNK) {
-        copy.send(chunk).await.map_err(unavailable)?;
+    // Fast path: COPY straight into the log. A repeated `request_id` (already stored, repeated
+    // in the batch, or in a batch committing at the same time) makes the whole COPY fail with a
+    // unique violation, and the batch is written again through the staging table, which skips
+    // the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
+    // table's heap insert and the `INSERT … SELECT` for every row.
+    match copy_in(pool, &COPY_DIRECT, &data, false).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
+        other => return other.map_err(unavailable),
     }
-    copy.finish().await.map_err(unavailable)?;
-    sqlx::query(&MOVE)
-        .execute(&mut *tx)
+    copy_in(pool, &COPY_IN, &data, true)
         .await
-        .map_err(unavailable)?;
-    tx.commit().await.map_err(unavailable)
+        .map_err(unavailable)
+}
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// One transaction: `copy` with `data`, then (`staged`) [`MOVE`], then commit. Dropped
+/// uncommitted on error.
+async fn copy_in(pool: &PgPool, copy: &str, data: &[u8], staged: bool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut sink = tx.copy_in_raw(copy).await?;
+    for chunk in data.chunks(SEND_CHUNK) {
+        sink.send(chunk).await?;
+    }
+    sink.finish().await?;
+    if staged {
+        sqlx::query(&MOVE).execute(&mut *tx).await?;
+    }
+    tx.commit().await
 }
 
 /// Binary COPY header: signature, flags (32 bits, 0: no OIDs), header extension length (0).
