@@ -70,11 +70,12 @@ impl SqlBackend {
     /// `batch_rows` when the configuration does not set it. SQLite rewrites every index page a
     /// transaction touches (into the WAL, then the file), so it pays per transaction far more than
     /// per row: large transactions (issue #4: 10,000 → 100,000 rows took the write path from about
-    /// 41,000 to 69,000 rows/s). PostgreSQL writes several smaller batches at once.
+    /// 41,000 to 69,000 rows/s). PostgreSQL writes up to four batches at once; 10,000 → 50,000
+    /// rows per batch: 63,811 / 61,600 → 74,445 / 69,274 rows/s (same run, alternating).
     pub fn default_batch_rows(&self) -> usize {
         match self {
             Self::Sqlite { .. } => 100_000,
-            Self::Postgres { .. } => 10_000,
+            Self::Postgres { .. } => 50_000,
         }
     }
 }
