@@ -11,6 +11,7 @@
 //! Nothing here returns a `sqlx::Error`: callers see [`StoreError`]. The SQL is written once for
 //! both dialects; `dispatch!` expands a body for each pool type.
 
+mod columns;
 pub mod query;
 mod sqlite_insert;
 mod writer;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use libsqlite3_sys as ffi;
 use sqlx::SqlitePool;
 
+use super::columns::{self, COLUMNS, Value};
 use super::unavailable;
-use super::writer::{COLUMNS, INSERT, big, cost_source};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 
@@ -86,9 +86,10 @@ unsafe fn insert_batch(
 
 /// `INSERT INTO request_log (…) VALUES (?1, …, ?36) ON CONFLICT (request_id) DO NOTHING`.
 fn insert_one_sql() -> String {
-    let mut sql = String::with_capacity(INSERT.len() + 200);
-    sql.push_str(INSERT);
-    sql.push_str("VALUES (");
+    let mut sql = format!(
+        "INSERT INTO request_log ({}) VALUES (",
+        columns::column_list()
+    );
     for i in 1..=COLUMNS {
         if i > 1 {
             sql.push_str(", ");
@@ -191,50 +192,17 @@ impl Statement {
         self.check(rc, "bind")
     }
 
-    /// Binds one record in the column order of [`INSERT`].
+    /// Binds one record (`chain`: a buffer for its provider chain's JSON text).
     fn bind_row(&self, r: &ValidRecord, chain: &mut String) -> Result<(), StoreError> {
-        chain.clear();
-        if r.provider_chain.is_empty() {
-            chain.push_str("[]");
-        } else {
-            *chain = serde_json::to_string(&r.provider_chain).map_err(unavailable)?;
+        columns::provider_chain(r, chain);
+        for (i, v) in (1..).zip(columns::values(r, chain)) {
+            match v {
+                Value::Text(t) => self.text(i, t)?,
+                Value::Int8(n) => self.int(i, n)?,
+                Value::Bool(b) => self.int(i, Some(i64::from(b)))?,
+            }
         }
-        self.text(1, r.request_id.as_ref().map(|id| id.as_str()))?;
-        self.int(2, Some(r.timestamp_ms))?;
-        self.text(3, Some(r.namespace.as_str()))?;
-        self.text(4, r.instance.as_deref())?;
-        self.text(5, r.user_id.as_deref().or(r.user.as_deref()))?;
-        self.text(6, r.user.as_deref())?;
-        self.text(7, r.user_id.as_deref())?;
-        self.text(8, r.key.as_deref())?;
-        self.text(9, r.key_id.as_deref())?;
-        self.text(10, Some(r.provider.as_str()))?;
-        self.text(11, Some(r.model.as_str()))?;
-        self.text(12, r.original_model.as_deref())?;
-        self.text(13, Some(r.endpoint.as_str()))?;
-        self.text(14, Some(r.api_type.as_str()))?;
-        self.text(15, Some(r.method.as_str()))?;
-        self.int(16, Some(i64::from(r.status)))?;
-        self.int(17, Some(big(r.duration_ms)))?;
-        self.int(18, r.ttfb_ms.map(big))?;
-        self.int(19, Some(big(r.tokens.input)))?;
-        self.int(20, Some(big(r.tokens.output)))?;
-        self.int(21, Some(big(r.tokens.cache_write_5m)))?;
-        self.int(22, Some(big(r.tokens.cache_write_1h)))?;
-        self.int(23, Some(big(r.tokens.cache_read)))?;
-        self.int(24, Some(big(r.cost_micros)))?;
-        self.text(25, Some(cost_source(r.cost_source)))?;
-        self.text(26, r.session_id.as_deref())?;
-        self.int(27, Some(i64::from(r.retry_count)))?;
-        self.text(28, Some(chain.as_str()))?;
-        self.int(29, Some(i64::from(r.is_streaming)))?;
-        self.text(30, r.error.as_deref())?;
-        self.text(31, r.blocked_by.as_deref())?;
-        self.text(32, r.block_reason.as_deref())?;
-        self.text(33, r.user_agent.as_deref())?;
-        self.text(34, r.client_ip.as_deref())?;
-        self.int(35, r.messages_count.map(i64::from))?;
-        self.text(36, r.trace_id.as_deref())
+        Ok(())
     }
 
     /// Runs the bound row and resets the statement for the next one.

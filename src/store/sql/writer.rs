@@ -36,19 +36,10 @@ pub(crate) enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// Columns bound per row (see [`push_row`]).
-pub(super) const COLUMNS: usize = 36;
 /// Batches a PostgreSQL log writes at once (each on its own pooled connection).
 const POSTGRES_IN_FLIGHT: usize = 4;
 /// Attempts per batch before it is dropped and counted.
 const ATTEMPTS: u32 = 5;
-
-pub(super) const INSERT: &str = "INSERT INTO request_log (request_id, ts_ms, namespace, instance, user_ref, \
-    user_name, user_id, key_name, key_id, provider, model, original_model, endpoint, api_type, \
-    method, status, duration_ms, ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, \
-    cache_write_1h_tokens, cache_read_tokens, cost_micros, cost_source, session_id, retry_count, \
-    provider_chain, is_streaming, error, blocked_by, block_reason, user_agent, client_ip, \
-    messages_count, trace_id) ";
 
 pub(crate) async fn run(
     backend: Backend,
@@ -155,17 +146,4 @@ pub(crate) async fn write_batch(
 /// (see [`postgres`]).
 async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Result<(), StoreError> {
     postgres::write(pool, batch).await
-}
-
-/// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).
-pub(super) fn big(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(super) fn cost_source(c: crate::record::CostSource) -> &'static str {
-    match c {
-        crate::record::CostSource::Reported => "reported",
-        crate::record::CostSource::Priced => "priced",
-        crate::record::CostSource::Unpriced => "unpriced",
-    }
 }

@@ -17,76 +17,14 @@ use std::sync::LazyLock;
 use sqlx::Executor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{POSTGRES_IN_FLIGHT, big, cost_source};
+use super::POSTGRES_IN_FLIGHT;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
+use crate::store::sql::columns::{self, FIELDS, Value, column_list};
 use crate::store::sql::{ACQUIRE_TIMEOUT, unavailable};
 
 /// The staging table (temporary: one per connection, no WAL, no locks shared with others).
 const STAGING: &str = "request_log_staging";
-
-/// PostgreSQL types of the binary COPY fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Int8,
-    Bool,
-}
-
-impl Kind {
-    fn sql(self) -> &'static str {
-        match self {
-            Kind::Text => "text",
-            Kind::Int8 => "int8",
-            Kind::Bool => "bool",
-        }
-    }
-}
-
-/// The columns of `request_log` a writer fills, in the order (and with the types) that
-/// [`encode_row`] writes them; the staging table is made from this list.
-const FIELDS: [(&str, Kind); 36] = [
-    ("request_id", Kind::Text),
-    ("ts_ms", Kind::Int8),
-    ("namespace", Kind::Text),
-    ("instance", Kind::Text),
-    ("user_ref", Kind::Text),
-    ("user_name", Kind::Text),
-    ("user_id", Kind::Text),
-    ("key_name", Kind::Text),
-    ("key_id", Kind::Text),
-    ("provider", Kind::Text),
-    ("model", Kind::Text),
-    ("original_model", Kind::Text),
-    ("endpoint", Kind::Text),
-    ("api_type", Kind::Text),
-    ("method", Kind::Text),
-    ("status", Kind::Int8),
-    ("duration_ms", Kind::Int8),
-    ("ttfb_ms", Kind::Int8),
-    ("input_tokens", Kind::Int8),
-    ("output_tokens", Kind::Int8),
-    ("cache_write_5m_tokens", Kind::Int8),
-    ("cache_write_1h_tokens", Kind::Int8),
-    ("cache_read_tokens", Kind::Int8),
-    ("cost_micros", Kind::Int8),
-    ("cost_source", Kind::Text),
-    ("session_id", Kind::Text),
-    ("retry_count", Kind::Int8),
-    ("provider_chain", Kind::Text),
-    ("is_streaming", Kind::Bool),
-    ("error", Kind::Text),
-    ("blocked_by", Kind::Text),
-    ("block_reason", Kind::Text),
-    ("user_agent", Kind::Text),
-    ("client_ip", Kind::Text),
-    ("messages_count", Kind::Int8),
-    ("trace_id", Kind::Text),
-];
-
-fn column_list() -> String {
-    FIELDS.map(|(name, _)| name).join(", ")
-}
 
 /// Run on every new writer connection.
 static CREATE_STAGING: LazyLock<String> = LazyLock::new(|| {
@@ -141,8 +79,9 @@ pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
     let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
     data.extend_from_slice(HEADER);
+    let mut chain = String::new();
     for r in batch {
-        encode_row(&mut data, r)?;
+        encode_row(&mut data, r, &mut chain)?;
     }
     data.extend_from_slice(&TRAILER);
 
@@ -184,44 +123,17 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 
 /// Appends one row of [`FIELDS`] in binary COPY format.
-fn encode_row(buf: &mut Vec<u8>, r: &ValidRecord) -> Result<(), StoreError> {
+fn encode_row(buf: &mut Vec<u8>, r: &ValidRecord, chain: &mut String) -> Result<(), StoreError> {
     buf.extend_from_slice(&(FIELDS.len() as i16).to_be_bytes());
-    text(buf, r.request_id.as_ref().map(|id| id.0.as_str()))?;
-    int8(buf, Some(r.timestamp_ms));
-    text(buf, Some(r.namespace.as_str()))?;
-    text(buf, r.instance.as_deref())?;
-    text(buf, r.user_id.as_deref().or(r.user.as_deref()))?;
-    text(buf, r.user.as_deref())?;
-    text(buf, r.user_id.as_deref())?;
-    text(buf, r.key.as_deref())?;
-    text(buf, r.key_id.as_deref())?;
-    text(buf, Some(r.provider.as_str()))?;
-    text(buf, Some(r.model.as_str()))?;
-    text(buf, r.original_model.as_deref())?;
-    text(buf, Some(r.endpoint.as_str()))?;
-    text(buf, Some(r.api_type.as_str()))?;
-    text(buf, Some(r.method.as_str()))?;
-    int8(buf, Some(i64::from(r.status)));
-    int8(buf, Some(big(r.duration_ms)));
-    int8(buf, r.ttfb_ms.map(big));
-    int8(buf, Some(big(r.tokens.input)));
-    int8(buf, Some(big(r.tokens.output)));
-    int8(buf, Some(big(r.tokens.cache_write_5m)));
-    int8(buf, Some(big(r.tokens.cache_write_1h)));
-    int8(buf, Some(big(r.tokens.cache_read)));
-    int8(buf, Some(big(r.cost_micros)));
-    text(buf, Some(cost_source(r.cost_source)))?;
-    text(buf, r.session_id.as_deref())?;
-    int8(buf, Some(i64::from(r.retry_count)));
-    provider_chain(buf, r)?;
-    boolean(buf, r.is_streaming);
-    text(buf, r.error.as_deref())?;
-    text(buf, r.blocked_by.as_deref())?;
-    text(buf, r.block_reason.as_deref())?;
-    text(buf, r.user_agent.as_deref())?;
-    text(buf, r.client_ip.as_deref())?;
-    int8(buf, r.messages_count.map(i64::from));
-    text(buf, r.trace_id.as_deref())
+    columns::provider_chain(r, chain);
+    for v in columns::values(r, chain) {
+        match v {
+            Value::Text(t) => text(buf, t)?,
+            Value::Int8(n) => int8(buf, n),
+            Value::Bool(b) => boolean(buf, b),
+        }
+    }
+    Ok(())
 }
 
 const NULL: [u8; 4] = (-1i32).to_be_bytes();
@@ -258,22 +170,10 @@ fn boolean(buf: &mut Vec<u8>, v: bool) {
     buf.push(u8::from(v));
 }
 
-/// The providers tried, as JSON text (serialized in place, its length patched in after).
-fn provider_chain(buf: &mut Vec<u8>, r: &ValidRecord) -> Result<(), StoreError> {
-    let at = buf.len();
-    buf.extend_from_slice(&NULL);
-    if serde_json::to_writer(&mut *buf, &r.provider_chain).is_err() {
-        buf.truncate(at + NULL.len());
-        buf.extend_from_slice(b"[]");
-    }
-    let n = buf.len() - at - NULL.len();
-    buf[at..at + NULL.len()].copy_from_slice(&length(n)?);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::columns::Kind;
 
     /// Splits one encoded row into its fields (`None` for NULL).
     fn fields(row: &[u8]) -> Vec<Option<&[u8]>> {
@@ -328,7 +228,7 @@ mod tests {
         r.provider_chain = vec!["a\"b".into(), "ü".into()];
         r.is_streaming = true;
         let mut buf = Vec::new();
-        encode_row(&mut buf, &r).expect("encodes");
+        encode_row(&mut buf, &r, &mut String::new()).expect("encodes");
         let f = fields(&buf);
         assert_eq!(f.len(), FIELDS.len());
         let at = |name: &str| {
@@ -369,7 +269,7 @@ mod tests {
         r.provider_chain = Vec::new();
         r.error = Some("".into());
         let mut buf = Vec::new();
-        encode_row(&mut buf, &r).expect("encodes");
+        encode_row(&mut buf, &r, &mut String::new()).expect("encodes");
         let f = fields(&buf);
         let at = |name: &str| FIELDS.iter().position(|(n, _)| *n == name).expect("known");
         assert_eq!(f[at("provider_chain")], Some(&b"[]"[..]));

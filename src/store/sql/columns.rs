@@ -1,0 +1,186 @@
+//! The columns of `request_log` that the writers fill, and a record's values for them: one list
+//! in one order, bound by the SQLite writer (`sqlite_insert.rs`) and encoded by the PostgreSQL
+//! one (`writer/postgres.rs`).
+
+use crate::record::{CostSource, ValidRecord};
+
+/// The SQL type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Text,
+    Int8,
+    Bool,
+}
+
+impl Kind {
+    /// PostgreSQL's name of the type.
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Int8 => "int8",
+            Kind::Bool => "bool",
+        }
+    }
+}
+
+/// How many columns a writer fills.
+pub(crate) const COLUMNS: usize = 36;
+
+/// The columns a writer fills, in the order of [`values`], with their types.
+pub(crate) const FIELDS: [(&str, Kind); COLUMNS] = [
+    ("request_id", Kind::Text),
+    ("ts_ms", Kind::Int8),
+    ("namespace", Kind::Text),
+    ("instance", Kind::Text),
+    ("user_ref", Kind::Text),
+    ("user_name", Kind::Text),
+    ("user_id", Kind::Text),
+    ("key_name", Kind::Text),
+    ("key_id", Kind::Text),
+    ("provider", Kind::Text),
+    ("model", Kind::Text),
+    ("original_model", Kind::Text),
+    ("endpoint", Kind::Text),
+    ("api_type", Kind::Text),
+    ("method", Kind::Text),
+    ("status", Kind::Int8),
+    ("duration_ms", Kind::Int8),
+    ("ttfb_ms", Kind::Int8),
+    ("input_tokens", Kind::Int8),
+    ("output_tokens", Kind::Int8),
+    ("cache_write_5m_tokens", Kind::Int8),
+    ("cache_write_1h_tokens", Kind::Int8),
+    ("cache_read_tokens", Kind::Int8),
+    ("cost_micros", Kind::Int8),
+    ("cost_source", Kind::Text),
+    ("session_id", Kind::Text),
+    ("retry_count", Kind::Int8),
+    ("provider_chain", Kind::Text),
+    ("is_streaming", Kind::Bool),
+    ("error", Kind::Text),
+    ("blocked_by", Kind::Text),
+    ("block_reason", Kind::Text),
+    ("user_agent", Kind::Text),
+    ("client_ip", Kind::Text),
+    ("messages_count", Kind::Int8),
+    ("trace_id", Kind::Text),
+];
+
+/// `a, b, c`: the names of [`FIELDS`].
+pub(crate) fn column_list() -> String {
+    FIELDS.map(|(name, _)| name).join(", ")
+}
+
+/// One value of a row, borrowed from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Value<'a> {
+    Text(Option<&'a str>),
+    Int8(Option<i64>),
+    Bool(bool),
+}
+
+/// `r.provider_chain` as JSON text, into `out` (cleared first).
+pub(crate) fn provider_chain(r: &ValidRecord, out: &mut String) {
+    out.clear();
+    if r.provider_chain.is_empty() {
+        out.push_str("[]");
+        return;
+    }
+    match serde_json::to_string(&r.provider_chain) {
+        Ok(json) => *out = json,
+        // A list of strings always serializes; keep the column valid JSON regardless.
+        Err(_) => out.push_str("[]"),
+    }
+}
+
+/// The values of `r` in the order of [`FIELDS`]; `chain` is [`provider_chain`]'s text.
+pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLUMNS] {
+    use Value::{Bool, Int8, Text};
+    [
+        Text(r.request_id.as_ref().map(|id| id.as_str())),
+        Int8(Some(r.timestamp_ms)),
+        Text(Some(r.namespace.as_str())),
+        Text(r.instance.as_deref()),
+        Text(r.user_id.as_deref().or(r.user.as_deref())),
+        Text(r.user.as_deref()),
+        Text(r.user_id.as_deref()),
+        Text(r.key.as_deref()),
+        Text(r.key_id.as_deref()),
+        Text(Some(r.provider.as_str())),
+        Text(Some(r.model.as_str())),
+        Text(r.original_model.as_deref()),
+        Text(Some(r.endpoint.as_str())),
+        Text(Some(r.api_type.as_str())),
+        Text(Some(r.method.as_str())),
+        Int8(Some(i64::from(r.status))),
+        Int8(Some(big(r.duration_ms))),
+        Int8(r.ttfb_ms.map(big)),
+        Int8(Some(big(r.tokens.input))),
+        Int8(Some(big(r.tokens.output))),
+        Int8(Some(big(r.tokens.cache_write_5m))),
+        Int8(Some(big(r.tokens.cache_write_1h))),
+        Int8(Some(big(r.tokens.cache_read))),
+        Int8(Some(big(r.cost_micros))),
+        Text(Some(cost_source(r.cost_source))),
+        Text(r.session_id.as_deref()),
+        Int8(Some(i64::from(r.retry_count))),
+        Text(Some(chain)),
+        Bool(r.is_streaming),
+        Text(r.error.as_deref()),
+        Text(r.blocked_by.as_deref()),
+        Text(r.block_reason.as_deref()),
+        Text(r.user_agent.as_deref()),
+        Text(r.client_ip.as_deref()),
+        Int8(r.messages_count.map(i64::from)),
+        Text(r.trace_id.as_deref()),
+    ]
+}
+
+/// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The stored name of a cost source.
+pub(crate) fn cost_source(c: CostSource) -> &'static str {
+    match c {
+        CostSource::Reported => "reported",
+        CostSource::Priced => "priced",
+        CostSource::Unpriced => "unpriced",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_has_the_type_of_its_column() {
+        let json = r#"{"request_id": "r-1", "timestamp": 1700000000000, "model": "m",
+            "status": 200, "duration_ms": 1, "user": "u", "session_id": "s"}"#;
+        let prices = crate::price::PriceTable::default();
+        let v = crate::record::Validation {
+            now_ms: 1_700_000_000_000,
+            prices: &prices,
+        };
+        let mut r = match crate::record::parse_event(json, &v).expect("valid") {
+            crate::record::Event::Finish(r) => *r,
+            crate::record::Event::Start(_) => panic!("not a start marker"),
+        };
+        r.provider_chain = vec!["a".into(), "b\"".into()];
+        let mut chain = String::new();
+        provider_chain(&r, &mut chain);
+        assert_eq!(chain, r#"["a","b\""]"#);
+        for ((name, kind), v) in FIELDS.iter().zip(values(&r, &chain)) {
+            let got = match v {
+                Value::Text(_) => Kind::Text,
+                Value::Int8(_) => Kind::Int8,
+                Value::Bool(_) => Kind::Bool,
+            };
+            assert_eq!(got, *kind, "{name}");
+        }
+        r.provider_chain.clear();
+        provider_chain(&r, &mut chain);
+        assert_eq!(chain, "[]");
+    }
+}
