@@ -11,7 +11,9 @@
 //! Nothing here returns a `sqlx::Error`: callers see [`StoreError`]. The SQL is written once for
 //! both dialects; `dispatch!` expands a body for each pool type.
 
+mod pg_copy;
 pub mod query;
+mod sqlite_export;
 mod writer;
 
 use std::borrow::Cow;
@@ -34,7 +36,10 @@ use crate::health::{DropReason, Health};
 use crate::record::ValidRecord;
 use crate::store::{RequestLog, StoreError};
 
-pub use query::{AuditEntry, Cursor, LogEntry, LogFilter, LogPage, NewAudit, UsageRow};
+pub use query::{
+    AuditEntry, Cursor, ExportEnd, Exported, LogEntry, LogFilter, LogPage, NewAudit, RowEncoder,
+    UsageRow,
+};
 
 /// Page cache of the SQLite writer's connection (negative: KiB), against the 2 MiB default:
 /// holds the hot pages of the seven indexes (issue #4: 44,256 → 55,178 rows/s, see ARCHITECTURE).
