@@ -195,7 +195,8 @@ impl SqlLog {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     // Rows handed from SQLite's worker thread per wake-up (default 50): fewer
-                    // thread hand-offs on long exports; memory stays bounded.
+                    // thread hand-offs on long reads (exports step SQLite themselves, see
+                    // sql/sqlite_export.rs); memory stays bounded.
                     .row_buffer_size(1024);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
