@@ -13,8 +13,8 @@
 //! tabs, `\N` for NULL; in a value, backslash, backspace, form feed, newline, carriage return,
 //! tab and vertical tab are written as `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v` (other bytes as
 //! they are, in the client encoding: UTF-8 for sqlx). The text format costs the server less
-//! than the binary one (no per-value send buffers; ~14 % less server CPU for a million rows,
-//! and fewer bytes on the wire). The server sends one row per message; the reader does not
+//! than the binary one (no per-value send buffers, fewer bytes on the wire: 0.82 s → 0.75 s of
+//! server CPU for a million rows). The server sends one row per message; the reader does not
 //! rely on it.
 
 use bytes::Bytes;

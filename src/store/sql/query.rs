@@ -481,8 +481,8 @@ impl SqlLog {
     /// full: memory stays constant however many rows match. If `out`'s receiver goes away the
     /// query is stopped and its connection freed ([`ExportEnd::ReceiverGone`]).
     ///
-    /// SQLite rows are stepped on a blocking thread through the C API
-    /// ([`super::sqlite_export`]); PostgreSQL rows are read from their wire bytes.
+    /// SQLite rows are stepped on a blocking thread through the C API (`sql/sqlite_export.rs`);
+    /// PostgreSQL rows are read from a text `COPY` (`sql/pg_copy.rs`).
     ///
     /// `Err` only when the export could not run at all and the encoder is lost (the runtime
     /// is shutting down); every other failure is an [`ExportEnd::Failed`].
