@@ -26,7 +26,7 @@ use crate::api::ApiError;
 use crate::api::auth::{Access, Auth, Principal};
 use crate::export::usage_csv;
 use crate::store::StoreError;
-use crate::store::sql::{Cursor, LogFilter, NewAudit, SqlLog};
+use crate::store::sql::{Cursor, ExportEnd, LogFilter, NewAudit, SqlLog};
 
 /// Default and largest page size of the log list.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -238,9 +238,6 @@ pub async fn detail(
     }
 }
 
-/// Bytes buffered before a chunk is sent to the client.
-const CHUNK_BYTES: usize = 64 * 1024;
-
 /// `GET /api/v1/export/usage.csv`: streamed, capped, audited.
 pub async fn usage_csv(
     State(api): State<Arc<LogApi>>,
@@ -253,70 +250,39 @@ pub async fn usage_csv(
     let started = crate::pipeline::now_ms();
     let truncated = api.log.more_than(&f, cap).await.map_err(store_error)?;
     let filters_json = serde_json::to_string(&f).unwrap_or_else(|_| "{}".into());
-    let mut rows_rx = api.log.stream_usage(f, cap);
+    // A few chunks in flight at most: the export waits for the client (constant memory).
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let log = api.log.clone();
     tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
-        buf.extend_from_slice(usage_csv::BOM);
-        let mut rows = 0u64;
-        let mut outcome = "ok".to_string();
-        let mut sent_ok = true;
-        // One csv writer per chunk of rows: its output is then taken whole with `into_inner`.
-        let encode = |buf: &mut Vec<u8>, rows_chunk: &[_], header: bool| -> csv::Result<()> {
-            let mut w = usage_csv::writer(std::mem::take(buf));
-            if header {
-                w.write_record(usage_csv::HEADER)?;
-            }
-            for e in rows_chunk {
-                usage_csv::write_row(&mut w, e)?;
-            }
-            *buf = w
-                .into_inner()
-                .map_err(|e| csv::Error::from(e.into_error()))?;
-            Ok(())
+        let exported = match usage_csv::Encoder::new() {
+            Ok(enc) => log.export_usage(&f, cap, enc, tx.clone()).await,
+            Err(e) => Err(StoreError::Unavailable {
+                store: "usage export",
+                message: e.to_string(),
+            }),
         };
-        if let Err(e) = encode(&mut buf, &[], true) {
-            outcome = format!("error: {e}");
-        }
-        while outcome == "ok" {
-            let Some(msg) = rows_rx.recv().await else {
-                break;
-            };
-            match msg {
-                Ok(chunk) => {
-                    if let Err(e) = encode(&mut buf, &chunk, false) {
-                        outcome = format!("error: {e}");
-                        break;
-                    }
-                    rows += chunk.len() as u64;
-                    if buf.len() >= CHUNK_BYTES {
-                        let full = std::mem::replace(
-                            &mut buf,
-                            Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
-                        );
-                        if tx.send(Bytes::from(full)).await.is_err() {
-                            sent_ok = false;
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, rows, "Usage export failed while streaming.");
-                    outcome = "error: the request log failed while streaming".into();
-                }
+        let (rows, end, tail) = match exported {
+            Ok(x) => match x.encoder.finish() {
+                Ok(tail) => (x.rows, x.end, tail),
+                Err(e) => (x.rows, ExportEnd::Failed(e.to_string()), Vec::new()),
+            },
+            Err(e) => (0, ExportEnd::Failed(e.to_string()), Vec::new()),
+        };
+        let mut tail = tail;
+        let sent_ok = end != ExportEnd::ReceiverGone;
+        let outcome = match end {
+            ExportEnd::ReceiverGone => "aborted: client went away".to_string(),
+            ExportEnd::Failed(e) => {
+                tracing::warn!(error = %e, rows, "Usage export failed while streaming.");
+                tail.extend_from_slice(b"# error: export failed; rows above are incomplete\r\n");
+                "error: the request log failed while streaming".to_string()
             }
-        }
-        drop(rows_rx);
-        let mut tail = buf;
-        if !sent_ok {
-            outcome = "aborted: client went away".into();
-        } else if outcome.starts_with("error") {
-            tail.extend_from_slice(b"# error: export failed; rows above are incomplete\r\n");
-        } else if truncated && rows >= cap {
-            outcome = "truncated".into();
-            tail.extend_from_slice(usage_csv::truncation_line(cap).as_bytes());
-        }
+            ExportEnd::Done if truncated && rows >= cap => {
+                tail.extend_from_slice(usage_csv::truncation_line(cap).as_bytes());
+                "truncated".to_string()
+            }
+            ExportEnd::Done => "ok".to_string(),
+        };
         // Audit before the last bytes: a client holding the whole file finds its export logged.
         let entry = NewAudit {
             ts_ms: started,

@@ -12,10 +12,11 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::store::sql::UsageRow;
+use crate::store::sql::{RowEncoder, UsageRow};
 
 /// The UTF-8 byte-order mark, written once at the start.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -139,8 +140,8 @@ pub fn format_micros_fast(m: i64) -> ([u8; 28], usize) {
     (b, at)
 }
 
-/// Writes one row (field by field: no per-row allocation).
-pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv::Result<()> {
+/// Writes one row (field by field: no per-row allocation but for a neutralised cell).
+pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow<'_>) -> csv::Result<()> {
     let mut n = itoa::Buffer::new();
     let text = |w: &mut csv::Writer<W>, s: Option<&str>| {
         w.write_field(neutralise(s.unwrap_or("")).as_bytes())
@@ -149,12 +150,12 @@ pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv
         Some(t) => w.write_field(t)?,
         None => w.write_field(format_time(e.timestamp_ms))?,
     }
-    text(w, e.user.as_deref())?;
-    text(w, e.key.as_deref())?;
-    text(w, Some(&e.provider))?;
-    text(w, Some(&e.model))?;
-    text(w, e.original_model.as_deref())?;
-    text(w, Some(&e.endpoint))?;
+    text(w, e.user)?;
+    text(w, e.key)?;
+    text(w, Some(e.provider))?;
+    text(w, Some(e.model))?;
+    text(w, e.original_model)?;
+    text(w, Some(e.endpoint))?;
     w.write_field(n.format(e.status))?;
     for t in e.tokens {
         w.write_field(n.format(t))?;
@@ -163,7 +164,7 @@ pub fn write_row<W: std::io::Write>(w: &mut csv::Writer<W>, e: &UsageRow) -> csv
     let (cost, from) = format_micros_fast(e.cost_micros);
     w.write_field(&cost[from..])?;
     w.write_field(n.format(e.duration_ms))?;
-    text(w, e.session_id.as_deref())?;
+    text(w, e.session_id)?;
     w.write_field(n.format(e.retry_count))?;
     w.write_record(None::<&[u8]>)
 }
@@ -173,6 +174,54 @@ pub fn writer<W: std::io::Write>(w: W) -> csv::Writer<W> {
     csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(w)
+}
+
+/// Bytes gathered before a chunk is handed out to the HTTP body.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The usage CSV of a stream of rows, handed out in chunks of about [`CHUNK_BYTES`]: the BOM
+/// and the header first, then one line per row; the last, partial chunk stays inside until
+/// [`Encoder::finish`].
+#[derive(Debug)]
+pub struct Encoder {
+    w: csv::Writer<Vec<u8>>,
+}
+
+impl Encoder {
+    /// An encoder that has written the BOM and the header.
+    pub fn new() -> csv::Result<Self> {
+        let mut buf = Vec::with_capacity(CHUNK_BYTES * 2);
+        buf.extend_from_slice(BOM);
+        let mut w = writer(buf);
+        w.write_record(HEADER)?;
+        Ok(Self { w })
+    }
+
+    /// Everything written and not yet handed out.
+    pub fn finish(self) -> csv::Result<Vec<u8>> {
+        self.w
+            .into_inner()
+            .map_err(|e| csv::Error::from(e.into_error()))
+    }
+}
+
+impl RowEncoder for Encoder {
+    type Error = csv::Error;
+
+    fn row(&mut self, row: &UsageRow<'_>) -> csv::Result<Option<Bytes>> {
+        write_row(&mut self.w, row)?;
+        // The writer moves its own (8 KiB) buffer into the Vec whenever it fills up.
+        if self.w.get_ref().len() < CHUNK_BYTES {
+            return Ok(None);
+        }
+        // A fresh writer per chunk (`csv::Writer` lends no `&mut` to its output); the old one
+        // flushes the rest of its buffer into the chunk.
+        let full = std::mem::replace(&mut self.w, writer(Vec::with_capacity(CHUNK_BYTES * 2)));
+        let full = full
+            .into_inner()
+            .map_err(|e| csv::Error::from(e.into_error()))?;
+        Ok(Some(Bytes::from(full)))
+    }
 }
 
 /// The last line of a capped export: one field, starting with `#`, never a data row.
@@ -202,17 +251,17 @@ mod tests {
         let hostile = "\t=cmd, \"quoted\"\r\nnext line ✓";
         let e = UsageRow {
             timestamp_ms: 0,
-            user: Some(hostile.into()),
-            key: Some("\rkey".into()),
-            provider: "@p".into(),
-            model: "+m".into(),
-            original_model: Some("-o".into()),
-            endpoint: "=e".into(),
+            user: Some(hostile),
+            key: Some("\rkey"),
+            provider: "@p",
+            model: "+m",
+            original_model: Some("-o"),
+            endpoint: "=e",
             status: 200,
             tokens: [1, 2, 3, 4, 5],
             cost_micros: 1,
             duration_ms: 5,
-            session_id: Some("'s".into()),
+            session_id: Some("'s"),
             retry_count: 0,
         };
         let mut w = writer(Vec::new());

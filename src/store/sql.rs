@@ -12,7 +12,9 @@
 //! both dialects; `dispatch!` expands a body for each pool type.
 
 mod columns;
+mod pg_copy;
 pub mod query;
+mod sqlite_export;
 mod sqlite_insert;
 mod writer;
 
@@ -36,7 +38,10 @@ use crate::health::{DropReason, Health};
 use crate::record::ValidRecord;
 use crate::store::{RequestLog, StoreError};
 
-pub use query::{AuditEntry, Cursor, LogEntry, LogFilter, LogPage, NewAudit, UsageRow};
+pub use query::{
+    AuditEntry, Cursor, ExportEnd, Exported, LogEntry, LogFilter, LogPage, NewAudit, RowEncoder,
+    UsageRow,
+};
 
 /// Page cache of the SQLite writer's connection (negative: KiB), against the 2 MiB default:
 /// holds the hot pages of the seven indexes (issue #4: 44,256 → 55,178 rows/s, see ARCHITECTURE).
@@ -229,7 +234,8 @@ impl SqlLog {
                     // After a checkpoint a WAL grown past 64 MiB is cut back to that size.
                     .pragma("journal_size_limit", "67108864")
                     // Rows handed from SQLite's worker thread per wake-up (default 50): fewer
-                    // thread hand-offs on long exports; memory stays bounded.
+                    // thread hand-offs on long reads (exports step SQLite themselves, see
+                    // sql/sqlite_export.rs); memory stays bounded.
                     .row_buffer_size(1024);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)

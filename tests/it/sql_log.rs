@@ -12,7 +12,7 @@ use gatemeter::health::Health;
 use gatemeter::price::PriceTable;
 use gatemeter::record::{Event, Validation, parse_event};
 use gatemeter::store::RequestLog;
-use gatemeter::store::sql::{LogFilter, SqlBackend, SqlConfig, SqlLog};
+use gatemeter::store::sql::{ExportEnd, LogFilter, SqlBackend, SqlConfig, SqlLog};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -335,6 +335,7 @@ pub async fn usage_csv_is_safe_and_exact(db: Db) {
         "has \"quotes\", commas; and semicolons",
         "ünïcødé ✓ 日本",
         "'already quoted",
+        "back\\slash \\N",
     ];
     let records: Vec<Value> = hostile
         .iter()
@@ -922,6 +923,150 @@ pub async fn shutdown_flushes_the_log(db: Db) {
     );
 }
 
+/// Runs a whole usage export of `filter` into memory.
+async fn export_all(log: &SqlLog, filter: &LogFilter) -> (Vec<u8>, u64, ExportEnd) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let encoder = usage_csv::Encoder::new().expect("encoder");
+    let export = log.export_usage(filter, 1_000_000, encoder, tx);
+    let collect = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    };
+    let (exported, mut body) = tokio::join!(export, collect);
+    let exported = exported.expect("export ran");
+    body.extend(exported.encoder.finish().expect("tail"));
+    (body, exported.rows, exported.end)
+}
+
+/// The export read paths (raw SQLite statement, PostgreSQL binary COPY): text the ingest API
+/// never lets through (control characters, NUL on SQLite — PostgreSQL text cannot hold one),
+/// NULL columns, negative money; and an export whose receiver goes away (the client
+/// disconnected) stops its query and frees its connection, again and again.
+pub async fn export_reads_raw_rows_and_stops_when_the_receiver_goes(db: Db) {
+    let (log, _dir, url) = open_log_with(db, 20_000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::pipeline::now_ms();
+    let hostile = match db {
+        Db::Sqlite => "\t=x\0nul\r\n\"q\", ✓ 日本 \\ back",
+        Db::Postgres => "\t=x\r\n\"q\", ✓ 日本 \\ back",
+    };
+    let insert = "INSERT INTO request_log (ts_ms, namespace, user_ref, provider, model, endpoint, \
+        api_type, method, status, duration_ms, input_tokens, output_tokens, \
+        cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, \
+        cost_source, retry_count, provider_chain, is_streaming) \
+        VALUES ($1, 'n', $2, '=p', 'm', '/e', 'claude', 'POST', 200, 5, 1, 2, 3, 4, 5, -1234567, \
+        'priced', 0, '[]', false)";
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::query(insert)
+                .bind(now)
+                .bind(hostile)
+                .execute(&mut c)
+                .await
+                .expect("insert");
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query(insert)
+                .bind(now)
+                .bind(hostile)
+                .execute(&mut c)
+                .await
+                .expect("insert");
+        }
+    }
+    let only = LogFilter {
+        user: Some(hostile.to_string()),
+        ..LogFilter::default()
+    };
+    let (body, rows, end) = export_all(&log, &only).await;
+    assert_eq!((rows, &end), (1, &ExportEnd::Done));
+    let csv = parse_csv(&body);
+    assert_eq!(csv.len(), 2, "header and the row");
+    let row = &csv[1];
+    assert_eq!(usage_csv::restore(&row[1]), hostile);
+    assert_eq!(
+        row[2..],
+        [
+            "",
+            "'=p",
+            "m",
+            "",
+            "/e",
+            "200",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "15",
+            "-1.234567",
+            "5",
+            "",
+            "0"
+        ]
+    );
+
+    // 10,000 more rows: about a dozen 64 KiB chunks.
+    let batch = (0..10_000)
+        .map(|i| {
+            valid(
+                json!({"request_id": format!("r{i}"), "timestamp": now - 100_000 + i,
+                         "model": "m", "status": 200, "duration_ms": 1, "user": "u"}),
+            )
+        })
+        .collect();
+    log.submit(batch).expect("room");
+    log.flush().await;
+    // More aborted exports than either pool has connections (4 SQLite readers, 8 PostgreSQL).
+    let all = LogFilter::default();
+    for _ in 0..12 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let encoder = usage_csv::Encoder::new().expect("encoder");
+        let export = log.export_usage(&all, 1_000_000, encoder, tx);
+        let hang_up = async move { rx.recv().await.is_some() };
+        let (exported, got_one) = tokio::join!(export, hang_up);
+        let exported = exported.expect("export ran");
+        assert!(got_one);
+        assert_eq!(exported.end, ExportEnd::ReceiverGone);
+        assert!(exported.rows < 10_001, "{}", exported.rows);
+    }
+    // Every connection came back (or was replaced): whole exports and queries still run.
+    let (body, rows, end) = export_all(&log, &LogFilter::default()).await;
+    assert_eq!((rows, end), (10_001, ExportEnd::Done));
+    assert_eq!(parse_csv(&body).len(), 1 + 10_001);
+    assert!(
+        log.more_than(&LogFilter::default(), 10_000)
+            .await
+            .expect("query")
+    );
+    if db == Db::Postgres {
+        // The server stopped the cut-off COPYs (their connections were closed).
+        let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let mut running = -1i64;
+        for _ in 0..100 {
+            running = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'active' AND query LIKE 'COPY%'",
+            )
+            .fetch_one(&mut c)
+            .await
+            .expect("pg_stat_activity");
+            if running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(running, 0, "COPYs still running");
+    }
+    log.close().await;
+}
+
 /// The same records through SQLite and PostgreSQL give identical answers.
 #[tokio::test]
 async fn sqlite_and_postgres_answer_identically() {
@@ -1047,4 +1192,5 @@ conformance!(
     store_keeps_values_and_ids_exactly,
     retention_task_deletes_old_rows,
     shutdown_flushes_the_log,
+    export_reads_raw_rows_and_stops_when_the_receiver_goes,
 );

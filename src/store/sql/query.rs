@@ -5,11 +5,12 @@
 //! `(ts_ms, id)` descending and continue from a [`Cursor`], so a page is stable while new rows
 //! arrive and costs the same at any depth (no `OFFSET`).
 
+use bytes::Bytes;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use tokio::sync::mpsc;
 
-use super::{SqlLog, dispatch, unavailable};
+use super::{Backend, SqlLog, dispatch, unavailable};
 use crate::store::StoreError;
 
 /// The filters of `GET /api/v1/logs` and of the usage export, all AND-ed.
@@ -164,22 +165,23 @@ impl LogEntry {
 }
 
 /// The columns of one usage CSV row (SPEC §6.4), read by a narrower query than [`LogEntry`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRow {
+/// Text is borrowed from the database's row buffer: valid while the row is visited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsageRow<'a> {
     /// Start time, epoch ms.
     pub timestamp_ms: i64,
     /// `user_id`, else `user` (what the `user` filter matches).
-    pub user: Option<String>,
+    pub user: Option<&'a str>,
     /// Key name, else key id.
-    pub key: Option<String>,
+    pub key: Option<&'a str>,
     /// Provider.
-    pub provider: String,
+    pub provider: &'a str,
     /// Model used.
-    pub model: String,
+    pub model: &'a str,
     /// Model asked for.
-    pub original_model: Option<String>,
+    pub original_model: Option<&'a str>,
     /// API path.
-    pub endpoint: String,
+    pub endpoint: &'a str,
     /// Final status.
     pub status: i64,
     /// Input, output, cache write 5m, cache write 1h, cache read.
@@ -189,43 +191,49 @@ pub struct UsageRow {
     /// Total duration, ms.
     pub duration_ms: i64,
     /// Session id.
-    pub session_id: Option<String>,
+    pub session_id: Option<&'a str>,
     /// Provider switches.
     pub retry_count: i64,
 }
 
-const USAGE_COLUMNS: &str = "ts_ms, user_ref, COALESCE(key_name, key_id), provider, model, \
+/// The SELECT list of a usage export; [`UsageRow`]'s fields in this order (`status` is the
+/// 8th, the five token columns the 9th to 13th).
+pub(crate) const USAGE_COLUMNS: &str = "ts_ms, user_ref, COALESCE(key_name, key_id), provider, model, \
     original_model, endpoint, status, input_tokens, output_tokens, cache_write_5m_tokens, \
     cache_write_1h_tokens, cache_read_tokens, cost_micros, duration_ms, session_id, retry_count";
 
-/// Reads a [`UsageRow`] from a row of `SELECT USAGE_COLUMNS` (by position: no name lookups).
-macro_rules! decode_usage {
-    ($row:expr) => {{
-        let row = $row;
-        (|| {
-            Ok::<UsageRow, sqlx::Error>(UsageRow {
-                timestamp_ms: row.try_get(0)?,
-                user: row.try_get(1)?,
-                key: row.try_get(2)?,
-                provider: row.try_get(3)?,
-                model: row.try_get(4)?,
-                original_model: row.try_get(5)?,
-                endpoint: row.try_get(6)?,
-                status: row.try_get(7)?,
-                tokens: [
-                    row.try_get(8)?,
-                    row.try_get(9)?,
-                    row.try_get(10)?,
-                    row.try_get(11)?,
-                    row.try_get(12)?,
-                ],
-                cost_micros: row.try_get(13)?,
-                duration_ms: row.try_get(14)?,
-                session_id: row.try_get(15)?,
-                retry_count: row.try_get(16)?,
-            })
-        })()
-    }};
+/// What a usage export does with its rows: encodes each one and, when a chunk of output is
+/// full, hands it back to be sent. Runs on the thread that reads the rows (a blocking thread
+/// for SQLite), so it must not block or await.
+pub trait RowEncoder: Send + 'static {
+    /// Why a row could not be encoded.
+    type Error: std::fmt::Display;
+    /// Encodes one row; `Some` is a full chunk to send now.
+    fn row(&mut self, row: &UsageRow<'_>) -> Result<Option<Bytes>, Self::Error>;
+}
+
+/// How a usage export ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportEnd {
+    /// Every matching row (up to the limit) was encoded.
+    Done,
+    /// The receiver of the chunks went away (the client disconnected); the query was stopped
+    /// and its connection released.
+    ReceiverGone,
+    /// The database or the encoder failed; the message says what failed.
+    Failed(String),
+}
+
+/// The result of [`SqlLog::export_usage`]: the encoder (holding the unsent tail), the rows
+/// encoded and how it ended.
+#[derive(Debug)]
+pub struct Exported<E> {
+    /// The encoder, with whatever it has not handed out yet.
+    pub encoder: E,
+    /// Rows encoded.
+    pub rows: u64,
+    /// How it ended.
+    pub end: ExportEnd,
 }
 
 /// One page of the log list.
@@ -283,42 +291,69 @@ const COLUMNS: &str = "id, request_id, ts_ms, namespace, instance, user_name, us
     cache_read_tokens, cost_micros, cost_source, session_id, retry_count, provider_chain, \
     is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id";
 
+/// A value a filter condition compares with (always bound, never spliced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Param<'a> {
+    /// The condition takes no value.
+    None,
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(&'a str),
+}
+
+/// The conditions of `f`, each ` AND …` SQL to append, followed by a placeholder for its
+/// [`Param`] unless that is `Param::None`. The one place filters become SQL: the sqlx query
+/// builders ([`push_filters!`]) and the raw SQLite export both read it.
+pub(crate) fn filter_terms(f: &LogFilter) -> Vec<(&'static str, Param<'_>)> {
+    let mut t = Vec::new();
+    if let Some(v) = f.from_ms {
+        t.push((" AND ts_ms >= ", Param::Int(v)));
+    }
+    if let Some(v) = f.to_ms {
+        t.push((" AND ts_ms < ", Param::Int(v)));
+    }
+    let text = [
+        (" AND user_ref = ", &f.user),
+        (" AND key_name = ", &f.key),
+        (" AND provider = ", &f.provider),
+        (" AND model = ", &f.model),
+        (" AND endpoint = ", &f.endpoint),
+    ];
+    for (sql, v) in text {
+        if let Some(v) = v {
+            t.push((sql, Param::Text(v)));
+        }
+    }
+    if let Some(v) = f.status {
+        t.push((" AND status = ", Param::Int(i64::from(v))));
+    }
+    if f.exclude_200 {
+        t.push((" AND status <> 200", Param::None));
+    }
+    if let Some(v) = &f.session_id {
+        t.push((" AND session_id = ", Param::Text(v)));
+    }
+    if let Some(v) = f.min_retry_count {
+        t.push((" AND retry_count >= ", Param::Int(i64::from(v))));
+    }
+    t
+}
+
 /// Appends ` AND …` for every filter set in `$f` to the query builder `$qb`.
 macro_rules! push_filters {
     ($qb:expr, $f:expr) => {{
-        let f: &LogFilter = $f;
-        if let Some(v) = f.from_ms {
-            $qb.push(" AND ts_ms >= ").push_bind(v);
-        }
-        if let Some(v) = f.to_ms {
-            $qb.push(" AND ts_ms < ").push_bind(v);
-        }
-        if let Some(v) = &f.user {
-            $qb.push(" AND user_ref = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.key {
-            $qb.push(" AND key_name = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.provider {
-            $qb.push(" AND provider = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.model {
-            $qb.push(" AND model = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.endpoint {
-            $qb.push(" AND endpoint = ").push_bind(v.clone());
-        }
-        if let Some(v) = f.status {
-            $qb.push(" AND status = ").push_bind(i64::from(v));
-        }
-        if f.exclude_200 {
-            $qb.push(" AND status <> 200");
-        }
-        if let Some(v) = &f.session_id {
-            $qb.push(" AND session_id = ").push_bind(v.clone());
-        }
-        if let Some(v) = f.min_retry_count {
-            $qb.push(" AND retry_count >= ").push_bind(i64::from(v));
+        for (sql, p) in filter_terms($f) {
+            $qb.push(sql);
+            match p {
+                Param::None => {}
+                Param::Int(v) => {
+                    $qb.push_bind(v);
+                }
+                Param::Text(v) => {
+                    $qb.push_bind(v.to_string());
+                }
+            }
         }
     }};
 }
@@ -371,9 +406,6 @@ macro_rules! decode_entry {
         })()
     }};
 }
-
-/// Rows sent per message of an export stream.
-const STREAM_CHUNK: usize = 256;
 
 impl SqlLog {
     /// One page of rows matching `filter`, newest first, after `cursor`.
@@ -444,49 +476,30 @@ impl SqlLog {
         })
     }
 
-    /// Streams the usage columns of up to `limit` rows matching `filter`, newest first, in
-    /// chunks through a small bounded channel: memory stays constant however many rows match.
-    /// Dropping the receiver cancels the query.
-    pub fn stream_usage(
+    /// Encodes the usage columns of up to `limit` rows matching `filter`, newest first, with
+    /// `encoder`, sending each full chunk it hands back to `out` and waiting while `out` is
+    /// full: memory stays constant however many rows match. If `out`'s receiver goes away the
+    /// query is stopped and its connection freed ([`ExportEnd::ReceiverGone`]).
+    ///
+    /// SQLite rows are stepped on a blocking thread through the C API (`sql/sqlite_export.rs`);
+    /// PostgreSQL rows are read from a text `COPY` (`sql/pg_copy.rs`).
+    ///
+    /// `Err` only when the export could not run at all and the encoder is lost (the runtime
+    /// is shutting down); every other failure is an [`ExportEnd::Failed`].
+    pub async fn export_usage<E: RowEncoder>(
         &self,
-        filter: LogFilter,
+        filter: &LogFilter,
         limit: u64,
-    ) -> mpsc::Receiver<Result<Vec<UsageRow>, StoreError>> {
-        let (tx, rx) = mpsc::channel(4);
-        let backend = self.backend().clone();
-        tokio::spawn(async move {
-            use futures_util::TryStreamExt;
-            let r: Result<(), StoreError> = async {
-                dispatch!(&backend, pool, DB => {
-                    let mut qb = QueryBuilder::<DB>::new(format!(
-                        "SELECT {USAGE_COLUMNS} FROM request_log WHERE 1=1"
-                    ));
-                    push_filters!(qb, &filter);
-                    qb.push(" ORDER BY ts_ms DESC, id DESC LIMIT ")
-                        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-                    let mut rows = qb.build().fetch(pool);
-                    let mut chunk = Vec::with_capacity(STREAM_CHUNK);
-                    while let Some(r) = rows.try_next().await.map_err(unavailable)? {
-                        chunk.push(decode_usage!(&r).map_err(unavailable)?);
-                        if chunk.len() == STREAM_CHUNK {
-                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
-                            if tx.send(Ok(full)).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    if !chunk.is_empty() {
-                        let _ = tx.send(Ok(chunk)).await;
-                    }
-                    Ok(())
-                })
+        encoder: E,
+        out: mpsc::Sender<Bytes>,
+    ) -> Result<Exported<E>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match self.backend() {
+            Backend::Sqlite(pool) => {
+                super::sqlite_export::export(pool, filter, limit, encoder, out).await
             }
-            .await;
-            if let Err(e) = r {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        rx
+            Backend::Postgres(pool) => Ok(postgres_export(pool, filter, limit, encoder, out).await),
+        }
     }
 
     /// Records an export in the audit trail.
@@ -543,4 +556,32 @@ impl SqlLog {
                 .map_err(unavailable)
         })
     }
+}
+
+/// The PostgreSQL side of [`SqlLog::export_usage`]: `COPY (SELECT …) TO STDOUT` in the binary
+/// format on a connection of its own, rows decoded by [`super::pg_copy`].
+async fn postgres_export<E: RowEncoder>(
+    pool: &sqlx::PgPool,
+    filter: &LogFilter,
+    limit: i64,
+    encoder: E,
+    out: mpsc::Sender<Bytes>,
+) -> Exported<E> {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Exported {
+                encoder,
+                rows: 0,
+                end: ExportEnd::Failed(e.to_string()),
+            };
+        }
+    };
+    let exported = super::pg_copy::export(&mut conn, filter, limit, encoder, &out).await;
+    if exported.end != ExportEnd::Done {
+        // A COPY cut short leaves rows on their way, which the connection would have to read
+        // before its next query: closing it stops the query at once.
+        conn.close_on_drop();
+    }
+    exported
 }
