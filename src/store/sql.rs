@@ -16,6 +16,7 @@ mod pg_copy;
 pub mod query;
 mod sqlite_export;
 mod sqlite_insert;
+mod sqlite_raw;
 mod writer;
 
 use std::borrow::Cow;

@@ -1,9 +1,6 @@
-//! The SQLite writer's inner loop on SQLite's C API, on the writer's own `sqlx` connection.
-//!
-//! `sqlx` opens, configures and migrates the connection and owns it in its pool; for a batch
-//! the writer borrows it, locks the raw handle (`SqliteConnection::lock_handle`, which parks
-//! sqlx's worker thread) and, on a blocking thread, runs one transaction: one prepared
-//! single-row `INSERT … ON CONFLICT (request_id) DO NOTHING`, bound and stepped per row.
+//! The SQLite writer's inner loop: one transaction per batch, one prepared single-row
+//! `INSERT … ON CONFLICT (request_id) DO NOTHING` bound and stepped per row, through SQLite's C
+//! API on the writer's own sqlx connection (`sqlite_raw.rs`), on a blocking thread.
 //!
 //! Why not `sqlx::query`: every `sqlx` statement is a round trip to the connection's worker
 //! thread, and a multi-row `VALUES` list (36 parameters a row, ~900 rows per statement) makes
@@ -11,14 +8,12 @@
 //! prepared statement costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md for
 //! the figures).
 
-use std::ffi::{CStr, c_int};
-use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use libsqlite3_sys as ffi;
 use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
+use super::sqlite_raw::{Handle, Statement, with_handle};
 use super::unavailable;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
@@ -30,58 +25,53 @@ pub(crate) async fn write(
     pool: &SqlitePool,
     batch: Arc<Vec<Box<ValidRecord>>>,
 ) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await.map_err(unavailable)?;
-    let rt = tokio::runtime::Handle::current();
-    let (conn, result) = tokio::task::spawn_blocking(move || {
-        let result = match rt.block_on(conn.lock_handle()) {
-            Ok(mut locked) => {
-                let db = locked.as_raw_handle();
-                // SAFETY: `db` is the open connection sqlx hands out while `locked` is held;
-                // its worker thread is parked, so nothing else uses the handle meanwhile, and
-                // `insert_batch` leaves no transaction or statement open behind it.
-                unsafe { insert_batch(db, &batch) }
-            }
-            Err(e) => Err(unavailable(e)),
-        };
-        (conn, result)
-    })
-    .await
-    .map_err(unavailable)?;
-    drop(conn);
-    result
+    let conn = pool.acquire().await.map_err(unavailable)?;
+    with_handle(conn, move |db| db.and_then(|db| insert_batch(db, &batch)))
+        .await?
+        .map_err(unavailable)
 }
 
-/// # Safety
-/// `db` must be an open connection that nothing else uses until this returns.
-unsafe fn insert_batch(
-    db: NonNull<ffi::sqlite3>,
-    batch: &[Box<ValidRecord>],
-) -> Result<(), StoreError> {
-    let db = db.as_ptr();
-    // SAFETY (all calls below): `db` is valid and ours for the duration (caller's contract).
-    unsafe { exec(db, c"BEGIN IMMEDIATE") }?;
+fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String> {
+    db.exec(c"BEGIN IMMEDIATE")?;
     let result = (|| {
-        let stmt = unsafe { Statement::prepare(db, &insert_one_sql()) }?;
+        let mut stmt = db.prepare(&insert_one_sql())?;
         let mut chain = String::new();
         for r in batch {
-            stmt.bind_row(r, &mut chain)?;
-            stmt.step()?;
+            columns::provider_chain(r, &mut chain);
+            // SAFETY: every text bound comes from `r` (in `batch`, which outlives the loop) or
+            // from `chain`, which is rewritten only after this row's step; each row binds every
+            // column anew.
+            unsafe { bind_row(&mut stmt, r, &chain) }?;
+            let stepped = stmt.step();
+            stmt.reset();
+            stepped?;
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => match unsafe { exec(db, c"COMMIT") } {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = unsafe { exec(db, c"ROLLBACK") };
-                Err(e)
-            }
-        },
-        Err(e) => {
-            let _ = unsafe { exec(db, c"ROLLBACK") };
-            Err(e)
+    let result = result.and_then(|()| db.exec(c"COMMIT"));
+    if result.is_err() {
+        let _ = db.exec(c"ROLLBACK");
+    }
+    result
+}
+
+/// Binds one record in the order of [`columns::FIELDS`].
+///
+/// # Safety
+///
+/// `r` and `chain` must stay valid and unchanged until the statement's next step has run (the
+/// text is bound without a copy).
+unsafe fn bind_row(stmt: &mut Statement<'_>, r: &ValidRecord, chain: &str) -> Result<(), String> {
+    for (i, v) in (1..).zip(columns::values(r, chain)) {
+        match v {
+            // SAFETY: the caller's promise.
+            Value::Text(Some(t)) => unsafe { stmt.bind_text_borrowed(i, t) }?,
+            Value::Text(None) | Value::Int8(None) => stmt.bind_null(i)?,
+            Value::Int8(Some(n)) => stmt.bind_int(i, n)?,
+            Value::Bool(b) => stmt.bind_int(i, i64::from(b))?,
         }
     }
+    Ok(())
 }
 
 /// `INSERT INTO request_log (…) VALUES (?1, …, ?36) ON CONFLICT (request_id) DO NOTHING`.
@@ -99,133 +89,6 @@ fn insert_one_sql() -> String {
     }
     sql.push_str(") ON CONFLICT (request_id) DO NOTHING");
     sql
-}
-
-/// The connection's last error as a [`StoreError`].
-///
-/// # Safety
-/// `db` must be a valid connection.
-unsafe fn last_error(db: *mut ffi::sqlite3, what: &str) -> StoreError {
-    // SAFETY: sqlite3_errmsg returns a NUL-terminated string owned by the connection, valid
-    // until the next call on it; it is copied at once.
-    let msg = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) };
-    unavailable(format!("sqlite {what}: {}", msg.to_string_lossy()))
-}
-
-/// Runs one SQL statement without results.
-///
-/// # Safety
-/// `db` must be a valid connection.
-unsafe fn exec(db: *mut ffi::sqlite3, sql: &CStr) -> Result<(), StoreError> {
-    // SAFETY: valid connection and NUL-terminated SQL; no callback, no error string wanted.
-    let rc = unsafe { ffi::sqlite3_exec(db, sql.as_ptr(), None, ptr::null_mut(), ptr::null_mut()) };
-    if rc == ffi::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(unsafe { last_error(db, &sql.to_string_lossy()) })
-    }
-}
-
-/// A prepared statement, finalized on drop.
-struct Statement {
-    db: *mut ffi::sqlite3,
-    stmt: *mut ffi::sqlite3_stmt,
-}
-
-impl Statement {
-    /// # Safety
-    /// `db` must be a valid connection that outlives the statement.
-    unsafe fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Self, StoreError> {
-        let mut stmt = ptr::null_mut();
-        let len = c_int::try_from(sql.len()).map_err(unavailable)?;
-        // SAFETY: `sql` is valid for `len` bytes; `stmt` receives the statement or NULL.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), len, &mut stmt, ptr::null_mut())
-        };
-        if rc != ffi::SQLITE_OK || stmt.is_null() {
-            // SAFETY: finalize accepts NULL.
-            unsafe { ffi::sqlite3_finalize(stmt) };
-            return Err(unsafe { last_error(db, "prepare") });
-        }
-        Ok(Self { db, stmt })
-    }
-
-    fn check(&self, rc: c_int, what: &str) -> Result<(), StoreError> {
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            // SAFETY: the connection is valid while the statement lives.
-            Err(unsafe { last_error(self.db, what) })
-        }
-    }
-
-    /// Binds borrowed text as `SQLITE_STATIC`: the caller keeps it alive and unchanged until
-    /// the statement has been stepped.
-    fn text(&self, i: c_int, v: Option<&str>) -> Result<(), StoreError> {
-        let rc = match v {
-            // SAFETY: the statement is valid; `s` outlives the step that reads it (every row
-            // is bound from the batch, which outlives the loop, or from `chain`, which is
-            // rewritten only after the step).
-            Some(s) => unsafe {
-                ffi::sqlite3_bind_text(
-                    self.stmt,
-                    i,
-                    s.as_ptr().cast(),
-                    c_int::try_from(s.len()).map_err(unavailable)?,
-                    ffi::SQLITE_STATIC(),
-                )
-            },
-            // SAFETY: the statement is valid.
-            None => unsafe { ffi::sqlite3_bind_null(self.stmt, i) },
-        };
-        self.check(rc, "bind")
-    }
-
-    fn int(&self, i: c_int, v: Option<i64>) -> Result<(), StoreError> {
-        // SAFETY: the statement is valid.
-        let rc = unsafe {
-            match v {
-                Some(v) => ffi::sqlite3_bind_int64(self.stmt, i, v),
-                None => ffi::sqlite3_bind_null(self.stmt, i),
-            }
-        };
-        self.check(rc, "bind")
-    }
-
-    /// Binds one record (`chain`: a buffer for its provider chain's JSON text).
-    fn bind_row(&self, r: &ValidRecord, chain: &mut String) -> Result<(), StoreError> {
-        columns::provider_chain(r, chain);
-        for (i, v) in (1..).zip(columns::values(r, chain)) {
-            match v {
-                Value::Text(t) => self.text(i, t)?,
-                Value::Int8(n) => self.int(i, n)?,
-                Value::Bool(b) => self.int(i, Some(i64::from(b)))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the bound row and resets the statement for the next one.
-    fn step(&self) -> Result<(), StoreError> {
-        // SAFETY: the statement is valid and fully bound.
-        let rc = unsafe { ffi::sqlite3_step(self.stmt) };
-        // The message is read before the reset, which may replace it.
-        let result = if rc == ffi::SQLITE_DONE {
-            Ok(())
-        } else {
-            Err(unsafe { last_error(self.db, "insert") })
-        };
-        // SAFETY: as above; reset keeps the bindings, which the next row overwrites.
-        unsafe { ffi::sqlite3_reset(self.stmt) };
-        result
-    }
-}
-
-impl Drop for Statement {
-    fn drop(&mut self) {
-        // SAFETY: the statement was prepared on `db` and is finalized exactly once.
-        unsafe { ffi::sqlite3_finalize(self.stmt) };
-    }
 }
 
 #[cfg(test)]
