@@ -1107,6 +1107,20 @@ impl RecordFields {
     }
 }
 
+/// A valid finished record from `json` (panics otherwise), for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_record(json: &str, now_ms: i64) -> Box<ValidRecord> {
+    let prices = PriceTable::default();
+    let v = Validation {
+        now_ms,
+        prices: &prices,
+    };
+    match parse_event(json, &v) {
+        Ok(Event::Finish(r)) => r,
+        other => panic!("expected a finished record, got {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,15 +158,7 @@ mod tests {
     fn every_value_has_the_type_of_its_column() {
         let json = r#"{"request_id": "r-1", "timestamp": 1700000000000, "model": "m",
             "status": 200, "duration_ms": 1, "user": "u", "session_id": "s"}"#;
-        let prices = crate::price::PriceTable::default();
-        let v = crate::record::Validation {
-            now_ms: 1_700_000_000_000,
-            prices: &prices,
-        };
-        let mut r = match crate::record::parse_event(json, &v).expect("valid") {
-            crate::record::Event::Finish(r) => *r,
-            crate::record::Event::Start(_) => panic!("not a start marker"),
-        };
+        let mut r = *crate::record::test_record(json, 1_700_000_000_000);
         r.provider_chain = vec!["a".into(), "b\"".into()];
         let mut chain = String::new();
         provider_chain(&r, &mut chain);

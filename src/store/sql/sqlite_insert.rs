@@ -99,19 +99,9 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     use super::*;
-    use crate::price::PriceTable;
-    use crate::record::{Event, Validation, parse_event};
 
     fn record(json: Value) -> Box<ValidRecord> {
-        let prices = PriceTable::default();
-        let v = Validation {
-            now_ms: crate::pipeline::now_ms(),
-            prices: &prices,
-        };
-        match parse_event(&json.to_string(), &v).expect("valid") {
-            Event::Finish(r) => r,
-            Event::Start(_) => panic!("not a start marker"),
-        }
+        crate::record::test_record(&json.to_string(), crate::pipeline::now_ms())
     }
 
     async fn pool(dir: &tempfile::TempDir) -> SqlitePool {

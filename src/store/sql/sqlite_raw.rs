@@ -156,19 +156,9 @@ impl Statement<'_> {
     }
 
     pub(super) fn bind_text(&mut self, at: c_int, v: &str) -> Result<(), String> {
-        let len = c_int::try_from(v.len()).map_err(|_| "bound text too long".to_string())?;
-        // SAFETY: as in `bind_int`; `v` is valid for `len` bytes and SQLITE_TRANSIENT makes
-        // SQLite copy it before returning, so `v` need not outlive the call.
-        let rc = unsafe {
-            ffi::sqlite3_bind_text(
-                self.stmt.as_ptr(),
-                at,
-                v.as_ptr().cast(),
-                len,
-                ffi::SQLITE_TRANSIENT(),
-            )
-        };
-        self.check(rc)
+        // SAFETY: SQLITE_TRANSIENT makes SQLite copy `v` before returning, so `v` need not
+        // outlive the call.
+        unsafe { self.bind_text_with(at, v, ffi::SQLITE_TRANSIENT()) }
     }
 
     /// Binds `v` without a copy (`SQLITE_STATIC`).
@@ -179,16 +169,24 @@ impl Statement<'_> {
     /// with this binding (the next bind of `at`, a reset that is followed by a new bind, or
     /// the drop, end it).
     pub(super) unsafe fn bind_text_borrowed(&mut self, at: c_int, v: &str) -> Result<(), String> {
+        // SAFETY: `v` outlives its use (the caller's promise).
+        unsafe { self.bind_text_with(at, v, ffi::SQLITE_STATIC()) }
+    }
+
+    /// # Safety
+    ///
+    /// With `SQLITE_STATIC`, as [`Self::bind_text_borrowed`]; with `SQLITE_TRANSIENT`, none.
+    unsafe fn bind_text_with(
+        &mut self,
+        at: c_int,
+        v: &str,
+        destructor: ffi::sqlite3_destructor_type,
+    ) -> Result<(), String> {
         let len = c_int::try_from(v.len()).map_err(|_| "bound text too long".to_string())?;
-        // SAFETY: as in `bind_int`; `v` outlives its use (the caller's promise).
+        // SAFETY: as in `bind_int`; `v` is valid for `len` bytes, for as long as `destructor`
+        // requires (the caller's promise).
         let rc = unsafe {
-            ffi::sqlite3_bind_text(
-                self.stmt.as_ptr(),
-                at,
-                v.as_ptr().cast(),
-                len,
-                ffi::SQLITE_STATIC(),
-            )
+            ffi::sqlite3_bind_text(self.stmt.as_ptr(), at, v.as_ptr().cast(), len, destructor)
         };
         self.check(rc)
     }

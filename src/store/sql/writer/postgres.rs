@@ -197,15 +197,7 @@ mod tests {
     fn record() -> ValidRecord {
         let json = r#"{"request_id": "r-1", "timestamp": 1700000000000, "model": "m",
             "status": 200, "duration_ms": 1}"#;
-        let prices = crate::price::PriceTable::default();
-        let v = crate::record::Validation {
-            now_ms: 1_700_000_000_000,
-            prices: &prices,
-        };
-        match crate::record::parse_event(json, &v).expect("valid") {
-            crate::record::Event::Finish(r) => *r,
-            crate::record::Event::Start(_) => panic!("not a start marker"),
-        }
+        *crate::record::test_record(json, 1_700_000_000_000)
     }
 
     #[test]
