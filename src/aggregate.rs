@@ -33,40 +33,19 @@ pub enum ScopeKey {
     Key(Label),
 }
 
-/// A label dimension with its own series cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dimension {
-    /// Namespaces.
-    Namespace = 0,
-    /// Providers.
-    Provider = 1,
-    /// (provider, model) pairs.
-    Model = 2,
-    /// Users.
-    User = 3,
-    /// API keys.
-    Key = 4,
-}
-
-impl Dimension {
-    /// All dimensions, in index order.
-    pub const ALL: [Dimension; 5] = [
-        Self::Namespace,
-        Self::Provider,
-        Self::Model,
-        Self::User,
-        Self::Key,
-    ];
-
-    /// The label value of the `dimension` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Namespace => "namespace",
-            Self::Provider => "provider",
-            Self::Model => "model",
-            Self::User => "user",
-            Self::Key => "key",
-        }
+label_enum! {
+    /// A label dimension with its own series cap.
+    pub enum Dimension {
+        /// Namespaces.
+        Namespace = "namespace",
+        /// Providers.
+        Provider = "provider",
+        /// (provider, model) pairs.
+        Model = "model",
+        /// Users.
+        User = "user",
+        /// API keys.
+        Key = "key",
     }
 }
 

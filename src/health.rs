@@ -7,120 +7,56 @@ use std::time::Instant;
 
 use crate::record::RejectReason;
 
-/// Where records come from (the `source` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// `POST /v1/events`.
-    Native = 0,
-    /// OTLP `/v1/logs` (Claude Code events, forwarded gatemeter records).
-    Otlp = 1,
-}
-
-impl Source {
-    /// All sources.
-    pub const ALL: [Source; 2] = [Source::Native, Source::Otlp];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Otlp => "otlp",
-        }
+label_enum! {
+    /// Where records come from (the `source` label).
+    pub enum Source {
+        /// `POST /v1/events`.
+        Native = "native",
+        /// OTLP `/v1/logs` (Claude Code events, forwarded gatemeter records).
+        Otlp = "otlp",
     }
 }
 
-/// Why a whole request was refused before its records could be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestReject {
-    /// Body over the limit (before or after decompression).
-    BodyTooLarge = 0,
-    /// More records than allowed in one request.
-    TooManyRecords = 1,
-    /// Content-Type not accepted.
-    UnsupportedMediaType = 2,
-    /// Content-Encoding not accepted.
-    UnsupportedEncoding = 3,
-    /// The compressed body could not be decompressed.
-    BadCompression = 4,
-    /// The body is not JSON / NDJSON at all.
-    Malformed = 5,
-    /// Every record in the body was invalid.
-    NothingValid = 6,
-    /// The queue was full or the server shutting down.
-    Overloaded = 7,
-    /// The body could not be read from the connection.
-    BodyRead = 8,
-}
-
-impl RequestReject {
-    /// All reasons.
-    pub const ALL: [RequestReject; 9] = [
-        Self::BodyTooLarge,
-        Self::TooManyRecords,
-        Self::UnsupportedMediaType,
-        Self::UnsupportedEncoding,
-        Self::BadCompression,
-        Self::Malformed,
-        Self::NothingValid,
-        Self::Overloaded,
-        Self::BodyRead,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BodyTooLarge => "body_too_large",
-            Self::TooManyRecords => "too_many_records",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::UnsupportedEncoding => "unsupported_encoding",
-            Self::BadCompression => "bad_compression",
-            Self::Malformed => "malformed",
-            Self::NothingValid => "nothing_valid",
-            Self::Overloaded => "overloaded",
-            Self::BodyRead => "body_read",
-        }
+label_enum! {
+    /// Why a whole request was refused before its records could be read.
+    pub enum RequestReject {
+        /// Body over the limit (before or after decompression).
+        BodyTooLarge = "body_too_large",
+        /// More records than allowed in one request.
+        TooManyRecords = "too_many_records",
+        /// Content-Type not accepted.
+        UnsupportedMediaType = "unsupported_media_type",
+        /// Content-Encoding not accepted.
+        UnsupportedEncoding = "unsupported_encoding",
+        /// The compressed body could not be decompressed.
+        BadCompression = "bad_compression",
+        /// The body is not JSON / NDJSON at all.
+        Malformed = "malformed",
+        /// Every record in the body was invalid.
+        NothingValid = "nothing_valid",
+        /// The queue was full or the server shutting down.
+        Overloaded = "overloaded",
+        /// The body could not be read from the connection.
+        BodyRead = "body_read",
     }
 }
 
-/// Why a valid record was not taken or not passed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// The ingest queue was full (the caller got 503 and may retry).
-    QueueFull = 0,
-    /// The server was shutting down (the caller got 503).
-    ShuttingDown = 1,
-    /// Too many start markers pending: a start was not tracked.
-    PendingFull = 2,
-    /// The request log's queue was full: counted but not logged.
-    LogFull = 3,
-    /// Latency samples of a minute that left every window before the live store could take
-    /// it (Redis down); they remain in the since-start totals.
-    LiveStoreExpired = 4,
-    /// The request log kept failing to write a batch (after retries): counted but not logged.
-    LogWriteFailed = 5,
-}
-
-impl DropReason {
-    /// All reasons.
-    pub const ALL: [DropReason; 6] = [
-        Self::QueueFull,
-        Self::ShuttingDown,
-        Self::PendingFull,
-        Self::LogFull,
-        Self::LiveStoreExpired,
-        Self::LogWriteFailed,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::QueueFull => "queue_full",
-            Self::ShuttingDown => "shutting_down",
-            Self::PendingFull => "pending_full",
-            Self::LogFull => "log_full",
-            Self::LiveStoreExpired => "live_store_expired",
-            Self::LogWriteFailed => "log_write_failed",
-        }
+label_enum! {
+    /// Why a valid record was not taken or not passed on.
+    pub enum DropReason {
+        /// The ingest queue was full (the caller got 503 and may retry).
+        QueueFull = "queue_full",
+        /// The server was shutting down (the caller got 503).
+        ShuttingDown = "shutting_down",
+        /// Too many start markers pending: a start was not tracked.
+        PendingFull = "pending_full",
+        /// The request log's queue was full: counted but not logged.
+        LogFull = "log_full",
+        /// Latency samples of a minute that left every window before the live store could take
+        /// it (Redis down); they remain in the since-start totals.
+        LiveStoreExpired = "live_store_expired",
+        /// The request log kept failing to write a batch (after retries): counted but not logged.
+        LogWriteFailed = "log_write_failed",
     }
 }
 

@@ -20,6 +20,9 @@
 //! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
 //! - [`logbench`]: `gatemeter bench-log`, the request log's write and query benchmark.
 
+#[macro_use]
+mod label;
+
 pub mod aggregate;
 pub mod api;
 pub mod app;

@@ -291,36 +291,17 @@ pub struct RecordError {
     pub reason: RejectReason,
 }
 
-/// Why a record was rejected (the `reason` label of the rejection counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// Not JSON, or not an object.
-    Malformed,
-    /// A field has the wrong JSON type.
-    WrongType,
-    /// A required field is absent.
-    MissingField,
-    /// A field is out of range or not allowed.
-    InvalidValue,
-}
-
-impl RejectReason {
-    /// All reasons, for metric exposition.
-    pub const ALL: [RejectReason; 4] = [
-        Self::Malformed,
-        Self::WrongType,
-        Self::MissingField,
-        Self::InvalidValue,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::WrongType => "wrong_type",
-            Self::MissingField => "missing_field",
-            Self::InvalidValue => "invalid_value",
-        }
+label_enum! {
+    /// Why a record was rejected (the `reason` label of the rejection counter).
+    pub enum RejectReason {
+        /// Not JSON, or not an object.
+        Malformed = "malformed",
+        /// A field has the wrong JSON type.
+        WrongType = "wrong_type",
+        /// A required field is absent.
+        MissingField = "missing_field",
+        /// A field is out of range or not allowed.
+        InvalidValue = "invalid_value",
     }
 }
 

@@ -51,28 +51,15 @@ use crate::ingest::otlp::claude_code::GATEMETER_EVENT;
 use crate::record::{ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 
-/// Why exported records were dropped (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportDrop {
-    /// The export queue was full.
-    QueueFull = 0,
-    /// The endpoint refused them (a non-retryable status, or `partial_success`).
-    Rejected = 1,
-    /// Every retry failed.
-    RetriesExhausted = 2,
-}
-
-impl ExportDrop {
-    /// All reasons.
-    pub const ALL: [ExportDrop; 3] = [Self::QueueFull, Self::Rejected, Self::RetriesExhausted];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::QueueFull => "queue_full",
-            Self::Rejected => "rejected",
-            Self::RetriesExhausted => "retries_exhausted",
-        }
+label_enum! {
+    /// Why exported records were dropped (the `reason` label).
+    pub enum ExportDrop {
+        /// The export queue was full.
+        QueueFull = "queue_full",
+        /// The endpoint refused them (a non-retryable status, or `partial_success`).
+        Rejected = "rejected",
+        /// Every retry failed.
+        RetriesExhausted = "retries_exhausted",
     }
 }
 

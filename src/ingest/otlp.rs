@@ -22,30 +22,19 @@ pub mod decode;
 pub mod http;
 pub mod scan;
 
-/// OTLP signal (the `signal` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// `/v1/logs`.
-    Logs = 0,
-    /// `/v1/metrics`.
-    Metrics = 1,
-    /// `/v1/traces`.
-    Traces = 2,
+label_enum! {
+    /// OTLP signal (the `signal` label).
+    pub enum Signal {
+        /// `/v1/logs`.
+        Logs = "logs",
+        /// `/v1/metrics`.
+        Metrics = "metrics",
+        /// `/v1/traces`.
+        Traces = "traces",
+    }
 }
 
 impl Signal {
-    /// All signals.
-    pub const ALL: [Signal; 3] = [Self::Logs, Self::Metrics, Self::Traces];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Logs => "logs",
-            Self::Metrics => "metrics",
-            Self::Traces => "traces",
-        }
-    }
-
     /// The signal whose path `path` ends with (`/v1/logs`, ... after any prefix).
     pub fn from_path(path: &str) -> Option<Self> {
         let path = path.trim_end_matches('/');
@@ -70,118 +59,55 @@ impl Signal {
     }
 }
 
-/// What an accepted item became (the `use` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Use {
-    /// A request record (api_request, api_error, gatemeter.request).
-    Record = 0,
-    /// A tool event (tool_result, tool_decision).
-    Tool = 1,
-    /// Another Claude Code event (counted by name only).
-    Event = 2,
-    /// A Claude Code metric point that was counted.
-    Metric = 3,
-    /// A metric point not newer than its stream's last one (a retried export): ignored.
-    Repeated = 4,
-    /// Not something gatemeter reads (other metrics, spans, other logs).
-    Unused = 5,
-}
-
-impl Use {
-    /// All uses.
-    pub const ALL: [Use; 6] = [
-        Self::Record,
-        Self::Tool,
-        Self::Event,
-        Self::Metric,
-        Self::Repeated,
-        Self::Unused,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Record => "record",
-            Self::Tool => "tool",
-            Self::Event => "event",
-            Self::Metric => "metric",
-            Self::Repeated => "repeated",
-            Self::Unused => "unused",
-        }
+label_enum! {
+    /// What an accepted item became (the `use` label).
+    pub enum Use {
+        /// A request record (api_request, api_error, gatemeter.request).
+        Record = "record",
+        /// A tool event (tool_result, tool_decision).
+        Tool = "tool",
+        /// Another Claude Code event (counted by name only).
+        Event = "event",
+        /// A Claude Code metric point that was counted.
+        Metric = "metric",
+        /// A metric point not newer than its stream's last one (a retried export): ignored.
+        Repeated = "repeated",
+        /// Not something gatemeter reads (other metrics, spans, other logs).
+        Unused = "unused",
     }
 }
 
-/// Why an item was rejected (the `reason` label; reported in `partial_success`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemReject {
-    /// An api_request / api_error that fails record validation (e.g. no model).
-    InvalidRecord = 0,
-    /// A metric point with a NaN, infinite or negative value, or a malformed attribute.
-    BadValue = 1,
-    /// The metric stream table is full.
-    StreamLimit = 2,
-}
-
-impl ItemReject {
-    /// All reasons.
-    pub const ALL: [ItemReject; 3] = [Self::InvalidRecord, Self::BadValue, Self::StreamLimit];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRecord => "invalid_record",
-            Self::BadValue => "bad_value",
-            Self::StreamLimit => "stream_limit",
-        }
+label_enum! {
+    /// Why an item was rejected (the `reason` label; reported in `partial_success`).
+    pub enum ItemReject {
+        /// An api_request / api_error that fails record validation (e.g. no model).
+        InvalidRecord = "invalid_record",
+        /// A metric point with a NaN, infinite or negative value, or a malformed attribute.
+        BadValue = "bad_value",
+        /// The metric stream table is full.
+        StreamLimit = "stream_limit",
     }
 }
 
-/// Why a whole request was refused (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestReason {
-    /// 413: over the body limit (on the wire or decompressed).
-    BodyTooLarge = 0,
-    /// 415: not `application/x-protobuf` or `application/json`.
-    UnsupportedMediaType = 1,
-    /// 415: a Content-Encoding other than gzip / zstd / identity.
-    UnsupportedEncoding = 2,
-    /// 400: the compressed body could not be decompressed.
-    BadCompression = 3,
-    /// 400: not a valid message of the signal (truncated, wrong encoding, too deep).
-    Undecodable = 4,
-    /// 503: the queue is full or the server shutting down.
-    Overloaded = 5,
-    /// 405: not POST.
-    MethodNotAllowed = 6,
-    /// 400: the body could not be read from the connection.
-    BodyRead = 7,
-}
-
-impl RequestReason {
-    /// All reasons.
-    pub const ALL: [RequestReason; 8] = [
-        Self::BodyTooLarge,
-        Self::UnsupportedMediaType,
-        Self::UnsupportedEncoding,
-        Self::BadCompression,
-        Self::Undecodable,
-        Self::Overloaded,
-        Self::MethodNotAllowed,
-        Self::BodyRead,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BodyTooLarge => "body_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::UnsupportedEncoding => "unsupported_encoding",
-            Self::BadCompression => "bad_compression",
-            Self::Undecodable => "undecodable",
-            Self::Overloaded => "overloaded",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::BodyRead => "body_read",
-        }
+label_enum! {
+    /// Why a whole request was refused (the `reason` label).
+    pub enum RequestReason {
+        /// 413: over the body limit (on the wire or decompressed).
+        BodyTooLarge = "body_too_large",
+        /// 415: not `application/x-protobuf` or `application/json`.
+        UnsupportedMediaType = "unsupported_media_type",
+        /// 415: a Content-Encoding other than gzip / zstd / identity.
+        UnsupportedEncoding = "unsupported_encoding",
+        /// 400: the compressed body could not be decompressed.
+        BadCompression = "bad_compression",
+        /// 400: not a valid message of the signal (truncated, wrong encoding, too deep).
+        Undecodable = "undecodable",
+        /// 503: the queue is full or the server shutting down.
+        Overloaded = "overloaded",
+        /// 405: not POST.
+        MethodNotAllowed = "method_not_allowed",
+        /// 400: the body could not be read from the connection.
+        BodyRead = "body_read",
     }
 }
 
