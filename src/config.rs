@@ -479,6 +479,7 @@ struct RawLogStore {
     url: Option<String>,
     queue_capacity: Option<usize>,
     batch_rows: Option<usize>,
+    write_concurrency: Option<usize>,
     log_retention_days: Option<u32>,
     export_max_rows: Option<u64>,
 }
@@ -537,6 +538,12 @@ impl RawLogStore {
                 self.batch_rows,
                 backend.default_batch_rows(),
                 1_000_000,
+            )?,
+            write_concurrency: positive(
+                "log_store.write_concurrency",
+                self.write_concurrency,
+                backend.default_write_concurrency(),
+                64,
             )?,
             retention_days: self.log_retention_days.unwrap_or(30),
             backend,
@@ -716,16 +723,27 @@ mod tests {
             }
         );
         assert_eq!((l.retention_days, c.export_max_rows), (30, 10_000));
+        assert_eq!((l.batch_rows, l.write_concurrency), (100_000, 1));
         let c = Config::from_yaml_str("", Path::new("t"), &|k| {
             (k == ENV_DATABASE_URL).then(|| "postgres://u@h/db".to_string())
         })
         .expect("valid");
+        let l = c.log_store.expect("postgres");
         assert_eq!(
-            c.log_store.expect("postgres").backend,
+            l.backend,
             SqlBackend::Postgres {
                 url: "postgres://u@h/db".into()
             }
         );
+        assert_eq!((l.batch_rows, l.write_concurrency), (50_000, 2));
+        let l =
+            parse("log_store: {kind: postgres, url: 'postgres://u@h/db', write_concurrency: 4}\n")
+                .expect("valid")
+                .log_store
+                .expect("postgres");
+        assert_eq!(l.write_concurrency, 4);
+        let e = parse("log_store: {write_concurrency: 0}\n").expect_err("zero");
+        assert!(e.to_string().contains("log_store.write_concurrency"), "{e}");
         assert!(
             parse("log_store: {kind: none}\n")
                 .expect("none")

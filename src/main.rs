@@ -94,6 +94,9 @@ enum Command {
         /// Most rows per transaction [default: the database's, as `serve` uses]
         #[arg(long)]
         batch_rows: Option<usize>,
+        /// Batches written at once [default: the database's, as `serve` uses]
+        #[arg(long)]
+        write_concurrency: Option<usize>,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -263,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             rows,
             batch_rows,
+            write_concurrency,
             seed,
         } => {
             use gatemeter::store::sql::{SqlBackend, SqlConfig};
@@ -277,6 +281,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let args = gatemeter::logbench::BenchArgs {
                 log: SqlConfig {
                     batch_rows: batch_rows.unwrap_or(backend.default_batch_rows()),
+                    write_concurrency: write_concurrency
+                        .unwrap_or(backend.default_write_concurrency()),
                     backend,
                     queue_capacity: 200_000,
                     retention_days: 0,

@@ -579,6 +579,7 @@ async fn open_log_with(
         backend,
         queue_capacity,
         batch_rows: 1000,
+        write_concurrency: 2,
         retention_days: 0,
     };
     let log = SqlLog::open(&cfg, health).await.expect("log opens");
@@ -689,6 +690,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
         backend,
         queue_capacity: 1000,
         batch_rows: 2,
+        write_concurrency: 2,
         retention_days: 0,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
@@ -855,6 +857,7 @@ pub async fn retention_task_deletes_old_rows(db: Db) {
         backend,
         queue_capacity: 10,
         batch_rows: 10,
+        write_concurrency: 2,
         retention_days: 30,
     };
     let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
@@ -906,6 +909,7 @@ pub async fn shutdown_flushes_the_log(db: Db) {
         backend,
         queue_capacity: 10,
         batch_rows: 10,
+        write_concurrency: 2,
         retention_days: 0,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))

@@ -8,8 +8,8 @@
 //! Batching adapts to load: while a batch is being written, whatever arrives waits, so a quiet
 //! server writes small transactions at once and a busy one writes up to `batch_rows` rows per
 //! transaction. SQLite writes one batch at a time (it has one writer anyway); PostgreSQL up to
-//! four at once, on separate connections — batches may then commit out of order, which
-//! idempotent inserts allow. A flush waits for every record received before it.
+//! `write_concurrency` at once (default 2), on separate connections — batches may then commit
+//! out of order, which idempotent inserts allow. A flush waits for every record received before it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,8 +36,6 @@ pub(crate) enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// Batches a PostgreSQL log writes at once (each on its own pooled connection).
-const POSTGRES_IN_FLIGHT: usize = 4;
 /// Attempts per batch before it is dropped and counted.
 const ATTEMPTS: u32 = 5;
 
@@ -47,11 +45,12 @@ pub(crate) async fn run(
     depth: Arc<AtomicUsize>,
     health: Arc<Health>,
     batch_rows: usize,
+    write_concurrency: usize,
 ) {
     // SQLite has one writer at a time anyway; PostgreSQL writes batches in parallel.
     let max_in_flight = match backend {
         Backend::Sqlite(_) => 1,
-        Backend::Postgres(_) => POSTGRES_IN_FLIGHT,
+        Backend::Postgres(_) => write_concurrency,
     };
     let mut inbox = Vec::with_capacity(64);
     let mut pending: Vec<Box<ValidRecord>> = Vec::new();

@@ -17,7 +17,6 @@ use std::sync::LazyLock;
 use sqlx::Executor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::POSTGRES_IN_FLIGHT;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 use crate::store::sql::columns::{self, FIELDS, Value, column_list};
@@ -58,9 +57,12 @@ static MOVE: LazyLock<String> = LazyLock::new(|| {
 const SEND_CHUNK: usize = 256 * 1024;
 
 /// The writer's pool: one connection per batch in flight, each with its staging table.
-pub(in crate::store::sql) async fn open_pool(opts: PgConnectOptions) -> Result<PgPool, StoreError> {
+pub(in crate::store::sql) async fn open_pool(
+    opts: PgConnectOptions,
+    connections: usize,
+) -> Result<PgPool, StoreError> {
     PgPoolOptions::new()
-        .max_connections(POSTGRES_IN_FLIGHT as u32)
+        .max_connections(u32::try_from(connections).unwrap_or(u32::MAX))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
