@@ -1198,3 +1198,44 @@ conformance!(
     shutdown_flushes_the_log,
     export_reads_raw_rows_and_stops_when_the_receiver_goes,
 );
+
+/// SQLite can hold text that is not UTF-8 (written by something other than gatemeter). The
+/// export's encoding thread refuses it naming the column, after sending every row before it
+/// (newest first: more than one reader batch of 512), and its reading thread stops.
+#[tokio::test]
+async fn sqlite_export_fails_at_a_value_that_is_not_utf8() {
+    let (log, _dir, url) = open_log_with(Db::Sqlite, 20_000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::pipeline::now_ms();
+    let batch = (0..1500)
+        .map(|i| {
+            valid(
+                json!({"request_id": format!("r{i}"), "timestamp": now - 10_000 + i,
+                         "model": "m", "status": 200, "duration_ms": 1, "user": "u"}),
+            )
+        })
+        .collect();
+    log.submit(batch).expect("room");
+    log.flush().await;
+    let mut c = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO request_log (ts_ms, namespace, user_ref, provider, model, endpoint, \
+         api_type, method, status, duration_ms, input_tokens, output_tokens, \
+         cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, \
+         cost_source, retry_count, provider_chain, is_streaming) \
+         VALUES ($1, 'n', CAST(x'ff61' AS TEXT), 'p', 'm', '/e', 'claude', 'POST', 200, 5, \
+         1, 2, 3, 4, 5, 6, 'priced', 0, '[]', false)",
+    )
+    .bind(now - 20_000)
+    .execute(&mut c)
+    .await
+    .expect("insert");
+    let (body, rows, end) = export_all(&log, &LogFilter::default()).await;
+    assert_eq!(rows, 1500);
+    match end {
+        ExportEnd::Failed(e) => assert!(e.contains("column 1 is not UTF-8"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(parse_csv(&body).len(), 1 + 1500);
+}

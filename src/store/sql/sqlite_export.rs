@@ -1,15 +1,23 @@
 //! The SQLite side of a usage export: the SELECT is prepared and stepped through SQLite's C
-//! API on one of sqlx's pooled connections, on a blocking thread, and every row is handed to
-//! the encoder as text borrowed from SQLite's own row buffer.
+//! API on one of sqlx's pooled connections, on a blocking thread, and every row's values are
+//! copied straight out of SQLite's row buffer into a batch; a second blocking thread encodes
+//! the batches and sends the chunks on.
 //!
 //! Through sqlx, SQLite runs on the connection's worker thread, which copies every value of
 //! every row (`sqlite3_value_dup`) and sends each row over a channel to the async side, where
 //! it is decoded with type checks and freed: that per-row allocation and hand-off was most of
 //! an export's time. Here nothing is allocated per row.
 //!
+//! Two threads, because stepping SQLite (its B-trees, the table lookup of every row found in
+//! the time index) and encoding CSV cost about the same, and one thread doing both kept one
+//! core busy while the other waited for it. Batches of [`BATCH_ROWS`] rows, at most
+//! [`BATCHES_QUEUED`] on their way: memory stays constant.
+//!
 //! The connection and its statement come from `sqlite_raw.rs`.
 
 use std::ffi::c_int;
+use std::ops::Range;
+use std::sync::mpsc as std_mpsc;
 
 use bytes::Bytes;
 use sqlx::SqlitePool;
@@ -56,17 +64,26 @@ pub(super) async fn export<E: RowEncoder>(
     };
     let (sql, params) = export_sql(filter);
     let params: Vec<Owned> = params.into_iter().map(Owned::from).collect();
-    with_handle(conn, move |db| {
-        let db = match db {
-            Ok(db) => db,
-            Err(e) => return failed(encoder, e),
-        };
-        match db.prepare(&sql) {
-            Ok(stmt) => run(stmt, &params, limit, encoder, &out),
-            Err(e) => failed(encoder, e),
-        }
+    let (tx, rx) = std_mpsc::sync_channel::<Batch>(BATCHES_QUEUED);
+    let encoding = tokio::task::spawn_blocking(move || encode(rx, encoder, &out));
+    let read_end = with_handle(conn, move |db| {
+        let db = db?;
+        let stmt = db.prepare(&sql)?;
+        read(stmt, &params, limit, &tx)
     })
-    .await
+    .await;
+    let exported = match encoding.await {
+        Ok(exported) => exported,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => return Err(super::unavailable(e)),
+    };
+    // The encoder's end first: when it stopped early (the client went away, a row it could not
+    // encode) the reader only saw its batches refused.
+    let end = match (exported.end, read_end?) {
+        (ExportEnd::Done, Err(e)) => ExportEnd::Failed(e),
+        (end, _) => end,
+    };
+    Ok(Exported { end, ..exported })
 }
 
 /// A bound value, owned so it can move to the blocking thread.
@@ -86,72 +103,144 @@ impl From<Param<'_>> for Owned {
     }
 }
 
-/// Binds, steps and encodes; on the blocking thread.
-fn run<E: RowEncoder>(
+/// Rows per batch handed from the reading thread to the encoding one.
+const BATCH_ROWS: usize = 512;
+/// Batches filled and not yet encoded, at most.
+const BATCHES_QUEUED: usize = 4;
+
+/// The text columns of `SELECT USAGE_COLUMNS` ([`UsageRow`]'s field order).
+const TEXT_COLUMNS: [c_int; 7] = [1, 2, 3, 4, 5, 6, 15];
+/// Its integer columns.
+const INT_COLUMNS: [c_int; 10] = [0, 7, 8, 9, 10, 11, 12, 13, 14, 16];
+
+/// Rows copied out of SQLite: every text value's bytes in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    rows: Vec<Copied>,
+}
+
+/// One row of a [`Batch`]: [`INT_COLUMNS`]' values, and where [`TEXT_COLUMNS`]' values are in
+/// the batch's bytes (`None`: NULL).
+struct Copied {
+    ints: [i64; INT_COLUMNS.len()],
+    texts: [Option<Range<usize>>; TEXT_COLUMNS.len()],
+}
+
+/// Binds and steps; copies rows into batches and sends them to [`encode`]. On a blocking
+/// thread. `Err` when SQLite failed; `Ok` also when the encoder stopped taking batches.
+fn read(
     mut stmt: Statement<'_>,
     params: &[Owned],
     limit: i64,
+    tx: &std_mpsc::SyncSender<Batch>,
+) -> Result<(), String> {
+    let mut at: c_int = 0;
+    for p in params {
+        at += 1;
+        match p {
+            Owned::Int(v) => stmt.bind_int(at, *v)?,
+            Owned::Text(v) => stmt.bind_text(at, v)?,
+        }
+    }
+    stmt.bind_int(at + 1, limit)?;
+    let mut batch = Batch::default();
+    loop {
+        let more = stmt.step()?;
+        if more {
+            let mut texts: [Option<Range<usize>>; TEXT_COLUMNS.len()] = Default::default();
+            for (slot, col) in texts.iter_mut().zip(TEXT_COLUMNS) {
+                if let Some(v) = stmt.text_bytes(col)? {
+                    let start = batch.bytes.len();
+                    batch.bytes.extend_from_slice(v);
+                    *slot = Some(start..batch.bytes.len());
+                }
+            }
+            batch.rows.push(Copied {
+                ints: INT_COLUMNS.map(|col| stmt.int(col)),
+                texts,
+            });
+        }
+        if (batch.rows.len() == BATCH_ROWS || !more) && !batch.rows.is_empty() {
+            let full = std::mem::take(&mut batch);
+            batch.rows.reserve(BATCH_ROWS);
+            batch.bytes.reserve(full.bytes.len());
+            if tx.send(full).is_err() {
+                return Ok(());
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Encodes the batches [`read`] sends, until it is done; sends each full chunk to `out`. On a
+/// blocking thread.
+fn encode<E: RowEncoder>(
+    rx: std_mpsc::Receiver<Batch>,
     mut encoder: E,
     out: &mpsc::Sender<Bytes>,
 ) -> Exported<E> {
     let mut rows = 0u64;
-    let mut bind = || -> Result<(), String> {
-        let mut at: c_int = 0;
-        for p in params {
-            at += 1;
-            match p {
-                Owned::Int(v) => stmt.bind_int(at, *v)?,
-                Owned::Text(v) => stmt.bind_text(at, v)?,
-            }
-        }
-        stmt.bind_int(at + 1, limit)
-    };
-    if let Err(e) = bind() {
-        return Exported {
-            encoder,
-            rows,
-            end: ExportEnd::Failed(e),
+    let end = 'batches: loop {
+        let Ok(batch) = rx.recv() else {
+            break ExportEnd::Done;
         };
-    }
-    let end = loop {
-        match stmt.step() {
-            Ok(true) => {}
-            Ok(false) => break ExportEnd::Done,
-            Err(e) => break ExportEnd::Failed(e),
-        }
-        let chunk = match usage_row(&stmt) {
-            Ok(row) => encoder.row(&row),
-            Err(e) => break ExportEnd::Failed(e),
-        };
-        rows += 1;
-        match chunk {
-            Ok(None) => {}
-            Ok(Some(c)) => {
-                if out.blocking_send(c).is_err() {
-                    break ExportEnd::ReceiverGone;
+        for copied in &batch.rows {
+            let chunk = match usage_row(&batch.bytes, copied) {
+                Ok(row) => encoder.row(&row),
+                Err(e) => break 'batches ExportEnd::Failed(e),
+            };
+            rows += 1;
+            match chunk {
+                Ok(None) => {}
+                Ok(Some(c)) => {
+                    if out.blocking_send(c).is_err() {
+                        break 'batches ExportEnd::ReceiverGone;
+                    }
                 }
+                Err(e) => break 'batches ExportEnd::Failed(e.to_string()),
             }
-            Err(e) => break ExportEnd::Failed(e.to_string()),
         }
     };
     Exported { encoder, rows, end }
 }
 
-/// The current row of `SELECT USAGE_COLUMNS` (see [`UsageRow`]'s field order).
-fn usage_row<'s>(s: &'s Statement<'_>) -> Result<UsageRow<'s>, String> {
+/// A copied row as the encoder takes it.
+fn usage_row<'b>(bytes: &'b [u8], row: &Copied) -> Result<UsageRow<'b>, String> {
+    let mut texts: [Option<&str>; TEXT_COLUMNS.len()] = [None; TEXT_COLUMNS.len()];
+    for ((text, range), col) in texts.iter_mut().zip(&row.texts).zip(TEXT_COLUMNS) {
+        if let Some(r) = range {
+            *text = Some(
+                std::str::from_utf8(&bytes[r.clone()])
+                    .map_err(|e| format!("column {col} is not UTF-8: {e}"))?,
+            );
+        }
+    }
+    let [
+        user,
+        key,
+        provider,
+        model,
+        original_model,
+        endpoint,
+        session_id,
+    ] = texts;
+    let [ts, status, t0, t1, t2, t3, t4, cost, duration, retry] = row.ints;
     Ok(UsageRow {
-        timestamp_ms: s.int(0),
-        user: s.text(1)?,
-        key: s.text(2)?,
-        provider: s.text(3)?.unwrap_or_default(),
-        model: s.text(4)?.unwrap_or_default(),
-        original_model: s.text(5)?,
-        endpoint: s.text(6)?.unwrap_or_default(),
-        status: s.int(7),
-        tokens: [s.int(8), s.int(9), s.int(10), s.int(11), s.int(12)],
-        cost_micros: s.int(13),
-        duration_ms: s.int(14),
-        session_id: s.text(15)?,
-        retry_count: s.int(16),
+        timestamp_ms: ts,
+        user,
+        key,
+        provider: provider.unwrap_or_default(),
+        model: model.unwrap_or_default(),
+        original_model,
+        endpoint: endpoint.unwrap_or_default(),
+        status,
+        tokens: [t0, t1, t2, t3, t4],
+        cost_micros: cost,
+        duration_ms: duration,
+        session_id,
+        retry_count: retry,
     })
 }

@@ -220,14 +220,15 @@ impl Statement<'_> {
         unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), col) }
     }
 
-    /// Column `col` of the current row as text, borrowed until the next step; `None` for NULL.
-    pub(super) fn text(&self, col: c_int) -> Result<Option<&str>, String> {
+    /// Column `col` of the current row as text bytes (UTF-8 unless the database holds
+    /// otherwise: not checked here), borrowed until the next step; `None` for NULL.
+    pub(super) fn text_bytes(&self, col: c_int) -> Result<Option<&[u8]>, String> {
         let s = self.stmt.as_ptr();
         // SAFETY: as in `int`. The order type → text → bytes is the one SQLite documents for
         // reading a value without conversions invalidating the pointer; the pointer is valid
         // for `len` bytes until the statement is stepped, reset or finalized, all of which
         // take `&mut self` (or `self`), so the borrow of `&self` covers its whole life.
-        let bytes = unsafe {
+        unsafe {
             if ffi::sqlite3_column_type(s, col) == ffi::SQLITE_NULL {
                 return Ok(None);
             }
@@ -239,13 +240,13 @@ impl Statement<'_> {
                 if rc == ffi::SQLITE_NOMEM {
                     return Err(error(self.db, rc));
                 }
-                return Ok(Some(""));
+                return Ok(Some(b""));
             }
-            std::slice::from_raw_parts(p, usize::try_from(len).unwrap_or(0))
-        };
-        std::str::from_utf8(bytes)
-            .map(Some)
-            .map_err(|e| format!("column {col} is not UTF-8: {e}"))
+            Ok(Some(std::slice::from_raw_parts(
+                p,
+                usize::try_from(len).unwrap_or(0),
+            )))
+        }
     }
 
     fn check(&self, rc: c_int) -> Result<(), String> {
