@@ -1,14 +1,14 @@
 //! The SQLite side of a usage export: the SELECT is prepared and stepped through SQLite's C
 //! API on one of sqlx's pooled connections, on a blocking thread, and every row's values are
-//! copied straight out of SQLite's row buffer into a batch; a second blocking thread encodes
-//! the batches and sends the chunks on.
+//! copied straight out of SQLite's row buffer into a batch; a task on the runtime encodes the
+//! batches and sends the chunks on.
 //!
 //! Through sqlx, SQLite runs on the connection's worker thread, which copies every value of
 //! every row (`sqlite3_value_dup`) and sends each row over a channel to the async side, where
 //! it is decoded with type checks and freed: that per-row allocation and hand-off was most of
 //! an export's time. Here nothing is allocated per row.
 //!
-//! Two threads, because stepping SQLite (its B-trees, the table lookup of every row found in
+//! Split in two, because stepping SQLite (its B-trees, the table lookup of every row found in
 //! the time index) and encoding CSV cost about the same, and one thread doing both kept one
 //! core busy while the other waited for it. Batches of [`BATCH_ROWS`] rows, at most
 //! [`BATCHES_QUEUED`] on their way: memory stays constant.
@@ -17,7 +17,6 @@
 
 use std::ffi::c_int;
 use std::ops::Range;
-use std::sync::mpsc as std_mpsc;
 
 use bytes::Bytes;
 use sqlx::SqlitePool;
@@ -64,8 +63,8 @@ pub(super) async fn export<E: RowEncoder>(
     };
     let (sql, params) = export_sql(filter);
     let params: Vec<Owned> = params.into_iter().map(Owned::from).collect();
-    let (tx, rx) = std_mpsc::sync_channel::<Batch>(BATCHES_QUEUED);
-    let encoding = tokio::task::spawn_blocking(move || encode(rx, encoder, &out));
+    let (tx, rx) = mpsc::channel::<Batch>(BATCHES_QUEUED);
+    let encoding = tokio::spawn(async move { encode(rx, encoder, &out).await });
     let read_end = with_handle(conn, move |db| {
         let db = db?;
         let stmt = db.prepare(&sql)?;
@@ -104,9 +103,9 @@ impl From<Param<'_>> for Owned {
 }
 
 /// Rows per batch handed from the reading thread to the encoding one.
-const BATCH_ROWS: usize = 512;
+const BATCH_ROWS: usize = 256;
 /// Batches filled and not yet encoded, at most.
-const BATCHES_QUEUED: usize = 4;
+const BATCHES_QUEUED: usize = 2;
 
 /// The text columns of `SELECT USAGE_COLUMNS` ([`UsageRow`]'s field order).
 const TEXT_COLUMNS: [c_int; 7] = [1, 2, 3, 4, 5, 6, 15];
@@ -133,7 +132,7 @@ fn read(
     mut stmt: Statement<'_>,
     params: &[Owned],
     limit: i64,
-    tx: &std_mpsc::SyncSender<Batch>,
+    tx: &mpsc::Sender<Batch>,
 ) -> Result<(), String> {
     let mut at: c_int = 0;
     for p in params {
@@ -165,7 +164,7 @@ fn read(
             let full = std::mem::take(&mut batch);
             batch.rows.reserve(BATCH_ROWS);
             batch.bytes.reserve(full.bytes.len());
-            if tx.send(full).is_err() {
+            if tx.blocking_send(full).is_err() {
                 return Ok(());
             }
         }
@@ -175,16 +174,16 @@ fn read(
     }
 }
 
-/// Encodes the batches [`read`] sends, until it is done; sends each full chunk to `out`. On a
-/// blocking thread.
-fn encode<E: RowEncoder>(
-    rx: std_mpsc::Receiver<Batch>,
+/// Encodes the batches [`read`] sends, until it is done; sends each full chunk to `out`. A
+/// task on the runtime: a batch is a short burst of work (~0.1 ms).
+async fn encode<E: RowEncoder>(
+    mut rx: mpsc::Receiver<Batch>,
     mut encoder: E,
     out: &mpsc::Sender<Bytes>,
 ) -> Exported<E> {
     let mut rows = 0u64;
     let end = 'batches: loop {
-        let Ok(batch) = rx.recv() else {
+        let Some(batch) = rx.recv().await else {
             break ExportEnd::Done;
         };
         for copied in &batch.rows {
@@ -193,14 +192,14 @@ fn encode<E: RowEncoder>(
                 Err(e) => break 'batches ExportEnd::Failed(e),
             };
             rows += 1;
-            match chunk {
+            match chunk.map_err(|e| e.to_string()) {
                 Ok(None) => {}
                 Ok(Some(c)) => {
-                    if out.blocking_send(c).is_err() {
+                    if out.send(c).await.is_err() {
                         break 'batches ExportEnd::ReceiverGone;
                     }
                 }
-                Err(e) => break 'batches ExportEnd::Failed(e.to_string()),
+                Err(e) => break 'batches ExportEnd::Failed(e),
             }
         }
     };
