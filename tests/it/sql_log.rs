@@ -945,6 +945,28 @@ async fn export_all(log: &SqlLog, filter: &LogFilter) -> (Vec<u8>, u64, ExportEn
     (body, exported.rows, exported.end)
 }
 
+/// The head of an `INSERT` of one row written as something other than gatemeter would write
+/// it; the values follow.
+const RAW_INSERT: &str = "INSERT INTO request_log (ts_ms, namespace, user_ref, provider, model, \
+    endpoint, api_type, method, status, duration_ms, input_tokens, output_tokens, \
+    cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, cost_source, \
+    retry_count, provider_chain, is_streaming) VALUES";
+
+/// Writes `n` plain rows for user `u` through the log, one per millisecond from `first_ms`,
+/// and waits until they are stored.
+async fn write_plain_rows(log: &SqlLog, n: i64, first_ms: i64) {
+    let batch = (0..n)
+        .map(|i| {
+            valid(
+                json!({"request_id": format!("r{i}"), "timestamp": first_ms + i,
+                         "model": "m", "status": 200, "duration_ms": 1, "user": "u"}),
+            )
+        })
+        .collect();
+    log.submit(batch).expect("room");
+    log.flush().await;
+}
+
 /// The export read paths (raw SQLite statement, PostgreSQL binary COPY): text the ingest API
 /// never lets through (control characters, NUL on SQLite — PostgreSQL text cannot hold one),
 /// NULL columns, negative money; and an export whose receiver goes away (the client
@@ -956,18 +978,16 @@ pub async fn export_reads_raw_rows_and_stops_when_the_receiver_goes(db: Db) {
         Db::Sqlite => "\t=x\0nul\r\n\"q\", ✓ 日本 \\ back",
         Db::Postgres => "\t=x\r\n\"q\", ✓ 日本 \\ back",
     };
-    let insert = "INSERT INTO request_log (ts_ms, namespace, user_ref, provider, model, endpoint, \
-        api_type, method, status, duration_ms, input_tokens, output_tokens, \
-        cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, \
-        cost_source, retry_count, provider_chain, is_streaming) \
-        VALUES ($1, 'n', $2, '=p', 'm', '/e', 'claude', 'POST', 200, 5, 1, 2, 3, 4, 5, -1234567, \
-        'priced', 0, '[]', false)";
+    let insert = format!(
+        "{RAW_INSERT} ($1, 'n', $2, '=p', 'm', '/e', 'claude', 'POST', 200, 5, 1, 2, 3, 4, 5, \
+         -1234567, 'priced', 0, '[]', false)"
+    );
     match db {
         Db::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(&url)
                 .await
                 .expect("connect");
-            sqlx::query(insert)
+            sqlx::query(&insert)
                 .bind(now)
                 .bind(hostile)
                 .execute(&mut c)
@@ -976,7 +996,7 @@ pub async fn export_reads_raw_rows_and_stops_when_the_receiver_goes(db: Db) {
         }
         Db::Postgres => {
             let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-            sqlx::query(insert)
+            sqlx::query(&insert)
                 .bind(now)
                 .bind(hostile)
                 .execute(&mut c)
@@ -1017,16 +1037,7 @@ pub async fn export_reads_raw_rows_and_stops_when_the_receiver_goes(db: Db) {
     );
 
     // 10,000 more rows: about a dozen 64 KiB chunks.
-    let batch = (0..10_000)
-        .map(|i| {
-            valid(
-                json!({"request_id": format!("r{i}"), "timestamp": now - 100_000 + i,
-                         "model": "m", "status": 200, "duration_ms": 1, "user": "u"}),
-            )
-        })
-        .collect();
-    log.submit(batch).expect("room");
-    log.flush().await;
+    write_plain_rows(&log, 10_000, now - 100_000).await;
     // More aborted exports than either pool has connections (4 SQLite readers, 8 PostgreSQL).
     let all = LogFilter::default();
     for _ in 0..12 {
@@ -1206,27 +1217,14 @@ conformance!(
 async fn sqlite_export_fails_at_a_value_that_is_not_utf8() {
     let (log, _dir, url) = open_log_with(Db::Sqlite, 20_000, Arc::new(Health::new(1))).await;
     let now = gatemeter::pipeline::now_ms();
-    let batch = (0..1500)
-        .map(|i| {
-            valid(
-                json!({"request_id": format!("r{i}"), "timestamp": now - 10_000 + i,
-                         "model": "m", "status": 200, "duration_ms": 1, "user": "u"}),
-            )
-        })
-        .collect();
-    log.submit(batch).expect("room");
-    log.flush().await;
+    write_plain_rows(&log, 1500, now - 10_000).await;
     let mut c = sqlx::SqliteConnection::connect(&url)
         .await
         .expect("connect");
-    sqlx::query(
-        "INSERT INTO request_log (ts_ms, namespace, user_ref, provider, model, endpoint, \
-         api_type, method, status, duration_ms, input_tokens, output_tokens, \
-         cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, \
-         cost_source, retry_count, provider_chain, is_streaming) \
-         VALUES ($1, 'n', CAST(x'ff61' AS TEXT), 'p', 'm', '/e', 'claude', 'POST', 200, 5, \
-         1, 2, 3, 4, 5, 6, 'priced', 0, '[]', false)",
-    )
+    sqlx::query(&format!(
+        "{RAW_INSERT} ($1, 'n', CAST(x'ff61' AS TEXT), 'p', 'm', '/e', 'claude', 'POST', 200, \
+         5, 1, 2, 3, 4, 5, 6, 'priced', 0, '[]', false)"
+    ))
     .bind(now - 20_000)
     .execute(&mut c)
     .await
