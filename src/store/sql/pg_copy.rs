@@ -135,28 +135,46 @@ impl TextRows {
         if buf.is_empty() {
             return Ok(None);
         }
-        let end = buf
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("COPY row without its newline")?;
         let rest: &'m [u8] = buf;
-        let line = &rest[..end];
+        // One vectorised pass finds the row's tabs, its newline, and which fields hold a
+        // backslash (an escape, or `\N`); escapes never leave a raw tab or newline in a value.
+        let mut bounds = [(0usize, 0usize); COLUMNS];
+        let mut escaped = [false; COLUMNS];
+        let (mut n, mut from) = (0, 0);
+        let mut marks = memchr::memchr3_iter(b'\t', b'\n', b'\\', rest);
+        let end = loop {
+            let at = marks.next().ok_or("COPY row without its newline")?;
+            match rest[at] {
+                b'\\' => escaped[n] = true,
+                b'\t' if n + 1 < COLUMNS => {
+                    bounds[n] = (from, at);
+                    (n, from) = (n + 1, at + 1);
+                }
+                b'\t' => return Err("COPY row with too many fields".into()),
+                _ if n + 1 < COLUMNS => return Err("COPY row with too few fields".into()),
+                _ => {
+                    bounds[n] = (from, at);
+                    break at;
+                }
+            }
+        };
         *buf = &rest[end + 1..];
-        let mut fields: [&[u8]; COLUMNS] = [&[]; COLUMNS];
-        let mut split = line.split(|&b| b == b'\t');
-        for f in &mut fields {
-            *f = split.next().ok_or("COPY row with too few fields")?;
-        }
-        if split.next().is_some() {
-            return Err("COPY row with too many fields".into());
+        // The whole row is checked once; its fields, cut at ASCII tabs, are UTF-8 then too.
+        let line =
+            std::str::from_utf8(&rest[..end]).map_err(|e| format!("COPY row is not UTF-8: {e}"))?;
+        let mut fields: [&'m str; COLUMNS] = [""; COLUMNS];
+        for (f, &(a, b)) in fields.iter_mut().zip(&bounds) {
+            *f = line
+                .get(a..b)
+                .ok_or("COPY field not on a character boundary")?;
         }
         // Values with escapes are unescaped into the scratch buffer first; then every value is
         // borrowed, from the row or from the scratch buffer.
         self.scratch.clear();
         let mut unescaped = [None; COLUMNS];
         for i in TEXT_COLUMNS {
-            let f = fields[i];
-            if f != NULL && f.contains(&b'\\') {
+            let f = fields[i].as_bytes();
+            if escaped[i] && f != NULL {
                 let from = self.scratch.len();
                 unescape(f, &mut self.scratch)?;
                 unescaped[i] = Some((from, self.scratch.len()));
@@ -164,16 +182,15 @@ impl TextRows {
         }
         let scratch = &self.scratch;
         let text = |i: usize| -> Result<Option<&'s str>, String> {
-            let v = match unescaped[i] {
-                _ if fields[i] == NULL => return Ok(None),
-                Some((from, to)) => &scratch[from..to],
-                None => fields[i],
-            };
-            std::str::from_utf8(v)
-                .map(Some)
-                .map_err(|e| format!("COPY text field is not UTF-8: {e}"))
+            match unescaped[i] {
+                _ if fields[i].as_bytes() == NULL => Ok(None),
+                Some((from, to)) => std::str::from_utf8(&scratch[from..to])
+                    .map(Some)
+                    .map_err(|e| format!("COPY text field is not UTF-8: {e}")),
+                None => Ok(Some(fields[i])),
+            }
         };
-        let int = |i: usize| int(fields[i]);
+        let int = |i: usize| int(fields[i].as_bytes());
         Ok(Some(UsageRow {
             timestamp_ms: int(0)?,
             user: text(1)?,
@@ -227,6 +244,18 @@ fn int(field: &[u8]) -> Result<i64, String> {
     };
     if digits.is_empty() {
         return Err(bad());
+    }
+    // Up to 18 digits cannot overflow.
+    if digits.len() <= 18 {
+        let mut v: i64 = 0;
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(bad());
+            }
+            v = v * 10 + i64::from(d);
+        }
+        return Ok(if neg { -v } else { v });
     }
     // Accumulated negative, so that i64::MIN fits.
     let mut v: i64 = 0;
@@ -387,5 +416,14 @@ mod tests {
         assert_eq!(int(b"-9223372036854775808"), Ok(i64::MIN));
         assert_eq!(int(b"9223372036854775807"), Ok(i64::MAX));
         assert!(int(b"").is_err());
+        // Around the 18-digit fast path.
+        assert_eq!(int(b"999999999999999999"), Ok(999_999_999_999_999_999));
+        assert_eq!(int(b"-999999999999999999"), Ok(-999_999_999_999_999_999));
+        assert_eq!(int(b"1000000000000000000"), Ok(1_000_000_000_000_000_000));
+        assert_eq!(int(b"-0"), Ok(0));
+        assert!(int(b"12a4").is_err());
+        assert!(int(b"1/").is_err(), "a byte just below '0'");
+        assert!(int(b"1:").is_err(), "a byte just above '9'");
+        assert!(int(b"--1").is_err());
     }
 }
