@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Request-log benchmarks (issue #4), on SQLite and on a throwaway PostgreSQL server:
-#   1. write path: ROWS rows through the batched writer, every index in place (rows/s);
+#   1. write path: ROWS rows through the batched writer, every index in place (rows/s), with
+#      request ids that grow with time and with random UUIDs;
 #   2. filtered queries over those rows (`gatemeter bench-log` prints them);
 #   3. usage CSV export of all ROWS rows over HTTP from `gatemeter serve`, three times (rows/s,
 #      and the server's peak RSS).
@@ -44,7 +45,11 @@ export_once() {
   rm -f "$svc_dir/export.csv"
 }
 
+# Writes with ids that grow with time first, for comparison (the unique index then appends),
+# then with random UUIDs, as most gateways send them: that log is the one queried and exported.
 echo "== SQLite ($rows rows)"
+"$bin" bench-log --sqlite "$svc_dir/ordered.db" --rows "$rows" --ids ordered | sed -n 's/^write/write (ordered ids)/p'
+rm -f "$svc_dir"/ordered.db*
 "$bin" bench-log --sqlite "$svc_dir/bench.db" --rows "$rows"
 export_once "  kind: sqlite
   path: $svc_dir/bench.db"
@@ -54,6 +59,10 @@ export_once "  kind: sqlite
 rm -f "$svc_dir"/bench.db*
 sync
 echo "== PostgreSQL ($rows rows)"
+ordered_url="${GATEMETER_TEST_DATABASE_URL%/*}/ordered"
+psql -q "$GATEMETER_TEST_DATABASE_URL" -c 'CREATE DATABASE ordered'
+"$bin" bench-log --database-url "$ordered_url" --rows "$rows" --ids ordered | sed -n 's/^write/write (ordered ids)/p'
+psql -q "$GATEMETER_TEST_DATABASE_URL" -c 'DROP DATABASE ordered'
 "$bin" bench-log --database-url "$GATEMETER_TEST_DATABASE_URL" --rows "$rows"
 export_once "  kind: postgres
   url: $GATEMETER_TEST_DATABASE_URL"

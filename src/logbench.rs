@@ -35,6 +35,19 @@ pub struct BenchArgs {
     pub rows: usize,
     /// Random seed.
     pub seed: u64,
+    /// How the rows' `request_id`s are made.
+    pub ids: RequestIds,
+}
+
+/// The `request_id`s of the benchmark's rows. Their order decides what the unique index costs:
+/// an ordered id is always added at the right-hand edge of the index, a random one at a random
+/// place, whose page is rarely in the CPU cache and is rewritten by every transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestIds {
+    /// Random (version 4) UUIDs, as most gateways make them.
+    Random,
+    /// Ids that grow with time (as UUIDv7s or ULIDs do).
+    Ordered,
 }
 
 /// Results.
@@ -42,6 +55,8 @@ pub struct BenchArgs {
 pub struct BenchReport {
     /// `sqlite` or `postgres`.
     pub dialect: &'static str,
+    /// How the rows' request ids were made.
+    pub ids: RequestIds,
     /// Rows written.
     pub rows: usize,
     /// Time the database took to write them.
@@ -55,7 +70,11 @@ pub struct BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.write_time.as_secs_f64();
-        writeln!(f, "database: {}", self.dialect)?;
+        let ids = match self.ids {
+            RequestIds::Random => "random UUIDs",
+            RequestIds::Ordered => "ordered",
+        };
+        writeln!(f, "database: {}; request ids: {ids}", self.dialect)?;
         writeln!(
             f,
             "write: {} rows in {:.2} s = {:.0} rows/s (dropped {})",
@@ -75,7 +94,22 @@ impl fmt::Display for BenchReport {
     }
 }
 
-fn record(rng: &mut SmallRng, i: usize, ts: i64) -> Box<ValidRecord> {
+/// A random (version 4) UUID, as gateways give their requests: ids arrive in no order, so the
+/// unique index takes each at a random place, as it would in production.
+fn uuid_v4(rng: &mut SmallRng) -> CompactString {
+    let v: u128 = rng.random();
+    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    format_compact!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        v >> 96,
+        (v >> 80) & 0xffff,
+        (v >> 64) & 0xffff,
+        (v >> 48) & 0xffff,
+        v & 0xffff_ffff_ffff
+    )
+}
+
+fn record(rng: &mut SmallRng, ids: RequestIds, i: usize, ts: i64) -> Box<ValidRecord> {
     const MODELS: [(&str, &str); 4] = [
         ("anthropic", "claude-sonnet-4-5"),
         ("anthropic", "claude-haiku-4-5"),
@@ -95,7 +129,10 @@ fn record(rng: &mut SmallRng, i: usize, ts: i64) -> Box<ValidRecord> {
         rng.random_range(1..3)
     };
     Box::new(ValidRecord {
-        request_id: Some(RequestId(format_compact!("bench-{ts}-{i}"))),
+        request_id: Some(RequestId(match ids {
+            RequestIds::Random => uuid_v4(rng),
+            RequestIds::Ordered => format_compact!("bench-{ts}-{i}"),
+        })),
         timestamp_ms: ts,
         namespace: "bench".into(),
         instance: Some("gw-1".into()),
@@ -176,7 +213,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
             let end = (start + SUBMIT).min(done + n);
             batches.push(
                 (start..end)
-                    .map(|i| record(&mut rng, i, start_ts + i as i64 * 10))
+                    .map(|i| record(&mut rng, args.ids, i, start_ts + i as i64 * 10))
                     .collect::<Vec<_>>(),
             );
         }
@@ -236,6 +273,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     log.close().await;
     Ok(BenchReport {
         dialect: log.dialect(),
+        ids: args.ids,
         rows: args.rows,
         write_time,
         dropped,

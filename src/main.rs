@@ -100,6 +100,9 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The rows' request ids: random UUIDs, or ids that grow with time
+        #[arg(long, value_enum, default_value_t = gatemeter::logbench::RequestIds::Random)]
+        ids: gatemeter::logbench::RequestIds,
     },
 }
 
@@ -268,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_rows,
             write_concurrency,
             seed,
+            ids,
         } => {
             use gatemeter::store::sql::{SqlBackend, SqlConfig};
             let backend = match (sqlite, database_url) {
@@ -289,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 rows,
                 seed,
+                ids,
             };
             print!("{}", gatemeter::logbench::run(&args).await?);
             Ok(())

@@ -102,3 +102,60 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     // With no config the request log is a SQLite file in the data directory.
     assert!(data.path().join("requests.db").exists());
 }
+
+/// `bench-log` writes its rows with random UUIDs by default (what gateways send; the unique
+/// index pays for their disorder) and with ids that grow with time on request.
+#[tokio::test]
+async fn bench_log_writes_random_or_ordered_request_ids() {
+    use sqlx::Connection;
+    for (flag, label) in [(None, "random UUIDs"), (Some("ordered"), "ordered")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("bench.db");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["bench-log", "--rows", "3000", "--sqlite"])
+            .arg(&db);
+        if let Some(f) = flag {
+            cmd.args(["--ids", f]);
+        }
+        let out = cmd.output().expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            stdout.contains(&format!("request ids: {label}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("write: 3000 rows") && stdout.contains("(dropped 0)"),
+            "{stdout}"
+        );
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("connect");
+        let ids: Vec<(String,)> =
+            sqlx::query_as("SELECT request_id FROM request_log ORDER BY ts_ms")
+                .fetch_all(&mut c)
+                .await
+                .expect("ids");
+        let ids: Vec<String> = ids.into_iter().map(|(i,)| i).collect();
+        assert_eq!(ids.len(), 3000);
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 3000);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        if flag.is_none() {
+            for id in &ids {
+                let b = id.as_bytes();
+                assert!(
+                    b.len() == 36
+                        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+                        && b[14] == b'4'
+                        && matches!(b[19], b'8' | b'9' | b'a' | b'b'),
+                    "not a version 4 UUID: {id}"
+                );
+            }
+            assert_ne!(ids, sorted, "random ids come in no order");
+        } else {
+            assert_eq!(ids, sorted, "ordered ids grow with time");
+        }
+    }
+}
