@@ -60,9 +60,9 @@ rm -f "$svc_dir"/bench.db*
 sync
 echo "== PostgreSQL ($rows rows)"
 ordered_url="${GATEMETER_TEST_DATABASE_URL%/*}/ordered"
-psql -q "$GATEMETER_TEST_DATABASE_URL" -c 'CREATE DATABASE ordered'
+"$(pg_bin)/psql" -q "$GATEMETER_TEST_DATABASE_URL" -c 'CREATE DATABASE ordered'
 "$bin" bench-log --database-url "$ordered_url" --rows "$rows" --ids ordered | sed -n 's/^write/write (ordered ids)/p'
-psql -q "$GATEMETER_TEST_DATABASE_URL" -c 'DROP DATABASE ordered'
+"$(pg_bin)/psql" -q "$GATEMETER_TEST_DATABASE_URL" -c 'DROP DATABASE ordered'
 "$bin" bench-log --database-url "$GATEMETER_TEST_DATABASE_URL" --rows "$rows"
 export_once "  kind: postgres
   url: $GATEMETER_TEST_DATABASE_URL"

@@ -109,7 +109,15 @@ fn uuid_v4(rng: &mut SmallRng) -> CompactString {
     )
 }
 
-fn record(rng: &mut SmallRng, ids: RequestIds, i: usize, ts: i64) -> Box<ValidRecord> {
+/// Row `i` of the benchmark: its fields from `rng`, its random id (if any) from `id_rng`, so
+/// that both kinds of id write the same users, keys, sessions and statuses.
+fn record(
+    rng: &mut SmallRng,
+    id_rng: &mut SmallRng,
+    ids: RequestIds,
+    i: usize,
+    ts: i64,
+) -> Box<ValidRecord> {
     const MODELS: [(&str, &str); 4] = [
         ("anthropic", "claude-sonnet-4-5"),
         ("anthropic", "claude-haiku-4-5"),
@@ -130,7 +138,7 @@ fn record(rng: &mut SmallRng, ids: RequestIds, i: usize, ts: i64) -> Box<ValidRe
     };
     Box::new(ValidRecord {
         request_id: Some(RequestId(match ids {
-            RequestIds::Random => uuid_v4(rng),
+            RequestIds::Random => uuid_v4(id_rng),
             RequestIds::Ordered => format_compact!("bench-{ts}-{i}"),
         })),
         timestamp_ms: ts,
@@ -201,7 +209,22 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     cfg.retention_days = 0;
     let health = Arc::new(Health::new(1));
     let log = SqlLog::open(&cfg, health.clone()).await?;
+    // Rows already there would make the figures wrong: ids repeated from an earlier run (same
+    // seed) would be skipped as repeats and still timed as written.
+    if !log
+        .page(&LogFilter::default(), None, 1)
+        .await?
+        .items
+        .is_empty()
+    {
+        return Err(StoreError::Unavailable {
+            store: "request log",
+            message: "it is not empty: bench-log needs an empty database".into(),
+        });
+    }
     let mut rng = SmallRng::seed_from_u64(args.seed);
+    // Ids of their own stream, seeded apart from the rest.
+    let mut id_rng = SmallRng::seed_from_u64(args.seed ^ 0x05ee_d1d5);
     // One row every 10 ms, ending now: a million rows span about three hours.
     let start_ts = crate::pipeline::now_ms() - args.rows as i64 * 10;
     let mut write_time = Duration::ZERO;
@@ -213,7 +236,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
             let end = (start + SUBMIT).min(done + n);
             batches.push(
                 (start..end)
-                    .map(|i| record(&mut rng, args.ids, i, start_ts + i as i64 * 10))
+                    .map(|i| record(&mut rng, &mut id_rng, args.ids, i, start_ts + i as i64 * 10))
                     .collect::<Vec<_>>(),
             );
         }

@@ -11,10 +11,16 @@
 -- before. The user filter keeps its ordered (user_ref, ts_ms, id) B-tree: every query of a user
 -- token carries it, and a page must cost the same however many rows the user has.
 --
--- btree_gin ships with PostgreSQL (contrib) and is a trusted extension: the owner of the
--- database, or any role with CREATE on it, may create it. Where it cannot be created (contrib
--- not installed, no privilege), the B-trees stay: every query gives the same answers, only
--- writes are slower, and a warning says why.
+-- btree_gin ships with PostgreSQL (contrib) and is a trusted extension from PostgreSQL 13 on:
+-- the owner of the database, or any role with CREATE on it, may create it. Where it cannot be
+-- created (contrib not installed: feature_not_supported on PostgreSQL 15, undefined_file on
+-- some others; no privilege: insufficient_privilege), the B-trees stay: every query gives the
+-- same answers, only writes are slower. A warning says so here, and gatemeter warns again at
+-- every start while the GIN index is missing.
+--
+-- The GIN index is built before the B-trees are dropped: the build holds a SHARE lock, which
+-- lets reads go on (writes wait), and the ACCESS EXCLUSIVE lock of DROP INDEX is then held
+-- only from the drop to the commit.
 DO $$
 BEGIN
     CREATE EXTENSION IF NOT EXISTS btree_gin;
@@ -26,9 +32,10 @@ $$;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gin') THEN
-        DROP INDEX request_log_key, request_log_provider, request_log_model, request_log_session;
-        CREATE INDEX request_log_filters ON request_log
+        CREATE INDEX IF NOT EXISTS request_log_filters ON request_log
             USING gin (key_name, provider, model, session_id);
+        DROP INDEX IF EXISTS request_log_key, request_log_provider, request_log_model,
+            request_log_session;
     END IF;
 END
 $$;

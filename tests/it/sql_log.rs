@@ -1348,10 +1348,25 @@ async fn filters_find_exactly_their_rows(log: &SqlLog) {
 }
 
 /// On PostgreSQL the key, provider, model and session filters share one GIN index (migration
-/// 0004): the test server has btree_gin, so this is the index every PostgreSQL test here uses.
+/// 0004): the test server has btree_gin. The log is opened with sequential scans off, as a
+/// large table would be planned: the 40 rows of the check are then found through the indexes,
+/// the GIN index among them (EXPLAIN shows it), not by reading the whole table.
 #[tokio::test]
 async fn postgres_filters_share_one_gin_index() {
-    let (log, _dir, url) = open_log_with(Db::Postgres, 1000, Arc::new(Health::new(1))).await;
+    let url = fresh_postgres().await;
+    let no_seqscan = format!("{url}?options=-c%20enable_seqscan%3Doff");
+    let cfg = SqlConfig {
+        backend: SqlBackend::Postgres {
+            url: no_seqscan.clone(),
+        },
+        queue_capacity: 1000,
+        batch_rows: 1000,
+        write_concurrency: 2,
+        retention_days: 0,
+    };
+    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("log opens");
     let names = pg_indexes(&url).await;
     assert!(
         names.contains(&("request_log_filters".into(), "gin".into())),
@@ -1369,6 +1384,48 @@ async fn postgres_filters_share_one_gin_index() {
         );
     }
     filters_find_exactly_their_rows(&log).await;
+    let mut c = sqlx::PgConnection::connect(&no_seqscan)
+        .await
+        .expect("connect");
+    for filter in [
+        "session_id = 's3'",
+        "key_name = 'key-1'",
+        "model = 'gpt-4o' AND session_id = 's0'",
+    ] {
+        let plan: Vec<(String,)> = sqlx::query_as(&format!(
+            "EXPLAIN SELECT id FROM request_log WHERE {filter} ORDER BY ts_ms DESC, id DESC LIMIT 3"
+        ))
+        .fetch_all(&mut c)
+        .await
+        .expect("explain");
+        let plan: Vec<String> = plan.into_iter().map(|(l,)| l).collect();
+        assert!(
+            plan.iter().any(|l| l.contains("request_log_filters")),
+            "{filter}: {plan:#?}"
+        );
+    }
+}
+
+/// `bench-log` refuses a log that already has rows: an earlier run's ids (same seed) would be
+/// skipped as repeats and still be timed as written.
+#[tokio::test]
+async fn bench_log_refuses_a_log_that_is_not_empty() {
+    let url = fresh_postgres().await;
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatemeter"))
+            .args(["bench-log", "--rows", "500", "--database-url", &url])
+            .output()
+            .expect("runs")
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("write: 500 rows"));
+    let second = run();
+    assert!(!second.status.success(), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("not empty"),
+        "{second:?}"
+    );
 }
 
 /// A role that may not create extensions (no CREATE on its database): migration 0004 keeps the
