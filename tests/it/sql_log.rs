@@ -1238,6 +1238,31 @@ async fn sqlite_export_fails_at_a_value_that_is_not_utf8() {
     assert_eq!(parse_csv(&body).len(), 1 + 1500);
 }
 
+/// The B-trees of the key, provider, model and session filters (migration 0003), which
+/// migration 0004 replaces with one GIN index where it can.
+const FILTER_BTREES: [&str; 4] = [
+    "request_log_key",
+    "request_log_provider",
+    "request_log_model",
+    "request_log_session",
+];
+
+/// A fresh log's writer and readers on the PostgreSQL database at `url`.
+async fn open_postgres_log(url: &str) -> SqlLog {
+    let cfg = SqlConfig {
+        backend: SqlBackend::Postgres {
+            url: url.to_string(),
+        },
+        queue_capacity: 1000,
+        batch_rows: 1000,
+        write_concurrency: 2,
+        retention_days: 0,
+    };
+    SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("log opens")
+}
+
 /// request_log's indexes in the PostgreSQL database at `url`: (name, access method), by name.
 async fn pg_indexes(url: &str) -> Vec<(String, String)> {
     let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
@@ -1355,29 +1380,13 @@ async fn filters_find_exactly_their_rows(log: &SqlLog) {
 async fn postgres_filters_share_one_gin_index() {
     let url = fresh_postgres().await;
     let no_seqscan = format!("{url}?options=-c%20enable_seqscan%3Doff");
-    let cfg = SqlConfig {
-        backend: SqlBackend::Postgres {
-            url: no_seqscan.clone(),
-        },
-        queue_capacity: 1000,
-        batch_rows: 1000,
-        write_concurrency: 2,
-        retention_days: 0,
-    };
-    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
-        .await
-        .expect("log opens");
+    let log = open_postgres_log(&no_seqscan).await;
     let names = pg_indexes(&url).await;
     assert!(
         names.contains(&("request_log_filters".into(), "gin".into())),
         "{names:?}"
     );
-    for gone in [
-        "request_log_key",
-        "request_log_provider",
-        "request_log_model",
-        "request_log_session",
-    ] {
+    for gone in FILTER_BTREES {
         assert!(
             !names.iter().any(|(n, _)| n == gone),
             "{gone} still there: {names:?}"
@@ -1444,25 +1453,9 @@ async fn postgres_without_btree_gin_keeps_the_btrees() {
     let (base, db) = url.rsplit_once('/').expect("url");
     let host = base.rsplit_once('@').expect("user@host").1;
     let limited = format!("postgres://{role}@{host}/{db}");
-    let cfg = SqlConfig {
-        backend: SqlBackend::Postgres {
-            url: limited.clone(),
-        },
-        queue_capacity: 1000,
-        batch_rows: 1000,
-        write_concurrency: 2,
-        retention_days: 0,
-    };
-    let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
-        .await
-        .expect("log opens");
+    let log = open_postgres_log(&limited).await;
     let names = pg_indexes(&url).await;
-    for kept in [
-        "request_log_key",
-        "request_log_provider",
-        "request_log_model",
-        "request_log_session",
-    ] {
+    for kept in FILTER_BTREES {
         assert!(
             names.contains(&(kept.into(), "btree".into())),
             "{kept} missing: {names:?}"
