@@ -25,7 +25,8 @@ use sqlx::{Connection, QueryBuilder};
 use tokio::sync::mpsc;
 
 use super::query::{
-    ExportEnd, Exported, LogFilter, Param, RowEncoder, USAGE_COLUMNS, UsageRow, filter_terms,
+    ExportEnd, Exported, LogFilter, Param, RowEncoder, USAGE_COLUMN_COUNT, USAGE_COLUMNS,
+    USAGE_TEXT_COLUMNS, UsageRow, filter_terms,
 };
 
 /// The two statements of an export: the query binding every value (the limit's too) to a
@@ -116,10 +117,9 @@ async fn copy_rows<E: RowEncoder>(
 }
 
 /// Columns of `SELECT USAGE_COLUMNS`.
-const COLUMNS: usize = 17;
-
-/// Indexes of the text columns of `SELECT USAGE_COLUMNS`; the others are `bigint`.
-const TEXT_COLUMNS: [usize; 7] = [1, 2, 3, 4, 5, 6, 15];
+const COLUMNS: usize = USAGE_COLUMN_COUNT;
+/// Indexes of its text columns; the others are `bigint`.
+const TEXT_COLUMNS: [usize; 7] = USAGE_TEXT_COLUMNS;
 
 /// Reads rows of COPY's text format; keeps a scratch buffer for values with escapes.
 #[derive(Debug, Default)]

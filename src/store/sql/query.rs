@@ -202,6 +202,13 @@ pub(crate) const USAGE_COLUMNS: &str = "ts_ms, user_ref, COALESCE(key_name, key_
     original_model, endpoint, status, input_tokens, output_tokens, cache_write_5m_tokens, \
     cache_write_1h_tokens, cache_read_tokens, cost_micros, duration_ms, session_id, retry_count";
 
+/// How many columns [`USAGE_COLUMNS`] has.
+pub(super) const USAGE_COLUMN_COUNT: usize = 17;
+/// The text columns of [`USAGE_COLUMNS`] (0-based); all the others are integers.
+pub(super) const USAGE_TEXT_COLUMNS: [usize; 7] = [1, 2, 3, 4, 5, 6, 15];
+/// The integer columns of [`USAGE_COLUMNS`] (0-based).
+pub(super) const USAGE_INT_COLUMNS: [usize; 10] = [0, 7, 8, 9, 10, 11, 12, 13, 14, 16];
+
 /// What a usage export does with its rows: encodes each one and, when a chunk of output is
 /// full, hands it back to be sent. Runs on the thread that reads the rows (a blocking thread
 /// for SQLite), so it must not block or await.

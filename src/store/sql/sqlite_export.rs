@@ -23,7 +23,8 @@ use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
 use super::query::{
-    ExportEnd, Exported, LogFilter, Param, RowEncoder, USAGE_COLUMNS, UsageRow, filter_terms,
+    ExportEnd, Exported, LogFilter, Param, RowEncoder, USAGE_COLUMN_COUNT, USAGE_COLUMNS,
+    USAGE_INT_COLUMNS, USAGE_TEXT_COLUMNS, UsageRow, filter_terms,
 };
 use super::sqlite_raw::{Statement, with_handle};
 use crate::store::StoreError;
@@ -107,10 +108,23 @@ const BATCH_ROWS: usize = 256;
 /// Batches filled and not yet encoded, at most.
 const BATCHES_QUEUED: usize = 2;
 
-/// The text columns of `SELECT USAGE_COLUMNS` ([`UsageRow`]'s field order).
-const TEXT_COLUMNS: [c_int; 7] = [1, 2, 3, 4, 5, 6, 15];
+/// The text columns of `SELECT USAGE_COLUMNS` ([`UsageRow`]'s field order), as SQLite
+/// numbers them.
+const TEXT_COLUMNS: [c_int; 7] = columns(USAGE_TEXT_COLUMNS);
 /// Its integer columns.
-const INT_COLUMNS: [c_int; 10] = [0, 7, 8, 9, 10, 11, 12, 13, 14, 16];
+const INT_COLUMNS: [c_int; 10] = columns(USAGE_INT_COLUMNS);
+
+/// Column indexes as SQLite's C API takes them (all are below [`USAGE_COLUMN_COUNT`]).
+const fn columns<const N: usize>(cols: [usize; N]) -> [c_int; N] {
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        assert!(cols[i] < USAGE_COLUMN_COUNT);
+        out[i] = cols[i] as c_int;
+        i += 1;
+    }
+    out
+}
 
 /// Rows copied out of SQLite: every text value's bytes in one buffer.
 #[derive(Default)]
