@@ -131,12 +131,17 @@ async fn bench_log_writes_random_or_ordered_request_ids() {
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
             .await
             .expect("connect");
-        let ids: Vec<(String,)> =
-            sqlx::query_as("SELECT request_id FROM request_log ORDER BY ts_ms")
-                .fetch_all(&mut c)
-                .await
-                .expect("ids");
-        let ids: Vec<String> = ids.into_iter().map(|(i,)| i).collect();
+        // SQLite keeps a canonical UUID as its 16 bytes: read them as 32 hex digits.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT typeof(request_id), CASE WHEN typeof(request_id) = 'blob' \
+             THEN lower(hex(request_id)) ELSE request_id END FROM request_log ORDER BY ts_ms",
+        )
+        .fetch_all(&mut c)
+        .await
+        .expect("ids");
+        let kind = if flag.is_none() { "blob" } else { "text" };
+        assert!(rows.iter().all(|(k, _)| k == kind), "{:?}", rows.first());
+        let ids: Vec<String> = rows.into_iter().map(|(_, i)| i).collect();
         assert_eq!(ids.len(), 3000);
         let distinct: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), 3000);
@@ -146,10 +151,10 @@ async fn bench_log_writes_random_or_ordered_request_ids() {
             for id in &ids {
                 let b = id.as_bytes();
                 assert!(
-                    b.len() == 36
-                        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
-                        && b[14] == b'4'
-                        && matches!(b[19], b'8' | b'9' | b'a' | b'b'),
+                    b.len() == 32
+                        && b.iter().all(u8::is_ascii_hexdigit)
+                        && b[12] == b'4'
+                        && matches!(b[16], b'8' | b'9' | b'a' | b'b'),
                     "not a version 4 UUID: {id}"
                 );
             }

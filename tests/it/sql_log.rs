@@ -586,6 +586,17 @@ async fn open_log_with(
     (log, dir, url)
 }
 
+/// The `request_id` of every stored row (up to 1,000), newest first; "" for a row without one.
+async fn stored_ids(log: &SqlLog) -> Vec<String> {
+    log.page(&LogFilter::default(), None, 1000)
+        .await
+        .expect("page")
+        .items
+        .into_iter()
+        .map(|e| e.request_id.unwrap_or_default())
+        .collect()
+}
+
 /// A batch the database keeps refusing is retried, then dropped and counted — never silently.
 pub async fn store_counts_what_it_cannot_write(db: Db) {
     let health = Arc::new(Health::new(1));
@@ -641,15 +652,7 @@ pub async fn store_idempotent_bounded_and_purged(db: Db) {
     // 4 queued of 5: a batch of 2 does not fit and is refused at once.
     assert!(log.submit(vec![r("p", now), r("q", now)]).is_err());
     log.flush().await;
-    let page = log
-        .page(&LogFilter::default(), None, 100)
-        .await
-        .expect("page");
-    let got: Vec<_> = page
-        .items
-        .iter()
-        .map(|e| e.request_id.clone().unwrap_or_default())
-        .collect();
+    let got = stored_ids(&log).await;
     assert_eq!(got, ["z", "y", "x"], "x stored once");
     // Records without a request id are all kept.
     let anon =
@@ -670,6 +673,75 @@ pub async fn store_idempotent_bounded_and_purged(db: Db) {
         .expect("page");
     assert_eq!(page.items.len(), 3);
     assert!(page.items.iter().all(|e| e.timestamp_ms >= now - 3500));
+    log.close().await;
+}
+
+/// Request ids written as canonical UUIDs (which SQLite stores as their 16 bytes) come back as
+/// the same text, and stay unique across batches; an id in any other form (uppercase, no
+/// hyphens, braces) is a different id, kept as it came.
+pub async fn store_keeps_uuid_ids_exactly(db: Db) {
+    let (log, _dir, url) = open_log_with(db, 1000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::pipeline::now_ms();
+    let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
+    let ids = [
+        uuid.to_string(),
+        uuid.to_uppercase(),
+        uuid.replace('-', ""),
+        format!("{{{uuid}}}"),
+        "00000000-0000-0000-0000-000000000000".to_string(),
+        "ffffffff-ffff-ffff-ffff-ffffffffffff".to_string(),
+    ];
+    let row = |id: &str, i: usize| {
+        let mut r = valid(
+            json!({"timestamp": now - i as i64, "model": "m", "status": 200,
+                                 "duration_ms": 1}),
+        );
+        r.request_id = Some(gatemeter::record::RequestId(id.into()));
+        r
+    };
+    log.submit(ids.iter().enumerate().map(|(i, id)| row(id, i)).collect())
+        .expect("room");
+    log.flush().await;
+    // Every id again, in later batches: all are repeats.
+    log.submit(ids.iter().map(|id| row(id, 100)).collect())
+        .expect("room");
+    log.submit(vec![row(uuid, 200), row(&uuid.to_uppercase(), 200)])
+        .expect("room");
+    log.flush().await;
+
+    assert_eq!(
+        stored_ids(&log).await,
+        ids,
+        "each id once, as it came, newest first"
+    );
+    let newest = log
+        .page(&LogFilter::default(), None, 1)
+        .await
+        .expect("page");
+    let one = log
+        .get(newest.items[0].id, None)
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(one.request_id.as_deref(), Some(uuid));
+    if db == Db::Sqlite {
+        let mut c = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        let kinds: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT typeof(request_id), length(request_id) FROM request_log \
+             ORDER BY ts_ms DESC",
+        )
+        .fetch_all(&mut c)
+        .await
+        .expect("types");
+        let blob = |k: &(String, i64)| k.0 == "blob" && k.1 == 16;
+        assert_eq!(
+            kinds.iter().map(blob).collect::<Vec<_>>(),
+            [true, false, false, false, true, true],
+            "canonical UUIDs stored as 16 bytes: {kinds:?}"
+        );
+    }
     log.close().await;
 }
 
@@ -1205,6 +1277,7 @@ conformance!(
     store_idempotent_bounded_and_purged,
     store_counts_what_it_cannot_write,
     store_keeps_values_and_ids_exactly,
+    store_keeps_uuid_ids_exactly,
     retention_task_deletes_old_rows,
     shutdown_flushes_the_log,
     export_reads_raw_rows_and_stops_when_the_receiver_goes,

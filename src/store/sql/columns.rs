@@ -136,6 +136,35 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
     ]
 }
 
+/// Where `request_id` is in [`FIELDS`] and [`values`].
+pub(crate) const REQUEST_ID_FIELD: usize = 0;
+
+/// The 16 bytes of a request id written as a UUID in its canonical form (lowercase hex digits,
+/// hyphens after the 8th, 12th, 16th and 20th), which SQLite stores instead of the 36 characters.
+/// Only that form maps to bytes, so the mapping is one-to-one and undone exactly by the
+/// `SELECT` of the log's readers (`query.rs`): an uppercase or unhyphenated id stays text (a different id, as it
+/// always was), and a BLOB never equals a TEXT in SQLite, so no text id can meet a UUID's bytes
+/// in the unique index.
+pub(crate) fn uuid_bytes(id: &str) -> Option<[u8; 16]> {
+    let b = id.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 16];
+    let mut digits = b.iter().copied().filter(|&c| c != b'-');
+    for byte in &mut out {
+        let hi = nibble(digits.next()?)?;
+        let lo = nibble(digits.next()?)?;
+        *byte = hi << 4 | lo;
+    }
+    Some(out)
+}
+
 /// Unsigned counters as SQL BIGINT (validation keeps them far below `i64::MAX`).
 fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -174,5 +203,43 @@ mod tests {
         r.provider_chain.clear();
         provider_chain(&r, &mut chain);
         assert_eq!(chain, "[]");
+        assert_eq!(FIELDS[REQUEST_ID_FIELD].0, "request_id");
+        assert!(matches!(
+            values(&r, &chain)[REQUEST_ID_FIELD],
+            Value::Text(Some("r-1"))
+        ));
+    }
+
+    #[test]
+    fn only_canonical_uuids_become_bytes() {
+        let id = "0af76519-16cd-43dd-8448-eb211c80319c";
+        let bytes = uuid_bytes(id).expect("canonical");
+        assert_eq!(bytes[0], 0x0a);
+        assert_eq!(bytes[15], 0x9c);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, id.replace('-', ""));
+        assert_eq!(
+            uuid_bytes("ffffffff-ffff-ffff-ffff-ffffffffffff"),
+            Some([0xff; 16])
+        );
+        assert_eq!(
+            uuid_bytes("00000000-0000-0000-0000-000000000000"),
+            Some([0; 16])
+        );
+        for other in [
+            "0AF76519-16CD-43DD-8448-EB211C80319C",
+            "0af76519-16cd-43dd-8448-eb211c80319C",
+            "0af7651916cd43dd8448eb211c80319c",
+            "{0af76519-16cd-43dd-8448-eb211c80319c}",
+            "0af76519-16cd-43dd-8448-eb211c80319c ",
+            "0af76519-16cd-43dd-8448eeb211c80319c",
+            "0af76519-16cd-43dd-8448-eb211c80319",
+            "0af76519-16cd-43dd-8448-eb211c80319g",
+            "0af76519-16cd-43dd-8448-eb211c8031ü",
+            "------------------------------------",
+            "",
+        ] {
+            assert_eq!(uuid_bytes(other), None, "{other:?}");
+        }
     }
 }

@@ -292,11 +292,39 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
-const COLUMNS: &str = "id, request_id, ts_ms, namespace, instance, user_name, user_id, key_name, \
+/// The columns of a [`LogEntry`] after `id` and `request_id`.
+macro_rules! entry_columns_after_id {
+    () => {
+        "ts_ms, namespace, instance, user_name, user_id, key_name, \
     key_id, provider, model, original_model, endpoint, api_type, method, status, duration_ms, \
     ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
     cache_read_tokens, cost_micros, cost_source, session_id, retry_count, provider_chain, \
-    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id";
+    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id"
+    };
+}
+
+/// What a log page or a single entry selects, in each database's terms.
+pub(crate) trait EntryColumns {
+    /// The `SELECT` list that [`decode_entry`] reads.
+    const COLUMNS: &'static str;
+}
+
+impl EntryColumns for sqlx::Postgres {
+    const COLUMNS: &'static str = concat!("id, request_id, ", entry_columns_after_id!());
+}
+
+/// SQLite stores a request id written as a canonical UUID as its 16 bytes
+/// (`columns::uuid_bytes`); this gives it back as the lowercase text it came as, which the
+/// mapping requires it was. Other ids are text and are read as they are.
+impl EntryColumns for sqlx::Sqlite {
+    const COLUMNS: &'static str = concat!(
+        "id, CASE WHEN typeof(request_id) = 'blob' THEN lower(substr(hex(request_id), 1, 8) \
+         || '-' || substr(hex(request_id), 9, 4) || '-' || substr(hex(request_id), 13, 4) \
+         || '-' || substr(hex(request_id), 17, 4) || '-' || substr(hex(request_id), 21)) \
+         ELSE request_id END AS request_id, ",
+        entry_columns_after_id!()
+    );
+}
 
 /// A value a filter condition compares with (always bound, never spliced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +393,7 @@ macro_rules! push_filters {
     }};
 }
 
-/// Reads a [`LogEntry`] from a row of `SELECT COLUMNS`.
+/// Reads a [`LogEntry`] from a row of `SELECT` [`EntryColumns::COLUMNS`].
 macro_rules! decode_entry {
     ($row:expr) => {{
         let row = $row;
@@ -424,7 +452,7 @@ impl SqlLog {
     ) -> Result<LogPage, StoreError> {
         let limit = limit.max(1);
         let items: Vec<LogEntry> = dispatch!(self.backend(), pool, DB => {
-            let mut qb = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM request_log WHERE 1=1"));
+            let mut qb = QueryBuilder::<DB>::new(format!("SELECT {} FROM request_log WHERE 1=1", <DB as EntryColumns>::COLUMNS));
             push_filters!(qb, filter);
             if let Some(c) = cursor {
                 qb.push(" AND (ts_ms < ").push_bind(c.ts_ms);
@@ -457,7 +485,7 @@ impl SqlLog {
     /// One row by id; `user` restricts it to that user's rows (`None` for admins).
     pub async fn get(&self, id: i64, user: Option<&str>) -> Result<Option<LogEntry>, StoreError> {
         dispatch!(self.backend(), pool, DB => {
-            let mut qb = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM request_log WHERE id = "));
+            let mut qb = QueryBuilder::<DB>::new(format!("SELECT {} FROM request_log WHERE id = ", <DB as EntryColumns>::COLUMNS));
             qb.push_bind(id);
             if let Some(u) = user {
                 qb.push(" AND user_ref = ").push_bind(u.to_string());

@@ -191,6 +191,23 @@ impl Statement<'_> {
         self.check(rc)
     }
 
+    /// Binds a copy of `v` (`SQLITE_TRANSIENT`).
+    pub(super) fn bind_blob(&mut self, at: c_int, v: &[u8]) -> Result<(), String> {
+        let len = c_int::try_from(v.len()).map_err(|_| "bound blob too long".to_string())?;
+        // SAFETY: as in `bind_int`; `v` is valid for `len` bytes, and SQLITE_TRANSIENT makes
+        // SQLite copy it before returning.
+        let rc = unsafe {
+            ffi::sqlite3_bind_blob(
+                self.stmt.as_ptr(),
+                at,
+                v.as_ptr().cast(),
+                len,
+                ffi::SQLITE_TRANSIENT(),
+            )
+        };
+        self.check(rc)
+    }
+
     pub(super) fn bind_null(&mut self, at: c_int) -> Result<(), String> {
         // SAFETY: as in `bind_int`.
         let rc = unsafe { ffi::sqlite3_bind_null(self.stmt.as_ptr(), at) };
