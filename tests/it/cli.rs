@@ -38,14 +38,17 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 #[tokio::test]
 async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env("GATEMETER_DATA_DIR", data.path())
-        .env_remove("GATEMETER_DATABASE_URL")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut server = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env("GATEMETER_DATA_DIR", data.path())
+            .env_remove("GATEMETER_DATABASE_URL")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let child = &mut server.0;
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -91,6 +94,15 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     assert!(text.contains(
         "\nmodel_cost_usd_total{provider=\"anthropic\",model=\"claude-sonnet-4-5\"} 0.012345\n"
     ));
+    // Transparent huge pages are off for the server (src/main.rs: with them, mimalloc's 2 MiB
+    // pages kept a usage export's freed memory resident).
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("proc status");
+    assert!(
+        proc_status.contains("\nTHP_enabled:\t0\n"),
+        "THP_enabled line: {:?}",
+        proc_status.lines().find(|l| l.starts_with("THP_enabled"))
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -101,6 +113,17 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
     // With no config the request log is a SQLite file in the data directory.
     assert!(data.path().join("requests.db").exists());
+}
+
+/// A child process killed when the test ends, passed or failed (a failed assertion would
+/// otherwise leave the server running, holding the test harness's output pipes).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `bench-log` writes its rows with random UUIDs by default (what gateways send; the unique
