@@ -525,6 +525,136 @@ mod tests {
 
     use super::*;
 
+    /// Opens (and migrates) a log with small batches and queue, keeping every row.
+    async fn open_small_log(backend: SqlBackend) -> SqlLog {
+        let cfg = SqlConfig {
+            backend,
+            queue_capacity: 100,
+            batch_rows: 100,
+            write_concurrency: 1,
+            retention_days: 0,
+        };
+        SqlLog::open(&cfg, Arc::new(Health::new(1)))
+            .await
+            .expect("opens and migrates")
+    }
+
+    /// A row as the migrations before the latest ones left the table: request id, time,
+    /// model, key name and session id bound, the rest fixed.
+    const OLD_ROW: &str = "INSERT INTO request_log (request_id, ts_ms, namespace, provider, \
+         model, key_name, session_id, endpoint, api_type, method, status, duration_ms, \
+         input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
+         cache_read_tokens, cost_micros, cost_source, retry_count, provider_chain, is_streaming) \
+         VALUES ($1, $2, 'n', 'p', $3, $4, $5, '/e', 'claude', 'POST', 200, 1, 0, 0, 0, 0, 0, 0, \
+         'priced', 0, '[]', false)";
+
+    /// A PostgreSQL log that already holds rows when migration 0004 runs (the upgrade of a
+    /// running installation): every row is kept, the four B-trees are replaced by the GIN
+    /// index, and filtered pages and new writes work on the upgraded table.
+    #[tokio::test]
+    async fn migration_0004_upgrades_a_postgres_log_that_holds_rows() {
+        let url = std::env::var("GATEMETER_TEST_DATABASE_URL").expect(
+            "GATEMETER_TEST_DATABASE_URL is not set: run the tests through scripts/test.sh or \
+             scripts/with-services.sh (they start a throwaway PostgreSQL server)",
+        );
+        let name = format!("gm_unit_0004_{}", std::process::id());
+        let admin = PgPool::connect(&url).await.expect("connect");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&admin)
+            .await
+            .expect("drop");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create");
+        let url = format!("{}/{name}", url.rsplit_once('/').expect("a database").0);
+        let now = crate::pipeline::now_ms();
+        let keys = ["alpha", "beta", "gamma"];
+        {
+            let pool = PgPool::connect(&url).await.expect("connect");
+            Migrator::new(Embedded(&POSTGRES_MIGRATIONS[..3]))
+                .await
+                .expect("migrations")
+                .run(&pool)
+                .await
+                .expect("migrate to 0003");
+            for i in 0..300_i64 {
+                sqlx::query(OLD_ROW)
+                    .bind(format!("old-{i}"))
+                    .bind(now - 1_000 - i)
+                    .bind(if i % 2 == 0 { "m-even" } else { "m-odd" })
+                    .bind(keys[i as usize % 3])
+                    .bind(format!("s-{}", i % 7))
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+            pool.close().await;
+        }
+
+        let log = open_small_log(SqlBackend::Postgres { url }).await;
+        let Backend::Postgres(pool) = log.backend() else {
+            unreachable!("a PostgreSQL log")
+        };
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'request_log' \
+             AND indexname IN ('request_log_filters', 'request_log_key', \
+             'request_log_provider', 'request_log_model', 'request_log_session')",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("indexes");
+        assert_eq!(indexes, ["request_log_filters"]);
+
+        let mut r = crate::record::test_record(
+            r#"{"model": "m-even", "status": 200, "duration_ms": 1}"#,
+            now,
+        );
+        r.request_id = Some(crate::record::RequestId("new-1".into()));
+        r.key = Some("beta".into());
+        r.session_id = Some("s-3".into());
+        log.submit(vec![r]).expect("room");
+        log.flush().await;
+
+        let log = &log;
+        let ids = |filter: LogFilter| async move {
+            log.page(&filter, None, 1000)
+                .await
+                .expect("page")
+                .items
+                .into_iter()
+                .map(|e| e.request_id.expect("id"))
+                .collect::<Vec<_>>()
+        };
+        // Expected from the rows' own values, newest first.
+        let expect = |keep: &dyn Fn(i64) -> bool| {
+            (0..300_i64)
+                .filter(|&i| keep(i))
+                .map(|i| format!("old-{i}"))
+                .collect::<Vec<_>>()
+        };
+        let all = ids(LogFilter::default()).await;
+        assert_eq!(all.len(), 301);
+        assert_eq!(all[0], "new-1");
+        assert_eq!(all[1..], expect(&|_| true));
+        let by_key = ids(LogFilter {
+            key: Some("beta".into()),
+            ..LogFilter::default()
+        })
+        .await;
+        assert_eq!(by_key[0], "new-1");
+        assert_eq!(by_key[1..], expect(&|i| i % 3 == 1));
+        let by_model_and_session = ids(LogFilter {
+            model: Some("m-odd".into()),
+            session_id: Some("s-3".into()),
+            ..LogFilter::default()
+        })
+        .await;
+        assert_eq!(by_model_and_session, expect(&|i| i % 2 == 1 && i % 7 == 3));
+        log.close().await;
+        admin.close().await;
+    }
+
     /// A log written before migration 0003 (request ids all text) is converted on open: its
     /// canonical UUIDs become bytes, read back as the same text, and a UUID sent again is still
     /// a repeat; ids in other forms stay text.
@@ -552,34 +682,20 @@ mod tests {
                 .await
                 .expect("migrate to 0002");
             for (i, id) in [uuid, upper.as_str(), "r-1"].into_iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO request_log (request_id, ts_ms, namespace, provider, model, \
-                     endpoint, api_type, method, status, duration_ms, input_tokens, \
-                     output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
-                     cache_read_tokens, cost_micros, cost_source, retry_count, provider_chain, \
-                     is_streaming) \
-                     VALUES ($1, $2, 'n', 'p', 'm', '/e', 'claude', 'POST', 200, 1, 0, 0, 0, 0, \
-                     0, 0, 'priced', 0, '[]', false)",
-                )
-                .bind(id)
-                .bind(now - i as i64)
-                .execute(&pool)
-                .await
-                .expect("insert");
+                sqlx::query(OLD_ROW)
+                    .bind(id)
+                    .bind(now - i as i64)
+                    .bind("m")
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
             }
             pool.close().await;
         }
 
-        let cfg = SqlConfig {
-            backend: SqlBackend::Sqlite { path: path.clone() },
-            queue_capacity: 100,
-            batch_rows: 100,
-            write_concurrency: 1,
-            retention_days: 0,
-        };
-        let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
-            .await
-            .expect("opens and migrates");
+        let log = open_small_log(SqlBackend::Sqlite { path }).await;
         let again = |id: &str| {
             let mut r = crate::record::test_record(
                 r#"{"model": "m", "status": 200, "duration_ms": 1}"#,
