@@ -195,7 +195,12 @@ fn main() -> anyhow::Result<()> {
 /// it lives, so memory a usage export freed stayed in RSS: after 8 exports of 1,000,000 SQLite
 /// rows, peak RSS 35–58 MB with huge pages, 23–43 MB without (ARCHITECTURE.md, *Runtime and
 /// allocator*). Ingest throughput did not change beyond 1 %.
+///
+/// An operator who sets `MIMALLOC_ALLOW_THP` keeps mimalloc's own handling of it.
 fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes one integer argument (the rest must be 0), touches no
     // memory of ours and only sets a flag of this process (inherited by children).

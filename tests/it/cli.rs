@@ -44,6 +44,7 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
             .env("RUST_LOG", "info")
             .env("GATEMETER_DATA_DIR", data.path())
             .env_remove("GATEMETER_DATABASE_URL")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn"),
@@ -96,13 +97,16 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     ));
     // Transparent huge pages are off for the server (src/main.rs: with them, mimalloc's 2 MiB
     // pages kept a usage export's freed memory resident).
-    let proc_status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("proc status");
-    assert!(
-        proc_status.contains("\nTHP_enabled:\t0\n"),
-        "THP_enabled line: {:?}",
-        proc_status.lines().find(|l| l.starts_with("THP_enabled"))
-    );
+    #[cfg(target_os = "linux")]
+    {
+        let proc_status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("proc status");
+        assert!(
+            proc_status.contains("\nTHP_enabled:\t0\n"),
+            "THP_enabled line: {:?}",
+            proc_status.lines().find(|l| l.starts_with("THP_enabled"))
+        );
+    }
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
