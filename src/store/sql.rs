@@ -304,37 +304,33 @@ impl SqlLog {
                 // moves every UUID row to a random place in the unique index: 1,000,000 rows in
                 // 12 s with the default cache, 5 s with this one), closed afterwards so that
                 // its memory is freed.
-                let migrating = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts.clone().pragma("cache_size", SQLITE_WRITER_CACHE))
-                    .await
-                    .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))?;
+                let connect = |connections: u32, opts: SqliteConnectOptions| async move {
+                    SqlitePoolOptions::new()
+                        .max_connections(connections)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_with(opts)
+                        .await
+                        .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))
+                };
+                let migrating =
+                    connect(1, opts.clone().pragma("cache_size", SQLITE_WRITER_CACHE)).await?;
                 let m = Migrator::new(Embedded(SQLITE_MIGRATIONS))
                     .await
                     .map_err(unavailable)?;
                 m.run(&migrating).await.map_err(unavailable)?;
                 migrating.close().await;
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts.clone())
-                    .await
-                    .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))?;
+                let pool = connect(4, opts.clone()).await?;
                 // The writer's own connection: a large page cache keeps the hot index pages
                 // across batches (no spilling dirty pages mid-transaction, no re-reading), and
                 // the per-statement journal of multi-row inserts stays in memory. Readers keep
                 // the small default cache, so a long export's memory stays small.
-                let write_pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(
-                        opts.pragma("cache_size", SQLITE_WRITER_CACHE)
-                            .pragma("temp_store", "memory")
-                            .pragma("wal_autocheckpoint", SQLITE_WRITER_AUTOCHECKPOINT),
-                    )
-                    .await
-                    .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))?;
+                let write_pool = connect(
+                    1,
+                    opts.pragma("cache_size", SQLITE_WRITER_CACHE)
+                        .pragma("temp_store", "memory")
+                        .pragma("wal_autocheckpoint", SQLITE_WRITER_AUTOCHECKPOINT),
+                )
+                .await?;
                 tokio::spawn(checkpointer(pool.clone()));
                 (Backend::Sqlite(pool), Backend::Sqlite(write_pool), "sqlite")
             }
