@@ -17,6 +17,11 @@ use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::store::sql::{SqlBackend, SqlConfig};
 
+pub use crate::export::otlp_logs::OtlpExportConfig;
+pub use crate::ingest::native::IngestConfig;
+
+pub mod redis;
+
 /// Default listen address: OTLP/HTTP's port, loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4318";
 
@@ -72,7 +77,7 @@ struct RawConfig {
     pricing: RawPricing,
     otlp: RawOtlp,
     otlp_export: Option<RawOtlpExport>,
-    redis: crate::store::redis::RawRedisConfig,
+    redis: redis::RawRedisConfig,
     log_store: RawLogStore,
     auth: RawAuth,
 }
@@ -134,15 +139,6 @@ struct RawPrice {
     cache_read: Option<f64>,
 }
 
-/// Ingest limits of the native API.
-#[derive(Debug, Clone, Copy)]
-pub struct IngestConfig {
-    /// Largest body accepted, after decompression, in bytes.
-    pub max_body_bytes: usize,
-    /// Most records in one request.
-    pub max_records_per_request: usize,
-}
-
 /// The OTLP receiver's mapping and Claude Code state bounds (`otlp:`).
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
@@ -152,23 +148,6 @@ pub struct OtlpConfig {
     pub limits: crate::aggregate::claude_code::Limits,
     /// Batches waiting for the Claude Code task.
     pub queue_capacity: usize,
-}
-
-/// OTLP log export of request records (`otlp_export:`).
-#[derive(Debug, Clone)]
-pub struct OtlpExportConfig {
-    /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
-    pub endpoint: hyper::Uri,
-    /// Most records per export request.
-    pub batch_size: usize,
-    /// Longest wait before a partial batch is sent.
-    pub interval: Duration,
-    /// Most records waiting to be exported; beyond it they are dropped and counted.
-    pub queue_capacity: usize,
-    /// Time limit of one export request.
-    pub timeout: Duration,
-    /// Retries of one batch (on 429/502/503/504 or a connection failure) before it is dropped.
-    pub max_retries: u32,
 }
 
 /// Which live store holds the aggregates.

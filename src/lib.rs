@@ -28,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod claude_code;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod export;

@@ -226,7 +226,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     // Ids of their own stream, seeded apart from the rest.
     let mut id_rng = SmallRng::seed_from_u64(args.seed ^ 0x05ee_d1d5);
     // One row every 10 ms, ending now: a million rows span about three hours.
-    let start_ts = crate::pipeline::now_ms() - args.rows as i64 * 10;
+    let start_ts = crate::clock::now_ms() - args.rows as i64 * 10;
     let mut write_time = Duration::ZERO;
     let mut done = 0;
     while done < args.rows {

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{Aggregator, Limits, Outcome};
+use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
 use crate::record::Event;
 use crate::store::{FleetView, LiveStore, RequestLog};
@@ -62,13 +63,6 @@ pub struct Pipeline {
     health: Arc<Health>,
     store: Arc<dyn LiveStore>,
     capacity: usize,
-}
-
-/// Wall-clock time in epoch milliseconds (the only clock the pipeline reads).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Pipeline {

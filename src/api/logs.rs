@@ -247,7 +247,7 @@ pub async fn usage_csv(
     let p = params(q, &FILTER_PARAMS)?;
     let f = filter(&p, &who)?;
     let cap = api.export_max_rows;
-    let started = crate::pipeline::now_ms();
+    let started = crate::clock::now_ms();
     let truncated = api.log.more_than(&f, cap).await.map_err(store_error)?;
     let filters_json = serde_json::to_string(&f).unwrap_or_else(|_| "{}".into());
     // A few chunks in flight at most: the export waits for the client (constant memory).

@@ -46,10 +46,26 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::OtlpExportConfig;
 use crate::ingest::otlp::claude_code::GATEMETER_EVENT;
 use crate::record::{ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
+
+/// OTLP log export of request records (`otlp_export:`).
+#[derive(Debug, Clone)]
+pub struct OtlpExportConfig {
+    /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
+    pub endpoint: hyper::Uri,
+    /// Most records per export request.
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is sent.
+    pub interval: Duration,
+    /// Most records waiting to be exported; beyond it they are dropped and counted.
+    pub queue_capacity: usize,
+    /// Time limit of one export request.
+    pub timeout: Duration,
+    /// Retries of one batch (on 429/502/503/504 or a connection failure) before it is dropped.
+    pub max_retries: u32,
+}
 
 label_enum! {
     /// Why exported records were dropped (the `reason` label).

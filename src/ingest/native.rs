@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::api::ApiError;
-use crate::config::IngestConfig;
+use crate::clock::now_ms;
 use crate::health::{Health, RequestReject, Source};
-use crate::pipeline::{Overloaded, Pipeline, now_ms};
+use crate::pipeline::{Overloaded, Pipeline};
 use crate::price::PriceTable;
 use crate::record::{Event, RecordError, Validation, parse_array, parse_event};
 
@@ -35,6 +35,15 @@ pub struct NativeIngest {
     pub config: IngestConfig,
     /// Prices for records without a cost.
     pub prices: Arc<PriceTable>,
+}
+
+/// Ingest limits of the native API.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestConfig {
+    /// Largest body accepted, after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Most records in one request.
+    pub max_records_per_request: usize,
 }
 
 /// The answer to an ingest request (200, or 400 when nothing was valid).

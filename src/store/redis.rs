@@ -42,11 +42,11 @@ use self::codec::{HistScope, Keys, MINUTE_MS};
 use super::StoreError;
 use super::live::{FleetView, KeyCalls, LiveStore, WINDOWS, WindowView, utc_day, utc_month};
 use crate::aggregate::{Aggregates, Latencies, ScopeAgg, ScopeKey};
+use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
-use crate::pipeline::now_ms;
 use crate::record::Label;
 
-pub use settings::{RawRedisConfig, RedisConfig};
+pub use settings::{RedisConfig, redact_url};
 
 /// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
 /// whose number is not above it was applied already (its reply was lost) and is skipped.

@@ -17,6 +17,7 @@ pub mod query;
 mod sqlite_export;
 mod sqlite_insert;
 mod sqlite_raw;
+mod usage_export;
 mod writer;
 
 use std::borrow::Cow;
@@ -471,7 +472,7 @@ async fn retention(backend: Backend, days: u32) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let cutoff = crate::pipeline::now_ms() - i64::from(days) * 86_400_000;
+        let cutoff = crate::clock::now_ms() - i64::from(days) * 86_400_000;
         match purge_before(&backend, cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, days, "Request log retention: deleted old rows."),
@@ -575,7 +576,7 @@ mod tests {
             .await
             .expect("create");
         let url = format!("{}/{name}", url.rsplit_once('/').expect("a database").0);
-        let now = crate::pipeline::now_ms();
+        let now = crate::clock::now_ms();
         let keys = ["alpha", "beta", "gamma"];
         {
             let pool = PgPool::connect(&url).await.expect("connect");
@@ -671,7 +672,7 @@ mod tests {
         let path = dir.path().join("log.db");
         let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
         let upper = uuid.to_uppercase();
-        let now = crate::pipeline::now_ms();
+        let now = crate::clock::now_ms();
         {
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)

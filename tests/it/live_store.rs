@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatemeter::aggregate::{Aggregates, Aggregator, Limits, ScopeKey};
+use gatemeter::clock::now_ms;
 use gatemeter::config::Config;
 use gatemeter::health::Health;
-use gatemeter::pipeline::now_ms;
 use gatemeter::record::{Validation, parse_event};
 use gatemeter::store::{FleetView, LiveStore, MemoryStore, RedisStore};
 

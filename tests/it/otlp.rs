@@ -541,7 +541,7 @@ fn api_request(id: &str, model: Option<&str>) -> String {
 }
 
 fn chrono_now_ms() -> i64 {
-    gatemeter::pipeline::now_ms()
+    gatemeter::clock::now_ms()
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ async fn app(db: Db, extra: &str) -> TestApp {
 }
 
 fn base_ms() -> i64 {
-    gatemeter::pipeline::now_ms() - 3_600_000
+    gatemeter::clock::now_ms() - 3_600_000
 }
 
 /// POSTs records (as a JSON array) with a token; panics unless all were accepted.
@@ -362,7 +362,7 @@ pub async fn usage_csv_is_safe_and_exact(db: Db) {
     let h = resp.headers().clone();
     assert_eq!(h["content-type"], "text/csv; charset=utf-8");
     let cd = h["content-disposition"].to_str().expect("ascii");
-    let today = &usage_csv::format_time(gatemeter::pipeline::now_ms())[..10];
+    let today = &usage_csv::format_time(gatemeter::clock::now_ms())[..10];
     assert_eq!(cd, format!("attachment; filename=\"usage-{today}.csv\""));
     assert_eq!(h["x-gatemeter-truncated"], "false");
     let body = resp.bytes().await.expect("body");
@@ -543,7 +543,7 @@ pub async fn roles_force_the_user(db: Db) {
 fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
     let prices = PriceTable::default();
     let v = Validation {
-        now_ms: gatemeter::pipeline::now_ms(),
+        now_ms: gatemeter::clock::now_ms(),
         prices: &prices,
     };
     match parse_event(&json.to_string(), &v).expect("valid") {
@@ -620,7 +620,7 @@ pub async fn store_counts_what_it_cannot_write(db: Db) {
                 .expect("drop");
         }
     }
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let batch = (0..3)
         .map(|i| {
             valid(
@@ -639,7 +639,7 @@ pub async fn store_counts_what_it_cannot_write(db: Db) {
 /// The store itself: idempotent on request_id, bounded queue, retention purge.
 pub async fn store_idempotent_bounded_and_purged(db: Db) {
     let (log, _dir) = open_log(db, 5).await;
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let r = |id: &str, ts: i64| {
         valid(
             json!({"request_id": id, "timestamp": ts, "model": "m", "status": 200, "duration_ms": 1}),
@@ -681,7 +681,7 @@ pub async fn store_idempotent_bounded_and_purged(db: Db) {
 /// hyphens, braces) is a different id, kept as it came.
 pub async fn store_keeps_uuid_ids_exactly(db: Db) {
     let (log, _dir, url) = open_log_with(db, 1000, Arc::new(Health::new(1))).await;
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
     let ids = [
         uuid.to_string(),
@@ -768,7 +768,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
         .expect("log opens");
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let base = |id: Option<&str>, ts: i64| {
         let mut r = valid(json!({"timestamp": now, "model": "m", "status": 200, "duration_ms": 1}));
         r.request_id = id.map(|i| gatemeter::record::RequestId(i.into()));
@@ -909,7 +909,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
 /// hourly).
 pub async fn retention_task_deletes_old_rows(db: Db) {
     let (log, _dir, url) = open_log_with(db, 100, Arc::new(Health::new(1))).await;
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let day = 86_400_000;
     let r = |id: &str, ts: i64| {
         valid(
@@ -1045,7 +1045,7 @@ async fn write_plain_rows(log: &SqlLog, n: i64, first_ms: i64) {
 /// disconnected) stops its query and frees its connection, again and again.
 pub async fn export_reads_raw_rows_and_stops_when_the_receiver_goes(db: Db) {
     let (log, _dir, url) = open_log_with(db, 20_000, Arc::new(Health::new(1))).await;
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     let hostile = match db {
         Db::Sqlite => "\t=x\0nul\r\n\"q\", ✓ 日本 \\ back",
         Db::Postgres => "\t=x\r\n\"q\", ✓ 日本 \\ back",
@@ -1289,7 +1289,7 @@ conformance!(
 #[tokio::test]
 async fn sqlite_export_fails_at_a_value_that_is_not_utf8() {
     let (log, _dir, url) = open_log_with(Db::Sqlite, 20_000, Arc::new(Health::new(1))).await;
-    let now = gatemeter::pipeline::now_ms();
+    let now = gatemeter::clock::now_ms();
     write_plain_rows(&log, 1500, now - 10_000).await;
     let mut c = sqlx::SqliteConnection::connect(&url)
         .await

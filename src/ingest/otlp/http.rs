@@ -281,7 +281,7 @@ impl OtlpIngest {
         req: &[super::scan::ResourceLogsRef<'_>],
     ) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
-            now_ms: crate::pipeline::now_ms(),
+            now_ms: crate::clock::now_ms(),
             prices: &self.prices,
         };
         let out = self.mapping.logs_view(req, &v);
@@ -367,7 +367,7 @@ mod tests {
     use crate::store::{Discard, MemoryStore};
 
     fn logs(ids: &[&str]) -> String {
-        let now_ns = crate::pipeline::now_ms() as u128 * 1_000_000;
+        let now_ns = crate::clock::now_ms() as u128 * 1_000_000;
         let records: Vec<String> = ids
             .iter()
             .map(|id| {

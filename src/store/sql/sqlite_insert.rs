@@ -111,7 +111,7 @@ mod tests {
     use super::*;
 
     fn record(json: Value) -> Box<ValidRecord> {
-        crate::record::test_record(&json.to_string(), crate::pipeline::now_ms())
+        crate::record::test_record(&json.to_string(), crate::clock::now_ms())
     }
 
     async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
