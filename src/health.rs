@@ -52,7 +52,7 @@ label_enum! {
         PendingFull = "pending_full",
         /// The request log's queue was full: counted but not logged.
         LogFull = "log_full",
-        /// Latency samples of a minute that left every window before the live store could take
+        /// Latency samples of a time slot that left every window before the live store could take
         /// it (Redis down); they remain in the since-start totals.
         LiveStoreExpired = "live_store_expired",
         /// The request log kept failing to write a batch (after retries): counted but not logged.

@@ -9,7 +9,7 @@
 //!   next batch.
 //! - What a batch writes: the writer's cumulative state blob (counters, tokens, cost and
 //!   since-start HDR histograms of every scope) in `gatemeter:state`, its blob of each changed
-//!   minute in `gatemeter:hist:{minute}` (expiring), its API key calls of the UTC day and month
+//!   time slot in `gatemeter:slot:{slot}` (expiring), its API key calls of the UTC day and month
 //!   — all overwrites, idempotent by nature — and the seed keys (`metrics:global:*`,
 //!   `metrics:ns:{ns}:*`) by `INCRBY`, plus the heartbeats (`metrics:instance:{id}:{ns}`,
 //!   `gatemeter:heartbeat:{id}`) with a TTL. Integers only; never `INCRBYFLOAT`.
@@ -18,7 +18,7 @@
 //!   returns that snapshot and never awaits Redis.
 //! - Redis absent, killed or hung: calls time out (`command_timeout`), the connection is
 //!   rebuilt with back-off, deltas keep accumulating in memory bounded by the series caps.
-//!   Minute histograms that leave every window before Redis takes them are dropped and counted
+//!   Slot histograms that leave every window before Redis takes them are dropped and counted
 //!   (`live_store_expired`); they stay in the since-start totals.
 //!
 //! Redis errors never leave this module.
@@ -38,9 +38,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use self::codec::{HistScope, Keys, MINUTE_MS};
+use self::codec::{HistScope, Keys};
 use super::StoreError;
-use super::live::{FleetView, KeyCalls, LiveStore, WINDOWS, WindowView, utc_day, utc_month};
+use super::live::{
+    FleetView, KeyCalls, LiveStore, SLOT_MS, WINDOWS, WindowView, utc_day, utc_month,
+};
 use crate::aggregate::{Aggregates, Latencies, ScopeAgg, ScopeKey};
 use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
@@ -81,18 +83,19 @@ const MARKER_TTL_SECS: u64 = 7 * 86_400;
 /// a Redis that lost its data (no persistence) gets the live writers' totals back.
 const STATE_REWRITE_FLUSHES: u64 = 30;
 
-/// Minute buckets kept in Redis and locally: the longest window plus the current minute.
-fn window_minutes() -> i64 {
-    WINDOWS[WINDOWS.len() - 1].1 / MINUTE_MS + 1
+/// Time slots kept in Redis: the longest window plus the current slot. The slots are the
+/// memory store's ([`SLOT_MS`]), so both backends cut windows at the same edges.
+fn window_slots() -> i64 {
+    WINDOWS[WINDOWS.len() - 1].1 / SLOT_MS + 1
 }
 
-/// Cumulative histograms of one minute (this writer), and whether they changed since the
+/// Cumulative histograms of one time slot (this writer), and whether they changed since the
 /// last batch.
 #[derive(Default)]
-struct MinuteHist {
+struct SlotHist {
     scopes: HashMap<HistScope, Latencies>,
     dirty: bool,
-    /// Records added since this minute was last frozen into a batch.
+    /// Records added since this slot was last frozen into a batch.
     unsent: u64,
 }
 
@@ -115,7 +118,7 @@ struct Local {
     /// Everything this writer counted since it started (counters and histograms).
     state: Aggregates,
     dirty: bool,
-    minutes: BTreeMap<i64, MinuteHist>,
+    slots: BTreeMap<i64, SlotHist>,
     keys: KeyPeriods,
     /// Namespaces seen by this instance (bounded by the namespace cap), for heartbeats.
     namespaces: BTreeSet<Label>,
@@ -276,11 +279,11 @@ impl LiveStore for RedisStore {
         if deltas.is_empty() {
             return;
         }
-        let minute = now_ms.div_euclid(MINUTE_MS);
+        let slot = now_ms.div_euclid(SLOT_MS);
         let (day, month) = (utc_day(now_ms), utc_month(now_ms));
         let mut l = lock(&self.shared.local);
         let l = &mut *l;
-        let m = l.minutes.entry(minute).or_default();
+        let m = l.slots.entry(slot).or_default();
         m.unsent += deltas.global.requests;
         for (scope, lat) in scopes_of(&deltas) {
             if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
@@ -360,7 +363,7 @@ struct Frozen {
     seed: Aggregates,
     last_request_ms: i64,
     state: Option<Vec<u8>>,
-    minutes: Vec<(i64, Vec<u8>)>,
+    slots: Vec<(i64, Vec<u8>)>,
     keys: Option<(i64, Vec<u8>, i64, Vec<u8>)>,
     namespaces: Vec<Label>,
     ns_requests: HashMap<Label, u64>,
@@ -369,24 +372,29 @@ struct Frozen {
 fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
     let mut l = lock(&shared.local);
     let l = &mut *l;
-    // Minutes that left every window are dropped; records not yet sent in them are counted.
-    let oldest = now.div_euclid(MINUTE_MS) - window_minutes() + 1;
-    let kept = l.minutes.split_off(&oldest);
-    let expired = std::mem::replace(&mut l.minutes, kept);
+    // Slots that left every window are dropped; records not yet sent in them are counted.
+    let oldest = now.div_euclid(SLOT_MS) - window_slots() + 1;
+    let kept = l.slots.split_off(&oldest);
+    let expired = std::mem::replace(&mut l.slots, kept);
     let lost: u64 = expired.values().map(|m| m.unsent).sum();
     if lost > 0 {
         shared.health.dropped(DropReason::LiveStoreExpired, lost);
     }
-    let minutes = l
-        .minutes
+    let slots = l
+        .slots
         .iter_mut()
         .filter(|(_, m)| m.dirty)
-        .map(|(minute, m)| {
+        .map(|(slot, m)| {
             m.dirty = false;
             m.unsent = 0;
-            (*minute, codec::encode_minute(&m.scopes))
+            (*slot, codec::encode_slot(&m.scopes))
         })
         .collect();
+    // Redis holds every sent slot. `apply` files deltas under the time its caller has just
+    // read, so a slot two behind the current one takes no more; only the last two are kept
+    // here (a fresh entry for an older one would overwrite the writer's whole blob).
+    let settled = now.div_euclid(SLOT_MS) - 1;
+    l.slots = l.slots.split_off(&settled);
     let dirty = std::mem::take(&mut l.dirty) || rewrite;
     let k = &l.keys;
     Frozen {
@@ -394,7 +402,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
         last_request_ms: std::mem::take(&mut l.last_request_ms),
         // A writer that counted nothing writes no blob (nothing to retire later either).
         state: (dirty && !l.state.is_empty()).then(|| codec::encode_state(&l.state)),
-        minutes,
+        slots,
         keys: (dirty && !k.this_month.is_empty()).then(|| {
             (
                 k.day,
@@ -424,9 +432,9 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     if let Some(blob) = &f.state {
         ops.hset(&keys.state(), writer, blob);
     }
-    let ttl = ((window_minutes() + 2) * MINUTE_MS / 1000).to_string();
-    for (minute, blob) in &f.minutes {
-        let key = keys.hist_minute(*minute);
+    let ttl = ((window_slots() + 2) * SLOT_MS / 1000).to_string();
+    for (slot, blob) in &f.slots {
+        let key = keys.hist_slot(*slot);
         ops.hset(&key, writer, blob);
         ops.op(&[b"E", key.as_bytes(), ttl.as_bytes()]);
     }
@@ -752,12 +760,12 @@ fn split_replies(v: Vec<redis::Value>) -> Result<Replies, StoreError> {
     Ok((state, retired, rest))
 }
 
-/// Reads the fleet view: every writer's state, the recent minutes, the API key periods.
+/// Reads the fleet view: every writer's state, the recent time slots, the API key periods.
 async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
-    let now_minute = now.div_euclid(MINUTE_MS);
-    let first = now_minute - window_minutes() + 1;
+    let now_slot = now.div_euclid(SLOT_MS);
+    let first = now_slot - window_slots() + 1;
     // MULTI/EXEC: a writer retiring between two reads would be counted twice or not at all.
     let mut pipe = redis::pipe();
     pipe.atomic();
@@ -765,16 +773,16 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
         .get(keys.retired())
         .hgetall(keys.key_calls_day(utc_day(now)))
         .hgetall(keys.key_calls_month(utc_month(now)));
-    for m in first..=now_minute {
-        pipe.hgetall(keys.hist_minute(m));
+    for m in first..=now_slot {
+        pipe.hgetall(keys.hist_slot(m));
     }
     let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
         .await
         .and_then(split_replies)?;
-    if replies.len() != 2 + (now_minute - first + 1) as usize {
+    if replies.len() != 2 + (now_slot - first + 1) as usize {
         return Err(unavailable("unexpected reply shape"));
     }
-    let minutes = replies.split_off(2);
+    let slots = replies.split_off(2);
     let mut totals = Aggregates::default();
     each_blob(&state, |b| codec::decode_state_into(b, &mut totals));
     if let Some(b) = &retired
@@ -807,11 +815,11 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
                 label,
                 ..WindowView::default()
             };
-            let from = (now - len).div_euclid(MINUTE_MS);
-            for (i, fields) in minutes.iter().enumerate() {
+            let from = (now - len).div_euclid(SLOT_MS);
+            for (i, fields) in slots.iter().enumerate() {
                 if first + (i as i64) >= from {
                     each_blob(fields, |b| {
-                        codec::decode_minute_into(b, &mut w.global, &mut w.scopes)
+                        codec::decode_slot_into(b, &mut w.global, &mut w.scopes)
                     });
                 }
             }

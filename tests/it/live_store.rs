@@ -13,6 +13,7 @@ use gatemeter::clock::now_ms;
 use gatemeter::config::Config;
 use gatemeter::health::Health;
 use gatemeter::record::{Validation, parse_event};
+use gatemeter::store::live::{SLOT_MS, WINDOWS};
 use gatemeter::store::{FleetView, LiveStore, MemoryStore, RedisStore};
 
 use crate::exact::{Gen, PRICED_CONFIG, exact_quantile, generate};
@@ -337,6 +338,57 @@ async fn concurrency_and_overflow(make: Make) {
     assert_eq!(over.requests, 2);
 }
 
+/// Deltas filed at the edges of the windows land in the same windows on every backend: the
+/// 1 m window holds the current slot and the six before it, the 5 m window the current slot
+/// and the thirty before it (`SLOT_MS` slots), and a slot just older is in neither.
+async fn windows_cut_at_the_same_edges(make: Make) {
+    let store = make().await;
+    // Start early in a slot, so the slot does not turn while the store settles.
+    while now_ms().rem_euclid(SLOT_MS) > SLOT_MS / 4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slot = now_ms().div_euclid(SLOT_MS);
+    let (one_m, five_m) = (WINDOWS[0].1 / SLOT_MS, WINDOWS[1].1 / SLOT_MS);
+    // (time filed, requests): oldest first, as time runs.
+    let filed = [
+        ((slot - five_m - 1) * SLOT_MS + SLOT_MS - 1, 1), // last ms before the 5 m window
+        ((slot - five_m) * SLOT_MS, 2),                   // first ms of the 5 m window
+        ((slot - one_m - 1) * SLOT_MS + SLOT_MS - 1, 4),  // last ms before the 1 m window
+        ((slot - one_m) * SLOT_MS, 8),                    // first ms of the 1 m window
+        (slot * SLOT_MS, 16),                             // the current slot
+    ];
+    let records = generate(31, 5);
+    let mut at = 0;
+    let mut total = 0;
+    for (ms, n) in filed {
+        let d = aggregate(&records[at..at + n], 1, Limits::default()).remove(0);
+        assert_eq!(d.global.requests, n as u64);
+        store.apply(d, ms);
+        at += n;
+        total += n as u64;
+    }
+    let v = settle(store.as_ref(), |v| {
+        v.totals.global.requests == total && v.windows[1].global.duration.count() >= 26
+    })
+    .await;
+    assert_eq!(
+        now_ms().div_euclid(SLOT_MS),
+        slot,
+        "the slot turned during the test"
+    );
+    let counts: Vec<(&str, u64)> = v
+        .windows
+        .iter()
+        .map(|w| (w.label, w.global.duration.count()))
+        .collect();
+    assert_eq!(
+        counts,
+        [("1m", 8 + 16), ("5m", 2 + 4 + 8 + 16)],
+        "{}",
+        store.name()
+    );
+}
+
 macro_rules! conformance {
     ($($backend:ident),*) => {$(
         mod $backend {
@@ -355,6 +407,10 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrency_and_overflow() {
                 super::concurrency_and_overflow(super::$backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn windows_cut_at_the_same_edges() {
+                super::windows_cut_at_the_same_edges(super::$backend).await
             }
         }
     )*};

@@ -11,9 +11,6 @@ use crate::aggregate::{Aggregates, Latencies, Latency, ScopeAgg, ScopeKey, Token
 use crate::catalog::GENAI_TOKEN_BUCKETS;
 use crate::record::Label;
 
-/// Length of one minute bucket of the windowed histograms, ms.
-pub const MINUTE_MS: i64 = 60_000;
-
 /// A histogram scope: `None` is the global scope.
 pub type HistScope = Option<ScopeKey>;
 
@@ -47,9 +44,10 @@ impl Keys {
         self.key("gatemeter:retired")
     }
 
-    /// Histogram blobs of one minute bucket, every writer.
-    pub fn hist_minute(&self, minute: i64) -> String {
-        self.key(&format!("gatemeter:hist:{minute}"))
+    /// Histogram blobs of one [`SLOT_MS`](crate::store::live::SLOT_MS) time slot (numbered
+    /// `epoch ms / SLOT_MS`), every writer.
+    pub fn hist_slot(&self, slot: i64) -> String {
+        self.key(&format!("gatemeter:slot:{slot}"))
     }
 
     /// A writer's idempotency marker: the number of its last applied flush batch.
@@ -355,8 +353,8 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
     Some(())
 }
 
-/// Encodes one minute's distributions of every scope.
-pub fn encode_minute(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
+/// Encodes one time slot's distributions of every scope.
+pub fn encode_slot(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
     let mut out = vec![BLOB_VERSION];
     put_varint(&mut out, scopes.len() as u64);
     for (scope, l) in scopes {
@@ -367,8 +365,8 @@ pub fn encode_minute(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
     out
 }
 
-/// Adds a minute blob's distributions: the global scope into `global`, the others into `scopes`.
-pub fn decode_minute_into(
+/// Adds a slot blob's distributions: the global scope into `global`, the others into `scopes`.
+pub fn decode_slot_into(
     b: &[u8],
     global: &mut Latencies,
     scopes: &mut HashMap<ScopeKey, Latencies>,
@@ -490,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn minute_and_count_blobs_round_trip() {
+    fn slot_and_count_blobs_round_trip() {
         let mut m = HashMap::new();
         let mut l = Latencies::default();
         for v in [1, 1, 7, 250, 9_999, 3_600_000] {
@@ -500,13 +498,13 @@ mod tests {
         m.insert(None, l.clone());
         m.insert(Some(ScopeKey::Provider("p".into())), l.clone());
         let (mut g, mut scopes) = (Latencies::default(), HashMap::new());
-        assert!(decode_minute_into(&encode_minute(&m), &mut g, &mut scopes));
+        assert!(decode_slot_into(&encode_slot(&m), &mut g, &mut scopes));
         assert_eq!(g.duration.to_pairs(), l.duration.to_pairs());
         assert_eq!(
             scopes[&ScopeKey::Provider("p".into())].ttfb.to_pairs(),
             l.ttfb.to_pairs()
         );
-        assert!(!decode_minute_into(&[1, 5], &mut g, &mut scopes));
+        assert!(!decode_slot_into(&[1, 5], &mut g, &mut scopes));
         let counts: HashMap<Label, u64> = [("k1".into(), 3), ("k|2".into(), 4)].into();
         let mut back = HashMap::new();
         assert!(decode_counts_into(&encode_counts(&counts), &mut back));
