@@ -109,7 +109,7 @@ impl App {
             diagnostics,
             export: export_stats,
         };
-        let mut router = router_with_otlp(config, pipeline.clone(), health, otlp);
+        let mut router = router(config, pipeline.clone(), health, otlp);
         if let Some(log) = sql {
             let api = LogApi {
                 log,
@@ -166,25 +166,10 @@ impl App {
     }
 }
 
-/// The HTTP routes, with a Claude Code task of its own (for `Router::oneshot` tests).
-pub fn router(config: &Config, pipeline: Pipeline, health: Arc<Health>) -> Router {
-    let diagnostics = Arc::new(Diagnostics::default());
-    let (claude_code, _task) = ClaudeCode::spawn(
-        config.otlp.limits,
-        config.otlp.queue_capacity,
-        diagnostics.clone(),
-    );
-    let otlp = OtlpSource {
-        claude_code,
-        diagnostics,
-        export: None,
-    };
-    router_with_otlp(config, pipeline, health, otlp)
-}
-
-/// The HTTP routes. OTLP paths under a prefix (`/some/prefix/v1/logs`) are rewritten to their
-/// canonical path before routing, so every layer on the ingest routes applies to them too.
-pub fn router_with_otlp(
+/// The HTTP routes. A path no route matches goes to the fallback, which serves OTLP paths
+/// under a prefix (`/some/prefix/v1/logs`) by handing them, rewritten to their canonical path,
+/// to the guarded ingest router, so every layer on the ingest routes applies to them too.
+pub fn router(
     config: &Config,
     pipeline: Pipeline,
     health: Arc<Health>,
