@@ -239,48 +239,83 @@ fn positive(key: &str, v: Option<usize>, default: usize, max: usize) -> Result<u
 
 impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let (listen_key, listen) = match env(ENV_LISTEN) {
-            Some(v) => (ENV_LISTEN, v),
-            None => (
-                "listen",
-                self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
-            ),
-        };
-        let listen: SocketAddr = listen.parse().map_err(|e| {
-            invalid(
-                listen_key,
-                format!("{listen:?} is not an address like 127.0.0.1:4318: {e}"),
-            )
-        })?;
+        // The order of the checks decides which error a file with several is told about.
+        let listen = listen(self.listen, env)?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
-        let live_store = match self.live_store.as_deref() {
-            _ if redis_url.is_some() => LiveStoreKind::Redis,
-            None | Some("memory") => LiveStoreKind::Memory,
-            Some("redis") => LiveStoreKind::Redis,
-            Some(other) => {
-                return Err(invalid(
-                    "live_store",
-                    format!("{other:?} is not a live store (memory, redis)"),
-                ));
-            }
-        };
+        let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
         let redis = self.redis.validate(redis_url, env)?;
+        let (ingest, pipeline) = self.ingest.validate(self.pipeline)?;
+        let prices = Arc::new(self.pricing.validate()?);
+        let otlp = self.otlp.validate()?;
+        let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
+        let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let auth = self.auth.validate(env)?;
+        Ok(Config {
+            listen,
+            live_store,
+            ingest,
+            pipeline,
+            prices,
+            otlp,
+            otlp_export,
+            redis,
+            log_store,
+            export_max_rows,
+            auth,
+        })
+    }
+}
 
+/// `listen`, or `GATEMETER_LISTEN` over it.
+fn listen(
+    raw: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SocketAddr, ConfigError> {
+    let (listen_key, listen) = match env(ENV_LISTEN) {
+        Some(v) => (ENV_LISTEN, v),
+        None => ("listen", raw.unwrap_or_else(|| DEFAULT_LISTEN.to_string())),
+    };
+    listen.parse().map_err(|e| {
+        invalid(
+            listen_key,
+            format!("{listen:?} is not an address like 127.0.0.1:4318: {e}"),
+        )
+    })
+}
+
+/// `live_store`: the file's choice, or Redis when `GATEMETER_REDIS_URL` is set.
+fn live_store(raw: Option<&str>, redis_url: Option<&str>) -> Result<LiveStoreKind, ConfigError> {
+    Ok(match raw {
+        _ if redis_url.is_some() => LiveStoreKind::Redis,
+        None | Some("memory") => LiveStoreKind::Memory,
+        Some("redis") => LiveStoreKind::Redis,
+        Some(other) => {
+            return Err(invalid(
+                "live_store",
+                format!("{other:?} is not a live store (memory, redis)"),
+            ));
+        }
+    })
+}
+
+impl RawIngest {
+    /// `ingest:` and `pipeline:`, which bound each other (a full-size batch must fit the queue).
+    fn validate(self, p: RawPipeline) -> Result<(IngestConfig, PipelineConfig), ConfigError> {
         let ingest = IngestConfig {
             max_body_bytes: positive(
                 "ingest.max_body_bytes",
-                self.ingest.max_body_bytes,
+                self.max_body_bytes,
                 8 << 20,
                 1 << 30,
             )?,
             max_records_per_request: positive(
                 "ingest.max_records_per_request",
-                self.ingest.max_records_per_request,
+                self.max_records_per_request,
                 10_000,
                 1_000_000,
             )?,
         };
-        let pending_timeout_secs = self.ingest.pending_timeout_secs.unwrap_or(600);
+        let pending_timeout_secs = self.pending_timeout_secs.unwrap_or(600);
         if pending_timeout_secs == 0 || pending_timeout_secs > 86_400 {
             return Err(invalid(
                 "ingest.pending_timeout_secs",
@@ -288,17 +323,12 @@ impl RawConfig {
             ));
         }
         let limits = Limits {
-            dedup_window: self.ingest.dedup_window.unwrap_or(200_000),
+            dedup_window: self.dedup_window.unwrap_or(200_000),
             pending_timeout_ms: pending_timeout_secs as i64 * 1000,
-            max_pending: positive(
-                "ingest.max_pending",
-                self.ingest.max_pending,
-                100_000,
-                10_000_000,
-            )?,
+            max_pending: positive("ingest.max_pending", self.max_pending, 100_000, 10_000_000)?,
             max_series_per_dimension: positive(
                 "pipeline.max_series_per_dimension",
-                self.pipeline.max_series_per_dimension,
+                p.max_series_per_dimension,
                 1000,
                 100_000,
             )?,
@@ -306,7 +336,7 @@ impl RawConfig {
         if limits.dedup_window > 10_000_000 {
             return Err(invalid("ingest.dedup_window", "at most 10000000 ids"));
         }
-        let flush_ms = self.pipeline.flush_interval_ms.unwrap_or(1000);
+        let flush_ms = p.flush_interval_ms.unwrap_or(1000);
         if !(10..=60_000).contains(&flush_ms) {
             return Err(invalid(
                 "pipeline.flush_interval_ms",
@@ -316,7 +346,7 @@ impl RawConfig {
         let pipeline = PipelineConfig {
             queue_capacity: positive(
                 "pipeline.queue_capacity",
-                self.pipeline.queue_capacity,
+                p.queue_capacity,
                 200_000,
                 100_000_000,
             )?,
@@ -333,8 +363,15 @@ impl RawConfig {
             ));
         }
 
+        Ok((ingest, pipeline))
+    }
+}
+
+impl RawPricing {
+    /// `pricing:` into the price table.
+    fn validate(self) -> Result<PriceTable, ConfigError> {
         let mut models = HashMap::new();
-        for (name, p) in self.pricing.models {
+        for (name, p) in self.models {
             let price = ModelPrice::from_usd_per_mtok(
                 p.input,
                 p.output,
@@ -345,93 +382,73 @@ impl RawConfig {
             .map_err(|m| invalid(format!("pricing.models.{name}"), m))?;
             models.insert(name, price);
         }
-        let prices = PriceTable::new(models, self.pricing.provider_multipliers)
-            .map_err(|m| invalid("pricing", m))?;
+        PriceTable::new(models, self.provider_multipliers).map_err(|m| invalid("pricing", m))
+    }
+}
 
-        let otlp = OtlpConfig {
+impl RawOtlp {
+    /// `otlp:`: the mapping of log records and points, and the Claude Code state's bounds.
+    fn validate(self) -> Result<OtlpConfig, ConfigError> {
+        Ok(OtlpConfig {
             mapping: crate::ingest::otlp::claude_code::Mapping {
-                namespace_attribute: self.otlp.namespace_attribute.filter(|a| !a.is_empty()),
-                label_allowlist: self.otlp.label_allowlist,
+                namespace_attribute: self.namespace_attribute.filter(|a| !a.is_empty()),
+                label_allowlist: self.label_allowlist,
             },
             limits: crate::aggregate::claude_code::Limits {
                 max_series_per_metric: positive(
                     "otlp.max_series_per_metric",
-                    self.otlp.max_series_per_metric,
+                    self.max_series_per_metric,
                     1000,
                     100_000,
                 )?,
-                max_streams: positive(
-                    "otlp.max_streams",
-                    self.otlp.max_streams,
-                    100_000,
-                    10_000_000,
-                )?,
-                max_tools: positive("otlp.max_tools", self.otlp.max_tools, 200, 10_000)?,
+                max_streams: positive("otlp.max_streams", self.max_streams, 100_000, 10_000_000)?,
+                max_tools: positive("otlp.max_tools", self.max_tools, 200, 10_000)?,
                 ..crate::aggregate::claude_code::Limits::default()
             },
-            queue_capacity: positive(
-                "otlp.queue_capacity",
-                self.otlp.queue_capacity,
-                1024,
-                1_000_000,
-            )?,
-        };
-        let otlp_export = match self.otlp_export {
-            None => None,
-            Some(x) => {
-                let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
-                    invalid(
-                        "otlp_export.endpoint",
-                        format!("{:?} is not a URL: {e}", x.endpoint),
-                    )
-                })?;
-                if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
-                    return Err(invalid(
-                        "otlp_export.endpoint",
-                        format!(
-                            "{:?} must be an http:// URL with a host (https is not supported yet)",
-                            x.endpoint
-                        ),
-                    ));
-                }
-                let ms = |key: &str, v: Option<u64>, default: u64| {
-                    let v = v.unwrap_or(default);
-                    if (1..=600_000).contains(&v) {
-                        Ok(Duration::from_millis(v))
-                    } else {
-                        Err(invalid(key, format!("{v} is not between 1 and 600000")))
-                    }
-                };
-                Some(OtlpExportConfig {
-                    endpoint,
-                    batch_size: positive("otlp_export.batch_size", x.batch_size, 512, 100_000)?,
-                    interval: ms("otlp_export.interval_ms", x.interval_ms, 1000)?,
-                    queue_capacity: positive(
-                        "otlp_export.queue_capacity",
-                        x.queue_capacity,
-                        100_000,
-                        100_000_000,
-                    )?,
-                    timeout: ms("otlp_export.timeout_ms", x.timeout_ms, 10_000)?,
-                    max_retries: x.max_retries.unwrap_or(5).min(100),
-                })
+            queue_capacity: positive("otlp.queue_capacity", self.queue_capacity, 1024, 1_000_000)?,
+        })
+    }
+}
+
+impl RawOtlpExport {
+    /// `otlp_export:`.
+    fn validate(self) -> Result<OtlpExportConfig, ConfigError> {
+        let x = self;
+        let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
+            invalid(
+                "otlp_export.endpoint",
+                format!("{:?} is not a URL: {e}", x.endpoint),
+            )
+        })?;
+        if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
+            return Err(invalid(
+                "otlp_export.endpoint",
+                format!(
+                    "{:?} must be an http:// URL with a host (https is not supported yet)",
+                    x.endpoint
+                ),
+            ));
+        }
+        let ms = |key: &str, v: Option<u64>, default: u64| {
+            let v = v.unwrap_or(default);
+            if (1..=600_000).contains(&v) {
+                Ok(Duration::from_millis(v))
+            } else {
+                Err(invalid(key, format!("{v} is not between 1 and 600000")))
             }
         };
-
-        let (log_store, export_max_rows) = self.log_store.validate(env)?;
-        let auth = self.auth.validate(env)?;
-        Ok(Config {
-            listen,
-            live_store,
-            ingest,
-            pipeline,
-            prices: Arc::new(prices),
-            otlp,
-            otlp_export,
-            redis,
-            log_store,
-            export_max_rows,
-            auth,
+        Ok(OtlpExportConfig {
+            endpoint,
+            batch_size: positive("otlp_export.batch_size", x.batch_size, 512, 100_000)?,
+            interval: ms("otlp_export.interval_ms", x.interval_ms, 1000)?,
+            queue_capacity: positive(
+                "otlp_export.queue_capacity",
+                x.queue_capacity,
+                100_000,
+                100_000_000,
+            )?,
+            timeout: ms("otlp_export.timeout_ms", x.timeout_ms, 10_000)?,
+            max_retries: x.max_retries.unwrap_or(5).min(100),
         })
     }
 }
