@@ -197,6 +197,7 @@ fn main() -> anyhow::Result<()> {
 /// allocator*). Ingest throughput did not change beyond 1 %.
 ///
 /// An operator who sets `MIMALLOC_ALLOW_THP` keeps mimalloc's own handling of it.
+#[allow(unsafe_code)] // Until the safe `nix` wrapper replaces this block (layout issue).
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;

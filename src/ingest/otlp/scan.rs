@@ -179,16 +179,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `b` as text if it is valid UTF-8. Attribute keys and most values are short ASCII strings:
-/// an inlined ASCII check settles those without a call into `core::str::from_utf8`.
+/// `b` as text if it is valid UTF-8 (`core::str::from_utf8` has its own ASCII fast path).
 #[inline(always)]
 fn utf8(b: &[u8]) -> Option<&str> {
-    if b.is_ascii() {
-        // SAFETY: every ASCII byte sequence is valid UTF-8.
-        Some(unsafe { std::str::from_utf8_unchecked(b) })
-    } else {
-        std::str::from_utf8(b).ok()
-    }
+    std::str::from_utf8(b).ok()
 }
 
 /// Checks the wire type of a known field (prost refuses a mismatch).

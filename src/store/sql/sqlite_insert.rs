@@ -15,7 +15,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
-use super::sqlite_raw::{Handle, Statement, with_handle};
+use super::sqlite_raw::{Bind, Handle, with_handle};
 use super::unavailable;
 use crate::record::ValidRecord;
 use crate::store::StoreError;
@@ -40,13 +40,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String
         let mut chain = String::new();
         for r in batch {
             columns::provider_chain(r, &mut chain);
-            // SAFETY: every text bound comes from `r` (in `batch`, which outlives the loop) or
-            // from `chain`, which is rewritten only after this row's step; each row binds every
-            // column anew.
-            unsafe { bind_row(&mut stmt, r, &chain) }?;
-            let stepped = stmt.step();
-            stmt.reset();
-            stepped?;
+            stmt.run_once(binds(r, &chain))?;
         }
         Ok(())
     })();
@@ -57,31 +51,21 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String
     result
 }
 
-/// Binds one record in the order of [`columns::FIELDS`]; a `request_id` written as a canonical
-/// UUID is bound as its 16 bytes ([`columns::uuid_bytes`]).
-///
-/// # Safety
-///
-/// `r` and `chain` must stay valid and unchanged until the statement's next step has run (the
-/// text is bound without a copy).
-unsafe fn bind_row(stmt: &mut Statement<'_>, r: &ValidRecord, chain: &str) -> Result<(), String> {
-    for (i, (field, v)) in (1..).zip(columns::values(r, chain).into_iter().enumerate()) {
-        if field == columns::REQUEST_ID_FIELD
-            && let Value::Text(Some(id)) = v
-            && let Some(bytes) = columns::uuid_bytes(id)
-        {
-            stmt.bind_blob(i, &bytes)?;
-            continue;
-        }
-        match v {
-            // SAFETY: the caller's promise.
-            Value::Text(Some(t)) => unsafe { stmt.bind_text_borrowed(i, t) }?,
-            Value::Text(None) | Value::Int8(None) => stmt.bind_null(i)?,
-            Value::Int8(Some(n)) => stmt.bind_int(i, n)?,
-            Value::Bool(b) => stmt.bind_int(i, i64::from(b))?,
-        }
-    }
-    Ok(())
+/// One record's values in the order of [`columns::FIELDS`]; a `request_id` written as a
+/// canonical UUID is bound as its 16 bytes ([`columns::uuid_bytes`]).
+fn binds<'v>(r: &'v ValidRecord, chain: &'v str) -> impl Iterator<Item = Bind<'v>> {
+    columns::values(r, chain)
+        .into_iter()
+        .enumerate()
+        .map(|(field, v)| match v {
+            Value::Text(Some(id)) if field == columns::REQUEST_ID_FIELD => {
+                columns::uuid_bytes(id).map_or(Bind::Text(id), Bind::Blob16)
+            }
+            Value::Text(Some(t)) => Bind::Text(t),
+            Value::Text(None) | Value::Int8(None) => Bind::Null,
+            Value::Int8(Some(n)) => Bind::Int(n),
+            Value::Bool(b) => Bind::Int(i64::from(b)),
+        })
 }
 
 /// `INSERT INTO request_log (…) VALUES (?1, …, ?36) ON CONFLICT (request_id) DO NOTHING`.

@@ -10,9 +10,12 @@
 //! handle, locked through sqlx's own [`SqliteConnection::lock_handle`]: while the lock is held,
 //! sqlx's worker thread waits for it, so the job's thread is the connection's only user. The
 //! job's statements are finalized and the lock released before the connection goes back to the
-//! pool. All `unsafe` code of the request log is in this module.
+//! pool. All `unsafe` code of the crate is in this module: `unsafe_code` is denied everywhere
+//! else (Cargo.toml), and every block here says why it is sound (`undocumented_unsafe_blocks`).
 //!
 //! [`SqliteConnection::lock_handle`]: sqlx::sqlite::SqliteConnection::lock_handle
+
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_int};
 use std::ptr::{self, NonNull};
@@ -100,6 +103,19 @@ impl Handle<'_> {
     }
 }
 
+/// A value for [`Statement::run_once`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Bind<'v> {
+    /// Text, bound without a copy for the length of the call.
+    Text(&'v str),
+    /// A 16-byte blob (a UUID), copied.
+    Blob16([u8; 16]),
+    /// An integer.
+    Int(i64),
+    /// SQL NULL.
+    Null,
+}
+
 /// A prepared statement on a connection this thread uses exclusively; finalized on drop.
 ///
 /// Column values borrow from `&self` and [`Statement::step`] takes `&mut self`, so no value
@@ -161,21 +177,10 @@ impl Statement<'_> {
         unsafe { self.bind_text_with(at, v, ffi::SQLITE_TRANSIENT()) }
     }
 
-    /// Binds `v` without a copy (`SQLITE_STATIC`).
-    ///
     /// # Safety
     ///
-    /// `v` must stay valid and unchanged until the statement has been stepped for the last time
-    /// with this binding (the next bind of `at`, a reset that is followed by a new bind, or
-    /// the drop, end it).
-    pub(super) unsafe fn bind_text_borrowed(&mut self, at: c_int, v: &str) -> Result<(), String> {
-        // SAFETY: `v` outlives its use (the caller's promise).
-        unsafe { self.bind_text_with(at, v, ffi::SQLITE_STATIC()) }
-    }
-
-    /// # Safety
-    ///
-    /// With `SQLITE_STATIC`, as [`Self::bind_text_borrowed`]; with `SQLITE_TRANSIENT`, none.
+    /// With `SQLITE_STATIC`, `v` must stay valid and unchanged until the statement has been
+    /// stepped for the last time with this binding; with `SQLITE_TRANSIENT`, none.
     unsafe fn bind_text_with(
         &mut self,
         at: c_int,
@@ -212,6 +217,28 @@ impl Statement<'_> {
         // SAFETY: as in `bind_int`.
         let rc = unsafe { ffi::sqlite3_bind_null(self.stmt.as_ptr(), at) };
         self.check(rc)
+    }
+
+    /// Binds `values` to parameters 1, 2, … (text without a copy), runs the statement to its end
+    /// once, and clears every binding again: no borrowed text is bound after the call returns,
+    /// which is what makes borrowing safe. For writes (`INSERT`), whose rows are not read.
+    pub(super) fn run_once<'v>(
+        &mut self,
+        values: impl IntoIterator<Item = Bind<'v>>,
+    ) -> Result<(), String> {
+        let bound = (1..).zip(values).try_for_each(|(at, v)| match v {
+            // SAFETY: `t` is borrowed for longer than this call, and the bindings are cleared
+            // below before it returns: SQLite reads `t` only in this call's step.
+            Bind::Text(t) => unsafe { self.bind_text_with(at, t, ffi::SQLITE_STATIC()) },
+            Bind::Blob16(b) => self.bind_blob(at, &b),
+            Bind::Int(n) => self.bind_int(at, n),
+            Bind::Null => self.bind_null(at),
+        });
+        let stepped = bound.and_then(|()| self.step());
+        self.reset();
+        // SAFETY: a live statement, not running (just reset).
+        unsafe { ffi::sqlite3_clear_bindings(self.stmt.as_ptr()) };
+        stepped.map(drop)
     }
 
     /// Rewinds the statement to run again (its bindings stay).
