@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gatemeter::ingest::otlp::claude_code::Mapping;
+use gatemeter::claude_code::mapping::Mapping;
 use gatemeter::ingest::otlp::decode::{self, Encoding};
 use gatemeter::ingest::otlp::scan;
 use gatemeter::price::PriceTable;

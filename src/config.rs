@@ -147,9 +147,9 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
     /// How log records and points are mapped.
-    pub mapping: crate::ingest::otlp::claude_code::Mapping,
+    pub mapping: crate::claude_code::mapping::Mapping,
     /// Bounds of the Claude Code state.
-    pub limits: crate::aggregate::claude_code::Limits,
+    pub limits: crate::claude_code::state::Limits,
     /// Batches waiting for the Claude Code task.
     pub queue_capacity: usize,
 }
@@ -370,11 +370,11 @@ impl RawConfig {
             .map_err(|m| invalid("pricing", m))?;
 
         let otlp = OtlpConfig {
-            mapping: crate::ingest::otlp::claude_code::Mapping {
+            mapping: crate::claude_code::mapping::Mapping {
                 namespace_attribute: self.otlp.namespace_attribute.filter(|a| !a.is_empty()),
                 label_allowlist: self.otlp.label_allowlist,
             },
-            limits: crate::aggregate::claude_code::Limits {
+            limits: crate::claude_code::state::Limits {
                 max_series_per_metric: positive(
                     "otlp.max_series_per_metric",
                     self.otlp.max_series_per_metric,
@@ -388,7 +388,7 @@ impl RawConfig {
                     10_000_000,
                 )?,
                 max_tools: positive("otlp.max_tools", self.otlp.max_tools, 200, 10_000)?,
-                ..crate::aggregate::claude_code::Limits::default()
+                ..crate::claude_code::state::Limits::default()
             },
             queue_capacity: positive(
                 "otlp.queue_capacity",

@@ -27,7 +27,12 @@ pub mod aggregate;
 pub mod api;
 pub mod app;
 pub mod catalog;
-pub mod claude_code;
+pub mod claude_code {
+    pub mod mapping;
+    pub mod render;
+    pub mod state;
+    pub mod task;
+}
 pub mod config;
 pub mod demo;
 pub mod export;

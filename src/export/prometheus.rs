@@ -27,7 +27,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 /// A sample value.
 #[derive(Debug, Clone, Copy)]
-enum Value {
+pub(crate) enum Value {
     U(u64),
     I(i64),
     F(f64),
@@ -60,7 +60,7 @@ impl std::fmt::Display for Value {
 type ModelColumn = (&'static Metric, fn(&ScopeAgg) -> Value);
 
 /// Text exposition writer.
-struct Encoder {
+pub(crate) struct Encoder {
     out: String,
     openmetrics: bool,
 }
@@ -77,7 +77,7 @@ fn escape_label(v: &str, out: &mut String) {
 }
 
 impl Encoder {
-    fn header(&mut self, m: &Metric) {
+    pub(crate) fn header(&mut self, m: &Metric) {
         let name = if self.openmetrics || m.kind != Kind::Counter {
             m.name.to_string()
         } else {
@@ -98,7 +98,7 @@ impl Encoder {
         }
     }
 
-    fn line(
+    pub(crate) fn line(
         &mut self,
         name: &str,
         suffix: &str,
@@ -128,7 +128,7 @@ impl Encoder {
     }
 
     /// One counter or gauge sample; `labels` follow the family's label names.
-    fn sample(&mut self, m: &Metric, labels: &[&str], v: Value) {
+    pub(crate) fn sample(&mut self, m: &Metric, labels: &[&str], v: Value) {
         debug_assert_eq!(labels.len(), m.labels.len(), "{}", m.name);
         let suffix = if m.kind == Kind::Counter {
             "_total"
@@ -139,7 +139,7 @@ impl Encoder {
     }
 
     /// One histogram series from cumulative bucket counts (`cumulative[i]` = count ≤ `bounds[i]`).
-    fn histogram(
+    pub(crate) fn histogram(
         &mut self,
         m: &Metric,
         labels: &[&str],
@@ -225,8 +225,8 @@ fn model_key(k: &ScopeKey) -> Option<Vec<&str>> {
     }
 }
 
-mod otlp;
-pub use otlp::{OtlpSnapshot, OtlpSource};
+use crate::claude_code::render as otlp;
+pub use crate::claude_code::render::{OtlpSnapshot, OtlpSource};
 
 /// Renders the whole exposition (with no OTLP state).
 pub fn render(

@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub mod claude_code;
 pub mod decode;
 pub mod http;
 pub mod scan;

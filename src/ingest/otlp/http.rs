@@ -28,11 +28,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::claude_code::Mapping;
 use super::decode::{self, Encoding};
 use super::{Diagnostics, ItemReject, RequestReason, Signal, Use};
 use crate::api::ApiError;
-use crate::claude_code::ClaudeCode;
+use crate::claude_code::mapping::Mapping;
+use crate::claude_code::task::ClaudeCode;
 use crate::health::{Health, RequestReject, Source};
 use crate::ingest::body;
 use crate::pipeline::Pipeline;
@@ -363,7 +363,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::aggregate::claude_code::Limits;
+    use crate::claude_code::state::Limits;
     use crate::store::{Discard, MemoryStore};
 
     fn logs(ids: &[&str]) -> String {

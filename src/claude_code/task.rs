@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::aggregate::claude_code::{ClaudeCodeState, Input, Limits, PointOutcome, Snapshot};
+use crate::claude_code::state::{ClaudeCodeState, Input, Limits, PointOutcome, Snapshot};
 use crate::ingest::otlp::{Diagnostics, ItemReject, Signal, Use};
 
 enum Msg {

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use super::{Encoder, Value};
-use crate::aggregate::claude_code::{OVERFLOW, Snapshot};
 use crate::catalog as c;
-use crate::claude_code::ClaudeCode;
+use crate::claude_code::state::{OVERFLOW, Snapshot};
+use crate::claude_code::task::ClaudeCode;
 use crate::export::otlp_logs::{ExportDrop, ExportSnapshot, ExportStats};
+use crate::export::prometheus::{Encoder, Value};
 use crate::ingest::otlp::{
     Diagnostics, DiagnosticsSnapshot, ItemReject, RequestReason, Signal, Use,
 };
@@ -58,7 +58,7 @@ fn at2(v: &[Vec<u64>], i: usize, j: usize) -> u64 {
     v.get(i).map_or(0, |r| at(r, j))
 }
 
-pub(super) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
+pub(crate) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
     let cc = &s.claude_code;
     for (i, (_, m, usd)) in c::CLAUDE_CODE_METRICS.iter().enumerate() {
         e.header(m);
