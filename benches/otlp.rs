@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatemeter::claude_code::mapping::Mapping;
-use gatemeter::ingest::otlp::decode::{self, Encoding};
-use gatemeter::ingest::otlp::scan;
+use gatemeter::otlp::decode::{self, Encoding};
+use gatemeter::otlp::scan;
 use gatemeter::price::PriceTable;
 use gatemeter::record::Validation;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

@@ -1,65 +1,16 @@
-//! The Claude Code and OTLP families of `/metrics`: Claude Code metrics as cumulative counters
-//! (attribute labels), tool statistics, event counts, the receiver's diagnostics and the OTLP
-//! log export's counters.
-
-use std::sync::Arc;
+//! The Claude Code families of `/metrics`, from a [`Snapshot`]: Claude Code metrics as
+//! cumulative counters (labels from the points' attributes), tool statistics (calls, failures,
+//! a duration histogram, permission decisions), event counts, and the overflow counters.
+//!
+//! It renders; it does not read the task or count anything. `/metrics`
+//! (`crate::export::prometheus`) calls [`write`] in its place among the other families.
 
 use crate::catalog as c;
 use crate::claude_code::state::{OVERFLOW, Snapshot};
-use crate::claude_code::task::ClaudeCode;
-use crate::export::otlp_logs::{ExportDrop, ExportSnapshot, ExportStats};
-use crate::export::prometheus::{Encoder, Value};
-use crate::ingest::otlp::{
-    Diagnostics, DiagnosticsSnapshot, ItemReject, RequestReason, Signal, Use,
-};
+use crate::exposition::{Encoder, Value, at};
 
-/// Where the OTLP part of a scrape comes from.
-#[derive(Clone)]
-pub struct OtlpSource {
-    /// The Claude Code task.
-    pub claude_code: ClaudeCode,
-    /// Receiver counters.
-    pub diagnostics: Arc<Diagnostics>,
-    /// Export counters, when the export is configured.
-    pub export: Option<Arc<ExportStats>>,
-}
-
-impl OtlpSource {
-    /// Reads everything (the Claude Code snapshot in queue order).
-    pub async fn snapshot(&self) -> OtlpSnapshot {
-        OtlpSnapshot {
-            claude_code: self.claude_code.snapshot().await,
-            diagnostics: self.diagnostics.snapshot(),
-            export: self
-                .export
-                .as_ref()
-                .map(|e| e.snapshot())
-                .unwrap_or_default(),
-        }
-    }
-}
-
-/// Everything the OTLP families show.
-#[derive(Debug, Clone, Default)]
-pub struct OtlpSnapshot {
-    /// Claude Code state.
-    pub claude_code: Arc<Snapshot>,
-    /// Receiver counters.
-    pub diagnostics: DiagnosticsSnapshot,
-    /// Export counters.
-    pub export: ExportSnapshot,
-}
-
-fn at(v: &[u64], i: usize) -> u64 {
-    v.get(i).copied().unwrap_or(0)
-}
-
-fn at2(v: &[Vec<u64>], i: usize, j: usize) -> u64 {
-    v.get(i).map_or(0, |r| at(r, j))
-}
-
-pub(crate) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
-    let cc = &s.claude_code;
+/// Writes every Claude Code family (each one header, even when empty).
+pub(crate) fn write(e: &mut Encoder, cc: &Snapshot) {
     for (i, (_, m, usd)) in c::CLAUDE_CODE_METRICS.iter().enumerate() {
         e.header(m);
         let value = |v: f64| {
@@ -130,58 +81,4 @@ pub(crate) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
             Value::U(at(&cc.overflow_points, i)),
         );
     }
-
-    let d = &s.diagnostics;
-    e.header(&c::OTLP_RECEIVED);
-    for sig in Signal::ALL {
-        e.sample(
-            &c::OTLP_RECEIVED,
-            &[sig.as_str()],
-            Value::U(at(&d.received, sig as usize)),
-        );
-    }
-    e.header(&c::OTLP_ACCEPTED);
-    for sig in Signal::ALL {
-        for u in Use::ALL {
-            e.sample(
-                &c::OTLP_ACCEPTED,
-                &[sig.as_str(), u.as_str()],
-                Value::U(at2(&d.accepted, sig as usize, u as usize)),
-            );
-        }
-    }
-    e.header(&c::OTLP_REJECTED);
-    for sig in Signal::ALL {
-        for r in ItemReject::ALL {
-            e.sample(
-                &c::OTLP_REJECTED,
-                &[sig.as_str(), r.as_str()],
-                Value::U(at2(&d.rejected, sig as usize, r as usize)),
-            );
-        }
-    }
-    e.header(&c::OTLP_REJECTED_REQUESTS);
-    for sig in Signal::ALL {
-        for r in RequestReason::ALL {
-            e.sample(
-                &c::OTLP_REJECTED_REQUESTS,
-                &[sig.as_str(), r.as_str()],
-                Value::U(at2(&d.rejected_requests, sig as usize, r as usize)),
-            );
-        }
-    }
-
-    let x = &s.export;
-    e.header(&c::OTLP_EXPORTED);
-    e.sample(&c::OTLP_EXPORTED, &[], Value::U(x.exported));
-    e.header(&c::OTLP_EXPORT_DROPPED);
-    for r in ExportDrop::ALL {
-        e.sample(
-            &c::OTLP_EXPORT_DROPPED,
-            &[r.as_str()],
-            Value::U(at(&x.dropped, r as usize)),
-        );
-    }
-    e.header(&c::OTLP_EXPORT_RETRIES);
-    e.sample(&c::OTLP_EXPORT_RETRIES, &[], Value::U(x.retries));
 }

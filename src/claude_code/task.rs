@@ -5,6 +5,11 @@
 //! Like the pipeline, submitting never waits: the receiver reserves a slot first
 //! ([`ClaudeCode::reserve`]) and only sends after the request-record pipeline also took its
 //! part, so a refused request leaves nothing half-recorded.
+//!
+//! It applies inputs and answers snapshots; it does not map OTLP items ([`super::mapping`])
+//! or render them ([`super::render`]). What became of each metric point is reported to a
+//! [`PointCounter`] (the OTLP receiver's diagnostics), so this module needs nothing from the
+//! receiver.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::claude_code::state::{ClaudeCodeState, Input, Limits, PointOutcome, Snapshot};
-use crate::ingest::otlp::{Diagnostics, ItemReject, Signal, Use};
+
+/// Counts what became of each metric point the task applied.
+pub trait PointCounter: Send + Sync + 'static {
+    /// One point had `outcome`.
+    fn count(&self, outcome: PointOutcome);
+}
 
 enum Msg {
     Inputs(Vec<Input>),
@@ -40,21 +50,16 @@ impl Reserved<'_> {
 
 impl ClaudeCode {
     /// Starts the task with a queue of `capacity` batches. It ends when every handle is dropped.
-    pub fn spawn(
+    pub fn spawn<C: PointCounter>(
         limits: Limits,
         capacity: usize,
-        diagnostics: Arc<Diagnostics>,
+        counter: Arc<C>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let last = Arc::new(Mutex::new(Arc::new(
             ClaudeCodeState::new(limits).snapshot(),
         )));
-        let task = tokio::spawn(run(
-            ClaudeCodeState::new(limits),
-            rx,
-            last.clone(),
-            diagnostics,
-        ));
+        let task = tokio::spawn(run(ClaudeCodeState::new(limits), rx, last.clone(), counter));
         (Self { tx, last }, task)
     }
 
@@ -80,27 +85,18 @@ impl ClaudeCode {
     }
 }
 
-async fn run(
+async fn run<C: PointCounter>(
     mut state: ClaudeCodeState,
     mut rx: mpsc::Receiver<Msg>,
     last: Arc<Mutex<Arc<Snapshot>>>,
-    diagnostics: Arc<Diagnostics>,
+    counter: Arc<C>,
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Inputs(inputs) => {
                 for i in inputs {
-                    match state.apply(i) {
-                        None => {}
-                        Some(PointOutcome::Counted) => {
-                            diagnostics.accepted(Signal::Metrics, Use::Metric, 1);
-                        }
-                        Some(PointOutcome::Repeated) => {
-                            diagnostics.accepted(Signal::Metrics, Use::Repeated, 1);
-                        }
-                        Some(PointOutcome::StreamLimit) => {
-                            diagnostics.rejected(Signal::Metrics, ItemReject::StreamLimit, 1);
-                        }
+                    if let Some(outcome) = state.apply(i) {
+                        counter.count(outcome);
                     }
                 }
             }

@@ -4,22 +4,20 @@
 //!
 //! - [`http`]: the OTLP/HTTP protocol — media types, status codes, `partial_success`, answers in
 //!   the request's encoding.
-//! - [`decode`]: protobuf and OTLP/JSON bodies into `opentelemetry-proto` types; AnyValue reading
-//!   (numbers and booleans that arrive as strings).
-//! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
-//!   allocating per attribute (prost decodes whatever it does not fully understand).
-//! - [`claude_code`]: what each log record and data point becomes — request records (validated
-//!   like native ones), tool events, metric points with bounded labels.
+//! - the receiver's counters ([`Diagnostics`]) and their label enums.
 //!
-//! It never touches aggregates: records go to the pipeline, Claude Code inputs to the Claude
-//! Code task (`crate::claude_code`). Counts of what happened to every item live in
-//! [`Diagnostics`].
+//! Bodies are read by [`crate::otlp`] (decoding, the borrowed logs view). What each log record and data point becomes is Claude Code's mapping
+//! ([`crate::claude_code::mapping`]). The receiver never touches aggregates: records go to the
+//! pipeline, Claude Code inputs to the Claude Code task ([`crate::claude_code::task`]). Counts
+//! of what happened to every item live in [`Diagnostics`] (rendered by
+//! `crate::export::prometheus`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub mod decode;
+use crate::claude_code::state::PointOutcome;
+use crate::claude_code::task::PointCounter;
+
 pub mod http;
-pub mod scan;
 
 label_enum! {
     /// OTLP signal (the `signal` label).
@@ -179,6 +177,16 @@ impl Diagnostics {
                 .iter()
                 .map(|r| r.iter().map(load).collect())
                 .collect(),
+        }
+    }
+}
+
+impl PointCounter for Diagnostics {
+    fn count(&self, outcome: PointOutcome) {
+        match outcome {
+            PointOutcome::Counted => self.accepted(Signal::Metrics, Use::Metric, 1),
+            PointOutcome::Repeated => self.accepted(Signal::Metrics, Use::Repeated, 1),
+            PointOutcome::StreamLimit => self.rejected(Signal::Metrics, ItemReject::StreamLimit, 1),
         }
     }
 }

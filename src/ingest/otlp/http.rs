@@ -28,13 +28,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::decode::{self, Encoding};
 use super::{Diagnostics, ItemReject, RequestReason, Signal, Use};
 use crate::api::ApiError;
 use crate::claude_code::mapping::Mapping;
 use crate::claude_code::task::ClaudeCode;
 use crate::health::{Health, RequestReject, Source};
 use crate::ingest::body;
+use crate::otlp::decode::{self, Encoding};
+use crate::otlp::scan;
 use crate::pipeline::Pipeline;
 use crate::price::PriceTable;
 use crate::record::Validation;
@@ -240,13 +241,13 @@ impl OtlpIngest {
         match signal {
             Signal::Logs => {
                 if enc == Encoding::Protobuf
-                    && let Some(view) = super::scan::logs(&bytes)
+                    && let Some(view) = scan::logs(&bytes)
                 {
                     return self.logs(enc, &view);
                 }
                 let req: ExportLogsServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.logs(enc, &super::scan::view(&req))
+                self.logs(enc, &scan::view(&req))
             }
             Signal::Metrics => {
                 let req: ExportMetricsServiceRequest =
@@ -275,11 +276,7 @@ impl OtlpIngest {
         }
     }
 
-    fn logs(
-        &self,
-        enc: Encoding,
-        req: &[super::scan::ResourceLogsRef<'_>],
-    ) -> Result<Vec<u8>, Refusal> {
+    fn logs(&self, enc: Encoding, req: &[scan::ResourceLogsRef<'_>]) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
             now_ms: crate::pipeline::now_ms(),
             prices: &self.prices,
