@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::claude_code::state::PointOutcome;
 use crate::claude_code::task::PointCounter;
+use crate::health::RequestReject;
 
 pub mod http;
 
@@ -86,28 +87,6 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// Why a whole request was refused (the `reason` label).
-    pub enum RequestReason {
-        /// 413: over the body limit (on the wire or decompressed).
-        BodyTooLarge = "body_too_large",
-        /// 415: not `application/x-protobuf` or `application/json`.
-        UnsupportedMediaType = "unsupported_media_type",
-        /// 415: a Content-Encoding other than gzip / zstd / identity.
-        UnsupportedEncoding = "unsupported_encoding",
-        /// 400: the compressed body could not be decompressed.
-        BadCompression = "bad_compression",
-        /// 400: not a valid message of the signal (truncated, wrong encoding, too deep).
-        Undecodable = "undecodable",
-        /// 503: the queue is full or the server shutting down.
-        Overloaded = "overloaded",
-        /// 405: not POST.
-        MethodNotAllowed = "method_not_allowed",
-        /// 400: the body could not be read from the connection.
-        BodyRead = "body_read",
-    }
-}
-
 const SIGNALS: usize = Signal::ALL.len();
 
 /// Counters of every OTLP item and request, by signal and outcome (lock-free atomics).
@@ -116,7 +95,7 @@ pub struct Diagnostics {
     received: [AtomicU64; SIGNALS],
     accepted: [[AtomicU64; Use::ALL.len()]; SIGNALS],
     rejected: [[AtomicU64; ItemReject::ALL.len()]; SIGNALS],
-    rejected_requests: [[AtomicU64; RequestReason::ALL.len()]; SIGNALS],
+    rejected_requests: [[AtomicU64; RequestReject::ALL.len()]; SIGNALS],
 }
 
 /// A copy of [`Diagnostics`], indexed by the enums' discriminants.
@@ -128,7 +107,7 @@ pub struct DiagnosticsSnapshot {
     pub accepted: Vec<Vec<u64>>,
     /// Per [`Signal`], per [`ItemReject`].
     pub rejected: Vec<Vec<u64>>,
-    /// Per [`Signal`], per [`RequestReason`].
+    /// Per [`Signal`], per [`RequestReject`].
     pub rejected_requests: Vec<Vec<u64>>,
 }
 
@@ -153,7 +132,7 @@ impl Diagnostics {
     }
 
     /// Counts a refused request.
-    pub fn rejected_request(&self, s: Signal, r: RequestReason) {
+    pub fn rejected_request(&self, s: Signal, r: RequestReject) {
         self.rejected_requests[s as usize][r as usize].fetch_add(1, Relaxed);
     }
 

@@ -10,9 +10,8 @@ use crate::claude_code::state::Snapshot;
 use crate::claude_code::task::ClaudeCode;
 use crate::export::otlp_logs::{ExportDrop, ExportSnapshot, ExportStats};
 use crate::exposition::{Encoder, Value, at, at2};
-use crate::ingest::otlp::{
-    Diagnostics, DiagnosticsSnapshot, ItemReject, RequestReason, Signal, Use,
-};
+use crate::health::RequestReject;
+use crate::ingest::otlp::{Diagnostics, DiagnosticsSnapshot, ItemReject, Signal, Use};
 
 /// Where the OTLP part of a scrape comes from.
 #[derive(Clone)]
@@ -83,7 +82,7 @@ pub(super) fn write_receiver(e: &mut Encoder, d: &DiagnosticsSnapshot) {
     }
     e.header(&c::OTLP_REJECTED_REQUESTS);
     for sig in Signal::ALL {
-        for r in RequestReason::ALL {
+        for r in RequestReject::ALL {
             e.sample(
                 &c::OTLP_REJECTED_REQUESTS,
                 &[sig.as_str(), r.as_str()],
