@@ -6,9 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gatemeter::ingest::otlp::claude_code::Mapping;
-use gatemeter::ingest::otlp::decode::{self, Encoding};
-use gatemeter::ingest::otlp::scan;
+use gatemeter::claude_code::mapping::Mapping;
+use gatemeter::otlp::decode::{self, Encoding};
+use gatemeter::otlp::scan;
 use gatemeter::price::PriceTable;
 use gatemeter::record::Validation;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

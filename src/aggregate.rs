@@ -6,7 +6,6 @@
 //! anything is counted: request-id de-duplication, two-phase concurrency, and the series caps
 //! that keep label cardinality bounded.
 
-pub mod claude_code;
 pub mod latency;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

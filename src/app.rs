@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use crate::api::auth::{Access, Auth};
 use crate::api::logs::{self, LogApi};
-use crate::claude_code::ClaudeCode;
+use crate::claude_code::task::ClaudeCode;
 use crate::config::{Config, LiveStoreKind};
 use crate::export::otlp_logs::OtlpLogExport;
 use crate::export::prometheus::{self, MetricsState, OtlpSource};

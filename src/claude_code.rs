@@ -1,117 +1,22 @@
-//! The one owner of the Claude Code state ([`ClaudeCodeState`]): a task fed through a bounded
-//! queue by the OTLP receiver, answering snapshot requests in queue order (so a scrape sees
-//! every point accepted before it).
+//! Claude Code: everything gatemeter does with Claude Code's OpenTelemetry output, in one
+//! place. Open the file for the job:
 //!
-//! Like the pipeline, submitting never waits: the receiver reserves a slot first
-//! ([`ClaudeCode::reserve`]) and only sends after the request-record pipeline also took its
-//! part, so a refused request leaves nothing half-recorded.
+//! - [`mapping`]: what each OTLP log record and metric data point becomes — request records
+//!   (validated like native ones), tool events, event counts, metric points with bounded
+//!   labels; also the read-back of `gatemeter.request` records forwarded by another gatemeter.
+//!   Add a Claude Code event or attribute here.
+//! - [`state`]: the pure state those inputs build — metric streams turned into cumulative
+//!   series, tool statistics, event counts — and its [`state::Snapshot`]. No I/O, no clock.
+//! - [`task`]: the one owner of that state, a task behind a bounded queue that answers
+//!   snapshot requests in queue order.
+//! - [`render`]: the `claude_code_*` families of `/metrics`, from a snapshot.
+//!
+//! This module never speaks HTTP and never touches the request-record aggregates: the OTLP
+//! receiver (`crate::ingest::otlp`) reads bodies and sends records to the pipeline and inputs
+//! to the [`task`]; `/metrics` (`crate::export::prometheus`) calls [`render`]. The receiver's
+//! own counters (`gatemeter_otlp_*`) are OTLP, not Claude Code, and live with the receiver.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-use crate::aggregate::claude_code::{ClaudeCodeState, Input, Limits, PointOutcome, Snapshot};
-use crate::ingest::otlp::{Diagnostics, ItemReject, Signal, Use};
-
-enum Msg {
-    Inputs(Vec<Input>),
-    Snapshot(oneshot::Sender<Arc<Snapshot>>),
-}
-
-/// Handle to the Claude Code task; cheap to clone.
-#[derive(Clone)]
-pub struct ClaudeCode {
-    tx: mpsc::Sender<Msg>,
-    /// The latest snapshot answered, for a scrape that cannot get a fresh one.
-    last: Arc<Mutex<Arc<Snapshot>>>,
-}
-
-/// A reserved queue slot: sending cannot fail.
-pub struct Reserved<'a>(mpsc::Permit<'a, Msg>);
-
-impl Reserved<'_> {
-    /// Sends the inputs into the reserved slot.
-    pub fn send(self, inputs: Vec<Input>) {
-        self.0.send(Msg::Inputs(inputs));
-    }
-}
-
-impl ClaudeCode {
-    /// Starts the task with a queue of `capacity` batches. It ends when every handle is dropped.
-    pub fn spawn(
-        limits: Limits,
-        capacity: usize,
-        diagnostics: Arc<Diagnostics>,
-    ) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let last = Arc::new(Mutex::new(Arc::new(
-            ClaudeCodeState::new(limits).snapshot(),
-        )));
-        let task = tokio::spawn(run(
-            ClaudeCodeState::new(limits),
-            rx,
-            last.clone(),
-            diagnostics,
-        ));
-        (Self { tx, last }, task)
-    }
-
-    /// Reserves a queue slot without waiting; `None` when the queue is full or closed.
-    pub fn reserve(&self) -> Option<Reserved<'_>> {
-        self.tx.try_reserve().ok().map(Reserved)
-    }
-
-    /// A snapshot including everything queued before this call (or the latest one, if the
-    /// task cannot answer within 5 s).
-    pub async fn snapshot(&self) -> Arc<Snapshot> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.try_send(Msg::Snapshot(reply)).is_ok()
-            && let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), rx).await
-        {
-            return s;
-        }
-        // Short critical section: one Arc clone.
-        match self.last.lock() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(p.get_ref()),
-        }
-    }
-}
-
-async fn run(
-    mut state: ClaudeCodeState,
-    mut rx: mpsc::Receiver<Msg>,
-    last: Arc<Mutex<Arc<Snapshot>>>,
-    diagnostics: Arc<Diagnostics>,
-) {
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Inputs(inputs) => {
-                for i in inputs {
-                    match state.apply(i) {
-                        None => {}
-                        Some(PointOutcome::Counted) => {
-                            diagnostics.accepted(Signal::Metrics, Use::Metric, 1);
-                        }
-                        Some(PointOutcome::Repeated) => {
-                            diagnostics.accepted(Signal::Metrics, Use::Repeated, 1);
-                        }
-                        Some(PointOutcome::StreamLimit) => {
-                            diagnostics.rejected(Signal::Metrics, ItemReject::StreamLimit, 1);
-                        }
-                    }
-                }
-            }
-            Msg::Snapshot(reply) => {
-                let s = Arc::new(state.snapshot());
-                // Short critical section: one Arc store.
-                if let Ok(mut g) = last.lock() {
-                    *g = s.clone();
-                }
-                let _ = reply.send(s);
-            }
-        }
-    }
-}
+pub mod mapping;
+pub mod render;
+pub mod state;
+pub mod task;

@@ -143,9 +143,9 @@ struct RawPrice {
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
     /// How log records and points are mapped.
-    pub mapping: crate::ingest::otlp::claude_code::Mapping,
+    pub mapping: crate::claude_code::mapping::Mapping,
     /// Bounds of the Claude Code state.
-    pub limits: crate::aggregate::claude_code::Limits,
+    pub limits: crate::claude_code::state::Limits,
     /// Batches waiting for the Claude Code task.
     pub queue_capacity: usize,
 }
@@ -390,11 +390,11 @@ impl RawOtlp {
     /// `otlp:`: the mapping of log records and points, and the Claude Code state's bounds.
     fn validate(self) -> Result<OtlpConfig, ConfigError> {
         Ok(OtlpConfig {
-            mapping: crate::ingest::otlp::claude_code::Mapping {
+            mapping: crate::claude_code::mapping::Mapping {
                 namespace_attribute: self.namespace_attribute.filter(|a| !a.is_empty()),
                 label_allowlist: self.label_allowlist,
             },
-            limits: crate::aggregate::claude_code::Limits {
+            limits: crate::claude_code::state::Limits {
                 max_series_per_metric: positive(
                     "otlp.max_series_per_metric",
                     self.max_series_per_metric,
@@ -403,7 +403,7 @@ impl RawOtlp {
                 )?,
                 max_streams: positive("otlp.max_streams", self.max_streams, 100_000, 10_000_000)?,
                 max_tools: positive("otlp.max_tools", self.max_tools, 200, 10_000)?,
-                ..crate::aggregate::claude_code::Limits::default()
+                ..crate::claude_code::state::Limits::default()
             },
             queue_capacity: positive("otlp.queue_capacity", self.queue_capacity, 1024, 1_000_000)?,
         })

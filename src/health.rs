@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use axum::http::StatusCode;
+
 use crate::record::RejectReason;
 
 label_enum! {
@@ -18,26 +20,63 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why a whole request was refused before its records could be read.
+    /// Why a whole request was refused before its records could be read — by the native API
+    /// or the OTLP receiver (the `reason` label of `gatemeter_ingest_rejected_requests` and
+    /// `gatemeter_otlp_rejected_requests`). Each receiver gives the reasons that apply to it;
+    /// [`RequestReject::status`] is the HTTP status of each.
     pub enum RequestReject {
         /// Body over the limit (before or after decompression).
         BodyTooLarge = "body_too_large",
-        /// More records than allowed in one request.
+        /// More records than allowed in one request (native).
         TooManyRecords = "too_many_records",
         /// Content-Type not accepted.
         UnsupportedMediaType = "unsupported_media_type",
-        /// Content-Encoding not accepted.
+        /// Content-Encoding not accepted (not gzip / zstd / identity).
         UnsupportedEncoding = "unsupported_encoding",
         /// The compressed body could not be decompressed.
         BadCompression = "bad_compression",
-        /// The body is not JSON / NDJSON at all.
+        /// The body is not JSON / NDJSON at all (native).
         Malformed = "malformed",
-        /// Every record in the body was invalid.
+        /// Not a valid OTLP message of the signal (truncated, wrong encoding, too deep).
+        Undecodable = "undecodable",
+        /// Every record in the body was invalid (native).
         NothingValid = "nothing_valid",
         /// The queue was full or the server shutting down.
         Overloaded = "overloaded",
+        /// Not POST (OTLP; the native route answers 405 before its handler).
+        MethodNotAllowed = "method_not_allowed",
         /// The body could not be read from the connection.
         BodyRead = "body_read",
+    }
+}
+
+impl RequestReject {
+    /// The HTTP status a request refused for this reason is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BodyTooLarge | Self::TooManyRecords => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::BadCompression
+            | Self::Malformed
+            | Self::Undecodable
+            | Self::NothingValid
+            | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// How an OTLP refusal counts in the process-wide family (`source="otlp"`): an undecodable
+    /// body as `malformed`, a wrong method not at all (as on the native route) — the series that
+    /// family has always shown.
+    pub fn process_wide(self) -> Option<Self> {
+        match self {
+            Self::Undecodable => Some(Self::Malformed),
+            Self::MethodNotAllowed => None,
+            r => Some(r),
+        }
     }
 }
 

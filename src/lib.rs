@@ -17,7 +17,11 @@
 //! - [`config`]: YAML config → validated [`config::Config`].
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
 //! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
-//! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
+//! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
+//!   families.
+//! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view), for the receiver and the
+//!   Claude Code mapping.
+//! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
 //! - [`logbench`]: `gatemeter bench-log`, the request log's write and query benchmark.
 
 #[macro_use]
@@ -32,10 +36,12 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod export;
+mod exposition;
 pub mod health;
 pub mod ingest;
 pub mod loadgen;
 pub mod logbench;
+pub mod otlp;
 pub mod pipeline;
 pub mod price;
 pub mod record;

@@ -20,7 +20,7 @@
 //! dependency); `Retry-After` is honoured on all four retryable codes.
 //!
 //! Another gatemeter's `/v1/logs` reads `gatemeter.request` records back into request records
-//! (`crate::ingest::otlp::claude_code`), so edge collectors can forward to a central one.
+//! (`crate::claude_code::mapping`), so edge collectors can forward to a central one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,7 +46,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::ingest::otlp::claude_code::GATEMETER_EVENT;
+use crate::claude_code::mapping::GATEMETER_EVENT;
 use crate::record::{ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 

@@ -6,14 +6,13 @@
 //! the HDR histograms (durations) or exact bucket counters (GenAI token usage); `+Inf` always
 //! equals `_count`. Money is printed from integer micro-USD as an exact decimal.
 
-use std::fmt::Write as _;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::aggregate::{Latency, ScopeAgg, ScopeKey};
-use crate::catalog::{self as c, Kind, Metric};
+use crate::catalog::{self as c, Metric};
+use crate::exposition::{Encoder, Value};
 use crate::health::{DropReason, HealthSnapshot, RequestReject, Source};
 use crate::pipeline::Pipeline;
 use crate::record::{RejectReason, TOKEN_TYPES};
@@ -25,152 +24,8 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A sample value.
-#[derive(Debug, Clone, Copy)]
-enum Value {
-    U(u64),
-    I(i64),
-    F(f64),
-    /// Integer micro-units printed as an exact decimal.
-    Micros(u64),
-}
-
-impl std::fmt::Display for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Value::U(v) => write!(f, "{v}"),
-            Value::I(v) => write!(f, "{v}"),
-            Value::F(v) if v.is_nan() => f.write_str("NaN"),
-            Value::F(v) if v.is_infinite() => f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" }),
-            Value::F(v) => write!(f, "{v}"),
-            Value::Micros(v) => {
-                let (whole, frac) = (v / 1_000_000, v % 1_000_000);
-                if frac == 0 {
-                    write!(f, "{whole}")
-                } else {
-                    let s = format!("{frac:06}");
-                    write!(f, "{whole}.{}", s.trim_end_matches('0'))
-                }
-            }
-        }
-    }
-}
-
 /// A per-model counter family and how to read its value.
 type ModelColumn = (&'static Metric, fn(&ScopeAgg) -> Value);
-
-/// Text exposition writer.
-struct Encoder {
-    out: String,
-    openmetrics: bool,
-}
-
-fn escape_label(v: &str, out: &mut String) {
-    for ch in v.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-impl Encoder {
-    fn header(&mut self, m: &Metric) {
-        let name = if self.openmetrics || m.kind != Kind::Counter {
-            m.name.to_string()
-        } else {
-            format!("{}_total", m.name)
-        };
-        let kind = match m.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        let help = m.help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        if self.openmetrics
-            && let Some(unit) = m.unit
-        {
-            let _ = writeln!(self.out, "# UNIT {name} {unit}");
-        }
-    }
-
-    fn line(
-        &mut self,
-        name: &str,
-        suffix: &str,
-        names: &[&str],
-        values: &[&str],
-        extra: Option<(&str, &str)>,
-        v: Value,
-    ) {
-        self.out.push_str(name);
-        self.out.push_str(suffix);
-        if !names.is_empty() || extra.is_some() {
-            self.out.push('{');
-            let mut first = true;
-            for (n, val) in names.iter().zip(values).map(|(n, v)| (*n, *v)).chain(extra) {
-                if !first {
-                    self.out.push(',');
-                }
-                first = false;
-                self.out.push_str(n);
-                self.out.push_str("=\"");
-                escape_label(val, &mut self.out);
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {v}");
-    }
-
-    /// One counter or gauge sample; `labels` follow the family's label names.
-    fn sample(&mut self, m: &Metric, labels: &[&str], v: Value) {
-        debug_assert_eq!(labels.len(), m.labels.len(), "{}", m.name);
-        let suffix = if m.kind == Kind::Counter {
-            "_total"
-        } else {
-            ""
-        };
-        self.line(m.name, suffix, m.labels, labels, None, v);
-    }
-
-    /// One histogram series from cumulative bucket counts (`cumulative[i]` = count ≤ `bounds[i]`).
-    fn histogram(
-        &mut self,
-        m: &Metric,
-        labels: &[&str],
-        bounds: &[f64],
-        cumulative: &[u64],
-        count: u64,
-        sum: Value,
-    ) {
-        for (b, n) in bounds.iter().zip(cumulative) {
-            let le = format!("{b}");
-            self.line(
-                m.name,
-                "_bucket",
-                m.labels,
-                labels,
-                Some(("le", &le)),
-                Value::U((*n).min(count)),
-            );
-        }
-        self.line(
-            m.name,
-            "_bucket",
-            m.labels,
-            labels,
-            Some(("le", "+Inf")),
-            Value::U(count),
-        );
-        self.line(m.name, "_sum", m.labels, labels, None, sum);
-        self.line(m.name, "_count", m.labels, labels, None, Value::U(count));
-    }
-}
 
 fn seconds_from_ms(ms: u64) -> Value {
     Value::F(ms as f64 / 1000.0)
@@ -238,7 +93,8 @@ pub fn render(
     render_all(view, health, store, &OtlpSnapshot::default(), openmetrics)
 }
 
-/// Renders the whole exposition, including the Claude Code and OTLP families.
+/// Renders the whole exposition, including the Claude Code and OTLP families: the families
+/// in a fixed order, one group at a time.
 pub fn render_all(
     view: &FleetView,
     health: &HealthSnapshot,
@@ -246,18 +102,52 @@ pub fn render_all(
     otlp: &OtlpSnapshot,
     openmetrics: bool,
 ) -> String {
-    let mut e = Encoder {
-        out: String::with_capacity(64 * 1024),
-        openmetrics,
-    };
-    let g = &view.totals.global;
-    let ns = scopes(view, ns_key);
-    let providers = scopes(view, provider_key);
-    let models = scopes(view, model_key);
+    let mut e = Encoder::new(openmetrics);
+    let sc = Scopes::of(view);
     let dur_bounds = ms_bounds(c::DURATION_BUCKETS);
-    let genai_bounds = ms_bounds(c::GENAI_DURATION_BUCKETS);
+    write_seed(&mut e, view, &sc, health, &dur_bounds);
+    write_traffic(&mut e, view, &sc, &dur_bounds);
+    write_quantiles(&mut e, view, &sc);
+    write_tokens_and_cost(&mut e, view, &sc);
+    write_genai(&mut e, &sc);
+    write_health(&mut e, view, health, store);
+    crate::claude_code::render::write(&mut e, &otlp.claude_code);
+    otlp::write_receiver(&mut e, &otlp.diagnostics);
+    otlp::write_export(&mut e, &otlp.export);
+    e.finish()
+}
 
-    // Seed families.
+/// One scope of the view: its label values, key and aggregate.
+type Scope<'a> = (Vec<&'a str>, &'a ScopeKey, &'a ScopeAgg);
+
+/// The view's scopes by kind, each sorted by label values.
+struct Scopes<'a> {
+    ns: Vec<Scope<'a>>,
+    providers: Vec<Scope<'a>>,
+    models: Vec<Scope<'a>>,
+}
+
+impl<'a> Scopes<'a> {
+    fn of(view: &'a FleetView) -> Self {
+        Self {
+            ns: scopes(view, ns_key),
+            providers: scopes(view, provider_key),
+            models: scopes(view, model_key),
+        }
+    }
+}
+
+/// The seed families: request, error and response-time totals, uptime, per namespace and per
+/// model.
+fn write_seed(
+    e: &mut Encoder,
+    view: &FleetView,
+    sc: &Scopes<'_>,
+    health: &HealthSnapshot,
+    dur_bounds: &[f64],
+) {
+    let g = &view.totals.global;
+    let (ns, models) = (&sc.ns[..], &sc.models[..]);
     e.header(&c::REQUESTS);
     e.sample(&c::REQUESTS, &[], Value::U(g.requests));
     e.header(&c::ERRORS);
@@ -267,19 +157,19 @@ pub fn render_all(
     e.header(&c::UPTIME);
     e.sample(&c::UPTIME, &[], Value::F(health.uptime_seconds));
     e.header(&c::NS_REQUESTS);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::NS_REQUESTS, l, Value::U(s.requests));
     }
     e.header(&c::NS_CONCURRENT);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::NS_CONCURRENT, l, Value::I(s.concurrency.max(0)));
     }
     e.header(&c::NS_RESPONSE_TIME);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::NS_RESPONSE_TIME, l, avg_seconds(s));
     }
     e.header(&c::NS_STATUS);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         for (code, n) in &s.status {
             e.sample(&c::NS_STATUS, &[l[0], &code.to_string()], Value::U(*n));
         }
@@ -293,27 +183,32 @@ pub fn render_all(
     ];
     for (i, (m, f)) in per_model.iter().enumerate() {
         e.header(m);
-        for (l, _, s) in &models {
+        for (l, _, s) in models {
             e.sample(m, l, f(s));
         }
         if i == 0 {
             e.header(&c::MODEL_DURATION);
-            for (l, _, s) in &models {
+            for (l, _, s) in models {
                 duration_histogram(
-                    &mut e,
+                    e,
                     &c::MODEL_DURATION,
                     l,
                     &s.latency.duration,
                     s.duration_ms_sum,
-                    &dur_bounds,
+                    dur_bounds,
                 );
             }
         }
     }
+}
 
-    // Traffic beyond the seed.
+/// Traffic beyond the seed: errors and status codes, per provider, duration and TTFB
+/// histograms.
+fn write_traffic(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>, dur_bounds: &[f64]) {
+    let g = &view.totals.global;
+    let (ns, providers, models) = (&sc.ns[..], &sc.providers[..], &sc.models[..]);
     e.header(&c::NS_ERRORS);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::NS_ERRORS, l, Value::U(s.failures));
     }
     e.header(&c::STATUS);
@@ -321,80 +216,80 @@ pub fn render_all(
         e.sample(&c::STATUS, &[&code.to_string()], Value::U(*n));
     }
     e.header(&c::PROVIDER_REQUESTS);
-    for (l, _, s) in &providers {
+    for (l, _, s) in providers {
         e.sample(&c::PROVIDER_REQUESTS, l, Value::U(s.requests));
     }
     e.header(&c::PROVIDER_ERRORS);
-    for (l, _, s) in &providers {
+    for (l, _, s) in providers {
         e.sample(&c::PROVIDER_ERRORS, l, Value::U(s.failures));
     }
     e.header(&c::DURATION);
     duration_histogram(
-        &mut e,
+        e,
         &c::DURATION,
         &[],
         &g.latency.duration,
         g.duration_ms_sum,
-        &dur_bounds,
+        dur_bounds,
     );
-    for (m, list) in [(&c::NS_DURATION, &ns), (&c::PROVIDER_DURATION, &providers)] {
+    for (m, list) in [(&c::NS_DURATION, ns), (&c::PROVIDER_DURATION, providers)] {
         e.header(m);
         for (l, _, s) in list {
-            duration_histogram(
-                &mut e,
-                m,
-                l,
-                &s.latency.duration,
-                s.duration_ms_sum,
-                &dur_bounds,
-            );
+            duration_histogram(e, m, l, &s.latency.duration, s.duration_ms_sum, dur_bounds);
         }
     }
     e.header(&c::MODEL_TTFB);
-    for (l, _, s) in &models {
+    for (l, _, s) in models {
         duration_histogram(
-            &mut e,
+            e,
             &c::MODEL_TTFB,
             l,
             &s.latency.ttfb,
             s.ttfb_ms_sum,
-            &dur_bounds,
+            dur_bounds,
         );
     }
+}
 
-    // Quantiles: recent windows from the store, `all` from the since-start histograms.
-    quantiles(&mut e, &c::DURATION_Q, &[], view, None, false);
+/// Latency quantiles: recent windows from the store, `all` from the since-start histograms.
+fn write_quantiles(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>) {
+    let (ns, providers, models) = (&sc.ns[..], &sc.providers[..], &sc.models[..]);
+    quantiles(e, &c::DURATION_Q, &[], view, None, false);
     e.header(&c::NS_DURATION_Q);
-    for (l, k, _) in &ns {
-        quantiles(&mut e, &c::NS_DURATION_Q, l, view, Some(k), false);
+    for (l, k, _) in ns {
+        quantiles(e, &c::NS_DURATION_Q, l, view, Some(k), false);
     }
     e.header(&c::PROVIDER_DURATION_Q);
-    for (l, k, _) in &providers {
-        quantiles(&mut e, &c::PROVIDER_DURATION_Q, l, view, Some(k), false);
+    for (l, k, _) in providers {
+        quantiles(e, &c::PROVIDER_DURATION_Q, l, view, Some(k), false);
     }
     e.header(&c::MODEL_DURATION_Q);
-    for (l, k, _) in &models {
-        quantiles(&mut e, &c::MODEL_DURATION_Q, l, view, Some(k), false);
+    for (l, k, _) in models {
+        quantiles(e, &c::MODEL_DURATION_Q, l, view, Some(k), false);
     }
-    quantiles(&mut e, &c::TTFB_Q, &[], view, None, true);
+    quantiles(e, &c::TTFB_Q, &[], view, None, true);
     e.header(&c::MODEL_TTFB_Q);
-    for (l, k, _) in &models {
-        quantiles(&mut e, &c::MODEL_TTFB_Q, l, view, Some(k), true);
+    for (l, k, _) in models {
+        quantiles(e, &c::MODEL_TTFB_Q, l, view, Some(k), true);
     }
+}
 
-    // Tokens and cost.
+/// Tokens, cost, unpriced and abandoned requests.
+fn write_tokens_and_cost(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>) {
+    let g = &view.totals.global;
+    let (ns, models) = (&sc.ns[..], &sc.models[..]);
     e.header(&c::TOKENS);
     for (t, n) in TOKEN_TYPES.iter().zip(g.tokens.as_array()) {
         e.sample(&c::TOKENS, &[t], Value::U(n));
     }
     e.header(&c::NS_TOKENS);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         for (t, n) in TOKEN_TYPES.iter().zip(s.tokens.as_array()) {
             e.sample(&c::NS_TOKENS, &[l[0], t], Value::U(n));
         }
     }
     e.header(&c::MODEL_TOKENS);
-    for (l, _, s) in &models {
+    for (l, _, s) in models {
         for (t, n) in TOKEN_TYPES.iter().zip(s.tokens.as_array()) {
             e.sample(&c::MODEL_TOKENS, &[l[0], l[1], t], Value::U(n));
         }
@@ -402,24 +297,28 @@ pub fn render_all(
     e.header(&c::COST);
     e.sample(&c::COST, &[], Value::Micros(g.cost_micros));
     e.header(&c::NS_COST);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::NS_COST, l, Value::Micros(s.cost_micros));
     }
     e.header(&c::UNPRICED);
-    for (l, _, s) in &models {
+    for (l, _, s) in models {
         e.sample(&c::UNPRICED, l, Value::U(s.unpriced));
     }
     e.header(&c::ABANDONED);
-    for (l, _, s) in &ns {
+    for (l, _, s) in ns {
         e.sample(&c::ABANDONED, l, Value::U(s.abandoned));
     }
+}
 
-    // OpenTelemetry GenAI semantic conventions.
+/// The OpenTelemetry GenAI semantic-convention histograms.
+fn write_genai(e: &mut Encoder, sc: &Scopes<'_>) {
+    let models = &sc.models[..];
+    let genai_bounds = ms_bounds(c::GENAI_DURATION_BUCKETS);
     e.header(&c::GENAI_DURATION);
-    for (l, _, s) in &models {
+    for (l, _, s) in models {
         let op = s.operation.unwrap_or("chat");
         duration_histogram(
-            &mut e,
+            e,
             &c::GENAI_DURATION,
             &[op, l[0], l[1]],
             &s.latency.duration,
@@ -429,7 +328,7 @@ pub fn render_all(
     }
     e.header(&c::GENAI_TOKENS);
     let token_bounds: Vec<f64> = c::GENAI_TOKEN_BUCKETS.iter().map(|b| *b as f64).collect();
-    for (l, _, s) in &models {
+    for (l, _, s) in models {
         let Some(usage) = &s.token_usage else {
             continue;
         };
@@ -454,8 +353,10 @@ pub fn render_all(
             );
         }
     }
+}
 
-    // This process's health.
+/// This process's health: ingest and drop counters, queue, overflow, store, build.
+fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, store: (&str, bool)) {
     e.header(&c::INGEST_ACCEPTED);
     for s in Source::ALL {
         e.sample(
@@ -516,12 +417,6 @@ pub fn render_all(
     e.sample(&c::SELF_UPTIME, &[], Value::F(health.uptime_seconds));
     e.header(&c::BUILD_INFO);
     e.sample(&c::BUILD_INFO, &[env!("CARGO_PKG_VERSION")], Value::U(1));
-    otlp::write(&mut e, otlp);
-
-    if openmetrics {
-        e.out.push_str("# EOF\n");
-    }
-    e.out
 }
 
 fn duration_histogram(
@@ -630,21 +525,7 @@ pub async fn metrics(State(s): State<MetricsState>, headers: HeaderMap) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn micros_print_exactly() {
-        assert_eq!(Value::Micros(214_380).to_string(), "0.21438");
-        assert_eq!(Value::Micros(3_000_000).to_string(), "3");
-        assert_eq!(Value::Micros(1).to_string(), "0.000001");
-        assert_eq!(Value::Micros(12_345_678_901).to_string(), "12345.678901");
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut s = String::new();
-        escape_label("a\"b\\c\nd", &mut s);
-        assert_eq!(s, "a\\\"b\\\\c\\nd");
-    }
+    use crate::catalog::Kind;
 
     #[test]
     fn empty_view_renders_every_family_once() {

@@ -4,23 +4,21 @@
 //!
 //! - [`http`]: the OTLP/HTTP protocol — media types, status codes, `partial_success`, answers in
 //!   the request's encoding.
-//! - [`decode`]: protobuf and OTLP/JSON bodies into `opentelemetry-proto` types; AnyValue reading
-//!   (numbers and booleans that arrive as strings).
-//! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
-//!   allocating per attribute (prost decodes whatever it does not fully understand).
-//! - [`claude_code`]: what each log record and data point becomes — request records (validated
-//!   like native ones), tool events, metric points with bounded labels.
+//! - the receiver's counters ([`Diagnostics`]) and their label enums.
 //!
-//! It never touches aggregates: records go to the pipeline, Claude Code inputs to the Claude
-//! Code task (`crate::claude_code`). Counts of what happened to every item live in
-//! [`Diagnostics`].
+//! Bodies are read by [`crate::otlp`] (decoding, the borrowed logs view). What each log record and data point becomes is Claude Code's mapping
+//! ([`crate::claude_code::mapping`]). The receiver never touches aggregates: records go to the
+//! pipeline, Claude Code inputs to the Claude Code task ([`crate::claude_code::task`]). Counts
+//! of what happened to every item live in [`Diagnostics`] (rendered by
+//! `crate::export::prometheus`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub mod claude_code;
-pub mod decode;
+use crate::claude_code::state::PointOutcome;
+use crate::claude_code::task::PointCounter;
+use crate::health::RequestReject;
+
 pub mod http;
-pub mod scan;
 
 label_enum! {
     /// OTLP signal (the `signal` label).
@@ -89,28 +87,6 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// Why a whole request was refused (the `reason` label).
-    pub enum RequestReason {
-        /// 413: over the body limit (on the wire or decompressed).
-        BodyTooLarge = "body_too_large",
-        /// 415: not `application/x-protobuf` or `application/json`.
-        UnsupportedMediaType = "unsupported_media_type",
-        /// 415: a Content-Encoding other than gzip / zstd / identity.
-        UnsupportedEncoding = "unsupported_encoding",
-        /// 400: the compressed body could not be decompressed.
-        BadCompression = "bad_compression",
-        /// 400: not a valid message of the signal (truncated, wrong encoding, too deep).
-        Undecodable = "undecodable",
-        /// 503: the queue is full or the server shutting down.
-        Overloaded = "overloaded",
-        /// 405: not POST.
-        MethodNotAllowed = "method_not_allowed",
-        /// 400: the body could not be read from the connection.
-        BodyRead = "body_read",
-    }
-}
-
 const SIGNALS: usize = Signal::ALL.len();
 
 /// Counters of every OTLP item and request, by signal and outcome (lock-free atomics).
@@ -119,7 +95,7 @@ pub struct Diagnostics {
     received: [AtomicU64; SIGNALS],
     accepted: [[AtomicU64; Use::ALL.len()]; SIGNALS],
     rejected: [[AtomicU64; ItemReject::ALL.len()]; SIGNALS],
-    rejected_requests: [[AtomicU64; RequestReason::ALL.len()]; SIGNALS],
+    rejected_requests: [[AtomicU64; RequestReject::ALL.len()]; SIGNALS],
 }
 
 /// A copy of [`Diagnostics`], indexed by the enums' discriminants.
@@ -131,7 +107,7 @@ pub struct DiagnosticsSnapshot {
     pub accepted: Vec<Vec<u64>>,
     /// Per [`Signal`], per [`ItemReject`].
     pub rejected: Vec<Vec<u64>>,
-    /// Per [`Signal`], per [`RequestReason`].
+    /// Per [`Signal`], per [`RequestReject`].
     pub rejected_requests: Vec<Vec<u64>>,
 }
 
@@ -156,7 +132,7 @@ impl Diagnostics {
     }
 
     /// Counts a refused request.
-    pub fn rejected_request(&self, s: Signal, r: RequestReason) {
+    pub fn rejected_request(&self, s: Signal, r: RequestReject) {
         self.rejected_requests[s as usize][r as usize].fetch_add(1, Relaxed);
     }
 
@@ -180,6 +156,16 @@ impl Diagnostics {
                 .iter()
                 .map(|r| r.iter().map(load).collect())
                 .collect(),
+        }
+    }
+}
+
+impl PointCounter for Diagnostics {
+    fn count(&self, outcome: PointOutcome) {
+        match outcome {
+            PointOutcome::Counted => self.accepted(Signal::Metrics, Use::Metric, 1),
+            PointOutcome::Repeated => self.accepted(Signal::Metrics, Use::Repeated, 1),
+            PointOutcome::StreamLimit => self.rejected(Signal::Metrics, ItemReject::StreamLimit, 1),
         }
     }
 }

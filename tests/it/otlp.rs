@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gatemeter::ingest::otlp::claude_code::Mapping;
+use gatemeter::claude_code::mapping::Mapping;
 use gatemeter::price::PriceTable;
 use gatemeter::record::{Event, Validation};
 use opentelemetry_proto::tonic::collector::logs::v1::{

@@ -1,17 +1,17 @@
-//! The Claude Code and OTLP families of `/metrics`: Claude Code metrics as cumulative counters
-//! (attribute labels), tool statistics, event counts, the receiver's diagnostics and the OTLP
-//! log export's counters.
+//! The OTLP families of `/metrics`: the receiver's diagnostics (`gatemeter_otlp_received`,
+//! `_accepted`, `_rejected`, `_rejected_requests`) and the OTLP log export's counters; and
+//! [`OtlpSource`], where a scrape reads them and the Claude Code snapshot (rendered by
+//! `crate::claude_code::render`).
 
 use std::sync::Arc;
 
-use super::{Encoder, Value};
-use crate::aggregate::claude_code::{OVERFLOW, Snapshot};
 use crate::catalog as c;
-use crate::claude_code::ClaudeCode;
+use crate::claude_code::state::Snapshot;
+use crate::claude_code::task::ClaudeCode;
 use crate::export::otlp_logs::{ExportDrop, ExportSnapshot, ExportStats};
-use crate::ingest::otlp::{
-    Diagnostics, DiagnosticsSnapshot, ItemReject, RequestReason, Signal, Use,
-};
+use crate::exposition::{Encoder, Value, at, at2};
+use crate::health::RequestReject;
+use crate::ingest::otlp::{Diagnostics, DiagnosticsSnapshot, ItemReject, Signal, Use};
 
 /// Where the OTLP part of a scrape comes from.
 #[derive(Clone)]
@@ -50,88 +50,8 @@ pub struct OtlpSnapshot {
     pub export: ExportSnapshot,
 }
 
-fn at(v: &[u64], i: usize) -> u64 {
-    v.get(i).copied().unwrap_or(0)
-}
-
-fn at2(v: &[Vec<u64>], i: usize, j: usize) -> u64 {
-    v.get(i).map_or(0, |r| at(r, j))
-}
-
-pub(super) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
-    let cc = &s.claude_code;
-    for (i, (_, m, usd)) in c::CLAUDE_CODE_METRICS.iter().enumerate() {
-        e.header(m);
-        let value = |v: f64| {
-            if *usd {
-                Value::Micros((v * 1_000_000.0).round().max(0.0) as u64)
-            } else {
-                Value::F(v)
-            }
-        };
-        if let Some(series) = cc.series.get(i) {
-            for (labels, v) in series {
-                let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
-                let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
-                e.line(m.name, "_total", &names, &values, None, value(*v));
-            }
-        }
-        if cc.overflow_points.get(i).copied().unwrap_or(0) > 0 {
-            let v = cc.overflow_value.get(i).copied().unwrap_or(0.0);
-            e.line(m.name, "_total", &["series"], &[OVERFLOW], None, value(v));
-        }
-    }
-    e.header(&c::CC_EVENTS);
-    for (name, n) in &cc.events {
-        e.sample(&c::CC_EVENTS, &[name], Value::U(*n));
-    }
-    e.header(&c::CC_TOOL_CALLS);
-    for (tool, t) in &cc.tools {
-        e.sample(&c::CC_TOOL_CALLS, &[tool], Value::U(t.calls));
-    }
-    e.header(&c::CC_TOOL_FAILURES);
-    for (tool, t) in &cc.tools {
-        e.sample(&c::CC_TOOL_FAILURES, &[tool], Value::U(t.failures));
-    }
-    e.header(&c::CC_TOOL_DURATION);
-    for (tool, t) in &cc.tools {
-        let mut running = 0;
-        let cumulative: Vec<u64> = t
-            .duration_buckets
-            .iter()
-            .take(c::DURATION_BUCKETS.len())
-            .map(|n| {
-                running += n;
-                running
-            })
-            .collect();
-        e.histogram(
-            &c::CC_TOOL_DURATION,
-            &[tool],
-            c::DURATION_BUCKETS,
-            &cumulative,
-            t.duration_count,
-            Value::F(t.duration_ms_sum as f64 / 1000.0),
-        );
-    }
-    e.header(&c::CC_TOOL_DECISIONS);
-    for ((tool, decision, source), n) in &cc.decisions {
-        e.sample(
-            &c::CC_TOOL_DECISIONS,
-            &[tool, decision, source],
-            Value::U(*n),
-        );
-    }
-    e.header(&c::CC_SERIES_OVERFLOW);
-    for (i, (name, _, _)) in c::CLAUDE_CODE_METRICS.iter().enumerate() {
-        e.sample(
-            &c::CC_SERIES_OVERFLOW,
-            &[name],
-            Value::U(at(&cc.overflow_points, i)),
-        );
-    }
-
-    let d = &s.diagnostics;
+/// The OTLP receiver's counters, by signal.
+pub(super) fn write_receiver(e: &mut Encoder, d: &DiagnosticsSnapshot) {
     e.header(&c::OTLP_RECEIVED);
     for sig in Signal::ALL {
         e.sample(
@@ -162,7 +82,7 @@ pub(super) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
     }
     e.header(&c::OTLP_REJECTED_REQUESTS);
     for sig in Signal::ALL {
-        for r in RequestReason::ALL {
+        for r in RequestReject::ALL {
             e.sample(
                 &c::OTLP_REJECTED_REQUESTS,
                 &[sig.as_str(), r.as_str()],
@@ -170,8 +90,10 @@ pub(super) fn write(e: &mut Encoder, s: &OtlpSnapshot) {
             );
         }
     }
+}
 
-    let x = &s.export;
+/// The OTLP log export's counters (zero when the export is not configured).
+pub(super) fn write_export(e: &mut Encoder, x: &ExportSnapshot) {
     e.header(&c::OTLP_EXPORTED);
     e.sample(&c::OTLP_EXPORTED, &[], Value::U(x.exported));
     e.header(&c::OTLP_EXPORT_DROPPED);

@@ -28,13 +28,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::claude_code::Mapping;
-use super::decode::{self, Encoding};
-use super::{Diagnostics, ItemReject, RequestReason, Signal, Use};
+use super::{Diagnostics, ItemReject, Signal, Use};
 use crate::api::ApiError;
-use crate::claude_code::ClaudeCode;
+use crate::claude_code::mapping::Mapping;
+use crate::claude_code::task::ClaudeCode;
 use crate::health::{Health, RequestReject, Source};
 use crate::ingest::body;
+use crate::otlp::decode::{self, Encoding};
+use crate::otlp::scan;
 use crate::pipeline::Pipeline;
 use crate::price::PriceTable;
 use crate::record::Validation;
@@ -74,16 +75,15 @@ pub struct OtlpIngest {
     pub mapping: Mapping,
 }
 
+/// A refused request: why (which also gives its status) and what to tell the client.
 struct Refusal {
-    status: StatusCode,
-    reason: RequestReason,
+    reason: RequestReject,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: RequestReason, message: impl Into<String>) -> Self {
+    fn new(reason: RequestReject, message: impl Into<String>) -> Self {
         Self {
-            status,
             reason,
             message: message.into(),
         }
@@ -117,18 +117,19 @@ fn answer(status: StatusCode, enc: Encoding, body: Vec<u8>) -> Response {
 }
 
 fn refuse(enc: Encoding, r: Refusal) -> Response {
-    let code = match r.status {
+    let status = r.reason.status();
+    let code = match status {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => 14, // UNAVAILABLE
         StatusCode::PAYLOAD_TOO_LARGE => 8,                                    // RESOURCE_EXHAUSTED
         StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => 12, // UNIMPLEMENTED
         _ => 3,                                                                // INVALID_ARGUMENT
     };
-    let status = Status {
+    let body = Status {
         code,
         message: r.message,
     };
-    let mut resp = answer(r.status, enc, encode(enc, &status));
-    match r.status {
+    let mut resp = answer(status, enc, encode(enc, &body));
+    match status {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -143,20 +144,13 @@ fn refuse(enc: Encoding, r: Refusal) -> Response {
 }
 
 fn body_refusal(e: body::BodyError) -> Refusal {
-    let reason = match e.reason {
-        RequestReject::BodyTooLarge => RequestReason::BodyTooLarge,
-        RequestReject::UnsupportedEncoding => RequestReason::UnsupportedEncoding,
-        RequestReject::BadCompression => RequestReason::BadCompression,
-        _ => RequestReason::BodyRead,
-    };
-    let (status, message) = match e.error {
-        ApiError::TooLarge { message, .. } => (StatusCode::PAYLOAD_TOO_LARGE, message),
-        ApiError::UnsupportedMediaType { message, .. } => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    let message = match e.error {
+        ApiError::TooLarge { message, .. } | ApiError::UnsupportedMediaType { message, .. } => {
+            message
         }
-        other => (StatusCode::BAD_REQUEST, other.to_string()),
+        other => other.to_string(),
     };
-    Refusal::new(status, reason, message)
+    Refusal::new(e.reason, message)
 }
 
 /// `POST /v1/logs`, `/v1/metrics`, `/v1/traces` (any method is routed here so that the others
@@ -174,8 +168,7 @@ pub async fn export(
     let enc = Encoding::from_headers(&headers);
     let result = if method != Method::POST {
         Err(Refusal::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            RequestReason::MethodNotAllowed,
+            RequestReject::MethodNotAllowed,
             format!("{method} is not allowed on {}; use POST", signal.path()),
         ))
     } else if let Some(enc) = enc {
@@ -185,8 +178,7 @@ pub async fn export(
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestReason::UnsupportedMediaType,
+            RequestReject::UnsupportedMediaType,
             format!(
                 "Content-Type {} is not supported; use application/x-protobuf or application/json",
                 got.map_or_else(|| "(none)".to_string(), |g| format!("{g:?}"))
@@ -198,17 +190,7 @@ pub async fn export(
         Ok(body) => answer(StatusCode::OK, enc, body),
         Err(r) => {
             s.diagnostics.rejected_request(signal, r.reason);
-            let common = match r.reason {
-                RequestReason::BodyTooLarge => Some(RequestReject::BodyTooLarge),
-                RequestReason::UnsupportedMediaType => Some(RequestReject::UnsupportedMediaType),
-                RequestReason::UnsupportedEncoding => Some(RequestReject::UnsupportedEncoding),
-                RequestReason::BadCompression => Some(RequestReject::BadCompression),
-                RequestReason::Undecodable => Some(RequestReject::Malformed),
-                RequestReason::Overloaded => Some(RequestReject::Overloaded),
-                RequestReason::BodyRead => Some(RequestReject::BodyRead),
-                RequestReason::MethodNotAllowed => None,
-            };
-            if let Some(c) = common {
+            if let Some(c) = r.reason.process_wide() {
                 s.health.rejected_request(Source::Otlp, c);
             }
             refuse(enc, r)
@@ -218,8 +200,7 @@ pub async fn export(
 
 fn overloaded() -> Refusal {
     Refusal::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        RequestReason::Overloaded,
+        RequestReject::Overloaded,
         "the ingest queue is full; retry after the Retry-After delay",
     )
 }
@@ -235,18 +216,17 @@ impl OtlpIngest {
         let bytes = body::read(body, headers, self.max_body_bytes)
             .await
             .map_err(body_refusal)?;
-        let undecodable =
-            |m: String| Refusal::new(StatusCode::BAD_REQUEST, RequestReason::Undecodable, m);
+        let undecodable = |m: String| Refusal::new(RequestReject::Undecodable, m);
         match signal {
             Signal::Logs => {
                 if enc == Encoding::Protobuf
-                    && let Some(view) = super::scan::logs(&bytes)
+                    && let Some(view) = scan::logs(&bytes)
                 {
                     return self.logs(enc, &view);
                 }
                 let req: ExportLogsServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.logs(enc, &super::scan::view(&req))
+                self.logs(enc, &scan::view(&req))
             }
             Signal::Metrics => {
                 let req: ExportMetricsServiceRequest =
@@ -275,11 +255,7 @@ impl OtlpIngest {
         }
     }
 
-    fn logs(
-        &self,
-        enc: Encoding,
-        req: &[super::scan::ResourceLogsRef<'_>],
-    ) -> Result<Vec<u8>, Refusal> {
+    fn logs(&self, enc: Encoding, req: &[scan::ResourceLogsRef<'_>]) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
@@ -363,7 +339,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::aggregate::claude_code::Limits;
+    use crate::claude_code::state::Limits;
     use crate::store::{Discard, MemoryStore};
 
     fn logs(ids: &[&str]) -> String {
@@ -455,11 +431,11 @@ mod tests {
         assert_eq!(m.status(), StatusCode::SERVICE_UNAVAILABLE);
         let d = diagnostics.snapshot();
         assert_eq!(
-            d.rejected_requests[Signal::Logs as usize][RequestReason::Overloaded as usize],
+            d.rejected_requests[Signal::Logs as usize][RequestReject::Overloaded as usize],
             1
         );
         assert_eq!(
-            d.rejected_requests[Signal::Metrics as usize][RequestReason::Overloaded as usize],
+            d.rejected_requests[Signal::Metrics as usize][RequestReject::Overloaded as usize],
             1
         );
         assert_eq!(

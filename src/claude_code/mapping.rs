@@ -14,6 +14,9 @@
 //! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
 //! Code state, with labels from the point's attributes minus the deny-list (session, user and
 //! account ids) unless allow-listed.
+//!
+//! It maps and validates; it holds no state ([`super::state`] does), counts nothing (the
+//! receiver does) and reads no clock (the caller's [`Validation`] carries `now`).
 
 use std::hash::{Hash, Hasher};
 
@@ -23,10 +26,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
-use super::decode::{Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of};
-use super::scan::{Kv, LogRef, ResourceLogsRef};
-use crate::aggregate::claude_code::{Input, Labels, Point, Temporality, ToolEvent};
 use crate::catalog;
+use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
+use crate::otlp::decode::{
+    Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
+};
+use crate::otlp::scan::{Kv, LogRef, ResourceLogsRef};
 use crate::record::{Event, RecordError, RecordFields, Validation};
 
 /// Attributes that are never labels unless allow-listed (besides every `user.*`).
@@ -238,7 +243,7 @@ fn time_ms(r: &LogRef<'_>) -> Option<i64> {
 impl Mapping {
     /// Maps a decoded logs request. `v` validates the records.
     pub fn logs(&self, req: &ExportLogsServiceRequest, v: &Validation<'_>) -> LogsOutcome {
-        self.logs_view(&super::scan::view(req), v)
+        self.logs_view(&crate::otlp::scan::view(req), v)
     }
 
     /// Maps a logs request's view (decoded or read in place). `v` validates the records.

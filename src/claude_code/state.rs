@@ -15,7 +15,8 @@
 //!   counted twice.
 //!
 //! Pure: no I/O, no clock (times come from the points). Only the Claude Code task
-//! (`crate::claude_code`) owns a [`ClaudeCodeState`]; readers get a [`Snapshot`].
+//! ([`super::task`]) owns a [`ClaudeCodeState`]; readers get a [`Snapshot`]. It does not read
+//! OTLP ([`super::mapping`] makes its [`Input`]s) and does not render ([`super::render`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -415,11 +416,6 @@ impl ClaudeCodeState {
     /// A copy for readers.
     pub fn snapshot(&self) -> Snapshot {
         self.totals.clone()
-    }
-
-    /// Streams tracked.
-    pub fn streams(&self) -> usize {
-        self.streams.len()
     }
 }
 
