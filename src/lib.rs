@@ -16,10 +16,10 @@
 //!   usage CSV and audit ([`api::logs`]).
 //! - [`config`]: YAML config → validated [`config::Config`].
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
-//! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
 //! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
-//! - [`logbench`]: `gatemeter bench-log`, the request log's write and query benchmark.
-
+//!
+//! The developer tools (`gatemeter demo`, `loadgen`, `bench-log`) live in the binary
+//! (`src/cli/`) and use this library's public API like any client.
 #[macro_use]
 mod label;
 
@@ -29,12 +29,9 @@ pub mod app;
 pub mod catalog;
 pub mod claude_code;
 pub mod config;
-pub mod demo;
 pub mod export;
 pub mod health;
 pub mod ingest;
-pub mod loadgen;
-pub mod logbench;
 pub mod pipeline;
 pub mod price;
 pub mod record;

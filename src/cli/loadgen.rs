@@ -27,9 +27,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::catalog;
-use crate::demo::{Detail, Traffic};
-use crate::record::TOKEN_TYPES;
+use gatemeter::catalog;
+use gatemeter::record::TOKEN_TYPES;
+
+use super::error_chain as chain;
+use super::traffic::{Detail, Traffic};
 
 mod otlp;
 
@@ -93,6 +95,34 @@ impl fmt::Display for Rate {
             Rate::PerSecond(n) => write!(f, "{n} records/s"),
         }
     }
+}
+
+/// How `gatemeter loadgen` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned `name: value` lines (scripts/bench*.sh grep `throughput:` and `latency p99:`).
+    #[default]
+    Text,
+    /// One JSON object (see [`Report::to_json`]), for tests and tools.
+    Json,
+}
+
+/// `gatemeter loadgen`: runs and prints the report; a counter mismatch is an error.
+pub async fn run_command(args: super::Loadgen) -> anyhow::Result<()> {
+    let run_args = LoadgenArgs {
+        target: args.target,
+        rate: args.rate,
+        batch: args.batch,
+        duration: Duration::from_secs(args.duration),
+        connections: args.connections,
+        format: args.format,
+    };
+    let report = run(&run_args).await?;
+    match args.report {
+        ReportFormat::Text => println!("{report}"),
+        ReportFormat::Json => println!("{}", report.to_json()),
+    }
+    Ok(())
 }
 
 /// What to send, where, and for how long.
@@ -159,18 +189,6 @@ pub enum LoadgenError {
     /// The server's counters do not match what it accepted; the report says where.
     #[error("the server's counters differ from what it accepted:\n{0}")]
     Mismatch(Box<Report>),
-}
-
-/// An error and its causes on one line (`a: b: c`), for logs and reports.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Outcome of comparing the server's counter deltas with what it accepted.
@@ -248,6 +266,39 @@ impl Report {
     /// Answered requests per second.
     pub fn requests_per_second(&self) -> f64 {
         per_second(self.answered, self.elapsed)
+    }
+}
+
+impl Report {
+    /// The report as one JSON object: the counts as integers, durations in milliseconds, and
+    /// `counters` as `"exact"`, `"mismatch"` or `"inconclusive"` (details in `counter_details`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (counters, details) = match &self.counters {
+            CounterCheck::Exact => ("exact", Vec::new()),
+            CounterCheck::Mismatch(lines) => ("mismatch", lines.clone()),
+            CounterCheck::Inconclusive(why) => ("inconclusive", vec![why.clone()]),
+        };
+        serde_json::json!({
+            "rate": self.rate.to_string(),
+            "batch": self.batch,
+            "connections": self.connections,
+            "duration_ms": ms(self.elapsed),
+            "requests_sent": self.requests,
+            "records_sent": self.records_sent,
+            "records_accepted": self.records_accepted,
+            "records_rejected": self.records_rejected,
+            "overloaded": self.overloaded,
+            "errors": self.errors,
+            "missed": self.missed,
+            "records_per_second": self.records_per_second(),
+            "requests_per_second": self.requests_per_second(),
+            "latency_p50_ms": ms(self.latency_p50),
+            "latency_p99_ms": ms(self.latency_p99),
+            "latency_max_ms": ms(self.latency_max),
+            "first_error": self.first_error,
+            "counters": counters,
+            "counter_details": details,
+        })
     }
 }
 
@@ -1296,8 +1347,8 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::price::PriceTable;
-    use crate::record::{Event, Validation, parse_event};
+    use gatemeter::price::PriceTable;
+    use gatemeter::record::{Event, Validation, parse_event};
 
     fn ids_and_records(batch: usize) -> (Vec<String>, usize) {
         let pool = Pool::build(batch, 0xdead_beef);
@@ -1332,7 +1383,7 @@ mod tests {
                     }
                     assert_eq!(
                         rec.cost_source,
-                        crate::record::CostSource::Reported,
+                        gatemeter::record::CostSource::Reported,
                         "{json}"
                     );
                     cost += rec.cost_micros;
