@@ -16,10 +16,13 @@
 //!   usage CSV and audit ([`api::logs`]).
 //! - [`config`]: YAML config → validated [`config::Config`].
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
+//! - [`client`]: the client side of the HTTP API (one HTTP/1.1 client, the exposition parser),
+//!   for the tools and the tests; nothing in the server imports it.
 //! - [`claude_code`]: the owner task of Claude Code metric, tool and event state (fed by OTLP).
 //!
 //! The developer tools (`gatemeter demo`, `loadgen`, `bench-log`) live in the binary
 //! (`src/cli/`) and use this library's public API like any client.
+
 #[macro_use]
 mod label;
 
@@ -28,6 +31,7 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod claude_code;
+pub mod client;
 pub mod config;
 pub mod export;
 pub mod health;

@@ -16,11 +16,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use gatemeter::app::App;
+use gatemeter::client::{self, Sender};
 use gatemeter::config::Config;
 use gatemeter::store::sql::{SqlBackend, SqlConfig};
 
 use super::error_chain;
-use super::loadgen::{self, Sender};
 use super::serve::{bind, load_config, shutdown_signal};
 use super::traffic::{DEMO_COST_SHARE, Delivery, Detail, Traffic};
 
@@ -273,11 +273,11 @@ impl Link {
             self.dropped += records as u64;
             return;
         };
-        let req = loadgen::events_request(&self.host, content_type, body);
-        match loadgen::exchange(&mut sender, req).await {
+        let req = client::events_request(&self.host, content_type, body);
+        match client::exchange(&mut sender, req).await {
             Ok((StatusCode::OK, answer)) => {
                 self.sender = Some(sender);
-                if loadgen::scan_u64(&answer, b"\"rejected\"").is_some_and(|n| n > 0) {
+                if client::scan_u64(&answer, b"\"rejected\"").is_some_and(|n| n > 0) {
                     self.warn_limited(StatusCode::OK, &answer);
                 }
             }
@@ -304,7 +304,7 @@ impl Link {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
-        match loadgen::connect(self.target).await {
+        match client::connect(self.target).await {
             Ok(s) => {
                 if self.retry_at.take().is_some() {
                     info!(target = %self.target, dropped_records = self.dropped, "Demo connection restored.");

@@ -1,16 +1,13 @@
 //! `gatemeter loadgen`: a load generator for `POST /v1/events` that checks the server's totals.
 //!
-//! It owns the cheap HTTP/1.1 client side used by loadgen and [`crate::demo`]: hyper's
-//! low-level connection over a `TcpStream`, one task per keep-alive connection. Bodies are not
-//! serialized per request: a small pool of templates (realistic records from the demo
-//! generator) is built once, and each request copies one and writes a fresh fixed-width counter
+//! It drives [`gatemeter::client`]'s HTTP/1.1 connections, one task per keep-alive connection.
+//! Bodies are not serialized per request: a small pool of templates (realistic records from
+//! [`super::traffic`]) is built once, and each request copies one and writes a fresh fixed-width counter
 //! into every record's `request_id`, so nothing is de-duplicated. Before and after the run it
 //! scrapes `/metrics` and compares the counter deltas with what the server accepted: requests,
 //! tokens by type and cost must match exactly. It assumes it is the only writer while it runs.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,16 +15,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, StatusCode, Uri};
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use gatemeter::catalog;
+use gatemeter::client::exposition::Exposition;
+use gatemeter::client::{
+    ClientError, Driver, Sender, Target, connect, events_request, exchange, open, scan_u64,
+};
 use gatemeter::record::TOKEN_TYPES;
 
 use super::error_chain as chain;
@@ -56,9 +55,6 @@ impl FromStr for Format {
         }
     }
 }
-
-/// The sending half of one HTTP/1.1 client connection.
-pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// How fast records are offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,33 +144,12 @@ pub enum LoadgenError {
     /// The rate is neither `max` nor a positive integer.
     #[error("rate {0:?} is not \"max\" or a whole number of records per second greater than 0")]
     InvalidRate(String),
-    /// The target is not `http://host:port`.
-    #[error("target {target:?} is not usable: {reason}")]
-    InvalidTarget {
-        /// The target as given.
-        target: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// The target is not usable, a connection could not be made or an exchange failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Batch size, connection count or duration is out of range.
     #[error("invalid arguments: {0}")]
     InvalidArgs(String),
-    /// A TCP connection could not be made.
-    #[error("cannot connect to {addr}")]
-    Connect {
-        /// The address tried.
-        addr: SocketAddr,
-        /// The socket error.
-        source: std::io::Error,
-    },
-    /// The HTTP exchange failed below the status line.
-    #[error("HTTP exchange with {addr} failed")]
-    Http {
-        /// The server's address.
-        addr: SocketAddr,
-        /// hyper's error.
-        source: hyper::Error,
-    },
     /// `/metrics` could not be read or is not gatemeter's.
     #[error("cannot read {target}/metrics: {reason}")]
     Metrics {
@@ -343,165 +318,6 @@ impl fmt::Display for Report {
             writeln!(f, "first error:        {e}")?;
         }
         write!(f, "counters:           {}", self.counters)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The HTTP client side (shared with `demo`).
-// ---------------------------------------------------------------------------------------------
-
-/// hyper's driver of one client connection (it does the actual reads and writes).
-type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// Opens one HTTP/1.1 keep-alive connection; the caller must poll the driver.
-async fn open(addr: SocketAddr) -> Result<(Sender, Driver), LoadgenError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| LoadgenError::Connect { addr, source })?;
-    stream
-        .set_nodelay(true)
-        .map_err(|source| LoadgenError::Connect { addr, source })?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| LoadgenError::Http { addr, source })
-}
-
-/// Opens one HTTP/1.1 keep-alive connection; its driver runs in its own task.
-pub(crate) async fn connect(addr: SocketAddr) -> Result<Sender, LoadgenError> {
-    let (sender, driver) = open(addr).await?;
-    tokio::spawn(async move {
-        if let Err(e) = driver.await {
-            debug!(error = %chain(&e), "Client connection ended with an error.");
-        }
-    });
-    Ok(sender)
-}
-
-/// A `POST /v1/events` request.
-pub(crate) fn events_request(
-    host: &HeaderValue,
-    content_type: &'static str,
-    body: Bytes,
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = Uri::from_static("/v1/events");
-    let h = req.headers_mut();
-    h.insert(header::HOST, host.clone());
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    req
-}
-
-/// Sends a request and reads the whole answer.
-pub(crate) async fn exchange(
-    sender: &mut Sender,
-    req: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), hyper::Error> {
-    sender.ready().await?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    // Answers are small and usually one frame: keep that frame rather than collecting a list.
-    let mut body = resp.into_body();
-    let mut first = Bytes::new();
-    let mut joined: Option<Vec<u8>> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        match &mut joined {
-            Some(v) => v.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut v = first.to_vec();
-                v.extend_from_slice(&data);
-                joined = Some(v);
-            }
-        }
-    }
-    Ok((status, joined.map_or(first, Bytes::from)))
-}
-
-/// The unsigned integer after `key` (a quoted JSON key) and a colon, e.g. `"accepted": 12`.
-pub(crate) fn scan_u64(body: &[u8], key: &[u8]) -> Option<u64> {
-    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
-    let rest = &body[at..];
-    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
-    let rest = rest.strip_prefix(b":")?;
-    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let digits = rest[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    if digits == 0 {
-        return None;
-    }
-    std::str::from_utf8(&rest[start..start + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// A parsed `http://host:port` target.
-#[derive(Debug, Clone)]
-struct Target {
-    /// As given, without a trailing slash (for messages).
-    base: String,
-    addr: SocketAddr,
-    host: HeaderValue,
-}
-
-impl Target {
-    async fn resolve(target: &str) -> Result<Self, LoadgenError> {
-        let bad = |reason: &str| LoadgenError::InvalidTarget {
-            target: target.to_string(),
-            reason: reason.to_string(),
-        };
-        let authority = parse_authority(target).map_err(|r| bad(&r))?;
-        let addr = tokio::net::lookup_host(authority.as_str())
-            .await
-            .map_err(|e| bad(&format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| bad(&format!("{authority} resolves to no address")))?;
-        let host = HeaderValue::from_str(&authority)
-            .map_err(|_| bad("the host is not a valid header value"))?;
-        Ok(Self {
-            base: target.trim_end_matches('/').to_string(),
-            addr,
-            host,
-        })
-    }
-}
-
-/// `host:port` from `http://host:port[/]` (port 80 when absent).
-fn parse_authority(target: &str) -> Result<String, String> {
-    let rest = match target.trim().split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => {
-            return Err(format!(
-                "scheme {scheme:?} is not supported; use http://host:port"
-            ));
-        }
-        None => return Err("expected http://host:port".to_string()),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err("the host is missing".to_string());
-    }
-    if authority.contains(['/', '?', '#', '@']) {
-        return Err("give only http://host:port, without a path, query or credentials".to_string());
-    }
-    let has_port = match authority.rfind(']') {
-        Some(close) => authority[close + 1..].starts_with(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        let port = &authority[authority.rfind(':').map_or(0, |i| i + 1)..];
-        if port.parse::<u16>().is_err() {
-            return Err(format!("port {port:?} is not a number 0-65535"));
-        }
-        Ok(authority.to_string())
-    } else {
-        Ok(format!("{authority}:80"))
     }
 }
 
@@ -1044,11 +860,11 @@ fn sample_name(m: &catalog::Metric) -> String {
 
 impl Counters {
     fn from_text(text: &str) -> Result<Self, String> {
-        let samples = parse_metrics(text);
+        let samples = Exposition::parse(text).map_err(|e| e.to_string())?;
         let get = |m: &catalog::Metric, labels: &[(&str, &str)]| {
             samples
-                .get(&SeriesKey::new(&sample_name(m), labels))
-                .map(String::as_str)
+                .find(&sample_name(m), labels)
+                .map(|s| s.text.as_str())
         };
         let int = |m: &catalog::Metric, labels: &[(&str, &str)]| -> Result<u64, String> {
             match get(m, labels) {
@@ -1059,7 +875,7 @@ impl Counters {
             }
         };
         let requests_name = sample_name(&catalog::REQUESTS);
-        if !samples.keys().any(|k| k.name == requests_name) {
+        if !samples.samples.iter().any(|s| s.name == requests_name) {
             return Err(format!(
                 "no {requests_name} sample: is this a gatemeter server?"
             ));
@@ -1206,7 +1022,7 @@ async fn scrape(target: &Target) -> Result<Counters, LoadgenError> {
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange(&mut sender, req))
         .await
         .map_err(|_| fail("no answer within 10 s".into()))?
-        .map_err(|source| LoadgenError::Http {
+        .map_err(|source| ClientError::Http {
             addr: target.addr,
             source,
         })?;
@@ -1215,99 +1031,6 @@ async fn scrape(target: &Target) -> Result<Counters, LoadgenError> {
     }
     let text = std::str::from_utf8(&body).map_err(|e| fail(format!("not UTF-8: {e}")))?;
     Counters::from_text(text).map_err(fail)
-}
-
-/// A sample's name and its labels, sorted by name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SeriesKey {
-    name: String,
-    labels: Vec<(String, String)>,
-}
-
-impl SeriesKey {
-    fn new(name: &str, labels: &[(&str, &str)]) -> Self {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.sort();
-        Self {
-            name: name.to_string(),
-            labels,
-        }
-    }
-}
-
-/// Parses Prometheus text exposition into samples (value text as written). Comment lines and
-/// lines it cannot read are skipped; a trailing timestamp is ignored.
-fn parse_metrics(text: &str) -> BTreeMap<SeriesKey, String> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some((key, value)) = parse_sample(line) {
-            out.insert(key, value.to_string());
-        }
-    }
-    out
-}
-
-fn parse_sample(line: &str) -> Option<(SeriesKey, &str)> {
-    let name_end = line.find(|c: char| c == '{' || c.is_ascii_whitespace())?;
-    let name = &line[..name_end];
-    let mut labels = Vec::new();
-    let mut rest = &line[name_end..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices().peekable();
-        let mut close = None;
-        // label="value" pairs separated by commas; values may hold escaped quotes.
-        loop {
-            while chars
-                .next_if(|(_, c)| *c == ',' || c.is_ascii_whitespace())
-                .is_some()
-            {}
-            match chars.peek() {
-                Some((i, '}')) => {
-                    close = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=') {
-                key.push(c);
-            }
-            chars.next()?; // '='
-            if chars.next()?.1 != '"' {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()?.1 {
-                    '"' => break,
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    c => value.push(c),
-                }
-            }
-            labels.push((key.trim().to_string(), value));
-        }
-        rest = &inner[close? + 1..];
-    }
-    let value = rest.split_ascii_whitespace().next()?;
-    labels.sort();
-    Some((
-        SeriesKey {
-            name: name.to_string(),
-            labels,
-        },
-        value,
-    ))
 }
 
 /// A counter value as a whole number (`123`, or a float form of an integer like `1.5e+06`).
@@ -1436,35 +1159,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn target_authority() {
-        assert_eq!(
-            parse_authority("http://127.0.0.1:4318").ok().as_deref(),
-            Some("127.0.0.1:4318")
-        );
-        assert_eq!(
-            parse_authority("http://localhost:4318/").ok().as_deref(),
-            Some("localhost:4318")
-        );
-        assert_eq!(
-            parse_authority("http://[::1]:9000").ok().as_deref(),
-            Some("[::1]:9000")
-        );
-        assert_eq!(
-            parse_authority("http://example.com").ok().as_deref(),
-            Some("example.com:80")
-        );
-        for bad in [
-            "https://x:1",
-            "127.0.0.1:4318",
-            "http://x:1/v1/events",
-            "http://",
-            "http://x:port",
-        ] {
-            assert!(parse_authority(bad).is_err(), "{bad}");
-        }
-    }
-
     const SAMPLE: &str = r#"# HELP ai_gateway_requests_total Requests completed by the gateway fleet.
 # TYPE ai_gateway_requests_total counter
 ai_gateway_requests_total 1500
@@ -1493,15 +1187,6 @@ model_cost_usd_total{provider="p",model="m"} 1
                 processed: 1502
             }
         );
-        let samples = parse_metrics(SAMPLE);
-        let ns = SeriesKey::new(
-            "ai_gateway_namespace_requests_total",
-            &[("namespace", "a \"quoted\" ns")],
-        );
-        assert_eq!(samples.get(&ns).map(String::as_str), Some("7"));
-        // Label order does not matter.
-        let m = SeriesKey::new("model_cost_usd_total", &[("model", "m"), ("provider", "p")]);
-        assert!(samples.contains_key(&m));
         assert!(Counters::from_text("up 1\n").is_err());
     }
 
@@ -1545,19 +1230,6 @@ model_cost_usd_total{provider="p",model="m"} 1
         assert!(before.delta(&after).is_none());
     }
 
-    #[test]
-    fn accepted_count_is_scanned() {
-        assert_eq!(
-            scan_u64(
-                br#"{"accepted":100,"rejected":0,"errors":[]}"#,
-                b"\"accepted\""
-            ),
-            Some(100)
-        );
-        assert_eq!(scan_u64(br#"{"accepted" : 7}"#, b"\"accepted\""), Some(7));
-        assert_eq!(scan_u64(br#"{"rejected":0}"#, b"\"accepted\""), None);
-    }
-
     #[tokio::test]
     async fn unreachable_target_fails_before_sending() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1573,7 +1245,7 @@ model_cost_usd_total{provider="p",model="m"} 1
         };
         assert!(matches!(
             run(&args).await,
-            Err(LoadgenError::Connect { .. })
+            Err(LoadgenError::Client(ClientError::Connect { .. }))
         ));
         let zero = LoadgenArgs { batch: 0, ..args };
         assert!(matches!(
