@@ -463,18 +463,61 @@ impl Traffic {
         (500, Some("api_error"))
     }
 
+    /// The next final record: who sent it, where it went, how it ended, what it used and cost.
+    /// Each step draws from the one random stream in a fixed order, so a seed gives the same
+    /// traffic.
     fn next_record(&mut self) -> Synthetic {
         self.next_id += 1;
         let request_id = format!("{}-{}", self.id_prefix, self.next_id);
         let u = self.pick_user();
-        let (user, ns_index, _) = USERS[u];
-        let ns = &NAMESPACES[ns_index];
+        let ns = &NAMESPACES[USERS[u].1];
         let route = self.pick_route(ns);
-        let lean = self.detail == Detail::Lean;
-
         let mut f = Map::new();
         f.insert("request_id".into(), Value::from(request_id.clone()));
         f.insert("namespace".into(), Value::from(ns.name));
+        self.put_caller(&mut f, u, route);
+        self.put_model(&mut f, route);
+        if ns.sessions {
+            self.put_session(&mut f, u);
+        }
+        let record = |fields, duration_ms, tokens, cost_micros| Synthetic {
+            fields,
+            request_id,
+            namespace: ns.name,
+            duration_ms,
+            tokens,
+            cost_micros,
+        };
+
+        // Blocked before forwarding: no provider, no tokens.
+        if self.rng.random_bool(0.005) {
+            let duration_ms = self.put_blocked(&mut f);
+            let cost_micros = self.cost_share_hit(route).then_some(0);
+            if let Some(c) = cost_micros {
+                self.put_cost(&mut f, c);
+            }
+            return record(f, duration_ms, [0; 5], cost_micros);
+        }
+
+        self.put_provider(&mut f, route);
+        let (status, streaming) = self.put_outcome(&mut f, route);
+        let duration_ms = self.duration_ms(status, route);
+        f.insert("duration_ms".into(), Value::from(duration_ms));
+        let tokens = self.put_tokens(&mut f, route, status, streaming, duration_ms);
+        let cost_micros = self
+            .cost_share_hit(route)
+            .then(|| reported_cost(route, &tokens));
+        if let Some(c) = cost_micros {
+            self.put_cost(&mut f, c);
+        }
+        record(f, duration_ms, tokens, cost_micros)
+    }
+
+    /// Who called: user and key (an email and a laptop in session namespaces, a service
+    /// otherwise), and in full detail the gateway's view of the client.
+    fn put_caller(&mut self, f: &mut Map<String, Value>, u: usize, route: &Route) {
+        let (user, ns_index, _) = USERS[u];
+        let ns = &NAMESPACES[ns_index];
         let email = if ns.sessions {
             format!("{user}@example.com")
         } else {
@@ -487,83 +530,79 @@ impl Traffic {
             format!("{user}-service")
         };
         f.insert("key".into(), Value::from(key));
-        if !lean {
-            f.insert("user_id".into(), Value::from(format!("u-{:04}", 1001 + u)));
-            f.insert(
-                "key_id".into(),
-                Value::from(format!("key_{:06x}", 0x5eed00 + u * 7919)),
-            );
-            f.insert(
-                "instance".into(),
-                Value::from(if u.is_multiple_of(2) { "gw-a" } else { "gw-b" }),
-            );
-            f.insert("method".into(), Value::from("POST"));
-            f.insert("user_agent".into(), Value::from(route.user_agent));
-            f.insert(
-                "client_ip".into(),
-                Value::from(format!("10.20.{}.{}", ns_index, 10 + u)),
-            );
-            if self.rng.random_bool(0.5) {
-                let trace = self.hex(32);
-                f.insert("trace_id".into(), Value::from(trace));
-            }
+        if self.detail == Detail::Lean {
+            return;
         }
+        f.insert("user_id".into(), Value::from(format!("u-{:04}", 1001 + u)));
+        f.insert(
+            "key_id".into(),
+            Value::from(format!("key_{:06x}", 0x5eed00 + u * 7919)),
+        );
+        f.insert(
+            "instance".into(),
+            Value::from(if u.is_multiple_of(2) { "gw-a" } else { "gw-b" }),
+        );
+        f.insert("method".into(), Value::from("POST"));
+        f.insert("user_agent".into(), Value::from(route.user_agent));
+        f.insert(
+            "client_ip".into(),
+            Value::from(format!("10.20.{}.{}", ns_index, 10 + u)),
+        );
+        if self.rng.random_bool(0.5) {
+            let trace = self.hex(32);
+            f.insert("trace_id".into(), Value::from(trace));
+        }
+    }
+
+    /// The model (sometimes redirected from another) and the endpoint.
+    fn put_model(&mut self, f: &mut Map<String, Value>, route: &Route) {
         f.insert("model".into(), Value::from(route.model));
         if self.rng.random_bool(0.03) {
             f.insert("original_model".into(), Value::from(route.redirected_from));
         }
         f.insert("endpoint".into(), Value::from(route.endpoint));
+    }
 
-        // Sessions: a conversation lasts for several requests of the same user.
-        if ns.sessions {
-            if self.sessions[u].id.is_none() || self.rng.random_bool(0.12) {
-                let id = format!("sess-{}", self.hex(16));
-                self.sessions[u] = Session {
-                    id: Some(id),
-                    messages: 0,
-                };
-            }
-            let s = &mut self.sessions[u];
-            s.messages += 2;
-            if let Some(id) = &s.id {
-                f.insert("session_id".into(), Value::from(id.clone()));
-            }
-            if !lean {
-                f.insert("messages_count".into(), Value::from(s.messages - 1));
-            }
-        }
-
-        // Blocked before forwarding: no provider, no tokens.
-        if self.rng.random_bool(0.005) {
-            f.insert("provider".into(), Value::from(""));
-            f.insert("status".into(), Value::from(403));
-            let duration_ms = self.log_normal(15.0, 0.5, 2.0, 500.0);
-            f.insert("duration_ms".into(), Value::from(duration_ms));
-            f.insert("is_streaming".into(), Value::from(false));
-            f.insert("blocked_by".into(), Value::from("sensitive-words"));
-            f.insert(
-                "block_reason".into(),
-                Value::from("the prompt matched a blocked term"),
-            );
-            f.insert("error".into(), Value::from("request blocked by policy"));
-            let cost_micros = self.cost_share_hit(route).then_some(0);
-            if let Some(c) = cost_micros {
-                self.put_cost(&mut f, c);
-            }
-            return Synthetic {
-                fields: f,
-                request_id,
-                namespace: ns.name,
-                duration_ms,
-                tokens: [0; 5],
-                cost_micros,
+    /// The user's conversation: it lasts for several requests, then a new one starts.
+    fn put_session(&mut self, f: &mut Map<String, Value>, u: usize) {
+        if self.sessions[u].id.is_none() || self.rng.random_bool(0.12) {
+            let id = format!("sess-{}", self.hex(16));
+            self.sessions[u] = Session {
+                id: Some(id),
+                messages: 0,
             };
         }
+        let s = &mut self.sessions[u];
+        s.messages += 2;
+        if let Some(id) = &s.id {
+            f.insert("session_id".into(), Value::from(id.clone()));
+        }
+        if self.detail == Detail::Full {
+            f.insert("messages_count".into(), Value::from(s.messages - 1));
+        }
+    }
 
-        // Retries: earlier attempts went to other providers.
-        let mut chain: Vec<&str> = Vec::new();
+    /// A request the gateway blocked before forwarding; its duration.
+    fn put_blocked(&mut self, f: &mut Map<String, Value>) -> u64 {
+        f.insert("provider".into(), Value::from(""));
+        f.insert("status".into(), Value::from(403));
+        let duration_ms = self.log_normal(15.0, 0.5, 2.0, 500.0);
+        f.insert("duration_ms".into(), Value::from(duration_ms));
+        f.insert("is_streaming".into(), Value::from(false));
+        f.insert("blocked_by".into(), Value::from("sensitive-words"));
+        f.insert(
+            "block_reason".into(),
+            Value::from("the prompt matched a blocked term"),
+        );
+        f.insert("error".into(), Value::from("request blocked by policy"));
+        duration_ms
+    }
+
+    /// The provider, after retries on other providers for a few requests.
+    fn put_provider(&mut self, f: &mut Map<String, Value>, route: &Route) {
         if self.rng.random_bool(0.06) {
             let retries = self.rng.random_range(1..=2u32);
+            let mut chain: Vec<&str> = Vec::new();
             for _ in 0..retries {
                 let mut p = FALLBACKS[self.rng.random_range(0..FALLBACKS.len())];
                 if p == route.provider {
@@ -573,10 +612,13 @@ impl Traffic {
             }
             chain.push(route.provider);
             f.insert("retry_count".into(), Value::from(retries));
-            f.insert("provider_chain".into(), Value::from(chain.clone()));
+            f.insert("provider_chain".into(), Value::from(chain));
         }
         f.insert("provider".into(), Value::from(route.provider));
+    }
 
+    /// Status, streaming and error text; the status and whether it streamed.
+    fn put_outcome(&mut self, f: &mut Map<String, Value>, route: &Route) -> (u16, bool) {
         let (status, error) = self.outcome(route);
         let streaming = status == 200 && self.rng.random_bool(route.streaming);
         f.insert("status".into(), Value::from(status));
@@ -584,9 +626,13 @@ impl Traffic {
         if let Some(e) = error {
             f.insert("error".into(), Value::from(e));
         }
+        (status, streaming)
+    }
 
-        let mut tokens = [0u64; 5];
-        let duration_ms = match status {
+    /// A long-tailed duration for the outcome: successes by the route's median (a few five times
+    /// longer), quick refusals, and no-answer failures that time out or fail fast.
+    fn duration_ms(&mut self, status: u16, route: &Route) -> u64 {
+        match status {
             200 => {
                 let mut d = self.log_normal(route.median_ms, 0.9, 50.0, 120_000.0);
                 if self.rng.random_bool(0.01) {
@@ -603,8 +649,20 @@ impl Traffic {
                 }
             }
             _ => self.log_normal(2_000.0, 1.0, 50.0, 60_000.0),
-        };
-        f.insert("duration_ms".into(), Value::from(duration_ms));
+        }
+    }
+
+    /// Time to first byte (streaming successes) and tokens by type, in the order of
+    /// [`gatemeter::record::TOKEN_TYPES`]; lean records leave out zero counts.
+    fn put_tokens(
+        &mut self,
+        f: &mut Map<String, Value>,
+        route: &Route,
+        status: u16,
+        streaming: bool,
+        duration_ms: u64,
+    ) -> [u64; 5] {
+        let mut tokens = [0u64; 5];
         if status == 200 {
             let ttfb = if streaming {
                 let share = 0.03 + 0.27 * self.rng.random::<f64>();
@@ -620,24 +678,7 @@ impl Traffic {
             tokens[1] = ((duration_ms - ttfb) as f64 / 1000.0 * tokens_per_s)
                 .clamp(1.0, 64_000.0)
                 .round() as u64;
-            match route.cache {
-                CacheStyle::Anthropic => {
-                    if self.rng.random_bool(0.6) {
-                        tokens[4] = self.log_normal(20_000.0, 0.8, 1_024.0, 200_000.0);
-                    }
-                    if self.rng.random_bool(0.15) {
-                        tokens[2] = self.log_normal(4_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                    if self.rng.random_bool(0.03) {
-                        tokens[3] = self.log_normal(8_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                }
-                CacheStyle::ReadsOnly => {
-                    if self.rng.random_bool(0.4) {
-                        tokens[4] = self.log_normal(2_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                }
-            }
+            self.cache_tokens(route.cache, &mut tokens);
         } else if status == 400 || (status >= 500 && self.rng.random_bool(0.3)) {
             // The prompt was read (and billed) before the failure.
             tokens[0] = self.log_normal(3_000.0, 1.0, 1.0, 200_000.0);
@@ -650,34 +691,32 @@ impl Traffic {
             "cache_read_tokens",
         ];
         for (name, n) in FIELDS.iter().zip(tokens) {
-            if n > 0 || !lean {
+            if n > 0 || self.detail == Detail::Full {
                 f.insert((*name).into(), Value::from(n));
             }
         }
+        tokens
+    }
 
-        let cost_micros = self.cost_share_hit(route).then(|| {
-            let mult = if route.provider == "example-reseller" {
-                1.1
-            } else {
-                1.0
-            };
-            let usd_micros: f64 = tokens
-                .iter()
-                .zip(route.price)
-                .map(|(&n, p)| n as f64 * p)
-                .sum();
-            (usd_micros * mult).round() as u64
-        });
-        if let Some(c) = cost_micros {
-            self.put_cost(&mut f, c);
-        }
-        Synthetic {
-            fields: f,
-            request_id,
-            namespace: ns.name,
-            duration_ms,
-            tokens,
-            cost_micros,
+    /// Cache reads and writes of a successful request, as the provider reports them.
+    fn cache_tokens(&mut self, style: CacheStyle, tokens: &mut [u64; 5]) {
+        match style {
+            CacheStyle::Anthropic => {
+                if self.rng.random_bool(0.6) {
+                    tokens[4] = self.log_normal(20_000.0, 0.8, 1_024.0, 200_000.0);
+                }
+                if self.rng.random_bool(0.15) {
+                    tokens[2] = self.log_normal(4_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+                if self.rng.random_bool(0.03) {
+                    tokens[3] = self.log_normal(8_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+            }
+            CacheStyle::ReadsOnly => {
+                if self.rng.random_bool(0.4) {
+                    tokens[4] = self.log_normal(2_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+            }
         }
     }
 
@@ -707,6 +746,22 @@ impl Traffic {
         };
         f.insert("cost_usd".into(), v);
     }
+}
+
+/// The cost a gateway reports for these tokens on this route, in micro-USD (the reseller adds
+/// 10 %).
+fn reported_cost(route: &Route, tokens: &[u64; 5]) -> u64 {
+    let mult = if route.provider == "example-reseller" {
+        1.1
+    } else {
+        1.0
+    };
+    let usd_micros: f64 = tokens
+        .iter()
+        .zip(route.price)
+        .map(|(&n, p)| n as f64 * p)
+        .sum();
+    (usd_micros * mult).round() as u64
 }
 
 #[cfg(test)]
