@@ -99,7 +99,7 @@ pub enum ReportFormat {
     /// Aligned `name: value` lines (scripts/bench*.sh grep `throughput:` and `latency p99:`).
     #[default]
     Text,
-    /// One JSON object (see [`Report::to_json`]), for tests and tools.
+    /// One JSON object (`Report::to_json`), for tests and tools.
     Json,
 }
 
