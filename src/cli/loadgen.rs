@@ -1,11 +1,12 @@
-//! `gatemeter loadgen`: a load generator for `POST /v1/events` that checks the server's totals.
+//! `gatemeter loadgen`: a load generator for `POST /v1/events` (or OTLP `POST /v1/logs`, in
+//! [`otlp`]) that checks the server's totals.
 //!
 //! It drives [`gatemeter::client`]'s HTTP/1.1 connections, one task per keep-alive connection.
 //! Bodies are not serialized per request: a small pool of templates (realistic records from
-//! [`super::traffic`]) is built once, and each request copies one and writes a fresh fixed-width counter
-//! into every record's `request_id`, so nothing is de-duplicated. Before and after the run it
-//! scrapes `/metrics` and compares the counter deltas with what the server accepted: requests,
-//! tokens by type and cost must match exactly. It assumes it is the only writer while it runs.
+//! [`super::traffic`]) is built once, and each request copies one and writes a fresh
+//! fixed-width counter into every record's `request_id`, so nothing is de-duplicated. Before
+//! and after the run [`check`] scrapes `/metrics` and compares the counter deltas with what the
+//! server accepted. It assumes it is the only writer while it runs.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,24 +16,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, StatusCode, Uri};
+use hyper::StatusCode;
 use rand::Rng;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use gatemeter::catalog;
-use gatemeter::client::exposition::Exposition;
 use gatemeter::client::{
-    ClientError, Driver, Sender, Target, connect, events_request, exchange, open, scan_u64,
+    ClientError, Driver, Sender, Target, events_request, exchange, open, scan_u64,
 };
-use gatemeter::record::TOKEN_TYPES;
 
 use super::error_chain as chain;
 use super::traffic::{Detail, Traffic};
 
+mod check;
 mod otlp;
+
+use check::{Expected, scrape, settle_and_check};
 
 /// What loadgen sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -242,9 +241,7 @@ impl Report {
     pub fn requests_per_second(&self) -> f64 {
         per_second(self.answered, self.elapsed)
     }
-}
 
-impl Report {
     /// The report as one JSON object: the counts as integers, durations in milliseconds, and
     /// `counters` as `"exact"`, `"mismatch"` or `"inconclusive"` (details in `counter_details`).
     pub fn to_json(&self) -> serde_json::Value {
@@ -338,7 +335,7 @@ struct Template {
     body: Vec<u8>,
     /// Byte offset of each record's counter digits.
     id_offsets: Vec<usize>,
-    /// Tokens in the order of [`TOKEN_TYPES`].
+    /// Tokens in the order of [`gatemeter::record::TOKEN_TYPES`].
     tokens: [u64; 5],
     cost_micros: u64,
 }
@@ -418,12 +415,6 @@ impl Pool {
 
 /// How long to wait for answers after the run's end before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the server's counters to settle after the run.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Counters unchanged for this long are taken as settled.
-const SETTLED_AFTER: Duration = Duration::from_millis(2500);
-/// A match must hold this long (past the server's flush interval, 1 s by default).
-const CONFIRM_AFTER: Duration = Duration::from_millis(1500);
 /// Most latency recorded, microseconds (one hour).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -826,245 +817,6 @@ fn tally(stats: &mut ConnStats, status: StatusCode, body: &[u8], t: &Template, b
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The counter check.
-// ---------------------------------------------------------------------------------------------
-
-/// The counters loadgen reads from one scrape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Counters {
-    requests: u64,
-    tokens: [u64; 5],
-    cost_micros: u64,
-    duplicates: u64,
-    /// Not compared: watched only to see the pipeline settle.
-    processed: u64,
-}
-
-/// What the server should have added.
-#[derive(Debug, Clone)]
-struct Expected {
-    requests: u64,
-    tokens: [u64; 5],
-    cost_micros: u64,
-    partial: u64,
-    unknown_records: u64,
-}
-
-fn sample_name(m: &catalog::Metric) -> String {
-    m.sample_names()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| m.name.to_string())
-}
-
-impl Counters {
-    fn from_text(text: &str) -> Result<Self, String> {
-        let samples = Exposition::parse(text).map_err(|e| e.to_string())?;
-        let get = |m: &catalog::Metric, labels: &[(&str, &str)]| {
-            samples
-                .find(&sample_name(m), labels)
-                .map(|s| s.text.as_str())
-        };
-        let int = |m: &catalog::Metric, labels: &[(&str, &str)]| -> Result<u64, String> {
-            match get(m, labels) {
-                None => Ok(0),
-                Some(v) => {
-                    parse_count(v).ok_or_else(|| format!("{} has value {v:?}", sample_name(m)))
-                }
-            }
-        };
-        let requests_name = sample_name(&catalog::REQUESTS);
-        if !samples.samples.iter().any(|s| s.name == requests_name) {
-            return Err(format!(
-                "no {requests_name} sample: is this a gatemeter server?"
-            ));
-        }
-        let mut tokens = [0u64; 5];
-        for (slot, ty) in tokens.iter_mut().zip(TOKEN_TYPES) {
-            *slot = int(&catalog::TOKENS, &[("type", ty)])?;
-        }
-        let cost_micros = match get(&catalog::COST, &[]) {
-            None => 0,
-            Some(v) => parse_micros(v)
-                .ok_or_else(|| format!("{} has value {v:?}", sample_name(&catalog::COST)))?,
-        };
-        Ok(Self {
-            requests: int(&catalog::REQUESTS, &[])?,
-            tokens,
-            cost_micros,
-            duplicates: int(&catalog::DUPLICATES, &[])?,
-            processed: int(&catalog::PROCESSED, &[])?,
-        })
-    }
-
-    /// `self - before`, or `None` when a counter went down (the server restarted).
-    fn delta(&self, before: &Counters) -> Option<Counters> {
-        let mut tokens = [0u64; 5];
-        for ((d, a), b) in tokens.iter_mut().zip(self.tokens).zip(before.tokens) {
-            *d = a.checked_sub(b)?;
-        }
-        Some(Counters {
-            requests: self.requests.checked_sub(before.requests)?,
-            tokens,
-            cost_micros: self.cost_micros.checked_sub(before.cost_micros)?,
-            duplicates: self.duplicates.checked_sub(before.duplicates)?,
-            processed: self.processed.checked_sub(before.processed)?,
-        })
-    }
-}
-
-/// Differences between the server's deltas and what it accepted (empty when exact).
-fn compare(delta: &Counters, expected: &Expected) -> Vec<String> {
-    let mut out = Vec::new();
-    let requests_name = sample_name(&catalog::REQUESTS);
-    if delta.requests != expected.requests {
-        out.push(format!(
-            "{requests_name}: +{} on the server, {} records accepted",
-            delta.requests, expected.requests
-        ));
-    }
-    if expected.partial > 0 {
-        out.push(format!(
-            "{} requests were accepted only in part (loadgen sends only valid records); token and cost totals cannot be checked",
-            expected.partial
-        ));
-    } else {
-        let tokens_name = sample_name(&catalog::TOKENS);
-        for ((ty, got), want) in TOKEN_TYPES.iter().zip(delta.tokens).zip(expected.tokens) {
-            if got != want {
-                out.push(format!(
-                    "{tokens_name}{{type=\"{ty}\"}}: +{got} on the server, {want} sent"
-                ));
-            }
-        }
-        if delta.cost_micros != expected.cost_micros {
-            out.push(format!(
-                "{}: +{} on the server, {} sent",
-                sample_name(&catalog::COST),
-                format_micros(delta.cost_micros),
-                format_micros(expected.cost_micros)
-            ));
-        }
-    }
-    if delta.duplicates != 0 {
-        out.push(format!(
-            "{}: +{} (every request_id was unique)",
-            sample_name(&catalog::DUPLICATES),
-            delta.duplicates
-        ));
-    }
-    out
-}
-
-fn format_micros(m: u64) -> String {
-    format!("{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-/// Waits until the server's counters match (and keep matching) or stop changing, then compares.
-async fn settle_and_check(
-    target: &Target,
-    before: &Counters,
-    expected: &Expected,
-) -> Result<CounterCheck, LoadgenError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut last = scrape(target).await?;
-    let mut stable_since = Instant::now();
-    let mut matched_since: Option<Instant> = None;
-    loop {
-        let Some(delta) = last.delta(before) else {
-            return Ok(CounterCheck::Mismatch(vec![
-                "a counter went down during the run: did the server restart?".into(),
-            ]));
-        };
-        let diffs = compare(&delta, expected);
-        let now = Instant::now();
-        if diffs.is_empty() {
-            // A match must hold past a flush, so that a late over-count is still seen.
-            let since = *matched_since.get_or_insert(now);
-            if now.duration_since(since) >= CONFIRM_AFTER || now >= deadline {
-                return Ok(CounterCheck::Exact);
-            }
-        } else {
-            matched_since = None;
-            if now >= deadline || now.duration_since(stable_since) >= SETTLED_AFTER {
-                if expected.unknown_records > 0 {
-                    return Ok(CounterCheck::Inconclusive(format!(
-                        "{} records got no answer and may or may not have been counted; {}",
-                        expected.unknown_records,
-                        diffs.join("; ")
-                    )));
-                }
-                return Ok(CounterCheck::Mismatch(diffs));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let current = scrape(target).await?;
-        if current != last {
-            stable_since = Instant::now();
-            last = current;
-        }
-    }
-}
-
-/// Reads the counters from `GET /metrics` on a fresh connection.
-async fn scrape(target: &Target) -> Result<Counters, LoadgenError> {
-    let fail = |reason: String| LoadgenError::Metrics {
-        target: target.base.clone(),
-        reason,
-    };
-    let mut sender = connect(target.addr).await?;
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = Uri::from_static("/metrics");
-    req.headers_mut().insert(header::HOST, target.host.clone());
-    req.headers_mut()
-        .insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange(&mut sender, req))
-        .await
-        .map_err(|_| fail("no answer within 10 s".into()))?
-        .map_err(|source| ClientError::Http {
-            addr: target.addr,
-            source,
-        })?;
-    if status != StatusCode::OK {
-        return Err(fail(format!("HTTP {status}")));
-    }
-    let text = std::str::from_utf8(&body).map_err(|e| fail(format!("not UTF-8: {e}")))?;
-    Counters::from_text(text).map_err(fail)
-}
-
-/// A counter value as a whole number (`123`, or a float form of an integer like `1.5e+06`).
-fn parse_count(v: &str) -> Option<u64> {
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(n);
-    }
-    let f = v.parse::<f64>().ok()?;
-    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64)
-}
-
-/// A decimal USD amount as integer micro-USD, exactly when written with up to 6 decimals.
-fn parse_micros(v: &str) -> Option<u64> {
-    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    if plain {
-        let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
-        if frac.len() <= 6 && !frac.contains('.') {
-            let whole: u64 = if whole.is_empty() {
-                0
-            } else {
-                whole.parse().ok()?
-            };
-            let frac_micros: u64 = if frac.is_empty() {
-                0
-            } else {
-                frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32)
-            };
-            return whole.checked_mul(1_000_000)?.checked_add(frac_micros);
-        }
-    }
-    let f = v.parse::<f64>().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| (f * 1_000_000.0).round() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -1157,77 +909,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    const SAMPLE: &str = r#"# HELP ai_gateway_requests_total Requests completed by the gateway fleet.
-# TYPE ai_gateway_requests_total counter
-ai_gateway_requests_total 1500
-ai_gateway_namespace_requests_total{namespace="a \"quoted\" ns"} 7
-gatemeter_tokens_total{type="input"} 100
-gatemeter_tokens_total{type="output"} 200
-gatemeter_tokens_total{type="cache_write_5m"} 3
-gatemeter_tokens_total{type="cache_write_1h"} 0
-gatemeter_tokens_total{type="cache_read"} 1.5e+06
-gatemeter_cost_usd_total 12.3456
-gatemeter_duplicate_records_total 2 1760000000000
-gatemeter_processed_records_total 1502
-model_cost_usd_total{provider="p",model="m"} 1
-"#;
-
-    #[test]
-    fn metrics_text_is_parsed() {
-        let c = Counters::from_text(SAMPLE).expect("parsed");
-        assert_eq!(
-            c,
-            Counters {
-                requests: 1500,
-                tokens: [100, 200, 3, 0, 1_500_000],
-                cost_micros: 12_345_600,
-                duplicates: 2,
-                processed: 1502
-            }
-        );
-        assert!(Counters::from_text("up 1\n").is_err());
-    }
-
-    #[test]
-    fn micros_are_exact() {
-        assert_eq!(parse_micros("0.000001"), Some(1));
-        assert_eq!(parse_micros("123"), Some(123_000_000));
-        assert_eq!(parse_micros("98765.4321"), Some(98_765_432_100));
-        assert_eq!(parse_micros("1e-6"), Some(1));
-        assert_eq!(parse_micros("x"), None);
-    }
-
-    #[test]
-    fn counter_comparison() {
-        let before = Counters::default();
-        let after = Counters {
-            requests: 10,
-            tokens: [1, 2, 3, 4, 5],
-            cost_micros: 77,
-            duplicates: 0,
-            processed: 10,
-        };
-        let exp = Expected {
-            requests: 10,
-            tokens: [1, 2, 3, 4, 5],
-            cost_micros: 77,
-            partial: 0,
-            unknown_records: 0,
-        };
-        let delta = after.delta(&before).expect("monotonic");
-        assert!(compare(&delta, &exp).is_empty());
-        let off = Expected {
-            requests: 9,
-            tokens: [1, 2, 3, 4, 6],
-            cost_micros: 70,
-            ..exp
-        };
-        let diffs = compare(&delta, &off);
-        assert_eq!(diffs.len(), 3, "{diffs:?}");
-        assert!(diffs[1].contains("cache_read"), "{diffs:?}");
-        assert!(before.delta(&after).is_none());
     }
 
     #[tokio::test]
