@@ -303,7 +303,7 @@ impl RequestBuilder {
         let target = Target::resolve(&self.url[..path_at]).await?;
         let path = match &self.url[path_at..] {
             "" => "/".to_string(),
-            p => percent_encode_unsafe(p),
+            p => percent_encode_for_uri(p),
         };
         let uri: Uri = path.parse().map_err(|_| bad("the path is not valid"))?;
         let mut req = Request::new(Full::new(self.body));
@@ -322,7 +322,7 @@ impl RequestBuilder {
 
 /// `%XX` for the bytes a URL may not hold as they are (spaces, quotes, non-ASCII, ...), as a
 /// browser sends them; everything else is kept.
-fn percent_encode_unsafe(path: &str) -> String {
+fn percent_encode_for_uri(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
         if b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b) {
@@ -414,11 +414,11 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_url_bytes_are_encoded() {
+    fn bytes_not_allowed_in_a_uri_are_encoded() {
         assert_eq!(
-            percent_encode_unsafe("/api/v1/logs?user=a b&x=\"ü\""),
+            percent_encode_for_uri("/api/v1/logs?user=a b&x=\"ü\""),
             "/api/v1/logs?user=a%20b&x=%22%C3%BC%22"
         );
-        assert_eq!(percent_encode_unsafe("/metrics"), "/metrics");
+        assert_eq!(percent_encode_for_uri("/metrics"), "/metrics");
     }
 }
