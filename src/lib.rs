@@ -1,28 +1,34 @@
 //! gatemeter — an observability collector for AI/LLM API gateways.
 //!
-//! Code map (the data path reads top to bottom):
+//! Code map, from the ground floor up (a module imports only modules above it in this list;
+//! ARCHITECTURE.md has one line per file):
 //! - [`record`]: the request record and its validation — the one type every source produces.
-//! - [`price`]: the price table; cost in integer micro-USD.
-//! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits and decompression.
-//! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
-//! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
-//! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
-//!   request log (SQLite, PostgreSQL) in [`store::sql`].
-//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records;
-//!   usage CSV.
 //! - [`catalog`]: every metric name — the only place names are written.
-//! - [`health`]: gatemeter's own counters (per process).
-//! - [`api`]: the API error type; `/healthz`, `/readyz`; roles ([`api::auth`]); log queries,
-//!   usage CSV and audit ([`api::logs`]).
-//! - [`config`]: YAML config → validated [`config::Config`].
-//! - [`app`]: wires it all onto a listener; graceful shutdown.
-//! - [`demo`], [`loadgen`]: synthetic gateway traffic, and a load generator that checks totals.
+//! - [`clock`]: the wall clock, read in one place.
+//! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view).
+//! - [`price`]: the price table; cost in integer micro-USD.
+//! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
+//! - [`health`]: gatemeter's own counters (per process) and the one list of refusal reasons.
+//! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
 //! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
 //!   families.
-//! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view), for the receiver and the
-//!   Claude Code mapping.
-//! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
-//! - [`logbench`]: `gatemeter bench-log`, the request log's write and query benchmark.
+//! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
+//!   request log (SQLite, PostgreSQL) in [`store::sql`].
+//! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
+//! - [`api`]: the API error type; `/healthz`, `/readyz`; roles ([`api::auth`]); log queries,
+//!   usage CSV and audit ([`api::logs`]).
+//! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits
+//!   and decompression.
+//! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records;
+//!   usage CSV.
+//! - [`config`]: YAML config → validated [`config::Config`]; each section's typed settings are
+//!   declared by the module that uses them.
+//! - [`app`]: wires it all onto a listener; graceful shutdown.
+//! - [`client`]: the client side of the HTTP API (one HTTP/1.1 client, the exposition parser),
+//!   for the tools and the tests; nothing in the server imports it.
+//!
+//! The developer tools (`gatemeter demo`, `loadgen`, `bench-log`) live in the binary
+//! (`src/cli/`) and use this library's public API like any client.
 
 #[macro_use]
 mod label;
@@ -32,15 +38,13 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod claude_code;
+pub mod client;
 pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod export;
 mod exposition;
 pub mod health;
 pub mod ingest;
-pub mod loadgen;
-pub mod logbench;
 pub mod otlp;
 pub mod pipeline;
 pub mod price;

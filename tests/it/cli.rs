@@ -66,7 +66,7 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("server logs its address");
-    let client = reqwest::Client::new();
+    let client = gatemeter::client::Client::new();
     let body = r#"{"request_id": "req-1", "namespace": "team-a", "provider": "anthropic",
       "model": "claude-sonnet-4-5", "endpoint": "/v1/messages", "status": 200,
       "duration_ms": 1840, "ttfb_ms": 420, "input_tokens": 1200, "output_tokens": 350,

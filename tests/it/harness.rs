@@ -1,17 +1,18 @@
-//! TestApp: the real server on 127.0.0.1:0 with a real HTTP client, plus an exposition parser.
+//! TestApp: the real server on 127.0.0.1:0 with gatemeter's own HTTP client and exposition
+//! parser ([`gatemeter::client`]).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use gatemeter::app::App;
+use gatemeter::client::{Client, Response};
 use gatemeter::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub client: reqwest::Client,
+    pub client: Client,
     /// Holds the SQLite request log of the test (removed on drop).
     _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -57,7 +58,7 @@ impl TestApp {
         });
         Self {
             addr,
-            client: reqwest::Client::new(),
+            client: Client::new(),
             _data: data,
             stop: Some(stop),
             task: Some(task),
@@ -74,7 +75,7 @@ impl TestApp {
         body: Vec<u8>,
         content_type: Option<&str>,
         encoding: Option<&str>,
-    ) -> reqwest::Response {
+    ) -> Response {
         let mut req = self.client.post(self.url("/v1/events")).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -120,7 +121,7 @@ impl TestApp {
     }
 }
 
-pub async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
+pub async fn answer(resp: Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
     let json =
@@ -128,103 +129,23 @@ pub async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
     (status, json)
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// A parsed Prometheus text exposition.
+/// The shared exposition parser, with the tests' habit: an unreadable exposition fails the test.
 #[derive(Debug)]
-pub struct Exposition {
-    pub samples: Vec<Sample>,
-    /// Family name → type, in order of appearance.
-    pub families: Vec<(String, String)>,
-}
-
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if name.is_empty() {
-            break;
-        }
-        assert_eq!(chars.next(), Some('"'));
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(o) => value.push(o),
-                    None => break,
-                },
-                '"' => break,
-                o => value.push(o),
-            }
-        }
-        out.insert(name.trim_start_matches(',').to_string(), value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    out
-}
+pub struct Exposition(gatemeter::client::exposition::Exposition);
 
 impl Exposition {
     pub fn parse(text: &str) -> Self {
-        let mut samples = Vec::new();
-        let mut families = Vec::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut it = rest.split(' ');
-                families.push((
-                    it.next().expect("name").to_string(),
-                    it.next().expect("type").to_string(),
-                ));
-                continue;
-            }
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-            let value = match value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (
-                    n.to_string(),
-                    parse_labels(l.strip_suffix('}').expect("closing brace")),
-                ),
-                None => (series.to_string(), BTreeMap::new()),
-            };
-            samples.push(Sample {
-                name,
-                labels,
-                value,
-            });
-        }
-        Self { samples, families }
+        Self(
+            gatemeter::client::exposition::Exposition::parse(text)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
+}
 
-    /// The value of the series with exactly these labels.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
+impl std::ops::Deref for Exposition {
+    type Target = gatemeter::client::exposition::Exposition;
 
-    /// Like `get`, but 0 when absent is an error.
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels)
-            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }

@@ -69,7 +69,7 @@ async fn post(
     ct: Option<&str>,
     enc: Option<&str>,
     body: Vec<u8>,
-) -> reqwest::Response {
+) -> gatemeter::client::Response {
     let mut req = app.client.post(app.url(path)).body(body);
     if let Some(ct) = ct {
         req = req.header("content-type", ct);

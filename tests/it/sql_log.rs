@@ -103,7 +103,7 @@ async fn ingest(app: &TestApp, token: Option<&str>, records: &[Value]) {
     }
 }
 
-async fn get(app: &TestApp, token: Option<&str>, path: &str) -> reqwest::Response {
+async fn get(app: &TestApp, token: Option<&str>, path: &str) -> gatemeter::client::Response {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);

@@ -1,302 +1,17 @@
-//! Synthetic gateway traffic: the generator behind `gatemeter demo` (and the record templates of
-//! [`crate::loadgen`]), and [`drive`], which posts that traffic to a running server.
+//! The synthetic gateway traffic generator, shared by `gatemeter demo` and `gatemeter loadgen`.
 //!
-//! The generator is deterministic for a seed: a small world of namespaces, users with keys,
-//! providers (one of them flaky) and models (one of them unpriced), conversations that reuse a
-//! session id, streaming requests with time to first byte, retries across providers, blocked
-//! requests and upstream errors, log-normal long-tailed durations and token counts, and a cost
-//! reported on some records and left to the price table on others. It does no I/O and reads no
-//! clock; [`drive`] owns the timing and the one keep-alive connection.
+//! It is deterministic for a seed: a small world of namespaces, users with keys, providers
+//! (one of them flaky) and models (one of them unpriced), conversations that reuse a session id,
+//! streaming requests with time to first byte, retries across providers, blocked requests and
+//! upstream errors, log-normal long-tailed durations and token counts, and a cost reported on
+//! some records and left to the price table on others. It does no I/O and reads no clock; the
+//! tools that use it own the timing and the connections.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use bytes::Bytes;
-use hyper::StatusCode;
-use hyper::header::HeaderValue;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
-use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, info, warn};
-
-use crate::loadgen::{self, Sender};
-
-/// Settings of `gatemeter demo`'s traffic.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DemoArgs {
-    /// Average number of gateway requests simulated per second.
-    pub requests_per_second: f64,
-    /// Seed of the generator: the same seed gives the same traffic.
-    pub seed: u64,
-}
-
-/// Why the demo traffic could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// The rate is not a positive finite number.
-    #[error("requests per second must be a positive number, not {0}")]
-    InvalidRate(f64),
-}
-
-/// How often a batch is sent.
-const TICK: Duration = Duration::from_millis(100);
-/// Two-phase requests finish after their duration divided by this, so the gauge moves quickly.
-const TWO_PHASE_TIME_SCALE: u64 = 10;
-/// Longest wait before a two-phase request's final record is sent.
-const MAX_TWO_PHASE_WAIT: Duration = Duration::from_secs(60);
-/// Most final records waiting to be sent; beyond it a request is sent in one phase.
-const MAX_WAITING: usize = 50_000;
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Most new requests generated per tick (caps the rate at 50,000 requests per second).
-const MAX_PER_TICK: f64 = 5_000.0;
-/// Most lines per request body (the server's default limit is 10,000 records).
-const MAX_BATCH: usize = 1_000;
-/// Least time between two warnings about rejected batches.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Posts synthetic gateway traffic to `http://{target}/v1/events` until `shutdown` resolves.
-///
-/// Every ~100 ms the requests due in that tick are sent as one batch (alternately a JSON array
-/// and NDJSON) over one keep-alive HTTP/1.1 connection. A share of requests uses the two-phase
-/// protocol (a start marker now, the final record after a scaled-down duration) so the
-/// concurrency gauge moves; a few are never finished and expire as abandoned. When the server
-/// cannot be reached, batches are dropped and the connection is retried with back-off.
-pub async fn drive(
-    target: SocketAddr,
-    args: DemoArgs,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), DemoError> {
-    let rate = args.requests_per_second;
-    if !rate.is_finite() || rate <= 0.0 {
-        return Err(DemoError::InvalidRate(rate));
-    }
-    tokio::pin!(shutdown);
-    // Ids differ from run to run (a server that outlives one demo must not de-duplicate the
-    // next); the traffic itself depends only on the seed.
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let mut traffic = Traffic::new(
-        args.seed,
-        &format!("demo-{run:x}"),
-        Detail::Full,
-        DEMO_COST_SHARE,
-    );
-    let mut link = Link::new(target);
-    let mut waiting: BinaryHeap<Waiting> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut owed = 0.0f64;
-    let mut ticks = 0u64;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = Instant::now();
-    info!(%target, requests_per_second = rate, seed = args.seed, "Sending demo traffic.");
-
-    'run: loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        owed += rate * now.duration_since(last).as_secs_f64();
-        last = now;
-        // A rate beyond what one connection can carry is capped rather than queued without bound.
-        owed = owed.min(MAX_PER_TICK);
-        let due = owed.floor();
-        owed -= due;
-
-        let mut lines: Vec<String> = Vec::new();
-        for _ in 0..due as u64 {
-            let planned = traffic.next_request();
-            match planned.delivery {
-                Delivery::Direct => lines.push(planned.record.to_json()),
-                Delivery::TwoPhase if waiting.len() >= MAX_WAITING => {
-                    lines.push(planned.record.to_json());
-                }
-                Delivery::TwoPhase => {
-                    lines.push(planned.record.start_json());
-                    let wait =
-                        Duration::from_millis(planned.record.duration_ms / TWO_PHASE_TIME_SCALE)
-                            .min(MAX_TWO_PHASE_WAIT);
-                    seq += 1;
-                    waiting.push(Waiting {
-                        due: now + wait,
-                        seq,
-                        json: planned.record.to_json(),
-                    });
-                }
-                Delivery::Abandoned => lines.push(planned.record.start_json()),
-            }
-        }
-        while waiting.peek().is_some_and(|w| w.due <= now) {
-            if let Some(w) = waiting.pop() {
-                lines.push(w.json);
-            }
-        }
-        if lines.is_empty() {
-            continue;
-        }
-        for chunk in lines.chunks(MAX_BATCH) {
-            ticks += 1;
-            let ndjson = ticks.is_multiple_of(2);
-            let (body, content_type) = if ndjson {
-                (chunk.join("\n"), "application/x-ndjson")
-            } else {
-                (format!("[{}]", chunk.join(",")), "application/json")
-            };
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break 'run,
-                () = link.send(Bytes::from(body), content_type, chunk.len()) => {}
-            }
-        }
-    }
-    info!(waiting = waiting.len(), "Demo traffic stopped.");
-    Ok(())
-}
-
-/// A final record waiting for its two-phase request to finish (earliest first in the heap).
-struct Waiting {
-    due: Instant,
-    seq: u64,
-    json: String,
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: `BinaryHeap` is a max-heap and the earliest must come out first.
-        (other.due, other.seq).cmp(&(self.due, self.seq))
-    }
-}
-
-/// The demo's one connection: reconnects with back-off, rate-limits its warnings.
-struct Link {
-    target: SocketAddr,
-    host: HeaderValue,
-    sender: Option<Sender>,
-    backoff: Duration,
-    retry_at: Option<Instant>,
-    dropped: u64,
-    last_warn: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Link {
-    fn new(target: SocketAddr) -> Self {
-        let host = HeaderValue::from_str(&target.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        Self {
-            target,
-            host,
-            sender: None,
-            backoff: Duration::from_millis(250),
-            retry_at: None,
-            dropped: 0,
-            last_warn: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Sends one batch; on any failure the batch is dropped (this is demo traffic) and counted.
-    async fn send(&mut self, body: Bytes, content_type: &'static str, records: usize) {
-        let Some(mut sender) = self.ready().await else {
-            self.dropped += records as u64;
-            return;
-        };
-        let req = loadgen::events_request(&self.host, content_type, body);
-        match loadgen::exchange(&mut sender, req).await {
-            Ok((StatusCode::OK, answer)) => {
-                self.sender = Some(sender);
-                if loadgen::scan_u64(&answer, b"\"rejected\"").is_some_and(|n| n > 0) {
-                    self.warn_limited(StatusCode::OK, &answer);
-                }
-            }
-            Ok((status, answer)) => {
-                self.sender = Some(sender);
-                self.dropped += records as u64;
-                self.warn_limited(status, &answer);
-            }
-            Err(e) => {
-                self.dropped += records as u64;
-                warn!(target = %self.target, error = %loadgen::chain(&e), retry_in = ?self.backoff, "Demo connection failed; reconnecting.");
-                self.fail();
-            }
-        }
-    }
-
-    /// The connection, (re)connecting when needed and allowed by the back-off.
-    async fn ready(&mut self) -> Option<Sender> {
-        if let Some(s) = self.sender.take()
-            && !s.is_closed()
-        {
-            return Some(s);
-        }
-        if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return None;
-        }
-        match loadgen::connect(self.target).await {
-            Ok(s) => {
-                if self.retry_at.take().is_some() {
-                    info!(target = %self.target, dropped_records = self.dropped, "Demo connection restored.");
-                }
-                self.backoff = Duration::from_millis(250);
-                Some(s)
-            }
-            Err(e) => {
-                warn!(target = %self.target, error = %loadgen::chain(&e), retry_in = ?self.backoff, "Cannot reach the server; demo records are dropped until it answers.");
-                self.fail();
-                None
-            }
-        }
-    }
-
-    fn fail(&mut self) {
-        self.sender = None;
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-    }
-
-    fn warn_limited(&mut self, status: StatusCode, answer: &[u8]) {
-        let now = Instant::now();
-        if self
-            .last_warn
-            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            debug!(%status, "Demo batch not fully accepted.");
-            return;
-        }
-        let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]);
-        warn!(%status, answer = %text, similar_since_last = self.suppressed, "Demo batch not fully accepted.");
-        self.last_warn = Some(now);
-        self.suppressed = 0;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The generator.
-// ---------------------------------------------------------------------------------------------
-
 /// Share of priced records that carry their own `cost_usd` in the demo (the rest use the price table).
-const DEMO_COST_SHARE: f64 = 0.5;
+pub(crate) const DEMO_COST_SHARE: f64 = 0.5;
 /// Share of requests sent in two phases.
 const TWO_PHASE_SHARE: f64 = 0.3;
 /// Share of two-phase requests never finished.
@@ -342,7 +57,7 @@ pub(crate) struct Synthetic {
     pub(crate) namespace: &'static str,
     /// Its `duration_ms`.
     pub(crate) duration_ms: u64,
-    /// Tokens in the order of [`crate::record::TOKEN_TYPES`].
+    /// Tokens in the order of [`gatemeter::record::TOKEN_TYPES`].
     pub(crate) tokens: [u64; 5],
     /// The `cost_usd` it carries, in micro-USD, if any.
     pub(crate) cost_micros: Option<u64>,
@@ -748,18 +463,61 @@ impl Traffic {
         (500, Some("api_error"))
     }
 
+    /// The next final record: who sent it, where it went, how it ended, what it used and cost.
+    /// Each step draws from the one random stream in a fixed order, so a seed gives the same
+    /// traffic.
     fn next_record(&mut self) -> Synthetic {
         self.next_id += 1;
         let request_id = format!("{}-{}", self.id_prefix, self.next_id);
         let u = self.pick_user();
-        let (user, ns_index, _) = USERS[u];
-        let ns = &NAMESPACES[ns_index];
+        let ns = &NAMESPACES[USERS[u].1];
         let route = self.pick_route(ns);
-        let lean = self.detail == Detail::Lean;
-
         let mut f = Map::new();
         f.insert("request_id".into(), Value::from(request_id.clone()));
         f.insert("namespace".into(), Value::from(ns.name));
+        self.put_caller(&mut f, u, route);
+        self.put_model(&mut f, route);
+        if ns.sessions {
+            self.put_session(&mut f, u);
+        }
+        let record = |fields, duration_ms, tokens, cost_micros| Synthetic {
+            fields,
+            request_id,
+            namespace: ns.name,
+            duration_ms,
+            tokens,
+            cost_micros,
+        };
+
+        // Blocked before forwarding: no provider, no tokens.
+        if self.rng.random_bool(0.005) {
+            let duration_ms = self.put_blocked(&mut f);
+            let cost_micros = self.cost_share_hit(route).then_some(0);
+            if let Some(c) = cost_micros {
+                self.put_cost(&mut f, c);
+            }
+            return record(f, duration_ms, [0; 5], cost_micros);
+        }
+
+        self.put_provider(&mut f, route);
+        let (status, streaming) = self.put_outcome(&mut f, route);
+        let duration_ms = self.duration_ms(status, route);
+        f.insert("duration_ms".into(), Value::from(duration_ms));
+        let tokens = self.put_tokens(&mut f, route, status, streaming, duration_ms);
+        let cost_micros = self
+            .cost_share_hit(route)
+            .then(|| reported_cost(route, &tokens));
+        if let Some(c) = cost_micros {
+            self.put_cost(&mut f, c);
+        }
+        record(f, duration_ms, tokens, cost_micros)
+    }
+
+    /// Who called: user and key (an email and a laptop in session namespaces, a service
+    /// otherwise), and in full detail the gateway's view of the client.
+    fn put_caller(&mut self, f: &mut Map<String, Value>, u: usize, route: &Route) {
+        let (user, ns_index, _) = USERS[u];
+        let ns = &NAMESPACES[ns_index];
         let email = if ns.sessions {
             format!("{user}@example.com")
         } else {
@@ -772,83 +530,79 @@ impl Traffic {
             format!("{user}-service")
         };
         f.insert("key".into(), Value::from(key));
-        if !lean {
-            f.insert("user_id".into(), Value::from(format!("u-{:04}", 1001 + u)));
-            f.insert(
-                "key_id".into(),
-                Value::from(format!("key_{:06x}", 0x5eed00 + u * 7919)),
-            );
-            f.insert(
-                "instance".into(),
-                Value::from(if u.is_multiple_of(2) { "gw-a" } else { "gw-b" }),
-            );
-            f.insert("method".into(), Value::from("POST"));
-            f.insert("user_agent".into(), Value::from(route.user_agent));
-            f.insert(
-                "client_ip".into(),
-                Value::from(format!("10.20.{}.{}", ns_index, 10 + u)),
-            );
-            if self.rng.random_bool(0.5) {
-                let trace = self.hex(32);
-                f.insert("trace_id".into(), Value::from(trace));
-            }
+        if self.detail == Detail::Lean {
+            return;
         }
+        f.insert("user_id".into(), Value::from(format!("u-{:04}", 1001 + u)));
+        f.insert(
+            "key_id".into(),
+            Value::from(format!("key_{:06x}", 0x5eed00 + u * 7919)),
+        );
+        f.insert(
+            "instance".into(),
+            Value::from(if u.is_multiple_of(2) { "gw-a" } else { "gw-b" }),
+        );
+        f.insert("method".into(), Value::from("POST"));
+        f.insert("user_agent".into(), Value::from(route.user_agent));
+        f.insert(
+            "client_ip".into(),
+            Value::from(format!("10.20.{}.{}", ns_index, 10 + u)),
+        );
+        if self.rng.random_bool(0.5) {
+            let trace = self.hex(32);
+            f.insert("trace_id".into(), Value::from(trace));
+        }
+    }
+
+    /// The model (sometimes redirected from another) and the endpoint.
+    fn put_model(&mut self, f: &mut Map<String, Value>, route: &Route) {
         f.insert("model".into(), Value::from(route.model));
         if self.rng.random_bool(0.03) {
             f.insert("original_model".into(), Value::from(route.redirected_from));
         }
         f.insert("endpoint".into(), Value::from(route.endpoint));
+    }
 
-        // Sessions: a conversation lasts for several requests of the same user.
-        if ns.sessions {
-            if self.sessions[u].id.is_none() || self.rng.random_bool(0.12) {
-                let id = format!("sess-{}", self.hex(16));
-                self.sessions[u] = Session {
-                    id: Some(id),
-                    messages: 0,
-                };
-            }
-            let s = &mut self.sessions[u];
-            s.messages += 2;
-            if let Some(id) = &s.id {
-                f.insert("session_id".into(), Value::from(id.clone()));
-            }
-            if !lean {
-                f.insert("messages_count".into(), Value::from(s.messages - 1));
-            }
-        }
-
-        // Blocked before forwarding: no provider, no tokens.
-        if self.rng.random_bool(0.005) {
-            f.insert("provider".into(), Value::from(""));
-            f.insert("status".into(), Value::from(403));
-            let duration_ms = self.log_normal(15.0, 0.5, 2.0, 500.0);
-            f.insert("duration_ms".into(), Value::from(duration_ms));
-            f.insert("is_streaming".into(), Value::from(false));
-            f.insert("blocked_by".into(), Value::from("sensitive-words"));
-            f.insert(
-                "block_reason".into(),
-                Value::from("the prompt matched a blocked term"),
-            );
-            f.insert("error".into(), Value::from("request blocked by policy"));
-            let cost_micros = self.cost_share_hit(route).then_some(0);
-            if let Some(c) = cost_micros {
-                self.put_cost(&mut f, c);
-            }
-            return Synthetic {
-                fields: f,
-                request_id,
-                namespace: ns.name,
-                duration_ms,
-                tokens: [0; 5],
-                cost_micros,
+    /// The user's conversation: it lasts for several requests, then a new one starts.
+    fn put_session(&mut self, f: &mut Map<String, Value>, u: usize) {
+        if self.sessions[u].id.is_none() || self.rng.random_bool(0.12) {
+            let id = format!("sess-{}", self.hex(16));
+            self.sessions[u] = Session {
+                id: Some(id),
+                messages: 0,
             };
         }
+        let s = &mut self.sessions[u];
+        s.messages += 2;
+        if let Some(id) = &s.id {
+            f.insert("session_id".into(), Value::from(id.clone()));
+        }
+        if self.detail == Detail::Full {
+            f.insert("messages_count".into(), Value::from(s.messages - 1));
+        }
+    }
 
-        // Retries: earlier attempts went to other providers.
-        let mut chain: Vec<&str> = Vec::new();
+    /// A request the gateway blocked before forwarding; its duration.
+    fn put_blocked(&mut self, f: &mut Map<String, Value>) -> u64 {
+        f.insert("provider".into(), Value::from(""));
+        f.insert("status".into(), Value::from(403));
+        let duration_ms = self.log_normal(15.0, 0.5, 2.0, 500.0);
+        f.insert("duration_ms".into(), Value::from(duration_ms));
+        f.insert("is_streaming".into(), Value::from(false));
+        f.insert("blocked_by".into(), Value::from("sensitive-words"));
+        f.insert(
+            "block_reason".into(),
+            Value::from("the prompt matched a blocked term"),
+        );
+        f.insert("error".into(), Value::from("request blocked by policy"));
+        duration_ms
+    }
+
+    /// The provider, after retries on other providers for a few requests.
+    fn put_provider(&mut self, f: &mut Map<String, Value>, route: &Route) {
         if self.rng.random_bool(0.06) {
             let retries = self.rng.random_range(1..=2u32);
+            let mut chain: Vec<&str> = Vec::new();
             for _ in 0..retries {
                 let mut p = FALLBACKS[self.rng.random_range(0..FALLBACKS.len())];
                 if p == route.provider {
@@ -858,10 +612,13 @@ impl Traffic {
             }
             chain.push(route.provider);
             f.insert("retry_count".into(), Value::from(retries));
-            f.insert("provider_chain".into(), Value::from(chain.clone()));
+            f.insert("provider_chain".into(), Value::from(chain));
         }
         f.insert("provider".into(), Value::from(route.provider));
+    }
 
+    /// Status, streaming and error text; the status and whether it streamed.
+    fn put_outcome(&mut self, f: &mut Map<String, Value>, route: &Route) -> (u16, bool) {
         let (status, error) = self.outcome(route);
         let streaming = status == 200 && self.rng.random_bool(route.streaming);
         f.insert("status".into(), Value::from(status));
@@ -869,9 +626,13 @@ impl Traffic {
         if let Some(e) = error {
             f.insert("error".into(), Value::from(e));
         }
+        (status, streaming)
+    }
 
-        let mut tokens = [0u64; 5];
-        let duration_ms = match status {
+    /// A long-tailed duration for the outcome: successes by the route's median (a few five times
+    /// longer), quick refusals, and no-answer failures that time out or fail fast.
+    fn duration_ms(&mut self, status: u16, route: &Route) -> u64 {
+        match status {
             200 => {
                 let mut d = self.log_normal(route.median_ms, 0.9, 50.0, 120_000.0);
                 if self.rng.random_bool(0.01) {
@@ -888,8 +649,20 @@ impl Traffic {
                 }
             }
             _ => self.log_normal(2_000.0, 1.0, 50.0, 60_000.0),
-        };
-        f.insert("duration_ms".into(), Value::from(duration_ms));
+        }
+    }
+
+    /// Time to first byte (streaming successes) and tokens by type, in the order of
+    /// [`gatemeter::record::TOKEN_TYPES`]; lean records leave out zero counts.
+    fn put_tokens(
+        &mut self,
+        f: &mut Map<String, Value>,
+        route: &Route,
+        status: u16,
+        streaming: bool,
+        duration_ms: u64,
+    ) -> [u64; 5] {
+        let mut tokens = [0u64; 5];
         if status == 200 {
             let ttfb = if streaming {
                 let share = 0.03 + 0.27 * self.rng.random::<f64>();
@@ -905,24 +678,7 @@ impl Traffic {
             tokens[1] = ((duration_ms - ttfb) as f64 / 1000.0 * tokens_per_s)
                 .clamp(1.0, 64_000.0)
                 .round() as u64;
-            match route.cache {
-                CacheStyle::Anthropic => {
-                    if self.rng.random_bool(0.6) {
-                        tokens[4] = self.log_normal(20_000.0, 0.8, 1_024.0, 200_000.0);
-                    }
-                    if self.rng.random_bool(0.15) {
-                        tokens[2] = self.log_normal(4_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                    if self.rng.random_bool(0.03) {
-                        tokens[3] = self.log_normal(8_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                }
-                CacheStyle::ReadsOnly => {
-                    if self.rng.random_bool(0.4) {
-                        tokens[4] = self.log_normal(2_000.0, 0.8, 1_024.0, 100_000.0);
-                    }
-                }
-            }
+            self.cache_tokens(route.cache, &mut tokens);
         } else if status == 400 || (status >= 500 && self.rng.random_bool(0.3)) {
             // The prompt was read (and billed) before the failure.
             tokens[0] = self.log_normal(3_000.0, 1.0, 1.0, 200_000.0);
@@ -935,34 +691,32 @@ impl Traffic {
             "cache_read_tokens",
         ];
         for (name, n) in FIELDS.iter().zip(tokens) {
-            if n > 0 || !lean {
+            if n > 0 || self.detail == Detail::Full {
                 f.insert((*name).into(), Value::from(n));
             }
         }
+        tokens
+    }
 
-        let cost_micros = self.cost_share_hit(route).then(|| {
-            let mult = if route.provider == "example-reseller" {
-                1.1
-            } else {
-                1.0
-            };
-            let usd_micros: f64 = tokens
-                .iter()
-                .zip(route.price)
-                .map(|(&n, p)| n as f64 * p)
-                .sum();
-            (usd_micros * mult).round() as u64
-        });
-        if let Some(c) = cost_micros {
-            self.put_cost(&mut f, c);
-        }
-        Synthetic {
-            fields: f,
-            request_id,
-            namespace: ns.name,
-            duration_ms,
-            tokens,
-            cost_micros,
+    /// Cache reads and writes of a successful request, as the provider reports them.
+    fn cache_tokens(&mut self, style: CacheStyle, tokens: &mut [u64; 5]) {
+        match style {
+            CacheStyle::Anthropic => {
+                if self.rng.random_bool(0.6) {
+                    tokens[4] = self.log_normal(20_000.0, 0.8, 1_024.0, 200_000.0);
+                }
+                if self.rng.random_bool(0.15) {
+                    tokens[2] = self.log_normal(4_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+                if self.rng.random_bool(0.03) {
+                    tokens[3] = self.log_normal(8_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+            }
+            CacheStyle::ReadsOnly => {
+                if self.rng.random_bool(0.4) {
+                    tokens[4] = self.log_normal(2_000.0, 0.8, 1_024.0, 100_000.0);
+                }
+            }
         }
     }
 
@@ -994,16 +748,32 @@ impl Traffic {
     }
 }
 
+/// The cost a gateway reports for these tokens on this route, in micro-USD (the reseller adds
+/// 10 %).
+fn reported_cost(route: &Route, tokens: &[u64; 5]) -> u64 {
+    let mult = if route.provider == "example-reseller" {
+        1.1
+    } else {
+        1.0
+    };
+    let usd_micros: f64 = tokens
+        .iter()
+        .zip(route.price)
+        .map(|(&n, p)| n as f64 * p)
+        .sum();
+    (usd_micros * mult).round() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
+    use gatemeter::price::PriceTable;
+    use gatemeter::record::{Event, Validation, parse_event};
+
     use super::*;
-    use crate::price::PriceTable;
-    use crate::record::{Event, Validation, parse_event};
 
     const NOW: i64 = 1_760_000_000_000;
-
     #[test]
     fn generated_records_are_valid_and_varied() {
         let prices = PriceTable::default();
@@ -1112,49 +882,5 @@ mod tests {
             let p = t.next_request();
             assert!(p.record.cost_micros.is_some(), "{}", p.record.to_json());
         }
-    }
-
-    #[test]
-    fn waiting_records_come_out_earliest_first() {
-        let now = Instant::now();
-        let mut heap = BinaryHeap::new();
-        for (i, ms) in [30u64, 10, 20].into_iter().enumerate() {
-            heap.push(Waiting {
-                due: now + Duration::from_millis(ms),
-                seq: i as u64,
-                json: ms.to_string(),
-            });
-        }
-        let order: Vec<String> = std::iter::from_fn(|| heap.pop().map(|w| w.json)).collect();
-        assert_eq!(order, ["10", "20", "30"]);
-    }
-
-    #[tokio::test]
-    async fn unreachable_server_is_retried_until_shutdown() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        let args = DemoArgs {
-            requests_per_second: 200.0,
-            seed: 1,
-        };
-        let stop = tokio::time::sleep(Duration::from_millis(700));
-        let done = tokio::time::timeout(Duration::from_secs(5), drive(addr, args, stop)).await;
-        assert!(matches!(done, Ok(Ok(()))), "{done:?}");
-    }
-
-    #[tokio::test]
-    async fn invalid_rate_is_refused() {
-        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let err = drive(
-            addr,
-            DemoArgs {
-                requests_per_second: 0.0,
-                seed: 1,
-            },
-            std::future::pending(),
-        )
-        .await;
-        assert!(matches!(err, Err(DemoError::InvalidRate(_))));
     }
 }

@@ -15,10 +15,10 @@ use compact_str::{CompactString, format_compact};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::health::{DropReason, Health};
-use crate::record::{ApiType, CostSource, RequestId, Tokens, ValidRecord};
-use crate::store::sql::{LogFilter, SqlConfig, SqlLog};
-use crate::store::{RequestLog, StoreError};
+use gatemeter::health::{DropReason, Health};
+use gatemeter::record::{ApiType, CostSource, RequestId, Tokens, ValidRecord};
+use gatemeter::store::sql::{LogFilter, SqlBackend, SqlConfig, SqlLog};
+use gatemeter::store::{RequestLog, StoreError};
 
 /// Rows generated, then written and timed, per chunk: large, so that the writer runs as under a
 /// steady stream (each chunk ends with a flush, which drains the batches in flight).
@@ -202,6 +202,34 @@ where
     Ok(times[2])
 }
 
+/// `gatemeter bench-log`: builds the database settings from the flags, runs, prints the report.
+pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
+    let backend = match (args.sqlite, args.database_url) {
+        (Some(path), None) => {
+            anyhow::ensure!(!path.exists(), "{} already exists", path.display());
+            SqlBackend::Sqlite { path }
+        }
+        (None, Some(url)) => SqlBackend::Postgres { url },
+        _ => anyhow::bail!("give --sqlite FILE or --database-url URL"),
+    };
+    let bench = BenchArgs {
+        log: SqlConfig {
+            batch_rows: args.batch_rows.unwrap_or(backend.default_batch_rows()),
+            write_concurrency: args
+                .write_concurrency
+                .unwrap_or(backend.default_write_concurrency()),
+            backend,
+            queue_capacity: 200_000,
+            retention_days: 0,
+        },
+        rows: args.rows,
+        seed: args.seed,
+        ids: args.ids,
+    };
+    print!("{}", run(&bench).await?);
+    Ok(())
+}
+
 /// Writes `rows` rows, then times filtered queries over them.
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     let mut cfg = args.log.clone();
@@ -226,7 +254,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     // Ids of their own stream, seeded apart from the rest.
     let mut id_rng = SmallRng::seed_from_u64(args.seed ^ 0x05ee_d1d5);
     // One row every 10 ms, ending now: a million rows span about three hours.
-    let start_ts = crate::clock::now_ms() - args.rows as i64 * 10;
+    let start_ts = gatemeter::clock::now_ms() - args.rows as i64 * 10;
     let mut write_time = Duration::ZERO;
     let mut done = 0;
     while done < args.rows {

@@ -1,16 +1,14 @@
-//! `gatemeter loadgen`: a load generator for `POST /v1/events` that checks the server's totals.
+//! `gatemeter loadgen`: a load generator for `POST /v1/events` (or OTLP `POST /v1/logs`, in
+//! [`otlp`]) that checks the server's totals.
 //!
-//! It owns the cheap HTTP/1.1 client side used by loadgen and [`crate::demo`]: hyper's
-//! low-level connection over a `TcpStream`, one task per keep-alive connection. Bodies are not
-//! serialized per request: a small pool of templates (realistic records from the demo
-//! generator) is built once, and each request copies one and writes a fresh fixed-width counter
-//! into every record's `request_id`, so nothing is de-duplicated. Before and after the run it
-//! scrapes `/metrics` and compares the counter deltas with what the server accepted: requests,
-//! tokens by type and cost must match exactly. It assumes it is the only writer while it runs.
+//! It drives [`gatemeter::client`]'s HTTP/1.1 connections, one task per keep-alive connection.
+//! Bodies are not serialized per request: a small pool of templates (realistic records from
+//! [`super::traffic`]) is built once, and each request copies one and writes a fresh
+//! fixed-width counter into every record's `request_id`, so nothing is de-duplicated. Before
+//! and after the run [`check`] scrapes `/metrics` and compares the counter deltas with what the
+//! server accepted. It assumes it is the only writer while it runs.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,20 +16,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::catalog;
-use crate::demo::{Detail, Traffic};
-use crate::record::TOKEN_TYPES;
+use gatemeter::client::{
+    ClientError, Driver, Sender, Target, events_request, exchange, open, scan_u64,
+};
 
+use super::error_chain as chain;
+use super::traffic::{Detail, Traffic};
+
+mod check;
 mod otlp;
+
+use check::{Expected, scrape, settle_and_check};
 
 /// What loadgen sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,9 +54,6 @@ impl FromStr for Format {
         }
     }
 }
-
-/// The sending half of one HTTP/1.1 client connection.
-pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// How fast records are offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +92,34 @@ impl fmt::Display for Rate {
     }
 }
 
+/// How `gatemeter loadgen` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned `name: value` lines (scripts/bench*.sh grep `throughput:` and `latency p99:`).
+    #[default]
+    Text,
+    /// One JSON object (`Report::to_json`), for tests and tools.
+    Json,
+}
+
+/// `gatemeter loadgen`: runs and prints the report; a counter mismatch is an error.
+pub async fn run_command(args: super::Loadgen) -> anyhow::Result<()> {
+    let run_args = LoadgenArgs {
+        target: args.target,
+        rate: args.rate,
+        batch: args.batch,
+        duration: Duration::from_secs(args.duration),
+        connections: args.connections,
+        format: args.format,
+    };
+    let report = run(&run_args).await?;
+    match args.report {
+        ReportFormat::Text => println!("{report}"),
+        ReportFormat::Json => println!("{}", report.to_json()),
+    }
+    Ok(())
+}
+
 /// What to send, where, and for how long.
 #[derive(Debug, Clone)]
 pub struct LoadgenArgs {
@@ -118,33 +143,12 @@ pub enum LoadgenError {
     /// The rate is neither `max` nor a positive integer.
     #[error("rate {0:?} is not \"max\" or a whole number of records per second greater than 0")]
     InvalidRate(String),
-    /// The target is not `http://host:port`.
-    #[error("target {target:?} is not usable: {reason}")]
-    InvalidTarget {
-        /// The target as given.
-        target: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// The target is not usable, a connection could not be made or an exchange failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Batch size, connection count or duration is out of range.
     #[error("invalid arguments: {0}")]
     InvalidArgs(String),
-    /// A TCP connection could not be made.
-    #[error("cannot connect to {addr}")]
-    Connect {
-        /// The address tried.
-        addr: SocketAddr,
-        /// The socket error.
-        source: std::io::Error,
-    },
-    /// The HTTP exchange failed below the status line.
-    #[error("HTTP exchange with {addr} failed")]
-    Http {
-        /// The server's address.
-        addr: SocketAddr,
-        /// hyper's error.
-        source: hyper::Error,
-    },
     /// `/metrics` could not be read or is not gatemeter's.
     #[error("cannot read {target}/metrics: {reason}")]
     Metrics {
@@ -159,18 +163,6 @@ pub enum LoadgenError {
     /// The server's counters do not match what it accepted; the report says where.
     #[error("the server's counters differ from what it accepted:\n{0}")]
     Mismatch(Box<Report>),
-}
-
-/// An error and its causes on one line (`a: b: c`), for logs and reports.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Outcome of comparing the server's counter deltas with what it accepted.
@@ -249,6 +241,37 @@ impl Report {
     pub fn requests_per_second(&self) -> f64 {
         per_second(self.answered, self.elapsed)
     }
+
+    /// The report as one JSON object: the counts as integers, durations in milliseconds, and
+    /// `counters` as `"exact"`, `"mismatch"` or `"inconclusive"` (details in `counter_details`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (counters, details) = match &self.counters {
+            CounterCheck::Exact => ("exact", Vec::new()),
+            CounterCheck::Mismatch(lines) => ("mismatch", lines.clone()),
+            CounterCheck::Inconclusive(why) => ("inconclusive", vec![why.clone()]),
+        };
+        serde_json::json!({
+            "rate": self.rate.to_string(),
+            "batch": self.batch,
+            "connections": self.connections,
+            "duration_ms": ms(self.elapsed),
+            "requests_sent": self.requests,
+            "records_sent": self.records_sent,
+            "records_accepted": self.records_accepted,
+            "records_rejected": self.records_rejected,
+            "overloaded": self.overloaded,
+            "errors": self.errors,
+            "missed": self.missed,
+            "records_per_second": self.records_per_second(),
+            "requests_per_second": self.requests_per_second(),
+            "latency_p50_ms": ms(self.latency_p50),
+            "latency_p99_ms": ms(self.latency_p99),
+            "latency_max_ms": ms(self.latency_max),
+            "first_error": self.first_error,
+            "counters": counters,
+            "counter_details": details,
+        })
+    }
 }
 
 fn per_second(n: u64, d: Duration) -> f64 {
@@ -296,165 +319,6 @@ impl fmt::Display for Report {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The HTTP client side (shared with `demo`).
-// ---------------------------------------------------------------------------------------------
-
-/// hyper's driver of one client connection (it does the actual reads and writes).
-type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// Opens one HTTP/1.1 keep-alive connection; the caller must poll the driver.
-async fn open(addr: SocketAddr) -> Result<(Sender, Driver), LoadgenError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| LoadgenError::Connect { addr, source })?;
-    stream
-        .set_nodelay(true)
-        .map_err(|source| LoadgenError::Connect { addr, source })?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| LoadgenError::Http { addr, source })
-}
-
-/// Opens one HTTP/1.1 keep-alive connection; its driver runs in its own task.
-pub(crate) async fn connect(addr: SocketAddr) -> Result<Sender, LoadgenError> {
-    let (sender, driver) = open(addr).await?;
-    tokio::spawn(async move {
-        if let Err(e) = driver.await {
-            debug!(error = %chain(&e), "Client connection ended with an error.");
-        }
-    });
-    Ok(sender)
-}
-
-/// A `POST /v1/events` request.
-pub(crate) fn events_request(
-    host: &HeaderValue,
-    content_type: &'static str,
-    body: Bytes,
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = Uri::from_static("/v1/events");
-    let h = req.headers_mut();
-    h.insert(header::HOST, host.clone());
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    req
-}
-
-/// Sends a request and reads the whole answer.
-pub(crate) async fn exchange(
-    sender: &mut Sender,
-    req: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), hyper::Error> {
-    sender.ready().await?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    // Answers are small and usually one frame: keep that frame rather than collecting a list.
-    let mut body = resp.into_body();
-    let mut first = Bytes::new();
-    let mut joined: Option<Vec<u8>> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        match &mut joined {
-            Some(v) => v.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut v = first.to_vec();
-                v.extend_from_slice(&data);
-                joined = Some(v);
-            }
-        }
-    }
-    Ok((status, joined.map_or(first, Bytes::from)))
-}
-
-/// The unsigned integer after `key` (a quoted JSON key) and a colon, e.g. `"accepted": 12`.
-pub(crate) fn scan_u64(body: &[u8], key: &[u8]) -> Option<u64> {
-    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
-    let rest = &body[at..];
-    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
-    let rest = rest.strip_prefix(b":")?;
-    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let digits = rest[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    if digits == 0 {
-        return None;
-    }
-    std::str::from_utf8(&rest[start..start + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// A parsed `http://host:port` target.
-#[derive(Debug, Clone)]
-struct Target {
-    /// As given, without a trailing slash (for messages).
-    base: String,
-    addr: SocketAddr,
-    host: HeaderValue,
-}
-
-impl Target {
-    async fn resolve(target: &str) -> Result<Self, LoadgenError> {
-        let bad = |reason: &str| LoadgenError::InvalidTarget {
-            target: target.to_string(),
-            reason: reason.to_string(),
-        };
-        let authority = parse_authority(target).map_err(|r| bad(&r))?;
-        let addr = tokio::net::lookup_host(authority.as_str())
-            .await
-            .map_err(|e| bad(&format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| bad(&format!("{authority} resolves to no address")))?;
-        let host = HeaderValue::from_str(&authority)
-            .map_err(|_| bad("the host is not a valid header value"))?;
-        Ok(Self {
-            base: target.trim_end_matches('/').to_string(),
-            addr,
-            host,
-        })
-    }
-}
-
-/// `host:port` from `http://host:port[/]` (port 80 when absent).
-fn parse_authority(target: &str) -> Result<String, String> {
-    let rest = match target.trim().split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => {
-            return Err(format!(
-                "scheme {scheme:?} is not supported; use http://host:port"
-            ));
-        }
-        None => return Err("expected http://host:port".to_string()),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err("the host is missing".to_string());
-    }
-    if authority.contains(['/', '?', '#', '@']) {
-        return Err("give only http://host:port, without a path, query or credentials".to_string());
-    }
-    let has_port = match authority.rfind(']') {
-        Some(close) => authority[close + 1..].starts_with(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        let port = &authority[authority.rfind(':').map_or(0, |i| i + 1)..];
-        if port.parse::<u16>().is_err() {
-            return Err(format!("port {port:?} is not a number 0-65535"));
-        }
-        Ok(authority.to_string())
-    } else {
-        Ok(format!("{authority}:80"))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Body templates.
 // ---------------------------------------------------------------------------------------------
 
@@ -471,7 +335,7 @@ struct Template {
     body: Vec<u8>,
     /// Byte offset of each record's counter digits.
     id_offsets: Vec<usize>,
-    /// Tokens in the order of [`TOKEN_TYPES`].
+    /// Tokens in the order of [`gatemeter::record::TOKEN_TYPES`].
     tokens: [u64; 5],
     cost_micros: u64,
 }
@@ -551,12 +415,6 @@ impl Pool {
 
 /// How long to wait for answers after the run's end before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the server's counters to settle after the run.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Counters unchanged for this long are taken as settled.
-const SETTLED_AFTER: Duration = Duration::from_millis(2500);
-/// A match must hold this long (past the server's flush interval, 1 s by default).
-const CONFIRM_AFTER: Duration = Duration::from_millis(1500);
 /// Most latency recorded, microseconds (one hour).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -959,345 +817,13 @@ fn tally(stats: &mut ConnStats, status: StatusCode, body: &[u8], t: &Template, b
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The counter check.
-// ---------------------------------------------------------------------------------------------
-
-/// The counters loadgen reads from one scrape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Counters {
-    requests: u64,
-    tokens: [u64; 5],
-    cost_micros: u64,
-    duplicates: u64,
-    /// Not compared: watched only to see the pipeline settle.
-    processed: u64,
-}
-
-/// What the server should have added.
-#[derive(Debug, Clone)]
-struct Expected {
-    requests: u64,
-    tokens: [u64; 5],
-    cost_micros: u64,
-    partial: u64,
-    unknown_records: u64,
-}
-
-fn sample_name(m: &catalog::Metric) -> String {
-    m.sample_names()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| m.name.to_string())
-}
-
-impl Counters {
-    fn from_text(text: &str) -> Result<Self, String> {
-        let samples = parse_metrics(text);
-        let get = |m: &catalog::Metric, labels: &[(&str, &str)]| {
-            samples
-                .get(&SeriesKey::new(&sample_name(m), labels))
-                .map(String::as_str)
-        };
-        let int = |m: &catalog::Metric, labels: &[(&str, &str)]| -> Result<u64, String> {
-            match get(m, labels) {
-                None => Ok(0),
-                Some(v) => {
-                    parse_count(v).ok_or_else(|| format!("{} has value {v:?}", sample_name(m)))
-                }
-            }
-        };
-        let requests_name = sample_name(&catalog::REQUESTS);
-        if !samples.keys().any(|k| k.name == requests_name) {
-            return Err(format!(
-                "no {requests_name} sample: is this a gatemeter server?"
-            ));
-        }
-        let mut tokens = [0u64; 5];
-        for (slot, ty) in tokens.iter_mut().zip(TOKEN_TYPES) {
-            *slot = int(&catalog::TOKENS, &[("type", ty)])?;
-        }
-        let cost_micros = match get(&catalog::COST, &[]) {
-            None => 0,
-            Some(v) => parse_micros(v)
-                .ok_or_else(|| format!("{} has value {v:?}", sample_name(&catalog::COST)))?,
-        };
-        Ok(Self {
-            requests: int(&catalog::REQUESTS, &[])?,
-            tokens,
-            cost_micros,
-            duplicates: int(&catalog::DUPLICATES, &[])?,
-            processed: int(&catalog::PROCESSED, &[])?,
-        })
-    }
-
-    /// `self - before`, or `None` when a counter went down (the server restarted).
-    fn delta(&self, before: &Counters) -> Option<Counters> {
-        let mut tokens = [0u64; 5];
-        for ((d, a), b) in tokens.iter_mut().zip(self.tokens).zip(before.tokens) {
-            *d = a.checked_sub(b)?;
-        }
-        Some(Counters {
-            requests: self.requests.checked_sub(before.requests)?,
-            tokens,
-            cost_micros: self.cost_micros.checked_sub(before.cost_micros)?,
-            duplicates: self.duplicates.checked_sub(before.duplicates)?,
-            processed: self.processed.checked_sub(before.processed)?,
-        })
-    }
-}
-
-/// Differences between the server's deltas and what it accepted (empty when exact).
-fn compare(delta: &Counters, expected: &Expected) -> Vec<String> {
-    let mut out = Vec::new();
-    let requests_name = sample_name(&catalog::REQUESTS);
-    if delta.requests != expected.requests {
-        out.push(format!(
-            "{requests_name}: +{} on the server, {} records accepted",
-            delta.requests, expected.requests
-        ));
-    }
-    if expected.partial > 0 {
-        out.push(format!(
-            "{} requests were accepted only in part (loadgen sends only valid records); token and cost totals cannot be checked",
-            expected.partial
-        ));
-    } else {
-        let tokens_name = sample_name(&catalog::TOKENS);
-        for ((ty, got), want) in TOKEN_TYPES.iter().zip(delta.tokens).zip(expected.tokens) {
-            if got != want {
-                out.push(format!(
-                    "{tokens_name}{{type=\"{ty}\"}}: +{got} on the server, {want} sent"
-                ));
-            }
-        }
-        if delta.cost_micros != expected.cost_micros {
-            out.push(format!(
-                "{}: +{} on the server, {} sent",
-                sample_name(&catalog::COST),
-                format_micros(delta.cost_micros),
-                format_micros(expected.cost_micros)
-            ));
-        }
-    }
-    if delta.duplicates != 0 {
-        out.push(format!(
-            "{}: +{} (every request_id was unique)",
-            sample_name(&catalog::DUPLICATES),
-            delta.duplicates
-        ));
-    }
-    out
-}
-
-fn format_micros(m: u64) -> String {
-    format!("{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-/// Waits until the server's counters match (and keep matching) or stop changing, then compares.
-async fn settle_and_check(
-    target: &Target,
-    before: &Counters,
-    expected: &Expected,
-) -> Result<CounterCheck, LoadgenError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut last = scrape(target).await?;
-    let mut stable_since = Instant::now();
-    let mut matched_since: Option<Instant> = None;
-    loop {
-        let Some(delta) = last.delta(before) else {
-            return Ok(CounterCheck::Mismatch(vec![
-                "a counter went down during the run: did the server restart?".into(),
-            ]));
-        };
-        let diffs = compare(&delta, expected);
-        let now = Instant::now();
-        if diffs.is_empty() {
-            // A match must hold past a flush, so that a late over-count is still seen.
-            let since = *matched_since.get_or_insert(now);
-            if now.duration_since(since) >= CONFIRM_AFTER || now >= deadline {
-                return Ok(CounterCheck::Exact);
-            }
-        } else {
-            matched_since = None;
-            if now >= deadline || now.duration_since(stable_since) >= SETTLED_AFTER {
-                if expected.unknown_records > 0 {
-                    return Ok(CounterCheck::Inconclusive(format!(
-                        "{} records got no answer and may or may not have been counted; {}",
-                        expected.unknown_records,
-                        diffs.join("; ")
-                    )));
-                }
-                return Ok(CounterCheck::Mismatch(diffs));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let current = scrape(target).await?;
-        if current != last {
-            stable_since = Instant::now();
-            last = current;
-        }
-    }
-}
-
-/// Reads the counters from `GET /metrics` on a fresh connection.
-async fn scrape(target: &Target) -> Result<Counters, LoadgenError> {
-    let fail = |reason: String| LoadgenError::Metrics {
-        target: target.base.clone(),
-        reason,
-    };
-    let mut sender = connect(target.addr).await?;
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = Uri::from_static("/metrics");
-    req.headers_mut().insert(header::HOST, target.host.clone());
-    req.headers_mut()
-        .insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange(&mut sender, req))
-        .await
-        .map_err(|_| fail("no answer within 10 s".into()))?
-        .map_err(|source| LoadgenError::Http {
-            addr: target.addr,
-            source,
-        })?;
-    if status != StatusCode::OK {
-        return Err(fail(format!("HTTP {status}")));
-    }
-    let text = std::str::from_utf8(&body).map_err(|e| fail(format!("not UTF-8: {e}")))?;
-    Counters::from_text(text).map_err(fail)
-}
-
-/// A sample's name and its labels, sorted by name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SeriesKey {
-    name: String,
-    labels: Vec<(String, String)>,
-}
-
-impl SeriesKey {
-    fn new(name: &str, labels: &[(&str, &str)]) -> Self {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.sort();
-        Self {
-            name: name.to_string(),
-            labels,
-        }
-    }
-}
-
-/// Parses Prometheus text exposition into samples (value text as written). Comment lines and
-/// lines it cannot read are skipped; a trailing timestamp is ignored.
-fn parse_metrics(text: &str) -> BTreeMap<SeriesKey, String> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some((key, value)) = parse_sample(line) {
-            out.insert(key, value.to_string());
-        }
-    }
-    out
-}
-
-fn parse_sample(line: &str) -> Option<(SeriesKey, &str)> {
-    let name_end = line.find(|c: char| c == '{' || c.is_ascii_whitespace())?;
-    let name = &line[..name_end];
-    let mut labels = Vec::new();
-    let mut rest = &line[name_end..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices().peekable();
-        let mut close = None;
-        // label="value" pairs separated by commas; values may hold escaped quotes.
-        loop {
-            while chars
-                .next_if(|(_, c)| *c == ',' || c.is_ascii_whitespace())
-                .is_some()
-            {}
-            match chars.peek() {
-                Some((i, '}')) => {
-                    close = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=') {
-                key.push(c);
-            }
-            chars.next()?; // '='
-            if chars.next()?.1 != '"' {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()?.1 {
-                    '"' => break,
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    c => value.push(c),
-                }
-            }
-            labels.push((key.trim().to_string(), value));
-        }
-        rest = &inner[close? + 1..];
-    }
-    let value = rest.split_ascii_whitespace().next()?;
-    labels.sort();
-    Some((
-        SeriesKey {
-            name: name.to_string(),
-            labels,
-        },
-        value,
-    ))
-}
-
-/// A counter value as a whole number (`123`, or a float form of an integer like `1.5e+06`).
-fn parse_count(v: &str) -> Option<u64> {
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(n);
-    }
-    let f = v.parse::<f64>().ok()?;
-    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 1.8e19).then_some(f as u64)
-}
-
-/// A decimal USD amount as integer micro-USD, exactly when written with up to 6 decimals.
-fn parse_micros(v: &str) -> Option<u64> {
-    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    if plain {
-        let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
-        if frac.len() <= 6 && !frac.contains('.') {
-            let whole: u64 = if whole.is_empty() {
-                0
-            } else {
-                whole.parse().ok()?
-            };
-            let frac_micros: u64 = if frac.is_empty() {
-                0
-            } else {
-                frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32)
-            };
-            return whole.checked_mul(1_000_000)?.checked_add(frac_micros);
-        }
-    }
-    let f = v.parse::<f64>().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| (f * 1_000_000.0).round() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::price::PriceTable;
-    use crate::record::{Event, Validation, parse_event};
+    use gatemeter::price::PriceTable;
+    use gatemeter::record::{Event, Validation, parse_event};
 
     fn ids_and_records(batch: usize) -> (Vec<String>, usize) {
         let pool = Pool::build(batch, 0xdead_beef);
@@ -1332,7 +858,7 @@ mod tests {
                     }
                     assert_eq!(
                         rec.cost_source,
-                        crate::record::CostSource::Reported,
+                        gatemeter::record::CostSource::Reported,
                         "{json}"
                     );
                     cost += rec.cost_micros;
@@ -1385,128 +911,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn target_authority() {
-        assert_eq!(
-            parse_authority("http://127.0.0.1:4318").ok().as_deref(),
-            Some("127.0.0.1:4318")
-        );
-        assert_eq!(
-            parse_authority("http://localhost:4318/").ok().as_deref(),
-            Some("localhost:4318")
-        );
-        assert_eq!(
-            parse_authority("http://[::1]:9000").ok().as_deref(),
-            Some("[::1]:9000")
-        );
-        assert_eq!(
-            parse_authority("http://example.com").ok().as_deref(),
-            Some("example.com:80")
-        );
-        for bad in [
-            "https://x:1",
-            "127.0.0.1:4318",
-            "http://x:1/v1/events",
-            "http://",
-            "http://x:port",
-        ] {
-            assert!(parse_authority(bad).is_err(), "{bad}");
-        }
-    }
-
-    const SAMPLE: &str = r#"# HELP ai_gateway_requests_total Requests completed by the gateway fleet.
-# TYPE ai_gateway_requests_total counter
-ai_gateway_requests_total 1500
-ai_gateway_namespace_requests_total{namespace="a \"quoted\" ns"} 7
-gatemeter_tokens_total{type="input"} 100
-gatemeter_tokens_total{type="output"} 200
-gatemeter_tokens_total{type="cache_write_5m"} 3
-gatemeter_tokens_total{type="cache_write_1h"} 0
-gatemeter_tokens_total{type="cache_read"} 1.5e+06
-gatemeter_cost_usd_total 12.3456
-gatemeter_duplicate_records_total 2 1760000000000
-gatemeter_processed_records_total 1502
-model_cost_usd_total{provider="p",model="m"} 1
-"#;
-
-    #[test]
-    fn metrics_text_is_parsed() {
-        let c = Counters::from_text(SAMPLE).expect("parsed");
-        assert_eq!(
-            c,
-            Counters {
-                requests: 1500,
-                tokens: [100, 200, 3, 0, 1_500_000],
-                cost_micros: 12_345_600,
-                duplicates: 2,
-                processed: 1502
-            }
-        );
-        let samples = parse_metrics(SAMPLE);
-        let ns = SeriesKey::new(
-            "ai_gateway_namespace_requests_total",
-            &[("namespace", "a \"quoted\" ns")],
-        );
-        assert_eq!(samples.get(&ns).map(String::as_str), Some("7"));
-        // Label order does not matter.
-        let m = SeriesKey::new("model_cost_usd_total", &[("model", "m"), ("provider", "p")]);
-        assert!(samples.contains_key(&m));
-        assert!(Counters::from_text("up 1\n").is_err());
-    }
-
-    #[test]
-    fn micros_are_exact() {
-        assert_eq!(parse_micros("0.000001"), Some(1));
-        assert_eq!(parse_micros("123"), Some(123_000_000));
-        assert_eq!(parse_micros("98765.4321"), Some(98_765_432_100));
-        assert_eq!(parse_micros("1e-6"), Some(1));
-        assert_eq!(parse_micros("x"), None);
-    }
-
-    #[test]
-    fn counter_comparison() {
-        let before = Counters::default();
-        let after = Counters {
-            requests: 10,
-            tokens: [1, 2, 3, 4, 5],
-            cost_micros: 77,
-            duplicates: 0,
-            processed: 10,
-        };
-        let exp = Expected {
-            requests: 10,
-            tokens: [1, 2, 3, 4, 5],
-            cost_micros: 77,
-            partial: 0,
-            unknown_records: 0,
-        };
-        let delta = after.delta(&before).expect("monotonic");
-        assert!(compare(&delta, &exp).is_empty());
-        let off = Expected {
-            requests: 9,
-            tokens: [1, 2, 3, 4, 6],
-            cost_micros: 70,
-            ..exp
-        };
-        let diffs = compare(&delta, &off);
-        assert_eq!(diffs.len(), 3, "{diffs:?}");
-        assert!(diffs[1].contains("cache_read"), "{diffs:?}");
-        assert!(before.delta(&after).is_none());
-    }
-
-    #[test]
-    fn accepted_count_is_scanned() {
-        assert_eq!(
-            scan_u64(
-                br#"{"accepted":100,"rejected":0,"errors":[]}"#,
-                b"\"accepted\""
-            ),
-            Some(100)
-        );
-        assert_eq!(scan_u64(br#"{"accepted" : 7}"#, b"\"accepted\""), Some(7));
-        assert_eq!(scan_u64(br#"{"rejected":0}"#, b"\"accepted\""), None);
-    }
-
     #[tokio::test]
     async fn unreachable_target_fails_before_sending() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1522,7 +926,7 @@ model_cost_usd_total{provider="p",model="m"} 1
         };
         assert!(matches!(
             run(&args).await,
-            Err(LoadgenError::Connect { .. })
+            Err(LoadgenError::Client(ClientError::Connect { .. }))
         ));
         let zero = LoadgenArgs { batch: 0, ..args };
         assert!(matches!(

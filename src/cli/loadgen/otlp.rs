@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::{ConnStats, ID_DIGITS, POOL_RECORDS, POOL_TEMPLATES, Template};
-use crate::demo::{Detail, Traffic};
+use crate::cli::traffic::{Detail, Traffic};
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue {
@@ -43,7 +43,7 @@ pub(super) fn pool(batch: usize, run_id: u32) -> Vec<Template> {
     let mut traffic = Traffic::new(u64::from(run_id), "lg", Detail::Lean, 1.0);
     let marker = format!("lg-{run_id:08x}-");
     let placeholder = format!("{marker}{}", "0".repeat(ID_DIGITS));
-    let now_ns = crate::clock::now_ms().max(0) as u64 * 1_000_000;
+    let now_ns = gatemeter::clock::now_ms().max(0) as u64 * 1_000_000;
     let resource = Resource {
         attributes: vec![
             kv("deployment.environment", s("loadgen")),

@@ -1,0 +1,87 @@
+//! `gatemeter serve` and `gatemeter check-config`: load the config, bind, run until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gatemeter::app::App;
+use gatemeter::config::{Config, LiveStoreKind};
+use gatemeter::store::sql::SqlBackend;
+use tokio::net::TcpListener;
+
+/// Runs the server until SIGINT or SIGTERM, then drains the queue and flushes.
+pub async fn run(args: super::Serve) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_ref(), args.listen)?;
+    let listener = bind(&config).await?;
+    let app = App::build(&config, listener).await?;
+    let log = config
+        .log_store
+        .as_ref()
+        .map_or("none", |l| match l.backend {
+            SqlBackend::Sqlite { .. } => "sqlite",
+            SqlBackend::Postgres { .. } => "postgres",
+        });
+    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
+    app.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Validates a config file and prints the effective settings.
+pub fn check_config(args: &super::CheckConfig) -> anyhow::Result<()> {
+    let file = &args.file;
+    let c = Config::load(file)?;
+    println!("{}: ok", file.display());
+    println!("listen: {}", c.listen);
+    println!("live_store: {:?}", c.live_store);
+    println!("ingest: {:?}", c.ingest);
+    println!("pipeline: {:?}", c.pipeline);
+    if c.live_store == LiveStoreKind::Redis {
+        // Debug redacts the URL's password.
+        println!("redis: {:?}", c.redis);
+    }
+    println!("log_store: {:?}", c.log_store);
+    println!("auth: {:?}", c.auth);
+    Ok(())
+}
+
+/// The config from a file, or from the environment alone; `listen` overrides either.
+pub fn load_config(path: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::from_env()?,
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    Ok(config)
+}
+
+/// The listener on the configured address.
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutting down: draining the queue and flushing.");
+}
