@@ -68,11 +68,10 @@ fn init_tracing() {
 /// mimalloc asks for huge pages on its memory (`madvise(MADV_HUGEPAGE)`; with THP set to
 /// `always` the kernel gives them anyway), and a 2 MiB page stays resident while any block on
 /// it lives, so memory a usage export freed stayed in RSS: after 8 exports of 1,000,000 SQLite
-/// rows, peak RSS 35–58 MB with huge pages, 23–43 MB without (ARCHITECTURE.md, *Runtime and
-/// allocator*). Ingest throughput did not change beyond 1 %.
+/// rows, peak RSS 35–58 MB with huge pages, 23–43 MB without (docs/benchmarks.md, *Memory and
+/// RSS*). Ingest throughput did not change beyond 1 %.
 ///
 /// An operator who sets `MIMALLOC_ALLOW_THP` keeps mimalloc's own handling of it.
-#[allow(unsafe_code)] // Until the safe `nix` wrapper replaces this block (layout issue).
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
