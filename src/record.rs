@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::price::PriceTable;
+pub use crate::price::{TOKEN_TYPES, Tokens};
 
 mod scan;
 
@@ -116,62 +117,6 @@ pub fn genai_operation(endpoint: &str) -> &'static str {
         "generate_content"
     } else {
         "chat"
-    }
-}
-
-/// Token counts by bucket; the buckets are disjoint (Anthropic-style).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    /// Plain input tokens.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// Cache writes, 5 minute TTL.
-    pub cache_write_5m: u64,
-    /// Cache writes, 1 hour TTL.
-    pub cache_write_1h: u64,
-    /// Cache reads.
-    pub cache_read: u64,
-}
-
-/// Names of the token types, in the order of [`Tokens::as_array`].
-pub const TOKEN_TYPES: [&str; 5] = [
-    "input",
-    "output",
-    "cache_write_5m",
-    "cache_write_1h",
-    "cache_read",
-];
-
-impl Tokens {
-    /// The counts in the order of [`TOKEN_TYPES`].
-    pub fn as_array(&self) -> [u64; 5] {
-        [
-            self.input,
-            self.output,
-            self.cache_write_5m,
-            self.cache_write_1h,
-            self.cache_read,
-        ]
-    }
-
-    /// Adds another set of counts.
-    pub fn add(&mut self, o: &Tokens) {
-        self.input += o.input;
-        self.output += o.output;
-        self.cache_write_5m += o.cache_write_5m;
-        self.cache_write_1h += o.cache_write_1h;
-        self.cache_read += o.cache_read;
-    }
-
-    /// All prompt-side tokens (input plus cache reads and writes).
-    pub fn prompt_total(&self) -> u64 {
-        self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
-    }
-
-    /// Every token of the request.
-    pub fn total(&self) -> u64 {
-        self.prompt_total() + self.output
     }
 }
 
