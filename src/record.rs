@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer, Visitor};
 use crate::price::PriceTable;
 pub use crate::price::{TOKEN_TYPES, Tokens};
 
+pub mod fields;
 mod scan;
 
 /// A bounded label value (namespace, provider, model): short strings are stored inline.
@@ -129,6 +130,27 @@ pub enum CostSource {
     Priced,
     /// No cost and the model is not priced: cost 0, counted as unpriced.
     Unpriced,
+}
+
+impl CostSource {
+    /// The stored and exported name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Priced => "priced",
+            Self::Unpriced => "unpriced",
+        }
+    }
+
+    /// The source named `s` ([`CostSource::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reported" => Self::Reported,
+            "priced" => Self::Priced,
+            "unpriced" => Self::Unpriced,
+            _ => return None,
+        })
+    }
 }
 
 /// A validated, finished gateway request.
@@ -324,9 +346,13 @@ impl<'de> Deserialize<'de> for RawTime {
     }
 }
 
-/// A cost as sent: a JSON number or a decimal string, in USD.
+/// A cost as sent: on the wire a JSON number or a decimal string in USD; from a source that
+/// has it exact (OTLP read-back), integer micro-USD.
 #[derive(Debug)]
-struct RawCost(f64);
+enum RawCost {
+    Usd(f64),
+    Micros(u64),
+}
 
 impl<'de> Deserialize<'de> for RawCost {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -337,18 +363,18 @@ impl<'de> Deserialize<'de> for RawCost {
                 f.write_str("a USD amount as a number or decimal string")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCost, E> {
-                Ok(RawCost(v as f64))
+                Ok(RawCost::Usd(v as f64))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCost, E> {
-                Ok(RawCost(v as f64))
+                Ok(RawCost::Usd(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawCost, E> {
-                Ok(RawCost(v))
+                Ok(RawCost::Usd(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCost, E> {
                 v.trim()
                     .parse::<f64>()
-                    .map(RawCost)
+                    .map(RawCost::Usd)
                     .map_err(|_| E::custom(format!("{v:?} is not a decimal number")))
             }
         }
@@ -836,7 +862,16 @@ impl RawRecord {
             }
         };
         let (cost_micros, cost_source) = match self.cost_usd {
-            Some(RawCost(usd)) => {
+            Some(RawCost::Micros(m)) => {
+                if m as f64 > MAX_COST_USD * 1_000_000.0 {
+                    return Err(RecordError::invalid(
+                        "cost_usd",
+                        format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                    ));
+                }
+                (m, CostSource::Reported)
+            }
+            Some(RawCost::Usd(usd)) => {
                 if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
                     return Err(RecordError::invalid(
                         "cost_usd",
@@ -962,6 +997,11 @@ pub struct RecordFields {
     pub cache_read_tokens: Option<u64>,
     /// `cost_usd`.
     pub cost_usd: Option<f64>,
+    /// The cost in exact integer micro-USD; wins over `cost_usd`.
+    pub cost_micros: Option<u64>,
+    /// Where a given cost came from (a record read back from another gatemeter); without it, a
+    /// given cost is `reported`.
+    pub cost_source: Option<CostSource>,
     /// `session_id`.
     pub session_id: Option<CompactString>,
     /// `retry_count`.
@@ -1013,7 +1053,10 @@ impl RecordFields {
             cache_creation_5m_tokens: self.cache_creation_5m_tokens,
             cache_creation_1h_tokens: self.cache_creation_1h_tokens,
             cache_read_tokens: self.cache_read_tokens,
-            cost_usd: self.cost_usd.map(RawCost),
+            cost_usd: self
+                .cost_micros
+                .map(RawCost::Micros)
+                .or(self.cost_usd.map(RawCost::Usd)),
             session_id: self.session_id,
             retry_count: self.retry_count,
             provider_chain: self.provider_chain,
@@ -1026,8 +1069,14 @@ impl RecordFields {
             messages_count: self.messages_count,
             trace_id: self.trace_id,
         };
+        let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
-            Event::Finish(r) => Ok(r),
+            Event::Finish(mut r) => {
+                if let (true, Some(source)) = (cost_given, self.cost_source) {
+                    r.cost_source = source;
+                }
+                Ok(r)
+            }
             Event::Start(_) => Err(RecordError::malformed("not a finished record")),
         }
     }

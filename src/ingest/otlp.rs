@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub mod claude_code;
 pub mod decode;
+pub mod gatemeter;
 pub mod http;
 pub mod scan;
 

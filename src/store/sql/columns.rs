@@ -1,16 +1,13 @@
 //! The columns of `request_log` that the writers fill, and a record's values for them: one list
 //! in one order, bound by the SQLite writer (`sqlite_insert.rs`) and encoded by the PostgreSQL
-//! one (`writer/postgres.rs`).
+//! one (`writer/postgres.rs`). The list is the record's field table (`record/fields.rs`);
+//! [`values`] stays written out for speed and is checked against it by the tests below.
 
+use crate::record::fields::{self, SqlType};
 use crate::record::{CostSource, ValidRecord};
 
-/// The SQL type of a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Text,
-    Int8,
-    Bool,
-}
+/// The SQL type of a column (declared with the record's fields).
+pub(crate) type Kind = SqlType;
 
 impl Kind {
     /// PostgreSQL's name of the type.
@@ -23,48 +20,20 @@ impl Kind {
     }
 }
 
-/// How many columns a writer fills.
-pub(crate) const COLUMNS: usize = 36;
+/// How many columns a writer fills: one per field of the record.
+pub(crate) const COLUMNS: usize = fields::FIELDS.len();
 
-/// The columns a writer fills, in the order of [`values`], with their types.
-pub(crate) const FIELDS: [(&str, Kind); COLUMNS] = [
-    ("request_id", Kind::Text),
-    ("ts_ms", Kind::Int8),
-    ("namespace", Kind::Text),
-    ("instance", Kind::Text),
-    ("user_ref", Kind::Text),
-    ("user_name", Kind::Text),
-    ("user_id", Kind::Text),
-    ("key_name", Kind::Text),
-    ("key_id", Kind::Text),
-    ("provider", Kind::Text),
-    ("model", Kind::Text),
-    ("original_model", Kind::Text),
-    ("endpoint", Kind::Text),
-    ("api_type", Kind::Text),
-    ("method", Kind::Text),
-    ("status", Kind::Int8),
-    ("duration_ms", Kind::Int8),
-    ("ttfb_ms", Kind::Int8),
-    ("input_tokens", Kind::Int8),
-    ("output_tokens", Kind::Int8),
-    ("cache_write_5m_tokens", Kind::Int8),
-    ("cache_write_1h_tokens", Kind::Int8),
-    ("cache_read_tokens", Kind::Int8),
-    ("cost_micros", Kind::Int8),
-    ("cost_source", Kind::Text),
-    ("session_id", Kind::Text),
-    ("retry_count", Kind::Int8),
-    ("provider_chain", Kind::Text),
-    ("is_streaming", Kind::Bool),
-    ("error", Kind::Text),
-    ("blocked_by", Kind::Text),
-    ("block_reason", Kind::Text),
-    ("user_agent", Kind::Text),
-    ("client_ip", Kind::Text),
-    ("messages_count", Kind::Int8),
-    ("trace_id", Kind::Text),
-];
+/// The columns a writer fills, in the order of [`values`], with their types: the `column` and
+/// `sql` of every row of [`fields::FIELDS`].
+pub(crate) const FIELDS: [(&str, Kind); COLUMNS] = {
+    let mut out = [("", Kind::Text); COLUMNS];
+    let mut i = 0;
+    while i < COLUMNS {
+        out[i] = (fields::FIELDS[i].column, fields::FIELDS[i].sql);
+        i += 1;
+    }
+    out
+};
 
 /// `a, b, c`: the names of [`FIELDS`].
 pub(crate) fn column_list() -> String {
@@ -172,11 +141,7 @@ fn big(v: u64) -> i64 {
 
 /// The stored name of a cost source.
 pub(crate) fn cost_source(c: CostSource) -> &'static str {
-    match c {
-        CostSource::Reported => "reported",
-        CostSource::Priced => "priced",
-        CostSource::Unpriced => "unpriced",
-    }
+    c.as_str()
 }
 
 #[cfg(test)]
