@@ -1296,6 +1296,74 @@ mod tests {
         assert!(e.ends_with('…'));
     }
 
+    /// The field names of a struct as its derived `Debug` prints them (`Name { a: .., b: .. }`).
+    fn debug_field_names(debug: &str) -> Vec<String> {
+        let inner = &debug[debug.find('{').expect("a struct") + 1..debug.rfind('}').expect("}")];
+        let mut names = Vec::new();
+        let mut depth = 0i32;
+        let mut start = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' | '[' | '(' => depth += 1,
+                '}' | ']' | ')' => depth -= 1,
+                ':' if depth == 0 && start <= i => {
+                    names.push(
+                        inner[start..i]
+                            .trim()
+                            .trim_start_matches(',')
+                            .trim()
+                            .to_string(),
+                    );
+                    start = usize::MAX;
+                }
+                ',' if depth == 0 => start = i + 1,
+                _ => {}
+            }
+        }
+        names
+    }
+
+    /// The wire record (`raw_record!`) has exactly the fields of the table that have a wire
+    /// name, plus `phase`; the scanner reads the same list (`Field`).
+    #[test]
+    fn the_wire_record_is_the_field_table() {
+        let wire: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.wire).collect();
+        for name in &wire {
+            assert!(Field::of(name).is_some(), "raw_record! lacks {name}");
+        }
+        assert!(Field::of("phase").is_some());
+        assert_eq!(
+            Field::COUNT,
+            wire.len() + 1,
+            "raw_record! has a field the table (record/fields.rs) lacks"
+        );
+        let raw = debug_field_names(&format!("{:?}", RawRecord::default()));
+        let mut want: Vec<&str> = wire.clone();
+        want.insert(0, "phase");
+        assert_eq!(raw, want, "raw_record! is not in the table's order");
+    }
+
+    /// [`RecordFields`] has a field per wire field (`timestamp` as `timestamp_ms`), plus the
+    /// exact cost and its source.
+    #[test]
+    fn record_fields_are_the_field_table() {
+        let got = debug_field_names(&format!("{:?}", RecordFields::default()));
+        let mut want: Vec<String> = fields::FIELDS
+            .iter()
+            .filter_map(|f| f.wire)
+            .map(|w| match w {
+                "timestamp" => "timestamp_ms".to_string(),
+                w => w.to_string(),
+            })
+            .collect();
+        let at = want.iter().position(|w| w == "cost_usd").expect("cost") + 1;
+        want.splice(
+            at..at,
+            ["cost_micros".to_string(), "cost_source".to_string()],
+        );
+        assert_eq!(got, want, "RecordFields and record/fields.rs differ");
+    }
+
     #[test]
     fn api_type_from_endpoint() {
         assert_eq!(ApiType::from_endpoint("/v1/messages"), ApiType::Claude);

@@ -147,6 +147,7 @@ pub(crate) fn cost_source(c: CostSource) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::fields::FieldId;
 
     #[test]
     fn every_value_has_the_type_of_its_column() {
@@ -173,6 +174,149 @@ mod tests {
             values(&r, &chain)[REQUEST_ID_FIELD],
             Value::Text(Some("r-1"))
         ));
+    }
+
+    /// A record whose every field is set, from JSON with a distinct value per wire field.
+    const FULL: &str = r#"{"request_id": "r-1", "timestamp": 1700000000000, "namespace": "ns",
+        "instance": "i-1", "user": "ann", "user_id": "u-1", "key": "ci", "key_id": "k-1",
+        "provider": "p", "model": "m", "original_model": "om", "endpoint": "/v1/messages",
+        "api_type": "claude", "method": "PUT", "status": 201, "duration_ms": 900, "ttfb_ms": 80,
+        "input_tokens": 11, "output_tokens": 12, "cache_creation_5m_tokens": 13,
+        "cache_creation_1h_tokens": 14, "cache_read_tokens": 15, "cost_usd": 1.5,
+        "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b"], "is_streaming": true,
+        "error": "e", "blocked_by": "f", "block_reason": "w", "user_agent": "ua",
+        "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+
+    /// [`values`] puts every field in the column the table gives it: each value is the one the
+    /// JSON record sent under the field's wire name.
+    #[test]
+    fn values_are_in_the_order_of_the_field_table() {
+        let json: serde_json::Value = serde_json::from_str(FULL).expect("json");
+        let r = *crate::record::test_record(FULL, 1_700_000_000_000);
+        let mut chain = String::new();
+        provider_chain(&r, &mut chain);
+        let values = values(&r, &chain);
+        for (def, v) in fields::FIELDS.iter().zip(values) {
+            let want = match def.id {
+                FieldId::UserRef => Value::Text(Some("u-1")),
+                FieldId::Cost => Value::Int8(Some(1_500_000)),
+                FieldId::CostSource => Value::Text(Some("reported")),
+                FieldId::ProviderChain => Value::Text(Some(r#"["a","b"]"#)),
+                _ => match &json[def.wire.expect("a wire field")] {
+                    serde_json::Value::String(s) => Value::Text(Some(s.as_str())),
+                    serde_json::Value::Number(n) => Value::Int8(n.as_i64()),
+                    serde_json::Value::Bool(b) => Value::Bool(*b),
+                    other => panic!("{other}"),
+                },
+            };
+            assert_eq!(v, want, "column {}", def.column);
+        }
+    }
+
+    /// The log entry of the query API has one key per field with an `entry` name (plus the
+    /// row id), and its `SELECT` list reads every column but the derived `user_ref`.
+    #[test]
+    fn the_log_entry_is_the_field_table() {
+        let e = super::super::LogEntry {
+            id: 1,
+            request_id: None,
+            timestamp_ms: 0,
+            namespace: String::new(),
+            instance: None,
+            user: None,
+            user_id: None,
+            key: None,
+            key_id: None,
+            provider: String::new(),
+            model: String::new(),
+            original_model: None,
+            endpoint: String::new(),
+            api_type: String::new(),
+            method: String::new(),
+            status: 0,
+            duration_ms: 0,
+            ttfb_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            cache_read_tokens: 0,
+            cost_micros: 0,
+            cost_source: String::new(),
+            session_id: None,
+            retry_count: 0,
+            provider_chain: Vec::new(),
+            is_streaming: false,
+            error: None,
+            blocked_by: None,
+            block_reason: None,
+            user_agent: None,
+            client_ip: None,
+            messages_count: None,
+            trace_id: None,
+        };
+        let json = serde_json::to_value(&e).expect("serializes");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        want.push("id");
+        let (mut keys, mut want) = (keys, want);
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want, "LogEntry and record/fields.rs differ");
+
+        use super::super::query::EntryColumns;
+        let select: Vec<&str> = <sqlx::Postgres as EntryColumns>::COLUMNS
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let mut want: Vec<&str> = vec!["id"];
+        want.extend(
+            fields::FIELDS
+                .iter()
+                .filter(|f| f.id != FieldId::UserRef)
+                .map(|f| f.column),
+        );
+        assert_eq!(
+            select, want,
+            "the log entry's SELECT list and record/fields.rs differ"
+        );
+    }
+
+    /// Every column the writers fill exists in the schema the migrations build: in SQLite,
+    /// selected from a migrated database; in PostgreSQL, named by a migration.
+    #[tokio::test]
+    async fn the_migrations_create_every_column() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("open");
+        sqlx::migrate::Migrator::new(super::super::Embedded(super::super::SQLITE_MIGRATIONS))
+            .await
+            .expect("migrations")
+            .run(&pool)
+            .await
+            .expect("migrate");
+        sqlx::query(&format!(
+            "SELECT {} FROM request_log LIMIT 0",
+            column_list()
+        ))
+        .fetch_all(&pool)
+        .await
+        .expect("every column exists in SQLite");
+        // PostgreSQL's columns are all created by its first migration, one per line.
+        let postgres = include_str!("../../../migrations/postgres/0001_request_log.sql");
+        for (name, _) in FIELDS {
+            assert!(
+                postgres.contains(&format!("\n    {name} ")),
+                "no PostgreSQL migration creates {name}"
+            );
+        }
     }
 
     #[test]
