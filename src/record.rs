@@ -1096,6 +1096,25 @@ pub(crate) fn test_record(json: &str, now_ms: i64) -> Box<ValidRecord> {
     }
 }
 
+/// A JSON record with every wire field set to a value of its own, for the tests that check a
+/// shape of the record against its field table.
+#[cfg(test)]
+pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 1700000000000,
+    "namespace": "ns", "instance": "i-1", "user": "ann", "user_id": "u-1", "key": "ci",
+    "key_id": "k-1", "provider": "p", "model": "m", "original_model": "om",
+    "endpoint": "/v1/messages", "api_type": "claude", "method": "PUT", "status": 201,
+    "duration_ms": 900, "ttfb_ms": 80, "input_tokens": 11, "output_tokens": 12,
+    "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
+    "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
+    "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
+    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+
+/// [`TEST_FULL_JSON`] validated.
+#[cfg(test)]
+pub(crate) fn test_full_record() -> Box<ValidRecord> {
+    test_record(TEST_FULL_JSON, 1_700_000_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1362,6 +1381,22 @@ mod tests {
             ["cost_micros".to_string(), "cost_source".to_string()],
         );
         assert_eq!(got, want, "RecordFields and record/fields.rs differ");
+    }
+
+    /// [`ValidRecord`] has a field per row of the table but the derived `user_ref`, named as in
+    /// the log entry (the token buckets grouped in [`Tokens`]).
+    #[test]
+    fn the_valid_record_is_the_field_table() {
+        let r = finish(r#"{"model":"m","status":200,"duration_ms":5}"#);
+        let got: Vec<String> = debug_field_names(&format!("{r:?}"))
+            .into_iter()
+            .flat_map(|name| match name.as_str() {
+                "tokens" => TOKEN_TYPES.iter().map(|t| format!("{t}_tokens")).collect(),
+                _ => vec![name],
+            })
+            .collect();
+        let want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        assert_eq!(got, want, "ValidRecord and record/fields.rs differ");
     }
 
     #[test]

@@ -534,18 +534,7 @@ mod tests {
     /// OTLP name, and only the derived semantic-convention attributes besides.
     #[test]
     fn a_full_record_exports_every_field_of_the_table() {
-        let r = crate::record::test_record(
-            r#"{"request_id": "r-1", "timestamp": 1700000000000, "namespace": "ns",
-            "instance": "i-1", "user": "ann", "user_id": "u-1", "key": "ci", "key_id": "k-1",
-            "provider": "p", "model": "m", "original_model": "om", "endpoint": "/v1/messages",
-            "api_type": "claude", "method": "PUT", "status": 201, "duration_ms": 900,
-            "ttfb_ms": 80, "input_tokens": 11, "output_tokens": 12, "cache_creation_5m_tokens": 13,
-            "cache_creation_1h_tokens": 14, "cache_read_tokens": 15, "cost_usd": 1.5,
-            "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b"],
-            "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
-            "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#,
-            1_700_000_000_000,
-        );
+        let r = crate::record::test_full_record();
         let lr = log_record(&r);
         let mut got: Vec<&str> = lr.attributes.iter().map(|kv| kv.key.as_str()).collect();
         let mut want: Vec<&str> = FIELDS.iter().filter_map(|f| f.otlp).collect();

@@ -119,76 +119,13 @@ fn attr_err(key: &str, message: String) -> RecordError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
     use crate::export::otlp_logs::encode_batch;
-    use crate::price::{ModelPrice, PriceTable};
+    use crate::price::PriceTable;
     use crate::record::{CostSource, RecordFields, ValidRecord, Validation};
 
     const NOW: i64 = 1_795_460_000_000;
-
-    /// A record with every field set to a value that is not its default.
-    fn full_record(prices: &PriceTable) -> Box<ValidRecord> {
-        let v = Validation {
-            now_ms: NOW,
-            prices,
-        };
-        let r = RecordFields {
-            request_id: Some("r-1".into()),
-            timestamp_ms: Some(NOW - 5_000),
-            namespace: Some("team-a".into()),
-            instance: Some("gw-2".into()),
-            user: Some("ann@example.com".into()),
-            user_id: Some("u-7".into()),
-            key: Some("ci".into()),
-            key_id: Some("k-9".into()),
-            provider: Some("anthropic".into()),
-            model: Some("claude-sonnet-4-5".into()),
-            original_model: Some("claude-opus-4-1".into()),
-            endpoint: Some("/v1/messages".into()),
-            api_type: Some("claude".into()),
-            method: Some("PUT".into()),
-            status: Some(529),
-            duration_ms: Some(1200),
-            ttfb_ms: Some(300),
-            input_tokens: Some(10),
-            output_tokens: Some(20),
-            cache_creation_5m_tokens: Some(1),
-            cache_creation_1h_tokens: Some(2),
-            cache_read_tokens: Some(3),
-            session_id: Some("s-1".into()),
-            retry_count: Some(2),
-            provider_chain: Some(vec!["a".into(), "b\"c".into()]),
-            is_streaming: Some(true),
-            error: Some("overloaded".into()),
-            blocked_by: Some("words".into()),
-            block_reason: Some("a word".into()),
-            user_agent: Some("claude-cli/2.1".into()),
-            client_ip: Some("10.0.0.1".into()),
-            messages_count: Some(4),
-            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
-            ..RecordFields::default()
-        }
-        .validate(&v)
-        .expect("valid");
-        // Priced by the table, not reported.
-        assert_eq!(r.cost_source, CostSource::Priced);
-        assert_eq!(r.cost_micros, 1_234_568);
-        r
-    }
-
-    fn prices() -> PriceTable {
-        let models = HashMap::from([(
-            "claude-sonnet-4-5".to_string(),
-            ModelPrice {
-                input: 123_456_789,
-                ..ModelPrice::default()
-            },
-        )]);
-        PriceTable::new(models, HashMap::new()).expect("prices")
-    }
 
     /// Exports `sent` and reads it back.
     fn round_trip(sent: &ValidRecord) -> ValidRecord {
@@ -207,8 +144,12 @@ mod tests {
 
     #[test]
     fn every_field_survives_export_and_read_back() {
-        let sent = full_record(&prices());
-        assert_eq!(round_trip(&sent), *sent);
+        let mut sent = *crate::record::test_full_record();
+        assert_eq!(sent.cost_source, CostSource::Reported);
+        assert_eq!(round_trip(&sent), sent);
+        sent.cost_source = CostSource::Priced;
+        sent.cost_micros = 1_234_567;
+        assert_eq!(round_trip(&sent), sent);
         // And so do absent optional fields and defaults.
         let prices = PriceTable::default();
         let v = Validation {
@@ -229,7 +170,7 @@ mod tests {
 
     #[test]
     fn unreadable_attributes_reject_the_record_naming_them() {
-        let sent = full_record(&prices());
+        let sent = crate::record::test_full_record();
         let mut req = encode_batch(&[sent]);
         let attrs = &mut req.resource_logs[0].scope_logs[0].log_records[0].attributes;
         for kv in attrs.iter_mut() {

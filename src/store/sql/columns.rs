@@ -176,23 +176,13 @@ mod tests {
         ));
     }
 
-    /// A record whose every field is set, from JSON with a distinct value per wire field.
-    const FULL: &str = r#"{"request_id": "r-1", "timestamp": 1700000000000, "namespace": "ns",
-        "instance": "i-1", "user": "ann", "user_id": "u-1", "key": "ci", "key_id": "k-1",
-        "provider": "p", "model": "m", "original_model": "om", "endpoint": "/v1/messages",
-        "api_type": "claude", "method": "PUT", "status": 201, "duration_ms": 900, "ttfb_ms": 80,
-        "input_tokens": 11, "output_tokens": 12, "cache_creation_5m_tokens": 13,
-        "cache_creation_1h_tokens": 14, "cache_read_tokens": 15, "cost_usd": 1.5,
-        "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b"], "is_streaming": true,
-        "error": "e", "blocked_by": "f", "block_reason": "w", "user_agent": "ua",
-        "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
-
     /// [`values`] puts every field in the column the table gives it: each value is the one the
     /// JSON record sent under the field's wire name.
     #[test]
     fn values_are_in_the_order_of_the_field_table() {
-        let json: serde_json::Value = serde_json::from_str(FULL).expect("json");
-        let r = *crate::record::test_record(FULL, 1_700_000_000_000);
+        let json: serde_json::Value =
+            serde_json::from_str(crate::record::TEST_FULL_JSON).expect("json");
+        let r = *crate::record::test_full_record();
         let mut chain = String::new();
         provider_chain(&r, &mut chain);
         let values = values(&r, &chain);
@@ -201,7 +191,7 @@ mod tests {
                 FieldId::UserRef => Value::Text(Some("u-1")),
                 FieldId::Cost => Value::Int8(Some(1_500_000)),
                 FieldId::CostSource => Value::Text(Some("reported")),
-                FieldId::ProviderChain => Value::Text(Some(r#"["a","b"]"#)),
+                FieldId::ProviderChain => Value::Text(Some(r#"["a","b\"c"]"#)),
                 _ => match &json[def.wire.expect("a wire field")] {
                     serde_json::Value::String(s) => Value::Text(Some(s.as_str())),
                     serde_json::Value::Number(n) => Value::Int8(n.as_i64()),
