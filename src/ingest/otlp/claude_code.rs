@@ -335,7 +335,10 @@ impl Mapping {
         let (c5, c1) = cache_split(a)?;
         f.cache_creation_5m_tokens = c5;
         f.cache_creation_1h_tokens = c1;
-        f.cost_usd = cost(a)?;
+        f.cost_micros = opt_u64(a.cost_micros, "cost_usd_micros")?;
+        if f.cost_micros.is_none() {
+            f.cost_usd = cost_usd(a)?;
+        }
         f.validate(v)
     }
 }
@@ -353,10 +356,7 @@ fn cache_split(a: &Attrs<'_>) -> Result<(Option<u64>, Option<u64>), RecordError>
     })
 }
 
-fn cost(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
-    if let Some(m) = opt_u64(a.cost_micros, "cost_usd_micros")? {
-        return Ok(Some(m as f64 / 1_000_000.0));
-    }
+fn cost_usd(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
     a.cost_usd
         .map(|c| f64_of(c).map_err(|m| attr_err("cost_usd", m)))
         .transpose()
