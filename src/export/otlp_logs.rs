@@ -421,7 +421,7 @@ pub fn encode_batch(records: &[Box<ValidRecord>]) -> ExportLogsServiceRequest {
 /// One record as an OTLP log record with GenAI semantic-convention names where they exist
 /// (`gen_ai.*`, `http.*`, `url.path`, `user.*`, `session.id`) and `gatemeter.*` for the rest:
 /// one attribute per field of the record's field table that has an `otlp` name
-/// ([`attribute`]), plus the semantic-convention attributes derived from them.
+/// (`attribute`), plus the semantic-convention attributes derived from them.
 pub fn log_record(r: &ValidRecord) -> LogRecord {
     let t = &r.tokens;
     let mut a = Vec::with_capacity(FIELDS.len() + 4);

@@ -2,15 +2,16 @@
 //! that carries it — the JSON record on the wire, the query API's log entry, the `request_log`
 //! column and its SQL type, the OTLP log-export attribute, the usage CSV column.
 //!
-//! To add a field, add its row to [`fields!`] below; the compiler and the tests then name every
-//! shape still missing it:
+//! To add a field, add its row to the `fields!` table below; the compiler and the tests then
+//! name every shape still missing it:
 //! - derived from [`FIELDS`]: the writers' column list and types (`store/sql/columns.rs`), the
 //!   OTLP export's attributes (`export/otlp_logs.rs`) and their read-back
 //!   (`ingest/otlp/gatemeter.rs`), both through an exhaustive `match` on [`FieldId`];
 //! - checked against [`FIELDS`] by unit tests: the wire record (`raw_record!` in `record.rs`),
-//!   [`RecordFields`](super::RecordFields), the writers' values (`columns::values`), the log
-//!   entry and its `SELECT` list (`store/sql/query.rs`), the SQLite schema (`migrations/`), the
-//!   usage CSV header (`export/usage_csv.rs`), and an export → read-back round trip.
+//!   [`RecordFields`](super::RecordFields), [`ValidRecord`](super::ValidRecord), the writers'
+//!   values (`columns::values`), the log entry and its `SELECT` list (`store/sql/query.rs`), the
+//!   SQLite schema and the PostgreSQL migration (`migrations/`), the usage CSV header
+//!   (`export/usage_csv.rs`), and an export → read-back round trip.
 //!
 //! Pure data: no I/O, nothing above the record imported.
 
