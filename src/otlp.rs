@@ -6,7 +6,11 @@
 //! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
 //!   allocating per attribute.
 //!
-//! It reads bodies and values; it answers no requests, counts nothing and knows no event names.
+//! - [`gatemeter`]: `gatemeter.request` records (another gatemeter's OTLP log export) back into
+//!   request records, by the record's field table.
+//!
+//! It reads bodies and values; it answers no requests and counts nothing.
 
 pub mod decode;
+pub mod gatemeter;
 pub mod scan;

@@ -3,10 +3,67 @@
 //! Prices are configured in USD per million tokens and kept as integer nano-USD per token, so
 //! cost is computed in integers and rounded once, half up, to micro-USD per record. A provider
 //! multiplier is kept in parts per million. Pure: no I/O.
+//!
+//! [`Tokens`], the token buckets a price applies to, is declared here (below the record, which
+//! re-exports it) so that imports run one way: `record` → `price`.
 
 use std::collections::HashMap;
 
-use crate::record::Tokens;
+/// Token counts by bucket; the buckets are disjoint (Anthropic-style).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Plain input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Cache writes, 5 minute TTL.
+    pub cache_write_5m: u64,
+    /// Cache writes, 1 hour TTL.
+    pub cache_write_1h: u64,
+    /// Cache reads.
+    pub cache_read: u64,
+}
+
+/// Names of the token types, in the order of [`Tokens::as_array`].
+pub const TOKEN_TYPES: [&str; 5] = [
+    "input",
+    "output",
+    "cache_write_5m",
+    "cache_write_1h",
+    "cache_read",
+];
+
+impl Tokens {
+    /// The counts in the order of [`TOKEN_TYPES`].
+    pub fn as_array(&self) -> [u64; 5] {
+        [
+            self.input,
+            self.output,
+            self.cache_write_5m,
+            self.cache_write_1h,
+            self.cache_read,
+        ]
+    }
+
+    /// Adds another set of counts.
+    pub fn add(&mut self, o: &Tokens) {
+        self.input += o.input;
+        self.output += o.output;
+        self.cache_write_5m += o.cache_write_5m;
+        self.cache_write_1h += o.cache_write_1h;
+        self.cache_read += o.cache_read;
+    }
+
+    /// All prompt-side tokens (input plus cache reads and writes).
+    pub fn prompt_total(&self) -> u64 {
+        self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
+    }
+
+    /// Every token of the request.
+    pub fn total(&self) -> u64 {
+        self.prompt_total() + self.output
+    }
+}
 
 /// Prices of one model, nano-USD per token (= thousandths of USD per million tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

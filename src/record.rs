@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::price::PriceTable;
+pub use crate::price::{TOKEN_TYPES, Tokens};
 
+pub mod fields;
 mod scan;
 
 /// A bounded label value (namespace, provider, model): short strings are stored inline.
@@ -119,62 +121,6 @@ pub fn genai_operation(endpoint: &str) -> &'static str {
     }
 }
 
-/// Token counts by bucket; the buckets are disjoint (Anthropic-style).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    /// Plain input tokens.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// Cache writes, 5 minute TTL.
-    pub cache_write_5m: u64,
-    /// Cache writes, 1 hour TTL.
-    pub cache_write_1h: u64,
-    /// Cache reads.
-    pub cache_read: u64,
-}
-
-/// Names of the token types, in the order of [`Tokens::as_array`].
-pub const TOKEN_TYPES: [&str; 5] = [
-    "input",
-    "output",
-    "cache_write_5m",
-    "cache_write_1h",
-    "cache_read",
-];
-
-impl Tokens {
-    /// The counts in the order of [`TOKEN_TYPES`].
-    pub fn as_array(&self) -> [u64; 5] {
-        [
-            self.input,
-            self.output,
-            self.cache_write_5m,
-            self.cache_write_1h,
-            self.cache_read,
-        ]
-    }
-
-    /// Adds another set of counts.
-    pub fn add(&mut self, o: &Tokens) {
-        self.input += o.input;
-        self.output += o.output;
-        self.cache_write_5m += o.cache_write_5m;
-        self.cache_write_1h += o.cache_write_1h;
-        self.cache_read += o.cache_read;
-    }
-
-    /// All prompt-side tokens (input plus cache reads and writes).
-    pub fn prompt_total(&self) -> u64 {
-        self.input + self.cache_write_5m + self.cache_write_1h + self.cache_read
-    }
-
-    /// Every token of the request.
-    pub fn total(&self) -> u64 {
-        self.prompt_total() + self.output
-    }
-}
-
 /// Where a record's cost came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CostSource {
@@ -184,6 +130,27 @@ pub enum CostSource {
     Priced,
     /// No cost and the model is not priced: cost 0, counted as unpriced.
     Unpriced,
+}
+
+impl CostSource {
+    /// The stored and exported name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Priced => "priced",
+            Self::Unpriced => "unpriced",
+        }
+    }
+
+    /// The source named `s` ([`CostSource::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reported" => Self::Reported,
+            "priced" => Self::Priced,
+            "unpriced" => Self::Unpriced,
+            _ => return None,
+        })
+    }
 }
 
 /// A validated, finished gateway request.
@@ -379,9 +346,13 @@ impl<'de> Deserialize<'de> for RawTime {
     }
 }
 
-/// A cost as sent: a JSON number or a decimal string, in USD.
+/// A cost as sent: on the wire a JSON number or a decimal string in USD; from a source that
+/// has it exact (OTLP read-back), integer micro-USD.
 #[derive(Debug)]
-struct RawCost(f64);
+enum RawCost {
+    Usd(f64),
+    Micros(u64),
+}
 
 impl<'de> Deserialize<'de> for RawCost {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -392,18 +363,18 @@ impl<'de> Deserialize<'de> for RawCost {
                 f.write_str("a USD amount as a number or decimal string")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCost, E> {
-                Ok(RawCost(v as f64))
+                Ok(RawCost::Usd(v as f64))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCost, E> {
-                Ok(RawCost(v as f64))
+                Ok(RawCost::Usd(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawCost, E> {
-                Ok(RawCost(v))
+                Ok(RawCost::Usd(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCost, E> {
                 v.trim()
                     .parse::<f64>()
-                    .map(RawCost)
+                    .map(RawCost::Usd)
                     .map_err(|_| E::custom(format!("{v:?} is not a decimal number")))
             }
         }
@@ -891,7 +862,16 @@ impl RawRecord {
             }
         };
         let (cost_micros, cost_source) = match self.cost_usd {
-            Some(RawCost(usd)) => {
+            Some(RawCost::Micros(m)) => {
+                if m as f64 > MAX_COST_USD * 1_000_000.0 {
+                    return Err(RecordError::invalid(
+                        "cost_usd",
+                        format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                    ));
+                }
+                (m, CostSource::Reported)
+            }
+            Some(RawCost::Usd(usd)) => {
                 if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
                     return Err(RecordError::invalid(
                         "cost_usd",
@@ -1017,6 +997,11 @@ pub struct RecordFields {
     pub cache_read_tokens: Option<u64>,
     /// `cost_usd`.
     pub cost_usd: Option<f64>,
+    /// The cost in exact integer micro-USD; wins over `cost_usd`.
+    pub cost_micros: Option<u64>,
+    /// Where a given cost came from (a record read back from another gatemeter); without it, a
+    /// given cost is `reported`.
+    pub cost_source: Option<CostSource>,
     /// `session_id`.
     pub session_id: Option<CompactString>,
     /// `retry_count`.
@@ -1068,7 +1053,10 @@ impl RecordFields {
             cache_creation_5m_tokens: self.cache_creation_5m_tokens,
             cache_creation_1h_tokens: self.cache_creation_1h_tokens,
             cache_read_tokens: self.cache_read_tokens,
-            cost_usd: self.cost_usd.map(RawCost),
+            cost_usd: self
+                .cost_micros
+                .map(RawCost::Micros)
+                .or(self.cost_usd.map(RawCost::Usd)),
             session_id: self.session_id,
             retry_count: self.retry_count,
             provider_chain: self.provider_chain,
@@ -1081,8 +1069,14 @@ impl RecordFields {
             messages_count: self.messages_count,
             trace_id: self.trace_id,
         };
+        let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
-            Event::Finish(r) => Ok(r),
+            Event::Finish(mut r) => {
+                if let (true, Some(source)) = (cost_given, self.cost_source) {
+                    r.cost_source = source;
+                }
+                Ok(r)
+            }
             Event::Start(_) => Err(RecordError::malformed("not a finished record")),
         }
     }
@@ -1100,6 +1094,25 @@ pub(crate) fn test_record(json: &str, now_ms: i64) -> Box<ValidRecord> {
         Ok(Event::Finish(r)) => r,
         other => panic!("expected a finished record, got {other:?}"),
     }
+}
+
+/// A JSON record with every wire field set to a value of its own, for the tests that check a
+/// shape of the record against its field table.
+#[cfg(test)]
+pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 1700000000000,
+    "namespace": "ns", "instance": "i-1", "user": "ann", "user_id": "u-1", "key": "ci",
+    "key_id": "k-1", "provider": "p", "model": "m", "original_model": "om",
+    "endpoint": "/v1/messages", "api_type": "claude", "method": "PUT", "status": 201,
+    "duration_ms": 900, "ttfb_ms": 80, "input_tokens": 11, "output_tokens": 12,
+    "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
+    "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
+    "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
+    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+
+/// [`TEST_FULL_JSON`] validated.
+#[cfg(test)]
+pub(crate) fn test_full_record() -> Box<ValidRecord> {
+    test_record(TEST_FULL_JSON, 1_700_000_000_000)
 }
 
 #[cfg(test)]
@@ -1300,6 +1313,90 @@ mod tests {
         let e = r.error.expect("error kept");
         assert!(e.len() <= MAX_TEXT_LEN + '…'.len_utf8());
         assert!(e.ends_with('…'));
+    }
+
+    /// The field names of a struct as its derived `Debug` prints them (`Name { a: .., b: .. }`).
+    fn debug_field_names(debug: &str) -> Vec<String> {
+        let inner = &debug[debug.find('{').expect("a struct") + 1..debug.rfind('}').expect("}")];
+        let mut names = Vec::new();
+        let mut depth = 0i32;
+        let mut start = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' | '[' | '(' => depth += 1,
+                '}' | ']' | ')' => depth -= 1,
+                ':' if depth == 0 && start <= i => {
+                    names.push(
+                        inner[start..i]
+                            .trim()
+                            .trim_start_matches(',')
+                            .trim()
+                            .to_string(),
+                    );
+                    start = usize::MAX;
+                }
+                ',' if depth == 0 => start = i + 1,
+                _ => {}
+            }
+        }
+        names
+    }
+
+    /// The wire record (`raw_record!`) has exactly the fields of the table that have a wire
+    /// name, plus `phase`; the scanner reads the same list (`Field`).
+    #[test]
+    fn the_wire_record_is_the_field_table() {
+        let wire: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.wire).collect();
+        for name in &wire {
+            assert!(Field::of(name).is_some(), "raw_record! lacks {name}");
+        }
+        assert!(Field::of("phase").is_some());
+        assert_eq!(
+            Field::COUNT,
+            wire.len() + 1,
+            "raw_record! has a field the table (record/fields.rs) lacks"
+        );
+        let raw = debug_field_names(&format!("{:?}", RawRecord::default()));
+        let mut want: Vec<&str> = wire.clone();
+        want.insert(0, "phase");
+        assert_eq!(raw, want, "raw_record! is not in the table's order");
+    }
+
+    /// [`RecordFields`] has a field per wire field (`timestamp` as `timestamp_ms`), plus the
+    /// exact cost and its source.
+    #[test]
+    fn record_fields_are_the_field_table() {
+        let got = debug_field_names(&format!("{:?}", RecordFields::default()));
+        let mut want: Vec<String> = fields::FIELDS
+            .iter()
+            .filter_map(|f| f.wire)
+            .map(|w| match w {
+                "timestamp" => "timestamp_ms".to_string(),
+                w => w.to_string(),
+            })
+            .collect();
+        let at = want.iter().position(|w| w == "cost_usd").expect("cost") + 1;
+        want.splice(
+            at..at,
+            ["cost_micros".to_string(), "cost_source".to_string()],
+        );
+        assert_eq!(got, want, "RecordFields and record/fields.rs differ");
+    }
+
+    /// [`ValidRecord`] has a field per row of the table but the derived `user_ref`, named as in
+    /// the log entry (the token buckets grouped in [`Tokens`]).
+    #[test]
+    fn the_valid_record_is_the_field_table() {
+        let r = finish(r#"{"model":"m","status":200,"duration_ms":5}"#);
+        let got: Vec<String> = debug_field_names(&format!("{r:?}"))
+            .into_iter()
+            .flat_map(|name| match name.as_str() {
+                "tokens" => TOKEN_TYPES.iter().map(|t| format!("{t}_tokens")).collect(),
+                _ => vec![name],
+            })
+            .collect();
+        let want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        assert_eq!(got, want, "ValidRecord and record/fields.rs differ");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   events and tools are identified by session, sequence number, name and time (a retried
 //!   export is not counted twice; a resumed session's restarted sequence is counted);
 //! - `gatemeter.request` → a request record exported by another gatemeter (edge → central), read
-//!   back from its GenAI attribute names (see `crate::export::otlp_logs`).
+//!   back by [`super::gatemeter`].
 //!
 //! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
 //! Code state, with labels from the point's attributes minus the deny-list (session, user and
@@ -49,7 +49,7 @@ pub const DENIED_LABELS: &[&str] = &[
 const MAX_LABEL_VALUE: usize = 128;
 
 /// Event name of request records exported by gatemeter.
-pub const GATEMETER_EVENT: &str = "gatemeter.request";
+pub use crate::record::fields::GATEMETER_EVENT;
 
 /// How items are mapped (from the `otlp:` config).
 #[derive(Debug, Clone, Default)]
@@ -101,11 +101,9 @@ struct Attrs<'a> {
     namespace: Option<Val<'a>>,
     user_email: Option<Val<'a>>,
     user_id: Option<Val<'a>>,
-    user_name: Option<Val<'a>>,
     session_id: Option<Val<'a>>,
     sequence: Option<Val<'a>>,
     model: Option<Val<'a>>,
-    request_model: Option<Val<'a>>,
     input_tokens: Option<Val<'a>>,
     output_tokens: Option<Val<'a>>,
     cache_read: Option<Val<'a>>,
@@ -125,23 +123,6 @@ struct Attrs<'a> {
     decision: Option<Val<'a>>,
     source: Option<Val<'a>>,
     tool_use_id: Option<Val<'a>>,
-    // gatemeter.request only.
-    provider: Option<Val<'a>>,
-    gm_namespace: Option<Val<'a>>,
-    instance: Option<Val<'a>>,
-    key: Option<Val<'a>>,
-    key_id: Option<Val<'a>>,
-    endpoint: Option<Val<'a>>,
-    api_type: Option<Val<'a>>,
-    method: Option<Val<'a>>,
-    retry_count: Option<Val<'a>>,
-    is_streaming: Option<Val<'a>>,
-    blocked_by: Option<Val<'a>>,
-    block_reason: Option<Val<'a>>,
-    user_agent: Option<Val<'a>>,
-    client_ip: Option<Val<'a>>,
-    messages_count: Option<Val<'a>>,
-    trace_id: Option<Val<'a>>,
 }
 
 impl<'a> Attrs<'a> {
@@ -159,52 +140,30 @@ impl<'a> Attrs<'a> {
                 "event.name" => &mut self.event_name,
                 "user.email" => &mut self.user_email,
                 "user.id" => &mut self.user_id,
-                "user.name" => &mut self.user_name,
                 "session.id" => &mut self.session_id,
                 "event.sequence" => &mut self.sequence,
                 "model" | "gen_ai.response.model" => &mut self.model,
-                "gen_ai.request.model" => &mut self.request_model,
                 "input_tokens" | "gen_ai.usage.input_tokens" => &mut self.input_tokens,
                 "output_tokens" | "gen_ai.usage.output_tokens" => &mut self.output_tokens,
                 "cache_read_tokens" | "gen_ai.usage.cache_read.input_tokens" => {
                     &mut self.cache_read
                 }
                 "cache_creation_tokens" => &mut self.cache_creation,
-                "cache_creation_5m_tokens" | "gatemeter.cache_creation_5m_tokens" => {
-                    &mut self.cache_5m
-                }
-                "cache_creation_1h_tokens" | "gatemeter.cache_creation_1h_tokens" => {
-                    &mut self.cache_1h
-                }
+                "cache_creation_5m_tokens" => &mut self.cache_5m,
+                "cache_creation_1h_tokens" => &mut self.cache_1h,
                 "cost_usd" => &mut self.cost_usd,
-                "cost_usd_micros" | "gatemeter.cost_usd_micros" => &mut self.cost_micros,
-                "duration_ms" | "gatemeter.duration_ms" => &mut self.duration_ms,
-                "ttft_ms" | "gatemeter.ttfb_ms" => &mut self.ttft_ms,
-                "request_id" | "gatemeter.request_id" => &mut self.request_id,
+                "cost_usd_micros" => &mut self.cost_micros,
+                "duration_ms" => &mut self.duration_ms,
+                "ttft_ms" => &mut self.ttft_ms,
+                "request_id" => &mut self.request_id,
                 "status_code" | "http.response.status_code" => &mut self.status_code,
-                "error" | "gatemeter.error" => &mut self.error,
+                "error" => &mut self.error,
                 "attempt" => &mut self.attempt,
                 "tool_name" => &mut self.tool_name,
                 "success" => &mut self.success,
                 "decision" => &mut self.decision,
                 "source" => &mut self.source,
                 "tool_use_id" => &mut self.tool_use_id,
-                "gen_ai.provider.name" => &mut self.provider,
-                "gatemeter.namespace" => &mut self.gm_namespace,
-                "gatemeter.instance" => &mut self.instance,
-                "gatemeter.key" => &mut self.key,
-                "gatemeter.key_id" => &mut self.key_id,
-                "url.path" => &mut self.endpoint,
-                "gatemeter.api_type" => &mut self.api_type,
-                "http.request.method" => &mut self.method,
-                "gatemeter.retry_count" => &mut self.retry_count,
-                "gatemeter.is_streaming" => &mut self.is_streaming,
-                "gatemeter.blocked_by" => &mut self.blocked_by,
-                "gatemeter.block_reason" => &mut self.block_reason,
-                "user_agent.original" => &mut self.user_agent,
-                "client.address" => &mut self.client_ip,
-                "gatemeter.messages_count" => &mut self.messages_count,
-                "gatemeter.trace_id" => &mut self.trace_id,
                 _ => continue,
             };
             *slot = Some(v);
@@ -275,7 +234,10 @@ impl Mapping {
                     let result = match name {
                         "api_request" => self.record(&a, r, false, v).map(Some),
                         "api_error" => self.record(&a, r, true, v).map(Some),
-                        GATEMETER_EVENT => gatemeter_record(&a, r, v).map(Some),
+                        GATEMETER_EVENT => {
+                            crate::otlp::gatemeter::record(&rl.resource, &r.attrs, time_ms(r), v)
+                                .map(Some)
+                        }
                         _ => Ok(None),
                     };
                     match result {
@@ -378,7 +340,10 @@ impl Mapping {
         let (c5, c1) = cache_split(a)?;
         f.cache_creation_5m_tokens = c5;
         f.cache_creation_1h_tokens = c1;
-        f.cost_usd = cost(a)?;
+        f.cost_micros = opt_u64(a.cost_micros, "cost_usd_micros")?;
+        if f.cost_micros.is_none() {
+            f.cost_usd = cost_usd(a)?;
+        }
         f.validate(v)
     }
 }
@@ -396,68 +361,10 @@ fn cache_split(a: &Attrs<'_>) -> Result<(Option<u64>, Option<u64>), RecordError>
     })
 }
 
-fn cost(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
-    if let Some(m) = opt_u64(a.cost_micros, "cost_usd_micros")? {
-        return Ok(Some(m as f64 / 1_000_000.0));
-    }
+fn cost_usd(a: &Attrs<'_>) -> Result<Option<f64>, RecordError> {
     a.cost_usd
         .map(|c| f64_of(c).map_err(|m| attr_err("cost_usd", m)))
         .transpose()
-}
-
-/// A record exported by gatemeter's OTLP log export (`crate::export::otlp_logs`).
-fn gatemeter_record(
-    a: &Attrs<'_>,
-    r: &LogRef<'_>,
-    v: &Validation<'_>,
-) -> Result<Box<crate::record::ValidRecord>, RecordError> {
-    let status = opt_u64(a.status_code, "http.response.status_code")?
-        .map(|s| {
-            u16::try_from(s)
-                .map_err(|_| attr_err("http.response.status_code", format!("{s} is too large")))
-        })
-        .transpose()?;
-    let (c5, c1) = cache_split(a)?;
-    let f = RecordFields {
-        request_id: opt_text(a.request_id),
-        timestamp_ms: time_ms(r),
-        namespace: opt_text(a.gm_namespace),
-        instance: opt_text(a.instance),
-        user: opt_text(a.user_name),
-        user_id: opt_text(a.user_id),
-        key: opt_text(a.key),
-        key_id: opt_text(a.key_id),
-        provider: opt_text(a.provider),
-        model: opt_text(a.model),
-        original_model: opt_text(a.request_model),
-        endpoint: opt_text(a.endpoint),
-        api_type: opt_text(a.api_type),
-        method: opt_text(a.method),
-        status,
-        duration_ms: opt_u64(a.duration_ms, "gatemeter.duration_ms")?,
-        ttfb_ms: opt_u64(a.ttft_ms, "gatemeter.ttfb_ms")?,
-        input_tokens: opt_u64(a.input_tokens, "gen_ai.usage.input_tokens")?,
-        output_tokens: opt_u64(a.output_tokens, "gen_ai.usage.output_tokens")?,
-        cache_creation_5m_tokens: c5,
-        cache_creation_1h_tokens: c1,
-        cache_read_tokens: opt_u64(a.cache_read, "gen_ai.usage.cache_read.input_tokens")?,
-        cost_usd: cost(a)?,
-        session_id: opt_text(a.session_id),
-        retry_count: opt_u32(a.retry_count, "gatemeter.retry_count")?,
-        provider_chain: None,
-        is_streaming: a
-            .is_streaming
-            .map(|b| bool_of(b).map_err(|m| attr_err("gatemeter.is_streaming", m)))
-            .transpose()?,
-        error: opt_text(a.error),
-        blocked_by: opt_text(a.blocked_by),
-        block_reason: opt_text(a.block_reason),
-        user_agent: opt_text(a.user_agent),
-        client_ip: opt_text(a.client_ip),
-        messages_count: opt_u32(a.messages_count, "gatemeter.messages_count")?,
-        trace_id: opt_text(a.trace_id),
-    };
-    f.validate(v)
 }
 
 fn id_hash(v: Option<Val<'_>>) -> Option<u64> {

@@ -20,7 +20,8 @@
 //! dependency); `Retry-After` is honoured on all four retryable codes.
 //!
 //! Another gatemeter's `/v1/logs` reads `gatemeter.request` records back into request records
-//! (`crate::claude_code::mapping`), so edge collectors can forward to a central one.
+//! (`crate::otlp::gatemeter`), so edge collectors can forward to a central one. Both
+//! directions take their attribute names from the record's field table (`crate::record::fields`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,7 +47,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::claude_code::mapping::GATEMETER_EVENT;
+use crate::record::fields::{FIELDS, FieldId, GATEMETER_EVENT};
 use crate::record::{ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 
@@ -433,78 +434,24 @@ pub fn encode_batch(records: &[Box<ValidRecord>]) -> ExportLogsServiceRequest {
     }
 }
 
-fn opt(out: &mut Vec<KeyValue>, key: &str, v: &Option<CompactString>) {
-    if let Some(v) = v {
-        out.push(kv(key, s(v)));
-    }
-}
-
 /// One record as an OTLP log record with GenAI semantic-convention names where they exist
-/// (`gen_ai.*`, `http.*`, `url.path`, `user.*`, `session.id`) and `gatemeter.*` for the rest.
+/// (`gen_ai.*`, `http.*`, `url.path`, `user.*`, `session.id`) and `gatemeter.*` for the rest:
+/// one attribute per field of the record's field table that has an `otlp` name
+/// (`attribute`), plus the semantic-convention attributes derived from them.
 pub fn log_record(r: &ValidRecord) -> LogRecord {
     let t = &r.tokens;
-    let mut a = Vec::with_capacity(32);
+    let mut a = Vec::with_capacity(FIELDS.len() + 4);
     a.push(kv("event.name", s(GATEMETER_EVENT)));
     a.push(kv("gen_ai.operation.name", s(genai_operation(&r.endpoint))));
-    a.push(kv("gen_ai.provider.name", s(&r.provider)));
-    a.push(kv("gen_ai.response.model", s(&r.model)));
-    a.push(kv(
-        "gen_ai.request.model",
-        s(r.original_model.as_deref().unwrap_or(&r.model)),
-    ));
-    a.push(kv("gen_ai.usage.input_tokens", i(t.input)));
-    a.push(kv("gen_ai.usage.output_tokens", i(t.output)));
-    a.push(kv("gen_ai.usage.cache_read.input_tokens", i(t.cache_read)));
+    for f in &FIELDS {
+        if let (Some(key), Some(value)) = (f.otlp, attribute(r, f.id)) {
+            a.push(kv(key, value));
+        }
+    }
     a.push(kv(
         "gen_ai.usage.cache_creation.input_tokens",
         i(t.cache_write_5m + t.cache_write_1h),
     ));
-    a.push(kv(
-        "gatemeter.cache_creation_5m_tokens",
-        i(t.cache_write_5m),
-    ));
-    a.push(kv(
-        "gatemeter.cache_creation_1h_tokens",
-        i(t.cache_write_1h),
-    ));
-    a.push(kv("gatemeter.cost_usd_micros", i(r.cost_micros)));
-    a.push(kv("http.response.status_code", i(u64::from(r.status))));
-    a.push(kv("http.request.method", s(&r.method)));
-    a.push(kv("url.path", s(&r.endpoint)));
-    a.push(kv("gatemeter.api_type", s(r.api_type.as_str())));
-    a.push(kv("gatemeter.namespace", s(&r.namespace)));
-    a.push(kv("gatemeter.duration_ms", i(r.duration_ms)));
-    if let Some(v) = r.ttfb_ms {
-        a.push(kv("gatemeter.ttfb_ms", i(v)));
-    }
-    if let Some(id) = &r.request_id {
-        a.push(kv("gatemeter.request_id", s(id.as_str())));
-    }
-    opt(
-        &mut a,
-        "gatemeter.instance",
-        &r.instance.as_ref().map(|v| v.as_str().into()),
-    );
-    opt(&mut a, "user.name", &r.user);
-    opt(&mut a, "user.id", &r.user_id);
-    opt(&mut a, "gatemeter.key", &r.key);
-    opt(&mut a, "gatemeter.key_id", &r.key_id);
-    opt(&mut a, "session.id", &r.session_id);
-    opt(&mut a, "gatemeter.error", &r.error);
-    opt(&mut a, "gatemeter.blocked_by", &r.blocked_by);
-    opt(&mut a, "gatemeter.block_reason", &r.block_reason);
-    opt(&mut a, "user_agent.original", &r.user_agent);
-    opt(&mut a, "client.address", &r.client_ip);
-    opt(&mut a, "gatemeter.trace_id", &r.trace_id);
-    if r.retry_count > 0 {
-        a.push(kv("gatemeter.retry_count", i(u64::from(r.retry_count))));
-    }
-    if r.is_streaming {
-        a.push(kv("gatemeter.is_streaming", Value::BoolValue(true)));
-    }
-    if let Some(n) = r.messages_count {
-        a.push(kv("gatemeter.messages_count", i(u64::from(n))));
-    }
     if let Some(e) = &r.error {
         a.push(kv("error.type", s(e)));
     }
@@ -528,6 +475,57 @@ pub fn log_record(r: &ValidRecord) -> LogRecord {
     }
 }
 
+/// The OTLP value of field `id` of `r`; `None` leaves the attribute out (an absent optional
+/// field, a zero retry count, a non-streaming response, an empty provider chain). Read back by
+/// `crate::ingest::otlp::gatemeter`.
+fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
+    let t = &r.tokens;
+    let text = |v: &Option<CompactString>| v.as_deref().map(s);
+    Some(match id {
+        // The log record's time; a column derived from `user_id` and `user`.
+        FieldId::Timestamp | FieldId::UserRef => return None,
+        FieldId::RequestId => s(r.request_id.as_ref()?.as_str()),
+        FieldId::Namespace => s(&r.namespace),
+        FieldId::Instance => s(r.instance.as_deref()?),
+        FieldId::User => return text(&r.user),
+        FieldId::UserId => return text(&r.user_id),
+        FieldId::Key => return text(&r.key),
+        FieldId::KeyId => return text(&r.key_id),
+        FieldId::Provider => s(&r.provider),
+        FieldId::Model => s(&r.model),
+        // The model asked for: the one used when the gateway did not redirect.
+        FieldId::OriginalModel => s(r.original_model.as_deref().unwrap_or(&r.model)),
+        FieldId::Endpoint => s(&r.endpoint),
+        FieldId::ApiType => s(r.api_type.as_str()),
+        FieldId::Method => s(&r.method),
+        FieldId::Status => i(u64::from(r.status)),
+        FieldId::DurationMs => i(r.duration_ms),
+        FieldId::TtfbMs => i(r.ttfb_ms?),
+        FieldId::InputTokens => i(t.input),
+        FieldId::OutputTokens => i(t.output),
+        FieldId::CacheWrite5m => i(t.cache_write_5m),
+        FieldId::CacheWrite1h => i(t.cache_write_1h),
+        FieldId::CacheRead => i(t.cache_read),
+        FieldId::Cost => i(r.cost_micros),
+        FieldId::CostSource => s(r.cost_source.as_str()),
+        FieldId::SessionId => return text(&r.session_id),
+        FieldId::RetryCount if r.retry_count == 0 => return None,
+        FieldId::RetryCount => i(u64::from(r.retry_count)),
+        FieldId::ProviderChain if r.provider_chain.is_empty() => return None,
+        FieldId::ProviderChain => {
+            Value::StringValue(serde_json::to_string(&r.provider_chain).ok()?)
+        }
+        FieldId::IsStreaming => r.is_streaming.then_some(Value::BoolValue(true))?,
+        FieldId::Error => return text(&r.error),
+        FieldId::BlockedBy => return text(&r.blocked_by),
+        FieldId::BlockReason => return text(&r.block_reason),
+        FieldId::UserAgent => return text(&r.user_agent),
+        FieldId::ClientIp => return text(&r.client_ip),
+        FieldId::MessagesCount => i(u64::from(r.messages_count?)),
+        FieldId::TraceId => return text(&r.trace_id),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +544,25 @@ mod tests {
             "a date in the past means now"
         );
         assert_eq!(retry_after("soon", now), None);
+    }
+
+    /// A record with every field set exports one attribute per field of the table that has an
+    /// OTLP name, and only the derived semantic-convention attributes besides.
+    #[test]
+    fn a_full_record_exports_every_field_of_the_table() {
+        let r = crate::record::test_full_record();
+        let lr = log_record(&r);
+        let mut got: Vec<&str> = lr.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        let mut want: Vec<&str> = FIELDS.iter().filter_map(|f| f.otlp).collect();
+        want.extend([
+            "event.name",
+            "gen_ai.operation.name",
+            "gen_ai.usage.cache_creation.input_tokens",
+            "error.type",
+        ]);
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -601,5 +618,81 @@ mod tests {
         assert_eq!(lr.event_name, GATEMETER_EVENT);
         assert_eq!(lr.severity_text, "ERROR");
         assert_eq!(lr.time_unix_nano, 1_795_460_000_000 * 1_000_000);
+    }
+}
+
+/// Export → read-back (`crate::otlp::gatemeter`): both directions of the attribute table.
+#[cfg(test)]
+mod read_back {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    use super::encode_batch;
+    use crate::price::PriceTable;
+    use crate::record::{CostSource, RecordFields, ValidRecord, Validation};
+
+    const NOW: i64 = 1_795_460_000_000;
+
+    /// Exports `sent` and reads it back.
+    fn round_trip(sent: &ValidRecord) -> ValidRecord {
+        let req = encode_batch(&[Box::new(sent.clone())]);
+        let view = crate::otlp::scan::view(&req);
+        let rl = &view[0];
+        let lr = &rl.records[0];
+        assert_eq!(lr.event_name, crate::record::fields::GATEMETER_EVENT);
+        let time_ms = Some((lr.time_ns / 1_000_000) as i64);
+        let v = Validation {
+            now_ms: NOW,
+            prices: &PriceTable::default(),
+        };
+        *crate::otlp::gatemeter::record(&rl.resource, &lr.attrs, time_ms, &v).expect("read back")
+    }
+
+    #[test]
+    fn every_field_survives_export_and_read_back() {
+        let mut sent = *crate::record::test_full_record();
+        assert_eq!(sent.cost_source, CostSource::Reported);
+        assert_eq!(round_trip(&sent), sent);
+        sent.cost_source = CostSource::Priced;
+        sent.cost_micros = 1_234_567;
+        assert_eq!(round_trip(&sent), sent);
+        // And so do absent optional fields and defaults.
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: NOW,
+            prices: &prices,
+        };
+        let minimal = RecordFields {
+            model: Some("m".into()),
+            status: Some(0),
+            duration_ms: Some(0),
+            ..RecordFields::default()
+        }
+        .validate(&v)
+        .expect("valid");
+        assert_eq!(minimal.cost_source, CostSource::Unpriced);
+        assert_eq!(round_trip(&minimal), *minimal);
+    }
+
+    #[test]
+    fn unreadable_attributes_reject_the_record_naming_them() {
+        let sent = crate::record::test_full_record();
+        let mut req = encode_batch(&[sent]);
+        let attrs = &mut req.resource_logs[0].scope_logs[0].log_records[0].attributes;
+        for kv in attrs.iter_mut() {
+            if kv.key == "gatemeter.provider_chain" {
+                kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(Value::StringValue("a,b".into())),
+                });
+            }
+        }
+        let view = crate::otlp::scan::view(&req);
+        let v = Validation {
+            now_ms: NOW,
+            prices: &PriceTable::default(),
+        };
+        let err =
+            crate::otlp::gatemeter::record(&view[0].resource, &view[0].records[0].attrs, None, &v)
+                .expect_err("refused");
+        assert_eq!(err.field, "attributes.gatemeter.provider_chain");
     }
 }

@@ -233,6 +233,24 @@ pub fn truncation_line(cap: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Every column of the header but the derived total is a field of the record's table
+    /// (its `csv` name), and every field with a `csv` name is a column.
+    #[test]
+    fn the_header_is_the_field_table() {
+        let mut want: Vec<&str> = crate::record::fields::FIELDS
+            .iter()
+            .filter_map(|f| f.csv)
+            .collect();
+        want.push("total_tokens");
+        let mut got = HEADER.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(
+            got, want,
+            "the usage CSV header and record/fields.rs differ"
+        );
+    }
+
     #[test]
     fn formula_starts_are_neutralised_and_others_kept() {
         for s in ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"] {

@@ -292,8 +292,8 @@ impl<'a> Scanner<'a> {
     fn opt_cost(&mut self) -> Option<Option<RawCost>> {
         match self.peek()? {
             b'n' => self.null().then_some(None),
-            b'"' => Some(Some(RawCost(self.string()?.trim().parse().ok()?))),
-            _ => Some(Some(RawCost(self.plain_number()?))),
+            b'"' => Some(Some(RawCost::Usd(self.string()?.trim().parse().ok()?))),
+            _ => Some(Some(RawCost::Usd(self.plain_number()?))),
         }
     }
 

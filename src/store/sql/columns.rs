@@ -1,16 +1,13 @@
 //! The columns of `request_log` that the writers fill, and a record's values for them: one list
 //! in one order, bound by the SQLite writer (`sqlite_insert.rs`) and encoded by the PostgreSQL
-//! one (`writer/postgres.rs`).
+//! one (`writer/postgres.rs`). The list is the record's field table (`record/fields.rs`);
+//! [`values`] stays written out for speed and is checked against it by the tests below.
 
+use crate::record::fields::{self, SqlType};
 use crate::record::{CostSource, ValidRecord};
 
-/// The SQL type of a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Text,
-    Int8,
-    Bool,
-}
+/// The SQL type of a column (declared with the record's fields).
+pub(crate) type Kind = SqlType;
 
 impl Kind {
     /// PostgreSQL's name of the type.
@@ -23,48 +20,20 @@ impl Kind {
     }
 }
 
-/// How many columns a writer fills.
-pub(crate) const COLUMNS: usize = 36;
+/// How many columns a writer fills: one per field of the record.
+pub(crate) const COLUMNS: usize = fields::FIELDS.len();
 
-/// The columns a writer fills, in the order of [`values`], with their types.
-pub(crate) const FIELDS: [(&str, Kind); COLUMNS] = [
-    ("request_id", Kind::Text),
-    ("ts_ms", Kind::Int8),
-    ("namespace", Kind::Text),
-    ("instance", Kind::Text),
-    ("user_ref", Kind::Text),
-    ("user_name", Kind::Text),
-    ("user_id", Kind::Text),
-    ("key_name", Kind::Text),
-    ("key_id", Kind::Text),
-    ("provider", Kind::Text),
-    ("model", Kind::Text),
-    ("original_model", Kind::Text),
-    ("endpoint", Kind::Text),
-    ("api_type", Kind::Text),
-    ("method", Kind::Text),
-    ("status", Kind::Int8),
-    ("duration_ms", Kind::Int8),
-    ("ttfb_ms", Kind::Int8),
-    ("input_tokens", Kind::Int8),
-    ("output_tokens", Kind::Int8),
-    ("cache_write_5m_tokens", Kind::Int8),
-    ("cache_write_1h_tokens", Kind::Int8),
-    ("cache_read_tokens", Kind::Int8),
-    ("cost_micros", Kind::Int8),
-    ("cost_source", Kind::Text),
-    ("session_id", Kind::Text),
-    ("retry_count", Kind::Int8),
-    ("provider_chain", Kind::Text),
-    ("is_streaming", Kind::Bool),
-    ("error", Kind::Text),
-    ("blocked_by", Kind::Text),
-    ("block_reason", Kind::Text),
-    ("user_agent", Kind::Text),
-    ("client_ip", Kind::Text),
-    ("messages_count", Kind::Int8),
-    ("trace_id", Kind::Text),
-];
+/// The columns a writer fills, in the order of [`values`], with their types: the `column` and
+/// `sql` of every row of [`fields::FIELDS`].
+pub(crate) const FIELDS: [(&str, Kind); COLUMNS] = {
+    let mut out = [("", Kind::Text); COLUMNS];
+    let mut i = 0;
+    while i < COLUMNS {
+        out[i] = (fields::FIELDS[i].column, fields::FIELDS[i].sql);
+        i += 1;
+    }
+    out
+};
 
 /// `a, b, c`: the names of [`FIELDS`].
 pub(crate) fn column_list() -> String {
@@ -172,16 +141,13 @@ fn big(v: u64) -> i64 {
 
 /// The stored name of a cost source.
 pub(crate) fn cost_source(c: CostSource) -> &'static str {
-    match c {
-        CostSource::Reported => "reported",
-        CostSource::Priced => "priced",
-        CostSource::Unpriced => "unpriced",
-    }
+    c.as_str()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::fields::FieldId;
 
     #[test]
     fn every_value_has_the_type_of_its_column() {
@@ -208,6 +174,139 @@ mod tests {
             values(&r, &chain)[REQUEST_ID_FIELD],
             Value::Text(Some("r-1"))
         ));
+    }
+
+    /// [`values`] puts every field in the column the table gives it: each value is the one the
+    /// JSON record sent under the field's wire name.
+    #[test]
+    fn values_are_in_the_order_of_the_field_table() {
+        let json: serde_json::Value =
+            serde_json::from_str(crate::record::TEST_FULL_JSON).expect("json");
+        let r = *crate::record::test_full_record();
+        let mut chain = String::new();
+        provider_chain(&r, &mut chain);
+        let values = values(&r, &chain);
+        for (def, v) in fields::FIELDS.iter().zip(values) {
+            let want = match def.id {
+                FieldId::UserRef => Value::Text(Some("u-1")),
+                FieldId::Cost => Value::Int8(Some(1_500_000)),
+                FieldId::CostSource => Value::Text(Some("reported")),
+                FieldId::ProviderChain => Value::Text(Some(r#"["a","b\"c"]"#)),
+                _ => match &json[def.wire.expect("a wire field")] {
+                    serde_json::Value::String(s) => Value::Text(Some(s.as_str())),
+                    serde_json::Value::Number(n) => Value::Int8(n.as_i64()),
+                    serde_json::Value::Bool(b) => Value::Bool(*b),
+                    other => panic!("{other}"),
+                },
+            };
+            assert_eq!(v, want, "column {}", def.column);
+        }
+    }
+
+    /// The log entry of the query API has one key per field with an `entry` name (plus the
+    /// row id), and its `SELECT` list reads every column but the derived `user_ref`.
+    #[test]
+    fn the_log_entry_is_the_field_table() {
+        let e = super::super::LogEntry {
+            id: 1,
+            request_id: None,
+            timestamp_ms: 0,
+            namespace: String::new(),
+            instance: None,
+            user: None,
+            user_id: None,
+            key: None,
+            key_id: None,
+            provider: String::new(),
+            model: String::new(),
+            original_model: None,
+            endpoint: String::new(),
+            api_type: String::new(),
+            method: String::new(),
+            status: 0,
+            duration_ms: 0,
+            ttfb_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            cache_read_tokens: 0,
+            cost_micros: 0,
+            cost_source: String::new(),
+            session_id: None,
+            retry_count: 0,
+            provider_chain: Vec::new(),
+            is_streaming: false,
+            error: None,
+            blocked_by: None,
+            block_reason: None,
+            user_agent: None,
+            client_ip: None,
+            messages_count: None,
+            trace_id: None,
+        };
+        let json = serde_json::to_value(&e).expect("serializes");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        want.push("id");
+        let (mut keys, mut want) = (keys, want);
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want, "LogEntry and record/fields.rs differ");
+
+        use super::super::query::EntryColumns;
+        let select: Vec<&str> = <sqlx::Postgres as EntryColumns>::COLUMNS
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let mut want: Vec<&str> = vec!["id"];
+        want.extend(
+            fields::FIELDS
+                .iter()
+                .filter(|f| f.id != FieldId::UserRef)
+                .map(|f| f.column),
+        );
+        assert_eq!(
+            select, want,
+            "the log entry's SELECT list and record/fields.rs differ"
+        );
+    }
+
+    /// Every column the writers fill exists in the schema the migrations build: in SQLite,
+    /// selected from a migrated database; in PostgreSQL, named by a migration.
+    #[tokio::test]
+    async fn the_migrations_create_every_column() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("open");
+        sqlx::migrate::Migrator::new(super::super::Embedded(super::super::SQLITE_MIGRATIONS))
+            .await
+            .expect("migrations")
+            .run(&pool)
+            .await
+            .expect("migrate");
+        sqlx::query(&format!(
+            "SELECT {} FROM request_log LIMIT 0",
+            column_list()
+        ))
+        .fetch_all(&pool)
+        .await
+        .expect("every column exists in SQLite");
+        // PostgreSQL's columns are all created by its first migration, one per line.
+        let postgres = include_str!("../../../migrations/postgres/0001_request_log.sql");
+        for (name, _) in FIELDS {
+            assert!(
+                postgres.contains(&format!("\n    {name} ")),
+                "no PostgreSQL migration creates {name}"
+            );
+        }
     }
 
     #[test]

@@ -152,17 +152,6 @@ pub struct LogEntry {
     pub trace_id: Option<String>,
 }
 
-impl LogEntry {
-    /// All token buckets summed.
-    pub fn total_tokens(&self) -> i64 {
-        self.input_tokens
-            + self.output_tokens
-            + self.cache_write_5m_tokens
-            + self.cache_write_1h_tokens
-            + self.cache_read_tokens
-    }
-}
-
 /// The columns of one usage CSV row (SPEC §6.4), read by a narrower query than [`LogEntry`].
 /// Text is borrowed from the database's row buffer: valid while the row is visited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
