@@ -2,6 +2,8 @@
 //! handlers and the pipeline, read by the exporter. Label values are enums, so every series
 //! is known up front and exposed even at zero.
 
+pub mod otlp;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 

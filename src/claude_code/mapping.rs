@@ -9,7 +9,7 @@
 //!   events and tools are identified by session, sequence number, name and time (a retried
 //!   export is not counted twice; a resumed session's restarted sequence is counted);
 //! - `gatemeter.request` → a request record exported by another gatemeter (edge → central), read
-//!   back by [`super::gatemeter`].
+//!   back by [`crate::otlp::gatemeter`].
 //!
 //! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
 //! Code state, with labels from the point's attributes minus the deny-list (session, user and

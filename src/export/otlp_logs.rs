@@ -477,7 +477,7 @@ pub fn log_record(r: &ValidRecord) -> LogRecord {
 
 /// The OTLP value of field `id` of `r`; `None` leaves the attribute out (an absent optional
 /// field, a zero retry count, a non-streaming response, an empty provider chain). Read back by
-/// `crate::ingest::otlp::gatemeter`.
+/// `crate::otlp::gatemeter`.
 fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
     let t = &r.tokens;
     let text = |v: &Option<CompactString>| v.as_deref().map(s);

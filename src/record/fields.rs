@@ -6,7 +6,7 @@
 //! name every shape still missing it:
 //! - derived from [`FIELDS`]: the writers' column list and types (`store/sql/columns.rs`), the
 //!   OTLP export's attributes (`export/otlp_logs.rs`) and their read-back
-//!   (`ingest/otlp/gatemeter.rs`), both through an exhaustive `match` on [`FieldId`];
+//!   (`otlp/gatemeter.rs`), both through an exhaustive `match` on [`FieldId`];
 //! - checked against [`FIELDS`] by unit tests: the wire record (`raw_record!` in `record.rs`),
 //!   [`RecordFields`](super::RecordFields), [`ValidRecord`](super::ValidRecord), the writers'
 //!   values (`columns::values`), the log entry and its `SELECT` list (`store/sql/query.rs`), the

@@ -11,7 +11,7 @@ use crate::claude_code::task::ClaudeCode;
 use crate::export::otlp_logs::{ExportDrop, ExportSnapshot, ExportStats};
 use crate::exposition::{Encoder, Value, at, at2};
 use crate::health::RequestReject;
-use crate::ingest::otlp::{Diagnostics, DiagnosticsSnapshot, ItemReject, Signal, Use};
+use crate::health::otlp::{Diagnostics, DiagnosticsSnapshot, ItemReject, Signal, Use};
 
 /// Where the OTLP part of a scrape comes from.
 #[derive(Clone)]

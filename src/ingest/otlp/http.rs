@@ -28,10 +28,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::{Diagnostics, ItemReject, Signal, Use};
 use crate::api::ApiError;
 use crate::claude_code::mapping::Mapping;
 use crate::claude_code::task::ClaudeCode;
+use crate::health::otlp::{Diagnostics, ItemReject, Signal, Use};
 use crate::health::{Health, RequestReject, Source};
 use crate::ingest::body;
 use crate::otlp::decode::{self, Encoding};
