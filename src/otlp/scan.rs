@@ -179,10 +179,20 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `b` as text if it is valid UTF-8 (`core::str::from_utf8` has its own ASCII fast path).
+/// `b` as text if it is valid UTF-8. Attribute keys and most values are short ASCII strings:
+/// an inlined ASCII check settles those without a call into `core::str::from_utf8`, which
+/// is not inlined. This is the crate's one `unsafe` outside `store/sql/sqlite_raw.rs`: with
+/// the call for every string, the OTLP receiver ran 17 % more instructions per record
+/// (callgrind, 30,000 Claude Code events: 610 M against 520 M, issue 14).
 #[inline(always)]
+#[allow(unsafe_code)]
 fn utf8(b: &[u8]) -> Option<&str> {
-    std::str::from_utf8(b).ok()
+    if b.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b).ok()
+    }
 }
 
 /// Checks the wire type of a known field (prost refuses a mismatch).

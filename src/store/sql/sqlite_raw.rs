@@ -10,8 +10,9 @@
 //! handle, locked through sqlx's own [`SqliteConnection::lock_handle`]: while the lock is held,
 //! sqlx's worker thread waits for it, so the job's thread is the connection's only user. The
 //! job's statements are finalized and the lock released before the connection goes back to the
-//! pool. All `unsafe` code of the crate is in this module: `unsafe_code` is denied everywhere
-//! else (Cargo.toml), and every block here says why it is sound (`undocumented_unsafe_blocks`).
+//! pool. All `unsafe` code of the crate is in this module but for one ASCII fast path in
+//! `otlp/scan.rs`: `unsafe_code` is denied everywhere else (Cargo.toml), and every block says
+//! why it is sound (`undocumented_unsafe_blocks`).
 //!
 //! [`SqliteConnection::lock_handle`]: sqlx::sqlite::SqliteConnection::lock_handle
 
