@@ -760,12 +760,43 @@ fn split_replies(v: Vec<redis::Value>) -> Result<Replies, StoreError> {
     Ok((state, retired, rest))
 }
 
+/// Every this many refreshes, every slot of the windows is read again, settled or not: a
+/// writer that was cut off from Redis sends its older slots late.
+const FULL_READ_EVERY: u64 = 10;
+
+/// Slot hashes read earlier that no writer changes any more, so a refresh reads only the
+/// recent slots (a handful of commands, not one per slot of the longest window).
+#[derive(Default)]
+struct SlotCache {
+    settled: BTreeMap<i64, Fields>,
+    refreshes: u64,
+}
+
+impl SlotCache {
+    /// The newest slot counted as settled at `now_slot`: writers file deltas under their
+    /// current slot and send them within a flush interval; one more slot covers clock skew.
+    fn last_settled(cfg: &RedisConfig, now_slot: i64) -> i64 {
+        let flush_slots = (cfg.flush_interval.as_millis() as u64).div_ceil(SLOT_MS as u64) as i64;
+        now_slot - flush_slots - 2
+    }
+}
+
 /// Reads the fleet view: every writer's state, the recent time slots, the API key periods.
-async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<FleetView, StoreError> {
+async fn read_view(
+    shared: &Shared,
+    con: &mut ConnectionManager,
+    cache: &mut SlotCache,
+) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
     let now_slot = now.div_euclid(SLOT_MS);
     let first = now_slot - window_slots() + 1;
+    let settled = SlotCache::last_settled(&shared.cfg, now_slot);
+    let full = cache.refreshes.is_multiple_of(FULL_READ_EVERY);
+    cache.refreshes += 1;
+    let to_read: Vec<i64> = (first..=now_slot)
+        .filter(|s| full || *s > settled || !cache.settled.contains_key(s))
+        .collect();
     // MULTI/EXEC: a writer retiring between two reads would be counted twice or not at all.
     let mut pipe = redis::pipe();
     pipe.atomic();
@@ -773,16 +804,30 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
         .get(keys.retired())
         .hgetall(keys.key_calls_day(utc_day(now)))
         .hgetall(keys.key_calls_month(utc_month(now)));
-    for m in first..=now_slot {
-        pipe.hgetall(keys.hist_slot(m));
+    for s in &to_read {
+        pipe.hgetall(keys.hist_slot(*s));
     }
     let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
         .await
         .and_then(split_replies)?;
-    if replies.len() != 2 + (now_slot - first + 1) as usize {
+    if replies.len() != 2 + to_read.len() {
         return Err(unavailable("unexpected reply shape"));
     }
-    let slots = replies.split_off(2);
+    let mut recent = BTreeMap::new();
+    for (s, fields) in to_read.into_iter().zip(replies.split_off(2)) {
+        if s <= settled {
+            cache.settled.insert(s, fields);
+        } else {
+            recent.insert(s, fields);
+        }
+    }
+    cache.settled = cache.settled.split_off(&first);
+    let slots: Vec<(i64, &Fields)> = cache
+        .settled
+        .iter()
+        .chain(&recent)
+        .map(|(s, f)| (*s, f))
+        .collect();
     let mut totals = Aggregates::default();
     each_blob(&state, |b| codec::decode_state_into(b, &mut totals));
     if let Some(b) = &retired
@@ -816,8 +861,8 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
                 ..WindowView::default()
             };
             let from = (now - len).div_euclid(SLOT_MS);
-            for (i, fields) in slots.iter().enumerate() {
-                if first + (i as i64) >= from {
+            for (slot, fields) in &slots {
+                if *slot >= from {
                     each_blob(fields, |b| {
                         codec::decode_slot_into(b, &mut w.global, &mut w.scopes)
                     });
@@ -836,6 +881,7 @@ async fn read_view(shared: &Shared, con: &mut ConnectionManager) -> Result<Fleet
 async fn refresh_loop(shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let mut con: Option<ConnectionManager> = None;
+    let mut cache = SlotCache::default();
     let mut tick = tokio::time::interval(cfg.refresh_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -847,7 +893,7 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 Err(_) => continue,
             },
         };
-        match read_view(&shared, c).await {
+        match read_view(&shared, c, &mut cache).await {
             Ok(view) => {
                 *lock(&shared.view) = Arc::new(view);
                 set_up(&shared, Task::Read, true, None);
