@@ -97,7 +97,8 @@ label_enum! {
         /// Latency samples of a time slot that left every window before the live store could take
         /// it (Redis down); they remain in the since-start totals.
         LiveStoreExpired = "live_store_expired",
-        /// The request log kept failing to write a batch (after retries): counted but not logged.
+        /// The request log's database refused a batch (after retries; an outage is retried
+        /// without end), or closing found records it could not write: counted but not logged.
         LogWriteFailed = "log_write_failed",
     }
 }
