@@ -551,7 +551,8 @@ impl SqlLog {
         &self.inner.backend
     }
 
-    /// Waits until every record submitted before this call is written (or dropped and counted).
+    /// Waits until every record submitted before this call is written (or dropped and counted);
+    /// while the database is away, until it is back (see [`SqlLog::close_within`] for a bound).
     pub async fn flush(&self) {
         let (ack, rx) = oneshot::channel();
         if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
