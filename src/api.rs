@@ -151,17 +151,27 @@ struct Readiness {
     pipeline: bool,
     live_store: &'static str,
     live_store_up: bool,
+    /// `sqlite` or `postgres`; absent without a request log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_store: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_store_up: Option<bool>,
 }
 
-/// `GET /readyz`: 200 when the pipeline runs, else 503. The live store's reachability is
-/// reported but does not gate readiness: a Redis store buffers while Redis is away, and taking
-/// every replica out of service when Redis fails would lose the gateways' records instead.
+/// `GET /readyz`: 200 when the pipeline runs, else 503. The live store's and the request log's
+/// reachability are reported but do not gate readiness: a Redis store buffers while Redis is
+/// away, the request log holds its records in its bounded queue while its database is away
+/// (and writes them when it is back), and taking every replica out of service when a database
+/// fails would lose the gateways' records instead.
 pub async fn readyz(State(pipeline): State<Pipeline>) -> Response {
     let store = pipeline.store();
+    let log = pipeline.health().log_store();
     let r = Readiness {
         pipeline: pipeline.is_running(),
         live_store: store.name(),
         live_store_up: store.is_up(),
+        log_store: log.map(|(name, _)| name),
+        log_store_up: log.map(|(_, up)| up),
         ready: false,
     };
     let ready = r.pipeline;

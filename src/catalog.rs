@@ -458,7 +458,7 @@ metric!(
     Gauge,
     None,
     ["store"],
-    "1 when the store is reachable, 0 when not."
+    "1 when the store is reachable, 0 when not: the live store (`memory`, `redis`) and the request log (`sqlite`, `postgres`)."
 );
 metric!(
     SELF_UPTIME,

@@ -4,7 +4,8 @@
 
 pub mod otlp;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use axum::http::StatusCode;
@@ -96,7 +97,8 @@ label_enum! {
         /// Latency samples of a time slot that left every window before the live store could take
         /// it (Redis down); they remain in the since-start totals.
         LiveStoreExpired = "live_store_expired",
-        /// The request log kept failing to write a batch (after retries): counted but not logged.
+        /// The request log's database refused a batch (after retries; an outage is retried
+        /// without end), or closing found records it could not write: counted but not logged.
         LogWriteFailed = "log_write_failed",
     }
 }
@@ -117,6 +119,10 @@ pub struct Health {
     /// Records in the ingest queue (maintained by the pipeline).
     pub(crate) queue_depth: AtomicUsize,
     queue_capacity: usize,
+    /// The request log's store (`sqlite`, `postgres`), once opened.
+    log_store: OnceLock<&'static str>,
+    /// Whether the request log's last attempt reached its database.
+    log_store_up: AtomicBool,
 }
 
 impl Health {
@@ -133,7 +139,27 @@ impl Health {
             pending: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             queue_capacity,
+            log_store: OnceLock::new(),
+            log_store_up: AtomicBool::new(false),
         }
+    }
+
+    /// The request log's store was opened: its name and whether its database answered.
+    pub(crate) fn set_log_store(&self, name: &'static str, up: bool) {
+        let _ = self.log_store.set(name);
+        self.set_log_store_up(up);
+    }
+
+    /// The request log's store and whether its database answered its last attempt.
+    pub fn log_store(&self) -> Option<(&'static str, bool)> {
+        self.log_store
+            .get()
+            .map(|name| (*name, self.log_store_up.load(Relaxed)))
+    }
+
+    /// Whether the request log's database answered its last attempt.
+    pub(crate) fn set_log_store_up(&self, up: bool) {
+        self.log_store_up.store(up, Relaxed);
     }
 
     /// Counts accepted records.
@@ -187,6 +213,7 @@ impl Health {
             pending: load(&self.pending),
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
+            log_store: self.log_store(),
         }
     }
 }
@@ -214,4 +241,6 @@ pub struct HealthSnapshot {
     pub queue_depth: u64,
     /// Queue capacity.
     pub queue_capacity: u64,
+    /// The request log's store and whether it is up (none without a SQL log).
+    pub log_store: Option<(&'static str, bool)>,
 }

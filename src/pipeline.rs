@@ -136,6 +136,11 @@ impl Pipeline {
         !self.tx.is_closed()
     }
 
+    /// This process's health counters.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// The live store behind the pipeline.
     pub fn store(&self) -> &Arc<dyn LiveStore> {
         &self.store

@@ -413,6 +413,9 @@ fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, stor
     }
     e.header(&c::STORE_UP);
     e.sample(&c::STORE_UP, &[store.0], Value::U(u64::from(store.1)));
+    if let Some((name, up)) = health.log_store {
+        e.sample(&c::STORE_UP, &[name], Value::U(u64::from(up)));
+    }
     e.header(&c::SELF_UPTIME);
     e.sample(&c::SELF_UPTIME, &[], Value::F(health.uptime_seconds));
     e.header(&c::BUILD_INFO);

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::record::ValidRecord;
 use crate::store::{RequestLog, StoreError};
@@ -51,6 +52,17 @@ impl RequestLog for FanOut {
         Box::pin(async move {
             for sink in &self.sinks {
                 sink.close().await;
+            }
+        })
+    }
+
+    /// Every sink in turn, each with what is left of `limit`.
+    fn close_within(&self, limit: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            for sink in &self.sinks {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                sink.close_within(left).await;
             }
         })
     }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::record::ValidRecord;
 use crate::store::StoreError;
@@ -16,8 +17,17 @@ pub trait RequestLog: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Queues a batch of counted records. Must not block on I/O.
     fn submit(&self, records: Vec<Box<ValidRecord>>) -> Result<(), StoreError>;
-    /// Waits until everything queued so far is written (graceful shutdown).
+    /// Waits until everything queued so far is written (graceful shutdown). A backend whose
+    /// store may be away bounds the wait and says by how much.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// [`close`](Self::close), giving up after `limit`; what is then unwritten is counted as
+    /// dropped by backends that can count it (the SQL log does). Default: `close` cut off.
+    fn close_within(&self, limit: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(limit, self.close()).await;
+        })
+    }
 }
 
 /// A request log that keeps nothing (aggregates only).

@@ -34,7 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::health::{DropReason, Health};
 use crate::record::ValidRecord;
@@ -171,6 +171,71 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Why a write failed, as the writer must treat it.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The database cannot be reached or cannot work right now (connection refused or lost,
+    /// I/O, pool timeout, server shutting down or starting, out of disk or connections, a
+    /// deadlock): the batch is held and retried until it can be written.
+    Outage(StoreError),
+    /// The database refused these rows or this statement for a reason that retrying will not
+    /// change (constraint, data, schema): the batch is dropped after a few attempts.
+    Refused(StoreError),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Outage(e) | Self::Refused(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A `sqlx` failure of a write, classified ([`is_outage`]).
+pub(crate) fn write_error(e: sqlx::Error) -> WriteError {
+    if is_outage(&e) {
+        WriteError::Outage(unavailable(e))
+    } else {
+        WriteError::Refused(unavailable(e))
+    }
+}
+
+/// A failed migration, classified like a write.
+fn migrate_error(e: sqlx::migrate::MigrateError) -> WriteError {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(e) | M::ExecuteMigration(e, _) => write_error(e),
+        e => WriteError::Refused(unavailable(e)),
+    }
+}
+
+/// Whether `e` says the database is away or cannot work for now, rather than that it refuses
+/// what was sent. PostgreSQL SQLSTATE classes `08` (connection), `53` (insufficient resources:
+/// disk, memory, connections), `57` (operator intervention: `57P01` admin shutdown, `57P03`
+/// starting up), `58` (system/I/O), `40001`/`40P01` (serialization failure, deadlock) and
+/// `25006` (read-only transaction: a standby after failover); SQLite's busy, locked, out of
+/// memory, read-only, I/O, full and cannot-open codes.
+pub(crate) fn is_outage(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => true,
+        E::Database(d) => d.code().is_some_and(|code| match code.parse::<i32>() {
+            // SQLite reports its (extended) result code as a number.
+            Ok(rc) => sqlite_raw::is_outage_code(rc),
+            Err(_) => {
+                ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))
+                    || ["40001", "40P01", "25006"].contains(&code.as_ref())
+            }
+        }),
+        _ => false,
+    }
+}
+
 /// Migrations compiled into the binary, so a deployed file needs no `migrations/` directory.
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
@@ -239,14 +304,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// Migration 0004 keeps one B-tree per filter column where the `btree_gin` extension could not
 /// be created; says so at every start, with what to do, so a slower log is never a mystery.
-async fn warn_without_gin_index(pool: &PgPool) -> Result<(), StoreError> {
+async fn warn_without_gin_index(pool: &PgPool) -> Result<(), WriteError> {
     let (gin,): (bool,) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_indexes \
          WHERE tablename = 'request_log' AND indexname = 'request_log_filters')",
     )
     .fetch_one(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(write_error)?;
     if !gin {
         tracing::warn!(
             "request log: the btree_gin extension was not available when the log was created, so \
@@ -258,6 +323,72 @@ async fn warn_without_gin_index(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What must be done on the database once before the first write: nothing for SQLite (done
+/// in [`SqlLog::open`]); PostgreSQL's migrations, run at open or, when the server was away
+/// then, as soon as it answers.
+pub(crate) struct Setup {
+    done: tokio::sync::OnceCell<()>,
+    postgres: Option<PgPool>,
+}
+
+impl Setup {
+    fn done() -> Self {
+        Self {
+            done: tokio::sync::OnceCell::new_with(Some(())),
+            postgres: None,
+        }
+    }
+
+    /// Runs the setup unless it already succeeded (concurrent callers wait for one attempt).
+    pub(crate) async fn ensure(&self) -> Result<(), WriteError> {
+        self.done
+            .get_or_try_init(|| async {
+                match &self.postgres {
+                    Some(pool) => prepare_postgres(pool).await,
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// PostgreSQL's pending migrations, then the index check.
+async fn prepare_postgres(pool: &PgPool) -> Result<(), WriteError> {
+    let m = Migrator::new(Embedded(POSTGRES_MIGRATIONS))
+        .await
+        .map_err(migrate_error)?;
+    m.run(pool).await.map_err(migrate_error)?;
+    warn_without_gin_index(pool).await
+}
+
+/// PostgreSQL was away at open: connects (and migrates) as soon as it answers, so the log
+/// reports up and answers queries even before the first write.
+async fn connect_when_up(setup: Arc<Setup>, health: Arc<Health>) {
+    let mut delay = writer::FIRST_RETRY;
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(writer::RETRY_CAP);
+        match setup.ensure().await {
+            Ok(()) => {
+                tracing::info!("Request log: PostgreSQL reachable; migrations done.");
+                health.set_log_store_up(true);
+                return;
+            }
+            Err(WriteError::Outage(e)) => {
+                tracing::debug!(error = %e, "Request log: PostgreSQL still unreachable.");
+            }
+            Err(WriteError::Refused(e)) => {
+                tracing::error!(error = %e, "Request log: PostgreSQL refused the migrations; retrying.");
+            }
+        }
+    }
+}
+
+/// How long [`SqlLog`]'s [`RequestLog::close`] waits for the writer before it gives up and
+/// counts what is unwritten as `log_write_failed` (see [`SqlLog::close_within`]).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The SQL request log: a handle to the pool and to the writer's queue. Cheap to clone.
 #[derive(Clone)]
 pub struct SqlLog {
@@ -267,6 +398,7 @@ pub struct SqlLog {
 struct Inner {
     backend: Backend,
     tx: mpsc::Sender<writer::Msg>,
+    abandon: Arc<Notify>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
     dialect: &'static str,
@@ -276,7 +408,7 @@ impl SqlLog {
     /// Connects (creating the SQLite file if needed), runs pending migrations, starts the writer
     /// and, when `retention_days > 0`, the retention task.
     pub async fn open(cfg: &SqlConfig, health: Arc<Health>) -> Result<Self, StoreError> {
-        let (backend, write_backend, dialect) = match &cfg.backend {
+        let (backend, write_backend, dialect, setup) = match &cfg.backend {
             SqlBackend::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -333,45 +465,68 @@ impl SqlLog {
                 )
                 .await?;
                 tokio::spawn(checkpointer(pool.clone()));
-                (Backend::Sqlite(pool), Backend::Sqlite(write_pool), "sqlite")
+                (
+                    Backend::Sqlite(pool),
+                    Backend::Sqlite(write_pool),
+                    "sqlite",
+                    Setup::done(),
+                )
             }
             SqlBackend::Postgres { url } => {
                 let opts: PgConnectOptions = url
                     .parse()
                     .map_err(|e| unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+                // Lazy pools: a server away at start is connected to when it comes up.
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_with(opts.clone())
-                    .await
-                    .map_err(unavailable)?;
-                let m = Migrator::new(Embedded(POSTGRES_MIGRATIONS))
-                    .await
-                    .map_err(unavailable)?;
-                m.run(&pool).await.map_err(unavailable)?;
-                warn_without_gin_index(&pool).await?;
+                    .connect_lazy_with(opts.clone());
+                let setup = Setup {
+                    done: tokio::sync::OnceCell::new(),
+                    postgres: Some(pool.clone()),
+                };
+                // An outage is waited out in the background; any other refusal (credentials,
+                // unknown database, a migration that fails) stops the start.
+                match setup.ensure().await {
+                    Ok(()) => {}
+                    Err(WriteError::Outage(e)) => tracing::warn!(
+                        error = %e,
+                        "Request log: PostgreSQL unreachable at start; serving, queueing records \
+                         and connecting when it comes up."
+                    ),
+                    Err(WriteError::Refused(e)) => return Err(e),
+                }
                 // The writer's own connections, each with its COPY staging table: reads never
                 // wait behind batches in flight.
-                let write_pool =
-                    writer::postgres::open_pool(opts, cfg.write_concurrency.max(1)).await?;
+                let write_pool = writer::postgres::open_pool(opts, cfg.write_concurrency.max(1));
                 (
                     Backend::Postgres(pool),
                     Backend::Postgres(write_pool),
                     "postgres",
+                    setup,
                 )
             }
         };
+        let setup = Arc::new(setup);
+        let up = setup.done.initialized();
+        health.set_log_store(dialect, up);
+        if !up {
+            tokio::spawn(connect_when_up(setup.clone(), health.clone()));
+        }
         let depth = Arc::new(AtomicUsize::new(0));
         // Each message holds at least one record, so the record budget bounds the channel too.
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 1 << 20) + 16);
-        tokio::spawn(writer::run(
-            write_backend,
-            rx,
-            depth.clone(),
+        let abandon = Arc::new(Notify::new());
+        let w = writer::Writer {
+            backend: write_backend,
+            setup,
+            depth: depth.clone(),
             health,
-            cfg.batch_rows.max(1),
-            cfg.write_concurrency.max(1),
-        ));
+            abandon: abandon.clone(),
+            batch_rows: cfg.batch_rows.max(1),
+            write_concurrency: cfg.write_concurrency.max(1),
+        };
+        tokio::spawn(writer::run(w, rx));
         if cfg.retention_days > 0 {
             tokio::spawn(retention(backend.clone(), cfg.retention_days));
         }
@@ -379,6 +534,7 @@ impl SqlLog {
             inner: Arc::new(Inner {
                 backend,
                 tx,
+                abandon,
                 depth,
                 capacity: cfg.queue_capacity,
                 dialect,
@@ -395,11 +551,30 @@ impl SqlLog {
         &self.inner.backend
     }
 
-    /// Waits until every record submitted before this call is written (or dropped and counted).
+    /// Waits until every record submitted before this call is written (or dropped and counted);
+    /// while the database is away, until it is back (see [`SqlLog::close_within`] for a bound).
     pub async fn flush(&self) {
         let (ack, rx) = oneshot::channel();
         if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Waits until every record submitted before this call is written, but at most `limit`
+    /// (the store may be away): then the writer stops, and every record not written is counted
+    /// as `log_write_failed` and logged at ERROR. Returns within `limit` and a moment.
+    pub async fn close_within(&self, limit: Duration) {
+        let (ack, mut done) = oneshot::channel();
+        let flushed = tokio::time::timeout(limit, async {
+            if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
+                let _ = (&mut done).await;
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            self.inner.abandon.notify_one();
+            // The writer answers every waiting flush as it stops (ours too, if it was queued).
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
     }
 
@@ -515,10 +690,13 @@ impl RequestLog for SqlLog {
             })
     }
 
+    /// Bounded by [`CLOSE_TIMEOUT`].
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            self.flush().await;
-        })
+        Box::pin(SqlLog::close_within(self, CLOSE_TIMEOUT))
+    }
+
+    fn close_within(&self, limit: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(SqlLog::close_within(self, limit))
     }
 }
 
@@ -545,6 +723,81 @@ mod tests {
         SqlLog::open(&cfg, Arc::new(Health::new(1)))
             .await
             .expect("opens and migrates")
+    }
+
+    /// A batch the database refuses for a reason that is not an outage (here a trigger, as a
+    /// constraint would) is tried a few times, then dropped and counted — never retried
+    /// without end — and the log goes on writing; the store stays up.
+    #[tokio::test]
+    async fn a_refused_batch_is_dropped_and_counted_not_retried_forever() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let health = Arc::new(Health::new(1));
+        let cfg = SqlConfig {
+            backend: SqlBackend::Sqlite {
+                path: dir.path().join("log.db"),
+            },
+            queue_capacity: 100,
+            batch_rows: 100,
+            write_concurrency: 1,
+            retention_days: 0,
+        };
+        let log = SqlLog::open(&cfg, health.clone()).await.expect("opens");
+        let Backend::Sqlite(pool) = log.backend() else {
+            unreachable!("a SQLite log")
+        };
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON request_log WHEN NEW.model = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        )
+        .execute(pool)
+        .await
+        .expect("trigger");
+        let now = crate::clock::now_ms();
+        let rec = |id: &str, model: &str| {
+            let mut r = crate::record::test_record(
+                &format!(r#"{{"model": "{model}", "status": 200, "duration_ms": 1}}"#),
+                now,
+            );
+            r.request_id = Some(crate::record::RequestId(id.into()));
+            r
+        };
+        log.submit(vec![rec("a", "poison"), rec("b", "m")])
+            .expect("room");
+        tokio::time::timeout(Duration::from_secs(5), log.flush())
+            .await
+            .expect("a refused batch is not retried forever");
+        let failed = |h: &Health| h.snapshot().dropped[DropReason::LogWriteFailed as usize];
+        assert_eq!(failed(&health), 2);
+        log.submit(vec![rec("c", "m")]).expect("room");
+        log.flush().await;
+        let page = log
+            .page(&LogFilter::default(), None, 10)
+            .await
+            .expect("page");
+        let ids: Vec<_> = page.items.into_iter().map(|e| e.request_id).collect();
+        assert_eq!(ids, [Some("c".to_string())]);
+        assert_eq!(failed(&health), 2);
+        assert_eq!(health.log_store(), Some(("sqlite", true)));
+        log.close().await;
+    }
+
+    /// Outages (retried without end) against refusals (dropped after a few attempts).
+    #[test]
+    fn outages_are_told_from_refusals() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_outage(&sqlx::Error::Io(io)));
+        assert!(is_outage(&sqlx::Error::PoolTimedOut));
+        assert!(!is_outage(&sqlx::Error::RowNotFound));
+        assert!(sqlite_raw::is_outage_code(5)); // SQLITE_BUSY
+        assert!(sqlite_raw::is_outage_code(13)); // SQLITE_FULL
+        assert!(sqlite_raw::is_outage_code(10 | (4 << 8))); // SQLITE_IOERR_FSYNC
+        assert!(!sqlite_raw::is_outage_code(19 | (7 << 8))); // SQLITE_CONSTRAINT_TRIGGER
+        assert!(!sqlite_raw::is_outage_message(
+            "sqlite error 1: no such table: request_log"
+        ));
+        assert!(sqlite_raw::is_outage_message(
+            "sqlite error 5: database is locked"
+        ));
     }
 
     /// A row as the migrations before the latest ones left the table: request id, time,

@@ -540,7 +540,7 @@ pub async fn roles_force_the_user(db: Db) {
     app.stop().await;
 }
 
-fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
+pub fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
     let prices = PriceTable::default();
     let v = Validation {
         now_ms: gatemeter::clock::now_ms(),

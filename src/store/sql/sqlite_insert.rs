@@ -15,10 +15,9 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
-use super::sqlite_raw::{Bind, Handle, with_handle};
-use super::unavailable;
+use super::sqlite_raw::{Bind, Handle, is_outage_message, with_handle};
+use super::{WriteError, unavailable, write_error};
 use crate::record::ValidRecord;
-use crate::store::StoreError;
 
 /// Writes `batch` in one transaction; rows whose `request_id` is already stored are skipped.
 /// On any error the transaction is rolled back (nothing of the batch is stored).
@@ -26,11 +25,18 @@ use crate::store::StoreError;
 pub(crate) async fn write(
     pool: &SqlitePool,
     batch: Arc<Vec<Box<ValidRecord>>>,
-) -> Result<(), StoreError> {
-    let conn = pool.acquire().await.map_err(unavailable)?;
+) -> Result<(), WriteError> {
+    let conn = pool.acquire().await.map_err(write_error)?;
     with_handle(conn, move |db| db.and_then(|db| insert_batch(db, &batch)))
-        .await?
-        .map_err(unavailable)
+        .await
+        .map_err(WriteError::Outage)?
+        .map_err(|message| {
+            if is_outage_message(&message) {
+                WriteError::Outage(unavailable(message))
+            } else {
+                WriteError::Refused(unavailable(message))
+            }
+        })
 }
 
 fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String> {

@@ -311,6 +311,34 @@ impl Drop for Statement<'_> {
     }
 }
 
+/// Whether a SQLite result code (primary or extended) says the database cannot work for now —
+/// busy, locked, out of memory, read-only, I/O error, disk full, cannot open — rather than that
+/// it refuses what was sent.
+pub(super) fn is_outage_code(rc: c_int) -> bool {
+    matches!(
+        rc & 0xff,
+        ffi::SQLITE_BUSY
+            | ffi::SQLITE_LOCKED
+            | ffi::SQLITE_NOMEM
+            | ffi::SQLITE_READONLY
+            | ffi::SQLITE_IOERR
+            | ffi::SQLITE_FULL
+            | ffi::SQLITE_CANTOPEN
+    )
+}
+
+/// [`is_outage_code`] of a message made by [`error`]; a failure that did not come from a
+/// statement (the connection's worker) counts as an outage.
+pub(super) fn is_outage_message(message: &str) -> bool {
+    message
+        .strip_prefix(ERROR_PREFIX)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|rc| rc.parse().ok())
+        .is_none_or(is_outage_code)
+}
+
+const ERROR_PREFIX: &str = "sqlite error ";
+
 /// SQLite's message for the last failure on `db`, with the result code.
 fn error(db: NonNull<ffi::sqlite3>, rc: c_int) -> String {
     // SAFETY: `db` is a live connection this thread uses exclusively; `sqlite3_errmsg` returns a
@@ -323,5 +351,5 @@ fn error(db: NonNull<ffi::sqlite3>, rc: c_int) -> String {
             CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     };
-    format!("sqlite error {rc}: {msg}")
+    format!("{ERROR_PREFIX}{rc}: {msg}")
 }

@@ -2,8 +2,14 @@
 //! statement or transaction per batch — SQLite: a prepared single-row `INSERT` stepped per row
 //! in one transaction (`sqlite_insert.rs`); PostgreSQL: a binary `COPY` into a staging table,
 //! then one `INSERT … SELECT` (`writer/postgres.rs`) — both
-//! `ON CONFLICT (request_id) DO NOTHING`; retries transient failures with back-off, and counts
-//! what it finally gives up on.
+//! `ON CONFLICT (request_id) DO NOTHING`.
+//!
+//! A failed write is classified ([`WriteError`]): while the database is away (an outage) the
+//! batch is held and retried with back-off, without end, and what arrives meanwhile waits in
+//! the bounded queue (a full queue refuses at `submit`, counted `log_full`); a batch the
+//! database refuses (constraint, data, schema) is dropped after [`REFUSED_ATTEMPTS`] and
+//! counted `log_write_failed`. Closing gives up at a deadline: what is still unwritten then is
+//! counted `log_write_failed` too.
 //!
 //! Batching adapts to load: while a batch is being written, whatever arrives waits, so a quiet
 //! server writes small transactions at once and a busy one writes up to `batch_rows` rows per
@@ -11,19 +17,18 @@
 //! `write_concurrency` at once (default 2), on separate connections — batches may then commit
 //! out of order, which idempotent inserts allow. A flush waits for every record received before it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Backend, count_failed};
+use super::{Backend, Setup, WriteError, count_failed};
 use crate::health::Health;
 use crate::record::ValidRecord;
-use crate::store::StoreError;
 
 pub(super) mod postgres;
 
@@ -36,17 +41,38 @@ pub(crate) enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// Attempts per batch before it is dropped and counted.
-const ATTEMPTS: u32 = 5;
+/// Attempts of a batch the database refuses (not an outage) before it is dropped and counted.
+pub(crate) const REFUSED_ATTEMPTS: u32 = 3;
 
-pub(crate) async fn run(
-    backend: Backend,
-    mut rx: mpsc::Receiver<Msg>,
-    depth: Arc<AtomicUsize>,
-    health: Arc<Health>,
-    batch_rows: usize,
-    write_concurrency: usize,
-) {
+/// First wait before a failed write is tried again; it doubles up to [`RETRY_CAP`].
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// Longest wait between two attempts while the database is away: it is back in the log at
+/// most this long (plus one connection attempt, `ACQUIRE_TIMEOUT`) after it answers again.
+pub(crate) const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// The writer's inputs besides its queue.
+pub(crate) struct Writer {
+    pub backend: Backend,
+    pub setup: Arc<Setup>,
+    pub depth: Arc<AtomicUsize>,
+    pub health: Arc<Health>,
+    /// Told once, at a closing deadline: stop writing, count what is left as failed.
+    pub abandon: Arc<Notify>,
+    pub batch_rows: usize,
+    pub write_concurrency: usize,
+}
+
+pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
+    let Writer {
+        backend,
+        setup,
+        depth,
+        health,
+        abandon,
+        batch_rows,
+        write_concurrency,
+    } = w;
     // SQLite has one writer at a time anyway; PostgreSQL writes batches in parallel.
     let max_in_flight = match backend {
         Backend::Sqlite(_) => 1,
@@ -57,7 +83,8 @@ pub(crate) async fn run(
     // Records are numbered in arrival order: `received` so far, `taken` into batches.
     let (mut received, mut taken) = (0u64, 0u64);
     let mut in_flight = FuturesUnordered::new();
-    let mut in_flight_starts = BTreeSet::new();
+    // Start number → rows of each batch in flight.
+    let mut in_flight_starts = BTreeMap::new();
     // A flush is answered once every record received before it is written (or counted).
     let mut acks: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut open = true;
@@ -67,15 +94,17 @@ pub(crate) async fn run(
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
             let start = taken;
             taken += take as u64;
-            in_flight_starts.insert(start);
-            let (backend, health) = (backend.clone(), health.clone());
+            in_flight_starts.insert(start, take);
+            let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
             in_flight.push(async move {
-                write_with_retry(&backend, &batch, &health).await;
+                write_with_retry(&backend, &setup, &batch, &health).await;
                 (start, batch.len())
             });
         }
         // Everything numbered below the watermark is written.
-        let watermark = in_flight_starts.first().copied().unwrap_or(taken);
+        let watermark = in_flight_starts
+            .first_key_value()
+            .map_or(taken, |(start, _)| *start);
         if acks.iter().any(|(target, _)| *target <= watermark) {
             let (ready, waiting): (Vec<_>, Vec<_>) =
                 acks.drain(..).partition(|(target, _)| *target <= watermark);
@@ -106,26 +135,87 @@ pub(crate) async fn run(
                     }
                 }
             }
+            () = abandon.notified() => {
+                // Writes in flight are cancelled (a transaction not committed is rolled back);
+                // everything not known to be written is counted.
+                drop(in_flight);
+                let mut lost: usize = in_flight_starts.values().sum::<usize>() + pending.len();
+                rx.close();
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        Msg::Records(r) => lost += r.len(),
+                        Msg::Flush(ack) => acks.push((received, ack)),
+                    }
+                }
+                depth.fetch_sub(lost, Relaxed);
+                if lost > 0 {
+                    tracing::error!(
+                        rows = lost,
+                        "Request log closed before it could write everything; rows dropped."
+                    );
+                    count_failed(&health, lost);
+                }
+                for (_, ack) in acks {
+                    let _ = ack.send(());
+                }
+                return;
+            }
         }
     }
 }
 
+/// Writes `batch`, retrying: without end while the database is away (the batch is held, the
+/// store reported down), [`REFUSED_ATTEMPTS`] times when the database refuses it.
 #[allow(clippy::vec_box)]
-async fn write_with_retry(backend: &Backend, batch: &Arc<Vec<Box<ValidRecord>>>, health: &Health) {
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=ATTEMPTS {
-        match write_batch(backend, batch).await {
-            Ok(()) => return,
-            Err(e) if attempt < ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, rows = batch.len(), "Request log write failed; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+async fn write_with_retry(
+    backend: &Backend,
+    setup: &Setup,
+    batch: &Arc<Vec<Box<ValidRecord>>>,
+    health: &Health,
+) {
+    let mut delay = FIRST_RETRY;
+    let (mut refused, mut outages) = (0u32, 0u64);
+    loop {
+        let result = match setup.ensure().await {
+            Ok(()) => write_batch(backend, batch).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if outages > 0 {
+                    tracing::info!(
+                        rows = batch.len(),
+                        attempts = outages + 1,
+                        "Request log reachable again; held batch written."
+                    );
+                }
+                health.set_log_store_up(true);
+                return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, rows = batch.len(), "Request log write failed; batch dropped.");
-                count_failed(health, batch.len());
+            Err(WriteError::Outage(e)) => {
+                outages += 1;
+                health.set_log_store_up(false);
+                if outages == 1 {
+                    tracing::warn!(error = %e, rows = batch.len(),
+                        "Request log unreachable; holding the batch and retrying until it is back.");
+                } else {
+                    tracing::debug!(error = %e, attempt = outages, "Request log still unreachable.");
+                }
+            }
+            Err(WriteError::Refused(e)) => {
+                refused += 1;
+                if refused >= REFUSED_ATTEMPTS {
+                    tracing::error!(error = %e, rows = batch.len(), attempts = refused,
+                        "Request log refused a batch; batch dropped.");
+                    count_failed(health, batch.len());
+                    return;
+                }
+                tracing::warn!(error = %e, attempt = refused, rows = batch.len(),
+                    "Request log refused a batch; retrying.");
             }
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_CAP);
     }
 }
 
@@ -134,7 +224,7 @@ async fn write_with_retry(backend: &Backend, batch: &Arc<Vec<Box<ValidRecord>>>,
 pub(crate) async fn write_batch(
     backend: &Backend,
     batch: &Arc<Vec<Box<ValidRecord>>>,
-) -> Result<(), StoreError> {
+) -> Result<(), WriteError> {
     match backend {
         Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone()).await,
         Backend::Postgres(pool) => write_postgres(pool, batch).await,
@@ -143,6 +233,6 @@ pub(crate) async fn write_batch(
 
 /// PostgreSQL: binary `COPY` into a staging table, then one idempotent `INSERT … SELECT`
 /// (see [`postgres`]).
-async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Result<(), StoreError> {
+async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Result<(), WriteError> {
     postgres::write(pool, batch).await
 }

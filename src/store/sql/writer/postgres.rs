@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 use crate::store::sql::columns::{self, FIELDS, Value, column_list};
-use crate::store::sql::{ACQUIRE_TIMEOUT, unavailable};
+use crate::store::sql::{ACQUIRE_TIMEOUT, WriteError, unavailable, write_error};
 
 /// The staging table (temporary: one per connection, no WAL, no locks shared with others).
 const STAGING: &str = "request_log_staging";
@@ -57,10 +57,8 @@ static MOVE: LazyLock<String> = LazyLock::new(|| {
 const SEND_CHUNK: usize = 256 * 1024;
 
 /// The writer's pool: one connection per batch in flight, each with its staging table.
-pub(in crate::store::sql) async fn open_pool(
-    opts: PgConnectOptions,
-    connections: usize,
-) -> Result<PgPool, StoreError> {
+/// Connects lazily, so a server that is down at start is connected to when it comes up.
+pub(in crate::store::sql) fn open_pool(opts: PgConnectOptions, connections: usize) -> PgPool {
     PgPoolOptions::new()
         .max_connections(u32::try_from(connections).unwrap_or(u32::MAX))
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -70,20 +68,18 @@ pub(in crate::store::sql) async fn open_pool(
                 Ok(())
             })
         })
-        .connect_with(opts)
-        .await
-        .map_err(unavailable)
+        .connect_lazy_with(opts)
 }
 
 /// Writes one batch in one transaction; rows whose `request_id` is already stored (or repeated
 /// earlier in the batch) are skipped. `pool` must come from [`open_pool`].
-pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(), StoreError> {
+pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(), WriteError> {
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
     let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
     data.extend_from_slice(HEADER);
     let mut chain = String::new();
     for r in batch {
-        encode_row(&mut data, r, &mut chain)?;
+        encode_row(&mut data, r, &mut chain).map_err(WriteError::Refused)?;
     }
     data.extend_from_slice(&TRAILER);
 
@@ -94,11 +90,11 @@ pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(
     // table's heap insert and the `INSERT … SELECT` for every row.
     match copy_in(pool, &COPY_DIRECT, &data, false).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
-        other => return other.map_err(unavailable),
+        other => return other.map_err(write_error),
     }
     copy_in(pool, &COPY_IN, &data, true)
         .await
-        .map_err(unavailable)
+        .map_err(write_error)
 }
 
 /// SQLSTATE `unique_violation`.
