@@ -13,4 +13,5 @@ mod otlp_export;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;
+mod slow_clients;
 mod sql_log;
