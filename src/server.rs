@@ -71,6 +71,8 @@ impl Default for ServerConfig {
 const MAX_ANSWERED_REFUSALS: usize = 256;
 /// How long a refused connection is given to send its request and read the 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// At shutdown, how long a connection between requests has to flush its last response.
+const STOP_GRACE: Duration = Duration::from_millis(100);
 /// Files the process needs besides its connections (stores, logs, listener).
 const RESERVED_FILES: u64 = 64;
 
@@ -288,21 +290,25 @@ async fn connection(
                 return;
             }
             _ = stop.changed(), if !stopping => {
-                // Between requests (idle, or a head still arriving): close now. Otherwise the
-                // response is the connection's last.
-                if state.in_flight.load(Relaxed) == 0 {
-                    return;
-                }
+                // The response in flight, if any, is the connection's last; an idle one is
+                // closed by hyper once its last response is flushed. A connection between
+                // requests (a head still arriving) is closed at the next look, just after.
                 stopping = true;
                 served.as_mut().graceful_shutdown();
+                timer.as_mut().reset(Instant::now() + STOP_GRACE);
             }
-            () = timer.as_mut() => match state.deadline(&config, Instant::now()) {
-                Ok(next) => timer.as_mut().reset(next),
-                Err(expired) => {
-                    debug!(?expired, "Closing a connection.");
+            () = timer.as_mut() => {
+                if stopping && state.in_flight.load(Relaxed) == 0 {
                     return;
                 }
-            },
+                match state.deadline(&config, Instant::now()) {
+                    Ok(next) => timer.as_mut().reset(next),
+                    Err(expired) => {
+                        debug!(?expired, "Closing a connection.");
+                        return;
+                    }
+                }
+            }
         }
     }
 }
