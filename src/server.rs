@@ -8,7 +8,8 @@
 //!   byte (of the accept, for a connection's first request).
 //! - **Body timeout**: a request body must arrive whole within `body_timeout` of its head; then
 //!   the handler's read fails, the answer is 408 and the connection closes.
-//! - **Idle timeout**: a keep-alive connection with no request for `idle_timeout` is closed.
+//! - **Idle timeout**: a keep-alive connection with no request for `idle_timeout` is closed, and
+//!   so is one whose client reads nothing of its response for as long.
 //! - **Connection cap**: past `max_connections` a connection is answered 503 with
 //!   `Connection: close` and `Retry-After`, closed, and counted (`gatemeter_refused_connections`).
 //! - **Shutdown**: stop accepting; idle connections close at once; in-flight requests get until
@@ -320,6 +321,8 @@ enum Expired {
     Header,
     /// No request came in time.
     Idle,
+    /// The client read nothing of its response for the idle timeout.
+    Stalled,
 }
 
 /// No time recorded.
@@ -337,6 +340,8 @@ struct ConnState {
     head_ms: AtomicU64,
     /// When the last response finished (ms after `origin`).
     idle_ms: AtomicU64,
+    /// Since when a write has been waiting for the client to read; `NONE` when none is.
+    write_blocked_ms: AtomicU64,
     /// The current request's body did not arrive in time.
     body_timed_out: AtomicBool,
 }
@@ -349,6 +354,7 @@ impl ConnState {
             // A new connection's first head is timed from the accept.
             head_ms: AtomicU64::new(0),
             idle_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(NONE),
             body_timed_out: AtomicBool::new(false),
         }
     }
@@ -366,6 +372,20 @@ impl ConnState {
 
     fn head_began(&self, now: Instant) {
         self.head_ms.store(self.ms(now), Relaxed);
+    }
+
+    /// A write returned: `Pending` means the client's window is full (a clock read only then).
+    fn write_polled<T>(&self, r: &Poll<T>) {
+        let blocked = self.write_blocked_ms.load(Relaxed);
+        match r {
+            Poll::Pending if blocked == NONE => self.write_blocked(Instant::now()),
+            Poll::Ready(_) if blocked != NONE => self.write_blocked_ms.store(NONE, Relaxed),
+            _ => {}
+        }
+    }
+
+    fn write_blocked(&self, now: Instant) {
+        self.write_blocked_ms.store(self.ms(now), Relaxed);
     }
 
     fn request_started(&self) {
@@ -387,6 +407,12 @@ impl ConnState {
     /// it is never missed, though nothing tells the watchdog of the change.
     fn deadline(&self, config: &ServerConfig, now: Instant) -> Result<Instant, Expired> {
         let recheck = now + recheck_period(config);
+        let blocked = self.write_blocked_ms.load(Relaxed);
+        if blocked != NONE
+            && self.origin + Duration::from_millis(blocked) + config.idle_timeout <= now
+        {
+            return Err(Expired::Stalled);
+        }
         if self.in_flight.load(Relaxed) > 0 {
             return Ok(recheck);
         }
@@ -440,7 +466,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.state.write_polled(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -448,7 +477,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.state.write_polled(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -641,5 +673,13 @@ mod tests {
         let head = ended + Duration::from_secs(20);
         s.head_began(head);
         assert_eq!(s.deadline(&c, head), Ok(head + c.header_timeout));
+        // A client that reads nothing of a streamed response is cut after the idle timeout.
+        s.request_started();
+        s.write_blocked(head);
+        assert!(
+            s.deadline(&c, head + c.idle_timeout - Duration::from_secs(1))
+                .is_ok()
+        );
+        assert_eq!(s.deadline(&c, head + c.idle_timeout), Err(Expired::Stalled));
     }
 }

@@ -77,6 +77,46 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_reading_nothing_of_its_responses_is_cut_after_the_idle_timeout() {
+    let app = app("{idle_timeout_secs: 1, header_timeout_secs: 5}").await;
+    let mut watcher = TcpStream::connect(app.addr).await.expect("connect");
+    let open = |m: &str| m.contains("\ngatemeter_open_connections 2\n");
+    // Pipelined scrapes, never read: the responses fill both socket buffers and writes stall.
+    // (Each response fits hyper's buffer, so the connection counts as idle once it stalls; a
+    // streamed response stalled in flight is cut by the same timeout — the unit test.)
+    let reader = TcpStream::connect(app.addr).await.expect("connect");
+    let (_rd, mut wr) = reader.into_split();
+    let flood = tokio::spawn(async move {
+        let req = b"GET /metrics HTTP/1.1\r\nhost: g\r\n\r\n".repeat(100);
+        for _ in 0..50 {
+            if wr.write_all(&req).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, m) = get(&mut watcher, "/metrics").await.expect("scrape");
+    assert!(
+        open(&m),
+        "both connections open while the stalled one writes"
+    );
+    let start = Instant::now();
+    loop {
+        let (_, m) = get(&mut watcher, "/metrics").await.expect("scrape");
+        if m.contains("\ngatemeter_open_connections 1\n") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stalled reader is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flood.abort();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_trickling_headers_is_cut_while_others_are_served() {
     let app = app("{header_timeout_secs: 1, idle_timeout_secs: 10}").await;
     let slow = TcpStream::connect(app.addr).await.expect("connect");
