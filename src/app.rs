@@ -1,5 +1,6 @@
 //! Builds the server from a validated config and a bound listener: stores, pipeline, router;
-//! owns graceful shutdown (stop accepting, drain the queue, flush, close the request log).
+//! owns graceful shutdown (stop accepting, close connections within the deadline, drain the
+//! queue, flush, close the request log).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +11,6 @@ use axum::extract::Request;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -26,6 +26,7 @@ use crate::health::otlp::{Diagnostics, Signal};
 use crate::ingest::native::{self, NativeIngest};
 use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::pipeline::Pipeline;
+use crate::server::{self, ServerConfig};
 use crate::store::fanout::FanOut;
 use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlLog, StoreError};
 
@@ -37,6 +38,8 @@ pub struct App {
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
     background: Vec<JoinHandle<()>>,
+    server: ServerConfig,
+    health: Arc<Health>,
 }
 
 /// Why the server could not start or stopped badly.
@@ -109,7 +112,7 @@ impl App {
             diagnostics,
             export: export_stats,
         };
-        let mut router = router(config, pipeline.clone(), health, otlp);
+        let mut router = router(config, pipeline.clone(), health.clone(), otlp);
         if let Some(log) = sql {
             let api = LogApi {
                 log,
@@ -124,6 +127,8 @@ impl App {
             aggregator,
             claude_code: Some(claude_code),
             background,
+            server: config.server,
+            health,
         })
     }
 
@@ -132,8 +137,9 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then drains: in-flight requests finish, queued records
-    /// are aggregated and flushed, the request log is closed.
+    /// Serves until `shutdown` resolves, then drains: in-flight requests get until
+    /// `server.shutdown_timeout` (then their connections are closed), queued records are
+    /// aggregated and flushed, the request log is closed.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -145,15 +151,12 @@ impl App {
             aggregator,
             claude_code,
             background,
+            server: server_config,
+            health,
         } = self;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         drop(pipeline);
         drop(claude_code);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        server::serve(listener, router, server_config, health, shutdown).await;
         // The router (and with it every pipeline handle) is gone: the aggregator drains, flushes
         // and closes the request log (which flushes the OTLP log export).
         let result = aggregator

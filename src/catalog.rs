@@ -445,6 +445,22 @@ metric!(
     "Start markers waiting for their final record in this process."
 );
 metric!(
+    CONNECTIONS_OPEN,
+    "gatemeter_open_connections",
+    Gauge,
+    None,
+    [],
+    "HTTP connections open to this process (at most `server.max_connections`)."
+);
+metric!(
+    CONNECTIONS_REFUSED,
+    "gatemeter_refused_connections",
+    Counter,
+    None,
+    [],
+    "HTTP connections refused because `server.max_connections` were open (answered 503 and closed)."
+);
+metric!(
     SERIES_OVERFLOW,
     "gatemeter_series_overflow",
     Counter,
@@ -714,6 +730,8 @@ pub const ALL: &[Metric] = &[
     QUEUE_DEPTH,
     QUEUE_CAPACITY,
     PENDING,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_REFUSED,
     SERIES_OVERFLOW,
     STORE_UP,
     SELF_UPTIME,
@@ -755,6 +773,8 @@ pub const PROCESS: &[Metric] = &[
     QUEUE_DEPTH,
     QUEUE_CAPACITY,
     PENDING,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_REFUSED,
     STORE_UP,
     SELF_UPTIME,
     BUILD_INFO,

@@ -15,6 +15,7 @@ use crate::aggregate::Limits;
 use crate::api::auth::AuthConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
+use crate::server::ServerConfig;
 use crate::store::sql::{SqlBackend, SqlConfig};
 
 pub use crate::export::otlp_logs::OtlpExportConfig;
@@ -71,6 +72,7 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Option<String>,
+    server: RawServer,
     live_store: Option<String>,
     ingest: RawIngest,
     pipeline: RawPipeline,
@@ -80,6 +82,16 @@ struct RawConfig {
     redis: redis::RawRedisConfig,
     log_store: RawLogStore,
     auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +176,8 @@ pub enum LiveStoreKind {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Connection timeouts, cap and shutdown deadline.
+    pub server: ServerConfig,
     /// Live store backend.
     pub live_store: LiveStoreKind,
     /// Native ingest limits.
@@ -241,6 +255,7 @@ impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         // The order of the checks decides which error a file with several is told about.
         let listen = listen(self.listen, env)?;
+        let server = self.server.validate()?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
         let redis = self.redis.validate(redis_url, env)?;
@@ -252,6 +267,7 @@ impl RawConfig {
         let auth = self.auth.validate(env)?;
         Ok(Config {
             listen,
+            server,
             live_store,
             ingest,
             pipeline,
@@ -281,6 +297,53 @@ fn listen(
             format!("{listen:?} is not an address like 127.0.0.1:4318: {e}"),
         )
     })
+}
+
+impl RawServer {
+    /// `server:`: connection timeouts, the connection cap and the shutdown deadline.
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let d = ServerConfig::default();
+        let secs = |key: &str, v: Option<u64>, default: Duration, min: u64| {
+            let v = v.unwrap_or(default.as_secs());
+            if (min..=3600).contains(&v) {
+                Ok(Duration::from_secs(v))
+            } else {
+                Err(invalid(key, format!("{v} is not between {min} and 3600")))
+            }
+        };
+        Ok(ServerConfig {
+            header_timeout: secs(
+                "server.header_timeout_secs",
+                self.header_timeout_secs,
+                d.header_timeout,
+                1,
+            )?,
+            body_timeout: secs(
+                "server.body_timeout_secs",
+                self.body_timeout_secs,
+                d.body_timeout,
+                1,
+            )?,
+            idle_timeout: secs(
+                "server.idle_timeout_secs",
+                self.idle_timeout_secs,
+                d.idle_timeout,
+                1,
+            )?,
+            max_connections: positive(
+                "server.max_connections",
+                self.max_connections,
+                d.max_connections,
+                1_000_000,
+            )?,
+            shutdown_timeout: secs(
+                "server.shutdown_timeout_secs",
+                self.shutdown_timeout_secs,
+                d.shutdown_timeout,
+                0,
+            )?,
+        })
+    }
 }
 
 /// `live_store`: the file's choice, or Redis when `GATEMETER_REDIS_URL` is set.
@@ -771,6 +834,38 @@ mod tests {
         .expect("valid");
         assert_eq!(c.auth.admin_tokens, ["env-admin-token-0123456789"]);
         assert!(!format!("{c:?}").contains("env-admin-token"));
+    }
+
+    #[test]
+    fn server_section_defaults_and_ranges() {
+        let c = parse("").expect("empty");
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(20));
+        let c = parse("server: {header_timeout_secs: 1, idle_timeout_secs: 2, max_connections: 3, shutdown_timeout_secs: 0}\n")
+            .expect("valid");
+        assert_eq!(
+            (
+                c.server.header_timeout,
+                c.server.idle_timeout,
+                c.server.max_connections
+            ),
+            (Duration::from_secs(1), Duration::from_secs(2), 3)
+        );
+        assert_eq!(c.server.shutdown_timeout, Duration::ZERO);
+        for key in [
+            "header_timeout_secs",
+            "body_timeout_secs",
+            "idle_timeout_secs",
+            "max_connections",
+        ] {
+            let e = parse(&format!("server: {{{key}: 0}}\n")).expect_err("zero");
+            assert!(e.to_string().contains(&format!("server.{key}")), "{e}");
+        }
+        let e = parse("server: {shutdown_timeout_secs: 3601}\n").expect_err("too long");
+        assert!(
+            e.to_string().contains("server.shutdown_timeout_secs"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Health {
     duplicates: AtomicU64,
     processed: AtomicU64,
     pending: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
     /// Records in the ingest queue (maintained by the pipeline).
     pub(crate) queue_depth: AtomicUsize,
     queue_capacity: usize,
@@ -137,6 +139,8 @@ impl Health {
             duplicates: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             queue_capacity,
             log_store: OnceLock::new(),
@@ -191,6 +195,19 @@ impl Health {
         self.pending.store(n as u64, Relaxed);
     }
 
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts a connection refused at the connection cap.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
     /// Reads every counter at once.
     pub fn snapshot(&self) -> HealthSnapshot {
         let load = |a: &AtomicU64| a.load(Relaxed);
@@ -211,6 +228,8 @@ impl Health {
             duplicates: load(&self.duplicates),
             processed: load(&self.processed),
             pending: load(&self.pending),
+            connections_open: load(&self.connections_open),
+            connections_refused: load(&self.connections_refused),
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
             log_store: self.log_store(),
@@ -237,6 +256,10 @@ pub struct HealthSnapshot {
     pub processed: u64,
     /// Start markers pending.
     pub pending: u64,
+    /// HTTP connections open.
+    pub connections_open: u64,
+    /// HTTP connections refused at the connection cap.
+    pub connections_refused: u64,
     /// Records queued.
     pub queue_depth: u64,
     /// Queue capacity.

@@ -21,6 +21,8 @@
 //!   and decompression.
 //! - [`export`]: `/metrics` in Prometheus text and OpenMetrics; OTLP log export of records;
 //!   usage CSV.
+//! - [`server`]: HTTP/1.1 connections under the router: header, body and idle timeouts, the
+//!   connection cap, shutdown within a deadline.
 //! - [`config`]: YAML config → validated [`config::Config`]; each section's typed settings are
 //!   declared by the module that uses them.
 //! - [`app`]: wires it all onto a listener; graceful shutdown.
@@ -49,4 +51,5 @@ pub mod otlp;
 pub mod pipeline;
 pub mod price;
 pub mod record;
+pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 /// Runs the server until SIGINT or SIGTERM, then drains the queue and flushes.
 pub async fn run(args: super::Serve) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.listen)?;
+    gatemeter::server::raise_file_limit(config.server.max_connections);
     let listener = bind(&config).await?;
     let app = App::build(&config, listener).await?;
     let log = config
@@ -32,6 +33,7 @@ pub fn check_config(args: &super::CheckConfig) -> anyhow::Result<()> {
     let c = Config::load(file)?;
     println!("{}: ok", file.display());
     println!("listen: {}", c.listen);
+    println!("server: {:?}", c.server);
     println!("live_store: {:?}", c.live_store);
     println!("ingest: {:?}", c.ingest);
     println!("pipeline: {:?}", c.pipeline);
@@ -83,5 +85,5 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("Shutting down: draining the queue and flushing.");
+    tracing::info!("Shutting down: closing connections, draining the queue and flushing.");
 }

@@ -403,6 +403,14 @@ fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, stor
     e.sample(&c::QUEUE_CAPACITY, &[], Value::U(health.queue_capacity));
     e.header(&c::PENDING);
     e.sample(&c::PENDING, &[], Value::U(health.pending));
+    e.header(&c::CONNECTIONS_OPEN);
+    e.sample(&c::CONNECTIONS_OPEN, &[], Value::U(health.connections_open));
+    e.header(&c::CONNECTIONS_REFUSED);
+    e.sample(
+        &c::CONNECTIONS_REFUSED,
+        &[],
+        Value::U(health.connections_refused),
+    );
     e.header(&c::SERIES_OVERFLOW);
     for d in crate::aggregate::Dimension::ALL {
         e.sample(

@@ -15,4 +15,5 @@ mod pg_server;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;
+mod slow_clients;
 mod sql_log;
