@@ -537,6 +537,17 @@ pub async fn roles_force_the_user(db: Db) {
     );
     assert_eq!(newest["filters"]["session_id"], "shared");
     assert!(newest["timestamp_ms"].as_i64().expect("ts") > base);
+    // An admin's export names the admin token by its place in the list, never the token.
+    let resp = get(&app, Some(ADMIN), "/api/v1/export/usage.csv").await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.expect("csv");
+    let (_, audit) = get_json(&app, Some(ADMIN), "/api/v1/audit").await;
+    assert_eq!(audit["items"][0]["role"], "admin", "{audit}");
+    assert_eq!(
+        audit["items"][0]["actor"], "auth.admin_tokens[0]",
+        "{audit}"
+    );
+    assert!(!audit.to_string().contains(ADMIN));
     app.stop().await;
 }
 
