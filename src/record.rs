@@ -865,7 +865,9 @@ impl RawRecord {
                     format!("is {} bytes long; the limit is {MAX_ENDPOINT_LEN}", e.len()),
                 ));
             }
-            Some(e) => secret_free(e),
+            // Keys travel in the query (`?key=…`); a bare path is a route: not scanned.
+            Some(e) if memchr::memchr(b'?', e.as_bytes()).is_some() => secret_free(e),
+            Some(e) => e,
             None => CompactString::default(),
         };
         let api_type = match self.api_type.as_deref() {

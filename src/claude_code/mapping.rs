@@ -13,7 +13,9 @@
 //!
 //! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
 //! Code state, with labels from the point's attributes minus the deny-list (session, user and
-//! account ids) unless allow-listed.
+//! account ids) unless allow-listed. Points are bounded like native records
+//! ([`max_increment`], from `record::MAX_*`) and refused when dated more than
+//! [`MAX_POINT_FUTURE_MS`] after receipt, each refusal counted by [`ItemReject`] reason.
 //!
 //! It maps and validates; it holds no state ([`super::state`] does), counts nothing (the
 //! receiver does) and reads no clock (the caller's [`Validation`] carries `now`).

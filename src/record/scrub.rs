@@ -1,5 +1,6 @@
 //! Secret-looking values in free text (SPEC §9), replaced by [`REDACTED`] when a record is
-//! validated, so that no sink (request log, OTLP export, query API, CSV) ever sees them.
+//! validated, so that no sink (request log, OTLP export, query API, CSV) ever sees them. The
+//! fields scanned: `error`, `block_reason`, `user_agent`, and `endpoint` when it has a query.
 //!
 //! Patterns (ASCII, case-insensitive where marked):
 //! - API keys by prefix: `sk-…` (OpenAI, Anthropic `sk-ant-…`) and `AIza…` (Google), at a word
