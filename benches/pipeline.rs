@@ -32,6 +32,28 @@ fn records(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// [`records`] with the free text a gateway sends: a user agent and client address on every
+/// record, an error message on failures (the fields scrubbed of secrets at validation).
+fn records_with_text(n: usize) -> Vec<String> {
+    records(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let error = if r.contains(r#""status":500"#) {
+                r#","error":"upstream 500: overloaded_error (request req_011CUp, retry later)""#
+            } else {
+                ""
+            };
+            format!(
+                r#"{},"user_agent":"claude-cli/2.1.328 (external, cli)","client_ip":"10.20.{}.{}"{error}}}"#,
+                &r[..r.len() - 1],
+                i % 4,
+                i % 200
+            )
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let prices = PriceTable::default();
     let v = Validation {
@@ -45,6 +67,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse_validate_100", |b| {
         b.iter(|| {
             for r in &recs {
+                black_box(parse_event(black_box(r), &v).ok());
+            }
+        })
+    });
+    let texts = records_with_text(100);
+    g.bench_function("parse_validate_text_100", |b| {
+        b.iter(|| {
+            for r in &texts {
                 black_box(parse_event(black_box(r), &v).ok());
             }
         })

@@ -16,6 +16,7 @@ pub use crate::price::{TOKEN_TYPES, Tokens};
 
 pub mod fields;
 mod scan;
+pub mod scrub;
 
 /// A bounded label value (namespace, provider, model): short strings are stored inline.
 pub type Label = CompactString;
@@ -686,10 +687,21 @@ fn id_error(field: &str, s: &str) -> RecordError {
     }
 }
 
-/// Free text is truncated (at a character boundary) rather than rejected: losing a whole record
-/// because an upstream error message is long would be worse than losing its tail.
+/// `s` with its secret-looking values redacted ([`scrub`]); `s` itself (not copied) when it has
+/// none.
+#[inline]
+fn secret_free(s: CompactString) -> CompactString {
+    match scrub::scrub(&s) {
+        Some(t) => CompactString::from(t),
+        None => s,
+    }
+}
+
+/// Free text is scrubbed of secrets ([`scrub`]), then truncated (at a character boundary) rather
+/// than rejected: losing a whole record because an upstream error message is long would be worse
+/// than losing its tail. Scrubbing comes first, so a cut never leaves half a key unrecognised.
 fn text_field(v: Option<CompactString>, limit: usize) -> Option<CompactString> {
-    let s = v?;
+    let s = secret_free(v?);
     if s.is_empty() {
         return None;
     }
@@ -703,6 +715,22 @@ fn text_field(v: Option<CompactString>, limit: usize) -> Option<CompactString> {
     let mut t = CompactString::from(&s[..end]);
     t.push('…');
     Some(t)
+}
+
+/// An IP address (v4 or v6), or a socket address (`1.2.3.4:5678`, `[::1]:80`), kept as sent.
+fn ip_field(v: Option<CompactString>) -> Result<Option<CompactString>, RecordError> {
+    match v {
+        Some(s)
+            if s.parse::<std::net::IpAddr>().is_err()
+                && s.parse::<std::net::SocketAddr>().is_err() =>
+        {
+            Err(RecordError::invalid(
+                "client_ip",
+                format!("{s:?} is not an IP address"),
+            ))
+        }
+        v => Ok(v),
+    }
 }
 
 #[inline]
@@ -837,6 +865,8 @@ impl RawRecord {
                     format!("is {} bytes long; the limit is {MAX_ENDPOINT_LEN}", e.len()),
                 ));
             }
+            // Keys travel in the query (`?key=…`); a bare path is a route: not scanned.
+            Some(e) if memchr::memchr(b'?', e.as_bytes()).is_some() => secret_free(e),
             Some(e) => e,
             None => CompactString::default(),
         };
@@ -939,7 +969,7 @@ impl RawRecord {
             blocked_by: id_field("blocked_by", self.blocked_by)?,
             block_reason: text_field(self.block_reason, MAX_TEXT_LEN),
             user_agent: text_field(self.user_agent, 1024),
-            client_ip: id_field("client_ip", self.client_ip)?,
+            client_ip: ip_field(id_field("client_ip", self.client_ip)?)?,
             messages_count: self.messages_count,
             trace_id: id_field("trace_id", self.trace_id)?,
         })))
@@ -1313,6 +1343,72 @@ mod tests {
         let e = r.error.expect("error kept");
         assert!(e.len() <= MAX_TEXT_LEN + '…'.len_utf8());
         assert!(e.ends_with('…'));
+    }
+
+    /// Every free-text field is scrubbed of secrets, on the JSON path and the
+    /// [`RecordFields`] path (OTLP events) alike; ids are kept as sent.
+    #[test]
+    fn secrets_in_text_fields_are_redacted_on_every_path() {
+        let secret = "bad x-api-key: sk-canary-789 Bearer abc.def api_key=zzz";
+        let json = format!(
+            r#"{{"model":"m","status":401,"duration_ms":1,"error":"{secret}","block_reason":"{secret}",
+            "user_agent":"{secret}","endpoint":"/v1/x?key=AIzaCanary0000&a=b"}}"#
+        );
+        let fields = RecordFields {
+            model: Some("m".into()),
+            status: Some(401),
+            duration_ms: Some(1),
+            error: Some(secret.into()),
+            block_reason: Some(secret.into()),
+            user_agent: Some(secret.into()),
+            endpoint: Some("/v1/x?key=AIzaCanary0000&a=b".into()),
+            ..RecordFields::default()
+        };
+        let prices = PriceTable::default();
+        let v = Validation {
+            now_ms: NOW,
+            prices: &prices,
+        };
+        for r in [finish(&json), *fields.validate(&v).expect("valid")] {
+            let dbg = format!("{r:?}");
+            for canary in ["sk-canary-789", "abc.def", "zzz", "AIzaCanary0000"] {
+                assert!(!dbg.contains(canary), "{canary} in {dbg}");
+            }
+            let want = "bad x-api-key: [REDACTED] Bearer [REDACTED] api_key=[REDACTED]";
+            assert_eq!(r.error.as_deref(), Some(want));
+            assert_eq!(r.block_reason.as_deref(), Some(want));
+            assert_eq!(r.user_agent.as_deref(), Some(want));
+            assert_eq!(r.endpoint, "/v1/x?key=[REDACTED]&a=b");
+        }
+    }
+
+    #[test]
+    fn client_ip_must_be_an_ip_address() {
+        for ok in [
+            "10.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "10.0.0.1:443",
+            "[::1]:80",
+        ] {
+            let r = finish(&format!(
+                r#"{{"model":"m","status":200,"duration_ms":1,"client_ip":"{ok}"}}"#
+            ));
+            assert_eq!(r.client_ip.as_deref(), Some(ok));
+        }
+        for bad in [
+            "localhost",
+            "10.0.0.256",
+            "1.2.3.4, 5.6.7.8",
+            "sk-canary-789",
+        ] {
+            let err = parse(&format!(
+                r#"{{"model":"m","status":200,"duration_ms":1,"client_ip":"{bad}"}}"#
+            ))
+            .expect_err(bad);
+            assert_eq!(err.field, "client_ip");
+            assert_eq!(err.reason, RejectReason::InvalidValue);
+        }
     }
 
     /// The field names of a struct as its derived `Debug` prints them (`Name { a: .., b: .. }`).

@@ -59,8 +59,9 @@ impl AuthConfig {
 pub enum Principal {
     /// No tokens are configured: everything is open (and sees everything).
     Open,
-    /// An admin token.
-    Admin,
+    /// An admin token: its position in `auth.admin_tokens` (the config's, then the
+    /// environment's), which names it in the audit trail without showing it.
+    Admin(usize),
     /// A user token, with its user id.
     User(String),
     /// An ingest token.
@@ -78,11 +79,32 @@ impl Principal {
         }
     }
 
+    /// Who the audit trail records as the actor: a user token's user id, an admin token's
+    /// place in the token list (`auth.admin_tokens[0]`); nobody when the API is open.
+    pub fn actor(&self) -> Option<String> {
+        match self {
+            Self::User(id) => Some(id.clone()),
+            Self::Admin(i) => Some(format!("auth.admin_tokens[{i}]")),
+            Self::Open | Self::Ingest | Self::Metrics => None,
+        }
+    }
+
+    /// The role with its article (`a user`, `an ingest`), for messages.
+    fn article_role(&self) -> &'static str {
+        match self {
+            Self::Open => "an open",
+            Self::Admin(_) => "an admin",
+            Self::User(_) => "a user",
+            Self::Ingest => "an ingest",
+            Self::Metrics => "a metrics",
+        }
+    }
+
     /// `open`, `admin`, `user`, `ingest` or `metrics` (for the audit trail).
     pub fn role(&self) -> &'static str {
         match self {
             Self::Open => "open",
-            Self::Admin => "admin",
+            Self::Admin(_) => "admin",
             Self::User(_) => "user",
             Self::Ingest => "ingest",
             Self::Metrics => "metrics",
@@ -132,9 +154,9 @@ impl Auth {
     fn identify(&self, token: &str) -> Option<Principal> {
         let t = token.as_bytes();
         let mut found = None;
-        for k in &self.config.admin_tokens {
+        for (i, k) in self.config.admin_tokens.iter().enumerate() {
             if ct_eq(k.as_bytes(), t) {
-                found = Some(Principal::Admin);
+                found = Some(Principal::Admin(i));
             }
         }
         for (k, user) in &self.config.user_tokens {
@@ -188,16 +210,16 @@ impl Auth {
             });
         };
         let allowed = match access {
-            Access::Ingest => matches!(who, Principal::Ingest | Principal::Admin),
-            Access::Query => matches!(who, Principal::Admin | Principal::User(_)),
-            Access::Admin => who == Principal::Admin,
-            Access::Metrics => matches!(who, Principal::Metrics | Principal::Admin),
+            Access::Ingest => matches!(who, Principal::Ingest | Principal::Admin(_)),
+            Access::Query => matches!(who, Principal::Admin(_) | Principal::User(_)),
+            Access::Admin => matches!(who, Principal::Admin(_)),
+            Access::Metrics => matches!(who, Principal::Metrics | Principal::Admin(_)),
         };
         if allowed {
             Ok(who)
         } else {
             Err(ApiError::Forbidden {
-                message: format!("a {} token may not use this endpoint", who.role()),
+                message: format!("{} token may not use this endpoint", who.article_role()),
             })
         }
     }
@@ -260,7 +282,7 @@ mod tests {
         assert_eq!(
             a.check(&bearer("admin-token-0123456789"), Access::Query)
                 .expect("admin"),
-            Principal::Admin
+            Principal::Admin(0)
         );
         assert_eq!(
             a.check(&bearer("alice-token-0123456789"), Access::Query)
@@ -271,10 +293,12 @@ mod tests {
             a.check(&bearer("alice-token-0123456789"), Access::Admin),
             Err(ApiError::Forbidden { .. })
         ));
-        assert!(matches!(
-            a.check(&bearer("ingest-token-0123456789"), Access::Query),
-            Err(ApiError::Forbidden { .. })
-        ));
+        match a.check(&bearer("ingest-token-0123456789"), Access::Query) {
+            Err(ApiError::Forbidden { message }) => {
+                assert_eq!(message, "an ingest token may not use this endpoint");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             a.check(&bearer("ingest-token-012345678"), Access::Ingest),
             Err(ApiError::Unauthorized { .. })
@@ -288,6 +312,27 @@ mod tests {
             a.check(&HeaderMap::new(), Access::Metrics).expect("open"),
             Principal::Open
         );
+    }
+
+    /// An admin's export is audited with the token's place in the list, never the token.
+    #[test]
+    fn actors_name_the_token_not_its_secret() {
+        let a = Auth::new(AuthConfig {
+            admin_tokens: vec![
+                "admin-token-0123456789".into(),
+                "admin-token-9876543210".into(),
+            ],
+            ..AuthConfig::default()
+        });
+        let who = a
+            .check(&bearer("admin-token-9876543210"), Access::Query)
+            .expect("admin");
+        assert_eq!(who.actor().as_deref(), Some("auth.admin_tokens[1]"));
+        assert_eq!(
+            Principal::User("alice".into()).actor().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(Principal::Open.actor(), None);
     }
 
     #[test]

@@ -287,7 +287,7 @@ pub async fn usage_csv(
         let entry = NewAudit {
             ts_ms: started,
             role: who.role().to_string(),
-            actor: who.forced_user().map(str::to_string),
+            actor: who.actor(),
             action: "usage_csv".into(),
             filters: filters_json,
             rows: i64::try_from(rows).unwrap_or(i64::MAX),

@@ -13,7 +13,9 @@
 //!
 //! Metric data points of the known Claude Code metrics (monotonic Sums) → points for the Claude
 //! Code state, with labels from the point's attributes minus the deny-list (session, user and
-//! account ids) unless allow-listed.
+//! account ids) unless allow-listed. Points are bounded like native records
+//! ([`max_increment`], from `record::MAX_*`) and refused when dated more than
+//! [`MAX_POINT_FUTURE_MS`] after receipt, each refusal counted by [`ItemReject`] reason.
 //!
 //! It maps and validates; it holds no state ([`super::state`] does), counts nothing (the
 //! receiver does) and reads no clock (the caller's [`Validation`] carries `now`).
@@ -28,11 +30,14 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
 use crate::catalog;
 use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
+use crate::health::otlp::ItemReject;
 use crate::otlp::decode::{
     Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
 };
 use crate::otlp::scan::{Kv, LogRef, ResourceLogsRef};
-use crate::record::{Event, RecordError, RecordFields, Validation};
+use crate::record::{
+    Event, MAX_COST_USD, MAX_DURATION_MS, MAX_TOKENS, RecordError, RecordFields, Validation,
+};
 
 /// Attributes that are never labels unless allow-listed (besides every `user.*`).
 pub const DENIED_LABELS: &[&str] = &[
@@ -88,10 +93,53 @@ pub struct MetricsOutcome {
     pub received: u64,
     /// Points gatemeter does not read.
     pub unused: u64,
-    /// Rejected points: count and first message.
-    pub rejected: u64,
-    /// The first rejection message.
-    pub first_error: Option<String>,
+    /// Rejected points, by reason (indexed by [`ItemReject`]).
+    pub rejected: [u64; ItemReject::ALL.len()],
+    /// The first rejection message of each reason.
+    pub first_error: [Option<String>; ItemReject::ALL.len()],
+}
+
+impl MetricsOutcome {
+    /// Points rejected for any reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    fn reject(&mut self, reason: ItemReject, n: u64, message: impl FnOnce() -> String) {
+        self.rejected[reason as usize] += n;
+        self.first_error[reason as usize].get_or_insert_with(message);
+    }
+}
+
+/// How far past the receive time a metric point may be dated (clock skew), in milliseconds. A
+/// point further ahead is refused: kept as its stream's last point, it would make every later
+/// point look like a repeat.
+pub const MAX_POINT_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// Largest cumulative value a point may carry: beyond 2^53 a double no longer holds every
+/// integer, and a running total could no longer be told apart from its neighbours.
+pub const MAX_CUMULATIVE: f64 = 9_007_199_254_740_992.0;
+
+/// A point's value for a message: huge ones in exponent form (`1e308`, not 309 digits).
+fn number(v: f64) -> String {
+    if v.abs() >= 1e15 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Largest increment one point may add: the bounds of one native record (`record.rs`) — cost in
+/// USD at most [`MAX_COST_USD`], active time in seconds at most [`MAX_DURATION_MS`] / 1000,
+/// tokens and every other count at most [`MAX_TOKENS`].
+pub fn max_increment(metric: &str, money: bool) -> f64 {
+    if money {
+        MAX_COST_USD
+    } else if metric == "claude_code.active_time.total" {
+        (MAX_DURATION_MS / 1000) as f64
+    } else {
+        MAX_TOKENS as f64
+    }
 }
 
 /// The attributes a log record mapping reads, found in one pass (record over resource).
@@ -243,14 +291,9 @@ impl Mapping {
                     match result {
                         Ok(Some(rec)) => out.events.push(Event::Finish(rec)),
                         Ok(None) => {}
+                        // A rejected event is not counted as received by name either.
                         Err(e) => {
                             out.rejected.push((i, e));
-                            if name != GATEMETER_EVENT {
-                                out.inputs.push(Input::Event {
-                                    name: CompactString::from(name),
-                                    id: event_id,
-                                });
-                            }
                             continue;
                         }
                     }
@@ -468,8 +511,11 @@ impl Mapping {
         out
     }
 
-    /// Maps a metrics request.
-    pub fn metrics(&self, req: &ExportMetricsServiceRequest) -> MetricsOutcome {
+    /// Maps a metrics request received at `now_ms` (epoch milliseconds).
+    pub fn metrics(&self, req: &ExportMetricsServiceRequest, now_ms: i64) -> MetricsOutcome {
+        let latest_ns = u64::try_from(now_ms.saturating_add(MAX_POINT_FUTURE_MS))
+            .unwrap_or(0)
+            .saturating_mul(1_000_000);
         let mut out = MetricsOutcome::default();
         for rm in &req.resource_metrics {
             let mut res_hash = std::collections::hash_map::DefaultHasher::new();
@@ -496,6 +542,10 @@ impl Mapping {
                     let known = catalog::CLAUDE_CODE_METRICS
                         .iter()
                         .position(|(name, _, _)| *name == m.name);
+                    let max_inc = known.map_or(0.0, |i| {
+                        let (name, _, money) = catalog::CLAUDE_CODE_METRICS[i];
+                        max_increment(name, money)
+                    });
                     let (Some(metric), Some(Data::Sum(sum))) = (known, &m.data) else {
                         out.unused += n;
                         continue;
@@ -508,8 +558,7 @@ impl Mapping {
                         1 => Temporality::Delta,
                         2 => Temporality::Cumulative,
                         t => {
-                            out.rejected += n;
-                            out.first_error.get_or_insert_with(|| {
+                            out.reject(ItemReject::BadValue, n, || {
                                 format!("{}: aggregation temporality {t} is not delta (1) or cumulative (2)", m.name)
                             });
                             continue;
@@ -522,11 +571,36 @@ impl Mapping {
                             None => f64::NAN,
                         };
                         if !value.is_finite() || value < 0.0 {
-                            out.rejected += 1;
-                            out.first_error.get_or_insert_with(|| {
+                            out.reject(ItemReject::BadValue, 1, || {
                                 format!(
-                                    "{}: {value} is not a finite non-negative value of a monotonic sum",
-                                    m.name
+                                    "{}: {} is not a finite non-negative value of a monotonic sum",
+                                    m.name,
+                                    number(value)
+                                )
+                            });
+                            continue;
+                        }
+                        let bound = match temporality {
+                            Temporality::Delta => max_inc,
+                            Temporality::Cumulative => MAX_CUMULATIVE,
+                        };
+                        if value > bound {
+                            out.reject(ItemReject::OutOfRange, 1, || {
+                                format!(
+                                    "{}: {} exceeds the limit of {bound} per point",
+                                    m.name,
+                                    number(value)
+                                )
+                            });
+                            continue;
+                        }
+                        if p.time_unix_nano.max(p.start_time_unix_nano) > latest_ns {
+                            out.reject(ItemReject::Future, 1, || {
+                                format!(
+                                    "{}: a point dated {} ns is more than {} s after its receipt",
+                                    m.name,
+                                    p.time_unix_nano.max(p.start_time_unix_nano),
+                                    MAX_POINT_FUTURE_MS / 1000
                                 )
                             });
                             continue;
@@ -547,6 +621,7 @@ impl Mapping {
                             start_ns: p.start_time_unix_nano,
                             time_ns: p.time_unix_nano,
                             value,
+                            max_increment: max_inc,
                         }));
                     }
                 }
@@ -669,6 +744,106 @@ mod tests {
         )
         .expect_err("no model");
         assert_eq!(e.field, "model");
+    }
+
+    /// A secret in an api_error message is redacted by the record's validation.
+    #[test]
+    fn api_error_messages_are_scrubbed_of_secrets() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"stringValue":"401"}"#),
+                a(
+                    "error",
+                    r#"{"stringValue":"invalid x-api-key sk-canary-789, Bearer abc.def, api_key=zzz"}"#,
+                ),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(
+            r.error.as_deref(),
+            Some("invalid x-api-key [REDACTED], Bearer [REDACTED], api_key=[REDACTED]")
+        );
+    }
+
+    const NOW_MS: i64 = 1_795_460_000_000;
+
+    /// Maps one delta point of `metric` with value `value` (OTLP/JSON) at `time_ns`.
+    fn map_point(metric: &str, value: &str, time_ns: u128) -> MetricsOutcome {
+        let json = format!(
+            r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"{metric}","sum":{{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{{{value},"startTimeUnixNano":"1","timeUnixNano":"{time_ns}"}}]}}}}]}}]}}]}}"#
+        );
+        let req: ExportMetricsServiceRequest = serde_json::from_str(&json).expect("json");
+        Mapping::default().metrics(&req, NOW_MS)
+    }
+
+    #[test]
+    fn metric_points_are_bounded_like_native_records() {
+        let now_ns = NOW_MS as u128 * 1_000_000;
+        let cases = [
+            (
+                "claude_code.cost.usage",
+                r#""asDouble":1e308"#,
+                ItemReject::OutOfRange,
+            ),
+            (
+                "claude_code.cost.usage",
+                r#""asDouble":100000.01"#,
+                ItemReject::OutOfRange,
+            ),
+            (
+                "claude_code.token.usage",
+                r#""asInt":"9223372036854775807""#,
+                ItemReject::OutOfRange,
+            ),
+            (
+                "claude_code.token.usage",
+                r#""asInt":"100000001""#,
+                ItemReject::OutOfRange,
+            ),
+            (
+                "claude_code.active_time.total",
+                r#""asDouble":86400.5"#,
+                ItemReject::OutOfRange,
+            ),
+            (
+                "claude_code.cost.usage",
+                r#""asDouble":-1"#,
+                ItemReject::BadValue,
+            ),
+        ];
+        for (metric, value, reason) in cases {
+            let out = map_point(metric, value, now_ns);
+            assert_eq!(out.rejected_total(), 1, "{metric} {value}");
+            assert_eq!(out.rejected[reason as usize], 1, "{metric} {value}");
+            assert!(out.inputs.is_empty());
+            let msg = out.first_error[reason as usize].as_deref().unwrap_or("");
+            assert!(msg.contains(metric), "{msg}");
+        }
+        for (metric, value) in [
+            ("claude_code.cost.usage", r#""asDouble":100000"#),
+            ("claude_code.token.usage", r#""asInt":"100000000""#),
+            ("claude_code.active_time.total", r#""asDouble":86400"#),
+        ] {
+            let out = map_point(metric, value, now_ns);
+            assert_eq!(out.rejected_total(), 0, "{metric} {value}");
+            assert_eq!(out.inputs.len(), 1);
+        }
+    }
+
+    #[test]
+    fn metric_points_dated_past_the_tolerance_are_refused() {
+        let limit_ns = (NOW_MS + MAX_POINT_FUTURE_MS) as u128 * 1_000_000;
+        let out = map_point("claude_code.cost.usage", r#""asDouble":1"#, limit_ns);
+        assert_eq!(out.rejected_total(), 0);
+        let out = map_point("claude_code.cost.usage", r#""asDouble":1"#, limit_ns + 1);
+        assert_eq!(out.rejected[ItemReject::Future as usize], 1);
+        assert!(out.inputs.is_empty());
+        let y2099 = 4_070_908_800_000u128 * 1_000_000;
+        let out = map_point("claude_code.cost.usage", r#""asDouble":1"#, y2099);
+        assert_eq!(out.rejected[ItemReject::Future as usize], 1);
     }
 
     #[test]

@@ -78,8 +78,11 @@ pub struct Point {
     pub start_ns: u64,
     /// `time_unix_nano`.
     pub time_ns: u64,
-    /// The value (finite, not negative: checked by the receiver).
+    /// The value (finite, not negative, within bounds: checked by the mapping).
     pub value: f64,
+    /// The largest increment the point may add (the mapping's `max_increment`); a cumulative
+    /// point whose increase is larger is refused ([`PointOutcome::OutOfRange`]).
+    pub max_increment: f64,
 }
 
 /// What happened to a point.
@@ -91,6 +94,9 @@ pub enum PointOutcome {
     Repeated,
     /// The stream table is full of live streams: not counted.
     StreamLimit,
+    /// A cumulative point whose increase exceeds the point's bound: not counted (the stream
+    /// moves on from it, as it is a running total).
+    OutOfRange,
 }
 
 /// A tool event from the logs.
@@ -321,6 +327,9 @@ impl ClaudeCodeState {
                 p.value
             }
         };
+        if increment > p.max_increment {
+            return PointOutcome::OutOfRange;
+        }
         let series = &mut self.totals.series[p.metric];
         if let Some(v) = series.get_mut(&p.labels) {
             *v += increment;
@@ -432,6 +441,7 @@ mod tests {
             start_ns: start,
             time_ns: time,
             value,
+            max_increment: 100.0,
         })
     }
 
@@ -477,6 +487,22 @@ mod tests {
         assert_eq!(s.snapshot().series[0].len(), 1);
     }
 
+    /// A cumulative increase beyond the bound is not counted; the stream goes on from it.
+    #[test]
+    fn cumulative_increases_beyond_the_bound_are_refused() {
+        let mut s = ClaudeCodeState::new(Limits::default());
+        s.apply(point(1, Temporality::Cumulative, 100, 110, 5.0));
+        assert_eq!(
+            s.apply(point(1, Temporality::Cumulative, 100, 120, 1e6)),
+            Some(PointOutcome::OutOfRange)
+        );
+        assert_eq!(
+            s.apply(point(1, Temporality::Cumulative, 100, 130, 1e6 + 2.0)),
+            Some(PointOutcome::Counted)
+        );
+        assert_eq!(total(&s), 7.0);
+    }
+
     #[test]
     fn series_beyond_the_cap_go_to_the_overflow_series() {
         let mut s = ClaudeCodeState::new(Limits {
@@ -492,6 +518,7 @@ mod tests {
                 start_ns: 0,
                 time_ns: 1,
                 value: 1.0,
+                max_increment: 1.0,
             }));
         }
         let snap = s.snapshot();

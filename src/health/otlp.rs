@@ -70,6 +70,10 @@ label_enum! {
         BadValue = "bad_value",
         /// The metric stream table is full.
         StreamLimit = "stream_limit",
+        /// A metric point whose value (or increment) exceeds the bounds of one native record.
+        OutOfRange = "out_of_range",
+        /// A metric point dated more than the tolerance after its receipt.
+        Future = "future_timestamp",
     }
 }
 

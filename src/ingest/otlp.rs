@@ -25,6 +25,7 @@ impl PointCounter for Diagnostics {
             PointOutcome::Counted => self.accepted(Signal::Metrics, Use::Metric, 1),
             PointOutcome::Repeated => self.accepted(Signal::Metrics, Use::Repeated, 1),
             PointOutcome::StreamLimit => self.rejected(Signal::Metrics, ItemReject::StreamLimit, 1),
+            PointOutcome::OutOfRange => self.rejected(Signal::Metrics, ItemReject::OutOfRange, 1),
         }
     }
 }

@@ -52,9 +52,57 @@ pub fn message<T: prost::Message + Default + DeserializeOwned>(
 ) -> Result<T, String> {
     match enc {
         Encoding::Protobuf => T::decode(body).map_err(|e| format!("invalid protobuf: {e}")),
+        Encoding::Json if has_string_double(body) => {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("invalid OTLP/JSON: {e}"))?;
+            doubles_from_strings(&mut v);
+            serde_json::from_value(v).map_err(|e| format!("invalid OTLP/JSON: {e}"))
+        }
         Encoding::Json => {
             serde_json::from_slice(body).map_err(|e| format!("invalid OTLP/JSON: {e}"))
         }
+    }
+}
+
+/// Whether an `"asDouble"` key of `body` has a string value (`"asDouble": "1.5"`).
+fn has_string_double(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\"asDouble\"").any(|at| {
+        let rest = &body[at + b"\"asDouble\"".len()..];
+        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
+        it.next() == Some(b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(b'"')
+    })
+}
+
+/// Proto3 JSON may send a double as a string (`"1.5"`, `"NaN"`, `"Infinity"`); the generated
+/// types read only numbers there (and a flattened oneof that fails to read is silently absent).
+/// Finite values become numbers; the others are dropped, so the point has no value and is
+/// refused as not finite. Depth is bounded by serde_json's recursion limit.
+fn doubles_from_strings(v: &mut serde_json::Value) {
+    use serde_json::Value as Json;
+    match v {
+        Json::Object(m) => {
+            let number = match m.get("asDouble") {
+                Some(Json::String(s)) => Some(
+                    s.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64),
+                ),
+                _ => None,
+            };
+            match number {
+                Some(Some(n)) => {
+                    m.insert("asDouble".to_string(), Json::Number(n));
+                }
+                Some(None) => {
+                    m.remove("asDouble");
+                }
+                None => {}
+            }
+            m.values_mut().for_each(doubles_from_strings);
+        }
+        Json::Array(a) => a.iter_mut().for_each(doubles_from_strings),
+        _ => {}
     }
 }
 
@@ -253,6 +301,37 @@ mod tests {
         assert_eq!(bool_of(Val::of(&s("False"))), Ok(false));
         assert!(bool_of(Val::of(&s("yes"))).is_err());
         assert_eq!(f64_of(Val::of(&s("0.025344"))), Ok(0.025344));
+    }
+
+    /// `asDouble` as a string is legal proto3 JSON: read as the number; a non-finite one leaves
+    /// the point without a value (refused by the mapping).
+    #[test]
+    fn otlp_json_reads_doubles_sent_as_strings() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+        let body = |v: &str| {
+            format!(
+                r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"m","sum":{{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{{"asDouble" : {v},"timeUnixNano":"1"}}]}}}}]}}]}}]}}"#
+            )
+        };
+        let value = |v: &str| {
+            let req: ExportMetricsServiceRequest =
+                message(body(v).as_bytes(), Encoding::Json).expect("decodes");
+            let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+            let Some(Data::Sum(sum)) = &m.data else {
+                panic!("a sum")
+            };
+            sum.data_points[0].value
+        };
+        let double = |d| Some(number_data_point::Value::AsDouble(d));
+        assert_eq!(value(r#""1.5""#), double(1.5));
+        assert_eq!(value(r#"" 2e3""#), double(2000.0));
+        assert_eq!(value("1.5"), double(1.5));
+        for odd in [r#""NaN""#, r#""Infinity""#, r#""-Infinity""#, r#""x""#] {
+            assert_eq!(value(odd), None, "{odd}");
+        }
+        assert!(has_string_double(br#"{"asDouble":"1"}"#));
+        assert!(!has_string_double(br#"{"asDouble": 1, "s": "asDouble"}"#));
     }
 
     #[test]

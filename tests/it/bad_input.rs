@@ -38,6 +38,11 @@ async fn every_kind_of_bad_input_is_refused_precisely() {
             "exceeds",
         ),
         (r#"{"model":"m","duration_ms":5}"#, "status", "required"),
+        (
+            r#"{"model":"m","status":200,"duration_ms":5,"client_ip":"10.0.0.1; DROP"}"#,
+            "client_ip",
+            "not an IP address",
+        ),
         (r#"{"status":200,"duration_ms":5}"#, "model", "required"),
         (
             r#"{"model":"m","status":200,"duration_ms":5,"cost_usd":"lots"}"#,
@@ -189,7 +194,7 @@ async fn every_kind_of_bad_input_is_refused_precisely() {
     // The 10,000-deep top-level array is one record that is not an object.
     assert_eq!(rejected("wrong_type"), 5.0);
     assert_eq!(rejected("missing_field"), 2.0);
-    assert_eq!(rejected("invalid_value"), 3.0);
+    assert_eq!(rejected("invalid_value"), 4.0);
     assert_eq!(rejected("malformed"), 1.0);
     let req = |r: &str| {
         m.value(
@@ -203,7 +208,7 @@ async fn every_kind_of_bad_input_is_refused_precisely() {
     assert_eq!(req("body_too_large"), 2.0);
     assert_eq!(req("too_many_records"), 1.0);
     assert_eq!(req("malformed"), 3.0);
-    assert_eq!(req("nothing_valid"), 11.0);
+    assert_eq!(req("nothing_valid"), 12.0);
     let health = app
         .client
         .get(app.url("/healthz"))

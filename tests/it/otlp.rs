@@ -595,7 +595,14 @@ async fn partly_invalid_batches_answer_partial_success_in_both_encodings() {
     assert_eq!(p.rejected_log_records, 1);
     assert!(p.error_message.contains("model"));
 
-    let m = app.metrics().await;
+    // The two valid api_request events are counted as events; the rejected two are not.
+    let m = wait_for(
+        &app,
+        "claude_code_events_total",
+        &[("event", "api_request")],
+        2.0,
+    )
+    .await;
     assert_eq!(m.value("ai_gateway_requests_total", &[]), 2.0);
     assert_eq!(m.value("gatemeter_cost_usd_total", &[]), 0.002468);
     assert_eq!(
@@ -927,6 +934,129 @@ async fn series_beyond_the_cap_fold_into_one_overflow_series_and_allow_listed_id
             .filter(|s| !s.labels.contains_key("series"))
             .all(|s| s.labels.contains_key("session_id")),
         "{tokens:?}"
+    );
+    app.stop().await;
+}
+
+/// One metrics request: a delta Sum per point `(metric, session, value JSON, time ns)`, each point
+/// starting a minute before now.
+fn metric_points(points: &[(&str, &str, &str, u128)]) -> Vec<u8> {
+    let start = (chrono_now_ms() - 60_000) as u128 * 1_000_000;
+    let metrics: Vec<String> = points
+        .iter()
+        .map(|(name, session, value, time)| {
+            format!(
+                r#"{{"name":"{name}","sum":{{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{{"attributes":[{{"key":"session.id","value":{{"stringValue":"{session}"}}}},{{"key":"type","value":{{"stringValue":"input"}}}}],{value},"startTimeUnixNano":"{start}","timeUnixNano":"{time}"}}]}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"team.id","value":{{"stringValue":"t1"}}}}]}},"scopeMetrics":[{{"metrics":[{}]}}]}}]}}"#,
+        metrics.join(",")
+    )
+    .into_bytes()
+}
+
+/// Posts metric points as OTLP/JSON; the answer's (rejected points, message).
+async fn post_points(app: &TestApp, points: &[(&str, &str, &str, u128)]) -> (i64, String) {
+    let resp = post(
+        app,
+        "/v1/metrics",
+        Some("application/json"),
+        None,
+        metric_points(points),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    let p = &v["partialSuccess"];
+    let n = p["rejectedDataPoints"]
+        .to_string()
+        .trim_matches('"')
+        .parse()
+        .unwrap_or(0);
+    (n, p["errorMessage"].as_str().unwrap_or("").to_string())
+}
+
+/// Metric points are bounded like native records (cost ≤ $100,000, tokens ≤ 1e8 per point) and
+/// refused per point, naming the reason; a point dated far ahead is refused and does not block
+/// its stream; `asDouble` as a string is read as the number.
+#[tokio::test]
+async fn out_of_range_and_future_metric_points_are_refused_per_point() {
+    let app = TestApp::with_config(CONFIG).await;
+    let now = chrono_now_ms() as u128 * 1_000_000;
+    const COST: &str = "claude_code.cost.usage";
+    const TOKENS: &str = "claude_code.token.usage";
+    let (n, msg) = post_points(
+        &app,
+        &[
+            (COST, "a", r#""asDouble":1e308"#, now),
+            (COST, "b", r#""asDouble":0.5"#, now),
+            (TOKENS, "a", r#""asInt":"9223372036854775807""#, now),
+            (TOKENS, "c", r#""asInt":"9223372036854775807""#, now),
+            (TOKENS, "b", r#""asInt":"100""#, now),
+            (COST, "d", r#""asDouble":"1.5""#, now),
+            (COST, "e", r#""asDouble":"NaN""#, now),
+        ],
+    )
+    .await;
+    assert_eq!(n, 4, "{msg}");
+    assert!(
+        msg.contains("out_of_range: 3 points") && msg.contains("1e308"),
+        "{msg}"
+    );
+    assert!(msg.contains("bad_value: 1 point"), "{msg}");
+    wait_for(
+        &app,
+        "claude_code_cost_usage_usd_total",
+        &[("type", "input")],
+        2.0,
+    )
+    .await;
+    let m = wait_for(
+        &app,
+        "claude_code_token_usage_tokens_total",
+        &[("type", "input")],
+        100.0,
+    )
+    .await;
+    assert_eq!(sum(&m, "claude_code_token_usage_tokens_total", &[]), 100.0);
+
+    // Dated 2099: refused, and the stream's next point still counts.
+    let y2099 = 4_070_908_800_000u128 * 1_000_000;
+    let (n, msg) = post_points(&app, &[(COST, "f", r#""asDouble":7"#, y2099)]).await;
+    assert_eq!(n, 1, "{msg}");
+    assert!(msg.contains("future_timestamp"), "{msg}");
+    let (n, msg) = post_points(&app, &[(COST, "f", r#""asDouble":0.25"#, now + 1)]).await;
+    assert_eq!(n, 0, "{msg}");
+    let m = wait_for(
+        &app,
+        "claude_code_cost_usage_usd_total",
+        &[("type", "input")],
+        2.25,
+    )
+    .await;
+    for (reason, want) in [
+        ("out_of_range", 3.0),
+        ("future_timestamp", 1.0),
+        ("bad_value", 1.0),
+    ] {
+        assert_eq!(
+            m.value(
+                "gatemeter_otlp_rejected_items_total",
+                &[("signal", "metrics"), ("reason", reason)]
+            ),
+            want,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_accepted_items_total",
+            &[("signal", "metrics"), ("use", "repeated")]
+        ),
+        0.0
     );
     app.stop().await;
 }

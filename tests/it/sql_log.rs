@@ -537,6 +537,17 @@ pub async fn roles_force_the_user(db: Db) {
     );
     assert_eq!(newest["filters"]["session_id"], "shared");
     assert!(newest["timestamp_ms"].as_i64().expect("ts") > base);
+    // An admin's export names the admin token by its place in the list, never the token.
+    let resp = get(&app, Some(ADMIN), "/api/v1/export/usage.csv").await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.expect("csv");
+    let (_, audit) = get_json(&app, Some(ADMIN), "/api/v1/audit").await;
+    assert_eq!(audit["items"][0]["role"], "admin", "{audit}");
+    assert_eq!(
+        audit["items"][0]["actor"], "auth.admin_tokens[0]",
+        "{audit}"
+    );
+    assert!(!audit.to_string().contains(ADMIN));
     app.stop().await;
 }
 
@@ -1553,4 +1564,134 @@ async fn sqlite_log_files_use_16k_pages() {
         .await
         .expect("page_size");
     assert_eq!(size, 16384);
+}
+
+/// Secrets in free text never reach a sink: canaries sent in a native record's `error`,
+/// `block_reason`, `user_agent` and endpoint query, and in a Claude Code `api_error` message,
+/// are found nowhere — not in `/api/v1/logs`, the usage CSV, the SQLite file and its WAL (the
+/// bytes), nor the OTLP export — while the records themselves are stored, redacted.
+#[tokio::test]
+async fn secrets_in_text_fields_are_found_nowhere() {
+    use std::sync::Mutex;
+
+    const CANARIES: [&str; 4] = ["sk-canary-789", "abc.def", "zzz", "AIzaCanary0000"];
+    const TEXT: &str =
+        "invalid x-api-key sk-canary-789 (Authorization: Bearer abc.def) api_key=zzz";
+    // The OTLP export's endpoint: keeps every body it is sent.
+    let exported: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let sink = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(
+                |axum::extract::State(s): axum::extract::State<Arc<Mutex<Vec<u8>>>>,
+                 body: axum::body::Bytes| async move {
+                    s.lock().expect("lock").extend_from_slice(&body);
+                    [("content-type", "application/x-protobuf")]
+                },
+            ),
+        )
+        .with_state(exported.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sink_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, sink).await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("requests.db");
+    let app = TestApp::with_config(&format!(
+        "log_store:\n  kind: sqlite\n  path: {}\notlp_export:\n  endpoint: http://{sink_addr}/v1/logs\n  interval_ms: 20\n",
+        db.display()
+    ))
+    .await;
+
+    let now = gatemeter::clock::now_ms();
+    let native = json!({"request_id": "native", "timestamp": now, "model": "m", "status": 401,
+        "duration_ms": 3, "error": TEXT, "block_reason": "password=zzz", "user_agent": "cli Bearer abc.def",
+        "endpoint": "/v1beta/models/g:generateContent?key=AIzaCanary0000", "client_ip": "::1"});
+    ingest(&app, None, &[native]).await;
+    let attr = |k: &str, v: &str| format!(r#"{{"key":"{k}","value":{{"stringValue":"{v}"}}}}"#);
+    let api_error = format!(
+        r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"{}","attributes":[{}]}}]}}]}}]}}"#,
+        now as u128 * 1_000_000,
+        [
+            attr("event.name", "api_error"),
+            attr("session.id", "s1"),
+            attr("event.sequence", "1"),
+            attr("model", "claude-x"),
+            attr("status_code", "401"),
+            attr("error", TEXT),
+        ]
+        .join(",")
+    );
+    let resp = app
+        .client
+        .post(app.url("/v1/logs"))
+        .header("content-type", "application/json")
+        .body(api_error)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "{}", "accepted whole");
+    wait_rows(&app, None, 2).await;
+
+    let logs = get(&app, None, "/api/v1/logs")
+        .await
+        .text()
+        .await
+        .expect("logs");
+    let csv = get(&app, None, "/api/v1/export/usage.csv")
+        .await
+        .text()
+        .await
+        .expect("csv");
+    let has = |bytes: &[u8], s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+    for _ in 0..200 {
+        let sent = exported.lock().expect("lock").clone();
+        if has(&sent, "native") && has(&sent, "cc:s1:1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let page: Value = serde_json::from_str(&logs).expect("json");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{logs}");
+    for e in items {
+        let err = e["error"].as_str().expect("error kept");
+        assert!(err.contains("[REDACTED]"), "{err}");
+    }
+    let exported = exported.lock().expect("lock").clone();
+    assert!(
+        has(&exported, "native") && has(&exported, "cc:s1:1") && has(&exported, "[REDACTED]"),
+        "the export carried both records"
+    );
+    let files = |when: &str| {
+        let mut out = Vec::new();
+        for suffix in ["", "-wal"] {
+            let path = format!("{}{suffix}", db.display());
+            if let Ok(bytes) = std::fs::read(&path) {
+                out.push((format!("{path} ({when})"), bytes));
+            }
+        }
+        out
+    };
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        ("/api/v1/logs".into(), logs.into_bytes()),
+        ("usage CSV".into(), csv.into_bytes()),
+        ("OTLP export".into(), exported),
+    ];
+    places.extend(files("running"));
+    app.stop().await;
+    places.extend(files("stopped"));
+    assert!(
+        places.iter().any(|(p, _)| p.ends_with("-wal (running)")),
+        "a WAL was read"
+    );
+    for (place, bytes) in &places {
+        for c in CANARIES {
+            assert!(!has(bytes, c), "{c:?} found in {place}");
+        }
+    }
 }

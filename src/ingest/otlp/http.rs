@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::api::ApiError;
-use crate::claude_code::mapping::Mapping;
+use crate::claude_code::mapping::{Mapping, MetricsOutcome};
 use crate::claude_code::task::ClaudeCode;
 use crate::health::otlp::{Diagnostics, ItemReject, Signal, Use};
 use crate::health::{Health, RequestReject, Source};
@@ -198,6 +198,25 @@ pub async fn export(
     }
 }
 
+/// The partial-success message of a metrics request: per reason, the count and the first
+/// point's message (`out_of_range: 2 points, first: claude_code.cost.usage: 1e308 exceeds …`).
+fn points_message(out: &MetricsOutcome) -> String {
+    let mut msg = String::new();
+    for r in ItemReject::ALL {
+        let n = out.rejected[r as usize];
+        if n == 0 {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str("; ");
+        }
+        let first = out.first_error[r as usize].as_deref().unwrap_or("");
+        let s = if n == 1 { "" } else { "s" };
+        msg.push_str(&format!("{}: {n} point{s}, first: {first}", r.as_str()));
+    }
+    msg
+}
+
 fn overloaded() -> Refusal {
     Refusal::new(
         RequestReject::Overloaded,
@@ -313,18 +332,21 @@ impl OtlpIngest {
         enc: Encoding,
         req: &ExportMetricsServiceRequest,
     ) -> Result<Vec<u8>, Refusal> {
-        let out = self.mapping.metrics(req);
+        let mut out = self.mapping.metrics(req, crate::clock::now_ms());
         if !out.inputs.is_empty() {
             let slot = self.claude_code.reserve().ok_or_else(overloaded)?;
-            slot.send(out.inputs);
+            slot.send(std::mem::take(&mut out.inputs));
         }
         let d = &self.diagnostics;
         d.received(Signal::Metrics, out.received);
         d.accepted(Signal::Metrics, Use::Unused, out.unused);
-        d.rejected(Signal::Metrics, ItemReject::BadValue, out.rejected);
-        let partial_success = (out.rejected > 0).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: out.rejected as i64,
-            error_message: out.first_error.unwrap_or_default(),
+        for r in ItemReject::ALL {
+            d.rejected(Signal::Metrics, r, out.rejected[r as usize]);
+        }
+        let rejected = out.rejected_total();
+        let partial_success = (rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected as i64,
+            error_message: points_message(&out),
         });
         Ok(encode(
             enc,
