@@ -553,6 +553,15 @@ raw_record! {
     trace_id: CompactString,
 }
 
+/// For the fuzz targets (`fuzz/`, built with `--cfg fuzzing`): the fast path's reading of
+/// `json` and serde's, both as `Debug` text, when the fast path reads it at all.
+#[cfg(fuzzing)]
+pub fn fast_and_serde(json: &str) -> Option<(String, Option<String>)> {
+    let fast = scan::object(json)?;
+    let serde = serde_json::from_str::<RawRecord>(json).ok();
+    Some((format!("{fast:?}"), serde.map(|r| format!("{r:?}"))))
+}
+
 /// Parses and validates one JSON object.
 pub fn parse_event(json: &str, v: &Validation<'_>) -> Result<Event, RecordError> {
     if let Some(raw) = scan::object(json) {
