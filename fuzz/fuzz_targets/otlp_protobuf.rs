@@ -12,7 +12,8 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(fast) = scan::logs(data) {
-        let req = ExportLogsServiceRequest::decode(data).expect("prost reads what the scanner read");
+        let req =
+            ExportLogsServiceRequest::decode(data).expect("prost reads what the scanner read");
         assert_eq!(fast, scan::view(&req));
     }
     let _ = message::<ExportMetricsServiceRequest>(data, Encoding::Protobuf);

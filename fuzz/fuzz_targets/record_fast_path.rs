@@ -9,6 +9,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some((fast, serde)) = gatemeter::record::fast_and_serde(json) {
-        assert_eq!(Some(fast), serde, "fast path disagrees with serde on {json:?}");
+        assert_eq!(
+            Some(fast),
+            serde,
+            "fast path disagrees with serde on {json:?}"
+        );
     }
 });

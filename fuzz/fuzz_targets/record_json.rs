@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         prices: &prices,
     };
     if let Ok(Event::Finish(r)) = parse_event(json, &v) {
-        assert!(r.cost_micros <= 100_000 * 1_000_000, "cost over the bound: {json}");
+        assert!(
+            r.cost_micros <= 100_000 * 1_000_000,
+            "cost over the bound: {json}"
+        );
     }
     let _ = parse_array(json, &v);
 });

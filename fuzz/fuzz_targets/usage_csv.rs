@@ -45,7 +45,9 @@ fuzz_target!(|r: Row| {
     let mut w = writer(Vec::new());
     write_row(&mut w, &row).expect("written");
     let bytes = w.into_inner().expect("flushed");
-    let mut rd = csv::ReaderBuilder::new().has_headers(false).from_reader(&bytes[..]);
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(&bytes[..]);
     let rec = rd.records().next().expect("one record").expect("valid CSV");
     let text = |i: usize| restore(&rec[i]).to_string();
     assert_eq!(text(1), r.user.unwrap_or_default());
@@ -54,6 +56,9 @@ fuzz_target!(|r: Row| {
     assert_eq!(text(6), r.endpoint);
     for i in [1, 2, 3, 4, 5, 6, 16] {
         let first = rec[i].as_bytes().first();
-        assert!(!matches!(first, Some(b'=' | b'+' | b'-' | b'@')), "formula left in cell {i}");
+        assert!(
+            !matches!(first, Some(b'=' | b'+' | b'-' | b'@')),
+            "formula left in cell {i}"
+        );
     }
 });
