@@ -1,8 +1,8 @@
 //! The `gatemeter` binary: check-config, and `serve` as the README shows it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
+
+use crate::harness::ServerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatemeter");
 
@@ -38,34 +38,15 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 #[tokio::test]
 async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = KillOnDrop(
+    let mut server = ServerProcess::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
             .env("GATEMETER_DATA_DIR", data.path())
             .env_remove("GATEMETER_DATABASE_URL")
-            .env_remove("MIMALLOC_ALLOW_THP")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
+            .env_remove("MIMALLOC_ALLOW_THP"),
     );
-    let child = &mut server.0;
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("addr=") {
-                let addr: String = line[i + 5..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server logs its address");
+    let addr = server.addr.clone();
+    let child = &mut server.child;
     let client = gatemeter::client::Client::new();
     let body = r#"{"request_id": "req-1", "namespace": "team-a", "provider": "anthropic",
       "model": "claude-sonnet-4-5", "endpoint": "/v1/messages", "status": 200,
@@ -117,17 +98,6 @@ async fn serve_answers_the_readme_example_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
     // With no config the request log is a SQLite file in the data directory.
     assert!(data.path().join("requests.db").exists());
-}
-
-/// A child process killed when the test ends, passed or failed (a failed assertion would
-/// otherwise leave the server running, holding the test harness's output pipes).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `bench-log` writes its rows with random UUIDs by default (what gateways send; the unique

@@ -149,3 +149,54 @@ impl std::ops::Deref for Exposition {
         &self.0
     }
 }
+
+/// The built `gatemeter` binary running as a child process, killed when the test ends, passed
+/// or failed (a failed assertion would otherwise leave it running, holding the test harness's
+/// output pipes).
+pub struct ServerProcess {
+    /// The child; take it to signal or wait for it.
+    pub child: std::process::Child,
+    /// The address it logged (`addr=…`) once listening.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Spawns `cmd` (a `gatemeter serve …` command) with its log piped, and waits for the
+    /// address it logs when it listens.
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn gatemeter");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("addr=") {
+                    let addr: String = line[i + 5..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: String::new(),
+        };
+        server.addr = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("server logs its address");
+        server
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

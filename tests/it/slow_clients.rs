@@ -1,14 +1,13 @@
 //! Slow, idle and too many clients, and shutdown while a client holds a half-sent request
 //! (SPEC §9), on raw sockets against the real server. Timeouts are set to 1 s here.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::TestApp;
+use crate::harness::{ServerProcess, TestApp};
 
 const RECORD: &str = r#"{"model":"m","status":200,"duration_ms":5}"#;
 
@@ -228,16 +227,6 @@ async fn connections_over_the_cap_are_refused_with_503_while_open_ones_work() {
     app.stop().await;
 }
 
-/// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_exits_0_within_the_deadline_despite_half_sent_requests() {
     use sqlx::Connection;
@@ -253,34 +242,15 @@ async fn sigterm_exits_0_within_the_deadline_despite_half_sent_requests() {
         ),
     )
     .expect("write config");
-    let mut server = KillOnDrop(
+    let mut server = ServerProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_gatemeter"))
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info")
             .env_remove("GATEMETER_DATABASE_URL")
-            .env_remove("GATEMETER_LISTEN")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
+            .env_remove("GATEMETER_LISTEN"),
     );
-    let child = &mut server.0;
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("addr=") {
-                let addr: String = line[i + 5..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server logs its address");
+    let addr = server.addr.clone();
+    let child = &mut server.child;
 
     let client = gatemeter::client::Client::new();
     for i in 0..3 {
