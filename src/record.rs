@@ -553,9 +553,10 @@ raw_record! {
     trace_id: CompactString,
 }
 
-/// For the fuzz targets (`fuzz/`, built with `--cfg fuzzing`): the fast path's reading of
-/// `json` and serde's, both as `Debug` text, when the fast path reads it at all.
-#[cfg(fuzzing)]
+/// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
+/// reads it at all: the differential check of `record/scan.rs`'s tests and of the fuzz target
+/// `fuzz/record_fast_path` (built with `--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fast_and_serde(json: &str) -> Option<(String, Option<String>)> {
     let fast = scan::object(json)?;
     let serde = serde_json::from_str::<RawRecord>(json).ok();
