@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::pipeline::Pipeline;
 
+pub mod analytics;
 pub mod auth;
 pub mod logs;
 
@@ -72,6 +73,14 @@ pub enum ApiError {
         /// What was looked for.
         message: String,
     },
+    /// 501: this deployment cannot answer it (e.g. analytics without a request log).
+    #[error("{message}")]
+    NotImplemented {
+        /// Stable code.
+        code: &'static str,
+        /// What is missing and how to get it.
+        message: String,
+    },
     /// 500: our fault; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +117,9 @@ impl IntoResponse for ApiError {
                 "unavailable",
                 message.as_str(),
             ),
+            Self::NotImplemented { code, message } => {
+                (StatusCode::NOT_IMPLEMENTED, *code, message.as_str())
+            }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "Internal error answering a request.");
                 (

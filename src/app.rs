@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
+use crate::api::analytics::{self, AnalyticsApi};
 use crate::api::auth::{Access, Auth};
 use crate::api::logs::{self, LogApi};
 use crate::claude_code::task::ClaudeCode;
@@ -113,12 +114,21 @@ impl App {
             export: export_stats,
         };
         let mut router = router(config, pipeline.clone(), health.clone(), otlp);
+        let auth = Auth::new(config.auth.clone());
+        let analytics = AnalyticsApi {
+            log: sql
+                .clone()
+                .filter(|_| config.log_store.as_ref().is_some_and(|l| l.rollups)),
+            pipeline: pipeline.clone(),
+            config: config.analytics.clone(),
+        };
+        router = router.merge(analytics::routes(analytics, &auth));
         if let Some(log) = sql {
             let api = LogApi {
                 log,
                 export_max_rows: config.export_max_rows,
             };
-            router = router.merge(logs::routes(api, &Auth::new(config.auth.clone())));
+            router = router.merge(logs::routes(api, &auth));
         }
         Ok(Self {
             listener,

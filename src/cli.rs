@@ -39,6 +39,25 @@ pub enum Command {
     /// Benchmark the request log: write ROWS rows (all indexes in place), then time filtered
     /// queries. The database is left filled (for an export benchmark, see scripts/bench-sql.sh).
     BenchLog(BenchLog),
+    /// The request log's rollups (what the analytics API reads).
+    #[command(subcommand)]
+    Rollup(Rollup),
+}
+
+/// `gatemeter rollup …`.
+#[derive(clap::Subcommand)]
+pub enum Rollup {
+    /// Recompute every rollup from the request log's rows (for a log written before rollups
+    /// existed or with them off). Stop the servers writing to this log first.
+    Rebuild(RollupRebuild),
+}
+
+/// `gatemeter rollup rebuild`.
+#[derive(Args)]
+pub struct RollupRebuild {
+    /// YAML config file naming the log (default: the embedded defaults, ./data/requests.db).
+    #[arg(long, env = "GATEMETER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// `gatemeter serve`.

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::aggregate::Limits;
+use crate::api::analytics::AnalyticsConfig;
 use crate::api::auth::AuthConfig;
+use crate::calendar::Zone;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::server::ServerConfig;
@@ -82,6 +84,42 @@ struct RawConfig {
     redis: redis::RawRedisConfig,
     log_store: RawLogStore,
     auth: RawAuth,
+    analytics: RawAnalytics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAnalytics {
+    time_zone: Option<String>,
+    users_see_leaderboards: Option<bool>,
+    session_active_secs: Option<u64>,
+}
+
+impl RawAnalytics {
+    fn validate(self) -> Result<AnalyticsConfig, ConfigError> {
+        let d = AnalyticsConfig::default();
+        let time_zone = match self.time_zone {
+            Some(name) => Zone::named(&name).map_err(|e| {
+                invalid(
+                    "analytics.time_zone",
+                    format!("{e} (e.g. UTC, Europe/Berlin, Asia/Shanghai)"),
+                )
+            })?,
+            None => d.time_zone,
+        };
+        let session_active_secs = self.session_active_secs.unwrap_or(d.session_active_secs);
+        if session_active_secs == 0 || session_active_secs > 86_400 {
+            return Err(invalid(
+                "analytics.session_active_secs",
+                format!("{session_active_secs} is not between 1 and 86400"),
+            ));
+        }
+        Ok(AnalyticsConfig {
+            time_zone,
+            users_see_leaderboards: self.users_see_leaderboards.unwrap_or(false),
+            session_active_secs,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +236,8 @@ pub struct Config {
     pub export_max_rows: u64,
     /// Bearer tokens and roles.
     pub auth: AuthConfig,
+    /// The analytics API: time zone, who sees leaderboards, session activity.
+    pub analytics: AnalyticsConfig,
 }
 
 impl Default for Config {
@@ -265,6 +305,7 @@ impl RawConfig {
         let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
         let (log_store, export_max_rows) = self.log_store.validate(env)?;
         let auth = self.auth.validate(env)?;
+        let analytics = self.analytics.validate()?;
         Ok(Config {
             listen,
             server,
@@ -278,6 +319,7 @@ impl RawConfig {
             log_store,
             export_max_rows,
             auth,
+            analytics,
         })
     }
 }
@@ -541,6 +583,7 @@ struct RawLogStore {
     write_concurrency: Option<usize>,
     log_retention_days: Option<u32>,
     export_max_rows: Option<u64>,
+    rollups: Option<bool>,
 }
 
 impl RawLogStore {
@@ -605,6 +648,7 @@ impl RawLogStore {
                 64,
             )?,
             retention_days: self.log_retention_days.unwrap_or(30),
+            rollups: self.rollups.unwrap_or(true),
             backend,
         };
         Ok((Some(cfg), export_max_rows))

@@ -4,7 +4,8 @@
 //! ARCHITECTURE.md has one line per file):
 //! - [`record`]: the request record and its validation — the one type every source produces.
 //! - [`catalog`]: every metric name — the only place names are written.
-//! - [`clock`]: the wall clock, read in one place.
+//! - [`clock`]: the wall clock, read in one place; [`varint`]: LEB128 for compact blobs;
+//!   [`calendar`]: today / week / month in an IANA time zone.
 //! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view).
 //! - [`price`]: the price table; cost in integer micro-USD.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
@@ -38,6 +39,7 @@ mod label;
 pub mod aggregate;
 pub mod api;
 pub mod app;
+pub mod calendar;
 pub mod catalog;
 pub mod claude_code;
 pub mod client;
@@ -53,3 +55,4 @@ pub mod price;
 pub mod record;
 pub mod server;
 pub mod store;
+pub mod varint;

@@ -47,6 +47,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             cli::loadgen::run_command(args).await
         }
         Command::BenchLog(args) => cli::bench_log::run_command(args).await,
+        Command::Rollup(cli::Rollup::Rebuild(args)) => {
+            init_tracing();
+            cli::serve::rebuild_rollups(&args).await
+        }
     }
 }
 

@@ -224,8 +224,14 @@ pub struct ValidRecord {
 impl ValidRecord {
     /// 2xx and 3xx are successes; 4xx, 5xx and 0 (no response) are failures.
     pub fn is_success(&self) -> bool {
-        (200..400).contains(&self.status)
+        is_success_status(self.status)
     }
+}
+
+/// Whether a final status counts as a success: 2xx and 3xx; 4xx, 5xx and 0 (no response) are
+/// failures.
+pub fn is_success_status(status: u16) -> bool {
+    (200..400).contains(&status)
 }
 
 /// The first phase of a two-phase request: raises the namespace's concurrency gauge.

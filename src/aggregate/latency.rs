@@ -7,6 +7,7 @@
 use hdrhistogram::Histogram;
 
 use crate::record::MAX_DURATION_MS;
+use crate::varint;
 
 const SIGFIG: u8 = 2;
 
@@ -113,6 +114,33 @@ impl Latency {
             *slot = running;
         }
         out
+    }
+}
+
+impl Latency {
+    /// Appends the histogram as varints: the number of non-empty HDR buckets, then per bucket
+    /// the value's increase over the previous one and the count. Read by [`Latency::decode_from`].
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let pairs = self.to_pairs();
+        varint::put(out, pairs.len() as u64);
+        let mut prev = 0;
+        for (v, n) in pairs {
+            varint::put(out, v - prev);
+            varint::put(out, n);
+            prev = v;
+        }
+    }
+
+    /// Adds the histogram encoded at `*i` (by [`Latency::encode_into`]) into `self`,
+    /// advancing `i`; `None` when the bytes are not such a histogram.
+    pub fn decode_from(&mut self, b: &[u8], i: &mut usize) -> Option<()> {
+        let n = varint::get(b, i)?;
+        let mut prev = 0u64;
+        for _ in 0..n {
+            prev = prev.checked_add(varint::get(b, i)?)?;
+            self.record_n(prev, varint::get(b, i)?);
+        }
+        Some(())
     }
 }
 

@@ -57,14 +57,14 @@ pub fn routes(api: LogApi, auth: &Auth) -> Router {
         .merge(auth.guard(admin, Access::Admin))
 }
 
-fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest {
         code: "invalid_parameter",
         message: format!("parameter `{param}`: {message}"),
     }
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Full { .. } | StoreError::Unavailable { .. } => ApiError::Unavailable {
             message: "the request log is unavailable".into(),
@@ -75,7 +75,7 @@ fn store_error(e: StoreError) -> ApiError {
 
 /// The query string as a map, refusing repeated and empty parameters and any name outside
 /// `allowed`.
-fn params(
+pub(crate) fn params(
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
     allowed: &[&str],
 ) -> Result<HashMap<String, String>, ApiError> {
@@ -119,7 +119,7 @@ const FILTER_PARAMS: [&str; 11] = [
     "min_retry_count",
 ];
 
-fn parse_num<T: std::str::FromStr>(
+pub(crate) fn parse_num<T: std::str::FromStr>(
     p: &HashMap<String, String>,
     name: &str,
 ) -> Result<Option<T>, ApiError>

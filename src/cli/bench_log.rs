@@ -221,6 +221,7 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
             backend,
             queue_capacity: 200_000,
             retention_days: 0,
+            rollups: true,
         },
         rows: args.rows,
         seed: args.seed,

@@ -27,6 +27,27 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `gatemeter rollup rebuild`: opens the configured log (running its migrations), recomputes
+/// the rollups from its rows, closes it.
+pub async fn rebuild_rollups(args: &super::RollupRebuild) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_ref(), None)?;
+    let Some(cfg) = &config.log_store else {
+        anyhow::bail!("log_store.kind is none: there is no request log to roll up");
+    };
+    let health = std::sync::Arc::new(gatemeter::health::Health::new(1));
+    let log = gatemeter::store::SqlLog::open(cfg, health).await?;
+    let started = std::time::Instant::now();
+    let rows = log.rebuild_rollups().await?;
+    log.close_within(std::time::Duration::from_secs(5)).await;
+    tracing::info!(
+        rows,
+        secs = started.elapsed().as_secs_f64(),
+        "Rollups rebuilt from the request log."
+    );
+    println!("rollups rebuilt from {rows} rows");
+    Ok(())
+}
+
 /// Validates a config file and prints the effective settings.
 pub fn check_config(args: &super::CheckConfig) -> anyhow::Result<()> {
     let file = &args.file;

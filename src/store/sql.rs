@@ -11,9 +11,11 @@
 //! Nothing here returns a `sqlx::Error`: callers see [`StoreError`]. The SQL is written once for
 //! both dialects; `dispatch!` expands a body for each pool type.
 
+pub mod analytics;
 mod columns;
 mod pg_copy;
 pub mod query;
+pub mod rollup;
 mod sqlite_export;
 mod sqlite_insert;
 mod sqlite_raw;
@@ -118,6 +120,8 @@ pub struct SqlConfig {
     pub write_concurrency: usize,
     /// Rows older than this many days are deleted hourly; 0 keeps everything.
     pub retention_days: u32,
+    /// Whether the writer keeps the rollups the analytics API reads (`rollup.rs`).
+    pub rollups: bool,
 }
 
 impl std::fmt::Debug for SqlConfig {
@@ -132,6 +136,7 @@ impl std::fmt::Debug for SqlConfig {
             .field("batch_rows", &self.batch_rows)
             .field("write_concurrency", &self.write_concurrency)
             .field("retention_days", &self.retention_days)
+            .field("rollups", &self.rollups)
             .finish()
     }
 }
@@ -278,6 +283,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "uuid request ids as bytes",
         include_str!("../../migrations/sqlite/0003_uuid_request_ids_as_bytes.sql"),
     ),
+    (
+        4,
+        "rollups",
+        include_str!("../../migrations/sqlite/0004_rollups.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -299,6 +309,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "one gin index for the key, provider, model and session filters",
         include_str!("../../migrations/postgres/0004_gin_filter_index.sql"),
+    ),
+    (
+        5,
+        "rollups",
+        include_str!("../../migrations/postgres/0005_rollups.sql"),
     ),
 ];
 
@@ -525,6 +540,7 @@ impl SqlLog {
             abandon: abandon.clone(),
             batch_rows: cfg.batch_rows.max(1),
             write_concurrency: cfg.write_concurrency.max(1),
+            rollups: cfg.rollups,
         };
         tokio::spawn(writer::run(w, rx));
         if cfg.retention_days > 0 {
@@ -591,6 +607,12 @@ impl SqlLog {
         Ok(())
     }
 
+    /// Recomputes the rollups from the raw rows (`gatemeter rollup rebuild`; no server may be
+    /// writing to the log meanwhile). Returns the rows read.
+    pub async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
+        rollup::rebuild(&self.inner.backend).await
+    }
+
     /// Deletes request-log rows that started before `cutoff_ms`, in chunks so a large purge never
     /// holds a long write lock. Returns how many rows were deleted.
     pub async fn purge_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
@@ -601,6 +623,7 @@ impl SqlLog {
 const PURGE_CHUNK: i64 = 10_000;
 
 async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
+    rollup::purge_before(backend, cutoff_ms).await?;
     let mut total = 0u64;
     loop {
         let n = dispatch!(backend, p, DB => {
@@ -719,6 +742,7 @@ mod tests {
             batch_rows: 100,
             write_concurrency: 1,
             retention_days: 0,
+            rollups: true,
         };
         SqlLog::open(&cfg, Arc::new(Health::new(1)))
             .await
@@ -740,6 +764,7 @@ mod tests {
             batch_rows: 100,
             write_concurrency: 1,
             retention_days: 0,
+            rollups: true,
         };
         let log = SqlLog::open(&cfg, health.clone()).await.expect("opens");
         let Backend::Sqlite(pool) = log.backend() else {

@@ -170,6 +170,7 @@ async fn closing_with_the_database_away_is_bounded_and_counted() {
         batch_rows: 100,
         write_concurrency: 2,
         retention_days: 0,
+        rollups: true,
     };
     let log = SqlLog::open(&cfg, health.clone())
         .await

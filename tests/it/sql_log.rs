@@ -18,10 +18,10 @@ use sqlx::Connection;
 
 use crate::harness::TestApp;
 
-const ADMIN: &str = "admin-token-0123456789abcdef";
-const ALICE: &str = "alice-token-0123456789abcdef";
-const BOB: &str = "bob-token-0123456789abcdef";
-const INGEST: &str = "ingest-token-0123456789abcdef";
+pub(crate) const ADMIN: &str = "admin-token-0123456789abcdef";
+pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
+pub(crate) const BOB: &str = "bob-token-0123456789abcdef";
+pub(crate) const INGEST: &str = "ingest-token-0123456789abcdef";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -30,7 +30,7 @@ pub enum Db {
 }
 
 /// A fresh, empty PostgreSQL database on the test server; its URL.
-async fn fresh_postgres() -> String {
+pub(crate) async fn fresh_postgres() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let url = std::env::var("GATEMETER_TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!(
@@ -59,7 +59,7 @@ async fn fresh_postgres() -> String {
 }
 
 /// The `log_store` YAML of a fresh log on `db` (SQLite: the harness puts it in a temp dir).
-async fn log_store_yaml(db: Db) -> String {
+pub(crate) async fn log_store_yaml(db: Db) -> String {
     match db {
         Db::Sqlite => "log_store:\n  kind: sqlite\n".to_string(),
         Db::Postgres => format!(
@@ -69,7 +69,7 @@ async fn log_store_yaml(db: Db) -> String {
     }
 }
 
-fn auth_yaml() -> String {
+pub(crate) fn auth_yaml() -> String {
     format!(
         "auth:\n  ingest_tokens: [{INGEST}]\n  admin_tokens: [{ADMIN}]\n  user_tokens:\n    {ALICE}: alice\n    {BOB}: bob\n"
     )
@@ -84,7 +84,7 @@ fn base_ms() -> i64 {
 }
 
 /// POSTs records (as a JSON array) with a token; panics unless all were accepted.
-async fn ingest(app: &TestApp, token: Option<&str>, records: &[Value]) {
+pub(crate) async fn ingest(app: &TestApp, token: Option<&str>, records: &[Value]) {
     for chunk in records.chunks(5000) {
         let mut req = app
             .client
@@ -103,7 +103,11 @@ async fn ingest(app: &TestApp, token: Option<&str>, records: &[Value]) {
     }
 }
 
-async fn get(app: &TestApp, token: Option<&str>, path: &str) -> gatemeter::client::Response {
+pub(crate) async fn get(
+    app: &TestApp,
+    token: Option<&str>,
+    path: &str,
+) -> gatemeter::client::Response {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -111,7 +115,7 @@ async fn get(app: &TestApp, token: Option<&str>, path: &str) -> gatemeter::clien
     req.send().await.expect("get")
 }
 
-async fn get_json(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value) {
+pub(crate) async fn get_json(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value) {
     let resp = get(app, token, path).await;
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
@@ -121,7 +125,7 @@ async fn get_json(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value
 
 /// Waits until the log holds `n` rows (PostgreSQL may commit batches out of order, so the
 /// newest row alone says nothing about the others).
-async fn wait_rows(app: &TestApp, token: Option<&str>, n: usize) {
+pub(crate) async fn wait_rows(app: &TestApp, token: Option<&str>, n: usize) {
     for _ in 0..400 {
         let mut count = 0;
         let mut cursor: Option<String> = None;
@@ -569,7 +573,7 @@ async fn open_log(db: Db, queue_capacity: usize) -> (SqlLog, Option<tempfile::Te
 }
 
 /// Opens a fresh log; also returns a URL a test can reach the same database by.
-async fn open_log_with(
+pub(crate) async fn open_log_with(
     db: Db,
     queue_capacity: usize,
     health: Arc<Health>,
@@ -592,6 +596,7 @@ async fn open_log_with(
         batch_rows: 1000,
         write_concurrency: 2,
         retention_days: 0,
+        rollups: true,
     };
     let log = SqlLog::open(&cfg, health).await.expect("log opens");
     (log, dir, url)
@@ -775,6 +780,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
         batch_rows: 2,
         write_concurrency: 2,
         retention_days: 0,
+        rollups: true,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -942,6 +948,7 @@ pub async fn retention_task_deletes_old_rows(db: Db) {
         batch_rows: 10,
         write_concurrency: 2,
         retention_days: 30,
+        rollups: true,
     };
     let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -994,6 +1001,7 @@ pub async fn shutdown_flushes_the_log(db: Db) {
         batch_rows: 10,
         write_concurrency: 2,
         retention_days: 0,
+        rollups: true,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -1341,6 +1349,7 @@ async fn open_postgres_log(url: &str) -> SqlLog {
         batch_rows: 1000,
         write_concurrency: 2,
         retention_days: 0,
+        rollups: true,
     };
     SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await

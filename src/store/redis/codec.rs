@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 
-use crate::aggregate::{Aggregates, Latencies, Latency, ScopeAgg, ScopeKey, TokenUsage};
+use crate::aggregate::{Aggregates, Latencies, ScopeAgg, ScopeKey, TokenUsage};
 use crate::catalog::GENAI_TOKEN_BUCKETS;
 use crate::record::Label;
+use crate::varint;
 
 /// A histogram scope: `None` is the global scope.
 pub type HistScope = Option<ScopeKey>;
@@ -224,57 +225,15 @@ fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
     true
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(b: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*i)?;
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 const BLOB_VERSION: u8 = 1;
 
-fn put_latency(out: &mut Vec<u8>, l: &Latency) {
-    let pairs = l.to_pairs();
-    put_varint(out, pairs.len() as u64);
-    let mut prev = 0;
-    for (v, n) in pairs {
-        put_varint(out, v - prev);
-        put_varint(out, n);
-        prev = v;
-    }
-}
-
-fn get_latency(b: &[u8], i: &mut usize, into: &mut Latency) -> Option<()> {
-    let n = get_varint(b, i)?;
-    let mut prev = 0u64;
-    for _ in 0..n {
-        prev = prev.checked_add(get_varint(b, i)?)?;
-        into.record_n(prev, get_varint(b, i)?);
-    }
-    Some(())
-}
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
+    varint::put(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
 fn get_str<'b>(b: &'b [u8], i: &mut usize) -> Option<&'b str> {
-    let n = usize::try_from(get_varint(b, i)?).ok()?;
+    let n = usize::try_from(varint::get(b, i)?).ok()?;
     let s = b.get(*i..i.checked_add(n)?)?;
     *i += n;
     std::str::from_utf8(s).ok()
@@ -292,11 +251,11 @@ fn unzigzag(v: u64) -> i64 {
 /// (named fields) and its duration and TTFB distributions.
 pub fn encode_state(a: &Aggregates) -> Vec<u8> {
     let mut out = vec![BLOB_VERSION];
-    put_varint(&mut out, a.overflow.len() as u64);
+    varint::put(&mut out, a.overflow.len() as u64);
     for n in a.overflow {
-        put_varint(&mut out, n);
+        varint::put(&mut out, n);
     }
-    put_varint(&mut out, 1 + a.scopes.len() as u64);
+    varint::put(&mut out, 1 + a.scopes.len() as u64);
     let mut fields = Vec::new();
     for (scope, agg) in
         std::iter::once((None, &a.global)).chain(a.scopes.iter().map(|(k, v)| (Some(k.clone()), v)))
@@ -304,13 +263,13 @@ pub fn encode_state(a: &Aggregates) -> Vec<u8> {
         put_str(&mut out, &scope_enc(&scope));
         fields.clear();
         scope_fields(agg, &mut fields);
-        put_varint(&mut out, fields.len() as u64);
+        varint::put(&mut out, fields.len() as u64);
         for (f, v) in &fields {
             put_str(&mut out, f);
-            put_varint(&mut out, zigzag(*v));
+            varint::put(&mut out, zigzag(*v));
         }
-        put_latency(&mut out, &agg.latency.duration);
-        put_latency(&mut out, &agg.latency.ttfb);
+        agg.latency.duration.encode_into(&mut out);
+        agg.latency.ttfb.encode_into(&mut out);
     }
     out
 }
@@ -326,20 +285,20 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
         return None;
     }
     let mut i = 1;
-    let dims = get_varint(b, &mut i)?;
+    let dims = varint::get(b, &mut i)?;
     for d in 0..dims {
-        let n = get_varint(b, &mut i)?;
+        let n = varint::get(b, &mut i)?;
         if let Some(slot) = into.overflow.get_mut(d as usize) {
             *slot += n;
         }
     }
-    let scopes = get_varint(b, &mut i)?;
+    let scopes = varint::get(b, &mut i)?;
     for _ in 0..scopes {
         let scope = scope_dec(get_str(b, &mut i)?)?;
         let mut counters = ScopeAgg::default();
-        for _ in 0..get_varint(b, &mut i)? {
+        for _ in 0..varint::get(b, &mut i)? {
             let f = get_str(b, &mut i)?;
-            let v = unzigzag(get_varint(b, &mut i)?);
+            let v = unzigzag(varint::get(b, &mut i)?);
             set_field(&mut counters, f, v);
         }
         let target = match scope {
@@ -347,8 +306,8 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
             Some(k) => into.scopes.entry(k).or_default(),
         };
         target.merge(&counters);
-        get_latency(b, &mut i, &mut target.latency.duration)?;
-        get_latency(b, &mut i, &mut target.latency.ttfb)?;
+        target.latency.duration.decode_from(b, &mut i)?;
+        target.latency.ttfb.decode_from(b, &mut i)?;
     }
     Some(())
 }
@@ -356,11 +315,11 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
 /// Encodes one time slot's distributions of every scope.
 pub fn encode_slot(scopes: &HashMap<HistScope, Latencies>) -> Vec<u8> {
     let mut out = vec![BLOB_VERSION];
-    put_varint(&mut out, scopes.len() as u64);
+    varint::put(&mut out, scopes.len() as u64);
     for (scope, l) in scopes {
         put_str(&mut out, &scope_enc(scope));
-        put_latency(&mut out, &l.duration);
-        put_latency(&mut out, &l.ttfb);
+        l.duration.encode_into(&mut out);
+        l.ttfb.encode_into(&mut out);
     }
     out
 }
@@ -376,13 +335,13 @@ pub fn decode_slot_into(
             return None;
         }
         let mut i = 1;
-        for _ in 0..get_varint(b, &mut i)? {
+        for _ in 0..varint::get(b, &mut i)? {
             let into = match scope_dec(get_str(b, &mut i)?)? {
                 None => &mut *global,
                 Some(k) => scopes.entry(k).or_default(),
             };
-            get_latency(b, &mut i, &mut into.duration)?;
-            get_latency(b, &mut i, &mut into.ttfb)?;
+            into.duration.decode_from(b, &mut i)?;
+            into.ttfb.decode_from(b, &mut i)?;
         }
         Some(())
     })()
@@ -392,10 +351,10 @@ pub fn decode_slot_into(
 /// Encodes per-label counts (API key calls).
 pub fn encode_counts(counts: &HashMap<Label, u64>) -> Vec<u8> {
     let mut out = vec![BLOB_VERSION];
-    put_varint(&mut out, counts.len() as u64);
+    varint::put(&mut out, counts.len() as u64);
     for (k, n) in counts {
         put_str(&mut out, k);
-        put_varint(&mut out, *n);
+        varint::put(&mut out, *n);
     }
     out
 }
@@ -407,9 +366,9 @@ pub fn decode_counts_into(b: &[u8], into: &mut HashMap<Label, u64>) -> bool {
             return None;
         }
         let mut i = 1;
-        for _ in 0..get_varint(b, &mut i)? {
+        for _ in 0..varint::get(b, &mut i)? {
             let k = Label::from(get_str(b, &mut i)?);
-            *into.entry(k).or_insert(0) += get_varint(b, &mut i)?;
+            *into.entry(k).or_insert(0) += varint::get(b, &mut i)?;
         }
         Some(())
     })()

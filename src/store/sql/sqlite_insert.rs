@@ -15,46 +15,139 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
+use super::rollup::{self, Batch, Fact};
 use super::sqlite_raw::{Bind, Handle, is_outage_message, with_handle};
 use super::{WriteError, unavailable, write_error};
 use crate::record::ValidRecord;
+use crate::store::StoreError;
 
 /// Writes `batch` in one transaction; rows whose `request_id` is already stored are skipped.
-/// On any error the transaction is rolled back (nothing of the batch is stored).
+/// With `rollups`, the rows stored are added to the rollups in the same transaction. On any
+/// error the transaction is rolled back (nothing of the batch is stored).
 #[allow(clippy::vec_box)]
 pub(crate) async fn write(
     pool: &SqlitePool,
     batch: Arc<Vec<Box<ValidRecord>>>,
+    rollups: bool,
 ) -> Result<(), WriteError> {
     let conn = pool.acquire().await.map_err(write_error)?;
-    with_handle(conn, move |db| db.and_then(|db| insert_batch(db, &batch)))
-        .await
-        .map_err(WriteError::Outage)?
-        .map_err(|message| {
-            if is_outage_message(&message) {
-                WriteError::Outage(unavailable(message))
-            } else {
-                WriteError::Refused(unavailable(message))
-            }
-        })
+    with_handle(conn, move |db| {
+        db.and_then(|db| in_transaction(db, |db| insert_batch(db, &batch, rollups)))
+    })
+    .await
+    .map_err(WriteError::Outage)?
+    .map_err(|message| {
+        if is_outage_message(&message) {
+            WriteError::Outage(unavailable(message))
+        } else {
+            WriteError::Refused(unavailable(message))
+        }
+    })
 }
 
-fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String> {
+/// Merges `batch` into the rollup tables in a transaction of its own (`gatemeter rollup rebuild`).
+pub(crate) async fn apply_rollups(pool: &SqlitePool, batch: Batch) -> Result<(), StoreError> {
+    let conn = pool.acquire().await.map_err(unavailable)?;
+    with_handle(conn, move |db| {
+        db.and_then(|db| in_transaction(db, |db| merge_rollups(db, batch)))
+    })
+    .await?
+    .map_err(unavailable)
+}
+
+/// Runs `job` between `BEGIN IMMEDIATE` and `COMMIT`, rolling back when it fails.
+fn in_transaction(
+    db: Handle<'_>,
+    job: impl FnOnce(Handle<'_>) -> Result<(), String>,
+) -> Result<(), String> {
     db.exec(c"BEGIN IMMEDIATE")?;
-    let result = (|| {
-        let mut stmt = db.prepare(&insert_one_sql())?;
-        let mut chain = String::new();
-        for r in batch {
-            columns::provider_chain(r, &mut chain);
-            stmt.run_once(binds(r, &chain))?;
-        }
-        Ok(())
-    })();
-    let result = result.and_then(|()| db.exec(c"COMMIT"));
+    let result = job(db).and_then(|()| db.exec(c"COMMIT"));
     if result.is_err() {
         let _ = db.exec(c"ROLLBACK");
     }
     result
+}
+
+fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
+    let mut stmt = db.prepare(&insert_one_sql())?;
+    let mut chain = String::new();
+    let mut added = Batch::default();
+    for r in batch {
+        columns::provider_chain(r, &mut chain);
+        stmt.run_once(binds(r, &chain))?;
+        // A repeated request id changed nothing: it is not counted again.
+        if rollups && db.changes() == 1 {
+            added.add(&Fact::of(r));
+        }
+    }
+    drop(stmt);
+    if added.is_empty() {
+        return Ok(());
+    }
+    merge_rollups(db, added)
+}
+
+/// Merges the rollup increments into the tables (inside the caller's transaction): a cell with a
+/// distribution reads the stored one first and writes back the merged one.
+fn merge_rollups(db: Handle<'_>, batch: Batch) -> Result<(), String> {
+    let (cells, sessions) = batch.into_rows();
+    let mut read = db.prepare(
+        "SELECT dist FROM rollup WHERE dim = ?1 AND tier = ?2 AND bucket_ms = ?3 \
+         AND value = ?4 AND detail = ?5",
+    )?;
+    let params: Vec<String> = (1..=15).map(|i| format!("?{i}")).collect();
+    let mut upsert = db.prepare(&rollup::upsert_sql(
+        "",
+        &format!("VALUES ({})", params.join(", ")),
+    ))?;
+    for (key, mut cell) in cells {
+        let (dim, tier) = (key.dim.code(), key.tier.code());
+        if let Some(dist) = &mut cell.dist {
+            read.bind_int(1, dim)?;
+            read.bind_int(2, tier)?;
+            read.bind_int(3, key.bucket_ms)?;
+            read.bind_text(4, &key.value)?;
+            read.bind_text(5, &key.detail)?;
+            if read.step()? {
+                if let Some(stored) = read.blob_bytes(0)? {
+                    // A blob this version cannot read is replaced, not merged (never expected).
+                    let _ = dist.decode_into(stored);
+                }
+            }
+            read.reset();
+        }
+        let blob = cell.dist.as_ref().map(rollup::Dist::encode);
+        let head = [
+            Bind::Int(dim),
+            Bind::Int(tier),
+            Bind::Int(key.bucket_ms),
+            Bind::Text(&key.value),
+            Bind::Text(&key.detail),
+        ];
+        let counts = cell.counts.values().map(Bind::Int);
+        let dist = [blob.as_deref().map_or(Bind::Null, Bind::Bytes)];
+        upsert.run_once(head.into_iter().chain(counts).chain(dist))?;
+    }
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let params: Vec<String> = (1..=14).map(|i| format!("?{i}")).collect();
+    let mut session = db.prepare(&rollup::session_upsert_sql(
+        &format!("VALUES ({})", params.join(", ")),
+        "min",
+        "max",
+    ))?;
+    for ((id, user), s) in &sessions {
+        let head = [
+            Bind::Text(id),
+            Bind::Text(user),
+            Bind::Text(&s.namespace),
+            Bind::Int(s.first_ms),
+            Bind::Int(s.last_ms),
+        ];
+        session.run_once(head.into_iter().chain(s.counts.values().map(Bind::Int)))?;
+    }
+    Ok(())
 }
 
 /// One record's values in the order of [`columns::FIELDS`]; a `request_id` written as a
@@ -136,7 +229,7 @@ mod tests {
         }));
         let bare = record(json!({"timestamp": 1_700_000_000_000_i64, "model": "m",
                                  "status": 200, "duration_ms": 1}));
-        write(&pool, Arc::new(vec![full, bare]))
+        write(&pool, Arc::new(vec![full, bare]), true)
             .await
             .expect("write");
         let rows = sqlx::query(
@@ -180,7 +273,7 @@ mod tests {
         let r = |id: &str| {
             record(json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1}))
         };
-        let err = write(&pool, Arc::new(vec![r("a"), r("boom"), r("c")]))
+        let err = write(&pool, Arc::new(vec![r("a"), r("boom"), r("c")]), true)
             .await
             .expect_err("the trigger refuses a row");
         assert!(err.to_string().contains("refused by test"), "{err}");
@@ -192,10 +285,12 @@ mod tests {
         };
         assert_eq!(count().await, 0, "nothing of the failed batch is kept");
         // The connection is usable again (no transaction left open), and ids stay unique.
-        write(&pool, Arc::new(vec![r("a"), r("c"), r("a")]))
+        write(&pool, Arc::new(vec![r("a"), r("c"), r("a")]), true)
             .await
             .expect("write");
-        write(&pool, Arc::new(vec![r("c")])).await.expect("write");
+        write(&pool, Arc::new(vec![r("c")]), true)
+            .await
+            .expect("write");
         assert_eq!(count().await, 2);
     }
 }

@@ -96,6 +96,13 @@ impl Handle<'_> {
         }
     }
 
+    /// Rows changed by the last `INSERT`, `UPDATE` or `DELETE` on this connection (an
+    /// `INSERT … ON CONFLICT DO NOTHING` that skipped its row: 0).
+    pub(super) fn changes(&self) -> i64 {
+        // SAFETY: `db` is the open connection lent to this job (see `with_handle`).
+        unsafe { ffi::sqlite3_changes64(self.db.as_ptr()) }
+    }
+
     /// Prepares `sql` (one statement).
     pub(super) fn prepare<'h>(&'h self, sql: &str) -> Result<Statement<'h>, String> {
         // SAFETY: the handle is open and this thread's alone while the job runs, and the
@@ -111,6 +118,8 @@ pub(super) enum Bind<'v> {
     Text(&'v str),
     /// A 16-byte blob (a UUID), copied.
     Blob16([u8; 16]),
+    /// A blob of any length, copied.
+    Bytes(&'v [u8]),
     /// An integer.
     Int(i64),
     /// SQL NULL.
@@ -232,6 +241,7 @@ impl Statement<'_> {
             // below before it returns: SQLite reads `t` only in this call's step.
             Bind::Text(t) => unsafe { self.bind_text_with(at, t, ffi::SQLITE_STATIC()) },
             Bind::Blob16(b) => self.bind_blob(at, &b),
+            Bind::Bytes(b) => self.bind_blob(at, b),
             Bind::Int(n) => self.bind_int(at, n),
             Bind::Null => self.bind_null(at),
         });
@@ -289,6 +299,31 @@ impl Statement<'_> {
             }
             Ok(Some(std::slice::from_raw_parts(
                 p,
+                usize::try_from(len).unwrap_or(0),
+            )))
+        }
+    }
+
+    /// Column `col` of the current row as blob bytes, borrowed until the next step; `None`
+    /// for NULL.
+    pub(super) fn blob_bytes(&self, col: c_int) -> Result<Option<&[u8]>, String> {
+        let s = self.stmt.as_ptr();
+        // SAFETY: as in `text_bytes`, with `sqlite3_column_blob` (type → blob → bytes).
+        unsafe {
+            if ffi::sqlite3_column_type(s, col) == ffi::SQLITE_NULL {
+                return Ok(None);
+            }
+            let p = ffi::sqlite3_column_blob(s, col);
+            let len = ffi::sqlite3_column_bytes(s, col);
+            if p.is_null() {
+                let rc = ffi::sqlite3_errcode(self.db.as_ptr());
+                if rc == ffi::SQLITE_NOMEM {
+                    return Err(error(self.db, rc));
+                }
+                return Ok(Some(b""));
+            }
+            Ok(Some(std::slice::from_raw_parts(
+                p.cast::<u8>(),
                 usize::try_from(len).unwrap_or(0),
             )))
         }

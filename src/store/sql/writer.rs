@@ -61,6 +61,8 @@ pub(crate) struct Writer {
     pub abandon: Arc<Notify>,
     pub batch_rows: usize,
     pub write_concurrency: usize,
+    /// Whether the rows written are added to the rollups (`rollup.rs`).
+    pub rollups: bool,
 }
 
 pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
@@ -72,6 +74,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         abandon,
         batch_rows,
         write_concurrency,
+        rollups,
     } = w;
     // SQLite has one writer at a time anyway; PostgreSQL writes batches in parallel.
     let max_in_flight = match backend {
@@ -97,7 +100,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
             in_flight_starts.insert(start, take);
             let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
             in_flight.push(async move {
-                write_with_retry(&backend, &setup, &batch, &health).await;
+                write_with_retry(&backend, &setup, &batch, &health, rollups).await;
                 (start, batch.len())
             });
         }
@@ -172,12 +175,13 @@ async fn write_with_retry(
     setup: &Setup,
     batch: &Arc<Vec<Box<ValidRecord>>>,
     health: &Health,
+    rollups: bool,
 ) {
     let mut delay = FIRST_RETRY;
     let (mut refused, mut outages) = (0u32, 0u64);
     loop {
         let result = match setup.ensure().await {
-            Ok(()) => write_batch(backend, batch).await,
+            Ok(()) => write_batch(backend, batch, rollups).await,
             Err(e) => Err(e),
         };
         match result {
@@ -219,20 +223,16 @@ async fn write_with_retry(
     }
 }
 
-/// Writes one batch in one transaction. Rows whose `request_id` is already stored are skipped.
+/// Writes one batch in one transaction, with its rollups when `rollups`. Rows whose
+/// `request_id` is already stored are skipped (and not rolled up).
 #[allow(clippy::vec_box)]
 pub(crate) async fn write_batch(
     backend: &Backend,
     batch: &Arc<Vec<Box<ValidRecord>>>,
+    rollups: bool,
 ) -> Result<(), WriteError> {
     match backend {
-        Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone()).await,
-        Backend::Postgres(pool) => write_postgres(pool, batch).await,
+        Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone(), rollups).await,
+        Backend::Postgres(pool) => postgres::write(pool, batch, rollups).await,
     }
-}
-
-/// PostgreSQL: binary `COPY` into a staging table, then one idempotent `INSERT … SELECT`
-/// (see [`postgres`]).
-async fn write_postgres(pool: &sqlx::PgPool, batch: &[Box<ValidRecord>]) -> Result<(), WriteError> {
-    postgres::write(pool, batch).await
 }

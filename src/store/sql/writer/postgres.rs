@@ -20,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 use crate::store::sql::columns::{self, FIELDS, Value, column_list};
+use crate::store::sql::rollup::{self, Batch, Dist, FACT_COLUMNS, Fact, FactRow};
 use crate::store::sql::{ACQUIRE_TIMEOUT, WriteError, unavailable, write_error};
 
 /// The staging table (temporary: one per connection, no WAL, no locks shared with others).
@@ -49,7 +50,41 @@ static MOVE: LazyLock<String> = LazyLock::new(|| {
     let columns = column_list();
     format!(
         "INSERT INTO request_log ({columns}) SELECT {columns} FROM {STAGING} \
-         ON CONFLICT (request_id) DO NOTHING"
+         ON CONFLICT (request_id) DO NOTHING RETURNING {FACT_COLUMNS}"
+    )
+});
+
+/// The advisory lock every writer (of every replica) holds while it merges rollups: merges
+/// run one at a time, so a histogram read, merged and written back is never lost to another.
+const ROLLUP_LOCK: i64 = 0x6761_7465_6d65_7472; // "gatemetr"
+
+/// Stored distributions of the given rollup rows (the merge reads them under [`ROLLUP_LOCK`]).
+static READ_DISTS: &str = "SELECT k.i, r.dist FROM unnest($1::int2[], $2::int2[], $3::int8[], \
+     $4::text[], $5::text[]) WITH ORDINALITY AS k(dim, tier, bucket_ms, value, detail, i) \
+     JOIN rollup r ON r.dim = k.dim AND r.tier = k.tier AND r.bucket_ms = k.bucket_ms \
+     AND r.value = k.value COLLATE \"C\" AND r.detail = k.detail COLLATE \"C\" \
+     WHERE r.dist IS NOT NULL";
+
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    rollup::upsert_sql(
+        "SELECT dim, tier, bucket_ms, value, detail, requests, successes, input_tokens, \
+         output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, \
+         cost_micros, duration_ms_sum, NULLIF(dist, ''::bytea) ",
+        "FROM unnest($1::int2[], $2::int2[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
+         $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], \
+         $14::int8[], $15::bytea[]) AS k(dim, tier, bucket_ms, value, detail, requests, successes, \
+         input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
+         cache_read_tokens, cost_micros, duration_ms_sum, dist)",
+    )
+});
+
+static SESSION_UPSERT: LazyLock<String> = LazyLock::new(|| {
+    rollup::session_upsert_sql(
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+         $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], \
+         $13::int8[], $14::int8[])",
+        "LEAST",
+        "GREATEST",
     )
 });
 
@@ -73,7 +108,11 @@ pub(in crate::store::sql) fn open_pool(opts: PgConnectOptions, connections: usiz
 
 /// Writes one batch in one transaction; rows whose `request_id` is already stored (or repeated
 /// earlier in the batch) are skipped. `pool` must come from [`open_pool`].
-pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(), WriteError> {
+pub(super) async fn write(
+    pool: &PgPool,
+    batch: &[Box<ValidRecord>],
+    rollups: bool,
+) -> Result<(), WriteError> {
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
     let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
     data.extend_from_slice(HEADER);
@@ -88,31 +127,156 @@ pub(super) async fn write(pool: &PgPool, batch: &[Box<ValidRecord>]) -> Result<(
     // unique violation, and the batch is written again through the staging table, which skips
     // the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
     // table's heap insert and the `INSERT … SELECT` for every row.
-    match copy_in(pool, &COPY_DIRECT, &data, false).await {
+    let direct = rollups.then_some(Added::Records(batch));
+    match copy_in(pool, &COPY_DIRECT, &data, direct).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
         other => return other.map_err(write_error),
     }
-    copy_in(pool, &COPY_IN, &data, true)
+    let staged = Added::Returned { rollups };
+    copy_in(pool, &COPY_IN, &data, Some(staged))
         .await
         .map_err(write_error)
+}
+
+/// What a `COPY` added to the log, for the rollups.
+enum Added<'b> {
+    /// Every record of the batch (the direct `COPY` stores all or nothing).
+    Records(&'b [Box<ValidRecord>]),
+    /// The rows the staged move returns (repeats skipped); rolled up only with `rollups`.
+    Returned { rollups: bool },
 }
 
 /// SQLSTATE `unique_violation`.
 const UNIQUE_VIOLATION: &str = "23505";
 
-/// One transaction: `copy` with `data`, then (`staged`) [`MOVE`], then commit. Dropped
-/// uncommitted on error.
-async fn copy_in(pool: &PgPool, copy: &str, data: &[u8], staged: bool) -> Result<(), sqlx::Error> {
+/// One transaction: `copy` with `data`, then for the staged path [`MOVE`], then the rollups of
+/// what was added, then commit. Dropped uncommitted on error.
+async fn copy_in(
+    pool: &PgPool,
+    copy: &str,
+    data: &[u8],
+    added: Option<Added<'_>>,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut sink = tx.copy_in_raw(copy).await?;
     for chunk in data.chunks(SEND_CHUNK) {
         sink.send(chunk).await?;
     }
     sink.finish().await?;
-    if staged {
-        sqlx::query(&MOVE).execute(&mut *tx).await?;
+    let mut rollups = Batch::default();
+    match added {
+        Some(Added::Records(records)) => {
+            for r in records {
+                rollups.add(&Fact::of(r));
+            }
+        }
+        Some(Added::Returned { rollups: on }) => {
+            let rows = sqlx::query(&MOVE).fetch_all(&mut *tx).await?;
+            if on {
+                for row in &rows {
+                    rollups.add(&FactRow::read(row, 0)?.fact());
+                }
+            }
+        }
+        None => {}
+    }
+    if !rollups.is_empty() {
+        apply_rollups(&mut tx, rollups).await?;
     }
     tx.commit().await
+}
+
+/// Merges rollup increments into the tables inside `tx`, under [`ROLLUP_LOCK`]: reads the
+/// stored distributions of the rows concerned, merges them in, upserts every row at once.
+pub(in crate::store::sql) async fn apply_rollups(
+    tx: &mut sqlx::PgConnection,
+    batch: Batch,
+) -> Result<(), sqlx::Error> {
+    let (cells, sessions) = batch.into_rows();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ROLLUP_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let n = cells.len();
+    let (mut dim, mut tier, mut bucket) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut value, mut detail) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut counts: [Vec<i64>; 9] = Default::default();
+    let mut dists: Vec<Option<Dist>> = Vec::with_capacity(n);
+    for (k, c) in cells {
+        dim.push(k.dim.code() as i16);
+        tier.push(k.tier.code() as i16);
+        bucket.push(k.bucket_ms);
+        value.push(k.value.to_string());
+        detail.push(k.detail.to_string());
+        for (col, v) in counts.iter_mut().zip(c.counts.values()) {
+            col.push(v);
+        }
+        dists.push(c.dist);
+    }
+    let stored: Vec<(i64, Vec<u8>)> = sqlx::query_as(READ_DISTS)
+        .bind(&dim)
+        .bind(&tier)
+        .bind(&bucket)
+        .bind(&value)
+        .bind(&detail)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (i, bytes) in stored {
+        // WITH ORDINALITY counts from 1.
+        if let Some(Some(d)) = usize::try_from(i - 1).ok().and_then(|i| dists.get_mut(i)) {
+            let _ = d.decode_into(&bytes);
+        }
+    }
+    let blobs: Vec<Vec<u8>> = dists
+        .iter()
+        .map(|d| d.as_ref().map(Dist::encode).unwrap_or_default())
+        .collect();
+    let mut q = sqlx::query(&UPSERT)
+        .bind(&dim)
+        .bind(&tier)
+        .bind(&bucket)
+        .bind(&value)
+        .bind(&detail);
+    for col in &counts {
+        q = q.bind(col);
+    }
+    q.bind(&blobs).execute(&mut *tx).await?;
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let n = sessions.len();
+    let (mut id, mut user, mut ns) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut first, mut last) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut counts: [Vec<i64>; 9] = Default::default();
+    for ((i, u), s) in sessions {
+        id.push(i.to_string());
+        user.push(u.to_string());
+        ns.push(s.namespace.to_string());
+        first.push(s.first_ms);
+        last.push(s.last_ms);
+        for (col, v) in counts.iter_mut().zip(s.counts.values()) {
+            col.push(v);
+        }
+    }
+    let mut q = sqlx::query(&SESSION_UPSERT)
+        .bind(&id)
+        .bind(&user)
+        .bind(&ns)
+        .bind(&first)
+        .bind(&last);
+    for col in &counts {
+        q = q.bind(col);
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Binary COPY header: signature, flags (32 bits, 0: no OIDs), header extension length (0).
@@ -272,6 +436,6 @@ mod tests {
             "CREATE TEMPORARY TABLE request_log_staging (request_id text, ts_ms int8,"
         ));
         assert!(MOVE.contains("(request_id, ts_ms, namespace,"));
-        assert!(MOVE.ends_with("ON CONFLICT (request_id) DO NOTHING"));
+        assert!(MOVE.contains("ON CONFLICT (request_id) DO NOTHING RETURNING ts_ms, namespace,"));
     }
 }

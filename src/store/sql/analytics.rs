@@ -1,0 +1,514 @@
+//! The analytics queries (SPEC §6.3) over the rollups (`rollup.rs`): leaderboards, provider
+//! availability, the overview, sessions.
+//!
+//! A range `[from, to)` in epoch ms is answered exactly: the UTC days wholly inside it from day
+//! buckets, the hours around them from hour buckets, and the pieces of an hour at either end (a
+//! custom range, or a day that starts at a half hour in its time zone) from the raw rows, rolled
+//! up in memory the same way. A reader restricted to one user is answered from that user's raw
+//! rows (the `user_ref` index), so no rollup of anyone else's requests is ever read for it.
+
+use std::collections::BTreeMap;
+
+use compact_str::CompactString;
+use sqlx::Row;
+
+use super::rollup::{
+    Batch, Cell, Counts, DAY_MS, Dim, Dist, FACT_COLUMNS, FactRow, HOUR_MS, Tier, floor,
+};
+use super::{SqlLog, dispatch, unavailable};
+use crate::store::StoreError;
+
+/// Totals per (value, detail) of one dimension.
+pub type Grouped = BTreeMap<(CompactString, CompactString), Cell>;
+
+/// Totals per (bucket start, value, detail).
+pub type Bucketed = BTreeMap<(i64, CompactString, CompactString), Cell>;
+
+/// Raw rows read at most for one answer; a reader's range that holds more is refused (400).
+pub const MAX_RAW_ROWS: i64 = 2_000_000;
+
+/// Pieces of a range answered by rollups: (tier, start, end).
+type Rolled = Vec<(Tier, i64, i64)>;
+
+/// The pieces of `[from, to)` that rollups answer and those left to the raw rows (start, end).
+fn pieces(from: i64, to: i64) -> (Rolled, Vec<(i64, i64)>) {
+    let (mut rolled, mut raw) = (Vec::new(), Vec::new());
+    if from >= to {
+        return (rolled, raw);
+    }
+    let h0 = from.div_euclid(HOUR_MS) * HOUR_MS
+        + if from.rem_euclid(HOUR_MS) == 0 {
+            0
+        } else {
+            HOUR_MS
+        };
+    let h1 = floor(to, HOUR_MS);
+    if h0 >= h1 {
+        raw.push((from, to));
+        return (rolled, raw);
+    }
+    if from < h0 {
+        raw.push((from, h0));
+    }
+    let d0 = h0.div_euclid(DAY_MS) * DAY_MS
+        + if h0.rem_euclid(DAY_MS) == 0 {
+            0
+        } else {
+            DAY_MS
+        };
+    let d1 = floor(h1, DAY_MS);
+    if d0 < d1 {
+        if h0 < d0 {
+            rolled.push((Tier::Hour, h0, d0));
+        }
+        rolled.push((Tier::Day, d0, d1));
+        if d1 < h1 {
+            rolled.push((Tier::Hour, d1, h1));
+        }
+    } else {
+        rolled.push((Tier::Hour, h0, h1));
+    }
+    if h1 < to {
+        raw.push((h1, to));
+    }
+    (rolled, raw)
+}
+
+fn merge(into: &mut Cell, counts: Counts, dist: Option<&[u8]>) {
+    into.counts.add(&counts);
+    if let Some(b) = dist {
+        let _ = into.dist.get_or_insert_with(Dist::default).decode_into(b);
+    }
+}
+
+impl SqlLog {
+    /// Raw rows of `[from, to)` (only `user`'s when given), rolled up in memory.
+    async fn raw_batch(&self, from: i64, to: i64, user: Option<&str>) -> Result<Batch, StoreError> {
+        let sql = format!(
+            "SELECT {FACT_COLUMNS} FROM request_log WHERE ts_ms >= $1 AND ts_ms < $2 \
+             AND ($3 IS NULL OR user_ref = $3) LIMIT $4"
+        );
+        let facts = dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(from)
+                .bind(to)
+                .bind(user)
+                .bind(MAX_RAW_ROWS + 1)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| FactRow::read(r, 0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?
+        });
+        if facts.len() as i64 > MAX_RAW_ROWS {
+            return Err(StoreError::Unavailable {
+                store: "request log",
+                message: format!("more than {MAX_RAW_ROWS} rows to read for one answer"),
+            });
+        }
+        let mut batch = Batch::default();
+        for f in &facts {
+            batch.add(&f.fact());
+        }
+        Ok(batch)
+    }
+
+    /// Totals of `dim` per (value, detail) over `[from, to)`; only `user`'s requests when given.
+    pub async fn grouped(
+        &self,
+        dim: Dim,
+        from: i64,
+        to: i64,
+        user: Option<&str>,
+    ) -> Result<Grouped, StoreError> {
+        let mut out = Grouped::new();
+        let (rolled, raw) = match user {
+            Some(_) => (Vec::new(), vec![(from, to)]),
+            None => pieces(from, to),
+        };
+        for (tier, a, b) in rolled {
+            let rows = self.rollup_rows(dim, tier, a, b).await?;
+            for (_, value, detail, counts, dist) in rows {
+                merge(
+                    out.entry((value, detail)).or_default(),
+                    counts,
+                    dist.as_deref(),
+                );
+            }
+        }
+        for (a, b) in raw {
+            if a >= b {
+                continue;
+            }
+            for (key, cell) in self.raw_batch(a, b, user).await?.cells_of(dim) {
+                out.entry((key.value, key.detail))
+                    .or_default()
+                    .merge_from(&cell);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals of `dim` per `bucket_ms` bucket (a multiple of a minute; of an hour from an hour up),
+    /// value and detail, for buckets from the one containing `from` up to `to`.
+    pub async fn bucketed(
+        &self,
+        dim: Dim,
+        from: i64,
+        to: i64,
+        bucket_ms: i64,
+        user: Option<&str>,
+    ) -> Result<Bucketed, StoreError> {
+        let start = floor(from, bucket_ms);
+        let mut out = Bucketed::new();
+        if let Some(user) = user {
+            for (key, cell) in self.raw_batch(start, to, Some(user)).await?.cells_of(dim) {
+                out.entry((floor(key.bucket_ms, bucket_ms), key.value, key.detail))
+                    .or_default()
+                    .merge_from(&cell);
+            }
+            return Ok(out);
+        }
+        let tier = if bucket_ms % DAY_MS == 0 && dim != Dim::Provider {
+            Tier::Day
+        } else if bucket_ms % HOUR_MS == 0 || dim != Dim::Provider {
+            Tier::Hour
+        } else {
+            Tier::Minute
+        };
+        for (bucket, value, detail, counts, dist) in self.rollup_rows(dim, tier, start, to).await? {
+            let e = out
+                .entry((floor(bucket, bucket_ms), value, detail))
+                .or_default();
+            merge(e, counts, dist.as_deref());
+        }
+        Ok(out)
+    }
+
+    /// Rollup rows of `dim` and `tier` with a bucket start in `[from, to)`.
+    #[allow(clippy::type_complexity)]
+    async fn rollup_rows(
+        &self,
+        dim: Dim,
+        tier: Tier,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, CompactString, CompactString, Counts, Option<Vec<u8>>)>, StoreError> {
+        let sql = format!(
+            "SELECT bucket_ms, value, detail, {}, dist FROM rollup \
+             WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4",
+            super::rollup::COUNT_COLUMNS.join(", ")
+        );
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(dim.code() as i16)
+                .bind(tier.code() as i16)
+                .bind(from)
+                .bind(to)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<i64, _>(0)?,
+                        CompactString::from(r.try_get::<String, _>(1)?),
+                        CompactString::from(r.try_get::<String, _>(2)?),
+                        Counts::read(r, 3)?,
+                        r.try_get::<Option<Vec<u8>>, _>(12)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(unavailable)
+        })
+    }
+
+    /// The start of the latest request at or after `since` of each (provider, model), from the
+    /// raw rows (`ts_ms` index; a short recent range); only `user`'s when given.
+    pub async fn last_requests_since(
+        &self,
+        since: i64,
+        user: Option<&str>,
+    ) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT provider, model, max(ts_ms) FROM request_log \
+                 WHERE ts_ms >= $1 AND provider <> '' AND ($2 IS NULL OR user_ref = $2) \
+                 GROUP BY provider, model",
+            )
+            .bind(since)
+            .bind(user)
+            .fetch_all(p)
+            .await
+            .map_err(unavailable)?;
+            Ok(rows.into_iter().map(|(p, m, t)| ((p, m), t)).collect())
+        })
+    }
+
+    /// A user's requests per API key that the log holds: totals, calls since `day` and since
+    /// `month` (epoch ms), latest request.
+    pub async fn key_stats_of_user(
+        &self,
+        user: &str,
+        day: i64,
+        month: i64,
+    ) -> Result<Vec<UserKeyStats>, StoreError> {
+        let sums: Vec<String> = super::rollup::COUNT_COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "requests" => "count(*)".to_string(),
+                "successes" => {
+                    "sum(CASE WHEN status >= 200 AND status < 400 THEN 1 ELSE 0 END)".to_string()
+                }
+                "duration_ms_sum" => "sum(duration_ms)".to_string(),
+                c => format!("sum({c})"),
+            })
+            .map(|e| format!("CAST({e} AS BIGINT)"))
+            .collect();
+        let sql = format!(
+            "SELECT key_name, max(ts_ms), \
+             CAST(sum(CASE WHEN ts_ms >= $2 THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN ts_ms >= $3 THEN 1 ELSE 0 END) AS BIGINT), {} \
+             FROM request_log WHERE user_ref = $1 AND key_name IS NOT NULL \
+             GROUP BY key_name ORDER BY count(*) DESC, key_name",
+            sums.join(", ")
+        );
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(user)
+                .bind(day)
+                .bind(month)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(UserKeyStats {
+                        key: r.try_get(0)?,
+                        last_used_ms: r.try_get(1)?,
+                        today: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
+                        this_month: u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+                        counts: Counts::read(r, 4)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(unavailable)
+        })
+    }
+
+    /// Sessions active at or after `since` (`active`) or last active before it, newest first,
+    /// after the `(last_ms, session_id)` cursor; only `user`'s when given.
+    pub async fn sessions(
+        &self,
+        active: bool,
+        since: i64,
+        user: Option<&str>,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let (after_ms, after_id) = after.unwrap_or((i64::MAX, String::new()));
+        let sql = format!(
+            "SELECT session_id, user_ref, namespace, first_ms, last_ms, {} FROM session_rollup \
+             WHERE ({}) AND ($2 IS NULL OR user_ref = $2) \
+             AND (last_ms < $3 OR (last_ms = $3 AND session_id < $4)) \
+             ORDER BY last_ms DESC, session_id DESC LIMIT $5",
+            super::rollup::COUNT_COLUMNS.join(", "),
+            if active {
+                "last_ms >= $1"
+            } else {
+                "last_ms < $1"
+            },
+        );
+        let after_id = if after_ms == i64::MAX {
+            "\u{10FFFF}".to_string()
+        } else {
+            after_id
+        };
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(since)
+                .bind(user)
+                .bind(after_ms)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(SessionRow::read).collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    /// The rows of session `id` (one per user; only `user`'s when given).
+    pub async fn session_rows(
+        &self,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = format!(
+            "SELECT session_id, user_ref, namespace, first_ms, last_ms, {} FROM session_rollup \
+             WHERE session_id = $1 AND ($2 IS NULL OR user_ref = $2) ORDER BY user_ref",
+            super::rollup::COUNT_COLUMNS.join(", ")
+        );
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(id)
+                .bind(user)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(SessionRow::read).collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    /// The requests of session `id` in order (log id, time, provider, model, status, duration),
+    /// at most `limit`; only `user`'s when given.
+    pub async fn session_requests(
+        &self,
+        id: &str,
+        user: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SessionRequest>, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(
+                "SELECT id, ts_ms, provider, model, status, duration_ms FROM request_log \
+                 WHERE session_id = $1 AND ($2 IS NULL OR user_ref = $2) \
+                 ORDER BY ts_ms, id LIMIT $3",
+            )
+            .bind(id)
+            .bind(user)
+            .bind(limit)
+            .fetch_all(p)
+            .await
+            .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SessionRequest {
+                        id: r.try_get(0)?,
+                        ts_ms: r.try_get(1)?,
+                        provider: r.try_get(2)?,
+                        model: r.try_get(3)?,
+                        status: r.try_get(4)?,
+                        duration_ms: r.try_get(5)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(unavailable)
+        })
+    }
+
+    /// Sessions last active at or after `since` (only `user`'s when given).
+    pub async fn active_sessions(&self, since: i64, user: Option<&str>) -> Result<i64, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(DISTINCT session_id) FROM session_rollup \
+                 WHERE last_ms >= $1 AND ($2 IS NULL OR user_ref = $2)",
+            )
+            .bind(since)
+            .bind(user)
+            .fetch_one(p)
+            .await
+            .map_err(unavailable)
+        })
+    }
+}
+
+/// One session (and user) of the session rollup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Session id.
+    pub session_id: String,
+    /// The user (`""` when the records named none).
+    pub user: String,
+    /// Namespace of its first request.
+    pub namespace: String,
+    /// First and last request start, epoch ms.
+    pub first_ms: i64,
+    /// Last request start, epoch ms.
+    pub last_ms: i64,
+    /// Totals.
+    pub counts: Counts,
+}
+
+impl SessionRow {
+    fn read<R>(r: &R) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            session_id: r.try_get(0)?,
+            user: r.try_get(1)?,
+            namespace: r.try_get(2)?,
+            first_ms: r.try_get(3)?,
+            last_ms: r.try_get(4)?,
+            counts: Counts::read(r, 5)?,
+        })
+    }
+}
+
+/// One API key's stats over one user's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeyStats {
+    /// Key name.
+    pub key: String,
+    /// Latest request start, epoch ms.
+    pub last_used_ms: i64,
+    /// Calls since the start of the UTC day.
+    pub today: u64,
+    /// Calls since the start of the UTC month.
+    pub this_month: u64,
+    /// Totals.
+    pub counts: Counts,
+}
+
+/// One request of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// Log id (`/api/v1/logs/{id}`).
+    pub id: i64,
+    /// Start, epoch ms.
+    pub ts_ms: i64,
+    /// Provider.
+    pub provider: String,
+    /// Model used.
+    pub model: String,
+    /// Final status.
+    pub status: i64,
+    /// Duration, ms.
+    pub duration_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_into_days_hours_and_raw_edges() {
+        let d = DAY_MS;
+        let h = HOUR_MS;
+        // Two whole days: one day piece.
+        assert_eq!(pieces(d, 3 * d), (vec![(Tier::Day, d, 3 * d)], vec![]));
+        // Shanghai's day: 16:00 to 16:00 UTC, hours either side of no whole UTC day.
+        assert_eq!(
+            pieces(d + 16 * h, 2 * d + 16 * h),
+            (vec![(Tier::Hour, d + 16 * h, 2 * d + 16 * h)], vec![])
+        );
+        // Half-hour zone month: raw half hours, hours, days, hours, raw half hour.
+        let (rolled, raw) = pieces(d - h / 2, 5 * d + 3 * h + h / 2);
+        assert_eq!(
+            rolled,
+            vec![(Tier::Day, d, 5 * d), (Tier::Hour, 5 * d, 5 * d + 3 * h)]
+        );
+        assert_eq!(
+            raw,
+            vec![(d - h / 2, d), (5 * d + 3 * h, 5 * d + 3 * h + h / 2)]
+        );
+        // Within one hour: all raw.
+        assert_eq!(pieces(10, 20), (vec![], vec![(10, 20)]));
+        assert_eq!(pieces(20, 20), (vec![], vec![]));
+    }
+}

@@ -1,0 +1,737 @@
+//! Rollups of the request log (SPEC §5): time-bucketed totals the log writer keeps in the same
+//! transaction as the rows they count, so the analytics queries (`analytics.rs`) read a number
+//! of rows that follows the range asked for, not the size of the log.
+//!
+//! What is kept (`migrations/*/…_rollups.sql`): per [`Dim`] value and [`Tier`] bucket, the
+//! request and success counts, tokens by type, cost (micro-USD), the duration sum, and for every
+//! dimension but users and keys a [`Dist`]: the HDR duration histogram (quantiles within 0.4 %)
+//! and the failed requests by status code. Providers (with their models) have minute buckets as
+//! well, for availability; everything has hour and UTC-day buckets. Sessions have one row each
+//! (per user) with first and last activity.
+//!
+//! Exactness: only rows the insert actually stored are added (the SQLite writer checks each
+//! row's change count, PostgreSQL's staged path reads `RETURNING`), so a repeated `request_id`
+//! is counted in neither. A [`Batch`] accumulates one write's rows in memory; the dialect's
+//! writer then merges it into the tables (SQLite: `sqlite_insert.rs`, one writer anyway;
+//! PostgreSQL: `writer/postgres.rs`, under a transaction-level advisory lock, so concurrent
+//! writers and replicas merge one at a time and histogram blobs can be merged in Rust).
+//! [`rebuild`] recomputes everything from the raw rows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use compact_str::CompactString;
+use sqlx::Row;
+
+use super::{Backend, dispatch, unavailable};
+use crate::aggregate::Latency;
+use crate::record::{ValidRecord, is_success_status};
+use crate::store::StoreError;
+use crate::varint;
+
+/// One minute, hour and day in milliseconds.
+pub const MINUTE_MS: i64 = 60_000;
+/// One hour in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+/// One (UTC) day in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Bucket sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// One minute (providers only).
+    Minute = 0,
+    /// One hour.
+    Hour = 1,
+    /// One UTC day.
+    Day = 2,
+}
+
+impl Tier {
+    /// The bucket's length in milliseconds.
+    pub const fn ms(self) -> i64 {
+        match self {
+            Self::Minute => MINUTE_MS,
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+
+    /// The `tier` column's value.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+}
+
+/// What a rollup row is grouped by (the `dim` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    /// Everything (value and detail empty).
+    All = 0,
+    /// `user_ref`.
+    User = 1,
+    /// `key_name`.
+    Key = 2,
+    /// `provider`, detail the model used; records blocked before forwarding have none.
+    Provider = 3,
+    /// The model the client asked for (`original_model`, else `model`), detail the model used.
+    Model = 4,
+    /// `namespace`.
+    Namespace = 5,
+    /// `endpoint`.
+    Endpoint = 6,
+}
+
+impl Dim {
+    /// The `dim` column's value.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// Whether rows of this dimension keep a [`Dist`] (users and keys are many and need none).
+    pub const fn has_dist(self) -> bool {
+        !matches!(self, Self::User | Self::Key)
+    }
+}
+
+/// The request-log columns a rollup needs, in this order (for reading raw rows back).
+pub(crate) const FACT_COLUMNS: &str = "ts_ms, namespace, user_ref, key_name, provider, model, \
+     original_model, endpoint, status, duration_ms, input_tokens, output_tokens, \
+     cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_micros, session_id";
+
+/// What a rollup needs of one stored row, borrowed from a record or a [`FactRow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fact<'a> {
+    pub ts_ms: i64,
+    pub namespace: &'a str,
+    pub user: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub original_model: Option<&'a str>,
+    pub endpoint: &'a str,
+    pub status: i64,
+    pub duration_ms: i64,
+    pub tokens: [i64; 5],
+    pub cost_micros: i64,
+    pub session_id: Option<&'a str>,
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl<'a> Fact<'a> {
+    /// The fact of a record as the writer stores it.
+    pub fn of(r: &'a ValidRecord) -> Self {
+        let t = &r.tokens;
+        Self {
+            ts_ms: r.timestamp_ms,
+            namespace: r.namespace.as_str(),
+            // `user_ref`: what a user token and the log's `user` filter match.
+            user: r.user_id.as_deref().or(r.user.as_deref()),
+            key: r.key.as_deref(),
+            provider: r.provider.as_str(),
+            model: r.model.as_str(),
+            original_model: r.original_model.as_ref().map(|m| m.as_str()),
+            endpoint: r.endpoint.as_str(),
+            status: i64::from(r.status),
+            duration_ms: int(r.duration_ms),
+            tokens: [
+                int(t.input),
+                int(t.output),
+                int(t.cache_write_5m),
+                int(t.cache_write_1h),
+                int(t.cache_read),
+            ],
+            cost_micros: int(r.cost_micros),
+            session_id: r.session_id.as_deref(),
+        }
+    }
+
+    fn success(&self) -> bool {
+        u16::try_from(self.status).is_ok_and(is_success_status)
+    }
+}
+
+/// A stored row read back ([`FACT_COLUMNS`]), owning its text.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FactRow {
+    ts_ms: i64,
+    text: [Option<String>; 7],
+    numbers: [i64; 8],
+    session_id: Option<String>,
+}
+
+impl FactRow {
+    /// Reads [`FACT_COLUMNS`] starting at column `at` of `row`.
+    pub fn read<'r, R>(row: &'r R, at: usize) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let mut f = Self {
+            ts_ms: row.try_get(at)?,
+            ..Self::default()
+        };
+        for (i, t) in f.text.iter_mut().enumerate() {
+            *t = row.try_get(at + 1 + i)?;
+        }
+        for (i, n) in f.numbers.iter_mut().enumerate() {
+            *n = row.try_get(at + 8 + i)?;
+        }
+        f.session_id = row.try_get(at + 16)?;
+        Ok(f)
+    }
+
+    /// The row as a [`Fact`].
+    pub fn fact(&self) -> Fact<'_> {
+        let s = |i: usize| self.text[i].as_deref();
+        let n = &self.numbers;
+        Fact {
+            ts_ms: self.ts_ms,
+            namespace: s(0).unwrap_or(""),
+            user: s(1),
+            key: s(2),
+            provider: s(3).unwrap_or(""),
+            model: s(4).unwrap_or(""),
+            original_model: s(5),
+            endpoint: s(6).unwrap_or(""),
+            status: n[0],
+            duration_ms: n[1],
+            tokens: [n[2], n[3], n[4], n[5], n[6]],
+            cost_micros: n[7],
+            session_id: self.session_id.as_deref(),
+        }
+    }
+}
+
+/// The additive totals of a rollup or session row, in the order of [`COUNT_COLUMNS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests.
+    pub requests: i64,
+    /// Requests with a 2xx or 3xx status.
+    pub successes: i64,
+    /// Tokens: input, output, cache write 5 m, cache write 1 h, cache read.
+    pub tokens: [i64; 5],
+    /// Cost, micro-USD.
+    pub cost_micros: i64,
+    /// Sum of durations, ms.
+    pub duration_ms_sum: i64,
+}
+
+/// The count columns of both rollup tables, in [`Counts::values`] order.
+pub(crate) const COUNT_COLUMNS: [&str; 9] = [
+    "requests",
+    "successes",
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "cost_micros",
+    "duration_ms_sum",
+];
+
+impl Counts {
+    fn add_fact(&mut self, f: &Fact<'_>) {
+        self.requests += 1;
+        self.successes += i64::from(f.success());
+        for (t, n) in self.tokens.iter_mut().zip(f.tokens) {
+            *t += n;
+        }
+        self.cost_micros += f.cost_micros;
+        self.duration_ms_sum += f.duration_ms;
+    }
+
+    /// Adds `o`.
+    pub fn add(&mut self, o: &Counts) {
+        self.requests += o.requests;
+        self.successes += o.successes;
+        for (t, n) in self.tokens.iter_mut().zip(o.tokens) {
+            *t += n;
+        }
+        self.cost_micros += o.cost_micros;
+        self.duration_ms_sum += o.duration_ms_sum;
+    }
+
+    /// The values in [`COUNT_COLUMNS`] order.
+    pub fn values(&self) -> [i64; 9] {
+        let t = self.tokens;
+        [
+            self.requests,
+            self.successes,
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            self.cost_micros,
+            self.duration_ms_sum,
+        ]
+    }
+
+    /// From values in [`COUNT_COLUMNS`] order.
+    pub fn from_values(v: [i64; 9]) -> Self {
+        Self {
+            requests: v[0],
+            successes: v[1],
+            tokens: [v[2], v[3], v[4], v[5], v[6]],
+            cost_micros: v[7],
+            duration_ms_sum: v[8],
+        }
+    }
+
+    /// Reads [`COUNT_COLUMNS`] starting at column `at` of `row`.
+    pub(crate) fn read<'r, R>(row: &'r R, at: usize) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let mut v = [0i64; 9];
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = row.try_get(at + i)?;
+        }
+        Ok(Self::from_values(v))
+    }
+
+    /// Total tokens of every type.
+    pub fn total_tokens(&self) -> i64 {
+        self.tokens.iter().sum()
+    }
+}
+
+/// The duration distribution and the failures by status code of a rollup row.
+#[derive(Debug, Clone, Default)]
+pub struct Dist {
+    /// Durations, ms.
+    pub latency: Latency,
+    /// Failed requests (not 2xx/3xx) by status code (0: no response).
+    pub errors: BTreeMap<u16, u64>,
+}
+
+const DIST_VERSION: u8 = 1;
+
+impl Dist {
+    fn record(&mut self, f: &Fact<'_>) {
+        self.latency
+            .record(u64::try_from(f.duration_ms).unwrap_or(0));
+        if !f.success() {
+            let code = u16::try_from(f.status).unwrap_or(0);
+            *self.errors.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Adds every value of `o`.
+    pub fn merge(&mut self, o: &Dist) {
+        self.latency.merge(&o.latency);
+        for (code, n) in &o.errors {
+            *self.errors.entry(*code).or_default() += n;
+        }
+    }
+
+    /// The `dist` column's bytes: a version byte, the histogram ([`Latency::encode_into`]),
+    /// then the number of status codes and per code the code and its count, as varints.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![DIST_VERSION];
+        self.latency.encode_into(&mut out);
+        varint::put(&mut out, self.errors.len() as u64);
+        for (code, n) in &self.errors {
+            varint::put(&mut out, u64::from(*code));
+            varint::put(&mut out, *n);
+        }
+        out
+    }
+
+    /// Adds the distribution encoded in `b` ([`Dist::encode`]); `None` when `b` is not one
+    /// (nothing is added then).
+    pub fn decode_into(&mut self, b: &[u8]) -> Option<()> {
+        let mut d = Dist::default();
+        let (&version, rest) = b.split_first()?;
+        if version != DIST_VERSION {
+            return None;
+        }
+        let mut i = 0;
+        d.latency.decode_from(rest, &mut i)?;
+        for _ in 0..varint::get(rest, &mut i)? {
+            let code = u16::try_from(varint::get(rest, &mut i)?).ok()?;
+            *d.errors.entry(code).or_default() += varint::get(rest, &mut i)?;
+        }
+        (i == rest.len()).then(|| self.merge(&d))
+    }
+}
+
+/// Which rollup row: dimension, tier, bucket start, value, detail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct CellKey {
+    pub dim: Dim,
+    pub tier: Tier,
+    pub bucket_ms: i64,
+    pub value: CompactString,
+    pub detail: CompactString,
+}
+
+/// One rollup row's totals: counts, and the distribution where the dimension keeps one.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    /// The additive totals.
+    pub counts: Counts,
+    /// Durations and failures by status (not for users and keys).
+    pub dist: Option<Dist>,
+}
+
+impl Cell {
+    /// Adds `o`.
+    pub fn merge_from(&mut self, o: &Cell) {
+        self.merge(o);
+    }
+
+    fn merge(&mut self, o: &Cell) {
+        self.counts.add(&o.counts);
+        if let Some(d) = &o.dist {
+            self.dist.get_or_insert_with(Dist::default).merge(d);
+        }
+    }
+}
+
+/// One session row's increments (keyed by session id and user, `""` for none).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionCell {
+    pub namespace: CompactString,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub counts: Counts,
+}
+
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// A session row's key: session id and user (`""` for none).
+pub(crate) type SessionKey = (CompactString, CompactString);
+
+/// What [`Batch::into_rows`] gives: rollup rows and session rows, each in key order.
+pub(crate) type Rows = (Vec<(CellKey, Cell)>, Vec<(SessionKey, SessionCell)>);
+
+/// The rollup increments of one write, accumulated in memory.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    cells: Map<CellKey, Cell>,
+    sessions: Map<SessionKey, SessionCell>,
+}
+
+/// `ts` rounded down to a multiple of `size` (also before 1970; saturating at `i64::MIN`).
+pub fn floor(ts: i64, size: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(size))
+}
+
+impl Batch {
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty() && self.sessions.is_empty()
+    }
+
+    fn cell(
+        &mut self,
+        dim: Dim,
+        tier: Tier,
+        bucket_ms: i64,
+        value: &str,
+        detail: &str,
+        f: &Fact<'_>,
+    ) {
+        let key = CellKey {
+            dim,
+            tier,
+            bucket_ms,
+            value: value.into(),
+            detail: detail.into(),
+        };
+        let cell = self.cells.entry(key).or_default();
+        cell.counts.add_fact(f);
+        if dim.has_dist() {
+            cell.dist.get_or_insert_with(Dist::default).record(f);
+        }
+    }
+
+    /// Adds one stored row: its minute (providers) and hour buckets, and its session; hour
+    /// buckets of providers and every day bucket are derived in [`Batch::into_rows`].
+    pub fn add(&mut self, f: &Fact<'_>) {
+        let hour = floor(f.ts_ms, HOUR_MS);
+        if !f.provider.is_empty() {
+            let minute = floor(f.ts_ms, MINUTE_MS);
+            self.cell(Dim::Provider, Tier::Minute, minute, f.provider, f.model, f);
+        }
+        self.cell(Dim::All, Tier::Hour, hour, "", "", f);
+        if let Some(u) = f.user {
+            self.cell(Dim::User, Tier::Hour, hour, u, "", f);
+        }
+        if let Some(k) = f.key {
+            self.cell(Dim::Key, Tier::Hour, hour, k, "", f);
+        }
+        let asked = f.original_model.unwrap_or(f.model);
+        self.cell(Dim::Model, Tier::Hour, hour, asked, f.model, f);
+        self.cell(Dim::Namespace, Tier::Hour, hour, f.namespace, "", f);
+        self.cell(Dim::Endpoint, Tier::Hour, hour, f.endpoint, "", f);
+        if let Some(s) = f.session_id {
+            let key = (
+                CompactString::from(s),
+                CompactString::from(f.user.unwrap_or("")),
+            );
+            let session = self.sessions.entry(key).or_insert_with(|| SessionCell {
+                namespace: f.namespace.into(),
+                first_ms: f.ts_ms,
+                last_ms: f.ts_ms,
+                counts: Counts::default(),
+            });
+            session.first_ms = session.first_ms.min(f.ts_ms);
+            session.last_ms = session.last_ms.max(f.ts_ms);
+            session.counts.add_fact(f);
+        }
+    }
+
+    /// The cells of `dim` as added (providers by minute, the rest by hour; nothing derived).
+    pub fn cells_of(&self, dim: Dim) -> Vec<(CellKey, Cell)> {
+        self.cells
+            .iter()
+            .filter(|(k, _)| k.dim == dim)
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Every row to merge into the tables, in key order (so concurrent writers of PostgreSQL,
+    /// serialized anyway, would also lock rows in one order): the cells added, the provider
+    /// hours from their minutes, the days from the hours.
+    pub fn into_rows(self) -> Rows {
+        let mut cells: BTreeMap<CellKey, Cell> = self.cells.into_iter().collect();
+        for (from, to) in [(Tier::Minute, Tier::Hour), (Tier::Hour, Tier::Day)] {
+            let derived: Vec<(CellKey, Cell)> = cells
+                .iter()
+                .filter(|(k, _)| k.tier == from)
+                .map(|(k, c)| {
+                    let mut k = k.clone();
+                    k.tier = to;
+                    k.bucket_ms = floor(k.bucket_ms, to.ms());
+                    (k, c.clone())
+                })
+                .collect();
+            for (k, c) in derived {
+                cells.entry(k).or_default().merge(&c);
+            }
+        }
+        let mut sessions: Vec<_> = self.sessions.into_iter().collect();
+        sessions.sort_by(|a, b| a.0.cmp(&b.0));
+        (cells.into_iter().collect(), sessions)
+    }
+}
+
+/// The rollup upsert of one row, `?1` … `?15`: key, counts, dist. Counts add; the dist is
+/// replaced by what the writer merged (it read the stored one first).
+pub(crate) fn upsert_sql(first: &str, rows_from: &str) -> String {
+    let counts = COUNT_COLUMNS.join(", ");
+    let set: Vec<String> = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = rollup.{c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO rollup (dim, tier, bucket_ms, value, detail, {counts}, dist) {first}{rows_from} \
+         ON CONFLICT (dim, tier, bucket_ms, value, detail) DO UPDATE SET {}, dist = excluded.dist",
+        set.join(", ")
+    )
+}
+
+/// The session upsert: counts add, first and last activity widen (`min`/`max` are the
+/// dialect's two-argument functions: SQLite `min`, PostgreSQL `LEAST`).
+pub(crate) fn session_upsert_sql(rows_from: &str, min: &str, max: &str) -> String {
+    let counts = COUNT_COLUMNS.join(", ");
+    let set: Vec<String> = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = session_rollup.{c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO session_rollup (session_id, user_ref, namespace, first_ms, last_ms, {counts}) \
+         {rows_from} ON CONFLICT (session_id, user_ref) DO UPDATE SET \
+         first_ms = {min}(session_rollup.first_ms, excluded.first_ms), \
+         last_ms = {max}(session_rollup.last_ms, excluded.last_ms), {}",
+        set.join(", ")
+    )
+}
+
+/// Raw rows read per step of [`rebuild`].
+const REBUILD_CHUNK: i64 = 50_000;
+
+/// Recomputes every rollup from the raw rows: empties both tables, then reads `request_log` in
+/// id order, [`REBUILD_CHUNK`] rows at a time, merging each chunk like the writer does. Run it
+/// with no server writing to the log (rows written meanwhile could be counted twice); if it is
+/// interrupted, run it again. Returns the rows read.
+pub(crate) async fn rebuild(backend: &Backend) -> Result<u64, StoreError> {
+    dispatch!(backend, p, DB => {
+        sqlx::query("DELETE FROM rollup").execute(p).await.map_err(unavailable)?;
+        sqlx::query("DELETE FROM session_rollup").execute(p).await.map_err(unavailable)?;
+    });
+    let sql =
+        format!("SELECT id, {FACT_COLUMNS} FROM request_log WHERE id > $1 ORDER BY id LIMIT $2");
+    let (mut after, mut total) = (i64::MIN, 0u64);
+    loop {
+        let (facts, last) = dispatch!(backend, p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(REBUILD_CHUNK)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            let last: Option<i64> = match rows.last() {
+                Some(r) => Some(r.try_get(0).map_err(unavailable)?),
+                None => None,
+            };
+            let facts = rows
+                .iter()
+                .map(|r| FactRow::read(r, 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            (facts, last)
+        });
+        let Some(last) = last else { return Ok(total) };
+        after = last;
+        total += facts.len() as u64;
+        let mut batch = Batch::default();
+        for f in &facts {
+            batch.add(&f.fact());
+        }
+        apply(backend, batch).await?;
+    }
+}
+
+/// Merges `batch` into the tables in a transaction of its own (the writer merges inside its
+/// insert's transaction instead).
+pub(crate) async fn apply(backend: &Backend, batch: Batch) -> Result<(), StoreError> {
+    match backend {
+        Backend::Sqlite(pool) => super::sqlite_insert::apply_rollups(pool, batch).await,
+        Backend::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            super::writer::postgres::apply_rollups(&mut tx, batch)
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        }
+    }
+}
+
+/// Deletes rollup buckets that end at or before `cutoff_ms` and sessions last active before it
+/// (the retention of the raw rows: a bucket the cutoff cuts through stays whole until it ends).
+pub(crate) async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let mut total = 0;
+    dispatch!(backend, p, DB => {
+        for tier in [Tier::Minute, Tier::Hour, Tier::Day] {
+            total += sqlx::query("DELETE FROM rollup WHERE tier = $1 AND bucket_ms <= $2")
+                .bind(tier.code())
+                .bind(cutoff_ms - tier.ms())
+                .execute(p)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        }
+        total += sqlx::query("DELETE FROM session_rollup WHERE last_ms < $1")
+            .bind(cutoff_ms)
+            .execute(p)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+    });
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fact(ts_ms: i64, provider: &'static str, status: i64, duration_ms: i64) -> Fact<'static> {
+        Fact {
+            ts_ms,
+            namespace: "ns",
+            user: Some("u"),
+            key: None,
+            provider,
+            model: "m",
+            original_model: Some("asked"),
+            endpoint: "/v1/messages",
+            status,
+            duration_ms,
+            tokens: [1, 2, 3, 4, 5],
+            cost_micros: 7,
+            session_id: Some("s"),
+        }
+    }
+
+    #[test]
+    fn hours_and_days_are_derived_from_the_finest_buckets() {
+        let mut b = Batch::default();
+        b.add(&fact(HOUR_MS + 1, "p", 200, 10));
+        b.add(&fact(HOUR_MS + MINUTE_MS, "p", 503, 30));
+        b.add(&fact(2 * HOUR_MS, "", 403, 5));
+        let (cells, sessions) = b.into_rows();
+        let get = |dim, tier, bucket: i64, value: &str| {
+            cells
+                .iter()
+                .find(|(k, _)| {
+                    k.dim == dim && k.tier == tier && k.bucket_ms == bucket && k.value == value
+                })
+                .map(|(_, c)| c.clone())
+        };
+        let minutes = cells.iter().filter(|(k, _)| k.tier == Tier::Minute).count();
+        assert_eq!(
+            minutes, 2,
+            "two provider minutes; a blocked record has none"
+        );
+        let hour = get(Dim::Provider, Tier::Hour, HOUR_MS, "p").expect("provider hour");
+        assert_eq!((hour.counts.requests, hour.counts.successes), (2, 1));
+        let dist = hour.dist.expect("providers keep a dist");
+        assert_eq!(dist.errors, BTreeMap::from([(503, 1)]));
+        let day = get(Dim::All, Tier::Day, 0, "").expect("day");
+        assert_eq!(day.counts.requests, 3);
+        assert_eq!(day.counts.tokens, [3, 6, 9, 12, 15]);
+        assert_eq!(day.counts.cost_micros, 21);
+        assert_eq!(day.counts.duration_ms_sum, 45);
+        let model = get(Dim::Model, Tier::Day, 0, "asked").expect("requested model");
+        assert_eq!(model.counts.requests, 3);
+        assert!(
+            get(Dim::User, Tier::Day, 0, "u")
+                .expect("user")
+                .dist
+                .is_none()
+        );
+        assert_eq!(sessions.len(), 1);
+        let s = &sessions[0].1;
+        assert_eq!(
+            (s.first_ms, s.last_ms, s.counts.requests),
+            (HOUR_MS + 1, 2 * HOUR_MS, 3)
+        );
+    }
+
+    #[test]
+    fn dist_round_trips_and_refuses_garbage() {
+        let mut d = Dist::default();
+        for (i, status) in [200, 500, 500, 0].into_iter().enumerate() {
+            d.record(&fact(0, "p", status, 100 * (i as i64 + 1)));
+        }
+        let bytes = d.encode();
+        let mut back = Dist::default();
+        back.decode_into(&bytes).expect("decodes");
+        back.decode_into(&bytes).expect("adds");
+        assert_eq!(back.latency.count(), 8);
+        assert_eq!(back.errors, BTreeMap::from([(0, 2), (500, 4)]));
+        let mut untouched = Dist::default();
+        assert!(untouched.decode_into(&bytes[..bytes.len() - 1]).is_none());
+        assert!(untouched.decode_into(&[9, 0, 0]).is_none());
+        assert_eq!(untouched.latency.count(), 0);
+    }
+
+    #[test]
+    fn buckets_round_down_before_1970_too() {
+        assert_eq!(floor(-1, MINUTE_MS), -MINUTE_MS);
+        assert_eq!(floor(MINUTE_MS, MINUTE_MS), MINUTE_MS);
+        assert_eq!(floor(i64::MIN + 1, DAY_MS), i64::MIN, "saturates");
+        assert_eq!(floor(i64::MAX, DAY_MS) % DAY_MS, 0);
+    }
+}

@@ -1,0 +1,581 @@
+//! The analytics API and the rollups behind it, on SQLite and PostgreSQL: rollups exact against
+//! a model of the raw rows (any range, repeated ids, rebuild), periods in a non-UTC zone,
+//! availability colours and quantiles, the session activity edge, what a user token sees, and
+//! parameter errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gatemeter::calendar::{Period, Zone};
+use gatemeter::health::Health;
+use gatemeter::store::RequestLog;
+use gatemeter::store::sql::rollup::{Counts, DAY_MS, Dim, HOUR_MS};
+use serde_json::{Value, json};
+
+use crate::harness::TestApp;
+use crate::sql_log::{
+    ADMIN, ALICE, BOB, Db, INGEST, auth_yaml, get_json, ingest, log_store_yaml, open_log_with,
+    valid, wait_rows,
+};
+
+/// A deterministic mixed record set over the last `days` days: users, keys, three providers and
+/// blocked requests (no provider), redirected models, failures, sessions.
+fn records(n: i64, now: i64, days: i64) -> Vec<Value> {
+    let span = days * DAY_MS;
+    (0..n)
+        .map(|i| {
+            let x = (i * 7_919 + 13) % 104_729;
+            let ts = now - span + (x * span / 104_729);
+            let provider = ["anthropic", "openai", "bedrock", ""][(x % 4) as usize];
+            let status = [200, 200, 200, 201, 429, 500, 0, 304][(x % 8) as usize];
+            let model = ["claude-sonnet-4-5", "gpt-4o", "m3"][(x % 3) as usize];
+            let endpoint = ["/v1/messages", "/v1/chat/completions"][(x % 2) as usize];
+            let mut r = json!({
+                "request_id": format!("a{i}"),
+                "timestamp": ts,
+                "namespace": format!("ns{}", x % 3),
+                "user": format!("u{}", x % 10),
+                "key": format!("k{}", x % 5),
+                "model": model,
+                "endpoint": endpoint,
+                "status": status,
+                "duration_ms": 20 + (x * x) % 9_000,
+                "input_tokens": x % 1000,
+                "output_tokens": x % 333,
+                "cache_read_tokens": x % 77,
+                "cost_usd": format!("0.{:06}", x % 999_999),
+                "session_id": format!("s{}", x % 40),
+            });
+            if !provider.is_empty() {
+                r["provider"] = json!(provider);
+            }
+            if x % 5 == 0 {
+                r["original_model"] = json!("asked-model");
+            }
+            r
+        })
+        .collect()
+}
+
+/// Expected totals of `dim` per (value, detail) over `[from, to)`, from the records.
+fn model(
+    recs: &[Value],
+    dim: Dim,
+    from: i64,
+    to: i64,
+    user: Option<&str>,
+) -> BTreeMap<(String, String), Counts> {
+    let mut out: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for r in recs {
+        let ts = r["timestamp"].as_i64().expect("ts");
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        if ts < from || ts >= to || user.is_some_and(|u| s("user") != u) {
+            continue;
+        }
+        let key = match dim {
+            Dim::All => (String::new(), String::new()),
+            Dim::User => (s("user"), String::new()),
+            Dim::Key => (s("key"), String::new()),
+            Dim::Provider if s("provider").is_empty() => continue,
+            Dim::Provider => (s("provider"), s("model")),
+            Dim::Model => {
+                let asked = r["original_model"]
+                    .as_str()
+                    .map_or(s("model"), str::to_string);
+                (asked, s("model"))
+            }
+            Dim::Namespace => (s("namespace"), String::new()),
+            Dim::Endpoint => (s("endpoint"), String::new()),
+        };
+        let c = out.entry(key).or_default();
+        let status = r["status"].as_i64().expect("status");
+        let n = |k: &str| r[k].as_i64().unwrap_or(0);
+        c.requests += 1;
+        c.successes += i64::from((200..400).contains(&status));
+        c.tokens[0] += n("input_tokens");
+        c.tokens[1] += n("output_tokens");
+        c.tokens[4] += n("cache_read_tokens");
+        let cost: f64 = r["cost_usd"]
+            .as_str()
+            .expect("cost")
+            .parse()
+            .expect("number");
+        c.cost_micros += (cost * 1e6).round() as i64;
+        c.duration_ms_sum += n("duration_ms");
+    }
+    out
+}
+
+async fn grouped_counts(
+    log: &gatemeter::store::SqlLog,
+    dim: Dim,
+    from: i64,
+    to: i64,
+    user: Option<&str>,
+) -> BTreeMap<(String, String), Counts> {
+    log.grouped(dim, from, to, user)
+        .await
+        .expect("grouped")
+        .into_iter()
+        .map(|((v, d), c)| ((v.to_string(), d.to_string()), c.counts))
+        .collect()
+}
+
+const DIMS: [Dim; 7] = [
+    Dim::All,
+    Dim::User,
+    Dim::Key,
+    Dim::Provider,
+    Dim::Model,
+    Dim::Namespace,
+    Dim::Endpoint,
+];
+
+/// Rollups equal a model of the raw rows for every dimension over aligned and unaligned ranges,
+/// ignore repeated request ids, give P95 within 1 % of the exact sample quantile, and equal
+/// themselves after `rebuild`.
+pub async fn rollups_are_exact_and_rebuildable(db: Db) {
+    let (log, _dir, _) = open_log_with(db, 100_000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::clock::now_ms();
+    let recs = records(4_000, now, 3);
+    for chunk in recs.chunks(700) {
+        log.submit(chunk.iter().map(|r| valid(r.clone())).collect())
+            .expect("queued");
+    }
+    // Written first (PostgreSQL commits concurrent batches in any order).
+    log.flush().await;
+    // The same ids again with other content: stored and counted once, as first written.
+    let repeats: Vec<_> = recs[..500]
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r["status"] = json!(503);
+            r["input_tokens"] = json!(999_999);
+            valid(r)
+        })
+        .collect();
+    log.submit(repeats).expect("queued");
+    log.flush().await;
+
+    let start = now - 3 * DAY_MS - 1;
+    let ranges = [
+        (start, now + 1), // everything
+        (
+            start.div_euclid(DAY_MS) * DAY_MS + DAY_MS,
+            now.div_euclid(HOUR_MS) * HOUR_MS,
+        ), // aligned
+        (now - 2 * DAY_MS + 12_345, now - 5 * HOUR_MS - 678), // raw edges, hours, a day
+        (now - 30 * 60_000 - 7, now - 10 * 60_000 + 3), // within the last hour
+    ];
+    for (from, to) in ranges {
+        for dim in DIMS {
+            let got = grouped_counts(&log, dim, from, to, None).await;
+            assert_eq!(
+                got,
+                model(&recs, dim, from, to, None),
+                "{db:?} {dim:?} [{from}, {to})"
+            );
+        }
+        let got = grouped_counts(&log, Dim::Provider, from, to, Some("u3")).await;
+        assert_eq!(
+            got,
+            model(&recs, Dim::Provider, from, to, Some("u3")),
+            "{db:?} user u3"
+        );
+    }
+
+    // P50/P95/P99 of one provider over everything, against the exact nearest-rank quantile.
+    let cells = log
+        .grouped(Dim::Provider, start, now + 1, None)
+        .await
+        .expect("grouped");
+    let mut merged = gatemeter::store::sql::rollup::Dist::default();
+    for ((p, _), c) in &cells {
+        if p == "openai" {
+            merged.merge(c.dist.as_ref().expect("providers keep a dist"));
+        }
+    }
+    let mut exact: Vec<i64> = recs
+        .iter()
+        .filter(|r| r["provider"] == "openai")
+        .map(|r| r["duration_ms"].as_i64().expect("duration"))
+        .collect();
+    exact.sort_unstable();
+    for q in [0.5, 0.95, 0.99] {
+        let rank = ((q * exact.len() as f64).ceil() as usize).clamp(1, exact.len());
+        let want = exact[rank - 1] as f64;
+        let got = merged.latency.quantile(q).expect("quantile");
+        assert!(
+            (got - want).abs() / want <= 0.01,
+            "{db:?} q={q}: {got} vs {want}"
+        );
+    }
+    let errors: u64 = merged.errors.values().sum();
+    let failures = recs
+        .iter()
+        .filter(|r| {
+            r["provider"] == "openai" && !(200..400).contains(&r["status"].as_i64().unwrap_or(0))
+        })
+        .count();
+    assert_eq!(errors, failures as u64, "{db:?}: errors by code");
+
+    let before: Vec<_> = futures_all(&log, start, now + 1).await;
+    let rows = log.rebuild_rollups().await.expect("rebuild");
+    assert_eq!(
+        rows,
+        recs.len() as u64,
+        "{db:?}: every stored row read once"
+    );
+    assert_eq!(
+        futures_all(&log, start, now + 1).await,
+        before,
+        "{db:?}: rebuild"
+    );
+}
+
+async fn futures_all(
+    log: &gatemeter::store::SqlLog,
+    from: i64,
+    to: i64,
+) -> Vec<BTreeMap<(String, String), Counts>> {
+    let mut out = Vec::new();
+    for dim in DIMS {
+        out.push(grouped_counts(log, dim, from, to, None).await);
+    }
+    out
+}
+
+async fn analytics_app(db: Db, extra: &str) -> TestApp {
+    TestApp::with_config(&format!(
+        "{}{}{extra}",
+        log_store_yaml(db).await,
+        auth_yaml()
+    ))
+    .await
+}
+
+fn rec(id: &str, ts: i64, user: &str, provider: &str, status: i64, duration_ms: i64) -> Value {
+    json!({
+        "request_id": id, "timestamp": ts, "user": user, "key": format!("key-{user}"),
+        "provider": provider, "model": "m", "status": status, "duration_ms": duration_ms,
+        "input_tokens": 10, "output_tokens": 5, "cost_usd": "0.000100", "session_id": format!("sess-{user}-{provider}"),
+    })
+}
+
+/// Today begins at the zone's midnight: with `Asia/Shanghai` a request one millisecond before it
+/// is yesterday's; the week and month contain both.
+pub async fn periods_follow_the_time_zone(db: Db) {
+    let app = analytics_app(db, "analytics:\n  time_zone: Asia/Shanghai\n").await;
+    let now = gatemeter::clock::now_ms();
+    let zone = Zone::named("Asia/Shanghai").expect("zone");
+    let (today, _) = zone.period(Period::Today, now);
+    let recs = vec![
+        rec("y", today - 1, "alice", "p", 200, 10),
+        rec("t", today, "alice", "p", 200, 10),
+        rec("t2", today + 1, "bob", "p", 200, 10),
+    ];
+    ingest(&app, Some(INGEST), &recs).await;
+    wait_rows(&app, Some(ADMIN), 3).await;
+    let (s, v) = get_json(
+        &app,
+        Some(ADMIN),
+        "/api/v1/leaderboard?scope=user&period=today&sort=requests",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["from"], today, "{v}");
+    assert_eq!(v["time_zone"], "Asia/Shanghai");
+    let lines: Vec<(String, i64)> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().expect("name").to_string(),
+                e["requests"].as_i64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![("alice".into(), 1), ("bob".into(), 1)],
+        "{db:?}: {v}"
+    );
+    let (week, _) = zone.period(Period::Week, now);
+    // On a Monday, yesterday's request belongs to last week.
+    let want = if today > week { 3 } else { 2 };
+    let (_, v) = get_json(&app, Some(ADMIN), "/api/v1/overview?period=week").await;
+    assert_eq!(v["requests"], want, "{db:?}: {v}");
+    // A custom range is exact to the millisecond.
+    let q = format!(
+        "/api/v1/overview?period=custom&from={}&to={}",
+        today - 1,
+        today + 1
+    );
+    let (_, v) = get_json(&app, Some(ADMIN), &q).await;
+    assert_eq!(v["requests"], 2, "{db:?}: {v}");
+    app.stop().await;
+}
+
+/// Availability: 50 % is green, 49 % red, a provider quiet for over 15 minutes unknown; quantiles
+/// and errors by code per bucket.
+pub async fn availability_colours_and_buckets(db: Db) {
+    let app = analytics_app(db, "").await;
+    let now = gatemeter::clock::now_ms();
+    let mut recs = Vec::new();
+    for i in 0..100 {
+        let t = now - 10 * 60_000 + i * 1000;
+        recs.push(rec(
+            &format!("g{i}"),
+            t,
+            "alice",
+            "green-p",
+            if i < 50 { 200 } else { 503 },
+            100 + i,
+        ));
+        recs.push(rec(
+            &format!("r{i}"),
+            t,
+            "alice",
+            "red-p",
+            if i < 49 { 200 } else { 500 },
+            100,
+        ));
+        recs.push(rec(
+            &format!("u{i}"),
+            now - 20 * 60_000 + i,
+            "bob",
+            "quiet-p",
+            200,
+            50,
+        ));
+    }
+    ingest(&app, Some(INGEST), &recs).await;
+    wait_rows(&app, Some(ADMIN), 300).await;
+    let (s, v) = get_json(&app, Some(ADMIN), "/api/v1/availability?window=1h").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["bucket_ms"], 60_000);
+    let by: BTreeMap<String, Value> = v["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .map(|p| (p["provider"].as_str().expect("p").to_string(), p.clone()))
+        .collect();
+    assert_eq!(by["green-p"]["status"], "green", "{db:?}");
+    assert_eq!(by["red-p"]["status"], "red", "{db:?}");
+    assert_eq!(by["quiet-p"]["status"], "unknown", "{db:?}");
+    assert_eq!(by["green-p"]["availability"], 0.5);
+    assert_eq!(by["green-p"]["errors"]["503"], 50);
+    assert_eq!(by["red-p"]["errors"]["500"], 51);
+    // Durations 100..=199: nearest-rank P50 = 149, P99 = 198 (within HDR precision).
+    let p50 = by["green-p"]["p50_ms"].as_f64().expect("p50");
+    assert!((p50 - 149.0).abs() <= 1.5, "{p50}");
+    let p99 = by["green-p"]["p99_ms"].as_f64().expect("p99");
+    assert!((p99 - 198.0).abs() <= 2.0, "{p99}");
+    let buckets: i64 = by["green-p"]["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["requests"].as_i64().expect("n"))
+        .sum();
+    assert_eq!(buckets, 100);
+    // A user token sees availability of its own requests only: bob has only quiet-p.
+    let (_, v) = get_json(&app, Some(BOB), "/api/v1/availability?window=1h").await;
+    let names: Vec<&str> = v["providers"]
+        .as_array()
+        .expect("p")
+        .iter()
+        .map(|p| p["provider"].as_str().expect("p"))
+        .collect();
+    assert_eq!(names, vec!["quiet-p"], "{db:?}: {v}");
+    app.stop().await;
+}
+
+/// Active sessions are those with a request in the last `session_active_secs`; a user token
+/// lists and opens only its own sessions and sees only its own leaderboard line.
+pub async fn sessions_and_what_a_user_sees(db: Db) {
+    let app = analytics_app(db, "analytics:\n  session_active_secs: 300\n").await;
+    let now = gatemeter::clock::now_ms();
+    let recs = vec![
+        rec("a1", now - 280_000, "alice", "p", 200, 10),
+        rec("a2", now - 900_000, "alice", "q", 200, 30),
+        rec("a3", now - 950_000, "alice", "q", 500, 50),
+        rec("b1", now - 290_000, "bob", "p", 200, 10),
+        rec("b2", now - 320_000, "bob", "q", 200, 10),
+    ];
+    ingest(&app, Some(INGEST), &recs).await;
+    wait_rows(&app, Some(ADMIN), 5).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["session_id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let (_, v) = get_json(&app, Some(ADMIN), "/api/v1/sessions?state=active").await;
+    assert_eq!(ids(&v), vec!["sess-alice-p", "sess-bob-p"], "{db:?}: {v}");
+    let (_, v) = get_json(&app, Some(ADMIN), "/api/v1/sessions?state=inactive&limit=1").await;
+    assert_eq!(ids(&v), vec!["sess-bob-q"], "{db:?}: {v}");
+    let cursor = v["next_cursor"].as_str().expect("more").to_string();
+    let (_, v) = get_json(
+        &app,
+        Some(ADMIN),
+        &format!("/api/v1/sessions?state=inactive&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(ids(&v), vec!["sess-alice-q"], "{db:?}: {v}");
+    assert!(v["next_cursor"].is_null());
+
+    let (_, v) = get_json(&app, Some(ALICE), "/api/v1/sessions?state=inactive").await;
+    assert_eq!(ids(&v), vec!["sess-alice-q"], "{db:?}: {v}");
+    let (s, v) = get_json(&app, Some(ALICE), "/api/v1/sessions/sess-alice-q").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["requests"].as_array().expect("requests").len(), 2);
+    assert_eq!(v["requests"][0]["status"], 500, "oldest first");
+    assert_eq!(v["avg_response_ms"], 40.0);
+    assert_eq!(v["providers"], json!(["q"]));
+    let (s, _) = get_json(&app, Some(ALICE), "/api/v1/sessions/sess-bob-q").await;
+    assert_eq!(s, 404, "{db:?}: another user's session is not found");
+
+    // Leaderboards: alice sees her own line only, for every scope and period.
+    for scope in ["user", "key", "provider", "model"] {
+        let (s, v) = get_json(
+            &app,
+            Some(ALICE),
+            &format!("/api/v1/leaderboard?scope={scope}&period=month"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let total: i64 = v["entries"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .map(|e| e["requests"].as_i64().expect("n"))
+            .sum();
+        assert_eq!(total, 3, "{db:?} {scope}: {v}");
+        assert_eq!(v["own_rows_only"], true);
+    }
+    let (_, v) = get_json(
+        &app,
+        Some(ALICE),
+        "/api/v1/leaderboard?scope=user&period=month",
+    )
+    .await;
+    assert_eq!(v["entries"].as_array().expect("e").len(), 1, "{v}");
+    let (_, v) = get_json(&app, Some(ALICE), "/api/v1/overview?period=month").await;
+    assert_eq!(
+        (v["requests"].as_i64(), v["active_sessions"].as_i64()),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+    let (_, v) = get_json(&app, Some(ALICE), "/api/v1/keys").await;
+    let keys = v["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "{v}");
+    assert_eq!(
+        (keys[0]["key"].as_str(), keys[0]["total_calls"].as_i64()),
+        (Some("key-alice"), Some(3))
+    );
+    let (s, _) = get_json(&app, Some(ALICE), "/api/v1/keys/key-bob").await;
+    assert_eq!(s, 404);
+    // The admin sees both users, and both keys from the live store.
+    let (_, v) = get_json(
+        &app,
+        Some(ADMIN),
+        "/api/v1/leaderboard?scope=user&period=month&sort=requests",
+    )
+    .await;
+    assert_eq!(v["entries"][0]["name"], "alice");
+    assert_eq!(v["entries"][1]["name"], "bob");
+    let (_, v) = get_json(&app, Some(ADMIN), "/api/v1/keys/key-bob").await;
+    assert_eq!(v["total_calls"], 2, "{v}");
+    app.stop().await;
+
+    let app = analytics_app(db, "analytics:\n  users_see_leaderboards: true\n").await;
+    ingest(&app, Some(INGEST), &recs).await;
+    wait_rows(&app, Some(ADMIN), 5).await;
+    let (_, v) = get_json(
+        &app,
+        Some(ALICE),
+        "/api/v1/leaderboard?scope=user&period=month",
+    )
+    .await;
+    assert_eq!(v["entries"].as_array().expect("e").len(), 2, "{v}");
+    let (_, v) = get_json(&app, Some(ALICE), "/api/v1/overview?period=month").await;
+    assert_eq!(v["requests"], 3, "other endpoints stay the user's own: {v}");
+    app.stop().await;
+}
+
+/// Bad parameters are 400s naming the parameter.
+pub async fn bad_parameters_are_named(db: Db) {
+    let app = analytics_app(db, "").await;
+    for (q, param) in [
+        ("/api/v1/leaderboard?scope=team", "scope"),
+        ("/api/v1/leaderboard?period=year", "period"),
+        ("/api/v1/leaderboard?sort=speed", "sort"),
+        ("/api/v1/leaderboard?limit=0", "limit"),
+        ("/api/v1/leaderboard?period=custom&from=10", "to"),
+        ("/api/v1/leaderboard?period=custom&from=10&to=5", "to"),
+        ("/api/v1/leaderboard?period=today&from=10", "from"),
+        ("/api/v1/leaderboard?colour=red", "colour"),
+        ("/api/v1/availability?window=2h", "window"),
+        ("/api/v1/availability?bucket=2m", "bucket"),
+        ("/api/v1/availability?window=7d&bucket=1m", "bucket"),
+        ("/api/v1/sessions?state=asleep", "state"),
+        ("/api/v1/sessions?cursor=zz", "cursor"),
+        ("/api/v1/overview?from=-1&period=custom&to=5", "from"),
+    ] {
+        let (s, v) = get_json(&app, Some(ADMIN), q).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .expect("message")
+                .contains(&format!("`{param}`")),
+            "{q}: {v}"
+        );
+    }
+    let (s, _) = get_json(&app, None, "/api/v1/overview").await;
+    assert_eq!(s, 401, "a token is needed once tokens are configured");
+    app.stop().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::Postgres).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    rollups_are_exact_and_rebuildable,
+    periods_follow_the_time_zone,
+    availability_colours_and_buckets,
+    sessions_and_what_a_user_sees,
+    bad_parameters_are_named,
+);
+
+/// Without a request log the analytics endpoints say what they need (501).
+#[tokio::test]
+async fn analytics_need_a_request_log() {
+    let app = TestApp::with_config("log_store:\n  kind: none\n").await;
+    let (s, v) = get_json(&app, None, "/api/v1/leaderboard").await;
+    assert_eq!(s, 501, "{v}");
+    assert!(
+        v["message"].as_str().expect("m").contains("log_store"),
+        "{v}"
+    );
+    let (s, v) = get_json(&app, None, "/api/v1/keys").await;
+    assert_eq!(s, 200, "keys come from the live store: {v}");
+    app.stop().await;
+}
