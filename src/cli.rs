@@ -146,6 +146,14 @@ pub struct BenchLog {
     /// The rows' request ids: random UUIDs, or ids that grow with time
     #[arg(long, value_enum, default_value_t = bench_log::RequestIds::Random)]
     pub ids: bench_log::RequestIds,
+    /// The rows and the queries: `log` (one row every 10 ms, 500 users; the log list's filters)
+    /// or `analytics` (29 days of traffic: 10,000 users with a skew, 200 keys, 30 models, sessions
+    /// local in time; the analytics queries and a GROUP BY over the raw rows to compare)
+    #[arg(long, value_enum, default_value_t = bench_log::Profile::Log)]
+    pub profile: bench_log::Profile,
+    /// Write without the rollups (the analytics API's tables), to measure what they cost.
+    #[arg(long)]
+    pub no_rollups: bool,
 }
 
 /// An error and its causes on one line (`a: b: c`), for logs and reports.

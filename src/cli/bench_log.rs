@@ -37,6 +37,19 @@ pub struct BenchArgs {
     pub seed: u64,
     /// How the rows' `request_id`s are made.
     pub ids: RequestIds,
+    /// Which rows and queries.
+    pub profile: Profile,
+}
+
+/// The rows written and the queries timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// One row every 10 ms up to now, 500 users, 4 models; the log list's filtered queries.
+    Log,
+    /// 29 days up to now: 10,000 users (a few heavy, most light), 200 keys, 30 models of 6
+    /// providers, sessions of one user within a couple of hours; the analytics queries, and the
+    /// month's user leaderboard by `GROUP BY` over the raw rows for comparison.
+    Analytics,
 }
 
 /// The `request_id`s of the benchmark's rows. Their order decides what the unique index costs:
@@ -187,6 +200,36 @@ fn record(
     })
 }
 
+/// Row `i` of the analytics profile at `ts`: users drawn with a skew (the cube of a uniform
+/// number: user 0 is the heaviest), each user's key among 200, a session per user and two-hour
+/// stretch, 30 models over 6 providers, 5 % server errors and 1 % rate limits.
+fn analytics_record(
+    rng: &mut SmallRng,
+    id_rng: &mut SmallRng,
+    ids: RequestIds,
+    i: usize,
+    ts: i64,
+) -> Box<ValidRecord> {
+    let mut r = record(rng, id_rng, ids, i, ts);
+    let u: f64 = rng.random();
+    let user = (u * u * u * 10_000.0) as u32;
+    let model = rng.random_range(0..30u32);
+    let roll = rng.random_range(0..100);
+    r.user = Some(format_compact!("user-{user}"));
+    r.user_id = r.user.clone();
+    r.key = Some(format_compact!("key-{}", user % 200));
+    r.provider = format_compact!("provider-{}", model % 6).as_str().into();
+    r.model = format_compact!("model-{model}").as_str().into();
+    r.original_model = (model % 7 == 0).then(|| "model-asked".into());
+    r.status = match roll {
+        0..5 => 502,
+        5 => 429,
+        _ => 200,
+    };
+    r.session_id = Some(format_compact!("session-{user}-{}", ts / 7_200_000));
+    r
+}
+
 async fn median_of_5<F, Fut>(mut f: F) -> Result<Duration, StoreError>
 where
     F: FnMut() -> Fut,
@@ -221,11 +264,12 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
             backend,
             queue_capacity: 200_000,
             retention_days: 0,
-            rollups: true,
+            rollups: !args.no_rollups,
         },
         rows: args.rows,
         seed: args.seed,
         ids: args.ids,
+        profile: args.profile,
     };
     print!("{}", run(&bench).await?);
     Ok(())
@@ -254,8 +298,15 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     let mut rng = SmallRng::seed_from_u64(args.seed);
     // Ids of their own stream, seeded apart from the rest.
     let mut id_rng = SmallRng::seed_from_u64(args.seed ^ 0x05ee_d1d5);
-    // One row every 10 ms, ending now: a million rows span about three hours.
-    let start_ts = gatemeter::clock::now_ms() - args.rows as i64 * 10;
+    // Log: one row every 10 ms, ending now (a million rows span about three hours). Analytics:
+    // 29 days ending now.
+    let now = gatemeter::clock::now_ms();
+    let step = match args.profile {
+        Profile::Log => 10.0,
+        // 29 days: inside the default retention of 30, so a server opening the file keeps all.
+        Profile::Analytics => 29.0 * 86_400_000.0 / args.rows.max(1) as f64,
+    };
+    let start_ts = now - (args.rows as f64 * step) as i64;
     let mut write_time = Duration::ZERO;
     let mut done = 0;
     while done < args.rows {
@@ -265,7 +316,15 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
             let end = (start + SUBMIT).min(done + n);
             batches.push(
                 (start..end)
-                    .map(|i| record(&mut rng, &mut id_rng, args.ids, i, start_ts + i as i64 * 10))
+                    .map(|i| {
+                        let ts = start_ts + (i as f64 * step) as i64;
+                        match args.profile {
+                            Profile::Log => record(&mut rng, &mut id_rng, args.ids, i, ts),
+                            Profile::Analytics => {
+                                analytics_record(&mut rng, &mut id_rng, args.ids, i, ts)
+                            }
+                        }
+                    })
                     .collect::<Vec<_>>(),
             );
         }
@@ -280,7 +339,112 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     // Queries are planned as in a running server, whose database has analyzed the table by then.
     log.refresh_statistics().await?;
     let dropped = health.snapshot().dropped[DropReason::LogWriteFailed as usize];
+    let queries = match args.profile {
+        Profile::Log => log_queries(&log, start_ts, args.rows).await?,
+        Profile::Analytics => analytics_queries(&log, now).await?,
+    };
+    log.close().await;
+    Ok(BenchReport {
+        dialect: log.dialect(),
+        ids: args.ids,
+        rows: args.rows,
+        write_time,
+        dropped,
+        queries,
+    })
+}
 
+/// The analytics queries as the API runs them (the store's part: what the handlers add is
+/// sorting a few thousand lines), and the month's user leaderboard by `GROUP BY` over the raw
+/// rows, as a log without rollups would have to answer it.
+async fn analytics_queries(log: &SqlLog, now: i64) -> Result<Vec<(String, Duration)>, StoreError> {
+    use gatemeter::calendar::{Period, Zone};
+    use gatemeter::store::sql::rollup::{Dim, HOUR_MS};
+    let mut out = Vec::new();
+    for (zone, name) in [
+        (Zone::utc(), "UTC"),
+        (
+            Zone::named("Asia/Kolkata").map_err(|e| StoreError::Unavailable {
+                store: "bench",
+                message: e,
+            })?,
+            "Asia/Kolkata",
+        ),
+    ] {
+        let (from, to) = zone.period(Period::Month, now);
+        for (dim, scope) in [
+            (Dim::User, "user"),
+            (Dim::Key, "key"),
+            (Dim::Provider, "provider"),
+            (Dim::Model, "model"),
+        ] {
+            let t = median_of_5(|| async { log.grouped(dim, from, to, None).await.map(|_| ()) })
+                .await?;
+            out.push((format!("leaderboard month {scope} ({name})"), t));
+        }
+    }
+    let (from, to) = Zone::utc().period(Period::Month, now);
+    let t = median_of_5(|| async {
+        log.month_leaderboard_by_group_by(from, to)
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    out.push((
+        "leaderboard month user by GROUP BY over the raw rows".to_string(),
+        t,
+    ));
+    let t = median_of_5(|| async {
+        log.bucketed(Dim::Provider, now - 7 * 86_400_000, now, HOUR_MS, None)
+            .await?;
+        log.last_requests_since(now - 900_000, None)
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    out.push(("availability 7d, hourly buckets".to_string(), t));
+    let t = median_of_5(|| async {
+        log.sessions(true, now - 300_000, None, None, 51)
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    out.push(("active sessions, first page of 50".to_string(), t));
+    let t = median_of_5(|| async {
+        log.sessions(false, now - 300_000, None, None, 51)
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    out.push(("inactive sessions, first page of 50".to_string(), t));
+    let busy = log.sessions(false, now - 300_000, None, None, 1).await?;
+    let id = busy
+        .first()
+        .map(|s| s.session_id.clone())
+        .unwrap_or_default();
+    let t = median_of_5(|| async {
+        log.session_rows(&id, None).await?;
+        log.session_requests(&id, None, 10_001).await.map(|_| ())
+    })
+    .await?;
+    out.push(("session detail".to_string(), t));
+    let (from, to) = Zone::utc().period(Period::Today, now);
+    let t = median_of_5(|| async {
+        log.grouped(Dim::All, from, to, None).await?;
+        log.grouped(Dim::User, from, to, None).await?;
+        log.active_sessions(now - 300_000, None).await.map(|_| ())
+    })
+    .await?;
+    out.push(("overview (today)".to_string(), t));
+    Ok(out)
+}
+
+/// The log list's filtered queries.
+async fn log_queries(
+    log: &SqlLog,
+    start_ts: i64,
+    rows: usize,
+) -> Result<Vec<(String, Duration)>, StoreError> {
     let mut queries = Vec::new();
     let cases = [
         (
@@ -316,19 +480,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     queries.push(("row cap check of an unfiltered export".to_string(), t));
     let count_filter = LogFilter {
         model: Some("gpt-4o".into()),
-        from_ms: Some(start_ts + args.rows as i64 * 5),
+        from_ms: Some(start_ts + rows as i64 * 5),
         ..LogFilter::default()
     };
     let t = median_of_5(|| async { log.more_than(&count_filter, u64::MAX / 2).await.map(|_| ()) })
         .await?;
     queries.push(("count model=gpt-4o over the newer half".to_string(), t));
-    log.close().await;
-    Ok(BenchReport {
-        dialect: log.dialect(),
-        ids: args.ids,
-        rows: args.rows,
-        write_time,
-        dropped,
-        queries,
-    })
+    Ok(queries)
 }

@@ -534,7 +534,7 @@ impl SqlLog {
         let abandon = Arc::new(Notify::new());
         let w = writer::Writer {
             backend: write_backend,
-            setup,
+            setup: setup.clone(),
             depth: depth.clone(),
             health,
             abandon: abandon.clone(),
@@ -543,6 +543,14 @@ impl SqlLog {
             rollups: cfg.rollups,
         };
         tokio::spawn(writer::run(w, rx));
+        if cfg.rollups {
+            let (backend, setup) = (backend.clone(), setup.clone());
+            tokio::spawn(async move {
+                if setup.ensure().await.is_ok() {
+                    rollup::warn_if_missing(&backend).await;
+                }
+            });
+        }
         if cfg.retention_days > 0 {
             tokio::spawn(retention(backend.clone(), cfg.retention_days));
         }

@@ -161,3 +161,58 @@ async fn bench_log_writes_random_or_ordered_request_ids() {
         }
     }
 }
+
+/// `rollup rebuild` fills the rollups of a log written with them off (here by `bench-log
+/// --no-rollups --profile analytics`): afterwards they count every row, exactly.
+#[tokio::test]
+async fn rollup_rebuild_fills_the_rollups_of_an_existing_log() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bench.db");
+    let out = Command::new(BIN)
+        .args([
+            "bench-log",
+            "--rows",
+            "2000",
+            "--profile",
+            "analytics",
+            "--no-rollups",
+            "--sqlite",
+        ])
+        .arg(&db)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let url = format!("sqlite://{}", db.display());
+    let totals = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::query_as::<_, (i64, i64, i64)>(sql)
+                .fetch_one(&mut c)
+                .await
+                .expect("totals")
+        }
+    };
+    const ROLLED: &str = "SELECT coalesce(sum(requests), 0), coalesce(sum(cost_micros), 0), \
+        coalesce(sum(input_tokens), 0) FROM rollup WHERE dim = 0 AND tier = 2";
+    const RAW: &str = "SELECT count(*), sum(cost_micros), sum(input_tokens) FROM request_log";
+    assert_eq!(totals(ROLLED).await, (0, 0, 0), "written without rollups");
+    let config = dir.path().join("gatemeter.yaml");
+    std::fs::write(&config, format!("log_store:\n  path: {}\n", db.display())).expect("config");
+    let out = Command::new(BIN)
+        .args(["rollup", "rebuild", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from 2000 rows"),
+        "{out:?}"
+    );
+    let raw = totals(RAW).await;
+    assert_eq!(raw.0, 2000);
+    assert_eq!(totals(ROLLED).await, raw, "every row rolled up once");
+}

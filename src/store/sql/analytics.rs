@@ -398,6 +398,28 @@ impl SqlLog {
         })
     }
 
+    /// The month's user leaderboard the way a log without rollups answers it: `GROUP BY`
+    /// over the raw rows of `[from, to)` (for `gatemeter bench-log --profile analytics`).
+    pub async fn month_leaderboard_by_group_by(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<usize, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(
+                "SELECT user_ref, count(*), sum(cost_micros), sum(input_tokens), \
+                 sum(output_tokens), sum(cache_read_tokens) FROM request_log \
+                 WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY user_ref",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await
+            .map_err(unavailable)?;
+            Ok(rows.len())
+        })
+    }
+
     /// Sessions last active at or after `since` (only `user`'s when given).
     pub async fn active_sessions(&self, since: i64, user: Option<&str>) -> Result<i64, StoreError> {
         dispatch!(self.backend(), p, DB => {

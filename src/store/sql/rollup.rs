@@ -618,6 +618,25 @@ pub(crate) async fn apply(backend: &Backend, batch: Batch) -> Result<(), StoreEr
     }
 }
 
+/// Says at start when the log holds rows but no rollups (written before rollups existed, or
+/// with them off): the analytics API would not count those rows until a rebuild.
+pub(crate) async fn warn_if_missing(backend: &Backend) {
+    let found: Result<(bool, bool), sqlx::Error> = dispatch!(backend, p, DB => {
+        sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM request_log), EXISTS (SELECT 1 FROM rollup)",
+        )
+        .fetch_one(p)
+        .await
+    });
+    if let Ok((true, false)) = found {
+        tracing::warn!(
+            "request log: it holds rows but no rollups (written before rollups existed, or with \
+             log_store.rollups off), so the analytics API does not count them yet: stop the \
+             servers writing to this log and run `gatemeter rollup rebuild`"
+        );
+    }
+}
+
 /// Deletes rollup buckets that end at or before `cutoff_ms` and sessions last active before it
 /// (the retention of the raw rows: a bucket the cutoff cuts through stays whole until it ends).
 pub(crate) async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
