@@ -5,6 +5,7 @@
 //! - [`record`]: the request record and its validation — the one type every source produces.
 //! - [`catalog`]: every metric name — the only place names are written.
 //! - [`clock`]: the wall clock, read in one place.
+//! - [`budget`]: the global series budget shared by everything that creates series.
 //! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view).
 //! - [`price`]: the price table; cost in integer micro-USD.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
@@ -38,6 +39,7 @@ mod label;
 pub mod aggregate;
 pub mod api;
 pub mod app;
+pub mod budget;
 pub mod catalog;
 pub mod claude_code;
 pub mod client;
