@@ -282,6 +282,64 @@ impl Aggregates {
     pub fn scope(&self, key: &ScopeKey) -> Option<&ScopeAgg> {
         self.scopes.get(key)
     }
+
+    /// Keeps the labelled scopes within `room` series (their [`Cost`]s): what several writers'
+    /// merged views hold beyond it (each writer keeps its own within the budget) folds into
+    /// the `__overflow__` scopes, in label order, totals unchanged. Returns the folded keys
+    /// with their `__overflow__` key (their window histograms belong there too).
+    pub fn fit(&mut self, room: u64) -> Vec<(ScopeKey, ScopeKey)> {
+        let cost = |k: &ScopeKey, s: &ScopeAgg| {
+            let c = match k {
+                ScopeKey::Namespace(_) => NAMESPACE_COST,
+                ScopeKey::Provider(_) => PROVIDER_COST,
+                ScopeKey::Model(..) => MODEL_COST,
+                ScopeKey::User(_) | ScopeKey::Key(_) => return 0,
+            };
+            let h = if s.latency.duration.is_empty() {
+                0
+            } else {
+                c.histograms
+            };
+            c.counters + h + s.status.len() as u64
+        };
+        let total: u64 = self.scopes.iter().map(|(k, s)| cost(k, s)).sum();
+        if total <= room {
+            return Vec::new();
+        }
+        let mut keys: Vec<ScopeKey> = self.scopes.keys().cloned().collect();
+        keys.sort();
+        let mut used = 0;
+        let mut folded = Vec::new();
+        for k in keys {
+            let o = Label::const_new(OVERFLOW_LABEL);
+            let (target, dim) = match &k {
+                ScopeKey::Namespace(n) if *n != OVERFLOW_LABEL => {
+                    (ScopeKey::Namespace(o), Dimension::Namespace)
+                }
+                ScopeKey::Provider(p) if *p != OVERFLOW_LABEL => {
+                    (ScopeKey::Provider(o), Dimension::Provider)
+                }
+                ScopeKey::Model(p, m) if *p != OVERFLOW_LABEL || *m != OVERFLOW_LABEL => {
+                    (ScopeKey::Model(o.clone(), o), Dimension::Model)
+                }
+                _ => continue,
+            };
+            let Some(s) = self.scopes.get(&k) else {
+                continue;
+            };
+            let c = cost(&k, s);
+            if used + c <= room {
+                used += c;
+                continue;
+            }
+            if let Some(s) = self.scopes.remove(&k) {
+                self.overflow[dim as usize] += s.requests;
+                self.scopes.entry(target.clone()).or_default().merge(&s);
+                folded.push((k, target));
+            }
+        }
+        folded
+    }
 }
 
 /// Limits of the aggregator.
@@ -1059,6 +1117,53 @@ mod tests {
             1
         );
         assert_eq!(d.global.requests, 4);
+    }
+
+    #[test]
+    fn budget_degrades_histograms_then_labels_and_fit_bounds_merged_views() {
+        use crate::budget::{MIN_SERIES, RESERVE, Refusal};
+        let budget = Arc::new(SeriesBudget::new(MIN_SERIES));
+        let mut a = Aggregator::with_budget(Limits::default(), budget.clone());
+        let mut b =
+            Aggregator::with_budget(Limits::default(), Arc::new(SeriesBudget::new(MIN_SERIES)));
+        for i in 0..200 {
+            for (agg, w) in [(&mut a, "a"), (&mut b, "b")] {
+                let json = format!(
+                    r#"{{"namespace":"{w}{i}","provider":"p{w}{i}","model":"m","status":200,"duration_ms":{i}}}"#
+                );
+                agg.apply(&ev(&json), 0);
+            }
+        }
+        assert!(budget.refused(Refusal::Histogram) > 0);
+        assert!(budget.refused(Refusal::Series) > 0);
+        assert!(budget.used() <= budget.limit());
+        let (da, db) = (a.take(), b.take());
+        let ns_sum = |d: &Aggregates| -> (u64, u64) {
+            d.scopes
+                .iter()
+                .filter(|(k, _)| matches!(k, ScopeKey::Namespace(_)))
+                .fold((0, 0), |(r, h), (_, s)| {
+                    (r + s.requests, h + s.latency.duration.count())
+                })
+        };
+        // Every record counted once in the namespace counters and once in their histograms.
+        assert_eq!(ns_sum(&da), (200, 200));
+        let sink = da
+            .scope(&ScopeKey::Namespace(OVERFLOW_LABEL.into()))
+            .expect("overflow");
+        assert!(
+            sink.latency.duration.count() > sink.requests,
+            "takes others' observations"
+        );
+        let mut merged = Aggregates::default();
+        merged.merge(&da);
+        merged.merge(&db);
+        let room = MIN_SERIES - RESERVE;
+        let folded = merged.fit(room);
+        assert!(!folded.is_empty());
+        assert_eq!(merged.global.requests, 400);
+        assert_eq!(ns_sum(&merged), (400, 400));
+        assert!(merged.fit(room).is_empty(), "fitted views stay as they are");
     }
 
     #[test]
