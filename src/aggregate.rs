@@ -4,18 +4,51 @@
 //! deltas of a flush interval, live stores add deltas into their totals with
 //! [`Aggregates::merge`]. The aggregator also owns what must be decided once per record before
 //! anything is counted: request-id de-duplication, two-phase concurrency, and the series caps
-//! that keep label cardinality bounded.
+//! that keep label cardinality bounded: the per-dimension cap and the global
+//! [`SeriesBudget`], asked once per new namespace, provider, model or (namespace, status code).
+//! A scope granted counters only records its observations (latency, token usage) in its
+//! dimension's `__overflow__` scope, so every histogram family still sums to the true total.
 
 pub mod latency;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
-use crate::catalog::{GENAI_TOKEN_BUCKETS, OVERFLOW_LABEL};
+use crate::budget::{Cost, Grant, QUANTILE_SERIES, SeriesBudget, histogram_series};
+use crate::catalog::{
+    DURATION_BUCKETS, GENAI_DURATION_BUCKETS, GENAI_TOKEN_BUCKETS, OVERFLOW_LABEL,
+};
 use crate::record::{
     CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord, genai_operation,
 };
 
 pub use latency::{Latency, SparseLatency};
+
+/// Series of one namespace: requests, concurrency, response time, errors, cost, abandoned and
+/// tokens by type; its duration histogram and quantiles. Status codes ask one by one.
+pub const NAMESPACE_COST: Cost = Cost {
+    counters: 6 + crate::record::TOKEN_TYPES.len() as u64,
+    histograms: histogram_series(DURATION_BUCKETS.len()) + QUANTILE_SERIES,
+};
+
+/// Series of one (provider, model) pair: requests, tokens in and out, cost, errors, unpriced
+/// and tokens by type; duration and TTFB histograms and quantiles, the GenAI duration and
+/// token-usage (input, output) histograms.
+pub const MODEL_COST: Cost = Cost {
+    counters: 6 + crate::record::TOKEN_TYPES.len() as u64,
+    histograms: 2 * histogram_series(DURATION_BUCKETS.len())
+        + 2 * QUANTILE_SERIES
+        + histogram_series(GENAI_DURATION_BUCKETS.len())
+        + 2 * histogram_series(GENAI_TOKEN_BUCKETS.len()),
+};
+
+/// Series of one provider: requests and errors, plus the counters of its `__overflow__` model
+/// (paid up front, so a model refused later still counts under its provider); its duration
+/// histogram and quantiles.
+pub const PROVIDER_COST: Cost = Cost {
+    counters: 2 + MODEL_COST.counters,
+    histograms: histogram_series(DURATION_BUCKETS.len()) + QUANTILE_SERIES,
+};
 
 /// Which series a scope aggregates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,6 +88,10 @@ pub struct Latencies {
     pub duration: Latency,
     /// Time to first byte/token, for records that report it.
     pub ttfb: Latency,
+    /// Exact sums of the values in `duration` and `ttfb`, ms: the histograms' `_sum` (a
+    /// scope's own duration sum leaves out what `__overflow__` holds for scopes without
+    /// histograms, and counts what it gave away).
+    pub sums_ms: [u64; 2],
 }
 
 impl Latencies {
@@ -62,12 +99,16 @@ impl Latencies {
     pub fn merge(&mut self, other: &Latencies) {
         self.duration.merge(&other.duration);
         self.ttfb.merge(&other.ttfb);
+        self.sums_ms[0] += other.sums_ms[0];
+        self.sums_ms[1] += other.sums_ms[1];
     }
 
     fn record(&mut self, r: &ValidRecord) {
         self.duration.record(r.duration_ms);
+        self.sums_ms[0] += r.duration_ms;
         if let Some(t) = r.ttfb_ms {
             self.ttfb.record(t);
+            self.sums_ms[1] += t;
         }
     }
 }
@@ -150,6 +191,14 @@ impl ScopeAgg {
         self.latency.record(r);
     }
 
+    /// Counts a record without its latency or status code (a scope whose histograms are kept
+    /// elsewhere): requests, failures, duration and TTFB sums, tokens, cost.
+    fn record_usage_timed(&mut self, r: &ValidRecord) {
+        self.record_usage(r);
+        self.duration_ms_sum += r.duration_ms;
+        self.ttfb_ms_sum += r.ttfb_ms.unwrap_or(0);
+    }
+
     /// Counts a record's usage only (user and key scopes: no latency, no status codes).
     fn record_usage(&mut self, r: &ValidRecord) {
         self.requests += 1;
@@ -166,6 +215,12 @@ impl ScopeAgg {
     /// Adds the traffic of `o` (counters, status codes, latency) into `self`: how global and
     /// provider aggregates are derived from namespace and model scopes.
     pub fn merge_traffic(&mut self, o: &ScopeAgg) {
+        self.merge_counters(o);
+        self.latency.merge(&o.latency);
+    }
+
+    /// Adds the counters and status codes of `o` (not its latency) into `self`.
+    pub fn merge_counters(&mut self, o: &ScopeAgg) {
         self.requests += o.requests;
         self.failures += o.failures;
         self.duration_ms_sum += o.duration_ms_sum;
@@ -176,7 +231,6 @@ impl ScopeAgg {
         for (code, n) in &o.status {
             *self.status.entry(*code).or_insert(0) += n;
         }
-        self.latency.merge(&o.latency);
     }
 
     /// Adds `o` into `self`.
@@ -228,6 +282,64 @@ impl Aggregates {
     pub fn scope(&self, key: &ScopeKey) -> Option<&ScopeAgg> {
         self.scopes.get(key)
     }
+
+    /// Keeps the labelled scopes within `room` series (their [`Cost`]s): what several writers'
+    /// merged views hold beyond it (each writer keeps its own within the budget) folds into
+    /// the `__overflow__` scopes, in label order, totals unchanged. Returns the folded keys
+    /// with their `__overflow__` key (their window histograms belong there too).
+    pub fn fit(&mut self, room: u64) -> Vec<(ScopeKey, ScopeKey)> {
+        let cost = |k: &ScopeKey, s: &ScopeAgg| {
+            let c = match k {
+                ScopeKey::Namespace(_) => NAMESPACE_COST,
+                ScopeKey::Provider(_) => PROVIDER_COST,
+                ScopeKey::Model(..) => MODEL_COST,
+                ScopeKey::User(_) | ScopeKey::Key(_) => return 0,
+            };
+            let h = if s.latency.duration.is_empty() {
+                0
+            } else {
+                c.histograms
+            };
+            c.counters + h + s.status.len() as u64
+        };
+        let total: u64 = self.scopes.iter().map(|(k, s)| cost(k, s)).sum();
+        if total <= room {
+            return Vec::new();
+        }
+        let mut keys: Vec<ScopeKey> = self.scopes.keys().cloned().collect();
+        keys.sort();
+        let mut used = 0;
+        let mut folded = Vec::new();
+        for k in keys {
+            let o = Label::const_new(OVERFLOW_LABEL);
+            let (target, dim) = match &k {
+                ScopeKey::Namespace(n) if *n != OVERFLOW_LABEL => {
+                    (ScopeKey::Namespace(o), Dimension::Namespace)
+                }
+                ScopeKey::Provider(p) if *p != OVERFLOW_LABEL => {
+                    (ScopeKey::Provider(o), Dimension::Provider)
+                }
+                ScopeKey::Model(p, m) if *p != OVERFLOW_LABEL || *m != OVERFLOW_LABEL => {
+                    (ScopeKey::Model(o.clone(), o), Dimension::Model)
+                }
+                _ => continue,
+            };
+            let Some(s) = self.scopes.get(&k) else {
+                continue;
+            };
+            let c = cost(&k, s);
+            if used + c <= room {
+                used += c;
+                continue;
+            }
+            if let Some(s) = self.scopes.remove(&k) {
+                self.overflow[dim as usize] += s.requests;
+                self.scopes.entry(target.clone()).or_default().merge(&s);
+                folded.push((k, target));
+            }
+        }
+        folded
+    }
 }
 
 /// Limits of the aggregator.
@@ -241,6 +353,14 @@ pub struct Limits {
     pub max_pending: usize,
     /// Distinct label values per dimension before folding into `__overflow__`.
     pub max_series_per_dimension: usize,
+}
+
+/// Status codes 0..=599 as a bit set.
+type CodeSet = [u64; 10];
+
+fn code_bit(code: u16) -> (usize, u64) {
+    let c = usize::from(code.min(639));
+    (c / 64, 1u64 << (c % 64))
 }
 
 impl Default for Limits {
@@ -349,20 +469,62 @@ impl Interner {
         if let Some(id) = self.ids.get(value) {
             return (*id, false);
         }
-        let real = self.labels.len() - usize::from(self.overflow.is_some());
-        if real < cap {
+        if self.real() < cap && value != OVERFLOW_LABEL {
             return (self.intern_new(Label::from(value)), false);
         }
-        let id = match self.overflow {
+        (self.overflow_id(), true)
+    }
+
+    /// Label values interned, `__overflow__` aside.
+    fn real(&self) -> usize {
+        self.labels.len() - usize::from(self.overflow.is_some())
+    }
+
+    /// The id of the `__overflow__` value.
+    fn overflow_id(&mut self) -> u32 {
+        match self.overflow {
             Some(id) => id,
             None => {
                 let id = self.intern_new(Label::const_new(OVERFLOW_LABEL));
                 self.overflow = Some(id);
                 id
             }
-        };
-        (id, true)
+        }
     }
+
+    /// The id of `value`: known, else admitted within `cap` and the `budget` (its grant
+    /// returned), else `__overflow__` (`None`).
+    fn admit(
+        &mut self,
+        value: &str,
+        cap: usize,
+        budget: &SeriesBudget,
+        cost: Cost,
+    ) -> (u32, Option<Grant>) {
+        if let Some(id) = self.ids.get(value) {
+            return (*id, None);
+        }
+        let grant = if value == OVERFLOW_LABEL {
+            Grant::Folded
+        } else if self.real() < cap {
+            budget.grant(cost)
+        } else {
+            Grant::Folded
+        };
+        if grant == Grant::Folded {
+            return (self.overflow_id(), Some(grant));
+        }
+        (self.intern_new(Label::from(value)), Some(grant))
+    }
+}
+
+/// Per dense id: whether the scope has histograms of its own.
+fn set_detail(v: &mut Vec<bool>, id: u32, detail: bool) {
+    let i = id as usize;
+    if v.len() <= i {
+        v.resize(i + 1, false);
+    }
+    v[i] = detail;
 }
 
 /// Per-id deltas of one dimension.
@@ -375,7 +537,7 @@ fn slot(v: &mut Vec<ScopeAgg>, id: u32) -> &mut ScopeAgg {
 }
 
 fn is_untouched(s: &ScopeAgg) -> bool {
-    s.requests == 0 && s.concurrency == 0 && s.abandoned == 0
+    s.requests == 0 && s.concurrency == 0 && s.abandoned == 0 && s.latency.duration.is_empty()
 }
 
 /// The single owner of live aggregation state in one process (see `pipeline`).
@@ -404,11 +566,26 @@ pub struct Aggregator {
     user_deltas: Vec<ScopeAgg>,
     key_deltas: Vec<ScopeAgg>,
     overflow: [u64; Dimension::ALL.len()],
+    budget: Arc<SeriesBudget>,
+    /// Per namespace id: has histograms of its own (else they go to `__overflow__`'s).
+    ns_detail: Vec<bool>,
+    /// Per namespace id: status codes with a series of their own.
+    ns_codes: Vec<CodeSet>,
+    /// Per provider id and per dense model id: has histograms of its own.
+    provider_detail: Vec<bool>,
+    model_detail: Vec<bool>,
+    /// Dense id of (`__overflow__`, `__overflow__`): the histograms of models without their own.
+    model_sink: Option<u32>,
 }
 
 impl Aggregator {
-    /// A new aggregator with the given limits.
+    /// A new aggregator with the given limits and no series budget.
     pub fn new(limits: Limits) -> Self {
+        Self::with_budget(limits, Arc::new(SeriesBudget::unlimited()))
+    }
+
+    /// A new aggregator with the given limits, sharing the series `budget`.
+    pub fn with_budget(limits: Limits, budget: Arc<SeriesBudget>) -> Self {
         Self {
             limits,
             hasher: ahash::RandomState::new(),
@@ -427,6 +604,12 @@ impl Aggregator {
             user_deltas: Vec::new(),
             key_deltas: Vec::new(),
             overflow: [0; Dimension::ALL.len()],
+            budget,
+            ns_detail: Vec::new(),
+            ns_codes: Vec::new(),
+            provider_detail: Vec::new(),
+            model_detail: Vec::new(),
+            model_sink: None,
         }
     }
 
@@ -435,31 +618,54 @@ impl Aggregator {
     }
 
     fn namespace_id(&mut self, ns: &str) -> u32 {
-        let (id, folded) = self.namespaces.id(ns, self.limits.max_series_per_dimension);
-        if folded {
-            self.overflow[Dimension::Namespace as usize] += 1;
+        let cap = self.limits.max_series_per_dimension;
+        let (id, grant) = self.namespaces.admit(ns, cap, &self.budget, NAMESPACE_COST);
+        match grant {
+            None => {}
+            Some(Grant::Folded) => {
+                self.overflow[Dimension::Namespace as usize] += 1;
+                set_detail(&mut self.ns_detail, id, true);
+            }
+            Some(g) => set_detail(&mut self.ns_detail, id, g == Grant::Full),
         }
         id
     }
 
-    /// Dense id of a (provider, model) pair.
-    fn model_id(&mut self, provider: &str, model: &str) -> u32 {
-        let cap = self.limits.max_series_per_dimension;
-        let (pid, folded) = self.providers.id(provider, cap);
-        if folded {
-            self.overflow[Dimension::Provider as usize] += 1;
+    /// The namespace id whose histograms take this namespace's observations.
+    fn ns_hist(&mut self, ns: u32) -> u32 {
+        if self.ns_detail.get(ns as usize).copied().unwrap_or(true) {
+            ns
+        } else {
+            let id = self.namespaces.overflow_id();
+            set_detail(&mut self.ns_detail, id, true);
+            id
         }
+    }
+
+    /// The status code the namespace `ns` counts `code` under: its own series if it has one or
+    /// the budget grants it, else the `__overflow__` namespace's.
+    fn ns_code(&mut self, ns: u32, code: u16) -> u32 {
+        let i = ns as usize;
+        if self.ns_codes.len() <= i {
+            self.ns_codes.resize(i + 1, [0; 10]);
+        }
+        let (w, bit) = code_bit(code);
+        if self.ns_codes[i][w] & bit != 0 {
+            return ns;
+        }
+        if Some(ns) == self.namespaces.overflow || self.budget.take(1) {
+            self.ns_codes[i][w] |= bit;
+            return ns;
+        }
+        self.namespaces.overflow_id()
+    }
+
+    /// Dense id of a (provider id, model id within it) pair, new or known.
+    fn dense_model(&mut self, pid: u32, local: u32) -> u32 {
         let p = pid as usize;
         if self.models.len() <= p {
             self.models.resize_with(p + 1, Interner::default);
             self.model_ids.resize_with(p + 1, Vec::new);
-        }
-        // The model cap counts (provider, model) pairs across all providers; a known model
-        // keeps its id whatever the cap.
-        let room = self.model_keys.len() < cap;
-        let (local, folded) = self.models[p].id(model, if room { usize::MAX } else { 0 });
-        if folded {
-            self.overflow[Dimension::Model as usize] += 1;
         }
         let ids = &mut self.model_ids[p];
         let l = local as usize;
@@ -471,6 +677,88 @@ impl Aggregator {
             self.model_keys.push((pid, local));
         }
         ids[l]
+    }
+
+    /// Dense id of (`__overflow__`, `__overflow__`), which always has histograms.
+    fn model_sink(&mut self) -> u32 {
+        if let Some(id) = self.model_sink {
+            return id;
+        }
+        let pid = self.providers.overflow_id();
+        set_detail(&mut self.provider_detail, pid, true);
+        self.ensure_models(pid);
+        let local = self.models[pid as usize].overflow_id();
+        let id = self.dense_model(pid, local);
+        set_detail(&mut self.model_detail, id, true);
+        self.model_sink = Some(id);
+        id
+    }
+
+    fn ensure_models(&mut self, pid: u32) {
+        let p = pid as usize;
+        if self.models.len() <= p {
+            self.models.resize_with(p + 1, Interner::default);
+            self.model_ids.resize_with(p + 1, Vec::new);
+        }
+    }
+
+    /// Dense id of a (provider, model) pair.
+    fn model_id(&mut self, provider: &str, model: &str) -> u32 {
+        let cap = self.limits.max_series_per_dimension;
+        let (pid, grant) = self
+            .providers
+            .admit(provider, cap, &self.budget, PROVIDER_COST);
+        match grant {
+            None => {}
+            Some(Grant::Folded) => {
+                self.overflow[Dimension::Provider as usize] += 1;
+                set_detail(&mut self.provider_detail, pid, true);
+            }
+            Some(g) => set_detail(&mut self.provider_detail, pid, g == Grant::Full),
+        }
+        self.ensure_models(pid);
+        let p = pid as usize;
+        if let Some(local) = self.models[p].ids.get(model) {
+            let local = *local;
+            return self.dense_model(pid, local);
+        }
+        // The model cap counts (provider, model) pairs across all providers; a known model
+        // keeps its id whatever the cap. A refused model counts under its provider's
+        // `__overflow__` model (paid with the provider), which has no histograms of its own.
+        let grant = if model == OVERFLOW_LABEL {
+            Grant::Folded
+        } else if self.model_keys.len() < cap {
+            self.budget.grant(MODEL_COST)
+        } else {
+            Grant::Folded
+        };
+        let (local, detail) = if grant == Grant::Folded {
+            self.overflow[Dimension::Model as usize] += 1;
+            let sink = self.providers.overflow == Some(pid);
+            (self.models[p].overflow_id(), sink)
+        } else {
+            let l = self.models[p].intern_new(Label::from(model));
+            (l, grant == Grant::Full)
+        };
+        let id = self.dense_model(pid, local);
+        if self.model_detail.len() <= id as usize || !self.model_detail[id as usize] {
+            set_detail(&mut self.model_detail, id, detail);
+        }
+        id
+    }
+
+    /// The dense model id whose histograms take this model's observations.
+    fn model_hist(&mut self, model: u32) -> u32 {
+        if self
+            .model_detail
+            .get(model as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            model
+        } else {
+            self.model_sink()
+        }
     }
 
     /// Applies one event received at `now_ms`.
@@ -508,9 +796,28 @@ impl Aggregator {
         }
         let ns = self.namespace_id(&r.namespace);
         let model = self.model_id(&r.provider, &r.model);
-        slot(&mut self.ns_deltas, ns).record(r, true);
+        let (ns_hist, model_hist) = (self.ns_hist(ns), self.model_hist(model));
+        let ns_status = self.ns_code(ns, r.status);
+        if ns_hist == ns && ns_status == ns {
+            slot(&mut self.ns_deltas, ns).record(r, true);
+        } else {
+            slot(&mut self.ns_deltas, ns).record_usage_timed(r);
+            slot(&mut self.ns_deltas, ns_hist).latency.record(r);
+            *slot(&mut self.ns_deltas, ns_status)
+                .status
+                .entry(r.status)
+                .or_insert(0) += 1;
+        }
         let m = slot(&mut self.model_deltas, model);
-        m.record(r, false);
+        if model_hist == model {
+            m.record(r, false);
+        } else {
+            m.record_usage_timed(r);
+        }
+        let m = slot(&mut self.model_deltas, model_hist);
+        if model_hist != model {
+            m.latency.record(r);
+        }
         m.operation
             .get_or_insert_with(|| genai_operation(&r.endpoint));
         let usage = m.token_usage.get_or_insert_with(Box::default);
@@ -587,10 +894,26 @@ impl Aggregator {
             let agg = std::mem::take(agg);
             let (pid, local) = self.model_keys[id];
             let provider = self.providers.labels[pid as usize].clone();
-            out.scopes
+            let p = out
+                .scopes
                 .entry(ScopeKey::Provider(provider.clone()))
-                .or_default()
-                .merge_traffic(&agg);
+                .or_default();
+            p.merge_counters(&agg);
+            // A provider without histograms of its own leaves its models' to `__overflow__`.
+            if self
+                .provider_detail
+                .get(pid as usize)
+                .copied()
+                .unwrap_or(true)
+            {
+                p.latency.merge(&agg.latency);
+            } else if !agg.latency.duration.is_empty() {
+                out.scopes
+                    .entry(ScopeKey::Provider(Label::const_new(OVERFLOW_LABEL)))
+                    .or_default()
+                    .latency
+                    .merge(&agg.latency);
+            }
             let model = self.models[pid as usize].labels[local as usize].clone();
             out.scopes.insert(ScopeKey::Model(provider, model), agg);
         }
@@ -794,6 +1117,53 @@ mod tests {
             1
         );
         assert_eq!(d.global.requests, 4);
+    }
+
+    #[test]
+    fn budget_degrades_histograms_then_labels_and_fit_bounds_merged_views() {
+        use crate::budget::{MIN_SERIES, RESERVE, Refusal};
+        let budget = Arc::new(SeriesBudget::new(MIN_SERIES));
+        let mut a = Aggregator::with_budget(Limits::default(), budget.clone());
+        let mut b =
+            Aggregator::with_budget(Limits::default(), Arc::new(SeriesBudget::new(MIN_SERIES)));
+        for i in 0..200 {
+            for (agg, w) in [(&mut a, "a"), (&mut b, "b")] {
+                let json = format!(
+                    r#"{{"namespace":"{w}{i}","provider":"p{w}{i}","model":"m","status":200,"duration_ms":{i}}}"#
+                );
+                agg.apply(&ev(&json), 0);
+            }
+        }
+        assert!(budget.refused(Refusal::Histogram) > 0);
+        assert!(budget.refused(Refusal::Series) > 0);
+        assert!(budget.used() <= budget.limit());
+        let (da, db) = (a.take(), b.take());
+        let ns_sum = |d: &Aggregates| -> (u64, u64) {
+            d.scopes
+                .iter()
+                .filter(|(k, _)| matches!(k, ScopeKey::Namespace(_)))
+                .fold((0, 0), |(r, h), (_, s)| {
+                    (r + s.requests, h + s.latency.duration.count())
+                })
+        };
+        // Every record counted once in the namespace counters and once in their histograms.
+        assert_eq!(ns_sum(&da), (200, 200));
+        let sink = da
+            .scope(&ScopeKey::Namespace(OVERFLOW_LABEL.into()))
+            .expect("overflow");
+        assert!(
+            sink.latency.duration.count() > sink.requests,
+            "takes others' observations"
+        );
+        let mut merged = Aggregates::default();
+        merged.merge(&da);
+        merged.merge(&db);
+        let room = MIN_SERIES - RESERVE;
+        let folded = merged.fit(room);
+        assert!(!folded.is_empty());
+        assert_eq!(merged.global.requests, 400);
+        assert_eq!(ns_sum(&merged), (400, 400));
+        assert!(merged.fit(room).is_empty(), "fitted views stay as they are");
     }
 
     #[test]

@@ -70,7 +70,10 @@ impl App {
         if !config.auth.has_tokens() && !config.auth.allow_open && !addr.ip().is_loopback() {
             return Err(AppError::OpenNonLoopback(addr));
         }
-        let health = Arc::new(Health::new(config.pipeline.queue_capacity));
+        let health = Arc::new(
+            Health::new(config.pipeline.queue_capacity)
+                .with_series_budget(config.pipeline.max_series),
+        );
         let store: Arc<dyn LiveStore> = match config.live_store {
             LiveStoreKind::Memory => Arc::new(MemoryStore::new()),
             LiveStoreKind::Redis => match RedisStore::start(config.redis.clone(), health.clone()) {
@@ -105,6 +108,7 @@ impl App {
         let (claude_code, cc_task) = ClaudeCode::spawn(
             config.otlp.limits,
             config.otlp.queue_capacity,
+            health.series_budget().clone(),
             diagnostics.clone(),
         );
         background.push(cc_task);

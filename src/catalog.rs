@@ -469,6 +469,22 @@ metric!(
     "Records folded into the `__overflow__` series because a label dimension reached its series cap."
 );
 metric!(
+    SERIES_REFUSED,
+    "gatemeter_series_refused",
+    Counter,
+    None,
+    ["kind"],
+    "New label values that got less than their own series from the global series budget (`pipeline.max_series`): kind=histogram got counters only (observations in `__overflow__`'s histograms), kind=series were folded into `__overflow__`."
+);
+metric!(
+    SERIES_BUDGET,
+    "gatemeter_series_budget",
+    Gauge,
+    None,
+    ["state"],
+    "The global series budget: state=limit is `pipeline.max_series`, state=used the series of this exposition (this family included)."
+);
+metric!(
     STORE_UP,
     "gatemeter_store_up",
     Gauge,
@@ -733,6 +749,7 @@ pub const ALL: &[Metric] = &[
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,
     SERIES_OVERFLOW,
+    SERIES_REFUSED,
     STORE_UP,
     SELF_UPTIME,
     BUILD_INFO,
@@ -757,6 +774,7 @@ pub const ALL: &[Metric] = &[
     OTLP_EXPORTED,
     OTLP_EXPORT_DROPPED,
     OTLP_EXPORT_RETRIES,
+    SERIES_BUDGET,
 ];
 
 /// The per-process families: each replica's own health, which differs between replicas and

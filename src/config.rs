@@ -170,6 +170,7 @@ struct RawPipeline {
     queue_capacity: Option<usize>,
     flush_interval_ms: Option<u64>,
     max_series_per_dimension: Option<usize>,
+    max_series: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,7 +458,24 @@ impl RawIngest {
             )?,
             flush_interval: Duration::from_millis(flush_ms),
             limits,
+            max_series: positive(
+                "pipeline.max_series",
+                p.max_series,
+                crate::budget::DEFAULT_MAX_SERIES as usize,
+                100_000_000,
+            )? as u64,
         };
+        if pipeline.max_series < crate::budget::MIN_SERIES {
+            return Err(invalid(
+                "pipeline.max_series",
+                format!(
+                    "{} is below {}: the fixed families and the __overflow__ series need {} of it",
+                    pipeline.max_series,
+                    crate::budget::MIN_SERIES,
+                    crate::budget::RESERVE
+                ),
+            ));
+        }
         if pipeline.queue_capacity < ingest.max_records_per_request {
             return Err(invalid(
                 "pipeline.queue_capacity",

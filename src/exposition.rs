@@ -44,6 +44,7 @@ impl std::fmt::Display for Value {
 pub(crate) struct Encoder {
     out: String,
     openmetrics: bool,
+    samples: u64,
 }
 
 /// The value at `i`, 0 when absent (counter arrays indexed by a label enum).
@@ -73,7 +74,13 @@ impl Encoder {
         Self {
             out: String::with_capacity(64 * 1024),
             openmetrics,
+            samples: 0,
         }
+    }
+
+    /// Samples (series) written so far.
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples
     }
 
     /// The finished text (with OpenMetrics' `# EOF`).
@@ -114,6 +121,7 @@ impl Encoder {
         extra: Option<(&str, &str)>,
         v: Value,
     ) {
+        self.samples += 1;
         self.out.push_str(name);
         self.out.push_str(suffix);
         if !names.is_empty() || extra.is_some() {

@@ -4,12 +4,13 @@
 
 pub mod otlp;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::http::StatusCode;
 
+use crate::budget::{Refusal, SeriesBudget};
 use crate::record::RejectReason;
 
 label_enum! {
@@ -125,6 +126,8 @@ pub struct Health {
     log_store: OnceLock<&'static str>,
     /// Whether the request log's last attempt reached its database.
     log_store_up: AtomicBool,
+    /// The global series budget, shared with everything that creates series.
+    series_budget: Arc<SeriesBudget>,
 }
 
 impl Health {
@@ -145,7 +148,19 @@ impl Health {
             queue_capacity,
             log_store: OnceLock::new(),
             log_store_up: AtomicBool::new(false),
+            series_budget: Arc::new(SeriesBudget::unlimited()),
         }
+    }
+
+    /// With a global series budget of `max_series`.
+    pub fn with_series_budget(mut self, max_series: u64) -> Self {
+        self.series_budget = Arc::new(SeriesBudget::new(max_series));
+        self
+    }
+
+    /// The global series budget.
+    pub fn series_budget(&self) -> &Arc<SeriesBudget> {
+        &self.series_budget
     }
 
     /// The request log's store was opened: its name and whether its database answered.
@@ -233,6 +248,8 @@ impl Health {
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
             log_store: self.log_store(),
+            series_limit: self.series_budget.limit(),
+            series_refused: Refusal::ALL.map(|r| self.series_budget.refused(r)),
         }
     }
 }
@@ -266,4 +283,8 @@ pub struct HealthSnapshot {
     pub queue_capacity: u64,
     /// The request log's store and whether it is up (none without a SQL log).
     pub log_store: Option<(&'static str, bool)>,
+    /// The global series budget's limit.
+    pub series_limit: u64,
+    /// Label values the budget refused, per [`Refusal`].
+    pub series_refused: [u64; Refusal::ALL.len()],
 }

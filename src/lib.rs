@@ -6,6 +6,7 @@
 //! - [`catalog`]: every metric name — the only place names are written.
 //! - [`clock`]: the wall clock, read in one place; [`varint`]: LEB128 for compact blobs;
 //!   [`calendar`]: today / week / month in an IANA time zone.
+//! - [`budget`]: the global series budget shared by everything that creates series.
 //! - [`otlp`]: the OTLP wire format (decoding, a borrowed logs view).
 //! - [`price`]: the price table; cost in integer micro-USD.
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
@@ -39,6 +40,7 @@ mod label;
 pub mod aggregate;
 pub mod api;
 pub mod app;
+pub mod budget;
 pub mod calendar;
 pub mod catalog;
 pub mod claude_code;

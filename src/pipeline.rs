@@ -28,6 +28,8 @@ pub struct PipelineConfig {
     pub flush_interval: Duration,
     /// Aggregator limits.
     pub limits: Limits,
+    /// The global series budget of `/metrics` (every family; see `crate::budget`).
+    pub max_series: u64,
 }
 
 impl Default for PipelineConfig {
@@ -36,6 +38,7 @@ impl Default for PipelineConfig {
             queue_capacity: 200_000,
             flush_interval: Duration::from_secs(1),
             limits: Limits::default(),
+            max_series: crate::budget::DEFAULT_MAX_SERIES,
         }
     }
 }
@@ -154,7 +157,7 @@ async fn run(
     log: Arc<dyn RequestLog>,
     health: Arc<Health>,
 ) {
-    let mut agg = Aggregator::new(cfg.limits);
+    let mut agg = Aggregator::with_budget(cfg.limits, health.series_budget().clone());
     let mut tick = tokio::time::interval(cfg.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbox = Vec::with_capacity(256);

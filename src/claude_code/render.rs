@@ -45,7 +45,11 @@ pub(crate) fn write(e: &mut Encoder, cc: &Snapshot) {
         e.sample(&c::CC_TOOL_FAILURES, &[tool], Value::U(t.failures));
     }
     e.header(&c::CC_TOOL_DURATION);
-    for (tool, t) in &cc.tools {
+    for (tool, t) in cc
+        .tools
+        .iter()
+        .filter(|(_, t)| !t.duration_buckets.is_empty())
+    {
         let mut running = 0;
         let cumulative: Vec<u64> = t
             .duration_buckets

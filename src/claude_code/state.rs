@@ -8,9 +8,12 @@
 //!   the stream's last one (a retried export) is ignored.
 //! - **Series** are what `/metrics` shows: a stream's increments go to the series of its
 //!   *label set* (the attributes left after the deny-list). Each metric holds at most
-//!   `max_series_per_metric` series; beyond it increments go to one overflow series, counted.
+//!   `max_series_per_metric` series, and each new series asks the global [`SeriesBudget`];
+//!   beyond either, increments go to one overflow series, counted.
 //! - **Tools**: calls, failures and a duration histogram per tool, decisions per
-//!   (tool, decision, source); tool names are capped. Retried exports are recognised by the
+//!   (tool, decision, source); tool names are capped and ask the budget (a tool granted
+//!   counters only has its durations in the `__overflow__` tool's histogram; decision triples
+//!   and event names beyond the budget count under `__overflow__`). Retried exports are recognised by the
 //!   event's identity (session, sequence number, name and time; else `tool_use_id`) and not
 //!   counted twice.
 //!
@@ -19,10 +22,18 @@
 //! OTLP ([`super::mapping`] makes its [`Input`]s) and does not render ([`super::render`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use compact_str::CompactString;
 
+use crate::budget::{Cost, Grant, SeriesBudget, histogram_series};
 use crate::catalog;
+
+/// Series of one tool: calls and failures; its duration histogram.
+const TOOL_COST: Cost = Cost {
+    counters: 2,
+    histograms: histogram_series(catalog::DURATION_BUCKETS.len()),
+};
 
 /// Label set of a series: (name, value) pairs sorted by name; names already sanitised.
 pub type Labels = Vec<(CompactString, CompactString)>;
@@ -150,7 +161,8 @@ pub struct ToolStats {
     /// Of which failed.
     pub failures: u64,
     /// Duration histogram: counts per bucket of [`catalog::DURATION_BUCKETS`] plus `+Inf`
-    /// (not cumulative).
+    /// (not cumulative); empty for a tool the series budget gave counters only (its durations
+    /// are in the `__overflow__` tool's).
     pub duration_buckets: Vec<u64>,
     /// Calls with a duration.
     pub duration_count: u64,
@@ -220,6 +232,7 @@ pub struct ClaudeCodeState {
     newest_ns: u64,
     totals: Snapshot,
     seen: Seen,
+    budget: Arc<SeriesBudget>,
 }
 
 /// Streams whose last point is older than this (relative to the newest point) may be evicted.
@@ -229,8 +242,13 @@ const STALE_NS: u64 = 3600 * 1_000_000_000;
 pub const OVERFLOW: &str = catalog::OVERFLOW_LABEL;
 
 impl ClaudeCodeState {
-    /// Empty state.
+    /// Empty state, with no series budget.
     pub fn new(limits: Limits) -> Self {
+        Self::with_budget(limits, Arc::new(SeriesBudget::unlimited()))
+    }
+
+    /// Empty state sharing the series `budget`.
+    pub fn with_budget(limits: Limits, budget: Arc<SeriesBudget>) -> Self {
         let n = catalog::CLAUDE_CODE_METRICS.len();
         Self {
             limits,
@@ -246,6 +264,7 @@ impl ClaudeCodeState {
                 window: limits.dedup_window,
                 ..Seen::default()
             },
+            budget,
         }
     }
 
@@ -268,11 +287,12 @@ impl ClaudeCodeState {
                 }
                 let max = self.limits.max_event_names;
                 let events = &mut self.totals.events;
-                let key = if events.contains_key(&name) || events.len() < max {
-                    name
-                } else {
-                    CompactString::const_new(OVERFLOW)
-                };
+                let key =
+                    if events.contains_key(&name) || (events.len() < max && self.budget.take(1)) {
+                        name
+                    } else {
+                        CompactString::const_new(OVERFLOW)
+                    };
                 *events.entry(key).or_default() += 1;
                 None
             }
@@ -333,7 +353,7 @@ impl ClaudeCodeState {
         let series = &mut self.totals.series[p.metric];
         if let Some(v) = series.get_mut(&p.labels) {
             *v += increment;
-        } else if series.len() < self.limits.max_series_per_metric {
+        } else if series.len() < self.limits.max_series_per_metric && self.budget.take(1) {
             series.insert(p.labels, increment);
         } else {
             self.totals.overflow_value[p.metric] += increment;
@@ -342,13 +362,35 @@ impl ClaudeCodeState {
         PointOutcome::Counted
     }
 
-    fn tool_key(&self, tool: CompactString) -> CompactString {
-        if self.totals.tools.contains_key(&tool) || self.totals.tools.len() < self.limits.max_tools
-        {
-            tool
-        } else {
-            CompactString::const_new(OVERFLOW)
+    /// The tool's key, with its stats created if new: its own (granted by the cap and the
+    /// budget) or `__overflow__`'s.
+    fn tool_key(&mut self, tool: CompactString) -> CompactString {
+        if self.totals.tools.contains_key(&tool) && tool != OVERFLOW {
+            return tool;
         }
+        let grant = if tool == OVERFLOW {
+            Grant::Folded
+        } else if self.totals.tools.len() < self.limits.max_tools {
+            self.budget.grant(TOOL_COST)
+        } else {
+            Grant::Folded
+        };
+        let (key, detail) = match grant {
+            Grant::Folded => (CompactString::const_new(OVERFLOW), true),
+            g => (tool, g == Grant::Full),
+        };
+        self.totals
+            .tools
+            .entry(key.clone())
+            .or_insert_with(|| ToolStats {
+                duration_buckets: if detail {
+                    vec![0; catalog::DURATION_BUCKETS.len() + 1]
+                } else {
+                    Vec::new()
+                },
+                ..ToolStats::default()
+            });
+        key
     }
 
     fn tool(&mut self, t: ToolEvent) {
@@ -372,10 +414,7 @@ impl ClaudeCodeState {
                 ..
             } => {
                 let key = self.tool_key(tool);
-                let stats = self.totals.tools.entry(key).or_insert_with(|| ToolStats {
-                    duration_buckets: vec![0; catalog::DURATION_BUCKETS.len() + 1],
-                    ..ToolStats::default()
-                });
+                let stats = self.totals.tools.entry(key.clone()).or_default();
                 stats.calls += 1;
                 stats.failures += u64::from(!success);
                 if let Some(ms) = duration_ms {
@@ -384,6 +423,12 @@ impl ClaudeCodeState {
                         .iter()
                         .position(|b| s <= *b)
                         .unwrap_or(catalog::DURATION_BUCKETS.len());
+                    let key = if stats.duration_buckets.is_empty() {
+                        self.overflow_tool()
+                    } else {
+                        key
+                    };
+                    let stats = self.totals.tools.entry(key).or_default();
                     stats.duration_buckets[i] += 1;
                     stats.duration_count += 1;
                     stats.duration_ms_sum += ms;
@@ -396,15 +441,6 @@ impl ClaudeCodeState {
                 ..
             } => {
                 let key = self.tool_key(tool);
-                if !self.totals.tools.contains_key(&key) {
-                    self.totals.tools.insert(
-                        key.clone(),
-                        ToolStats {
-                            duration_buckets: vec![0; catalog::DURATION_BUCKETS.len() + 1],
-                            ..ToolStats::default()
-                        },
-                    );
-                }
                 // Decision and source come from small fixed vocabularies; cap them anyway.
                 let cap = |s: CompactString| {
                     if s.len() <= 32 {
@@ -413,13 +449,27 @@ impl ClaudeCodeState {
                         CompactString::const_new(OVERFLOW)
                     }
                 };
-                *self
-                    .totals
-                    .decisions
-                    .entry((key, cap(decision), cap(source)))
-                    .or_default() += 1;
+                let mut triple = (key, cap(decision), cap(source));
+                if !self.totals.decisions.contains_key(&triple) && !self.budget.take(1) {
+                    let o = CompactString::const_new(OVERFLOW);
+                    triple = (o.clone(), o.clone(), o);
+                }
+                *self.totals.decisions.entry(triple).or_default() += 1;
             }
         }
+    }
+
+    /// The `__overflow__` tool (with its histogram), created if needed; its key.
+    fn overflow_tool(&mut self) -> CompactString {
+        let key = CompactString::const_new(OVERFLOW);
+        self.totals
+            .tools
+            .entry(key.clone())
+            .or_insert_with(|| ToolStats {
+                duration_buckets: vec![0; catalog::DURATION_BUCKETS.len() + 1],
+                ..ToolStats::default()
+            });
+        key
     }
 
     /// A copy for readers.

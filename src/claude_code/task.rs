@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::budget::SeriesBudget;
 use crate::claude_code::state::{ClaudeCodeState, Input, Limits, PointOutcome, Snapshot};
 
 /// Counts what became of each metric point the task applied.
@@ -53,13 +54,15 @@ impl ClaudeCode {
     pub fn spawn<C: PointCounter>(
         limits: Limits,
         capacity: usize,
+        budget: Arc<SeriesBudget>,
         counter: Arc<C>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let last = Arc::new(Mutex::new(Arc::new(
             ClaudeCodeState::new(limits).snapshot(),
         )));
-        let task = tokio::spawn(run(ClaudeCodeState::new(limits), rx, last.clone(), counter));
+        let state = ClaudeCodeState::with_budget(limits, budget);
+        let task = tokio::spawn(run(state, rx, last.clone(), counter));
         (Self { tx, last }, task)
     }
 

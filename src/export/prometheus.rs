@@ -114,11 +114,27 @@ pub fn render_all(
     crate::claude_code::render::write(&mut e, &otlp.claude_code);
     otlp::write_receiver(&mut e, &otlp.diagnostics);
     otlp::write_export(&mut e, &otlp.export);
+    write_budget(&mut e, health);
     e.finish()
+}
+
+/// The series budget, last: `used` counts every series written, these two included.
+fn write_budget(e: &mut Encoder, health: &HealthSnapshot) {
+    e.header(&c::SERIES_BUDGET);
+    let used = e.samples() + 2;
+    e.sample(&c::SERIES_BUDGET, &["limit"], Value::U(health.series_limit));
+    e.sample(&c::SERIES_BUDGET, &["used"], Value::U(used));
 }
 
 /// One scope of the view: its label values, key and aggregate.
 type Scope<'a> = (Vec<&'a str>, &'a ScopeKey, &'a ScopeAgg);
+
+/// The scopes with histograms of their own: those that recorded a duration (a scope the series
+/// budget gave counters only has its observations in `__overflow__`'s histograms).
+fn with_histograms<'s, 'a>(list: &'s [Scope<'a>]) -> impl Iterator<Item = &'s Scope<'a>> {
+    list.iter()
+        .filter(|(_, _, s)| !s.latency.duration.is_empty())
+}
 
 /// The view's scopes by kind, each sorted by label values.
 struct Scopes<'a> {
@@ -188,13 +204,13 @@ fn write_seed(
         }
         if i == 0 {
             e.header(&c::MODEL_DURATION);
-            for (l, _, s) in models {
+            for (l, _, s) in with_histograms(models) {
                 duration_histogram(
                     e,
                     &c::MODEL_DURATION,
                     l,
                     &s.latency.duration,
-                    s.duration_ms_sum,
+                    s.latency.sums_ms[0],
                     dur_bounds,
                 );
             }
@@ -234,18 +250,25 @@ fn write_traffic(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>, dur_bounds:
     );
     for (m, list) in [(&c::NS_DURATION, ns), (&c::PROVIDER_DURATION, providers)] {
         e.header(m);
-        for (l, _, s) in list {
-            duration_histogram(e, m, l, &s.latency.duration, s.duration_ms_sum, dur_bounds);
+        for (l, _, s) in with_histograms(list) {
+            duration_histogram(
+                e,
+                m,
+                l,
+                &s.latency.duration,
+                s.latency.sums_ms[0],
+                dur_bounds,
+            );
         }
     }
     e.header(&c::MODEL_TTFB);
-    for (l, _, s) in models {
+    for (l, _, s) in with_histograms(models) {
         duration_histogram(
             e,
             &c::MODEL_TTFB,
             l,
             &s.latency.ttfb,
-            s.ttfb_ms_sum,
+            s.latency.sums_ms[1],
             dur_bounds,
         );
     }
@@ -315,14 +338,14 @@ fn write_genai(e: &mut Encoder, sc: &Scopes<'_>) {
     let models = &sc.models[..];
     let genai_bounds = ms_bounds(c::GENAI_DURATION_BUCKETS);
     e.header(&c::GENAI_DURATION);
-    for (l, _, s) in models {
+    for (l, _, s) in with_histograms(models) {
         let op = s.operation.unwrap_or("chat");
         duration_histogram(
             e,
             &c::GENAI_DURATION,
             &[op, l[0], l[1]],
             &s.latency.duration,
-            s.duration_ms_sum,
+            s.latency.sums_ms[0],
             &genai_bounds,
         );
     }
@@ -417,6 +440,14 @@ fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, stor
             &c::SERIES_OVERFLOW,
             &[d.as_str()],
             Value::U(view.totals.overflow[d as usize]),
+        );
+    }
+    e.header(&c::SERIES_REFUSED);
+    for r in crate::budget::Refusal::ALL {
+        e.sample(
+            &c::SERIES_REFUSED,
+            &[r.as_str()],
+            Value::U(health.series_refused[r as usize]),
         );
     }
     e.header(&c::STORE_UP);

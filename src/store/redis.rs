@@ -828,10 +828,25 @@ async fn read_view(
         .chain(&recent)
         .map(|(s, f)| (*s, f))
         .collect();
+    // Each writer keeps within the series budget; their union may not: fitted after each
+    // writer, so the merged view holds at most about twice the budget while it is built.
+    let room = shared
+        .health
+        .series_budget()
+        .limit()
+        .saturating_sub(crate::budget::RESERVE);
     let mut totals = Aggregates::default();
-    each_blob(&state, |b| codec::decode_state_into(b, &mut totals));
+    let mut folded = HashMap::new();
+    let mut add = |b: &[u8], totals: &mut Aggregates| {
+        let mut one = Aggregates::default();
+        let ok = codec::decode_state_into(b, &mut one);
+        totals.merge(&one);
+        folded.extend(totals.fit(room));
+        ok
+    };
+    each_blob(&state, |b| add(b, &mut totals));
     if let Some(b) = &retired
-        && !codec::decode_state_into(b, &mut totals)
+        && !add(b, &mut totals)
     {
         debug!("Skipped a malformed retired-writers blob.");
     }
@@ -866,6 +881,11 @@ async fn read_view(
                     each_blob(fields, |b| {
                         codec::decode_slot_into(b, &mut w.global, &mut w.scopes)
                     });
+                }
+            }
+            for (from, to) in &folded {
+                if let Some(l) = w.scopes.remove(from) {
+                    w.scopes.entry(to.clone()).or_default().merge(&l);
                 }
             }
             w

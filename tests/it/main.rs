@@ -16,5 +16,6 @@ mod pg_server;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;
+mod series_budget;
 mod slow_clients;
 mod sql_log;

@@ -408,7 +408,12 @@ mod tests {
             health.clone(),
         );
         let diagnostics = Arc::new(Diagnostics::default());
-        let (claude_code, _c) = ClaudeCode::spawn(Limits::default(), 2, diagnostics.clone());
+        let (claude_code, _c) = ClaudeCode::spawn(
+            Limits::default(),
+            2,
+            Arc::new(crate::budget::SeriesBudget::unlimited()),
+            diagnostics.clone(),
+        );
         let state = Arc::new(OtlpIngest {
             pipeline,
             claude_code,

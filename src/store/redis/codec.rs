@@ -142,6 +142,8 @@ pub fn scope_fields(a: &ScopeAgg, out: &mut Vec<(String, i64)>) {
     push("cost", a.cost_micros);
     push("unpriced", a.unpriced);
     push("aband", a.abandoned);
+    push("lsum0", a.latency.sums_ms[0]);
+    push("lsum1", a.latency.sums_ms[1]);
     for (code, n) in &a.status {
         push(&format!("st{code}"), *n);
     }
@@ -185,6 +187,8 @@ fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
         "cost" => a.cost_micros = u,
         "unpriced" => a.unpriced = u,
         "aband" => a.abandoned = u,
+        "lsum0" => a.latency.sums_ms[0] = u,
+        "lsum1" => a.latency.sums_ms[1] = u,
         "last" => a.last_used_ms = v,
         "op" => a.operation = OPERATIONS.get(u as usize).copied(),
         "conc" => a.concurrency = v,
@@ -296,18 +300,24 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
     for _ in 0..scopes {
         let scope = scope_dec(get_str(b, &mut i)?)?;
         let mut counters = ScopeAgg::default();
+        let mut sums = false;
         for _ in 0..varint::get(b, &mut i)? {
             let f = get_str(b, &mut i)?;
             let v = unzigzag(varint::get(b, &mut i)?);
+            sums |= f.starts_with("lsum");
             set_field(&mut counters, f, v);
+        }
+        counters.latency.duration.decode_from(b, &mut i)?;
+        counters.latency.ttfb.decode_from(b, &mut i)?;
+        if !sums && !counters.latency.duration.is_empty() {
+            // Written before histograms had sums of their own: they were the scope's.
+            counters.latency.sums_ms = [counters.duration_ms_sum, counters.ttfb_ms_sum];
         }
         let target = match scope {
             None => &mut into.global,
             Some(k) => into.scopes.entry(k).or_default(),
         };
         target.merge(&counters);
-        target.latency.duration.decode_from(b, &mut i)?;
-        target.latency.ttfb.decode_from(b, &mut i)?;
     }
     Some(())
 }
