@@ -1,5 +1,6 @@
 //! Integration tests: the real server on loopback, real HTTP.
 
+mod assets;
 mod bad_input;
 mod cli;
 mod exact;
