@@ -44,15 +44,9 @@ wait_http() { # url, what
 }
 
 # ---- gatemeter demo ----
-"$bin" demo --listen 127.0.0.1:0 --rate 200 >"$tmp/demo.log" 2>&1 &
-pids+=($!)
-gm=""
-for _ in $(seq 1 100); do
-  gm=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/demo.log" | head -n1)
-  [ -n "$gm" ] && break
-  sleep 0.1
-done
-[ -n "$gm" ] || { cat "$tmp/demo.log"; fail "demo server did not start"; }
+. scripts/demo-lib.sh
+start_demo "$bin" "$tmp/demo.log"
+gm=$demo_addr
 say "gatemeter demo on $gm"
 
 # ---- webhook receiver: appends every POST body as one line ----

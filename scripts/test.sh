@@ -64,15 +64,9 @@ cargo test --doc --quiet
 
 say "exposition checks: promtool on a live server fed by the demo traffic"
 cargo build --quiet --bin gatemeter
-./target/debug/gatemeter demo --listen 127.0.0.1:0 --rate 200 >"$tmp/demo.log" 2>&1 &
-pids+=($!)
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/demo.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$tmp/demo.log"; echo "demo server did not start" >&2; exit 1; }
+. scripts/demo-lib.sh
+start_demo ./target/debug/gatemeter "$tmp/demo.log"
+addr=$demo_addr
 sleep 3
 curl -fsS "http://$addr/metrics" >"$tmp/metrics.txt"
 grep -q '^ai_gateway_requests_total [1-9]' "$tmp/metrics.txt" || { echo "demo traffic was not counted" >&2; exit 1; }
