@@ -98,7 +98,7 @@ def var(name, label, metric, label_name, regex=""):
         "label": label,
         "datasource": DS,
         "definition": q,
-        "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1},
+        "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
         "refresh": 2,
         "regex": regex,
         "sort": 1,
