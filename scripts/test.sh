@@ -11,6 +11,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 missing=()
 have promtool || missing+=(prometheus)  # promtool ships in Debian's prometheus package
+have amtool || missing+=(prometheus-alertmanager)  # and amtool with the alertmanager
+have docker-compose || missing+=(docker-compose)
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
 have redis-server || missing+=(redis-server)
@@ -62,15 +64,9 @@ cargo test --doc --quiet
 
 say "exposition checks: promtool on a live server fed by the demo traffic"
 cargo build --quiet --bin gatemeter
-./target/debug/gatemeter demo --listen 127.0.0.1:0 --rate 200 >"$tmp/demo.log" 2>&1 &
-pids+=($!)
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/demo.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$tmp/demo.log"; echo "demo server did not start" >&2; exit 1; }
+. scripts/demo-lib.sh
+start_demo ./target/debug/gatemeter "$tmp/demo.log"
+addr=$demo_addr
 sleep 3
 curl -fsS "http://$addr/metrics" >"$tmp/metrics.txt"
 grep -q '^ai_gateway_requests_total [1-9]' "$tmp/metrics.txt" || { echo "demo traffic was not counted" >&2; exit 1; }
@@ -82,7 +78,24 @@ if [ -n "$out" ]; then
 fi
 echo "promtool check metrics: clean ($(grep -vc '^#' "$tmp/metrics.txt") samples)"
 
-say "promtool check config prometheus/prometheus.yml"
+say "promtool check config prometheus/prometheus.yml (and the rule files it loads)"
 promtool check config prometheus/prometheus.yml
+
+say "promtool test rules: every alert firing and not firing"
+promtool test rules alerts/rules.test.yml alerts/cost.test.yml
+
+say "amtool check-config alerts/alertmanager.yml; routing by severity"
+amtool check-config alerts/alertmanager.yml
+[ "$(amtool config routes test --config.file=alerts/alertmanager.yml severity=critical 2>/dev/null)" = critical ]
+[ "$(amtool config routes test --config.file=alerts/alertmanager.yml severity=warning 2>/dev/null)" = warnings ]
+
+say "dashboards/ are what dashboards/generate.py writes"
+python3 dashboards/generate.py --check
+
+say "docker-compose config"
+docker-compose config -q
+
+say "end to end: demo traffic -> Prometheus -> every dashboard query; a failing provider -> Alertmanager -> webhook"
+scripts/e2e-assets.sh target/debug/gatemeter
 
 say "all checks passed"

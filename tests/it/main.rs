@@ -1,6 +1,7 @@
 //! Integration tests: the real server on loopback, real HTTP.
 
 mod analytics;
+mod assets;
 mod bad_input;
 mod cli;
 mod exact;
