@@ -196,6 +196,8 @@ def overview():
                ),
             ts("Provider availability (5 m)", "Share of forwarded requests that succeeded, per provider. Below 50 % is the seed's red (alert GatewayProviderAvailabilityLow).",
                "percentunit", target("provider:gatemeter_availability:ratio_rate5m", "{{provider}}"), min=0, max=1),
+            ts("Active sessions", "Sessions with a request in the last analytics.session_active_secs (default 5 minutes), per namespace of their first request (gatemeter_active_sessions).", "short",
+               target("sum by (namespace) (gatemeter_active_sessions)", "{{namespace}}"), stack=True),
             ts("Tokens by type", "Tokens per second over all requests: input, output, cache writes (5 m, 1 h) and cache reads.", "short",
                target(f"sum by (type) (rate(gatemeter_tokens_total[{RI}]))", "{{type}}"), stack=True),
             ts("Cost per hour", "Cost of the last hour, all requests (recording rule gatemeter:cost_usd:increase1h).", "currencyUSD",
@@ -320,10 +322,36 @@ def providers():
                target(f"provider:gatemeter_provider_request_duration_seconds:quantile_rate5m{{{PR}}}", "{{provider}} q{{quantile}}")),
             ts("P50 / P95 / P99 (exact, 5 m)", "Exact request duration quantiles per provider over 5 minutes (HDR, nearest rank).", "s",
                target(f'gatemeter_provider_request_duration_quantile_seconds{{{PR}, window="5m"}}', "{{provider}} P{{percentile}}")),
+            bars("Status (gatemeter)", "gatemeter's own colour per provider, from the request log's rollups: 1 on the current status (green: availability over the last hour ≥ 50 %, red: below, unknown: no request in 15 minutes). The same rule as GET /api/v1/availability.", "short",
+                 f'gatemeter_provider_status{{{PR}}} == 1', "{{provider}} {{status}}"),
+            ts("Availability (rollups, 5 m and 1 h)", "Share of a provider's requests that succeeded over the last 5 minutes and hour, read from the request log's rollups (gatemeter_provider_availability_ratio): fleet-wide with a shared PostgreSQL, independent of Prometheus' rate windows.", "percentunit",
+               target(f"gatemeter_provider_availability_ratio{{{PR}}}", "{{provider}} {{window}}"), min=0, max=1),
             ts("Errors by status code (all providers)", "Failed requests per second by final status: 429 quota, 5xx provider, 0 no response, 403 blocked by policy.", "reqps",
                target(f'sum by (status_code) (rate(gatemeter_status_codes_total{{status_code!~"[23].."}}[{RI}]))', "{{status_code}}"), stack=True),
             ts("Latency distribution", "Request duration histogram of the selected providers (buckets per second).", "s",
                target(f"sum by (le) (rate(gatemeter_provider_request_duration_seconds_bucket{{{PR}}}[{RI}]))", "{{le}}")),
+        ],
+    )
+
+
+def leaderboards():
+    sel = 'scope=~"$scope", period=~"$period"'
+    return dashboard(
+        "gatemeter-leaderboards",
+        "gatemeter / Leaderboards",
+        "Who spent what and who sent the most, today, this week and this month (in analytics.time_zone): the top analytics.top_n users, API keys, providers and requested models, with the rest as `other`. Read from the request log's rollups by gatemeter itself; the API (GET /api/v1/leaderboard) has every line.",
+        [var("scope", "Scope", "gatemeter_leaderboard_cost_usd", "scope"),
+         var("period", "Period", "gatemeter_leaderboard_cost_usd", "period")],
+        [
+            bars("Top by cost", "The top lines by cost in the period (USD), rank 1 first; `other` is everything below the top N.", "currencyUSD",
+                 f'sort_desc(gatemeter_leaderboard_cost_usd{{{sel}, rank!="other"}})', "{{scope}} {{period}} #{{rank}} {{name}}", w=12, h=12),
+            bars("Top by requests", "The top lines by requests in the period, rank 1 first.", "short",
+                 f'sort_desc(gatemeter_leaderboard_requests{{{sel}, rank!="other"}})', "{{scope}} {{period}} #{{rank}} {{name}}", w=12, h=12),
+            ts("Leader's cost over time", "Cost so far in the period of whoever holds rank 1, per scope and period (the line resets when the period starts again).", "currencyUSD",
+               target(f'gatemeter_leaderboard_cost_usd{{{sel}, rank="1"}}', "{{scope}} {{period}} {{name}}")),
+            ts("Top N against the rest (cost)", "Cost of the top N lines together against `other`, per scope and period: how concentrated the spending is.", "currencyUSD",
+               target(f'sum by (scope, period) (gatemeter_leaderboard_cost_usd{{{sel}, rank!="other"}})', "top {{scope}} {{period}}"),
+               target(f'sum by (scope, period) (gatemeter_leaderboard_cost_usd{{{sel}, rank="other"}}) or on () vector(0)', "other")),
         ],
     )
 
@@ -453,6 +481,7 @@ DASHBOARDS = {
     "namespace.json": namespace,
     "model-cost.json": model_cost,
     "provider-availability.json": providers,
+    "leaderboards.json": leaderboards,
     "claude-code.json": claude_code,
     "gatemeter-self.json": self_monitoring,
 }

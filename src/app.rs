@@ -20,6 +20,7 @@ use crate::api::auth::{Access, Auth};
 use crate::api::logs::{self, LogApi};
 use crate::claude_code::task::ClaudeCode;
 use crate::config::{Config, LiveStoreKind};
+use crate::export::analytics::AnalyticsGauges;
 use crate::export::otlp_logs::OtlpLogExport;
 use crate::export::prometheus::{self, MetricsState, OtlpSource};
 use crate::health::Health;
@@ -39,6 +40,8 @@ pub struct App {
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
     background: Vec<JoinHandle<()>>,
+    /// Tasks that only read (the analytics gauges' refresh): aborted once serving stops.
+    readers: Vec<JoinHandle<()>>,
     server: ServerConfig,
     health: Arc<Health>,
 }
@@ -117,12 +120,20 @@ impl App {
             diagnostics,
             export: export_stats,
         };
-        let mut router = router(config, pipeline.clone(), health.clone(), otlp);
+        let rollups = sql
+            .clone()
+            .filter(|_| config.log_store.as_ref().is_some_and(|l| l.rollups));
+        let mut readers = Vec::new();
+        let gauges = rollups.clone().map(|log| {
+            let refresh = std::time::Duration::from_secs(config.analytics.refresh_secs);
+            let (gauges, task) = AnalyticsGauges::spawn(log, config.analytics.clone(), refresh);
+            readers.push(task);
+            gauges
+        });
+        let mut router = router(config, pipeline.clone(), health.clone(), otlp, gauges);
         let auth = Auth::new(config.auth.clone());
         let analytics = AnalyticsApi {
-            log: sql
-                .clone()
-                .filter(|_| config.log_store.as_ref().is_some_and(|l| l.rollups)),
+            log: rollups,
             pipeline: pipeline.clone(),
             config: config.analytics.clone(),
         };
@@ -141,6 +152,7 @@ impl App {
             aggregator,
             claude_code: Some(claude_code),
             background,
+            readers,
             server: config.server,
             health,
         })
@@ -165,12 +177,16 @@ impl App {
             aggregator,
             claude_code,
             background,
+            readers,
             server: server_config,
             health,
         } = self;
         drop(pipeline);
         drop(claude_code);
         server::serve(listener, router, server_config, health, shutdown).await;
+        for task in readers {
+            task.abort();
+        }
         // The router (and with it every pipeline handle) is gone: the aggregator drains, flushes
         // and closes the request log (which flushes the OTLP log export).
         let result = aggregator
@@ -191,6 +207,7 @@ pub fn router(
     pipeline: Pipeline,
     health: Arc<Health>,
     otlp: OtlpSource,
+    analytics: Option<Arc<AnalyticsGauges>>,
 ) -> Router {
     let otlp_ingest = Arc::new(OtlpIngest {
         pipeline: pipeline.clone(),
@@ -230,6 +247,7 @@ pub fn router(
             pipeline: pipeline.clone(),
             health,
             otlp,
+            analytics,
         }),
     );
     let ingest = auth.guard(ingest_routes, Access::Ingest);

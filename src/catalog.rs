@@ -476,6 +476,49 @@ metric!(
     ["kind"],
     "New label values that got less than their own series from the global series budget (`pipeline.max_series`): kind=histogram got counters only (observations in `__overflow__`'s histograms), kind=series were folded into `__overflow__`."
 );
+// ---- Analytics (from the request log's rollups, refreshed every `analytics.refresh_secs`;
+// fleet-wide when the replicas share PostgreSQL). Bounded: namespaces and providers capped,
+// leaderboards top N + `other`; no user or session id is a label elsewhere. ----
+metric!(
+    ACTIVE_SESSIONS,
+    "gatemeter_active_sessions",
+    Gauge,
+    None,
+    ["namespace"],
+    "Sessions with a request in the last `analytics.session_active_secs`, per namespace of the session's first request (the busiest 50; the rest in `__overflow__`)."
+);
+metric!(
+    PROVIDER_AVAILABILITY,
+    "gatemeter_provider_availability_ratio",
+    Gauge,
+    None,
+    ["provider", "window"],
+    "Successful (2xx/3xx) requests / requests of a provider over the window (5m, 1h); no series without requests. Requests blocked before forwarding (no provider) are left out."
+);
+metric!(
+    PROVIDER_STATUS,
+    "gatemeter_provider_status",
+    Gauge,
+    None,
+    ["provider", "status"],
+    "1 for the provider's current status, 0 for the others: green (availability over the last hour at least 50 %), red (below), unknown (no request in 15 minutes). Providers with a request in the last 7 days."
+);
+metric!(
+    LEADERBOARD_COST,
+    "gatemeter_leaderboard_cost_usd",
+    Gauge,
+    USD,
+    ["scope", "period", "rank", "name"],
+    "Top `analytics.top_n` users, keys, providers or requested models by cost in the period (today, week, month in `analytics.time_zone`); rank `other` sums the rest."
+);
+metric!(
+    LEADERBOARD_REQUESTS,
+    "gatemeter_leaderboard_requests",
+    Gauge,
+    None,
+    ["scope", "period", "rank", "name"],
+    "Top `analytics.top_n` users, keys, providers or requested models by requests in the period (today, week, month in `analytics.time_zone`); rank `other` sums the rest."
+);
 metric!(
     SERIES_BUDGET,
     "gatemeter_series_budget",
@@ -774,6 +817,11 @@ pub const ALL: &[Metric] = &[
     OTLP_EXPORTED,
     OTLP_EXPORT_DROPPED,
     OTLP_EXPORT_RETRIES,
+    ACTIVE_SESSIONS,
+    PROVIDER_AVAILABILITY,
+    PROVIDER_STATUS,
+    LEADERBOARD_COST,
+    LEADERBOARD_REQUESTS,
     SERIES_BUDGET,
 ];
 

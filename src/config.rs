@@ -93,6 +93,8 @@ struct RawAnalytics {
     time_zone: Option<String>,
     users_see_leaderboards: Option<bool>,
     session_active_secs: Option<u64>,
+    top_n: Option<usize>,
+    refresh_secs: Option<u64>,
 }
 
 impl RawAnalytics {
@@ -118,6 +120,13 @@ impl RawAnalytics {
             time_zone,
             users_see_leaderboards: self.users_see_leaderboards.unwrap_or(false),
             session_active_secs,
+            top_n: positive("analytics.top_n", self.top_n, d.top_n, 100)?,
+            refresh_secs: positive(
+                "analytics.refresh_secs",
+                self.refresh_secs.map(|v| v as usize),
+                d.refresh_secs as usize,
+                3600,
+            )? as u64,
         })
     }
 }

@@ -45,6 +45,10 @@ pub struct AnalyticsConfig {
     pub users_see_leaderboards: bool,
     /// A session is active when its last request started this recently.
     pub session_active_secs: u64,
+    /// Lines of each top-N leaderboard family on `/metrics` (plus `other`).
+    pub top_n: usize,
+    /// How often the analytics families of `/metrics` are read from the rollups.
+    pub refresh_secs: u64,
 }
 
 impl Default for AnalyticsConfig {
@@ -53,6 +57,8 @@ impl Default for AnalyticsConfig {
             time_zone: Zone::utc(),
             users_see_leaderboards: false,
             session_active_secs: 300,
+            top_n: 10,
+            refresh_secs: 15,
         }
     }
 }

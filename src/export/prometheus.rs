@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::aggregate::{Latency, ScopeAgg, ScopeKey};
 use crate::catalog::{self as c, Metric};
+use crate::export::analytics::{AnalyticsGauges, AnalyticsSnapshot};
 use crate::exposition::{Encoder, Value};
 use crate::health::{DropReason, HealthSnapshot, RequestReject, Source};
 use crate::pipeline::Pipeline;
@@ -90,7 +91,14 @@ pub fn render(
     store: (&str, bool),
     openmetrics: bool,
 ) -> String {
-    render_all(view, health, store, &OtlpSnapshot::default(), openmetrics)
+    render_all(
+        view,
+        health,
+        store,
+        &OtlpSnapshot::default(),
+        &AnalyticsSnapshot::default(),
+        openmetrics,
+    )
 }
 
 /// Renders the whole exposition, including the Claude Code and OTLP families: the families
@@ -100,6 +108,7 @@ pub fn render_all(
     health: &HealthSnapshot,
     store: (&str, bool),
     otlp: &OtlpSnapshot,
+    analytics: &AnalyticsSnapshot,
     openmetrics: bool,
 ) -> String {
     let mut e = Encoder::new(openmetrics);
@@ -114,6 +123,7 @@ pub fn render_all(
     crate::claude_code::render::write(&mut e, &otlp.claude_code);
     otlp::write_receiver(&mut e, &otlp.diagnostics);
     otlp::write_export(&mut e, &otlp.export);
+    crate::export::analytics::write(&mut e, analytics);
     write_budget(&mut e, health);
     e.finish()
 }
@@ -534,6 +544,8 @@ pub struct MetricsState {
     pub health: std::sync::Arc<crate::health::Health>,
     /// Claude Code state and OTLP counters.
     pub otlp: OtlpSource,
+    /// The analytics families' latest reading (none without a request log with rollups).
+    pub analytics: Option<std::sync::Arc<AnalyticsGauges>>,
 }
 
 fn wants_openmetrics(headers: &HeaderMap) -> bool {
@@ -549,11 +561,17 @@ pub async fn metrics(State(s): State<MetricsState>, headers: HeaderMap) -> Respo
     let store = s.pipeline.store();
     let om = wants_openmetrics(&headers);
     let otlp = s.otlp.snapshot().await;
+    let analytics = s
+        .analytics
+        .as_ref()
+        .map(|a| a.snapshot())
+        .unwrap_or_default();
     let body = render_all(
         &view,
         &s.health.snapshot(),
         (store.name(), store.is_up()),
         &otlp,
+        &analytics,
         om,
     );
     let ct = if om {

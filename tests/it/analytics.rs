@@ -579,3 +579,117 @@ async fn analytics_need_a_request_log() {
     assert_eq!(s, 200, "keys come from the live store: {v}");
     app.stop().await;
 }
+
+/// The first sample of `name` having these labels (and maybe others).
+fn with_labels<'m>(
+    m: &'m gatemeter::client::exposition::Exposition,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'m gatemeter::client::exposition::Sample> {
+    m.samples.iter().find(|s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).is_some_and(|h| h == v))
+    })
+}
+
+/// The analytics families of `/metrics`: top-N leaderboards with `other`, provider status and
+/// availability, active sessions per namespace, from the rollups on a refresh interval.
+#[tokio::test]
+async fn metrics_show_leaderboards_status_and_sessions() {
+    let app = TestApp::with_config("analytics:\n  refresh_secs: 1\n  top_n: 2\n").await;
+    let now = gatemeter::clock::now_ms();
+    let mut recs = Vec::new();
+    for (i, user) in ["ann", "bea", "bea", "cid", "cid", "cid", "dan"]
+        .iter()
+        .enumerate()
+    {
+        recs.push(rec(
+            &format!("m{i}"),
+            now - 60_000 + i as i64,
+            user,
+            "up-p",
+            200,
+            20,
+        ));
+    }
+    for i in 0..4 {
+        let status = if i == 0 { 200 } else { 500 };
+        recs.push(rec(
+            &format!("d{i}"),
+            now - 30_000,
+            "eve",
+            "down-p",
+            status,
+            20,
+        ));
+    }
+    let body = serde_json::to_vec(&recs).expect("json");
+    let (status, v) = app
+        .post_json(std::str::from_utf8(&body).expect("utf8"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut last = None;
+    for _ in 0..100 {
+        let m = app.metrics().await;
+        let rank1 = with_labels(
+            &m,
+            "gatemeter_leaderboard_requests",
+            &[("scope", "user"), ("period", "today"), ("rank", "1")],
+        );
+        // One refresh reads the families one after the other, so a refresh that began before
+        // the rows were written may see only some of them: wait for one that saw them all.
+        let sessions = m.get("gatemeter_active_sessions", &[("namespace", "default")]);
+        if let Some(s) = rank1
+            && s.value == 4.0
+            && sessions == Some(5.0)
+        {
+            last = Some(m);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let m = last.expect("the leaderboard gauges were refreshed with every record");
+    let line = |rank: &str| {
+        let s = with_labels(
+            &m,
+            "gatemeter_leaderboard_requests",
+            &[("scope", "user"), ("period", "today"), ("rank", rank)],
+        )
+        .unwrap_or_else(|| panic!("rank {rank}"));
+        (s.labels.get("name").cloned().unwrap_or_default(), s.value)
+    };
+    assert_eq!(line("1"), ("eve".to_string(), 4.0));
+    assert_eq!(line("2"), ("cid".to_string(), 3.0));
+    assert_eq!(line("other"), ("other".to_string(), 4.0), "ann + bea + dan");
+    assert!(
+        m.find("gatemeter_leaderboard_requests", &[("rank", "3")])
+            .is_none(),
+        "top 2 only"
+    );
+    let status = |p: &str, s: &str| {
+        m.value(
+            "gatemeter_provider_status",
+            &[("provider", p), ("status", s)],
+        )
+    };
+    assert_eq!((status("up-p", "green"), status("up-p", "red")), (1.0, 0.0));
+    assert_eq!(
+        (status("down-p", "red"), status("down-p", "green")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_provider_availability_ratio",
+            &[("provider", "down-p"), ("window", "5m")]
+        ),
+        0.25
+    );
+    // One session per (user, provider): 4 users on up-p, eve on down-p, all in "default".
+    assert_eq!(
+        m.value("gatemeter_active_sessions", &[("namespace", "default")]),
+        5.0
+    );
+    app.stop().await;
+}

@@ -420,6 +420,23 @@ impl SqlLog {
         })
     }
 
+    /// Sessions last active at or after `since` per namespace (of their first request).
+    pub async fn active_sessions_by_namespace(
+        &self,
+        since: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT namespace, count(DISTINCT session_id) FROM session_rollup \
+                 WHERE last_ms >= $1 GROUP BY namespace",
+            )
+            .bind(since)
+            .fetch_all(p)
+            .await
+            .map_err(unavailable)
+        })
+    }
+
     /// Sessions last active at or after `since` (only `user`'s when given).
     pub async fn active_sessions(&self, since: i64, user: Option<&str>) -> Result<i64, StoreError> {
         dispatch!(self.backend(), p, DB => {

@@ -11,11 +11,11 @@
 //!
 //! Exactness: only rows the insert actually stored are added (the SQLite writer checks each
 //! row's change count, PostgreSQL's staged path reads `RETURNING`), so a repeated `request_id`
-//! is counted in neither. A [`Batch`] accumulates one write's rows in memory; the dialect's
+//! is counted in neither. A `Batch` accumulates one write's rows in memory; the dialect's
 //! writer then merges it into the tables (SQLite: `sqlite_insert.rs`, one writer anyway;
 //! PostgreSQL: `writer/postgres.rs`, under a transaction-level advisory lock, so concurrent
 //! writers and replicas merge one at a time and histogram blobs can be merged in Rust).
-//! [`rebuild`] recomputes everything from the raw rows.
+//! `rebuild` recomputes everything from the raw rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -207,7 +207,7 @@ impl FactRow {
     }
 }
 
-/// The additive totals of a rollup or session row, in the order of [`COUNT_COLUMNS`].
+/// The additive totals of a rollup or session row, in the order of `COUNT_COLUMNS`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Requests.
@@ -257,7 +257,7 @@ impl Counts {
         self.duration_ms_sum += o.duration_ms_sum;
     }
 
-    /// The values in [`COUNT_COLUMNS`] order.
+    /// The values in `COUNT_COLUMNS` order.
     pub fn values(&self) -> [i64; 9] {
         let t = self.tokens;
         [
@@ -273,7 +273,7 @@ impl Counts {
         ]
     }
 
-    /// From values in [`COUNT_COLUMNS`] order.
+    /// From values in `COUNT_COLUMNS` order.
     pub fn from_values(v: [i64; 9]) -> Self {
         Self {
             requests: v[0],
@@ -284,7 +284,7 @@ impl Counts {
         }
     }
 
-    /// Reads [`COUNT_COLUMNS`] starting at column `at` of `row`.
+    /// Reads `COUNT_COLUMNS` starting at column `at` of `row`.
     pub(crate) fn read<'r, R>(row: &'r R, at: usize) -> Result<Self, sqlx::Error>
     where
         R: Row,
