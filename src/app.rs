@@ -27,6 +27,7 @@ use crate::ingest::native::{self, NativeIngest};
 use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::pipeline::Pipeline;
 use crate::server::{self, ServerConfig};
+use crate::spool::{Spool, SpoolCloser};
 use crate::store::fanout::FanOut;
 use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlLog, StoreError};
 
@@ -37,6 +38,7 @@ pub struct App {
     pipeline: Pipeline,
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
+    spool: Option<SpoolCloser>,
     background: Vec<JoinHandle<()>>,
     server: ServerConfig,
     health: Arc<Health>,
@@ -54,6 +56,14 @@ pub enum AppError {
     /// The request log could not be opened.
     #[error("request log: {0}")]
     Store(#[from] StoreError),
+    /// The durable spool could not be opened or replayed.
+    #[error("spool {dir}: {source}")]
+    Spool {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// No tokens are configured and the listener is not loopback (SPEC §8).
     #[error(
         "refusing to serve on {0} without tokens: configure auth tokens, listen on loopback, or set auth.allow_open: true"
@@ -100,6 +110,19 @@ impl App {
             _ => Arc::new(FanOut::new(logs)),
         };
         let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
+        // What a crash left in the spool is queued again before anything is served.
+        let spool = match &config.spool {
+            Some(cfg) => Some(
+                Spool::open(cfg, pipeline.clone(), health.clone())
+                    .await
+                    .map_err(|source| AppError::Spool {
+                        dir: cfg.dir.clone(),
+                        source,
+                    })?
+                    .0,
+            ),
+            None => None,
+        };
         let diagnostics = Arc::new(Diagnostics::default());
         let (claude_code, cc_task) = ClaudeCode::spawn(
             config.otlp.limits,
@@ -112,7 +135,13 @@ impl App {
             diagnostics,
             export: export_stats,
         };
-        let mut router = router(config, pipeline.clone(), health.clone(), otlp);
+        let mut router = router(
+            config,
+            pipeline.clone(),
+            spool.clone(),
+            health.clone(),
+            otlp,
+        );
         if let Some(log) = sql {
             let api = LogApi {
                 log,
@@ -126,6 +155,7 @@ impl App {
             pipeline,
             aggregator,
             claude_code: Some(claude_code),
+            spool: spool.as_ref().map(Spool::closer),
             background,
             server: config.server,
             health,
@@ -150,6 +180,7 @@ impl App {
             pipeline,
             aggregator,
             claude_code,
+            spool,
             background,
             server: server_config,
             health,
@@ -162,6 +193,10 @@ impl App {
         let result = aggregator
             .await
             .map_err(|e| AppError::Aggregator(e.to_string()));
+        // The aggregator's last checkpoint is published: the spool deletes what it confirmed.
+        if let Some(spool) = spool {
+            spool.close().await;
+        }
         for task in background {
             let _ = task.await;
         }
@@ -175,11 +210,13 @@ impl App {
 pub fn router(
     config: &Config,
     pipeline: Pipeline,
+    spool: Option<Spool>,
     health: Arc<Health>,
     otlp: OtlpSource,
 ) -> Router {
     let otlp_ingest = Arc::new(OtlpIngest {
         pipeline: pipeline.clone(),
+        spool: spool.clone(),
         claude_code: otlp.claude_code.clone(),
         diagnostics: otlp.diagnostics.clone(),
         health: health.clone(),
@@ -189,6 +226,7 @@ pub fn router(
     });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),
+        spool,
         health: health.clone(),
         config: config.ingest,
         prices: config.prices.clone(),

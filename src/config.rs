@@ -16,6 +16,7 @@ use crate::api::auth::AuthConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::server::ServerConfig;
+use crate::spool::SpoolConfig;
 use crate::store::sql::{SqlBackend, SqlConfig};
 
 pub use crate::export::otlp_logs::OtlpExportConfig;
@@ -81,7 +82,17 @@ struct RawConfig {
     otlp_export: Option<RawOtlpExport>,
     redis: redis::RawRedisConfig,
     log_store: RawLogStore,
+    durability: Option<String>,
+    spool: RawSpool,
     auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSpool {
+    dir: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +207,8 @@ pub struct Config {
     pub log_store: Option<SqlConfig>,
     /// Most rows in one usage CSV export.
     pub export_max_rows: u64,
+    /// Durable acknowledgement: the spool's settings with `durability: spool`, else `None`.
+    pub spool: Option<SpoolConfig>,
     /// Bearer tokens and roles.
     pub auth: AuthConfig,
 }
@@ -263,7 +276,12 @@ impl RawConfig {
         let prices = Arc::new(self.pricing.validate()?);
         let otlp = self.otlp.validate()?;
         let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
+        let data_dir = env(ENV_DATA_DIR)
+            .map(PathBuf::from)
+            .or_else(|| self.log_store.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("data"));
         let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let spool = self.spool.validate(self.durability, &data_dir, env)?;
         let auth = self.auth.validate(env)?;
         Ok(Config {
             listen,
@@ -277,6 +295,7 @@ impl RawConfig {
             redis,
             log_store,
             export_max_rows,
+            spool,
             auth,
         })
     }
@@ -522,6 +541,8 @@ pub const ENV_DATABASE_URL: &str = "GATEMETER_DATABASE_URL";
 pub const ENV_LOG_STORE: &str = "GATEMETER_LOG_STORE";
 /// Environment variable overriding `log_store.data_dir`.
 pub const ENV_DATA_DIR: &str = "GATEMETER_DATA_DIR";
+/// Environment variable overriding `durability` (`none`, `spool`).
+pub const ENV_DURABILITY: &str = "GATEMETER_DURABILITY";
 /// Environment variables adding tokens (comma-separated) to the file's.
 pub const ENV_ADMIN_TOKENS: &str = "GATEMETER_ADMIN_TOKENS";
 /// See [`ENV_ADMIN_TOKENS`].
@@ -608,6 +629,47 @@ impl RawLogStore {
             backend,
         };
         Ok((Some(cfg), export_max_rows))
+    }
+}
+
+impl RawSpool {
+    /// `durability:` and `spool:`; the spool's directory defaults to `<data_dir>/spool`.
+    fn validate(
+        self,
+        durability: Option<String>,
+        data_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SpoolConfig>, ConfigError> {
+        let (key, mode) = match env(ENV_DURABILITY).filter(|d| !d.is_empty()) {
+            Some(d) => (ENV_DURABILITY, Some(d)),
+            None => ("durability", durability),
+        };
+        let max_bytes = self.max_bytes.unwrap_or(1 << 30);
+        if !((1 << 20)..=(1 << 50)).contains(&max_bytes) {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!("{max_bytes} is not between 1048576 (1 MiB) and 2^50"),
+            ));
+        }
+        let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
+        if !((1 << 16)..=(1 << 32)).contains(&segment_bytes) {
+            return Err(invalid(
+                "spool.segment_bytes",
+                format!("{segment_bytes} is not between 65536 and 4294967296"),
+            ));
+        }
+        match mode.as_deref() {
+            None | Some("none") => Ok(None),
+            Some("spool") => Ok(Some(SpoolConfig {
+                dir: self.dir.unwrap_or_else(|| data_dir.join("spool")),
+                max_bytes,
+                segment_bytes,
+            })),
+            Some(other) => Err(invalid(
+                key,
+                format!("{other:?} is not a durability (none, spool)"),
+            )),
+        }
     }
 }
 

@@ -100,6 +100,10 @@ label_enum! {
         /// The request log's database refused a batch (after retries; an outage is retried
         /// without end), or closing found records it could not write: counted but not logged.
         LogWriteFailed = "log_write_failed",
+        /// Durable acknowledgement: the spool was at its size cap (the caller got 503).
+        SpoolFull = "spool_full",
+        /// Durable acknowledgement: the spool could not write or sync (the caller got 503).
+        SpoolFailed = "spool_failed",
     }
 }
 
@@ -125,6 +129,40 @@ pub struct Health {
     log_store: OnceLock<&'static str>,
     /// Whether the request log's last attempt reached its database.
     log_store_up: AtomicBool,
+    /// The durable spool's counters (maintained by `spool`).
+    pub spool: SpoolCounters,
+}
+
+/// The durable spool's counters (all zero and not rendered unless `durability: spool`).
+#[derive(Debug, Default)]
+pub struct SpoolCounters {
+    /// Whether the spool is on.
+    pub enabled: AtomicBool,
+    /// Bytes in segment files and being written.
+    pub bytes: AtomicU64,
+    /// Group commits (one write and one `fdatasync` each).
+    pub syncs: AtomicU64,
+    /// Time spent in those writes and syncs, microseconds.
+    pub sync_micros: AtomicU64,
+    /// Events spooled and acknowledged.
+    pub records: AtomicU64,
+    /// Events replayed at start.
+    pub replayed: AtomicU64,
+}
+
+/// A copy of [`SpoolCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolSnapshot {
+    /// See [`SpoolCounters::bytes`].
+    pub bytes: u64,
+    /// See [`SpoolCounters::syncs`].
+    pub syncs: u64,
+    /// See [`SpoolCounters::sync_micros`].
+    pub sync_micros: u64,
+    /// See [`SpoolCounters::records`].
+    pub records: u64,
+    /// See [`SpoolCounters::replayed`].
+    pub replayed: u64,
 }
 
 impl Health {
@@ -145,6 +183,7 @@ impl Health {
             queue_capacity,
             log_store: OnceLock::new(),
             log_store_up: AtomicBool::new(false),
+            spool: SpoolCounters::default(),
         }
     }
 
@@ -233,6 +272,16 @@ impl Health {
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
             log_store: self.log_store(),
+            spool: self.spool.enabled.load(Relaxed).then(|| {
+                let s = &self.spool;
+                SpoolSnapshot {
+                    bytes: load(&s.bytes),
+                    syncs: load(&s.syncs),
+                    sync_micros: load(&s.sync_micros),
+                    records: load(&s.records),
+                    replayed: load(&s.replayed),
+                }
+            }),
         }
     }
 }
@@ -266,4 +315,6 @@ pub struct HealthSnapshot {
     pub queue_capacity: u64,
     /// The request log's store and whether it is up (none without a SQL log).
     pub log_store: Option<(&'static str, bool)>,
+    /// The durable spool's counters, when it is on.
+    pub spool: Option<SpoolSnapshot>,
 }

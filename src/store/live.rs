@@ -81,6 +81,12 @@ pub trait LiveStore: Send + Sync + 'static {
     fn view(&self, now_ms: i64) -> Arc<FleetView>;
     /// Whether the backend is reachable.
     fn is_up(&self) -> bool;
+    /// Resolves to true once every delta applied before the call is where a restarted process
+    /// finds it again — or, for a store that does not outlive the process (memory), at once:
+    /// the spool's checkpoint. Default: true.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
     /// Writes out whatever is still buffered (graceful shutdown, after the last `apply`).
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})

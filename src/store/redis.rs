@@ -29,7 +29,7 @@ pub mod settings;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ fn scopes_of(deltas: &Aggregates) -> impl Iterator<Item = (HistScope, &Latencies
 /// One frozen flush: the arguments of one script call.
 struct Batch {
     seq: u64,
+    /// `applies` when it was frozen: the batch carries every delta applied before.
+    applies: u64,
     marker: String,
     args: Vec<Vec<u8>>,
 }
@@ -189,6 +191,10 @@ struct Shared {
     script: redis::Script,
     /// Set by `close`: the flush task sends what is left and stops.
     closing: watch::Sender<bool>,
+    /// `apply` calls with deltas so far (counted under `local`'s lock).
+    applies: AtomicU64,
+    /// The `applies` of the last batch Redis took (`sync` waits on it).
+    flushed: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,6 +245,8 @@ impl RedisStore {
             health,
             script: redis::Script::new(FLUSH_SCRIPT),
             closing,
+            applies: AtomicU64::new(0),
+            flushed: watch::channel(0).0,
         });
         let flush_task = tokio::spawn(flush_loop(shared.clone()));
         let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
@@ -282,6 +290,7 @@ impl LiveStore for RedisStore {
         let slot = now_ms.div_euclid(SLOT_MS);
         let (day, month) = (utc_day(now_ms), utc_month(now_ms));
         let mut l = lock(&self.shared.local);
+        self.shared.applies.fetch_add(1, Relaxed);
         let l = &mut *l;
         let m = l.slots.entry(slot).or_default();
         m.unsent += deltas.global.requests;
@@ -336,6 +345,16 @@ impl LiveStore for RedisStore {
         self.shared.flush_ok.load(Relaxed) && self.shared.read_ok.load(Relaxed)
     }
 
+    /// Waits until a batch carrying every delta applied so far is in Redis (however long
+    /// Redis is away); false if the store closed first.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let target = self.shared.applies.load(Relaxed);
+            let mut flushed = self.shared.flushed.subscribe();
+            flushed.wait_for(|f| *f >= target).await.is_ok()
+        })
+    }
+
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let _ = self.shared.closing.send(true);
@@ -369,8 +388,9 @@ struct Frozen {
     ns_requests: HashMap<Label, u64>,
 }
 
-fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
+fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
     let mut l = lock(&shared.local);
+    let applies = shared.applies.load(Relaxed);
     let l = &mut *l;
     // Slots that left every window are dropped; records not yet sent in them are counted.
     let oldest = now.div_euclid(SLOT_MS) - window_slots() + 1;
@@ -397,7 +417,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
     l.slots = l.slots.split_off(&settled);
     let dirty = std::mem::take(&mut l.dirty) || rewrite;
     let k = &l.keys;
-    Frozen {
+    let frozen = Frozen {
         seed: std::mem::take(&mut l.seed),
         last_request_ms: std::mem::take(&mut l.last_request_ms),
         // A writer that counted nothing writes no blob (nothing to retire later either).
@@ -413,7 +433,8 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
         }),
         namespaces: l.namespaces.iter().cloned().collect(),
         ns_requests: std::mem::take(&mut l.ns_requests),
-    }
+    };
+    (frozen, applies)
 }
 
 /// Freezes everything pending into one batch: this writer's cumulative blobs (idempotent
@@ -421,7 +442,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
 fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let f = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
+    let (f, applies) = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
     let mut ops = Ops {
         args: vec![
             MARKER_TTL_SECS.to_string().into_bytes(),
@@ -500,6 +521,7 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
 
     Batch {
         seq,
+        applies,
         marker: keys.flush_marker(writer),
         args: ops.args,
     }
@@ -598,6 +620,11 @@ async fn flush_once(
                 );
             }
             set_up(shared, Task::Flush, true, None);
+            shared.flushed.send_if_modified(|f| {
+                let newer = batch.applies > *f;
+                *f = (*f).max(batch.applies);
+                newer
+            });
             Ok(())
         }
         Err(e) => {

@@ -16,4 +16,5 @@ mod redis_fleet;
 mod redis_server;
 mod scrape_config;
 mod slow_clients;
+mod spool;
 mod sql_log;

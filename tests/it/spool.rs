@@ -1,0 +1,318 @@
+//! Durable acknowledgement (`durability: spool`): SIGKILL under load loses and doubles
+//! nothing acknowledged; a torn tail is ignored; a full spool answers 503 and counts it; the
+//! default (no spool) is unchanged.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gatemeter::client::Client;
+use gatemeter::price::PriceTable;
+use gatemeter::record::{Event, Validation, parse_event};
+use gatemeter::spool::codec;
+use sqlx::Connection;
+
+use crate::harness::{Exposition, ServerProcess, TestApp};
+
+fn batch(sender: usize, n: usize, size: usize) -> String {
+    let mut body = String::from("[");
+    for r in 0..size {
+        if r > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"request_id":"k{sender}-{n}-{r}","model":"m","provider":"p","status":200,"duration_ms":{r},"input_tokens":3}}"#
+        ));
+    }
+    body.push(']');
+    body
+}
+
+async fn scrape(client: &Client, addr: &str) -> Exposition {
+    let resp = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    Exposition::parse(&resp.text().await.expect("body"))
+}
+
+async fn logged_ids(db: &Path) -> Vec<String> {
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("connect");
+    sqlx::query_as::<_, (String,)>("SELECT request_id FROM request_log")
+        .fetch_all(&mut c)
+        .await
+        .expect("ids")
+        .into_iter()
+        .map(|(id,)| id)
+        .collect()
+}
+
+fn spool_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("spool dir")
+        .map(|e| e.expect("entry").metadata().expect("meta").len())
+        .sum()
+}
+
+fn serve(config: &Path) -> ServerProcess {
+    ServerProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gatemeter"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("GATEMETER_DATABASE_URL")
+            .env_remove("GATEMETER_REDIS_URL")
+            .env_remove("GATEMETER_DURABILITY")
+            .env_remove("GATEMETER_LISTEN"),
+    )
+}
+
+/// SIGTERM and wait for exit 0.
+fn terminate(server: &mut ServerProcess) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "exits after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exits 0: {exit:?}");
+}
+
+/// Issue 17's scenario with the spool on: 4 senders of 1,000-record batches, SIGKILL at 1.5 s,
+/// restart on the same files. Every acknowledged record is in the log once; the restarted
+/// process counts exactly what it replayed; a graceful stop leaves an empty spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_and_doubles_no_acknowledged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("requests.db");
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("gatemeter.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ndurability: spool\nspool: {{dir: '{}'}}\n\
+             log_store: {{kind: sqlite, path: '{}'}}\n",
+            spool.display(),
+            db.display()
+        ),
+    )
+    .expect("write config");
+    let mut server = serve(&config);
+    let addr = server.addr.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let client = Client::new();
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = client
+                    .post(format!("http://{addr}/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(batch(s, n, 1000))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.push(n),
+                    Ok(r) => panic!("unexpected answer {}", r.status()),
+                    Err(_) => break, // the server is gone
+                }
+                n += 1;
+            }
+            (s, acked, n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    let mut sent = HashSet::new();
+    for t in senders {
+        let (s, batches, n) = t.await.expect("sender");
+        for b in 0..=n {
+            for r in 0..1000 {
+                let id = format!("k{s}-{b}-{r}");
+                if batches.contains(&b) {
+                    acked.insert(id.clone());
+                }
+                sent.insert(id);
+            }
+        }
+    }
+    assert!(
+        acked.len() >= 4_000,
+        "load ran: {} acknowledged",
+        acked.len()
+    );
+
+    let mut server = serve(&config);
+    let client = Client::new();
+    let m = scrape(&client, &server.addr).await;
+    let replayed = m.value("gatemeter_spool_replayed_records_total", &[]);
+    eprintln!("acknowledged {}, replayed {replayed}", acked.len());
+    assert_eq!(
+        m.value("ai_gateway_requests_total", &[]),
+        replayed,
+        "the restarted process counts each replayed record once"
+    );
+    terminate(&mut server);
+
+    let ids = logged_ids(&db).await;
+    let logged: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(logged.len(), ids.len(), "no record logged twice");
+    let missing = acked.difference(&logged).count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} acknowledged records, {missing} are missing from the log",
+        acked.len()
+    );
+    assert!(logged.is_subset(&sent), "nothing but what was sent");
+    assert_eq!(
+        spool_bytes(&spool),
+        0,
+        "a graceful stop confirms and deletes every segment"
+    );
+}
+
+fn events(ids: std::ops::Range<usize>) -> Vec<Event> {
+    let prices = PriceTable::default();
+    let v = Validation {
+        now_ms: gatemeter::clock::now_ms(),
+        prices: &prices,
+    };
+    ids.map(|i| {
+        parse_event(
+            &format!(r#"{{"request_id":"t{i}","model":"m","status":200,"duration_ms":{i}}}"#),
+            &v,
+        )
+        .expect("valid")
+    })
+    .collect()
+}
+
+/// A segment whose last frame was cut short by a crash: the whole frames are replayed, the
+/// torn one is ignored and cut off.
+#[tokio::test]
+async fn a_torn_tail_is_ignored_and_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("mkdir");
+    let whole = [codec::frame(&events(0..3)), codec::frame(&events(3..5))].concat();
+    let torn = codec::frame(&events(5..9));
+    let mut file = whole.clone();
+    file.extend_from_slice(&torn[..torn.len() - 7]);
+    let segment = spool.join("0000000000000000.spool");
+    std::fs::write(&segment, &file).expect("segment");
+
+    let app = TestApp::with_config(&format!(
+        "durability: spool\nspool: {{dir: '{}'}}\nlog_store: {{kind: sqlite, path: '{}'}}\n",
+        spool.display(),
+        dir.path().join("requests.db").display()
+    ))
+    .await;
+    let m = app.metrics().await;
+    assert_eq!(m.value("gatemeter_spool_replayed_records_total", &[]), 5.0);
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 5.0);
+    // Confirmed or not yet, the torn bytes are gone from the segment.
+    let left = std::fs::metadata(&segment).map_or(0, |m| m.len());
+    assert!(
+        left == whole.len() as u64 || left == 0,
+        "torn tail cut off: {left} bytes left"
+    );
+    app.stop().await;
+    let mut ids = logged_ids(&dir.path().join("requests.db")).await;
+    ids.sort();
+    assert_eq!(ids, ["t0", "t1", "t2", "t3", "t4"]);
+}
+
+/// With the request log away nothing is confirmed, so the spool fills: past its cap ingest
+/// answers 503 with Retry-After, counted as `spool_full`; the bytes never pass the cap.
+#[tokio::test]
+async fn a_full_spool_answers_503_and_counts_the_drop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::with_config(&format!(
+        "durability: spool\nspool: {{dir: '{}', max_bytes: 1048576}}\n\
+         log_store: {{kind: postgres, url: 'postgres://nobody@127.0.0.1:1/none'}}\n",
+        dir.path().join("spool").display()
+    ))
+    .await;
+    let mut refused = None;
+    for n in 0..100 {
+        let resp = app
+            .client
+            .post(app.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(batch(0, n, 1000))
+            .send()
+            .await
+            .expect("post");
+        if resp.status() == 503 {
+            assert_eq!(
+                resp.headers().get("retry-after").map(|v| v.as_bytes()),
+                Some(&b"1"[..])
+            );
+            let text = resp.text().await.expect("body");
+            assert!(text.contains("spool is full"), "{text}");
+            refused = Some(n);
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+    }
+    let n = refused.expect("the spool filled up");
+    assert!(n >= 2, "a few batches fit first ({n})");
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(
+            "gatemeter_dropped_records_total",
+            &[("reason", "spool_full")]
+        ),
+        1000.0
+    );
+    assert_eq!(
+        m.value("ai_gateway_requests_total", &[]),
+        1000.0 * n as f64,
+        "what was acknowledged is counted"
+    );
+    assert!(m.value("gatemeter_spool_bytes", &[]) <= 1_048_576.0);
+    // Not stopped gracefully: closing would wait for the absent database.
+}
+
+/// Without `durability`, nothing is spooled: no spool directory, no spool families.
+#[tokio::test]
+async fn the_default_keeps_no_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::with_config(&format!(
+        "log_store: {{kind: sqlite, data_dir: '{}'}}\n",
+        dir.path().display()
+    ))
+    .await;
+    let (status, _) = app
+        .post_json(r#"{"model":"m","status":200,"duration_ms":1}"#)
+        .await;
+    assert_eq!(status, 200);
+    let m = app.metrics().await;
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 1.0);
+    assert!(m.get("gatemeter_spool_bytes", &[]).is_none());
+    app.stop().await;
+    assert!(!dir.path().join("spool").exists());
+}
