@@ -109,19 +109,30 @@ impl App {
             1 => logs.remove(0),
             _ => Arc::new(FanOut::new(logs)),
         };
-        let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
+        let spool_error = |dir: &std::path::Path| {
+            let dir = dir.to_path_buf();
+            move |source| AppError::Spool { dir, source }
+        };
+        let spool_id = match &config.spool {
+            Some(cfg) => Some(crate::spool::id(&cfg.dir).map_err(spool_error(&cfg.dir))?),
+            None => None,
+        };
+        let (pipeline, aggregator) = Pipeline::spawn_spooled(
+            config.pipeline,
+            store,
+            log,
+            health.clone(),
+            spool_id.clone(),
+        );
         // What a crash left in the spool is queued again before anything is served.
-        let spool = match &config.spool {
-            Some(cfg) => Some(
-                Spool::open(cfg, pipeline.clone(), health.clone())
+        let spool = match (&config.spool, &spool_id) {
+            (Some(cfg), Some(id)) => Some(
+                Spool::open(cfg, id, pipeline.clone(), health.clone())
                     .await
-                    .map_err(|source| AppError::Spool {
-                        dir: cfg.dir.clone(),
-                        source,
-                    })?
+                    .map_err(spool_error(&cfg.dir))?
                     .0,
             ),
-            None => None,
+            _ => None,
         };
         let diagnostics = Arc::new(Diagnostics::default());
         let (claude_code, cc_task) = ClaudeCode::spawn(

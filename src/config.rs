@@ -765,6 +765,43 @@ mod tests {
     }
 
     #[test]
+    fn durability_is_off_by_default_and_the_spool_sits_in_the_data_dir() {
+        assert_eq!(parse("").expect("defaults").spool, None);
+        assert_eq!(parse("durability: none\n").expect("none").spool, None);
+        let c = parse("durability: spool\nlog_store: {data_dir: /var/gm}\n").expect("spool");
+        assert_eq!(
+            c.spool,
+            Some(SpoolConfig {
+                dir: PathBuf::from("/var/gm/spool"),
+                max_bytes: 1 << 30,
+                segment_bytes: 64 << 20,
+            })
+        );
+        let c = parse(
+            "durability: spool\nspool: {dir: /s, max_bytes: 2097152, segment_bytes: 65536}\n",
+        )
+        .expect("spool settings");
+        let s = c.spool.expect("on");
+        assert_eq!(
+            (s.dir, s.max_bytes, s.segment_bytes),
+            (PathBuf::from("/s"), 2 << 20, 1 << 16)
+        );
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_DURABILITY).then(|| "spool".to_string())
+        })
+        .expect("env");
+        assert_eq!(c.spool.expect("on").dir, PathBuf::from("data/spool"));
+        let e = parse("durability: fast\n").expect_err("unknown mode");
+        assert!(e.to_string().contains("durability"), "{e}");
+        let e = parse("spool: {max_bytes: 1000}\n").expect_err("tiny cap");
+        assert!(e.to_string().contains("spool.max_bytes"), "{e}");
+        let e = parse("spool: {segment_bytes: 0}\n").expect_err("zero segment");
+        assert!(e.to_string().contains("spool.segment_bytes"), "{e}");
+        let e = parse("spool: {sync: always}\n").expect_err("unknown key");
+        assert!(e.to_string().contains("sync"), "{e}");
+    }
+
+    #[test]
     fn example_file_loads_and_prices() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatemeter.example.yaml");
         let text = std::fs::read_to_string(&path).expect("example config exists");

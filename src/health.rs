@@ -133,11 +133,9 @@ pub struct Health {
     pub spool: SpoolCounters,
 }
 
-/// The durable spool's counters (all zero and not rendered unless `durability: spool`).
+/// The durable spool's counters (all zero unless `durability: spool`).
 #[derive(Debug, Default)]
 pub struct SpoolCounters {
-    /// Whether the spool is on.
-    pub enabled: AtomicBool,
     /// Bytes in segment files and being written.
     pub bytes: AtomicU64,
     /// Group commits (one write and one `fdatasync` each).
@@ -272,16 +270,13 @@ impl Health {
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
             log_store: self.log_store(),
-            spool: self.spool.enabled.load(Relaxed).then(|| {
-                let s = &self.spool;
-                SpoolSnapshot {
-                    bytes: load(&s.bytes),
-                    syncs: load(&s.syncs),
-                    sync_micros: load(&s.sync_micros),
-                    records: load(&s.records),
-                    replayed: load(&s.replayed),
-                }
-            }),
+            spool: SpoolSnapshot {
+                bytes: load(&self.spool.bytes),
+                syncs: load(&self.spool.syncs),
+                sync_micros: load(&self.spool.sync_micros),
+                records: load(&self.spool.records),
+                replayed: load(&self.spool.replayed),
+            },
         }
     }
 }
@@ -315,6 +310,6 @@ pub struct HealthSnapshot {
     pub queue_capacity: u64,
     /// The request log's store and whether it is up (none without a SQL log).
     pub log_store: Option<(&'static str, bool)>,
-    /// The durable spool's counters, when it is on.
-    pub spool: Option<SpoolSnapshot>,
+    /// The durable spool's counters (zero when it is off).
+    pub spool: SpoolSnapshot,
 }

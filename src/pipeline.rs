@@ -59,6 +59,9 @@ pub enum Overloaded {
 enum Msg {
     /// Events, with the spool position of their batch when durability is on.
     Events(Vec<Event>, Option<u64>),
+    /// Replayed events the live store already holds (up to its spooled position): their
+    /// records go to the request log only.
+    LogOnly(Vec<Event>, u64),
     View(oneshot::Sender<Arc<FleetView>>),
 }
 
@@ -125,6 +128,18 @@ impl Pipeline {
         log: Arc<dyn RequestLog>,
         health: Arc<Health>,
     ) -> (Self, JoinHandle<()>) {
+        Self::spawn_spooled(cfg, store, log, health, None)
+    }
+
+    /// [`spawn`](Self::spawn), for the durable spool `spool` (its id) when it is on: deltas go
+    /// to the live store with the position of their last event ([`LiveStore::apply_spooled`]).
+    pub fn spawn_spooled(
+        cfg: PipelineConfig,
+        store: Arc<dyn LiveStore>,
+        log: Arc<dyn RequestLog>,
+        health: Arc<Health>,
+        spool: Option<Arc<str>>,
+    ) -> (Self, JoinHandle<()>) {
         // Each message holds at least one record, so the record budget bounds the channel too;
         // the extra slots are for view requests.
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1) + 64);
@@ -136,6 +151,7 @@ impl Pipeline {
             log,
             health.clone(),
             confirmed_tx,
+            spool,
         ));
         (
             Self {
@@ -179,11 +195,13 @@ impl Pipeline {
     }
 
     /// Queues a replayed spool batch, waiting for room: only the spool's replay at start
-    /// uses it, before the server answers anyone (handlers never wait on a full queue).
+    /// uses it, before the server answers anyone (handlers never wait on a full queue). With
+    /// `live` false the live store holds the batch already: only the request log gets it.
     pub async fn submit_replayed(
         &self,
         events: Vec<Event>,
         spool_pos: u64,
+        live: bool,
     ) -> Result<(), Overloaded> {
         let n = events.len();
         let depth = &self.health.queue_depth;
@@ -196,12 +214,12 @@ impl Pipeline {
             depth.fetch_sub(n, Relaxed);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if self
-            .tx
-            .send(Msg::Events(events, Some(spool_pos)))
-            .await
-            .is_err()
-        {
+        let msg = if live {
+            Msg::Events(events, Some(spool_pos))
+        } else {
+            Msg::LogOnly(events, spool_pos)
+        };
+        if self.tx.send(msg).await.is_err() {
             depth.fetch_sub(n, Relaxed);
             return Err(Overloaded::ShuttingDown);
         }
@@ -249,7 +267,13 @@ async fn run(
     log: Arc<dyn RequestLog>,
     health: Arc<Health>,
     confirmed: watch::Sender<u64>,
+    spool: Option<Arc<str>>,
 ) {
+    // Deltas to the live store, with the spool position they reach when the spool is on.
+    let flush = |agg: &mut Aggregator, applied_pos: u64, now: i64| match &spool {
+        Some(id) if applied_pos > 0 => store.apply_spooled(agg.take(), now, id, applied_pos),
+        _ => store.apply(agg.take(), now),
+    };
     let confirmed = Arc::new(confirmed);
     let mut agg = Aggregator::new(cfg.limits);
     // The spool position of the last batch applied, and the last one a checkpoint was asked for.
@@ -266,7 +290,7 @@ async fn run(
                 let now = now_ms();
                 agg.expire(now);
                 health.set_pending(agg.pending());
-                store.apply(agg.take(), now);
+                flush(&mut agg, applied_pos, now);
                 // One checkpoint at a time: a slow log only delays the next one.
                 if applied_pos > asked_pos && checkpoint.as_ref().is_none_or(|t| t.is_finished()) {
                     asked_pos = applied_pos;
@@ -293,9 +317,13 @@ async fn run(
                                 applied_pos = applied_pos.max(pos);
                             }
                         }
+                        Msg::LogOnly(events, pos) => {
+                            log_only(events, log.as_ref(), &health);
+                            applied_pos = applied_pos.max(pos);
+                        }
                         Msg::View(reply) => {
                             let now = now_ms();
-                            store.apply(agg.take(), now);
+                            flush(&mut agg, applied_pos, now);
                             let _ = reply.send(store.view(now));
                         }
                     }
@@ -303,7 +331,7 @@ async fn run(
             }
         }
     }
-    store.apply(agg.take(), now_ms());
+    flush(&mut agg, applied_pos, now_ms());
     if applied_pos > *confirmed.borrow() {
         // The last checkpoint, before the stores close: what they confirm now is not replayed
         // at the next start (a live store that cannot confirm leaves it to the replay).
@@ -350,6 +378,22 @@ async fn confirm(
             }
             newer
         });
+    }
+}
+
+/// Replayed records whose deltas the live store holds: to the request log only.
+fn log_only(events: Vec<Event>, log: &dyn RequestLog, health: &Health) {
+    health.queue_depth.fetch_sub(events.len(), Relaxed);
+    let records: Vec<_> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Finish(r) => Some(r),
+            Event::Start(_) => None,
+        })
+        .collect();
+    let n = records.len() as u64;
+    if n > 0 && log.submit(records).is_err() {
+        health.dropped(DropReason::LogFull, n);
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Replayed {
     pub segments: u64,
     /// Events (records and start markers) handed to the pipeline again.
     pub events: u64,
+    /// Of those, the events the live store did not hold yet (the rest went to the log only).
+    pub live: u64,
     /// Bytes of torn frames cut off.
     pub torn_bytes: u64,
 }
@@ -114,13 +116,21 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 impl Spool {
     /// Opens (creating) the spool directory, replays what a previous run left into `pipeline`
     /// (waiting for room: nothing is served yet), and starts the writer thread.
+    ///
+    /// A live store that outlives the process (Redis) says up to which position it holds the
+    /// deltas ([`LiveStore::spooled_position`](crate::store::LiveStore::spooled_position)):
+    /// batches up to there go to the request log only. If it cannot say within
+    /// [`LIVE_POSITION_WAIT`], every replayed batch goes to the log only (the live store may
+    /// then miss up to a flush interval; counting twice is never risked).
     pub async fn open(
         cfg: &SpoolConfig,
+        id: &str,
         pipeline: Pipeline,
         health: Arc<Health>,
     ) -> io::Result<(Self, Replayed)> {
         let dir = cfg.dir.clone();
         fs::create_dir_all(&dir)?;
+        let mut live_from: Option<u64> = None;
         let mut found = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let name = entry?.file_name();
@@ -141,6 +151,10 @@ impl Spool {
                     .map_err(io::Error::other)??
             };
             replayed.segments += 1;
+            if live_from.is_none() {
+                live_from = Some(live_position(&pipeline, id).await);
+            }
+            let live_from = live_from.unwrap_or(0);
             let mut off = 0usize;
             loop {
                 match codec::read_frame(&data[off..]) {
@@ -152,8 +166,11 @@ impl Spool {
                             replayed.events += events.len() as u64;
                             if !events.is_empty() {
                                 let pos = base + off as u64;
+                                if pos > live_from {
+                                    replayed.live += events.len() as u64;
+                                }
                                 pipeline
-                                    .submit_replayed(events, pos)
+                                    .submit_replayed(events, pos, pos > live_from)
                                     .await
                                     .map_err(io::Error::other)?;
                             }
@@ -183,13 +200,13 @@ impl Spool {
             next_base = next_base.max(base + off as u64);
         }
         let bytes: u64 = segments.iter().map(|s| s.len).sum();
-        health.spool.enabled.store(true, Relaxed);
         health.spool.bytes.store(bytes, Relaxed);
         health.spool.replayed.fetch_add(replayed.events, Relaxed);
         if replayed.segments > 0 {
             tracing::info!(
                 segments = replayed.segments,
                 events = replayed.events,
+                to_live_store = replayed.live,
                 torn_bytes = replayed.torn_bytes,
                 "Spool replayed into the pipeline (records the request log already holds are skipped by id)."
             );
@@ -298,6 +315,46 @@ impl SpoolCloser {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
+}
+
+/// How long the replay waits for the live store to say which position it holds.
+pub const LIVE_POSITION_WAIT: Duration = Duration::from_secs(10);
+
+/// The position up to which the live store holds the spool's deltas: 0 for one that does not
+/// outlive the process, everything if it cannot be asked.
+async fn live_position(pipeline: &Pipeline, id: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + LIVE_POSITION_WAIT;
+    loop {
+        match pipeline.store().spooled_position(id).await {
+            Ok(pos) => return pos.unwrap_or(0),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "Live store unreachable at replay: the spool is replayed into the request log only (live totals may miss up to a flush interval).");
+                return u64::MAX;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The spool's id (`spool.id` in its directory, created at the first start): the live store
+/// keeps the spool's position under it.
+pub fn id(dir: &Path) -> io::Result<Arc<str>> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join("spool.id");
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Arc::from(text.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    let tmp = dir.join("spool.id.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(id.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok(Arc::from(id))
 }
 
 /// A random (version 4) UUID in canonical form (the SQLite log stores it in 16 bytes).

@@ -124,6 +124,10 @@ struct Local {
     namespaces: BTreeSet<Label>,
     /// Requests since the last batch, per namespace (heartbeat counters).
     ns_requests: HashMap<Label, u64>,
+    /// The durable spool's id and the position of the last event in the deltas (with the
+    /// spool on); sent with the next batch while `spool_dirty`.
+    spool: Option<(String, u64)>,
+    spool_dirty: bool,
 }
 
 fn scopes_of(deltas: &Aggregates) -> impl Iterator<Item = (HistScope, &Latencies)> {
@@ -287,54 +291,46 @@ impl LiveStore for RedisStore {
         if deltas.is_empty() {
             return;
         }
-        let slot = now_ms.div_euclid(SLOT_MS);
-        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
         let mut l = lock(&self.shared.local);
         self.shared.applies.fetch_add(1, Relaxed);
-        let l = &mut *l;
-        let m = l.slots.entry(slot).or_default();
-        m.unsent += deltas.global.requests;
-        for (scope, lat) in scopes_of(&deltas) {
-            if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
-                m.scopes.entry(scope).or_default().merge(lat);
-                m.dirty = true;
+        merge_local(&mut l, &deltas, now_ms);
+    }
+
+    /// The position joins the deltas under the same lock, so a batch carries both or neither.
+    fn apply_spooled(&self, deltas: Aggregates, now_ms: i64, spool: &str, pos: u64) {
+        let mut l = lock(&self.shared.local);
+        self.shared.applies.fetch_add(1, Relaxed);
+        match &mut l.spool {
+            Some((id, p)) if id.as_str() == spool => {
+                if pos > *p {
+                    *p = pos;
+                    l.spool_dirty = true;
+                }
+            }
+            _ => {
+                l.spool = Some((spool.to_string(), pos));
+                l.spool_dirty = true;
             }
         }
-        let k = &mut l.keys;
-        if k.day != day {
-            k.day = day;
-            k.today.clear();
+        if !deltas.is_empty() {
+            merge_local(&mut l, &deltas, now_ms);
         }
-        if k.month != month {
-            k.month = month;
-            k.this_month.clear();
-        }
-        for (scope, v) in &deltas.scopes {
-            match scope {
-                ScopeKey::Namespace(ns) => {
-                    if !l.namespaces.contains(ns) {
-                        l.namespaces.insert(ns.clone());
-                    }
-                    *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
-                    l.seed
-                        .scopes
-                        .entry(scope.clone())
-                        .or_default()
-                        .merge(&counters(v));
-                }
-                ScopeKey::Key(key) if v.requests > 0 => {
-                    *k.today.entry(key.clone()).or_insert(0) += v.requests;
-                    *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
-                }
-                _ => {}
-            }
-        }
-        l.seed.global.merge(&counters(&deltas.global));
-        if deltas.global.requests > 0 {
-            l.last_request_ms = l.last_request_ms.max(now_ms);
-        }
-        l.state.merge(&deltas);
-        l.dirty = true;
+    }
+
+    fn spooled_position<'a>(
+        &'a self,
+        spool: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut con = connection(&self.shared.cfg)?;
+            let key = self.shared.keys.spool(spool);
+            let pos: Option<u64> = bounded(
+                &self.shared.cfg,
+                redis::cmd("GET").arg(&key).query_async(&mut con),
+            )
+            .await?;
+            Ok(Some(pos.unwrap_or(0)))
+        })
     }
 
     fn view(&self, _now_ms: i64) -> Arc<FleetView> {
@@ -366,6 +362,55 @@ impl LiveStore for RedisStore {
     }
 }
 
+/// Merges one flush of deltas into this writer's local state (under `local`'s lock).
+fn merge_local(l: &mut Local, deltas: &Aggregates, now_ms: i64) {
+    let slot = now_ms.div_euclid(SLOT_MS);
+    let (day, month) = (utc_day(now_ms), utc_month(now_ms));
+    let m = l.slots.entry(slot).or_default();
+    m.unsent += deltas.global.requests;
+    for (scope, lat) in scopes_of(deltas) {
+        if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
+            m.scopes.entry(scope).or_default().merge(lat);
+            m.dirty = true;
+        }
+    }
+    let k = &mut l.keys;
+    if k.day != day {
+        k.day = day;
+        k.today.clear();
+    }
+    if k.month != month {
+        k.month = month;
+        k.this_month.clear();
+    }
+    for (scope, v) in &deltas.scopes {
+        match scope {
+            ScopeKey::Namespace(ns) => {
+                if !l.namespaces.contains(ns) {
+                    l.namespaces.insert(ns.clone());
+                }
+                *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
+                l.seed
+                    .scopes
+                    .entry(scope.clone())
+                    .or_default()
+                    .merge(&counters(v));
+            }
+            ScopeKey::Key(key) if v.requests > 0 => {
+                *k.today.entry(key.clone()).or_insert(0) += v.requests;
+                *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
+            }
+            _ => {}
+        }
+    }
+    l.seed.global.merge(&counters(&deltas.global));
+    if deltas.global.requests > 0 {
+        l.last_request_ms = l.last_request_ms.max(now_ms);
+    }
+    l.state.merge(deltas);
+    l.dirty = true;
+}
+
 /// The counters of a scope, without its histograms (seed keys need no latency).
 fn counters(a: &ScopeAgg) -> ScopeAgg {
     ScopeAgg {
@@ -386,6 +431,7 @@ struct Frozen {
     keys: Option<(i64, Vec<u8>, i64, Vec<u8>)>,
     namespaces: Vec<Label>,
     ns_requests: HashMap<Label, u64>,
+    spool: Option<(String, u64)>,
 }
 
 fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
@@ -433,6 +479,11 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
         }),
         namespaces: l.namespaces.iter().cloned().collect(),
         ns_requests: std::mem::take(&mut l.ns_requests),
+        spool: if std::mem::take(&mut l.spool_dirty) {
+            l.spool.clone()
+        } else {
+            None
+        },
     };
     (frozen, applies)
 }
@@ -450,6 +501,14 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         ],
     };
     let writer = shared.writer.as_str();
+    if let Some((spool, pos)) = &f.spool {
+        // In the same script as the deltas: Redis holds both or neither.
+        ops.op(&[
+            b"M",
+            keys.spool(spool).as_bytes(),
+            pos.to_string().as_bytes(),
+        ]);
+    }
     if let Some(blob) = &f.state {
         ops.hset(&keys.state(), writer, blob);
     }

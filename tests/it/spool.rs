@@ -53,10 +53,13 @@ async fn logged_ids(db: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Bytes in the spool's segment files.
 fn spool_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .expect("spool dir")
-        .map(|e| e.expect("entry").metadata().expect("meta").len())
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .map(|e| e.metadata().expect("meta").len())
         .sum()
 }
 
@@ -93,28 +96,15 @@ fn terminate(server: &mut ServerProcess) {
     assert!(exit.success(), "exits 0: {exit:?}");
 }
 
-/// Issue 17's scenario with the spool on: 4 senders of 1,000-record batches, SIGKILL at 1.5 s,
-/// restart on the same files. Every acknowledged record is in the log once; the restarted
-/// process counts exactly what it replayed; a graceful stop leaves an empty spool.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_and_doubles_no_acknowledged_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("requests.db");
-    let spool = dir.path().join("spool");
-    let config = dir.path().join("gatemeter.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\ndurability: spool\nspool: {{dir: '{}'}}\n\
-             log_store: {{kind: sqlite, path: '{}'}}\n",
-            spool.display(),
-            db.display()
-        ),
-    )
-    .expect("write config");
-    let mut server = serve(&config);
-    let addr = server.addr.clone();
+/// What one SIGKILL run left: the acknowledged and the sent ids.
+struct Killed {
+    acked: HashSet<String>,
+    sent: HashSet<String>,
+}
 
+/// Issue 17's load: 4 senders of 1,000-record batches against `server`, SIGKILL at 1.5 s.
+async fn load_and_kill(mut server: ServerProcess) -> Killed {
+    let addr = server.addr.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for s in 0..4 {
@@ -144,54 +134,131 @@ async fn sigkill_under_load_loses_and_doubles_no_acknowledged_record() {
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reap");
     stop.store(true, Ordering::Relaxed);
-    let mut acked = HashSet::new();
-    let mut sent = HashSet::new();
+    let mut killed = Killed {
+        acked: HashSet::new(),
+        sent: HashSet::new(),
+    };
     for t in senders {
         let (s, batches, n) = t.await.expect("sender");
         for b in 0..=n {
             for r in 0..1000 {
                 let id = format!("k{s}-{b}-{r}");
                 if batches.contains(&b) {
-                    acked.insert(id.clone());
+                    killed.acked.insert(id.clone());
                 }
-                sent.insert(id);
+                killed.sent.insert(id);
             }
         }
     }
     assert!(
-        acked.len() >= 4_000,
+        killed.acked.len() >= 4_000,
         "load ran: {} acknowledged",
-        acked.len()
+        killed.acked.len()
     );
+    killed
+}
+
+/// The log after the run: every acknowledged record once, nothing but what was sent.
+async fn check_log(db: &Path, killed: &Killed) -> usize {
+    let ids = logged_ids(db).await;
+    let logged: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(logged.len(), ids.len(), "no record logged twice");
+    let missing = killed.acked.difference(&logged).count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} acknowledged records, {missing} are missing from the log",
+        killed.acked.len()
+    );
+    assert!(logged.is_subset(&killed.sent), "nothing but what was sent");
+    logged.len()
+}
+
+fn write_config(
+    dir: &Path,
+    extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("requests.db");
+    let spool = dir.join("spool");
+    let config = dir.join("gatemeter.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ndurability: spool\nspool: {{dir: '{}'}}\n\
+             log_store: {{kind: sqlite, path: '{}'}}\n{extra}",
+            spool.display(),
+            db.display()
+        ),
+    )
+    .expect("write config");
+    (config, db, spool)
+}
+
+/// Issue 17's scenario with the spool on: 4 senders of 1,000-record batches, SIGKILL at 1.5 s,
+/// restart on the same files. Every acknowledged record is in the log once; the restarted
+/// process counts exactly what it replayed; a graceful stop leaves an empty spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_and_doubles_no_acknowledged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, db, spool) = write_config(dir.path(), "");
+    let killed = load_and_kill(serve(&config)).await;
 
     let mut server = serve(&config);
     let client = Client::new();
     let m = scrape(&client, &server.addr).await;
     let replayed = m.value("gatemeter_spool_replayed_records_total", &[]);
-    eprintln!("acknowledged {}, replayed {replayed}", acked.len());
+    eprintln!("acknowledged {}, replayed {replayed}", killed.acked.len());
     assert_eq!(
         m.value("ai_gateway_requests_total", &[]),
         replayed,
         "the restarted process counts each replayed record once"
     );
     terminate(&mut server);
-
-    let ids = logged_ids(&db).await;
-    let logged: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(logged.len(), ids.len(), "no record logged twice");
-    let missing = acked.difference(&logged).count();
-    assert_eq!(
-        missing,
-        0,
-        "of {} acknowledged records, {missing} are missing from the log",
-        acked.len()
-    );
-    assert!(logged.is_subset(&sent), "nothing but what was sent");
+    check_log(&db, &killed).await;
     assert_eq!(
         spool_bytes(&spool),
         0,
         "a graceful stop confirms and deletes every segment"
     );
+}
+
+/// The same with the Redis live store, whose totals outlive the process: after the restart
+/// the fleet has counted every logged record exactly once — what the crashed process had
+/// flushed is not counted again (the spool position travels with the deltas), the rest is.
+/// Flushes every 100 ms put many batches in Redis before the log confirms them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_redis_counts_every_logged_record_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = format!(
+        "live_store: redis\nredis: {{url: '{}', key_prefix: '{}', flush_interval_ms: 100}}\n\
+         pipeline: {{flush_interval_ms: 100}}\n",
+        crate::redis_server::shared_url(),
+        crate::redis_server::unique_prefix("spool")
+    );
+    let (config, db, _spool) = write_config(dir.path(), &redis);
+    let killed = load_and_kill(serve(&config)).await;
+    let mut server = serve(&config);
+    terminate(&mut server);
+    let logged = check_log(&db, &killed).await as f64;
+    // A third process reads the fleet's totals back from Redis.
+    let mut server = serve(&config);
+    let client = Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let counted = scrape(&client, &server.addr)
+            .await
+            .value("ai_gateway_requests_total", &[]);
+        if counted == logged || Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "acknowledged {}, logged {logged}, counted {counted}",
+        killed.acked.len()
+    );
+    assert_eq!(counted, logged, "the fleet counts every logged record once");
+    terminate(&mut server);
 }
 
 fn events(ids: std::ops::Range<usize>) -> Vec<Event> {
@@ -297,7 +364,7 @@ async fn a_full_spool_answers_503_and_counts_the_drop() {
     // Not stopped gracefully: closing would wait for the absent database.
 }
 
-/// Without `durability`, nothing is spooled: no spool directory, no spool families.
+/// Without `durability`, nothing is spooled: no spool directory, the spool families at 0.
 #[tokio::test]
 async fn the_default_keeps_no_spool() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -312,7 +379,8 @@ async fn the_default_keeps_no_spool() {
     assert_eq!(status, 200);
     let m = app.metrics().await;
     assert_eq!(m.value("ai_gateway_requests_total", &[]), 1.0);
-    assert!(m.get("gatemeter_spool_bytes", &[]).is_none());
+    assert_eq!(m.value("gatemeter_spool_bytes", &[]), 0.0);
+    assert_eq!(m.value("gatemeter_spool_records_total", &[]), 0.0);
     app.stop().await;
     assert!(!dir.path().join("spool").exists());
 }
