@@ -268,25 +268,18 @@ impl Spool {
             reserved,
             reply,
         }));
-        let result = match sent {
-            Ok(()) => answer.await.unwrap_or(Err(Refusal::ShuttingDown)),
+        let answered = match sent {
+            Ok(()) => answer.await.ok(),
             Err(_) => {
                 bytes.fetch_sub(size, Relaxed);
-                Err(Refusal::ShuttingDown)
+                None
             }
         };
-        if let Err(r) = result {
-            let reason = match r {
-                Refusal::Failed => Some(DropReason::SpoolFailed),
-                Refusal::ShuttingDown => Some(DropReason::ShuttingDown),
-                // Counted where they happened (the pipeline, above).
-                Refusal::QueueFull | Refusal::Full => None,
-            };
-            if let Some(reason) = reason {
-                self.health.dropped(reason, n as u64);
-            }
-        }
-        result
+        // What the writer answers was counted where it happened (writer, pipeline).
+        answered.unwrap_or_else(|| {
+            self.health.dropped(DropReason::ShuttingDown, n as u64);
+            Err(Refusal::ShuttingDown)
+        })
     }
 
     /// What stops the writer at shutdown. Unlike a `Spool`, it holds no pipeline handle, so
@@ -460,6 +453,8 @@ impl Writer {
                     .spool
                     .bytes
                     .fetch_sub(a.frame.len() as u64, Relaxed);
+                self.health
+                    .dropped(DropReason::ShuttingDown, a.events.len() as u64);
                 let _ = a.reply.send(Err(Refusal::ShuttingDown));
             }
         }
@@ -509,6 +504,8 @@ impl Writer {
                     "Spool write failed; the batches were refused (503) and a new segment is started.");
                 for a in group.drain(..) {
                     spool.bytes.fetch_sub(a.frame.len() as u64, Relaxed);
+                    self.health
+                        .dropped(DropReason::SpoolFailed, a.events.len() as u64);
                     let _ = a.reply.send(Err(Refusal::Failed));
                 }
                 // What reached the file is past `len`: cut it, then leave the file behind.
