@@ -44,13 +44,17 @@ async fn logged_ids(db: &Path) -> Vec<String> {
     let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("connect");
-    sqlx::query_as::<_, (String,)>("SELECT request_id FROM request_log")
-        .fetch_all(&mut c)
-        .await
-        .expect("ids")
-        .into_iter()
-        .map(|(id,)| id)
-        .collect()
+    // Canonical UUIDs are stored as their 16 bytes: read as 32 hex digits.
+    sqlx::query_as::<_, (String,)>(
+        "SELECT CASE typeof(request_id) WHEN 'blob' THEN lower(hex(request_id)) \
+         ELSE request_id END FROM request_log",
+    )
+    .fetch_all(&mut c)
+    .await
+    .expect("ids")
+    .into_iter()
+    .map(|(id,)| id)
+    .collect()
 }
 
 /// Bytes in the spool's segment files.
@@ -383,4 +387,56 @@ async fn the_default_keeps_no_spool() {
     assert_eq!(m.value("gatemeter_spool_records_total", &[]), 0.0);
     app.stop().await;
     assert!(!dir.path().join("spool").exists());
+}
+
+/// OTLP request records are spooled like native ones, and records that came without a
+/// `request_id` are given one before they are spooled (so a replay finds them in the log).
+#[tokio::test]
+async fn otlp_records_and_records_without_ids_go_through_the_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("requests.db");
+    let app = TestApp::with_config(&format!(
+        "durability: spool\nspool: {{dir: '{}'}}\nlog_store: {{kind: sqlite, path: '{}'}}\n",
+        dir.path().join("spool").display(),
+        db.display()
+    ))
+    .await;
+    let now_ns = (gatemeter::clock::now_ms() - 1000) as u128 * 1_000_000;
+    let record = |id: &str| {
+        format!(
+            r#"{{"timeUnixNano":"{now_ns}","attributes":[{{"key":"event.name","value":{{"stringValue":"api_request"}}}},{{"key":"request_id","value":{{"stringValue":"{id}"}}}},{{"key":"model","value":{{"stringValue":"claude-x"}}}},{{"key":"duration_ms","value":{{"stringValue":"100"}}}}]}}"#
+        )
+    };
+    let body = format!(
+        r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{},{}]}}]}}]}}"#,
+        record("otlp-1"),
+        record("otlp-2")
+    );
+    let resp = app
+        .client
+        .post(app.url("/v1/logs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let (status, _) = app
+        .post_json(r#"[{"model":"m","status":200,"duration_ms":1},{"model":"m","status":200,"duration_ms":2}]"#)
+        .await;
+    assert_eq!(status, 200);
+    let m = app.metrics().await;
+    assert_eq!(m.value("gatemeter_spool_records_total", &[]), 4.0);
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 4.0);
+    assert!(m.value("gatemeter_spool_syncs_total", &[]) >= 2.0);
+    app.stop().await;
+    let mut ids = logged_ids(&db).await;
+    ids.sort();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(&ids[2..], ["otlp-1", "otlp-2"]);
+    for id in &ids[..2] {
+        // Stored as 16 bytes: only a canonical UUID is.
+        assert_eq!(id.len(), 32, "a UUID was assigned: {id}");
+    }
+    assert_ne!(ids[0], ids[1]);
 }
