@@ -130,6 +130,7 @@ impl Spool {
     ) -> io::Result<(Self, Replayed)> {
         let dir = cfg.dir.clone();
         fs::create_dir_all(&dir)?;
+        let lock = DirLock::take(&dir)?;
         let mut live_from: Option<u64> = None;
         let mut found = Vec::new();
         for entry in fs::read_dir(&dir)? {
@@ -215,6 +216,7 @@ impl Spool {
         sync_dir(&dir)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
+            _lock: lock,
             dir,
             segments,
             current,
@@ -382,6 +384,39 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// An exclusive `flock` on `<dir>/lock`: a second server on the same spool directory would
+/// replay and delete the first one's segments, so it is refused at start.
+struct DirLock {
+    #[cfg(target_os = "linux")]
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        #[cfg(target_os = "linux")]
+        {
+            let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("another process uses this spool directory ({e})"),
+                )
+            })?;
+            Ok(Self { _lock: lock })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            drop(file);
+            Ok(Self {})
+        }
+    }
+}
+
 /// A closed segment: its start offset and length.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -407,6 +442,8 @@ impl Current {
 }
 
 struct Writer {
+    /// Held while the writer runs: one server per spool directory.
+    _lock: DirLock,
     dir: PathBuf,
     segments: VecDeque<Segment>,
     current: Current,

@@ -440,3 +440,29 @@ async fn otlp_records_and_records_without_ids_go_through_the_spool() {
     }
     assert_ne!(ids[0], ids[1]);
 }
+
+/// Two servers on one spool directory would replay and delete each other's segments: the
+/// second is refused at start, naming the directory.
+#[tokio::test]
+async fn a_second_server_on_the_same_spool_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "durability: spool\nspool: {{dir: '{}'}}\nlog_store: {{kind: none}}\n",
+        dir.path().join("spool").display()
+    );
+    let app = TestApp::with_config(&yaml).await;
+    let config = gatemeter::config::Config::from_yaml_str(&yaml, Path::new("t.yaml"), &|_| None)
+        .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = match gatemeter::app::App::build(&config, listener).await {
+        Ok(_) => panic!("a second server on the same spool started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("another process uses this spool directory") && err.contains("spool"),
+        "{err}"
+    );
+    app.stop().await;
+}
