@@ -331,16 +331,24 @@ async fn live_position(pipeline: &Pipeline, id: &str) -> u64 {
     }
 }
 
-/// The spool's id (`spool.id` in its directory, created at the first start): the live store
-/// keeps the spool's position under it.
+/// The spool's id (`spool.id` in its directory): the live store keeps the spool's position
+/// under it. A directory without segment files (a first start, or one whose files were
+/// removed) gets a new id, since positions start again from its files: a position stored for
+/// an old history must not hide the new one's records.
 pub fn id(dir: &Path) -> io::Result<Arc<str>> {
     fs::create_dir_all(dir)?;
     let path = dir.join("spool.id");
-    match fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(Arc::from(text.trim())),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    let mut has_segments = false;
+    for entry in fs::read_dir(dir)? {
+        has_segments |= entry?.file_name().to_str().and_then(segment_base).is_some();
+    }
+    if has_segments {
+        match fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => return Ok(Arc::from(text.trim())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     let id = format!("{:016x}", rand::random::<u64>());
     let tmp = dir.join("spool.id.tmp");
@@ -607,6 +615,24 @@ mod tests {
         assert_eq!(segment_base(name), Some(0xabc));
         assert_eq!(segment_base("0000000000000abc.tmp"), None);
         assert_eq!(segment_base("abc.spool"), None);
+    }
+
+    #[test]
+    fn the_id_is_kept_with_the_segments_and_renewed_without_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = id(dir.path()).expect("id");
+        assert_eq!(first.len(), 16);
+        let second = id(dir.path()).expect("id");
+        assert_ne!(first, second, "no segments: a new id");
+        fs::write(segment_path(dir.path(), 0), b"").expect("segment");
+        assert_eq!(
+            id(dir.path()).expect("id"),
+            second,
+            "kept with its segments"
+        );
+        assert_eq!(id(dir.path()).expect("id"), second);
+        fs::remove_file(segment_path(dir.path(), 0)).expect("rm");
+        assert_ne!(id(dir.path()).expect("id"), second, "renewed without them");
     }
 
     #[test]
