@@ -29,6 +29,7 @@ use crate::ingest::native::{self, NativeIngest};
 use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::pipeline::Pipeline;
 use crate::server::{self, ServerConfig};
+use crate::spool::{Spool, SpoolCloser};
 use crate::store::fanout::FanOut;
 use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlLog, StoreError};
 
@@ -39,6 +40,7 @@ pub struct App {
     pipeline: Pipeline,
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
+    spool: Option<SpoolCloser>,
     background: Vec<JoinHandle<()>>,
     /// Tasks that only read (the analytics gauges' refresh): aborted once serving stops.
     readers: Vec<JoinHandle<()>>,
@@ -58,6 +60,14 @@ pub enum AppError {
     /// The request log could not be opened.
     #[error("request log: {0}")]
     Store(#[from] StoreError),
+    /// The durable spool could not be opened or replayed.
+    #[error("spool {dir}: {source}")]
+    Spool {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// No tokens are configured and the listener is not loopback (SPEC §8).
     #[error(
         "refusing to serve on {0} without tokens: configure auth tokens, listen on loopback, or set auth.allow_open: true"
@@ -106,7 +116,31 @@ impl App {
             1 => logs.remove(0),
             _ => Arc::new(FanOut::new(logs)),
         };
-        let (pipeline, aggregator) = Pipeline::spawn(config.pipeline, store, log, health.clone());
+        let spool_error = |dir: &std::path::Path| {
+            let dir = dir.to_path_buf();
+            move |source| AppError::Spool { dir, source }
+        };
+        let spool_id = match &config.spool {
+            Some(cfg) => Some(crate::spool::id(&cfg.dir).map_err(spool_error(&cfg.dir))?),
+            None => None,
+        };
+        let (pipeline, aggregator) = Pipeline::spawn_spooled(
+            config.pipeline,
+            store,
+            log,
+            health.clone(),
+            spool_id.clone(),
+        );
+        // What a crash left in the spool is queued again before anything is served.
+        let spool = match (&config.spool, &spool_id) {
+            (Some(cfg), Some(id)) => Some(
+                Spool::open(cfg, id, pipeline.clone(), health.clone())
+                    .await
+                    .map_err(spool_error(&cfg.dir))?
+                    .0,
+            ),
+            _ => None,
+        };
         let diagnostics = Arc::new(Diagnostics::default());
         let (claude_code, cc_task) = ClaudeCode::spawn(
             config.otlp.limits,
@@ -130,7 +164,14 @@ impl App {
             readers.push(task);
             gauges
         });
-        let mut router = router(config, pipeline.clone(), health.clone(), otlp, gauges);
+        let mut router = router(
+            config,
+            pipeline.clone(),
+            spool.clone(),
+            health.clone(),
+            otlp,
+            gauges,
+        );
         let auth = Auth::new(config.auth.clone());
         let analytics = AnalyticsApi {
             log: rollups,
@@ -151,6 +192,7 @@ impl App {
             pipeline,
             aggregator,
             claude_code: Some(claude_code),
+            spool: spool.as_ref().map(Spool::closer),
             background,
             readers,
             server: config.server,
@@ -176,6 +218,7 @@ impl App {
             pipeline,
             aggregator,
             claude_code,
+            spool,
             background,
             readers,
             server: server_config,
@@ -192,6 +235,10 @@ impl App {
         let result = aggregator
             .await
             .map_err(|e| AppError::Aggregator(e.to_string()));
+        // The aggregator's last checkpoint is published: the spool deletes what it confirmed.
+        if let Some(spool) = spool {
+            spool.close().await;
+        }
         for task in background {
             let _ = task.await;
         }
@@ -205,12 +252,14 @@ impl App {
 pub fn router(
     config: &Config,
     pipeline: Pipeline,
+    spool: Option<Spool>,
     health: Arc<Health>,
     otlp: OtlpSource,
     analytics: Option<Arc<AnalyticsGauges>>,
 ) -> Router {
     let otlp_ingest = Arc::new(OtlpIngest {
         pipeline: pipeline.clone(),
+        spool: spool.clone(),
         claude_code: otlp.claude_code.clone(),
         diagnostics: otlp.diagnostics.clone(),
         health: health.clone(),
@@ -220,6 +269,7 @@ pub fn router(
     });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),
+        spool,
         health: health.clone(),
         config: config.ingest,
         prices: config.prices.clone(),

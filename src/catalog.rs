@@ -429,6 +429,46 @@ metric!(
     "Records waiting in the ingest queue."
 );
 metric!(
+    SPOOL_BYTES,
+    "gatemeter_spool_bytes",
+    Gauge,
+    Some("bytes"),
+    [],
+    "Bytes in the durable spool (durability: spool): records not yet confirmed by both stores."
+);
+metric!(
+    SPOOL_SYNCS,
+    "gatemeter_spool_syncs",
+    Counter,
+    None,
+    [],
+    "Group commits of the durable spool: one write and one fdatasync each."
+);
+metric!(
+    SPOOL_SYNC_SECONDS,
+    "gatemeter_spool_sync_seconds",
+    Counter,
+    S,
+    [],
+    "Time spent in the durable spool's group commits (divide by gatemeter_spool_syncs_total for the mean)."
+);
+metric!(
+    SPOOL_RECORDS,
+    "gatemeter_spool_records",
+    Counter,
+    None,
+    [],
+    "Records and start markers written to the durable spool and acknowledged."
+);
+metric!(
+    SPOOL_REPLAYED,
+    "gatemeter_spool_replayed_records",
+    Counter,
+    None,
+    [],
+    "Records and start markers replayed from the durable spool at start (left by a crash)."
+);
+metric!(
     QUEUE_CAPACITY,
     "gatemeter_queue_capacity_records",
     Gauge,
@@ -788,6 +828,11 @@ pub const ALL: &[Metric] = &[
     PROCESSED,
     QUEUE_DEPTH,
     QUEUE_CAPACITY,
+    SPOOL_BYTES,
+    SPOOL_SYNCS,
+    SPOOL_SYNC_SECONDS,
+    SPOOL_RECORDS,
+    SPOOL_REPLAYED,
     PENDING,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,
@@ -838,6 +883,11 @@ pub const PROCESS: &[Metric] = &[
     PROCESSED,
     QUEUE_DEPTH,
     QUEUE_CAPACITY,
+    SPOOL_BYTES,
+    SPOOL_SYNCS,
+    SPOOL_SYNC_SECONDS,
+    SPOOL_RECORDS,
+    SPOOL_REPLAYED,
     PENDING,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,

@@ -18,6 +18,7 @@ use crate::calendar::Zone;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::server::ServerConfig;
+use crate::spool::SpoolConfig;
 use crate::store::sql::{SqlBackend, SqlConfig};
 
 pub use crate::export::otlp_logs::OtlpExportConfig;
@@ -83,6 +84,8 @@ struct RawConfig {
     otlp_export: Option<RawOtlpExport>,
     redis: redis::RawRedisConfig,
     log_store: RawLogStore,
+    durability: Option<String>,
+    spool: RawSpool,
     auth: RawAuth,
     analytics: RawAnalytics,
 }
@@ -129,6 +132,14 @@ impl RawAnalytics {
             )? as u64,
         })
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSpool {
+    dir: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -244,6 +255,8 @@ pub struct Config {
     pub log_store: Option<SqlConfig>,
     /// Most rows in one usage CSV export.
     pub export_max_rows: u64,
+    /// Durable acknowledgement: the spool's settings with `durability: spool`, else `None`.
+    pub spool: Option<SpoolConfig>,
     /// Bearer tokens and roles.
     pub auth: AuthConfig,
     /// The analytics API: time zone, who sees leaderboards, session activity.
@@ -313,7 +326,12 @@ impl RawConfig {
         let prices = Arc::new(self.pricing.validate()?);
         let otlp = self.otlp.validate()?;
         let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
+        let data_dir = env(ENV_DATA_DIR)
+            .map(PathBuf::from)
+            .or_else(|| self.log_store.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("data"));
         let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let spool = self.spool.validate(self.durability, &data_dir, env)?;
         let auth = self.auth.validate(env)?;
         let analytics = self.analytics.validate()?;
         Ok(Config {
@@ -328,6 +346,7 @@ impl RawConfig {
             redis,
             log_store,
             export_max_rows,
+            spool,
             auth,
             analytics,
         })
@@ -591,6 +610,8 @@ pub const ENV_DATABASE_URL: &str = "GATEMETER_DATABASE_URL";
 pub const ENV_LOG_STORE: &str = "GATEMETER_LOG_STORE";
 /// Environment variable overriding `log_store.data_dir`.
 pub const ENV_DATA_DIR: &str = "GATEMETER_DATA_DIR";
+/// Environment variable overriding `durability` (`none`, `spool`).
+pub const ENV_DURABILITY: &str = "GATEMETER_DURABILITY";
 /// Environment variables adding tokens (comma-separated) to the file's.
 pub const ENV_ADMIN_TOKENS: &str = "GATEMETER_ADMIN_TOKENS";
 /// See [`ENV_ADMIN_TOKENS`].
@@ -679,6 +700,47 @@ impl RawLogStore {
             backend,
         };
         Ok((Some(cfg), export_max_rows))
+    }
+}
+
+impl RawSpool {
+    /// `durability:` and `spool:`; the spool's directory defaults to `<data_dir>/spool`.
+    fn validate(
+        self,
+        durability: Option<String>,
+        data_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SpoolConfig>, ConfigError> {
+        let (key, mode) = match env(ENV_DURABILITY).filter(|d| !d.is_empty()) {
+            Some(d) => (ENV_DURABILITY, Some(d)),
+            None => ("durability", durability),
+        };
+        let max_bytes = self.max_bytes.unwrap_or(1 << 30);
+        if !((1 << 20)..=(1 << 50)).contains(&max_bytes) {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!("{max_bytes} is not between 1048576 (1 MiB) and 2^50"),
+            ));
+        }
+        let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
+        if !((1 << 16)..=(1 << 32)).contains(&segment_bytes) {
+            return Err(invalid(
+                "spool.segment_bytes",
+                format!("{segment_bytes} is not between 65536 and 4294967296"),
+            ));
+        }
+        match mode.as_deref() {
+            None | Some("none") => Ok(None),
+            Some("spool") => Ok(Some(SpoolConfig {
+                dir: self.dir.unwrap_or_else(|| data_dir.join("spool")),
+                max_bytes,
+                segment_bytes,
+            })),
+            Some(other) => Err(invalid(
+                key,
+                format!("{other:?} is not a durability (none, spool)"),
+            )),
+        }
     }
 }
 
@@ -771,6 +833,43 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    #[test]
+    fn durability_is_off_by_default_and_the_spool_sits_in_the_data_dir() {
+        assert_eq!(parse("").expect("defaults").spool, None);
+        assert_eq!(parse("durability: none\n").expect("none").spool, None);
+        let c = parse("durability: spool\nlog_store: {data_dir: /var/gm}\n").expect("spool");
+        assert_eq!(
+            c.spool,
+            Some(SpoolConfig {
+                dir: PathBuf::from("/var/gm/spool"),
+                max_bytes: 1 << 30,
+                segment_bytes: 64 << 20,
+            })
+        );
+        let c = parse(
+            "durability: spool\nspool: {dir: /s, max_bytes: 2097152, segment_bytes: 65536}\n",
+        )
+        .expect("spool settings");
+        let s = c.spool.expect("on");
+        assert_eq!(
+            (s.dir, s.max_bytes, s.segment_bytes),
+            (PathBuf::from("/s"), 2 << 20, 1 << 16)
+        );
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| {
+            (k == ENV_DURABILITY).then(|| "spool".to_string())
+        })
+        .expect("env");
+        assert_eq!(c.spool.expect("on").dir, PathBuf::from("data/spool"));
+        let e = parse("durability: fast\n").expect_err("unknown mode");
+        assert!(e.to_string().contains("durability"), "{e}");
+        let e = parse("spool: {max_bytes: 1000}\n").expect_err("tiny cap");
+        assert!(e.to_string().contains("spool.max_bytes"), "{e}");
+        let e = parse("spool: {segment_bytes: 0}\n").expect_err("zero segment");
+        assert!(e.to_string().contains("spool.segment_bytes"), "{e}");
+        let e = parse("spool: {sync: always}\n").expect_err("unknown key");
+        assert!(e.to_string().contains("sync"), "{e}");
     }
 
     #[test]

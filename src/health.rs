@@ -101,6 +101,10 @@ label_enum! {
         /// The request log's database refused a batch (after retries; an outage is retried
         /// without end), or closing found records it could not write: counted but not logged.
         LogWriteFailed = "log_write_failed",
+        /// Durable acknowledgement: the spool was at its size cap (the caller got 503).
+        SpoolFull = "spool_full",
+        /// Durable acknowledgement: the spool could not write or sync (the caller got 503).
+        SpoolFailed = "spool_failed",
     }
 }
 
@@ -128,6 +132,38 @@ pub struct Health {
     log_store_up: AtomicBool,
     /// The global series budget, shared with everything that creates series.
     series_budget: Arc<SeriesBudget>,
+    /// The durable spool's counters (maintained by `spool`).
+    pub spool: SpoolCounters,
+}
+
+/// The durable spool's counters (all zero unless `durability: spool`).
+#[derive(Debug, Default)]
+pub struct SpoolCounters {
+    /// Bytes in segment files and being written.
+    pub bytes: AtomicU64,
+    /// Group commits (one write and one `fdatasync` each).
+    pub syncs: AtomicU64,
+    /// Time spent in those writes and syncs, microseconds.
+    pub sync_micros: AtomicU64,
+    /// Events spooled and acknowledged.
+    pub records: AtomicU64,
+    /// Events replayed at start.
+    pub replayed: AtomicU64,
+}
+
+/// A copy of [`SpoolCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolSnapshot {
+    /// See [`SpoolCounters::bytes`].
+    pub bytes: u64,
+    /// See [`SpoolCounters::syncs`].
+    pub syncs: u64,
+    /// See [`SpoolCounters::sync_micros`].
+    pub sync_micros: u64,
+    /// See [`SpoolCounters::records`].
+    pub records: u64,
+    /// See [`SpoolCounters::replayed`].
+    pub replayed: u64,
 }
 
 impl Health {
@@ -149,6 +185,7 @@ impl Health {
             log_store: OnceLock::new(),
             log_store_up: AtomicBool::new(false),
             series_budget: Arc::new(SeriesBudget::unlimited()),
+            spool: SpoolCounters::default(),
         }
     }
 
@@ -250,6 +287,13 @@ impl Health {
             log_store: self.log_store(),
             series_limit: self.series_budget.limit(),
             series_refused: Refusal::ALL.map(|r| self.series_budget.refused(r)),
+            spool: SpoolSnapshot {
+                bytes: load(&self.spool.bytes),
+                syncs: load(&self.spool.syncs),
+                sync_micros: load(&self.spool.sync_micros),
+                records: load(&self.spool.records),
+                replayed: load(&self.spool.replayed),
+            },
         }
     }
 }
@@ -287,4 +331,6 @@ pub struct HealthSnapshot {
     pub series_limit: u64,
     /// Label values the budget refused, per [`Refusal`].
     pub series_refused: [u64; Refusal::ALL.len()],
+    /// The durable spool's counters (zero when it is off).
+    pub spool: SpoolSnapshot,
 }

@@ -17,6 +17,8 @@
 //! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
 //!   request log (SQLite, PostgreSQL) in [`store::sql`].
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
+//! - [`spool`]: durable acknowledgement — the group-committed, fsync'd spool of validated
+//!   batches, replayed into the pipeline at start, trimmed at the pipeline's checkpoints.
 //! - [`api`]: the API error type; `/healthz`, `/readyz`; roles ([`api::auth`]); log queries,
 //!   usage CSV and audit ([`api::logs`]).
 //! - [`ingest`]: HTTP sources (native `/v1/events`, OTLP `/v1/logs|metrics|traces`); body limits
@@ -56,5 +58,6 @@ pub mod pipeline;
 pub mod price;
 pub mod record;
 pub mod server;
+pub mod spool;
 pub mod store;
 pub mod varint;

@@ -5,12 +5,17 @@
 //! One task owns the [`Aggregator`]; it applies events in arrival order, flushes deltas to the
 //! live store every flush interval, hands counted records to the request log, and answers
 //! snapshot requests in queue order — so a scrape sees every record accepted before it.
+//!
+//! With durable acknowledgement (`durability: spool`) batches arrive with their spool position,
+//! in spool order. After each flush the task asks the request log and the live store to confirm
+//! everything handed to them so far ([`RequestLog::sync`], [`LiveStore::sync`]) and publishes
+//! the highest position both confirmed ([`Pipeline::confirmed`]): the spool may then forget it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{Aggregator, Limits, Outcome};
@@ -55,7 +60,11 @@ pub enum Overloaded {
 }
 
 enum Msg {
-    Events(Vec<Event>),
+    /// Events, with the spool position of their batch when durability is on.
+    Events(Vec<Event>, Option<u64>),
+    /// Replayed events the live store already holds (up to its spooled position): their
+    /// records go to the request log only.
+    LogOnly(Vec<Event>, u64),
     View(oneshot::Sender<Arc<FleetView>>),
 }
 
@@ -66,45 +75,27 @@ pub struct Pipeline {
     health: Arc<Health>,
     store: Arc<dyn LiveStore>,
     capacity: usize,
+    confirmed: watch::Receiver<u64>,
 }
 
-impl Pipeline {
-    /// Starts the aggregator task. It runs until every `Pipeline` clone is dropped, then
-    /// flushes the last deltas and closes the request log.
-    pub fn spawn(
-        cfg: PipelineConfig,
-        store: Arc<dyn LiveStore>,
-        log: Arc<dyn RequestLog>,
-        health: Arc<Health>,
-    ) -> (Self, JoinHandle<()>) {
-        // Each message holds at least one record, so the record budget bounds the channel too;
-        // the extra slots are for view requests.
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1) + 64);
-        let task = tokio::spawn(run(cfg, rx, store.clone(), log, health.clone()));
-        (
-            Self {
-                tx,
-                health,
-                store,
-                capacity: cfg.queue_capacity,
-            },
-            task,
-        )
-    }
+/// Room for `n` records reserved in the queue ([`Pipeline::try_reserve`]); dropped unused, it
+/// gives the room back.
+pub struct Reserved {
+    tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+    n: usize,
+}
 
-    /// Queues events without waiting; fails at once when the queue is full.
-    pub fn try_submit(&self, events: Vec<Event>) -> Result<(), Overloaded> {
-        let n = events.len();
-        if n == 0 {
-            return Ok(());
-        }
+impl Reserved {
+    /// Queues the events the room was reserved for (at most that many), tagged with their spool
+    /// position when durability is on. Fails only if the task stopped or the channel is full.
+    pub fn submit(mut self, events: Vec<Event>, spool_pos: Option<u64>) -> Result<(), Overloaded> {
+        let n = std::mem::take(&mut self.n);
+        debug_assert!(events.len() <= n, "more events than reserved");
         let depth = &self.health.queue_depth;
-        if depth.fetch_add(n, Relaxed) + n > self.capacity {
-            depth.fetch_sub(n, Relaxed);
-            self.health.dropped(DropReason::QueueFull, n as u64);
-            return Err(Overloaded::QueueFull);
-        }
-        match self.tx.try_send(Msg::Events(events)) {
+        depth.fetch_sub(n - events.len().min(n), Relaxed);
+        let n = events.len().min(n);
+        match self.tx.try_send(Msg::Events(events, spool_pos)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 depth.fetch_sub(n, Relaxed);
@@ -120,6 +111,128 @@ impl Pipeline {
                 Err(err)
             }
         }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.health.queue_depth.fetch_sub(self.n, Relaxed);
+        }
+    }
+}
+
+impl Pipeline {
+    /// Starts the aggregator task. It runs until every `Pipeline` clone is dropped, then
+    /// flushes the last deltas and closes the request log.
+    pub fn spawn(
+        cfg: PipelineConfig,
+        store: Arc<dyn LiveStore>,
+        log: Arc<dyn RequestLog>,
+        health: Arc<Health>,
+    ) -> (Self, JoinHandle<()>) {
+        Self::spawn_spooled(cfg, store, log, health, None)
+    }
+
+    /// [`spawn`](Self::spawn), for the durable spool `spool` (its id) when it is on: deltas go
+    /// to the live store with the position of their last event ([`LiveStore::apply_spooled`]).
+    pub fn spawn_spooled(
+        cfg: PipelineConfig,
+        store: Arc<dyn LiveStore>,
+        log: Arc<dyn RequestLog>,
+        health: Arc<Health>,
+        spool: Option<Arc<str>>,
+    ) -> (Self, JoinHandle<()>) {
+        // Each message holds at least one record, so the record budget bounds the channel too;
+        // the extra slots are for view requests.
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1) + 64);
+        let (confirmed_tx, confirmed) = watch::channel(0);
+        let task = tokio::spawn(run(
+            cfg,
+            rx,
+            store.clone(),
+            log,
+            health.clone(),
+            confirmed_tx,
+            spool,
+        ));
+        (
+            Self {
+                tx,
+                health,
+                store,
+                capacity: cfg.queue_capacity,
+                confirmed,
+            },
+            task,
+        )
+    }
+
+    /// Queues events without waiting; fails at once when the queue is full.
+    pub fn try_submit(&self, events: Vec<Event>) -> Result<(), Overloaded> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.try_reserve(events.len())?.submit(events, None)
+    }
+
+    /// Reserves room for `n` records without waiting; fails at once (counted) when the queue
+    /// is full. The spool reserves before it writes, so a batch it acknowledges has its room.
+    pub fn try_reserve(&self, n: usize) -> Result<Reserved, Overloaded> {
+        let depth = &self.health.queue_depth;
+        if depth.fetch_add(n, Relaxed) + n > self.capacity {
+            depth.fetch_sub(n, Relaxed);
+            self.health.dropped(DropReason::QueueFull, n as u64);
+            return Err(Overloaded::QueueFull);
+        }
+        if self.tx.is_closed() {
+            depth.fetch_sub(n, Relaxed);
+            self.health.dropped(DropReason::ShuttingDown, n as u64);
+            return Err(Overloaded::ShuttingDown);
+        }
+        Ok(Reserved {
+            tx: self.tx.clone(),
+            health: self.health.clone(),
+            n,
+        })
+    }
+
+    /// Queues a replayed spool batch, waiting for room: only the spool's replay at start
+    /// uses it, before the server answers anyone (handlers never wait on a full queue). With
+    /// `live` false the live store holds the batch already: only the request log gets it.
+    pub async fn submit_replayed(
+        &self,
+        events: Vec<Event>,
+        spool_pos: u64,
+        live: bool,
+    ) -> Result<(), Overloaded> {
+        let n = events.len();
+        let depth = &self.health.queue_depth;
+        loop {
+            // An empty queue takes any batch (the capacity may have shrunk since it was spooled).
+            let before = depth.fetch_add(n, Relaxed);
+            if before == 0 || before + n <= self.capacity {
+                break;
+            }
+            depth.fetch_sub(n, Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let msg = if live {
+            Msg::Events(events, Some(spool_pos))
+        } else {
+            Msg::LogOnly(events, spool_pos)
+        };
+        if self.tx.send(msg).await.is_err() {
+            depth.fetch_sub(n, Relaxed);
+            return Err(Overloaded::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// The highest spool position whose records the request log has written and the live
+    /// store has taken (0 before the first); see the module docs.
+    pub fn confirmed(&self) -> watch::Receiver<u64> {
+        self.confirmed.clone()
     }
 
     /// The fleet view including every event queued before this call. Falls back to the
@@ -156,8 +269,19 @@ async fn run(
     store: Arc<dyn LiveStore>,
     log: Arc<dyn RequestLog>,
     health: Arc<Health>,
+    confirmed: watch::Sender<u64>,
+    spool: Option<Arc<str>>,
 ) {
+    // Deltas to the live store, with the spool position they reach when the spool is on.
+    let flush = |agg: &mut Aggregator, applied_pos: u64, now: i64| match &spool {
+        Some(id) if applied_pos > 0 => store.apply_spooled(agg.take(), now, id, applied_pos),
+        _ => store.apply(agg.take(), now),
+    };
+    let confirmed = Arc::new(confirmed);
     let mut agg = Aggregator::with_budget(cfg.limits, health.series_budget().clone());
+    // The spool position of the last batch applied, and the last one a checkpoint was asked for.
+    let (mut applied_pos, mut asked_pos) = (0u64, 0u64);
+    let mut checkpoint: Option<JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(cfg.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbox = Vec::with_capacity(256);
@@ -169,7 +293,18 @@ async fn run(
                 let now = now_ms();
                 agg.expire(now);
                 health.set_pending(agg.pending());
-                store.apply(agg.take(), now);
+                flush(&mut agg, applied_pos, now);
+                // One checkpoint at a time: a slow log only delays the next one.
+                if applied_pos > asked_pos && checkpoint.as_ref().is_none_or(|t| t.is_finished()) {
+                    asked_pos = applied_pos;
+                    checkpoint = Some(tokio::spawn(confirm(
+                        log.clone(),
+                        store.clone(),
+                        applied_pos,
+                        confirmed.clone(),
+                        None,
+                    )));
+                }
             }
             // Drain what is queued in one wake-up: under load a wake-up per message would cost
             // more than the records themselves.
@@ -179,10 +314,19 @@ async fn run(
                 }
                 for msg in inbox.drain(..) {
                     match msg {
-                        Msg::Events(events) => apply(&mut agg, events, log.as_ref(), &health),
+                        Msg::Events(events, pos) => {
+                            apply(&mut agg, events, log.as_ref(), &health);
+                            if let Some(pos) = pos {
+                                applied_pos = applied_pos.max(pos);
+                            }
+                        }
+                        Msg::LogOnly(events, pos) => {
+                            log_only(events, log.as_ref(), &health);
+                            applied_pos = applied_pos.max(pos);
+                        }
                         Msg::View(reply) => {
                             let now = now_ms();
-                            store.apply(agg.take(), now);
+                            flush(&mut agg, applied_pos, now);
                             let _ = reply.send(store.view(now));
                         }
                     }
@@ -190,9 +334,70 @@ async fn run(
             }
         }
     }
-    store.apply(agg.take(), now_ms());
+    flush(&mut agg, applied_pos, now_ms());
+    if applied_pos > *confirmed.borrow() {
+        // The last checkpoint, before the stores close: what they confirm now is not replayed
+        // at the next start (a live store that cannot confirm leaves it to the replay).
+        if let Some(t) = checkpoint.take() {
+            let _ = t.await;
+        }
+        confirm(
+            log.clone(),
+            store.clone(),
+            applied_pos,
+            confirmed.clone(),
+            Some(FINAL_CHECKPOINT_WAIT),
+        )
+        .await;
+    }
     store.close().await;
     log.close().await;
+}
+
+/// How long the last checkpoint at shutdown waits for the stores to confirm.
+const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
+
+/// Publishes `pos` as confirmed once the request log and the live store both confirm having
+/// taken everything handed to them before this call (within `limit`, when given).
+async fn confirm(
+    log: Arc<dyn RequestLog>,
+    store: Arc<dyn LiveStore>,
+    pos: u64,
+    confirmed: Arc<watch::Sender<u64>>,
+    limit: Option<Duration>,
+) {
+    let both = async { tokio::join!(log.sync(), store.sync()) };
+    let (logged, stored) = match limit {
+        Some(limit) => tokio::time::timeout(limit, both)
+            .await
+            .unwrap_or((false, false)),
+        None => both.await,
+    };
+    if logged && stored {
+        confirmed.send_if_modified(|c| {
+            let newer = pos > *c;
+            if newer {
+                *c = pos;
+            }
+            newer
+        });
+    }
+}
+
+/// Replayed records whose deltas the live store holds: to the request log only.
+fn log_only(events: Vec<Event>, log: &dyn RequestLog, health: &Health) {
+    health.queue_depth.fetch_sub(events.len(), Relaxed);
+    let records: Vec<_> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Finish(r) => Some(r),
+            Event::Start(_) => None,
+        })
+        .collect();
+    let n = records.len() as u64;
+    if n > 0 && log.submit(records).is_err() {
+        health.dropped(DropReason::LogFull, n);
+    }
 }
 
 fn apply(agg: &mut Aggregator, events: Vec<Event>, log: &dyn RequestLog, health: &Health) {

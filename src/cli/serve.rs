@@ -22,8 +22,9 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
             SqlBackend::Sqlite { .. } => "sqlite",
             SqlBackend::Postgres { .. } => "postgres",
         });
+    let shutdown = shutdown_signal();
     tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
-    app.run(shutdown_signal()).await?;
+    app.run(shutdown).await?;
     Ok(())
 }
 
@@ -86,25 +87,48 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {}", config.listen))
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a signal right after "gatemeter listening" is logged
+/// (before the server polls it) would otherwise end the process at once, without a drain.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = term => {},
+                _ = int => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("Shutting down: closing connections, draining the queue and flushing.");
     }
-    tracing::info!("Shutting down: closing connections, draining the queue and flushing.");
 }

@@ -434,6 +434,21 @@ fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, stor
     e.sample(&c::QUEUE_DEPTH, &[], Value::U(health.queue_depth));
     e.header(&c::QUEUE_CAPACITY);
     e.sample(&c::QUEUE_CAPACITY, &[], Value::U(health.queue_capacity));
+    let s = &health.spool;
+    e.header(&c::SPOOL_BYTES);
+    e.sample(&c::SPOOL_BYTES, &[], Value::U(s.bytes));
+    e.header(&c::SPOOL_SYNCS);
+    e.sample(&c::SPOOL_SYNCS, &[], Value::U(s.syncs));
+    e.header(&c::SPOOL_SYNC_SECONDS);
+    e.sample(
+        &c::SPOOL_SYNC_SECONDS,
+        &[],
+        Value::F(s.sync_micros as f64 / 1e6),
+    );
+    e.header(&c::SPOOL_RECORDS);
+    e.sample(&c::SPOOL_RECORDS, &[], Value::U(s.records));
+    e.header(&c::SPOOL_REPLAYED);
+    e.sample(&c::SPOOL_REPLAYED, &[], Value::U(s.replayed));
     e.header(&c::PENDING);
     e.sample(&c::PENDING, &[], Value::U(health.pending));
     e.header(&c::CONNECTIONS_OPEN);

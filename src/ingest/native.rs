@@ -3,7 +3,8 @@
 //! One JSON object, a JSON array of objects, or NDJSON; gzip or zstd. Each record is validated
 //! on its own, so a batch is accepted in part: the answer lists the index, field and reason of
 //! every rejected record (up to [`MAX_LISTED_ERRORS`]). Accepted records are queued without
-//! waiting; a full queue answers 503 with `Retry-After` and takes nothing.
+//! waiting (with `durability: spool`, after their group's `fdatasync`); a full queue or spool
+//! answers 503 with `Retry-After` and takes nothing.
 
 use std::sync::Arc;
 
@@ -17,9 +18,10 @@ use serde_json::value::RawValue;
 use crate::api::ApiError;
 use crate::clock::now_ms;
 use crate::health::{Health, RequestReject, Source};
-use crate::pipeline::{Overloaded, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::price::PriceTable;
 use crate::record::{Event, RecordError, Validation, parse_array, parse_event};
+use crate::spool::{Refusal, Spool};
 
 /// Most per-record errors listed in one answer (all are counted).
 pub const MAX_LISTED_ERRORS: usize = 100;
@@ -29,6 +31,8 @@ pub const MAX_LISTED_ERRORS: usize = 100;
 pub struct NativeIngest {
     /// Where accepted events go.
     pub pipeline: Pipeline,
+    /// With `durability: spool`: accepted events go through it (on disk before the answer).
+    pub spool: Option<Spool>,
     /// Health counters.
     pub health: Arc<Health>,
     /// Limits.
@@ -238,13 +242,21 @@ async fn handle(
     }
     let accepted = events.len();
     if accepted > 0 {
-        ingest.pipeline.try_submit(events).map_err(|e| {
+        let submitted = match &ingest.spool {
+            None => ingest.pipeline.try_submit(events).map_err(Refusal::from),
+            Some(spool) => spool.submit(events).await,
+        };
+        submitted.map_err(|e| {
             let message = match e {
-                Overloaded::QueueFull => {
-                    "the ingest queue is full; nothing was taken, retry after 1 s"
-                }
-                Overloaded::ShuttingDown => {
+                Refusal::QueueFull => "the ingest queue is full; nothing was taken, retry after 1 s",
+                Refusal::ShuttingDown => {
                     "the server is shutting down; nothing was taken, retry against another instance"
+                }
+                Refusal::Full => {
+                    "the durable spool is full (the stores are behind); nothing was taken, retry after 1 s"
+                }
+                Refusal::Failed => {
+                    "the durable spool could not write to disk; nothing was taken, retry after 1 s"
                 }
             };
             (
@@ -339,6 +351,7 @@ mod tests {
         );
         let ingest = NativeIngest {
             pipeline,
+            spool: None,
             health: health.clone(),
             config: IngestConfig {
                 max_body_bytes: 1 << 20,

@@ -48,6 +48,17 @@ impl RequestLog for FanOut {
         result
     }
 
+    /// True when every sink confirms.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let mut all = true;
+            for sink in &self.sinks {
+                all &= sink.sync().await;
+            }
+            all
+        })
+    }
+
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             for sink in &self.sinks {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::aggregate::{Aggregates, Latencies, ScopeKey};
 use crate::record::Label;
+use crate::store::StoreError;
 
 /// Width of one latency time slot, ms. A window of W seconds merges the slots that cover the
 /// last W seconds plus the current, partly filled slot (W to W+10 s of data).
@@ -81,6 +82,30 @@ pub trait LiveStore: Send + Sync + 'static {
     fn view(&self, now_ms: i64) -> Arc<FleetView>;
     /// Whether the backend is reachable.
     fn is_up(&self) -> bool;
+    /// [`apply`](Self::apply), with the spool position of the last event in `deltas`
+    /// (durable acknowledgement). A store that outlives the process keeps the highest position
+    /// per `spool` together with the deltas, atomically, so that a replay after a crash can skip
+    /// what it already holds ([`spooled_position`](Self::spooled_position)). Default: `apply`.
+    fn apply_spooled(&self, deltas: Aggregates, now_ms: i64, spool: &str, pos: u64) {
+        let _ = (spool, pos);
+        self.apply(deltas, now_ms);
+    }
+    /// The highest position [`apply_spooled`](Self::apply_spooled) made durable for `spool`,
+    /// read at start before the replay; `None` for a store that does not outlive the process
+    /// (memory: a restarted process counts everything replayed). Default: `None`.
+    fn spooled_position<'a>(
+        &'a self,
+        spool: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send + 'a>> {
+        let _ = spool;
+        Box::pin(async { Ok(None) })
+    }
+    /// Resolves to true once every delta applied before the call is where a restarted process
+    /// finds it again — or, for a store that does not outlive the process (memory), at once:
+    /// the spool's checkpoint. Default: true.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
     /// Writes out whatever is still buffered (graceful shutdown, after the last `apply`).
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})

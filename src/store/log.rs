@@ -21,6 +21,13 @@ pub trait RequestLog: Send + Sync + 'static {
     /// store may be away bounds the wait and says by how much.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
+    /// Resolves to true once every record submitted before the call is written (the spool's
+    /// checkpoint); false if that cannot be told now (queue full, closing). Default: true (a
+    /// sink that keeps nothing, or that the spool does not cover, like the OTLP log export).
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
+
     /// [`close`](Self::close), giving up after `limit`; what is then unwritten is counted as
     /// dropped by backends that can count it (the SQL log does). Default: `close` cut off.
     fn close_within(&self, limit: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

@@ -29,7 +29,7 @@ pub mod settings;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -124,6 +124,10 @@ struct Local {
     namespaces: BTreeSet<Label>,
     /// Requests since the last batch, per namespace (heartbeat counters).
     ns_requests: HashMap<Label, u64>,
+    /// The durable spool's id and the position of the last event in the deltas (with the
+    /// spool on); sent with the next batch while `spool_dirty`.
+    spool: Option<(String, u64)>,
+    spool_dirty: bool,
 }
 
 fn scopes_of(deltas: &Aggregates) -> impl Iterator<Item = (HistScope, &Latencies)> {
@@ -138,6 +142,8 @@ fn scopes_of(deltas: &Aggregates) -> impl Iterator<Item = (HistScope, &Latencies
 /// One frozen flush: the arguments of one script call.
 struct Batch {
     seq: u64,
+    /// `applies` when it was frozen: the batch carries every delta applied before.
+    applies: u64,
     marker: String,
     args: Vec<Vec<u8>>,
 }
@@ -189,6 +195,10 @@ struct Shared {
     script: redis::Script,
     /// Set by `close`: the flush task sends what is left and stops.
     closing: watch::Sender<bool>,
+    /// `apply` calls with deltas so far (counted under `local`'s lock).
+    applies: AtomicU64,
+    /// The `applies` of the last batch Redis took (`sync` waits on it).
+    flushed: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,6 +249,8 @@ impl RedisStore {
             health,
             script: redis::Script::new(FLUSH_SCRIPT),
             closing,
+            applies: AtomicU64::new(0),
+            flushed: watch::channel(0).0,
         });
         let flush_task = tokio::spawn(flush_loop(shared.clone()));
         let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
@@ -279,53 +291,46 @@ impl LiveStore for RedisStore {
         if deltas.is_empty() {
             return;
         }
-        let slot = now_ms.div_euclid(SLOT_MS);
-        let (day, month) = (utc_day(now_ms), utc_month(now_ms));
         let mut l = lock(&self.shared.local);
-        let l = &mut *l;
-        let m = l.slots.entry(slot).or_default();
-        m.unsent += deltas.global.requests;
-        for (scope, lat) in scopes_of(&deltas) {
-            if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
-                m.scopes.entry(scope).or_default().merge(lat);
-                m.dirty = true;
+        self.shared.applies.fetch_add(1, Relaxed);
+        merge_local(&mut l, &deltas, now_ms);
+    }
+
+    /// The position joins the deltas under the same lock, so a batch carries both or neither.
+    fn apply_spooled(&self, deltas: Aggregates, now_ms: i64, spool: &str, pos: u64) {
+        let mut l = lock(&self.shared.local);
+        self.shared.applies.fetch_add(1, Relaxed);
+        match &mut l.spool {
+            Some((id, p)) if id.as_str() == spool => {
+                if pos > *p {
+                    *p = pos;
+                    l.spool_dirty = true;
+                }
+            }
+            _ => {
+                l.spool = Some((spool.to_string(), pos));
+                l.spool_dirty = true;
             }
         }
-        let k = &mut l.keys;
-        if k.day != day {
-            k.day = day;
-            k.today.clear();
+        if !deltas.is_empty() {
+            merge_local(&mut l, &deltas, now_ms);
         }
-        if k.month != month {
-            k.month = month;
-            k.this_month.clear();
-        }
-        for (scope, v) in &deltas.scopes {
-            match scope {
-                ScopeKey::Namespace(ns) => {
-                    if !l.namespaces.contains(ns) {
-                        l.namespaces.insert(ns.clone());
-                    }
-                    *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
-                    l.seed
-                        .scopes
-                        .entry(scope.clone())
-                        .or_default()
-                        .merge(&counters(v));
-                }
-                ScopeKey::Key(key) if v.requests > 0 => {
-                    *k.today.entry(key.clone()).or_insert(0) += v.requests;
-                    *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
-                }
-                _ => {}
-            }
-        }
-        l.seed.global.merge(&counters(&deltas.global));
-        if deltas.global.requests > 0 {
-            l.last_request_ms = l.last_request_ms.max(now_ms);
-        }
-        l.state.merge(&deltas);
-        l.dirty = true;
+    }
+
+    fn spooled_position<'a>(
+        &'a self,
+        spool: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut con = connection(&self.shared.cfg)?;
+            let key = self.shared.keys.spool(spool);
+            let pos: Option<u64> = bounded(
+                &self.shared.cfg,
+                redis::cmd("GET").arg(&key).query_async(&mut con),
+            )
+            .await?;
+            Ok(Some(pos.unwrap_or(0)))
+        })
     }
 
     fn view(&self, _now_ms: i64) -> Arc<FleetView> {
@@ -334,6 +339,16 @@ impl LiveStore for RedisStore {
 
     fn is_up(&self) -> bool {
         self.shared.flush_ok.load(Relaxed) && self.shared.read_ok.load(Relaxed)
+    }
+
+    /// Waits until a batch carrying every delta applied so far is in Redis (however long
+    /// Redis is away); false if the store closed first.
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let target = self.shared.applies.load(Relaxed);
+            let mut flushed = self.shared.flushed.subscribe();
+            flushed.wait_for(|f| *f >= target).await.is_ok()
+        })
     }
 
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -345,6 +360,55 @@ impl LiveStore for RedisStore {
             }
         })
     }
+}
+
+/// Merges one flush of deltas into this writer's local state (under `local`'s lock).
+fn merge_local(l: &mut Local, deltas: &Aggregates, now_ms: i64) {
+    let slot = now_ms.div_euclid(SLOT_MS);
+    let (day, month) = (utc_day(now_ms), utc_month(now_ms));
+    let m = l.slots.entry(slot).or_default();
+    m.unsent += deltas.global.requests;
+    for (scope, lat) in scopes_of(deltas) {
+        if !(lat.duration.is_empty() && lat.ttfb.is_empty()) {
+            m.scopes.entry(scope).or_default().merge(lat);
+            m.dirty = true;
+        }
+    }
+    let k = &mut l.keys;
+    if k.day != day {
+        k.day = day;
+        k.today.clear();
+    }
+    if k.month != month {
+        k.month = month;
+        k.this_month.clear();
+    }
+    for (scope, v) in &deltas.scopes {
+        match scope {
+            ScopeKey::Namespace(ns) => {
+                if !l.namespaces.contains(ns) {
+                    l.namespaces.insert(ns.clone());
+                }
+                *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
+                l.seed
+                    .scopes
+                    .entry(scope.clone())
+                    .or_default()
+                    .merge(&counters(v));
+            }
+            ScopeKey::Key(key) if v.requests > 0 => {
+                *k.today.entry(key.clone()).or_insert(0) += v.requests;
+                *k.this_month.entry(key.clone()).or_insert(0) += v.requests;
+            }
+            _ => {}
+        }
+    }
+    l.seed.global.merge(&counters(&deltas.global));
+    if deltas.global.requests > 0 {
+        l.last_request_ms = l.last_request_ms.max(now_ms);
+    }
+    l.state.merge(deltas);
+    l.dirty = true;
 }
 
 /// The counters of a scope, without its histograms (seed keys need no latency).
@@ -367,10 +431,12 @@ struct Frozen {
     keys: Option<(i64, Vec<u8>, i64, Vec<u8>)>,
     namespaces: Vec<Label>,
     ns_requests: HashMap<Label, u64>,
+    spool: Option<(String, u64)>,
 }
 
-fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
+fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
     let mut l = lock(&shared.local);
+    let applies = shared.applies.load(Relaxed);
     let l = &mut *l;
     // Slots that left every window are dropped; records not yet sent in them are counted.
     let oldest = now.div_euclid(SLOT_MS) - window_slots() + 1;
@@ -397,7 +463,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
     l.slots = l.slots.split_off(&settled);
     let dirty = std::mem::take(&mut l.dirty) || rewrite;
     let k = &l.keys;
-    Frozen {
+    let frozen = Frozen {
         seed: std::mem::take(&mut l.seed),
         last_request_ms: std::mem::take(&mut l.last_request_ms),
         // A writer that counted nothing writes no blob (nothing to retire later either).
@@ -413,7 +479,13 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
         }),
         namespaces: l.namespaces.iter().cloned().collect(),
         ns_requests: std::mem::take(&mut l.ns_requests),
-    }
+        spool: if std::mem::take(&mut l.spool_dirty) {
+            l.spool.clone()
+        } else {
+            None
+        },
+    };
+    (frozen, applies)
 }
 
 /// Freezes everything pending into one batch: this writer's cumulative blobs (idempotent
@@ -421,7 +493,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> Frozen {
 fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let f = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
+    let (f, applies) = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
     let mut ops = Ops {
         args: vec![
             MARKER_TTL_SECS.to_string().into_bytes(),
@@ -429,6 +501,14 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         ],
     };
     let writer = shared.writer.as_str();
+    if let Some((spool, pos)) = &f.spool {
+        // In the same script as the deltas: Redis holds both or neither.
+        ops.op(&[
+            b"M",
+            keys.spool(spool).as_bytes(),
+            pos.to_string().as_bytes(),
+        ]);
+    }
     if let Some(blob) = &f.state {
         ops.hset(&keys.state(), writer, blob);
     }
@@ -500,6 +580,7 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
 
     Batch {
         seq,
+        applies,
         marker: keys.flush_marker(writer),
         args: ops.args,
     }
@@ -598,6 +679,11 @@ async fn flush_once(
                 );
             }
             set_up(shared, Task::Flush, true, None);
+            shared.flushed.send_if_modified(|f| {
+                let newer = batch.applies > *f;
+                *f = (*f).max(batch.applies);
+                newer
+            });
             Ok(())
         }
         Err(e) => {

@@ -597,7 +597,7 @@ impl SqlLog {
         .await;
         if flushed.is_err() {
             self.inner.abandon.notify_one();
-            // The writer answers every waiting flush as it stops (ours too, if it was queued).
+            // The writer drops every waiting flush as it stops (ours too, if it was queued).
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
     }
@@ -722,6 +722,15 @@ impl RequestLog for SqlLog {
     }
 
     /// Bounded by [`CLOSE_TIMEOUT`].
+    /// A flush marker behind everything queued; false if the queue cannot take it now or the
+    /// writer gave up (closing deadline).
+    fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let (ack, rx) = oneshot::channel();
+            self.inner.tx.try_send(writer::Msg::Flush(ack)).is_ok() && rx.await.is_ok()
+        })
+    }
+
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(SqlLog::close_within(self, CLOSE_TIMEOUT))
     }

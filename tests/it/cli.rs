@@ -216,3 +216,26 @@ async fn rollup_rebuild_fills_the_rollups_of_an_existing_log() {
     assert_eq!(raw.0, 2000);
     assert_eq!(totals(ROLLED).await, raw, "every row rolled up once");
 }
+
+/// A SIGTERM right after the server logs that it listens gets the graceful exit (0), not the
+/// default action of a signal nobody handles yet. Repeated: the window was short.
+#[test]
+fn sigterm_right_after_listening_exits_0() {
+    for _ in 0..10 {
+        let mut server = ServerProcess::spawn(
+            Command::new(env!("CARGO_BIN_EXE_gatemeter"))
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .env("GATEMETER_LOG_STORE", "none")
+                .env_remove("GATEMETER_DATABASE_URL")
+                .env_remove("GATEMETER_REDIS_URL")
+                .env_remove("GATEMETER_DURABILITY"),
+        );
+        let ok = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let exit = server.child.wait().expect("wait");
+        assert!(exit.success(), "exits 0 after SIGTERM: {exit:?}");
+    }
+}

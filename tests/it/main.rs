@@ -19,4 +19,5 @@ mod redis_server;
 mod scrape_config;
 mod series_budget;
 mod slow_clients;
+mod spool;
 mod sql_log;

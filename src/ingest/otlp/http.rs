@@ -38,7 +38,9 @@ use crate::otlp::decode::{self, Encoding};
 use crate::otlp::scan;
 use crate::pipeline::Pipeline;
 use crate::price::PriceTable;
+use crate::record::Event;
 use crate::record::Validation;
+use crate::spool::Spool;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error answers (not part of opentelemetry-proto).
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -61,6 +63,8 @@ const RETRY_AFTER_SECS: u32 = 1;
 pub struct OtlpIngest {
     /// Where request records go.
     pub pipeline: Pipeline,
+    /// With `durability: spool`: request records go through it (on disk before the answer).
+    pub spool: Option<Spool>,
     /// Where Claude Code metric points and tool events go.
     pub claude_code: ClaudeCode,
     /// Item and request counters.
@@ -241,11 +245,11 @@ impl OtlpIngest {
                 if enc == Encoding::Protobuf
                     && let Some(view) = scan::logs(&bytes)
                 {
-                    return self.logs(enc, &view);
+                    return self.logs(enc, &view).await;
                 }
                 let req: ExportLogsServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.logs(enc, &scan::view(&req))
+                self.logs(enc, &scan::view(&req)).await
             }
             Signal::Metrics => {
                 let req: ExportMetricsServiceRequest =
@@ -274,7 +278,24 @@ impl OtlpIngest {
         }
     }
 
-    fn logs(&self, enc: Encoding, req: &[scan::ResourceLogsRef<'_>]) -> Result<Vec<u8>, Refusal> {
+    /// Queues request records: straight into the pipeline, or through the spool.
+    async fn submit(&self, events: Vec<Event>) -> Result<(), Refusal> {
+        match &self.spool {
+            None => self.pipeline.try_submit(events).map_err(|_| overloaded()),
+            Some(spool) => spool.submit(events).await.map_err(|r| {
+                Refusal::new(
+                    RequestReject::Overloaded,
+                    format!("{r}; nothing was taken, retry after the Retry-After delay"),
+                )
+            }),
+        }
+    }
+
+    async fn logs(
+        &self,
+        enc: Encoding,
+        req: &[scan::ResourceLogsRef<'_>],
+    ) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
@@ -288,9 +309,7 @@ impl OtlpIngest {
             Some(self.claude_code.reserve().ok_or_else(overloaded)?)
         };
         let records = out.events.len() as u64;
-        if self.pipeline.try_submit(out.events).is_err() {
-            return Err(overloaded());
-        }
+        self.submit(out.events).await?;
         if let Some(slot) = slot {
             slot.send(out.inputs);
         }
@@ -416,6 +435,7 @@ mod tests {
         );
         let state = Arc::new(OtlpIngest {
             pipeline,
+            spool: None,
             claude_code,
             diagnostics: diagnostics.clone(),
             health: health.clone(),

@@ -56,6 +56,11 @@ impl Keys {
         self.key(&format!("gatemeter:flush:{writer}"))
     }
 
+    /// The highest durable-spool position whose deltas Redis holds, per spool.
+    pub fn spool(&self, spool: &str) -> String {
+        self.key(&format!("gatemeter:spool:{spool}"))
+    }
+
     /// API key calls per key in one UTC day (`day` = days since the epoch).
     pub fn key_calls_day(&self, day: i64) -> String {
         self.key(&format!("gatemeter:apikey:calls:day:{day}"))
