@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs missing system tools when root, then format check,
 # clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
-# and the exposition checks of a live server with promtool. Tests that need Redis or PostgreSQL
+# the exposition checks of a live server with promtool, and schemathesis against the API's
+# OpenAPI document on a live server (scripts/api-fuzz.sh). Tests that need Redis or PostgreSQL
 # get throwaway servers started here (scripts/services.sh) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ missing=()
 have promtool || missing+=(prometheus)  # promtool ships in Debian's prometheus package
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # for schemathesis
 have redis-server || missing+=(redis-server)
 [ -n "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || missing+=(postgresql)
 if ((${#missing[@]})); then
@@ -84,5 +86,8 @@ echo "promtool check metrics: clean ($(grep -vc '^#' "$tmp/metrics.txt") samples
 
 say "promtool check config prometheus/prometheus.yml"
 promtool check config prometheus/prometheus.yml
+
+say "schemathesis against /api/v1/openapi.json on a live server (scripts/api-fuzz.sh)"
+./scripts/api-fuzz.sh
 
 say "all checks passed"
