@@ -66,12 +66,7 @@ say "exposition checks: promtool on a live server fed by the demo traffic"
 cargo build --quiet --bin gatemeter
 ./target/debug/gatemeter demo --listen 127.0.0.1:0 --rate 200 >"$tmp/demo.log" 2>&1 &
 pids+=($!)
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/demo.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
+addr=$(logged_addr "$tmp/demo.log")
 [ -n "$addr" ] || { cat "$tmp/demo.log"; echo "demo server did not start" >&2; exit 1; }
 sleep 3
 curl -fsS "http://$addr/metrics" >"$tmp/metrics.txt"
