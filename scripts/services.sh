@@ -25,6 +25,18 @@ as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Prints the address a gatemeter logged (`addr=IP:PORT`) in the file $1, waiting up to 10 s;
+# prints nothing if it never did.
+logged_addr() {
+  local addr=""
+  for _ in $(seq 1 100); do
+    addr=$(sed -n 's/.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$1" | head -n1)
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  echo "$addr"
+}
+
 start_redis() {
   local port
   port=$(free_port)

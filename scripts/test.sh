@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs missing system tools when root, then format check,
 # clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
-# and the exposition checks of a live server with promtool. Tests that need Redis or PostgreSQL
+# the exposition checks of a live server with promtool, and schemathesis against the API's
+# OpenAPI document on a live server (scripts/api-fuzz.sh). Tests that need Redis or PostgreSQL
 # get throwaway servers started here (scripts/services.sh) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ have amtool || missing+=(prometheus-alertmanager)  # and amtool with the alertma
 have docker-compose || missing+=(docker-compose)
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # for schemathesis
 have redis-server || missing+=(redis-server)
 [ -n "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || missing+=(postgresql)
 if ((${#missing[@]})); then
@@ -97,5 +99,8 @@ docker-compose config -q
 
 say "end to end: demo traffic -> Prometheus -> every dashboard query; a failing provider -> Alertmanager -> webhook"
 scripts/e2e-assets.sh target/debug/gatemeter
+
+say "schemathesis against /api/v1/openapi.json on a live server (scripts/api-fuzz.sh)"
+./scripts/api-fuzz.sh
 
 say "all checks passed"

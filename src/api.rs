@@ -1,6 +1,7 @@
 //! HTTP surface shared by every endpoint: the one API error type and its JSON response,
 //! plus the orchestration endpoints (`/healthz`, `/readyz`). Submodules: [`auth`] (roles from
-//! bearer tokens) and [`logs`] (request-log queries, usage CSV export, audit trail).
+//! bearer tokens), [`logs`] (request-log queries, usage CSV export, audit trail), [`analytics`]
+//! and [`openapi`] (the OpenAPI 3.1 document of every `/api/v1` route).
 //!
 //! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
 //! logged as errors; internal failures answer a generic 500 and are logged once.
@@ -16,6 +17,7 @@ use crate::pipeline::Pipeline;
 pub mod analytics;
 pub mod auth;
 pub mod logs;
+pub mod openapi;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +88,43 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer: `{"error": "<code>", "message": "..."}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Stable code, e.g. `invalid_parameter`, `unknown_parameter`, `unauthorized`, `forbidden`,
+    /// `not_found`, `needs_request_log`, `unavailable`.
     error: &'a str,
+    /// What is wrong, for people (names the parameter at fault).
     message: &'a str,
 }
+
+/// The errors every query route may answer (OpenAPI responses).
+#[derive(utoipa::IntoResponses)]
+pub enum QueryErrors {
+    /// A parameter is unknown, repeated, empty or malformed; `message` names it.
+    #[response(status = 400)]
+    BadRequest(ErrorBody<'static>),
+    /// No `Authorization: Bearer` token, or an unknown one.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    Unauthorized(ErrorBody<'static>),
+    /// The token's role may not use this route (an ingest or metrics token; a user token on
+    /// an admin route).
+    #[response(status = 403)]
+    Forbidden(ErrorBody<'static>),
+    /// The request log is unavailable; retry later.
+    #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait")))]
+    Unavailable(ErrorBody<'static>),
+}
+
+/// The record, session or key asked for does not exist (or is not the caller's).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404)]
+pub struct NotFoundError(pub ErrorBody<'static>);
+
+/// Analytics need the request log with its rollups (`log_store.kind: sqlite | postgres`).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 501)]
+pub struct NeedsLogError(pub ErrorBody<'static>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

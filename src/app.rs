@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use crate::api::analytics::{self, AnalyticsApi};
 use crate::api::auth::{Access, Auth};
 use crate::api::logs::{self, LogApi};
+use crate::api::openapi;
 use crate::claude_code::task::ClaudeCode;
 use crate::config::{Config, LiveStoreKind};
 use crate::export::analytics::AnalyticsGauges;
@@ -178,14 +179,16 @@ impl App {
             pipeline: pipeline.clone(),
             config: config.analytics.clone(),
         };
-        router = router.merge(analytics::routes(analytics, &auth));
+        // Every /api/v1 route, described: the document at /api/v1/openapi.json is theirs.
+        let mut v1 = analytics::routes(analytics, &auth);
         if let Some(log) = sql {
             let api = LogApi {
                 log,
                 export_max_rows: config.export_max_rows,
             };
-            router = router.merge(logs::routes(api, &auth));
+            v1 = v1.merge(logs::routes(api, &auth));
         }
+        router = router.merge(openapi::serve(v1, &auth));
         Ok(Self {
             listener,
             router,

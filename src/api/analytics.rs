@@ -17,17 +17,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::aggregate::ScopeKey;
-use crate::api::ApiError;
 use crate::api::auth::{Access, Auth, Principal};
 use crate::api::logs::{bad, params, parse_num, store_error};
+use crate::api::{ApiError, NeedsLogError, NotFoundError, QueryErrors};
 use crate::calendar::{Period, Zone};
 use crate::clock::now_ms;
 use crate::export::usage_csv::format_micros;
@@ -84,18 +86,216 @@ pub struct AnalyticsApi {
     pub config: AnalyticsConfig,
 }
 
-/// The routes, behind the query role (admins and users).
-pub fn routes(api: AnalyticsApi, auth: &Auth) -> Router {
-    let r = Router::new()
-        .route("/api/v1/leaderboard", get(leaderboard))
-        .route("/api/v1/sessions", get(sessions))
-        .route("/api/v1/sessions/{id}", get(session))
-        .route("/api/v1/availability", get(availability))
-        .route("/api/v1/overview", get(overview))
-        .route("/api/v1/keys", get(keys))
-        .route("/api/v1/keys/{key}", get(key))
+/// The routes, behind the query role (admins and users), with their OpenAPI description (a
+/// route is added only through `routes!`, which takes its path from `#[utoipa::path]`).
+pub fn routes(api: AnalyticsApi, auth: &Auth) -> OpenApiRouter {
+    let r = OpenApiRouter::new()
+        .routes(routes!(leaderboard))
+        .routes(routes!(sessions))
+        .routes(routes!(session))
+        .routes(routes!(availability))
+        .routes(routes!(overview))
+        .routes(routes!(keys))
+        .routes(routes!(key))
         .with_state(Arc::new(api));
-    auth.guard(r, Access::Query)
+    auth.guard_documented(r, Access::Query)
+}
+
+// The closed parameter values, for the OpenAPI document (the handlers match the same words).
+
+/// What a leaderboard ranks.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum Scope {
+    /// Users (`user_id`, else user name).
+    User,
+    /// Gateway keys.
+    Key,
+    /// Providers, with success rate, latency and the models used.
+    Provider,
+    /// Models as asked for (`original_model`), with the models actually used.
+    Model,
+}
+
+/// A leaderboard's order.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum Sort {
+    /// Cost, highest first.
+    Cost,
+    /// Requests.
+    Requests,
+    /// Tokens of every type.
+    Tokens,
+}
+
+/// A period in `analytics.time_zone`; `custom` takes `from` and `to`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum PeriodName {
+    /// Since midnight.
+    Today,
+    /// Since Monday (ISO week).
+    Week,
+    /// Since the first of the month.
+    Month,
+    /// `[from, to)`.
+    Custom,
+}
+
+/// Active (a request in the last `analytics.session_active_secs`) or not.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SessionState {
+    /// Recently active.
+    Active,
+    /// Not recently active.
+    Inactive,
+}
+
+/// An availability window ending now; `custom` takes `from` and `to` (at most 93 days).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum Window {
+    /// The last hour.
+    #[schema(rename = "1h")]
+    H1,
+    /// The last 6 hours.
+    #[schema(rename = "6h")]
+    H6,
+    /// The last 24 hours.
+    #[schema(rename = "24h")]
+    H24,
+    /// The last 7 days.
+    #[schema(rename = "7d")]
+    D7,
+    /// `[from, to)`.
+    #[schema(rename = "custom")]
+    Custom,
+}
+
+/// Bucket width of an availability series; `auto` picks 1m, 5m, 15m or 1h by the window.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum BucketWidth {
+    /// By the window: ≤ 1 h → 1m, ≤ 6 h → 5m, ≤ 24 h → 15m, else 1h.
+    #[schema(rename = "auto")]
+    Auto,
+    /// One minute.
+    #[schema(rename = "1m")]
+    M1,
+    /// Five minutes.
+    #[schema(rename = "5m")]
+    M5,
+    /// Fifteen minutes.
+    #[schema(rename = "15m")]
+    M15,
+    /// One hour.
+    #[schema(rename = "1h")]
+    H1,
+}
+
+/// A provider's colour.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StatusColour {
+    /// At least 50 % of the window's requests succeeded.
+    Green,
+    /// Less than 50 %.
+    Red,
+    /// No request in the last 15 minutes.
+    Unknown,
+}
+
+/// Where API key stats come from.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum KeySource {
+    /// Fleet-wide totals since the live store began (admins).
+    LiveStore,
+    /// A user's own requests that the log still holds (user tokens).
+    RequestLog,
+}
+
+/// `period`, `from`, `to` (OpenAPI only: the handlers parse the query strictly themselves).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RangeParams {
+    /// Default `today`.
+    #[param(inline)]
+    period: Option<PeriodName>,
+    /// With `period=custom` only (and then required): start, epoch ms.
+    #[param(minimum = 0, maximum = 253_402_300_799_999_i64)]
+    from: Option<i64>,
+    /// With `period=custom` only (and then required): end, epoch ms, exclusive, after `from`.
+    #[param(minimum = 0, maximum = 253_402_300_799_999_i64)]
+    to: Option<i64>,
+}
+
+/// The parameters of `GET /api/v1/leaderboard` besides the range.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LeaderboardParams {
+    /// Default `user`.
+    #[param(inline)]
+    scope: Option<Scope>,
+    /// Default `cost`.
+    #[param(inline)]
+    sort: Option<Sort>,
+    /// Lines at most (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The parameters of `GET /api/v1/sessions`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct SessionParams {
+    /// Default `active`.
+    #[param(inline)]
+    state: Option<SessionState>,
+    /// Sessions per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// The parameters of `GET /api/v1/availability`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AvailabilityParams {
+    /// Only this provider.
+    #[param(min_length = 1)]
+    provider: Option<String>,
+    /// Only this model (implies `by_model`).
+    #[param(min_length = 1)]
+    model: Option<String>,
+    /// One series per provider and model (default `false`).
+    by_model: Option<bool>,
+    /// Default `24h`.
+    #[param(inline)]
+    window: Option<Window>,
+    /// With `window=custom` only (and then required): start, epoch ms.
+    #[param(minimum = 0, maximum = 253_402_300_799_999_i64)]
+    from: Option<i64>,
+    /// With `window=custom` only (and then required): end, epoch ms, exclusive, after `from`.
+    #[param(minimum = 0, maximum = 253_402_300_799_999_i64)]
+    to: Option<i64>,
+    /// Default `auto`; at most 2000 buckets per answer.
+    #[param(inline)]
+    bucket: Option<BucketWidth>,
 }
 
 type Q = Result<Query<Vec<(String, String)>>, QueryRejection>;
@@ -112,7 +312,7 @@ impl AnalyticsApi {
 }
 
 /// Tokens by type.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, utoipa::ToSchema, Serialize, PartialEq, Eq)]
 pub struct TokenTotals {
     input: i64,
     output: i64,
@@ -137,7 +337,7 @@ impl From<&Counts> for TokenTotals {
 }
 
 /// The totals every answer shares.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Totals {
     requests: i64,
     successes: i64,
@@ -170,7 +370,7 @@ impl From<&Counts> for Totals {
 }
 
 /// Duration quantiles in ms (nearest rank, within 0.4 %).
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, utoipa::ToSchema, Serialize, Default)]
 pub struct Quantiles {
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
@@ -189,8 +389,9 @@ impl From<Option<&Dist>> for Quantiles {
 }
 
 /// `[from, to)` and how it was chosen.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, utoipa::ToSchema, Serialize, Clone)]
 pub struct Range {
+    #[schema(inline, value_type = PeriodName)]
     period: &'static str,
     from: i64,
     to: i64,
@@ -262,7 +463,7 @@ fn limit(p: &HashMap<String, String>) -> Result<i64, ApiError> {
 }
 
 /// One line of a leaderboard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Line {
     rank: usize,
     name: String,
@@ -277,16 +478,18 @@ pub struct Line {
 }
 
 /// A model under a provider or a requested model, with its requests.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct ModelShare {
     model: String,
     requests: i64,
 }
 
 /// A leaderboard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Leaderboard {
+    #[schema(inline, value_type = Scope)]
     scope: &'static str,
+    #[schema(inline, value_type = Sort)]
     sort: &'static str,
     #[serde(flatten)]
     range: Range,
@@ -296,6 +499,11 @@ pub struct Leaderboard {
 }
 
 /// `GET /api/v1/leaderboard`.
+#[utoipa::path(get, path = "/api/v1/leaderboard", tag = "analytics",
+    summary = "Users, keys, providers or models ranked over a period",
+    params(LeaderboardParams, RangeParams),
+    responses((status = 200, description = "The leaderboard", body = Leaderboard),
+        QueryErrors, NeedsLogError))]
 pub async fn leaderboard(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -388,7 +596,7 @@ pub async fn leaderboard(
 }
 
 /// One bucket of a provider's availability.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Bucket {
     start: i64,
     requests: i64,
@@ -402,12 +610,13 @@ pub struct Bucket {
 }
 
 /// A provider's (or provider and model's) availability.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct ProviderAvailability {
     provider: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     /// `green` (≥ 50 % over the window), `red` (< 50 %), `unknown` (no request in 15 min).
+    #[schema(inline, value_type = StatusColour)]
     status: &'static str,
     requests: i64,
     availability: Option<f64>,
@@ -420,8 +629,9 @@ pub struct ProviderAvailability {
 }
 
 /// The availability answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Availability {
+    #[schema(inline, value_type = Window)]
     window: &'static str,
     from: i64,
     to: i64,
@@ -452,6 +662,11 @@ pub fn status(successes: i64, requests: i64, last_seen: Option<i64>, now: i64) -
 }
 
 /// `GET /api/v1/availability`.
+#[utoipa::path(get, path = "/api/v1/availability", tag = "analytics",
+    summary = "Per provider (and model): buckets of availability, latency and errors; a colour",
+    params(AvailabilityParams),
+    responses((status = 200, description = "Availability by provider", body = Availability),
+        QueryErrors, NeedsLogError))]
 pub async fn availability(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -604,7 +819,7 @@ pub async fn availability(
 }
 
 /// The overview answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct Overview {
     #[serde(flatten)]
     range: Range,
@@ -621,6 +836,11 @@ pub struct Overview {
 }
 
 /// `GET /api/v1/overview`.
+#[utoipa::path(get, path = "/api/v1/overview", tag = "analytics",
+    summary = "Totals of a period (default today), active users and sessions",
+    params(RangeParams),
+    responses((status = 200, description = "The overview", body = Overview),
+        QueryErrors, NeedsLogError))]
 pub async fn overview(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -662,7 +882,7 @@ pub async fn overview(
 }
 
 /// A session in a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct SessionSummary {
     session_id: String,
     user: Option<String>,
@@ -687,8 +907,9 @@ fn summary(r: SessionRow, active_since: i64) -> SessionSummary {
 }
 
 /// A page of sessions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct SessionPage {
+    #[schema(inline, value_type = SessionState)]
     state: &'static str,
     active_secs: u64,
     sessions: Vec<SessionSummary>,
@@ -711,6 +932,11 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
 }
 
 /// `GET /api/v1/sessions`.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "analytics",
+    summary = "Active or inactive sessions, latest first, in pages",
+    params(SessionParams),
+    responses((status = 200, description = "A page of sessions", body = SessionPage),
+        QueryErrors, NeedsLogError))]
 pub async fn sessions(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -758,7 +984,7 @@ pub async fn sessions(
 }
 
 /// One request of a session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct SessionRequestOut {
     sequence: usize,
     log_id: i64,
@@ -770,7 +996,7 @@ pub struct SessionRequestOut {
 }
 
 /// A session's detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct SessionDetail {
     session_id: String,
     users: Vec<String>,
@@ -782,12 +1008,20 @@ pub struct SessionDetail {
     totals: Totals,
     providers: Vec<String>,
     models: Vec<String>,
-    requests: Vec<SessionRequestOut>,
+    /// The requests in order, oldest first (at most 10,000). Not `requests`: that is the
+    /// count of the flattened totals (a JSON object has each key once).
+    request_list: Vec<SessionRequestOut>,
     /// True when the session has more than the requests listed.
     requests_truncated: bool,
 }
 
 /// `GET /api/v1/sessions/{id}`.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "analytics",
+    summary = "One session: totals, providers, models and its requests in order",
+    params(("id" = String, Path, min_length = 1, max_length = 2048,
+        description = "Session id (at most 2048 bytes of UTF-8)")),
+    responses((status = 200, description = "The session", body = SessionDetail),
+        QueryErrors, NotFoundError, NeedsLogError))]
 pub async fn session(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -838,7 +1072,7 @@ pub async fn session(
         totals: (&counts).into(),
         providers: providers.into_iter().collect(),
         models: models.into_iter().collect(),
-        requests: requests
+        request_list: requests
             .into_iter()
             .enumerate()
             .map(|(i, r)| SessionRequestOut {
@@ -857,7 +1091,7 @@ pub async fn session(
 }
 
 /// API key stats.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct KeyStats {
     key: String,
     total_calls: u64,
@@ -871,10 +1105,11 @@ pub struct KeyStats {
 }
 
 /// The API key list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, utoipa::ToSchema, Serialize)]
 pub struct KeyList {
     /// `live_store` (fleet-wide totals since the store began) or `request_log` (a user's own
     /// requests that the log still holds).
+    #[schema(inline, value_type = KeySource)]
     source: &'static str,
     keys: Vec<KeyStats>,
 }
@@ -953,6 +1188,10 @@ async fn key_stats(api: &AnalyticsApi, who: &Principal) -> Result<KeyList, ApiEr
 }
 
 /// `GET /api/v1/keys`.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "analytics",
+    summary = "API key stats: calls (total, today, this month, UTC), tokens, cost, last use",
+    responses((status = 200, description = "Every key with requests", body = KeyList),
+        QueryErrors, NeedsLogError))]
 pub async fn keys(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,
@@ -963,6 +1202,11 @@ pub async fn keys(
 }
 
 /// `GET /api/v1/keys/{key}`.
+#[utoipa::path(get, path = "/api/v1/keys/{key}", tag = "analytics",
+    summary = "One API key's stats",
+    params(("key" = String, Path, min_length = 1, description = "Key name")),
+    responses((status = 200, description = "The key", body = KeyStats),
+        QueryErrors, NotFoundError, NeedsLogError))]
 pub async fn key(
     State(api): State<Arc<AnalyticsApi>>,
     Extension(who): Extension<Principal>,

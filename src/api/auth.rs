@@ -224,6 +224,21 @@ impl Auth {
         }
     }
 
+    /// [`Auth::guard`] for routes that carry their OpenAPI description.
+    pub fn guard_documented<S: Clone + Send + Sync + 'static>(
+        &self,
+        routes: utoipa_axum::router::OpenApiRouter<S>,
+        access: Access,
+    ) -> utoipa_axum::router::OpenApiRouter<S> {
+        if matches!(access, Access::Ingest | Access::Metrics) && self.is_open(access) {
+            return routes;
+        }
+        routes.route_layer(axum::middleware::from_fn_with_state(
+            (self.clone(), access),
+            guard,
+        ))
+    }
+
     /// Puts every route of `routes` behind `access`; handlers may take
     /// `Extension<Principal>`. Apply it to a whole group (e.g. every `/v1/*` ingest route).
     pub fn guard<S: Clone + Send + Sync + 'static>(

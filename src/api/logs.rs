@@ -13,20 +13,25 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use serde::Serialize;
 use tokio::sync::mpsc;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::api::ApiError;
 use crate::api::auth::{Access, Auth, Principal};
+use crate::api::{ApiError, NotFoundError, QueryErrors};
 use crate::export::usage_csv;
 use crate::store::StoreError;
-use crate::store::sql::{Cursor, ExportEnd, LogFilter, NewAudit, SqlLog};
+use crate::store::sql::{
+    AuditEntry, Cursor, ExportEnd, LogEntry, LogFilter, LogPage, NewAudit, SqlLog,
+};
 
 /// Default and largest page size of the log list.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -42,19 +47,95 @@ pub struct LogApi {
     pub export_max_rows: u64,
 }
 
-/// The routes, each behind its role check.
-pub fn routes(api: LogApi, auth: &Auth) -> Router {
+/// The routes, each behind its role check, with their OpenAPI description (a route is added
+/// only through `routes!`, which takes its path from the handler's `#[utoipa::path]`).
+pub fn routes(api: LogApi, auth: &Auth) -> OpenApiRouter {
     let state = Arc::new(api);
-    let query = Router::new()
-        .route("/api/v1/logs", get(list))
-        .route("/api/v1/logs/{id}", get(detail))
-        .route("/api/v1/export/usage.csv", get(usage_csv))
+    let query = OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
+        .routes(routes!(usage_csv))
         .with_state(state.clone());
-    let admin = Router::new()
-        .route("/api/v1/audit", get(audit))
+    let admin = OpenApiRouter::new()
+        .routes(routes!(audit))
         .with_state(state);
-    auth.guard(query, Access::Query)
-        .merge(auth.guard(admin, Access::Admin))
+    auth.guard_documented(query, Access::Query)
+        .merge(auth.guard_documented(admin, Access::Admin))
+}
+
+/// The filters of the log list and the usage export (OpenAPI only: the handlers parse the
+/// query strictly themselves, see [`params`]). Text is at most 2048 bytes (`maxLength` counts
+/// characters: a longer text is refused, a shorter one of wide characters may be too).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct FilterParams {
+    /// Requests that started at or after this time (epoch ms).
+    #[param(minimum = 0)]
+    from: Option<i64>,
+    /// Requests that started before this time (epoch ms, exclusive; after `from`).
+    #[param(minimum = 0)]
+    to: Option<i64>,
+    /// The user id (or user name of a record without one). A user token always sees its own.
+    #[param(min_length = 1, max_length = 2048)]
+    user: Option<String>,
+    /// Gateway key name.
+    #[param(min_length = 1, max_length = 2048)]
+    key: Option<String>,
+    /// Provider.
+    #[param(min_length = 1, max_length = 2048)]
+    provider: Option<String>,
+    /// Model actually used.
+    #[param(min_length = 1, max_length = 2048)]
+    model: Option<String>,
+    /// API path.
+    #[param(min_length = 1, max_length = 2048)]
+    endpoint: Option<String>,
+    /// Final status code (0: no response).
+    #[param(minimum = 0, maximum = 999)]
+    status: Option<u16>,
+    /// Leave out status 200 (`true`, `false`, `1`, `0`).
+    exclude_200: Option<bool>,
+    /// Session id.
+    #[param(min_length = 1, max_length = 2048)]
+    session_id: Option<String>,
+    /// At least this many provider switches (a `u32`).
+    #[param(minimum = 0, maximum = 4_294_967_295_i64)]
+    min_retry_count: Option<i64>,
+}
+
+/// Paging of the log list.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct PageParams {
+    /// Rows per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// Paging of the audit trail.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AuditParams {
+    /// Entries per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Entries older than this id (`next_before` of the previous page).
+    before: Option<i64>,
+}
+
+/// A page of the audit trail.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Entries, newest first.
+    items: Vec<AuditEntry>,
+    /// Pass as `before` for the next page; `null` on the last.
+    next_before: Option<i64>,
 }
 
 pub(crate) fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
@@ -188,6 +269,10 @@ fn filter(p: &HashMap<String, String>, who: &Principal) -> Result<LogFilter, Api
 }
 
 /// `GET /api/v1/logs`.
+#[utoipa::path(get, path = "/api/v1/logs", tag = "logs",
+    summary = "Stored requests, newest first, in keyset pages",
+    params(FilterParams, PageParams),
+    responses((status = 200, description = "A page of requests", body = LogPage), QueryErrors))]
 pub async fn list(
     State(api): State<Arc<LogApi>>,
     Extension(who): Extension<Principal>,
@@ -215,6 +300,10 @@ pub async fn list(
 }
 
 /// `GET /api/v1/logs/{id}`.
+#[utoipa::path(get, path = "/api/v1/logs/{id}", tag = "logs",
+    summary = "One stored request with its provider chain",
+    params(("id" = i64, Path, minimum = 1, description = "Row id (`id` of a listed request)")),
+    responses((status = 200, description = "The request", body = LogEntry), QueryErrors, NotFoundError))]
 pub async fn detail(
     State(api): State<Arc<LogApi>>,
     Extension(who): Extension<Principal>,
@@ -239,6 +328,14 @@ pub async fn detail(
 }
 
 /// `GET /api/v1/export/usage.csv`: streamed, capped, audited.
+#[utoipa::path(get, path = "/api/v1/export/usage.csv", tag = "logs",
+    summary = "The filtered requests as a usage CSV (streamed, capped, audited)",
+    params(FilterParams),
+    responses((status = 200, description = "Usage CSV (SPEC §6.4); a last `# truncated` line when capped",
+        content_type = "text/csv", body = String,
+        headers(("X-Gatemeter-Truncated" = String, description = "`true` when the row cap was reached"),
+            ("X-Gatemeter-Row-Cap" = u64, description = "Rows one export may hold"))),
+        QueryErrors))]
 pub async fn usage_csv(
     State(api): State<Arc<LogApi>>,
     Extension(who): Extension<Principal>,
@@ -323,6 +420,10 @@ pub async fn usage_csv(
 }
 
 /// `GET /api/v1/audit` (admins): newest first; `limit` (default 50, max 1000), `before` (an id).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "logs",
+    summary = "The export audit trail, newest first (admin tokens only)",
+    params(AuditParams),
+    responses((status = 200, description = "A page of the audit trail", body = AuditPage), QueryErrors))]
 pub async fn audit(
     State(api): State<Arc<LogApi>>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -346,5 +447,5 @@ pub async fn audit(
     } else {
         None
     };
-    Ok(Json(serde_json::json!({ "items": items, "next_before": next_before })).into_response())
+    Ok(Json(AuditPage { items, next_before }).into_response())
 }

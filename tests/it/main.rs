@@ -11,6 +11,7 @@ mod ingest;
 mod live_store;
 mod loadgen;
 mod log_outage;
+mod openapi;
 mod otlp;
 mod otlp_export;
 mod pg_server;

@@ -76,7 +76,7 @@ impl Cursor {
 }
 
 /// One stored request (SPEC §2, without the `request` object, which is never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// Row id (for `GET /api/v1/logs/{id}`).
     pub id: i64,
@@ -232,11 +232,11 @@ pub struct Exported<E> {
 }
 
 /// One page of the log list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
     /// Rows, newest first.
     pub items: Vec<LogEntry>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -260,7 +260,7 @@ pub struct NewAudit {
 }
 
 /// A row of the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Row id.
     pub id: i64,
@@ -272,7 +272,8 @@ pub struct AuditEntry {
     pub actor: Option<String>,
     /// What was exported.
     pub action: String,
-    /// The effective filters.
+    /// The effective filters (the export's query parameters, as stored).
+    #[schema(value_type = Option<Object>)]
     pub filters: serde_json::Value,
     /// Rows written.
     pub rows: i64,
