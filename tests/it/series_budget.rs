@@ -171,3 +171,36 @@ async fn cardinality_attack_stays_within_the_series_budget() {
     );
     app.stop().await;
 }
+
+/// A label value that is literally `__overflow__` is the overflow series, not a second scope with
+/// the same labels (one overwrote the other, and the namespace family lost requests).
+#[tokio::test]
+async fn a_literal_overflow_label_is_the_overflow_series() {
+    let app = TestApp::with_config("pipeline:\n  max_series_per_dimension: 2\n").await;
+    let records: Vec<String> = ["a", "__overflow__", "b", "c", "__overflow__", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            format!(r#"{{"request_id":"o{i}","namespace":"{ns}","provider":"p","model":"m","status":200,"duration_ms":5}}"#)
+        })
+        .collect();
+    let (status, v) = app.post_json(&format!("[{}]", records.join(","))).await;
+    assert_eq!(status, 200, "{v}");
+    let m = app.metrics().await;
+    let per_ns: Vec<(String, f64)> = m
+        .samples
+        .iter()
+        .filter(|s| s.name == "ai_gateway_namespace_requests_total")
+        .map(|s| (s.labels["namespace"].clone(), s.value))
+        .collect();
+    assert_eq!(
+        sum(&m, "ai_gateway_namespace_requests_total"),
+        6.0,
+        "{per_ns:?}"
+    );
+    let overflow: Vec<_> = per_ns.iter().filter(|(n, _)| n == "__overflow__").collect();
+    assert_eq!(overflow.len(), 1, "one __overflow__ series: {per_ns:?}");
+    // "a" and "b" took the two places; both literal ones, "c" and "d" are the overflow.
+    assert_eq!(overflow[0].1, 4.0, "{per_ns:?}");
+    app.stop().await;
+}
