@@ -129,6 +129,13 @@ impl SqlLog {
             None => pieces(from, to),
         };
         for (tier, a, b) in rolled {
+            if !dim.has_dist() {
+                // Users and keys are many and carry no distribution: summed by the database.
+                for (value, detail, counts) in self.rollup_sums(dim, tier, a, b).await? {
+                    out.entry((value, detail)).or_default().counts.add(&counts);
+                }
+                continue;
+            }
             let rows = self.rollup_rows(dim, tier, a, b).await?;
             for (_, value, detail, counts, dist) in rows {
                 merge(
@@ -185,6 +192,47 @@ impl SqlLog {
             merge(e, counts, dist.as_deref());
         }
         Ok(out)
+    }
+
+    /// The counts of `dim` and `tier` with a bucket start in `[from, to)`, summed per (value,
+    /// detail) in the database.
+    async fn rollup_sums(
+        &self,
+        dim: Dim,
+        tier: Tier,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(CompactString, CompactString, Counts)>, StoreError> {
+        let sums: Vec<String> = super::rollup::COUNT_COLUMNS
+            .iter()
+            .map(|c| format!("CAST(sum({c}) AS BIGINT)"))
+            .collect();
+        let sql = format!(
+            "SELECT value, detail, {} FROM rollup \
+             WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4 \
+             GROUP BY value, detail",
+            sums.join(", ")
+        );
+        dispatch!(self.backend(), p, DB => {
+            let rows = sqlx::query(&sql)
+                .bind(dim.code() as i16)
+                .bind(tier.code() as i16)
+                .bind(from)
+                .bind(to)
+                .fetch_all(p)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        CompactString::from(r.try_get::<String, _>(0)?),
+                        CompactString::from(r.try_get::<String, _>(1)?),
+                        Counts::read(r, 2)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(unavailable)
+        })
     }
 
     /// Rollup rows of `dim` and `tier` with a bucket start in `[from, to)`.
