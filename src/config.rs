@@ -12,13 +12,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::aggregate::Limits;
-use crate::api::analytics::AnalyticsConfig;
 use crate::api::auth::AuthConfig;
 use crate::calendar::Zone;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::server::ServerConfig;
 use crate::spool::SpoolConfig;
+use crate::store::sql::analytics::AnalyticsConfig;
 use crate::store::sql::{SqlBackend, SqlConfig};
 
 pub use crate::export::otlp_logs::OtlpExportConfig;

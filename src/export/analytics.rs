@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::api::analytics::{AnalyticsConfig, status};
 use crate::calendar::Period;
 use crate::catalog as c;
 use crate::clock::now_ms;
 use crate::exposition::{Encoder, Value};
 use crate::store::StoreError;
 use crate::store::sql::SqlLog;
+use crate::store::sql::analytics::{AnalyticsConfig, status};
 use crate::store::sql::rollup::{Counts, DAY_MS, Dim, HOUR_MS, MINUTE_MS};
 
 /// Namespaces and providers shown at most.

@@ -15,6 +15,7 @@ pub mod analytics;
 mod columns;
 mod pg_copy;
 pub mod query;
+mod rebuild;
 pub mod rollup;
 mod sqlite_export;
 mod sqlite_insert;
@@ -618,7 +619,7 @@ impl SqlLog {
     /// Recomputes the rollups from the raw rows (`gatemeter rollup rebuild`; no server may be
     /// writing to the log meanwhile). Returns the rows read.
     pub async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
-        rollup::rebuild(&self.inner.backend).await
+        rebuild::rebuild(&self.inner.backend).await
     }
 
     /// Deletes request-log rows that started before `cutoff_ms`, in chunks so a large purge never

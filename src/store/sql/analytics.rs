@@ -13,10 +13,57 @@ use compact_str::CompactString;
 use sqlx::Row;
 
 use super::rollup::{
-    Batch, Cell, Counts, DAY_MS, Dim, Dist, FACT_COLUMNS, FactRow, HOUR_MS, Tier, floor,
+    Batch, Cell, Counts, DAY_MS, Dim, Dist, FACT_COLUMNS, FactRow, HOUR_MS, MINUTE_MS, Tier, floor,
 };
 use super::{SqlLog, dispatch, unavailable};
+use crate::calendar::Zone;
 use crate::store::StoreError;
+
+/// Settings of the analytics API (`analytics:` in the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyticsConfig {
+    /// Where today, this week (ISO, Monday) and this month begin.
+    pub time_zone: Zone,
+    /// Whether a user token sees every line of a leaderboard (else only its own).
+    pub users_see_leaderboards: bool,
+    /// A session is active when its last request started this recently.
+    pub session_active_secs: u64,
+    /// Lines of each top-N leaderboard family on `/metrics` (plus `other`).
+    pub top_n: usize,
+    /// How often the analytics families of `/metrics` are read from the rollups.
+    pub refresh_secs: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            time_zone: Zone::utc(),
+            users_see_leaderboards: false,
+            session_active_secs: 300,
+            top_n: 10,
+            refresh_secs: 15,
+        }
+    }
+}
+
+/// A provider with no request for this long is `unknown`.
+pub const UNKNOWN_AFTER_MS: i64 = 15 * MINUTE_MS;
+
+/// The colour of a provider: `unknown` when its latest request started more than 15 minutes
+/// before `now` (or there is none), else by the window's availability: `green` at 50 % and
+/// above, `red` below.
+pub fn status(successes: i64, requests: i64, last_seen: Option<i64>, now: i64) -> &'static str {
+    match last_seen {
+        Some(t) if t >= now - UNKNOWN_AFTER_MS && requests > 0 => {
+            if successes * 2 >= requests {
+                "green"
+            } else {
+                "red"
+            }
+        }
+        _ => "unknown",
+    }
+}
 
 /// Totals per (value, detail) of one dimension.
 pub type Grouped = BTreeMap<(CompactString, CompactString), Cell>;

@@ -15,7 +15,7 @@
 //! writer then merges it into the tables (SQLite: `sqlite_insert.rs`, one writer anyway;
 //! PostgreSQL: `writer/postgres.rs`, under a transaction-level advisory lock, so concurrent
 //! writers and replicas merge one at a time and histogram blobs can be merged in Rust).
-//! `rebuild` recomputes everything from the raw rows.
+//! `rebuild.rs` recomputes everything from the raw rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -556,66 +556,6 @@ pub(crate) fn session_upsert_sql(rows_from: &str, min: &str, max: &str) -> Strin
          last_ms = {max}(session_rollup.last_ms, excluded.last_ms), {}",
         set.join(", ")
     )
-}
-
-/// Raw rows read per step of [`rebuild`].
-const REBUILD_CHUNK: i64 = 50_000;
-
-/// Recomputes every rollup from the raw rows: empties both tables, then reads `request_log` in
-/// id order, [`REBUILD_CHUNK`] rows at a time, merging each chunk like the writer does. Run it
-/// with no server writing to the log (rows written meanwhile could be counted twice); if it is
-/// interrupted, run it again. Returns the rows read.
-pub(crate) async fn rebuild(backend: &Backend) -> Result<u64, StoreError> {
-    dispatch!(backend, p, DB => {
-        sqlx::query("DELETE FROM rollup").execute(p).await.map_err(unavailable)?;
-        sqlx::query("DELETE FROM session_rollup").execute(p).await.map_err(unavailable)?;
-    });
-    let sql =
-        format!("SELECT id, {FACT_COLUMNS} FROM request_log WHERE id > $1 ORDER BY id LIMIT $2");
-    let (mut after, mut total) = (i64::MIN, 0u64);
-    loop {
-        let (facts, last) = dispatch!(backend, p, DB => {
-            let rows = sqlx::query(&sql)
-                .bind(after)
-                .bind(REBUILD_CHUNK)
-                .fetch_all(p)
-                .await
-                .map_err(unavailable)?;
-            let last: Option<i64> = match rows.last() {
-                Some(r) => Some(r.try_get(0).map_err(unavailable)?),
-                None => None,
-            };
-            let facts = rows
-                .iter()
-                .map(|r| FactRow::read(r, 1))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
-            (facts, last)
-        });
-        let Some(last) = last else { return Ok(total) };
-        after = last;
-        total += facts.len() as u64;
-        let mut batch = Batch::default();
-        for f in &facts {
-            batch.add(&f.fact());
-        }
-        apply(backend, batch).await?;
-    }
-}
-
-/// Merges `batch` into the tables in a transaction of its own (the writer merges inside its
-/// insert's transaction instead).
-pub(crate) async fn apply(backend: &Backend, batch: Batch) -> Result<(), StoreError> {
-    match backend {
-        Backend::Sqlite(pool) => super::sqlite_insert::apply_rollups(pool, batch).await,
-        Backend::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
-            super::writer::postgres::apply_rollups(&mut tx, batch)
-                .await
-                .map_err(unavailable)?;
-            tx.commit().await.map_err(unavailable)
-        }
-    }
 }
 
 /// Says at start when the log holds rows but no rollups (written before rollups existed, or
