@@ -494,19 +494,16 @@ pub async fn leaderboard(
             ));
         }
     };
-    let sort = match p.get("sort").map_or("cost", String::as_str) {
-        s @ ("cost" | "requests" | "tokens") => s,
+    let sort: &'static str = match p.get("sort").map_or("cost", String::as_str) {
+        "cost" => "cost",
+        "requests" => "requests",
+        "tokens" => "tokens",
         other => {
             return Err(bad(
                 "sort",
                 format!("{other:?} is not cost, requests or tokens"),
             ));
         }
-    };
-    let sort: &'static str = match sort {
-        "cost" => "cost",
-        "requests" => "requests",
-        _ => "tokens",
     };
     let range = range(&p, &api.config.time_zone, now_ms())?;
     let limit = limit(&p)?;

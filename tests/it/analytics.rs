@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::harness::TestApp;
 use crate::sql_log::{
-    ADMIN, ALICE, BOB, Db, INGEST, auth_yaml, get_json, ingest, log_store_yaml, open_log_with,
-    valid, wait_rows,
+    ADMIN, ALICE, BOB, Db, INGEST, auth_yaml, conformance, get_json, ingest, log_store_yaml,
+    open_log_with, valid, wait_rows,
 };
 
 /// A deterministic mixed record set over the last `days` days: users, keys, three providers and
@@ -541,23 +541,6 @@ pub async fn bad_parameters_are_named(db: Db) {
     let (s, _) = get_json(&app, None, "/api/v1/overview").await;
     assert_eq!(s, 401, "a token is needed once tokens are configured");
     app.stop().await;
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Db::Sqlite).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Db::Postgres).await
-            })*
-        }
-    };
 }
 
 conformance!(

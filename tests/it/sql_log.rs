@@ -1287,6 +1287,8 @@ macro_rules! conformance {
         }
     };
 }
+/// The conformance tests' two runs (SQLite and PostgreSQL), shared with `analytics.rs`.
+pub(crate) use conformance;
 
 conformance!(
     filters_pages_and_detail,

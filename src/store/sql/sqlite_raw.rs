@@ -278,16 +278,31 @@ impl Statement<'_> {
     /// Column `col` of the current row as text bytes (UTF-8 unless the database holds
     /// otherwise: not checked here), borrowed until the next step; `None` for NULL.
     pub(super) fn text_bytes(&self, col: c_int) -> Result<Option<&[u8]>, String> {
+        self.bytes(col, false)
+    }
+
+    /// Column `col` of the current row as blob bytes, borrowed until the next step; `None`
+    /// for NULL.
+    pub(super) fn blob_bytes(&self, col: c_int) -> Result<Option<&[u8]>, String> {
+        self.bytes(col, true)
+    }
+
+    /// Column `col` as bytes: its text (`blob` false) or blob representation.
+    fn bytes(&self, col: c_int, blob: bool) -> Result<Option<&[u8]>, String> {
         let s = self.stmt.as_ptr();
-        // SAFETY: as in `int`. The order type → text → bytes is the one SQLite documents for
-        // reading a value without conversions invalidating the pointer; the pointer is valid
-        // for `len` bytes until the statement is stepped, reset or finalized, all of which
-        // take `&mut self` (or `self`), so the borrow of `&self` covers its whole life.
+        // SAFETY: as in `int`. The order type → text (or blob) → bytes is the one SQLite
+        // documents for reading a value without conversions invalidating the pointer; the
+        // pointer is valid for `len` bytes until the statement is stepped, reset or finalized,
+        // all of which take `&mut self` (or `self`), so the borrow of `&self` covers its whole life.
         unsafe {
             if ffi::sqlite3_column_type(s, col) == ffi::SQLITE_NULL {
                 return Ok(None);
             }
-            let p = ffi::sqlite3_column_text(s, col);
+            let p: *const u8 = if blob {
+                ffi::sqlite3_column_blob(s, col).cast()
+            } else {
+                ffi::sqlite3_column_text(s, col)
+            };
             let len = ffi::sqlite3_column_bytes(s, col);
             if p.is_null() {
                 // Out of memory while converting (or an empty value): SQLite's errcode says.
@@ -299,31 +314,6 @@ impl Statement<'_> {
             }
             Ok(Some(std::slice::from_raw_parts(
                 p,
-                usize::try_from(len).unwrap_or(0),
-            )))
-        }
-    }
-
-    /// Column `col` of the current row as blob bytes, borrowed until the next step; `None`
-    /// for NULL.
-    pub(super) fn blob_bytes(&self, col: c_int) -> Result<Option<&[u8]>, String> {
-        let s = self.stmt.as_ptr();
-        // SAFETY: as in `text_bytes`, with `sqlite3_column_blob` (type → blob → bytes).
-        unsafe {
-            if ffi::sqlite3_column_type(s, col) == ffi::SQLITE_NULL {
-                return Ok(None);
-            }
-            let p = ffi::sqlite3_column_blob(s, col);
-            let len = ffi::sqlite3_column_bytes(s, col);
-            if p.is_null() {
-                let rc = ffi::sqlite3_errcode(self.db.as_ptr());
-                if rc == ffi::SQLITE_NOMEM {
-                    return Err(error(self.db, rc));
-                }
-                return Ok(Some(b""));
-            }
-            Ok(Some(std::slice::from_raw_parts(
-                p.cast::<u8>(),
                 usize::try_from(len).unwrap_or(0),
             )))
         }
