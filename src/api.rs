@@ -1,7 +1,8 @@
 //! HTTP surface shared by every endpoint: the one API error type and its JSON response,
 //! plus the orchestration endpoints (`/healthz`, `/readyz`). Submodules: [`auth`] (roles from
 //! bearer tokens), [`logs`] (request-log queries, usage CSV export, audit trail), [`analytics`]
-//! and [`openapi`] (the OpenAPI 3.1 document of every `/api/v1` route).
+//! [`probes`] (the probe log export) and [`openapi`] (the OpenAPI 3.1 document of every
+//! `/api/v1` route).
 //!
 //! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
 //! logged as errors; internal failures answer a generic 500 and are logged once.
@@ -18,6 +19,7 @@ pub mod analytics;
 pub mod auth;
 pub mod logs;
 pub mod openapi;
+pub mod probes;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ use crate::store::sql::{SqlBackend, SqlConfig};
 pub use crate::export::otlp_logs::OtlpExportConfig;
 pub use crate::ingest::native::IngestConfig;
 
+pub mod probes;
 pub mod redis;
 
 /// Default listen address: OTLP/HTTP's port, loopback only.
@@ -88,6 +89,7 @@ struct RawConfig {
     spool: RawSpool,
     auth: RawAuth,
     analytics: RawAnalytics,
+    probes: Vec<probes::RawProbe>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +263,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The analytics API: time zone, who sees leaderboards, session activity.
     pub analytics: AnalyticsConfig,
+    /// Active provider probes (`probes:`), in order.
+    pub probes: Vec<crate::probe::ProbeConfig>,
 }
 
 impl Default for Config {
@@ -334,6 +338,7 @@ impl RawConfig {
         let spool = self.spool.validate(self.durability, &data_dir, env)?;
         let auth = self.auth.validate(env)?;
         let analytics = self.analytics.validate()?;
+        let probes = probes::validate(self.probes, env)?;
         Ok(Config {
             listen,
             server,
@@ -349,6 +354,7 @@ impl RawConfig {
             spool,
             auth,
             analytics,
+            probes,
         })
     }
 }

@@ -24,6 +24,7 @@
 //! Redis errors never leave this module.
 
 pub mod codec;
+pub mod lease;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

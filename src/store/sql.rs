@@ -14,6 +14,7 @@
 pub mod analytics;
 mod columns;
 mod pg_copy;
+pub mod probe;
 pub mod query;
 mod rebuild;
 pub mod rollup;
@@ -289,6 +290,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups",
         include_str!("../../migrations/sqlite/0004_rollups.sql"),
     ),
+    (
+        5,
+        "probe results",
+        include_str!("../../migrations/sqlite/0005_probe_results.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -315,6 +321,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "rollups",
         include_str!("../../migrations/postgres/0005_rollups.sql"),
+    ),
+    (
+        6,
+        "probe results",
+        include_str!("../../migrations/postgres/0006_probe_results.sql"),
     ),
 ];
 
@@ -622,8 +633,9 @@ impl SqlLog {
         rebuild::rebuild(&self.inner.backend).await
     }
 
-    /// Deletes request-log rows that started before `cutoff_ms`, in chunks so a large purge never
-    /// holds a long write lock. Returns how many rows were deleted.
+    /// Deletes request-log rows (and rollups and probe results) that started before `cutoff_ms`,
+    /// in chunks so a large purge never holds a long write lock. Returns how many request-log
+    /// rows were deleted.
     pub async fn purge_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         purge_before(&self.inner.backend, cutoff_ms).await
     }
@@ -633,6 +645,7 @@ const PURGE_CHUNK: i64 = 10_000;
 
 async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
     rollup::purge_before(backend, cutoff_ms).await?;
+    probe::purge_before(backend, cutoff_ms).await?;
     let mut total = 0u64;
     loop {
         let n = dispatch!(backend, p, DB => {
