@@ -6,7 +6,8 @@
 //!   share a lock, so one run in flight per target.
 //! - Schedule: slots of `interval` aligned to the epoch (so replicas agree on them); a probe runs
 //!   at its own offset in the slot (from its name: probes spread over the interval) plus a
-//!   random jitter of up to a tenth of the interval (replicas do not race in step).
+//!   random jitter of up to a tenth of the interval (replicas do not race in step). The first
+//!   run is at start, in the slot under way.
 //! - Fleet: with a shared Redis a run needs the slot's lease (`store::redis::lease`), so each
 //!   probe runs once per interval across the replicas; a replica that did not run a slot takes
 //!   the fleet's last result for `gatemeter_probe_up`. Redis unreachable: every replica runs
@@ -373,14 +374,19 @@ impl Runner {
             .max(1);
         let offset = offset_ms(&self.cfg.name, interval_ms);
         let jitter_max = (interval_ms / 10).max(1);
-        let mut slot = (now_ms() - offset).div_euclid(interval_ms) + 1;
+        // The first run is at once, in the slot under way (a fleet runs it once too).
+        let mut slot = (now_ms() - offset).div_euclid(interval_ms);
+        let mut first = true;
         loop {
-            let jitter = rand::random_range(0..jitter_max);
-            let at = slot * interval_ms + offset + jitter;
-            let wait = at - now_ms();
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            if !first {
+                let jitter = rand::random_range(0..jitter_max);
+                let at = slot * interval_ms + offset + jitter;
+                let wait = at - now_ms();
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
             }
+            first = false;
             self.slot(slot, interval_ms).await;
             // A run that overran skips the slots it covered.
             slot = (slot + 1).max((now_ms() - offset).div_euclid(interval_ms) + 1);
