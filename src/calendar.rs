@@ -112,7 +112,10 @@ mod tests {
     fn time_of_day_is_local() {
         let z = Zone::named("Asia/Shanghai").expect("zone");
         assert_eq!(z.time_of_day(ms("2026-03-01T15:59:59.900Z")), "23:59:59");
-        assert_eq!(Zone::utc().time_of_day(ms("2026-03-01T07:05:09Z")), "07:05:09");
+        assert_eq!(
+            Zone::utc().time_of_day(ms("2026-03-01T07:05:09Z")),
+            "07:05:09"
+        );
     }
 
     #[test]

@@ -300,7 +300,8 @@ impl Probes {
                 .position(|bound| secs <= *bound)
                 .unwrap_or(catalog::PROBE_BUCKETS.len());
             s.buckets[b].fetch_add(1, Relaxed);
-            s.sum_us.fetch_add(r.latency_ms.saturating_mul(1000), Relaxed);
+            s.sum_us
+                .fetch_add(r.latency_ms.saturating_mul(1000), Relaxed);
             self.show(i, &r);
         }
         {
@@ -359,11 +360,9 @@ struct Runner {
 
 /// A stable offset in `[0, interval / 2)` from the probe's name (FNV-1a): probes spread.
 fn offset_ms(name: &str, interval_ms: i64) -> i64 {
-    let h = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     (h % (interval_ms / 2).max(1) as u64) as i64
 }
 
@@ -404,7 +403,9 @@ impl Runner {
                     match leases.last(&self.cfg.name, &self.cfg.provider).await {
                         Ok(Some(r)) => self.probes.show(self.index, &r),
                         Ok(None) => {}
-                        Err(e) => tracing::debug!(probe = %self.cfg.name, error = %e, "Probe: no fleet result."),
+                        Err(e) => {
+                            tracing::debug!(probe = %self.cfg.name, error = %e, "Probe: no fleet result.")
+                        }
                     }
                     return;
                 }

@@ -813,10 +813,7 @@ pub async fn availability(
         })
         .collect();
     if let Some(plog) = &api.probe_log {
-        let summaries = plog
-            .probe_summaries(from, to)
-            .await
-            .map_err(store_error)?;
+        let summaries = plog.probe_summaries(from, to).await.map_err(store_error)?;
         for s in summaries {
             if p.get("provider").is_some_and(|w| *w != s.provider) {
                 continue;

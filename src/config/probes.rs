@@ -75,7 +75,10 @@ pub(super) fn validate(
             if !label_ok(&p.name) {
                 return Err(invalid(
                     key("name"),
-                    format!("{:?} must be 1 to 64 letters, digits, '-', '_' or '.'", p.name),
+                    format!(
+                        "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                        p.name
+                    ),
                 ));
             }
             if !names.insert(p.name.clone()) {
@@ -87,7 +90,10 @@ pub(super) fn validate(
             if !label_ok(&p.provider) {
                 return Err(invalid(
                     key("provider"),
-                    format!("{:?} must be 1 to 64 letters, digits, '-', '_' or '.'", p.provider),
+                    format!(
+                        "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                        p.provider
+                    ),
                 ));
             }
             let interval_secs = p.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS);
@@ -97,7 +103,9 @@ pub(super) fn validate(
                     format!("{interval_secs} is not between 1 and 86400"),
                 ));
             }
-            let timeout_ms = p.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS.min(interval_secs * 500));
+            let timeout_ms = p
+                .timeout_ms
+                .unwrap_or(DEFAULT_TIMEOUT_MS.min(interval_secs * 500));
             if timeout_ms == 0 || timeout_ms > 60_000 || timeout_ms >= interval_secs * 1000 {
                 return Err(invalid(
                     key("timeout_ms"),
@@ -156,22 +164,17 @@ fn target(
             port,
         });
     }
-    let url: hyper::Uri = p.target.parse().map_err(|e| {
-        invalid(
-            key("target"),
-            format!("{:?} is not a URL: {e}", p.target),
-        )
-    })?;
+    let url: hyper::Uri = p
+        .target
+        .parse()
+        .map_err(|e| invalid(key("target"), format!("{:?} is not a URL: {e}", p.target)))?;
     let https = match url.scheme_str() {
         Some("https") => true,
         Some("http") => false,
         _ => {
             return Err(invalid(
                 key("target"),
-                format!(
-                    "{:?} must start with http://, https:// or tcp://",
-                    p.target
-                ),
+                format!("{:?} must start with http://, https:// or tcp://", p.target),
             ));
         }
     };
@@ -242,7 +245,8 @@ fn target(
         if !https {
             return Err(invalid(key("ca_file"), "only for https:// targets"));
         }
-        crate::tls::read_pem_certificates(ca).map_err(|e| invalid(key("ca_file"), e.to_string()))?;
+        crate::tls::read_pem_certificates(ca)
+            .map_err(|e| invalid(key("ca_file"), e.to_string()))?;
     }
     Ok(Target::Http {
         url,
@@ -302,7 +306,10 @@ mod tests {
         let base = "probes:\n- {name: a, provider: p, target: 'http://h/'";
         for (extra, key) in [
             (", interval_secs: 0}", "probes[0].interval_secs"),
-            (", timeout_ms: 30000, interval_secs: 30}", "probes[0].timeout_ms"),
+            (
+                ", timeout_ms: 30000, interval_secs: 30}",
+                "probes[0].timeout_ms",
+            ),
             (", method: POST}", "probes[0].method"),
             (", expect_status: [99]}", "probes[0].expect_status[0]"),
             (
@@ -314,15 +321,33 @@ mod tests {
             let e = err(&format!("{base}{extra}\n"));
             assert!(e.contains(key), "{extra}: {e}");
         }
-        assert!(err("probes:\n- {name: 'a b', provider: p, target: 'tcp://h:1'}\n").contains("probes[0].name"));
+        assert!(
+            err("probes:\n- {name: 'a b', provider: p, target: 'tcp://h:1'}\n")
+                .contains("probes[0].name")
+        );
         assert!(
             err("probes:\n- {name: a, provider: p, target: 'tcp://h:1'}\n- {name: a, provider: p, target: 'tcp://h:2'}\n")
                 .contains("probes[1].name")
         );
-        assert!(err("probes:\n- {name: a, provider: p, target: 'ftp://h/'}\n").contains("probes[0].target"));
-        assert!(err("probes:\n- {name: a, provider: p, target: 'tcp://h'}\n").contains("probes[0].target"));
-        assert!(err("probes:\n- {name: a, provider: p, target: 'tcp://h:1', method: GET}\n").contains("probes[0].method"));
-        assert!(err("probes:\n- {name: a, provider: p, target: 'https://u:pw@h/'}\n").contains("credentials"));
-        assert!(err("probes:\n- {name: a, provider: p, target: 'tcp://h:1', bogus: 1}\n").contains("bogus"));
+        assert!(
+            err("probes:\n- {name: a, provider: p, target: 'ftp://h/'}\n")
+                .contains("probes[0].target")
+        );
+        assert!(
+            err("probes:\n- {name: a, provider: p, target: 'tcp://h'}\n")
+                .contains("probes[0].target")
+        );
+        assert!(
+            err("probes:\n- {name: a, provider: p, target: 'tcp://h:1', method: GET}\n")
+                .contains("probes[0].method")
+        );
+        assert!(
+            err("probes:\n- {name: a, provider: p, target: 'https://u:pw@h/'}\n")
+                .contains("credentials")
+        );
+        assert!(
+            err("probes:\n- {name: a, provider: p, target: 'tcp://h:1', bogus: 1}\n")
+                .contains("bogus")
+        );
     }
 }

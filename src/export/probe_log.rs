@@ -86,12 +86,18 @@ mod tests {
             line(&result(ProbeOutcome::Timeout, 0, Some("a\nb")), &utc),
             "[06:07:08] FAIL - 45ms a b"
         );
-        assert_eq!(line(&result(ProbeOutcome::Ok, 0, None), &utc), "[06:07:08] OK - 45ms");
+        assert_eq!(
+            line(&result(ProbeOutcome::Ok, 0, None), &utc),
+            "[06:07:08] OK - 45ms"
+        );
         let shanghai = Zone::named("Asia/Shanghai").expect("zone");
         assert_eq!(
             render(&[result(ProbeOutcome::Ok, 204, None)], &shanghai),
             "[14:07:08] OK 204 45ms\n"
         );
-        assert_eq!(file_name(1_796_450_828_900, &shanghai), "probe-logs-2026-12-05.txt");
+        assert_eq!(
+            file_name(1_796_450_828_900, &shanghai),
+            "probe-logs-2026-12-05.txt"
+        );
     }
 }

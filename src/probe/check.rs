@@ -111,14 +111,22 @@ async fn check(target: &Target, tls: Option<&Arc<rustls::ClientConfig>>) -> Resu
             match tls {
                 Some(config) if https => {
                     // `[::1]` as written in a URL is the address `::1`.
-                    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                    let name = host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string();
                     let name = ServerName::try_from(name).map_err(|e| {
-                        (ProbeOutcome::Tls, format!("{host:?} is not a TLS server name: {e}"))
+                        (
+                            ProbeOutcome::Tls,
+                            format!("{host:?} is not a TLS server name: {e}"),
+                        )
                     })?;
                     let stream = tokio_rustls::TlsConnector::from(config.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| (ProbeOutcome::Tls, format!("TLS handshake: {}", chain(&e))))?;
+                        .map_err(|e| {
+                            (ProbeOutcome::Tls, format!("TLS handshake: {}", chain(&e)))
+                        })?;
                     exchange(stream, req).await
                 }
                 _ => exchange(tcp, req).await,
@@ -139,7 +147,10 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, Failure> {
         match TcpStream::connect(addr).await {
             Ok(s) => return Ok(s),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                last = (ProbeOutcome::Refused, format!("connection refused by {addr}"));
+                last = (
+                    ProbeOutcome::Refused,
+                    format!("connection refused by {addr}"),
+                );
             }
             Err(e) => last = (ProbeOutcome::Error, format!("connect to {addr}: {e}")),
         }
@@ -159,7 +170,10 @@ fn request(
             Method::Head => hyper::Method::HEAD,
         })
         .uri(path)
-        .header(hyper::header::HOST, url.authority().map_or("", |a| a.as_str()))
+        .header(
+            hyper::header::HOST,
+            url.authority().map_or("", |a| a.as_str()),
+        )
         .header(
             hyper::header::USER_AGENT,
             concat!("gatemeter-probe/", env!("CARGO_PKG_VERSION")),
@@ -222,10 +236,16 @@ mod tests {
             url: "http://h/".parse().expect("url"),
             method: Method::Get,
             expect_status: vec![],
-            headers: vec![("x-custom".into(), super::super::Secret("canary-4242".into()))],
+            headers: vec![(
+                "x-custom".into(),
+                super::super::Secret("canary-4242".into()),
+            )],
             ca_file: None,
         };
         let t = redact(&target, "echoed canary-4242 and api_key=abcdef123");
-        assert!(!t.contains("canary-4242") && !t.contains("abcdef123"), "{t}");
+        assert!(
+            !t.contains("canary-4242") && !t.contains("abcdef123"),
+            "{t}"
+        );
     }
 }

@@ -76,9 +76,9 @@ async fn tls_server(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, key.cert.pem()).expect("write ca");
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(
-        rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()),
-    );
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        key.signing_key.serialize_der(),
+    ));
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -105,7 +105,12 @@ async fn tls_server(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
 
 /// The probe log export's lines for `query` (admin), after checking its headers.
 async fn probe_log(app: &TestApp, query: &str) -> Vec<String> {
-    let resp = get(app, Some(ADMIN), &format!("/api/v1/export/probe-log{query}")).await;
+    let resp = get(
+        app,
+        Some(ADMIN),
+        &format!("/api/v1/export/probe-log{query}"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
     assert_eq!(h["content-type"], "text/plain; charset=utf-8");
@@ -187,7 +192,13 @@ fn expected_lines(refused: u16) -> Vec<(&'static str, &'static str, Option<Strin
             0,
             2000,
         ),
-        ("hang", "FAIL -", Some("timed out after 300 ms".into()), 300, 1500),
+        (
+            "hang",
+            "FAIL -",
+            Some("timed out after 300 ms".into()),
+            300,
+            1500,
+        ),
         (
             "refused",
             "FAIL -",
@@ -248,7 +259,11 @@ async fn every_outcome_is_stored_counted_and_logged(db: Db) {
             ),
         }
     }
-    assert_eq!(ok_hits.load(Ordering::SeqCst), 1, "the HTTP target got one GET");
+    assert_eq!(
+        ok_hits.load(Ordering::SeqCst),
+        1,
+        "the HTTP target got one GET"
+    );
 
     // Filters: status, and the newest `max_lines`, newest last.
     let ok = probe_log(&app, "?status=ok").await;
@@ -327,7 +342,10 @@ async fn every_outcome_is_stored_counted_and_logged(db: Db) {
                 .unwrap_or_else(|| panic!("{name} missing: {av}"))
         };
         let a = provider("prov-a");
-        assert_eq!((a["requests"].as_i64(), a["status"].as_str()), (Some(0), Some("unknown")));
+        assert_eq!(
+            (a["requests"].as_i64(), a["status"].as_str()),
+            (Some(0), Some("unknown"))
+        );
         let probes: Vec<(String, bool, i64, i64)> = a["probes"]
             .as_array()
             .expect("probes")
@@ -343,11 +361,18 @@ async fn every_outcome_is_stored_counted_and_logged(db: Db) {
             .collect();
         assert_eq!(
             probes,
-            [("bad".to_string(), false, 1, 0), ("ok".to_string(), true, 1, 1)]
+            [
+                ("bad".to_string(), false, 1, 0),
+                ("ok".to_string(), true, 1, 1)
+            ]
         );
         let bad = &a["probes"][0]["last"];
         assert_eq!(
-            (bad["outcome"].as_str(), bad["status"].as_u64(), bad["error"].as_str()),
+            (
+                bad["outcome"].as_str(),
+                bad["status"].as_u64(),
+                bad["error"].as_str()
+            ),
             (
                 Some("fail"),
                 Some(502),
@@ -408,11 +433,18 @@ async fn probe_log_parameters_are_strict_and_admin_only() {
         ("from=-1", "from"),
         ("bogus=1", "bogus"),
     ] {
-        let (status, body) =
-            get_json(&app, Some(ADMIN), &format!("/api/v1/export/probe-log?{query}")).await;
+        let (status, body) = get_json(
+            &app,
+            Some(ADMIN),
+            &format!("/api/v1/export/probe-log?{query}"),
+        )
+        .await;
         assert_eq!(status, 400, "{query}: {body}");
         assert!(
-            body["message"].as_str().expect("message").contains(&format!("`{param}`")),
+            body["message"]
+                .as_str()
+                .expect("message")
+                .contains(&format!("`{param}`")),
             "{query}: {body}"
         );
     }
@@ -452,9 +484,16 @@ probes:
     let mut ups = Vec::new();
     for app in &apps {
         let m = app.metrics().await;
-        let l = [("probe", "fleet"), ("provider", "prov-f"), ("outcome", "ok")];
+        let l = [
+            ("probe", "fleet"),
+            ("provider", "prov-f"),
+            ("outcome", "ok"),
+        ];
         counted += m.value("gatemeter_probe_results_total", &l);
-        ups.push(m.get("gatemeter_probe_up", &[("probe", "fleet"), ("provider", "prov-f")]));
+        ups.push(m.get(
+            "gatemeter_probe_up",
+            &[("probe", "fleet"), ("provider", "prov-f")],
+        ));
     }
     let elapsed = started.elapsed().as_secs_f64();
     let n = hits.load(Ordering::SeqCst);
@@ -475,4 +514,3 @@ probes:
         app.stop().await;
     }
 }
-

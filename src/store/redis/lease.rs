@@ -57,7 +57,11 @@ impl ProbeLeases {
     }
 
     /// The fleet's last result of `probe` (of `provider`), if one is published.
-    pub async fn last(&self, probe: &str, provider: &str) -> Result<Option<ProbeResult>, StoreError> {
+    pub async fn last(
+        &self,
+        probe: &str,
+        provider: &str,
+    ) -> Result<Option<ProbeResult>, StoreError> {
         let mut con = self.con.clone();
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(probe, "last"));

@@ -65,7 +65,11 @@ impl ProbeResult {
 
     /// One line, for Redis (`ts \t outcome \t status \t latency \t error`); see [`Self::decode`].
     pub fn encode(&self) -> String {
-        let error = self.error.as_deref().unwrap_or("").replace(['\t', '\n'], " ");
+        let error = self
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .replace(['\t', '\n'], " ");
         format!(
             "{}\t{}\t{}\t{}\t{error}",
             self.ts_ms,
@@ -260,7 +264,10 @@ impl SqlLog {
         for (probe, ts) in latest {
             let last = last_at(backend, &probe, ts).await?;
             out.push(ProbeSummary {
-                provider: last.as_ref().map(|l| l.provider.clone()).unwrap_or_default(),
+                provider: last
+                    .as_ref()
+                    .map(|l| l.provider.clone())
+                    .unwrap_or_default(),
                 probe,
                 results: 0,
                 ok: 0,
@@ -345,7 +352,12 @@ mod tests {
             outcome: ProbeOutcome::Ok,
             ..r
         };
-        assert_eq!(ProbeResult::decode("p", "a", &ok.encode()).expect("ok").error, None);
+        assert_eq!(
+            ProbeResult::decode("p", "a", &ok.encode())
+                .expect("ok")
+                .error,
+            None
+        );
         assert_eq!(ProbeResult::decode("p", "a", "garbage"), None);
     }
 }
