@@ -1016,6 +1016,7 @@ mod tests {
         for w in DURATION_BUCKETS
             .windows(2)
             .chain(GENAI_DURATION_BUCKETS.windows(2))
+            .chain(PROBE_BUCKETS.windows(2))
         {
             assert!(w[0] < w[1]);
         }

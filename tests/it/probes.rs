@@ -452,6 +452,66 @@ async fn probe_log_parameters_are_strict_and_admin_only() {
     app.stop().await;
 }
 
+/// A header whose value comes from the environment is sent (the target answers 200 only with
+/// it), and the value appears in no answer of gatemeter's: probe log, metrics, the config's
+/// `Debug`.
+#[tokio::test]
+async fn header_values_come_from_the_environment_and_stay_secret() {
+    const CANARY: &str = "canary-secret-7f3a9c";
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let ok = req.headers().get("x-api-key").is_some_and(|v| v == CANARY);
+                let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = if ok {
+                    hyper::StatusCode::OK
+                } else {
+                    hyper::StatusCode::UNAUTHORIZED
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let yaml = format!(
+        "{}log_store:\n  kind: none\nprobes:
+- {{name: keyed, provider: p, target: 'http://{addr}/v1/models', headers: [{{name: X-Api-Key, value_from_env: PROBE_TEST_KEY}}], interval_secs: 60, timeout_ms: 2000}}
+- {{name: keyless, provider: p, target: 'http://{addr}/v1/models', expect_status: [200], interval_secs: 60, timeout_ms: 2000}}
+",
+        auth_yaml()
+    );
+    let config =
+        gatemeter::config::Config::from_yaml_str(&yaml, std::path::Path::new("t.yaml"), &|k| {
+            (k == "PROBE_TEST_KEY").then(|| CANARY.to_string())
+        })
+        .expect("valid");
+    assert!(!format!("{config:?}").contains(CANARY));
+    let app = TestApp::with_parsed(config, None).await;
+    let lines = wait_lines(&app, 2).await;
+    let keyed = probe_log(&app, "?probe=keyed").await;
+    assert_eq!(keyed.len(), 1, "{lines:?}");
+    assert_eq!(split_rest(split_line(&keyed[0]).1).0, "OK 200");
+    let keyless = probe_log(&app, "?probe=keyless").await;
+    assert_eq!(
+        split_rest(split_line(&keyless[0]).1).2,
+        "unexpected status 401 (expected 200)"
+    );
+    let metrics = get(&app, Some(ADMIN), "/metrics")
+        .await
+        .text()
+        .await
+        .expect("body");
+    for text in [lines.join("\n"), metrics] {
+        assert!(!text.contains(CANARY), "{text}");
+    }
+    app.stop().await;
+}
+
 /// Three replicas over one Redis: each slot of the probe runs once across the fleet, so the
 /// target sees about one request per interval (not three), and the replicas' counters add up
 /// to the target's count.
