@@ -152,7 +152,8 @@ pub struct ProbeSnapshot {
     pub sum_seconds: f64,
 }
 
-/// The probes of this process: their counters, the recent results, the writer's queue.
+/// The probes of this process: their counters, the writer's queue or (without a log store) the
+/// recent results.
 pub struct Probes {
     stats: Vec<Stats>,
     /// Recent results, newest last (a short synchronous lock: one push or one copy).
@@ -304,17 +305,20 @@ impl Probes {
                 .fetch_add(r.latency_ms.saturating_mul(1000), Relaxed);
             self.show(i, &r);
         }
-        {
-            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            if ring.len() == RING_CAPACITY {
-                ring.pop_front();
+        match &self.sink {
+            Some(tx) => {
+                if tx.try_send(r).is_err() {
+                    self.health.dropped(DropReason::ProbeResultsDropped, 1);
+                }
             }
-            ring.push_back(r.clone());
-        }
-        if let Some(tx) = &self.sink
-            && tx.try_send(r).is_err()
-        {
-            self.health.dropped(DropReason::ProbeResultsDropped, 1);
+            // No log store: the ring is the probe log.
+            None => {
+                let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+                if ring.len() == RING_CAPACITY {
+                    ring.pop_front();
+                }
+                ring.push_back(r);
+            }
         }
     }
 
