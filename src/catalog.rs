@@ -561,7 +561,8 @@ metric!(
 );
 // ---- Active probes (per process: each replica counts the runs it made, and with a shared Redis
 // a probe runs once per interval across the fleet, so sum over replicas; `up` shows the fleet's
-// last run on every replica). Labels are the configured probes (at most `probe::MAX_PROBES`). ----
+// last run on every replica). Labels are the configured probes (at most `probe::MAX_PROBES`,
+// each asking the series budget once, at start). ----
 metric!(
     PROBE_UP,
     "gatemeter_probe_up",

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::budget::{Cost, Grant};
 use crate::catalog;
 use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
@@ -123,6 +124,9 @@ pub struct ProbeConfig {
 struct Stats {
     name: String,
     provider: String,
+    /// What the series budget granted this probe's series: all, counters only (no histogram),
+    /// or nothing (the probe runs and is stored, but has no series).
+    grant: Grant,
     /// 1 up, 0 down, -1 no run yet.
     up: AtomicI8,
     /// `ts_ms` of the result `up` shows.
@@ -134,8 +138,10 @@ struct Stats {
 }
 
 /// What `/metrics` renders of one probe.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSnapshot {
+    /// The series budget's grant: `Counters` renders no histogram, `Folded` nothing.
+    pub grant: Grant,
     /// Name.
     pub name: String,
     /// Provider.
@@ -196,6 +202,12 @@ impl Probes {
                 .map(|c| Stats {
                     name: c.name.clone(),
                     provider: c.provider.clone(),
+                    // Asked once, at start, like every new label value: `up` and the outcomes
+                    // are counters, the histogram's buckets, sum and count histogram detail.
+                    grant: health.series_budget().grant(Cost {
+                        counters: 1 + ProbeOutcome::ALL.len() as u64,
+                        histograms: catalog::PROBE_BUCKETS.len() as u64 + 3,
+                    }),
                     up: AtomicI8::new(-1),
                     up_at: AtomicU64::new(0),
                     outcomes: Default::default(),
@@ -259,6 +271,7 @@ impl Probes {
                     .collect();
                 let count = cumulative.pop().unwrap_or(0);
                 ProbeSnapshot {
+                    grant: s.grant,
                     name: s.name.clone(),
                     provider: s.provider.clone(),
                     up: match s.up.load(Relaxed) {
@@ -442,6 +455,49 @@ mod tests {
             assert!((0..15_000).contains(&o), "{name}: {o}");
         }
         assert_eq!(offset_ms("x", 1), 0);
+    }
+
+    /// Probe series ask the series budget at start: all of them while it has room, counters
+    /// only past the histogram limit, nothing when it is spent (the probe still runs).
+    #[tokio::test]
+    async fn probe_series_ask_the_series_budget() {
+        let cfg = |name: &str| ProbeConfig {
+            name: name.into(),
+            provider: "p".into(),
+            target: Target::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9,
+            },
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_millis(100),
+        };
+        let health = Arc::new(Health::new(1).with_series_budget(crate::budget::MIN_SERIES));
+        let budget = health.series_budget().clone();
+        let (full, tasks) = Probes::spawn(&[cfg("full")], None, None, health.clone());
+        // Past the histogram limit: counters only.
+        assert!(budget.take(budget.histogram_limit() - budget.used()));
+        let (counters, more) = Probes::spawn(&[cfg("counters")], None, None, health.clone());
+        assert!(budget.take(budget.limit() - budget.used()));
+        let (folded, rest) = Probes::spawn(&[cfg("folded")], None, None, health.clone());
+        let grants: Vec<Grant> = [&full, &counters, &folded]
+            .iter()
+            .map(|p| p.snapshot()[0].grant)
+            .collect();
+        assert_eq!(grants, [Grant::Full, Grant::Counters, Grant::Folded]);
+        let mut e = crate::exposition::Encoder::new(false);
+        let all: Vec<ProbeSnapshot> = [&full, &counters, &folded]
+            .iter()
+            .flat_map(|p| p.snapshot())
+            .collect();
+        render::write(&mut e, &all);
+        let text = e.finish();
+        assert!(text.contains("gatemeter_probe_duration_seconds_count{probe=\"full\""));
+        assert!(!text.contains("gatemeter_probe_duration_seconds_count{probe=\"counters\""));
+        assert!(text.contains("gatemeter_probe_results_total{probe=\"counters\""));
+        assert!(!text.contains("probe=\"folded\""), "{text}");
+        for t in tasks.into_iter().chain(more).chain(rest) {
+            t.abort();
+        }
     }
 
     #[test]
