@@ -418,6 +418,107 @@ async fn probe_outcomes_without_a_log_store() {
     every_outcome_is_stored_counted_and_logged(Db::None).await
 }
 
+/// The table itself, on both databases: the probe log's filters and order, the per-probe
+/// summaries of a window (runs, successes, the latest run before its end), and the retention
+/// purge that goes with the request log's.
+async fn probe_results_table_answers_and_is_purged(db: crate::sql_log::Db) {
+    use gatemeter::probe::{ProbeLogFilter, ProbeOutcome, ProbeResult};
+    let (log, _dir, _) =
+        crate::sql_log::open_log_with(db, 100, Arc::new(gatemeter::health::Health::new(1))).await;
+    let now = gatemeter::clock::now_ms();
+    let run = |ts_ms: i64, probe: &str, outcome: ProbeOutcome, status: u16| ProbeResult {
+        ts_ms,
+        probe: probe.into(),
+        provider: format!("prov-{probe}"),
+        outcome,
+        status,
+        latency_ms: 7,
+        error: (outcome != ProbeOutcome::Ok).then(|| format!("{} ✓", outcome.as_str())),
+    };
+    let rows = vec![
+        run(now - 10 * 86_400_000, "a", ProbeOutcome::Ok, 200),
+        run(now - 3000, "a", ProbeOutcome::Fail, 502),
+        run(now - 2000, "a", ProbeOutcome::Ok, 200),
+        run(now - 1000, "a", ProbeOutcome::Timeout, 0),
+        run(now - 1500, "b", ProbeOutcome::Ok, 0),
+    ];
+    log.insert_probe_results(&rows).await.expect("insert");
+    let all = log
+        .probe_log(&ProbeLogFilter::default(), 100)
+        .await
+        .expect("log");
+    assert_eq!(
+        all,
+        [
+            rows[0].clone(),
+            rows[1].clone(),
+            rows[2].clone(),
+            rows[4].clone(),
+            rows[3].clone()
+        ]
+    );
+    let failed_a = ProbeLogFilter {
+        probe: Some("a".into()),
+        ok: Some(false),
+        ..ProbeLogFilter::default()
+    };
+    assert_eq!(
+        log.probe_log(&failed_a, 1).await.expect("log"),
+        [rows[3].clone()],
+        "the newest only"
+    );
+    let window = ProbeLogFilter {
+        from_ms: Some(now - 2500),
+        to_ms: Some(now - 1000),
+        ..ProbeLogFilter::default()
+    };
+    assert_eq!(
+        log.probe_log(&window, 100).await.expect("log"),
+        [rows[2].clone(), rows[4].clone()]
+    );
+    let s = log
+        .probe_summaries(now - 60_000, now - 1200)
+        .await
+        .expect("summaries");
+    let got: Vec<(String, String, i64, i64, Option<i64>)> = s
+        .iter()
+        .map(|s| {
+            (
+                s.probe.clone(),
+                s.provider.clone(),
+                s.results,
+                s.ok,
+                s.last.as_ref().map(|l| l.ts_ms),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".into(), "prov-a".into(), 2, 1, Some(now - 2000)),
+            ("b".into(), "prov-b".into(), 1, 1, Some(now - 1500)),
+        ]
+    );
+    log.purge_before(now - 86_400_000).await.expect("purge");
+    let kept = log
+        .probe_log(&ProbeLogFilter::default(), 100)
+        .await
+        .expect("log");
+    assert_eq!(kept.len(), 4);
+    assert!(kept.iter().all(|r| r.ts_ms > now - 86_400_000));
+    gatemeter::store::RequestLog::close(&log).await;
+}
+
+#[tokio::test]
+async fn probe_results_table_sqlite() {
+    probe_results_table_answers_and_is_purged(crate::sql_log::Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn probe_results_table_postgres() {
+    probe_results_table_answers_and_is_purged(crate::sql_log::Db::Postgres).await
+}
+
 /// The export's parameters: admins only, strict, `max_lines` at most 1000.
 #[tokio::test]
 async fn probe_log_parameters_are_strict_and_admin_only() {
