@@ -121,7 +121,7 @@ pub async fn probe_log(
         ));
     }
     let probe = match p.get("probe") {
-        Some(v) if v.len() > 64 => return Err(bad("probe", "longer than 64 bytes")),
+        Some(v) if v.chars().count() > 64 => return Err(bad("probe", "longer than 64 characters")),
         v => v.cloned(),
     };
     let f = ProbeLogFilter {
