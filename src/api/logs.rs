@@ -367,18 +367,21 @@ pub async fn usage_csv(
         };
         let mut tail = tail;
         let sent_ok = end != ExportEnd::ReceiverGone;
-        let outcome = match end {
-            ExportEnd::ReceiverGone => "aborted: client went away".to_string(),
+        let (outcome, detail) = match end {
+            ExportEnd::ReceiverGone => ("aborted", Some("the client went away".to_string())),
             ExportEnd::Failed(e) => {
                 tracing::warn!(error = %e, rows, "Usage export failed while streaming.");
                 tail.extend_from_slice(b"# error: export failed; rows above are incomplete\r\n");
-                "error: the request log failed while streaming".to_string()
+                (
+                    "failed",
+                    Some("the request log failed while streaming".to_string()),
+                )
             }
             ExportEnd::Done if truncated && rows >= cap => {
                 tail.extend_from_slice(usage_csv::truncation_line(cap).as_bytes());
-                "truncated".to_string()
+                ("ok", Some(format!("truncated at the row cap ({cap})")))
             }
-            ExportEnd::Done => "ok".to_string(),
+            ExportEnd::Done => ("ok", None),
         };
         // Audit before the last bytes: a client holding the whole file finds its export logged.
         let entry = NewAudit {
@@ -388,7 +391,9 @@ pub async fn usage_csv(
             action: "usage_csv".into(),
             filters: filters_json,
             rows: i64::try_from(rows).unwrap_or(i64::MAX),
-            outcome,
+            bytes: None,
+            outcome: outcome.to_string(),
+            detail,
         };
         if let Err(e) = log.audit(&entry).await {
             tracing::error!(error = %e, "Could not record an export in the audit trail.");

@@ -644,6 +644,7 @@ mod tests {
         let v = Validation {
             now_ms: 1_795_460_000_000,
             prices: &prices,
+            keep_requests: None,
         };
         let m = Mapping {
             namespace_attribute: Some("team.id".into()),

@@ -289,6 +289,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups",
         include_str!("../../migrations/sqlite/0004_rollups.sql"),
     ),
+    (
+        6,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -315,6 +320,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "rollups",
         include_str!("../../migrations/postgres/0005_rollups.sql"),
+    ),
+    (
+        7,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
     ),
 ];
 
@@ -418,6 +428,8 @@ struct Inner {
     depth: Arc<AtomicUsize>,
     capacity: usize,
     dialect: &'static str,
+    /// Where the log lives (the backup export reads it).
+    location: SqlBackend,
 }
 
 impl SqlLog {
@@ -563,6 +575,7 @@ impl SqlLog {
                 depth,
                 capacity: cfg.queue_capacity,
                 dialect,
+                location: cfg.backend.clone(),
             }),
         })
     }
@@ -574,6 +587,30 @@ impl SqlLog {
 
     pub(crate) fn backend(&self) -> &Backend {
         &self.inner.backend
+    }
+
+    /// Where the log lives: the SQLite file or the PostgreSQL URL (which may hold a password:
+    /// never log it).
+    pub fn location(&self) -> &SqlBackend {
+        &self.inner.location
+    }
+
+    /// SQLite: writes a consistent snapshot of the whole database to the new file `dest`
+    /// (`VACUUM INTO` on a reader connection: the writer goes on meanwhile, WAL mode). Not for
+    /// PostgreSQL (see `export/backup.rs`: `pg_dump`).
+    pub async fn snapshot_into(&self, dest: &std::path::Path) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.inner.backend else {
+            return Err(unavailable("a snapshot is taken of SQLite logs only"));
+        };
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| unavailable("the snapshot path is not UTF-8"))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(dest)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// Waits until every record submitted before this call is written (or dropped and counted);
@@ -633,6 +670,13 @@ const PURGE_CHUNK: i64 = 10_000;
 
 async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
     rollup::purge_before(backend, cutoff_ms).await?;
+    dispatch!(backend, p, DB => {
+        sqlx::query("DELETE FROM request_bodies WHERE ts_ms < $1")
+            .bind(cutoff_ms)
+            .execute(p)
+            .await
+            .map_err(unavailable)?;
+    });
     let mut total = 0u64;
     loop {
         let n = dispatch!(backend, p, DB => {
