@@ -971,6 +971,35 @@ mod tests {
     }
 
     #[test]
+    fn stored_requests_and_backup_settings() {
+        let c = parse("{}").expect("defaults");
+        assert_eq!(c.ingest.keep_requests, None);
+        assert_eq!(c.backup.pg_dump_path, None);
+        let c = parse(
+            "log_store: {store_requests: true, max_request_bytes: 1000}\n\
+             backup: {pg_dump_path: /opt/pg/pg_dump}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.ingest.keep_requests, Some(1000));
+        assert_eq!(
+            c.backup.pg_dump_path,
+            Some(PathBuf::from("/opt/pg/pg_dump"))
+        );
+        assert_eq!(
+            parse("log_store: {store_requests: true}\n")
+                .expect("valid")
+                .ingest
+                .keep_requests,
+            Some(65_536)
+        );
+        // No log, nothing kept.
+        let c = parse("log_store: {kind: none, store_requests: true}\n").expect("valid");
+        assert_eq!(c.ingest.keep_requests, None);
+        let e = parse("log_store: {max_request_bytes: 0}\n").expect_err("zero");
+        assert!(e.to_string().contains("log_store.max_request_bytes"), "{e}");
+    }
+
+    #[test]
     fn log_store_defaults_and_environment() {
         let c = parse("").expect("empty");
         let l = c.log_store.expect("sqlite by default");

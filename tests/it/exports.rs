@@ -298,6 +298,17 @@ pub async fn the_canary_is_nowhere(db: Db) {
                 !contains(&stored, CANARY),
                 "the database file holds the canary"
             );
+            let mut c = sqlx::SqliteConnection::connect(&format!(
+                "sqlite://{}?mode=ro",
+                dir.path().join("requests.db").display()
+            ))
+            .await
+            .expect("open");
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM request_bodies")
+                .fetch_one(&mut c)
+                .await
+                .expect("count");
+            assert_eq!(stored, 2, "one per request id");
         }
         Db::Postgres => {
             let mut c = sqlx::PgConnection::connect(pg_url.as_deref().expect("url"))
@@ -322,7 +333,10 @@ pub async fn the_canary_is_nowhere(db: Db) {
     }
     let logged = logs.0.lock().expect("lock").clone();
     // PostgreSQL's driver logs every statement at this level: the capture works.
-    assert!(db == Db::Sqlite || !logged.is_empty(), "the server's log output was captured");
+    assert!(
+        db == Db::Sqlite || !logged.is_empty(),
+        "the server's log output was captured"
+    );
     assert!(
         !contains(&logged, CANARY),
         "the server log holds the canary"
