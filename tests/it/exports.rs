@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gatemeter::store::RequestLog;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -345,6 +346,7 @@ pub async fn the_canary_is_nowhere(db: Db) {
 
 crate::sql_log::conformance!(
     the_canary_is_nowhere,
+    stored_requests_follow_their_rows,
     sqlite_snapshot_while_writes_continue_or_dump_restores
 );
 
@@ -744,4 +746,97 @@ async fn a_missing_or_failing_pg_dump_is_a_clear_error() {
     );
     assert_eq!(last["bytes"], 300_000, "{audit}");
     app.stop().await;
+}
+
+fn with_request(json: Value) -> Box<gatemeter::record::ValidRecord> {
+    let prices = gatemeter::price::PriceTable::default();
+    let v = gatemeter::record::Validation {
+        now_ms: gatemeter::clock::now_ms(),
+        prices: &prices,
+        keep_requests: Some(2048),
+    };
+    match gatemeter::record::parse_event(&json.to_string(), &v).expect("valid") {
+        gatemeter::record::Event::Finish(r) => r,
+        gatemeter::record::Event::Start(_) => panic!("not a start marker"),
+    }
+}
+
+/// Stored requests follow their rows: found by the row's place in its session (a UUID id,
+/// stored as bytes by SQLite, joins like a text one), the first one kept when an id repeats,
+/// cut and flagged past the size cap, and purged with the rows.
+pub async fn stored_requests_follow_their_rows(db: Db) {
+    let health = Arc::new(gatemeter::health::Health::new(1));
+    let (log, _dir, url) = crate::sql_log::open_log_with(db, 1000, health).await;
+    let bodies = || async {
+        let q = "SELECT count(*) FROM request_bodies";
+        match db {
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open");
+                sqlx::query_scalar::<_, i64>(q)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
+            }
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("open");
+                sqlx::query_scalar::<_, i64>(q)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
+            }
+        }
+    };
+    let now = gatemeter::clock::now_ms();
+    let rec = |id: &str, ts: i64, text: &str| {
+        with_request(
+            json!({"request_id": id, "timestamp": ts, "session_id": "s", "model": "m",
+            "provider": "p", "status": 200, "duration_ms": 1,
+            "request": {"headers": {"x-api-key": "k-1"}, "body": {"text": text}}}),
+        )
+    };
+    let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
+    let big = "x".repeat(5000);
+    log.submit(vec![
+        rec(uuid, now - 5000, "first"),
+        rec("plain-id", now - 1000, &big),
+    ])
+    .expect("room");
+    log.flush().await;
+    // A repeat of the first id with another body changes nothing.
+    log.submit(vec![rec(uuid, now - 5000, "second")])
+        .expect("room");
+    log.flush().await;
+    let one = log
+        .session_request("s", 1)
+        .await
+        .expect("read")
+        .expect("seq 1");
+    let v: Value = serde_json::from_str(one.request.as_deref().expect("stored")).expect("json");
+    assert_eq!(v["body"]["text"], "first");
+    assert_eq!(v["headers"]["x-api-key"], "[REDACTED]");
+    assert!(!one.truncated);
+    let two = log
+        .session_request("s", 2)
+        .await
+        .expect("read")
+        .expect("seq 2");
+    assert!(two.truncated);
+    assert!(two.original_bytes > 5000);
+    assert!(two.request.as_deref().expect("stored").len() <= 2048);
+    assert_eq!(log.session_request("s", 3).await.expect("read"), None);
+    assert_eq!(bodies().await, 2);
+    // Retention takes the stored request with its row.
+    log.purge_before(now - 3000).await.expect("purge");
+    let left = log
+        .session_request("s", 1)
+        .await
+        .expect("read")
+        .expect("one row left");
+    assert_eq!(left.ts_ms, now - 1000);
+    assert!(left.request.is_some());
+    assert_eq!(bodies().await, 1);
+    log.purge_before(now).await.expect("purge");
+    assert_eq!(bodies().await, 0);
+    assert_eq!(log.session_request("s", 1).await.expect("read"), None);
+    log.close().await;
 }
