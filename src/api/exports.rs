@@ -78,7 +78,7 @@ pub struct BackupFailed(pub ErrorBody<'static>);
 #[allow(dead_code)]
 struct BackupParams {
     /// Include the data of the request log and its rollups (`true`, the default, or `false`:
-    /// their tables are dumped empty; PostgreSQL only, a SQLite snapshot is always whole).
+    /// their tables are in the backup, empty).
     include_log: Option<bool>,
 }
 

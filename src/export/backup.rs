@@ -5,7 +5,7 @@
 //!   `PATH`, or under `/usr/lib/postgresql/*/bin`), its standard output read on a thread of its
 //!   own in 64 KiB pieces; its exit status and the gist of its standard error (secrets scrubbed)
 //!   end the stream. Without the log, the data of the request-log and rollup tables is left out
-//!   (`--exclude-table-data`). The password of the URL goes to `PGPASSWORD`, never to the command
+//!   (`--exclude-table-data`; SQLite: emptied in the snapshot). The password of the URL goes to `PGPASSWORD`, never to the command
 //!   line (`/proc/*/cmdline` is world-readable).
 //! - SQLite: `VACUUM INTO` a temporary file beside the database (an online, consistent snapshot;
 //!   the writer goes on), then that file, removed afterwards whatever happens.
@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::record::scrub;
-use crate::store::sql::{SqlBackend, SqlLog};
+use crate::store::sql::{LOG_TABLES, SqlBackend, SqlLog};
 
 /// Settings of the backup export (`backup:`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,9 +31,6 @@ pub struct BackupConfig {
     /// `pg_dump` to run; `None`: found on `PATH` or under `/usr/lib/postgresql/*/bin`.
     pub pg_dump_path: Option<PathBuf>,
 }
-
-/// The tables whose data a backup without the log leaves out (their definitions stay).
-pub const LOG_TABLES: [&str; 4] = ["request_log", "request_bodies", "rollup", "session_rollup"];
 
 /// Size of one piece read from the dump.
 const PIECE: usize = 64 * 1024;
@@ -112,8 +109,7 @@ pub fn pg_dump_path(cfg: &BackupConfig) -> Result<PathBuf, BackupError> {
     })
 }
 
-/// Starts the backup of `log`'s database; `include_log: false` leaves out [`LOG_TABLES`]' data
-/// (PostgreSQL; a SQLite snapshot is always whole).
+/// Starts the backup of `log`'s database; `include_log: false` leaves out [`LOG_TABLES`]' data.
 pub async fn start(
     log: &SqlLog,
     cfg: &BackupConfig,
@@ -121,7 +117,7 @@ pub async fn start(
 ) -> Result<Dump, BackupError> {
     match log.location() {
         SqlBackend::Postgres { url } => start_pg_dump(&pg_dump_path(cfg)?, url, include_log),
-        SqlBackend::Sqlite { path } => Ok(start_snapshot(log.clone(), path)),
+        SqlBackend::Sqlite { path } => Ok(start_snapshot(log.clone(), path, include_log)),
     }
 }
 
@@ -299,7 +295,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn start_snapshot(log: SqlLog, db: &Path) -> Dump {
+fn start_snapshot(log: SqlLog, db: &Path, include_log: bool) -> Dump {
     let name = db
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -308,7 +304,7 @@ fn start_snapshot(log: SqlLog, db: &Path) -> Dump {
     let (tx, rx) = mpsc::channel(4);
     let path = tmp.clone();
     tokio::spawn(async move {
-        let end = match log.snapshot_into(&path).await {
+        let end = match log.snapshot_into(&path, include_log).await {
             Err(e) => Err(format!("the SQLite snapshot failed: {e}")),
             Ok(()) => send_file(&path, &tx).await,
         };

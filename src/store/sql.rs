@@ -63,6 +63,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// page size of new files) = 256 MiB of WAL at most between checkpoints.
 const SQLITE_WRITER_AUTOCHECKPOINT: &str = "16384";
 
+/// The tables of the request log and its rollups: what a backup without the log leaves empty.
+pub const LOG_TABLES: [&str; 4] = ["request_log", "request_bodies", "rollup", "session_rollup"];
+
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -596,9 +599,14 @@ impl SqlLog {
     }
 
     /// SQLite: writes a consistent snapshot of the whole database to the new file `dest`
-    /// (`VACUUM INTO` on a reader connection: the writer goes on meanwhile, WAL mode). Not for
+    /// (`VACUUM INTO` on a reader connection: the writer goes on meanwhile, WAL mode); without
+    /// `include_log`, the copy's [`LOG_TABLES`] are then emptied (their definitions stay). Not for
     /// PostgreSQL (see `export/backup.rs`: `pg_dump`).
-    pub async fn snapshot_into(&self, dest: &std::path::Path) -> Result<(), StoreError> {
+    pub async fn snapshot_into(
+        &self,
+        dest: &std::path::Path,
+        include_log: bool,
+    ) -> Result<(), StoreError> {
         let Backend::Sqlite(pool) = &self.inner.backend else {
             return Err(unavailable("a snapshot is taken of SQLite logs only"));
         };
@@ -610,6 +618,25 @@ impl SqlLog {
             .execute(pool)
             .await
             .map_err(unavailable)?;
+        if include_log {
+            return Ok(());
+        }
+        let copy = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(dest))
+            .await
+            .map_err(unavailable)?;
+        for t in LOG_TABLES {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&copy)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::query("VACUUM")
+            .execute(&copy)
+            .await
+            .map_err(unavailable)?;
+        copy.close().await;
         Ok(())
     }
 
