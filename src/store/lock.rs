@@ -42,6 +42,7 @@ enum Kind {
     Redis {
         con: ConnectionManager,
         key: Arc<str>,
+        ttl: Duration,
     },
 }
 
@@ -70,8 +71,17 @@ impl FleetLock {
             kind: Kind::Redis {
                 con: crate::store::redis::connection(cfg)?,
                 key: Keys::new(&cfg.key_prefix).key(name).into(),
+                ttl: LOCK_TTL,
             },
         })
+    }
+
+    /// The same lock with another time to live (renewed every third of it); for tests.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        if let Kind::Redis { ttl: t, .. } = &mut self.kind {
+            *t = ttl;
+        }
+        self
     }
 
     /// The key the lock lives under (`None`: a local lock).
@@ -96,7 +106,7 @@ impl FleetLock {
                     release: Release::Local(held.clone()),
                 }))
             }
-            Kind::Redis { con, key } => {
+            Kind::Redis { con, key, ttl } => {
                 let token = format!("{:032x}:{now_ms}", rand::random::<u128>());
                 let mut c = con.clone();
                 let set: Option<String> = timed(
@@ -105,7 +115,7 @@ impl FleetLock {
                         .arg(&token)
                         .arg("NX")
                         .arg("PX")
-                        .arg(LOCK_TTL.as_millis() as u64)
+                        .arg(ttl.as_millis() as u64)
                         .query_async(&mut c),
                 )
                 .await?;
@@ -120,7 +130,7 @@ impl FleetLock {
                         .unwrap_or(0);
                     return Ok(Acquired::Busy { since_ms });
                 }
-                let renew = tokio::spawn(renew(con.clone(), key.clone(), token.clone()));
+                let renew = tokio::spawn(renew(con.clone(), key.clone(), token.clone(), *ttl));
                 Ok(Acquired::Held(LockGuard {
                     release: Release::Redis {
                         con: con.clone(),
@@ -153,8 +163,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Renews the lock every third of its TTL while it is ours.
-async fn renew(con: ConnectionManager, key: Arc<str>, token: String) {
-    let mut tick = tokio::time::interval(LOCK_TTL / 3);
+async fn renew(con: ConnectionManager, key: Arc<str>, token: String, ttl: Duration) {
+    let mut tick = tokio::time::interval(ttl / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
@@ -163,7 +173,7 @@ async fn renew(con: ConnectionManager, key: Arc<str>, token: String) {
             redis::Script::new(RENEW)
                 .key(&*key)
                 .arg(&token)
-                .arg(LOCK_TTL.as_millis() as u64)
+                .arg(ttl.as_millis() as u64)
                 .invoke_async(&mut c),
         )
         .await;

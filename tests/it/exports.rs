@@ -849,3 +849,63 @@ pub async fn stored_requests_follow_their_rows(db: Db) {
     assert_eq!(log.session_request("s", 1).await.expect("read"), None);
     log.close().await;
 }
+
+/// The Redis lock: `SET NX PX` with a TTL, renewed while held (here a 600 ms TTL outlives
+/// 2 s), busy for others with the holder's start time, released at once on drop, and never
+/// deleted by a holder whose lock was taken over meanwhile (compare-and-delete).
+#[tokio::test]
+async fn the_redis_backup_lock_is_renewed_and_compare_and_deleted() {
+    use gatemeter::store::lock::{Acquired, FleetLock};
+    let url = shared_url();
+    let prefix = unique_prefix("lock");
+    let config = gatemeter::config::Config::from_yaml_str(
+        &format!("live_store: redis\nredis:\n  url: {url}\n  key_prefix: \"{prefix}\"\n"),
+        Path::new("t.yaml"),
+        &|_| None,
+    )
+    .expect("config");
+    let lock = FleetLock::redis(&config.redis, "database:backup:lock")
+        .expect("lock")
+        .with_ttl(Duration::from_millis(600));
+    let other = FleetLock::redis(&config.redis, "database:backup:lock").expect("lock");
+    let key = format!("{prefix}database:backup:lock");
+    assert_eq!(lock.key(), Some(key.as_str()));
+    let Ok(Acquired::Held(guard)) = lock.try_acquire(1_234).await else {
+        panic!("free at first")
+    };
+    let value = redis_get(&url, &key).expect("set");
+    assert!(value.ends_with(":1234") && value.len() > 32, "{value}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        redis_get(&url, &key),
+        Some(value.clone()),
+        "renewed, still ours"
+    );
+    assert!(matches!(
+        other.try_acquire(9_999).await,
+        Ok(Acquired::Busy { since_ms: 1_234 })
+    ));
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(redis_get(&url, &key), None, "released at once");
+
+    // Taken over after an expiry: the old holder's release leaves the new lock alone.
+    let Ok(Acquired::Held(old)) = lock.try_acquire(1).await else {
+        panic!("free again")
+    };
+    let mut c = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .expect("connect");
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("someone-else:5")
+        .query::<()>(&mut c)
+        .expect("SET");
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(redis_get(&url, &key).as_deref(), Some("someone-else:5"));
+    redis::cmd("DEL")
+        .arg(&key)
+        .query::<()>(&mut c)
+        .expect("DEL");
+}
