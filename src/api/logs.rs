@@ -358,12 +358,20 @@ pub async fn usage_csv(
                 message: e.to_string(),
             }),
         };
-        let (rows, end, tail) = match exported {
-            Ok(x) => match x.encoder.finish() {
-                Ok(tail) => (x.rows, x.end, tail),
-                Err(e) => (x.rows, ExportEnd::Failed(e.to_string()), Vec::new()),
-            },
-            Err(e) => (0, ExportEnd::Failed(e.to_string()), Vec::new()),
+        let (rows, end, tail, handed_out) = match exported {
+            Ok(x) => {
+                let handed_out = x.encoder.handed_out();
+                match x.encoder.finish() {
+                    Ok(tail) => (x.rows, x.end, tail, handed_out),
+                    Err(e) => (
+                        x.rows,
+                        ExportEnd::Failed(e.to_string()),
+                        Vec::new(),
+                        handed_out,
+                    ),
+                }
+            }
+            Err(e) => (0, ExportEnd::Failed(e.to_string()), Vec::new(), 0),
         };
         let mut tail = tail;
         let sent_ok = end != ExportEnd::ReceiverGone;
@@ -391,7 +399,7 @@ pub async fn usage_csv(
             action: "usage_csv".into(),
             filters: filters_json,
             rows: i64::try_from(rows).unwrap_or(i64::MAX),
-            bytes: None,
+            bytes: i64::try_from(handed_out + tail.len() as u64).ok(),
             outcome: outcome.to_string(),
             detail,
         };

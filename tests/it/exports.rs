@@ -224,6 +224,17 @@ pub async fn the_canary_is_nowhere(db: Db) {
         answers.extend(one.to_string().bytes());
     }
 
+    // The usage CSV's audit entry has its size.
+    let csv = get(&app, Some(ADMIN), "/api/v1/export/usage.csv")
+        .await
+        .bytes()
+        .await
+        .expect("csv");
+    let (_, audit) = get_json(&app, Some(ADMIN), "/api/v1/audit?limit=1").await;
+    assert_eq!(audit["items"][0]["action"], "usage_csv");
+    assert_eq!(audit["items"][0]["rows"], 3);
+    assert_eq!(audit["items"][0]["bytes"], csv.len(), "{audit}");
+
     // The backup holds no canary either (PostgreSQL: restored to SQL text).
     let resp = get(&app, Some(ADMIN), "/api/v1/export/backup").await;
     assert_eq!(resp.status(), 200);
