@@ -121,8 +121,34 @@ pub async fn start(
     }
 }
 
-/// `url` without its password, and the password (percent-decoded).
+/// `url` without its password (in the user part or a `password=` parameter), and the password
+/// (percent-decoded).
 fn split_password(url: &str) -> (String, Option<String>) {
+    let (url, in_user) = split_user_password(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return (url, in_user);
+    };
+    let mut password = in_user;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("password=") {
+            Some(v) => {
+                password = Some(percent_decode(v));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, password)
+}
+
+/// `url` without the password of its user part, and that password (percent-decoded).
+fn split_user_password(url: &str) -> (String, Option<String>) {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return (url.to_string(), None);
     };
@@ -371,6 +397,17 @@ mod tests {
         assert_eq!(
             split_password("postgres://postgres@127.0.0.1:5/gm"),
             ("postgres://postgres@127.0.0.1:5/gm".to_string(), None)
+        );
+        assert_eq!(
+            split_password("postgres://gm@db/logs?sslmode=disable&password=p%26w"),
+            (
+                "postgres://gm@db/logs?sslmode=disable".to_string(),
+                Some("p&w".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://gm@db/logs?password=x"),
+            ("postgres://gm@db/logs".to_string(), Some("x".to_string()))
         );
     }
 

@@ -488,6 +488,14 @@ pub async fn sqlite_snapshot_while_writes_continue_or_dump_restores(db: Db) {
     }
     writer.abort();
     let _ = writer.await;
+    // The SQLite snapshots' temporary files are gone.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".backup-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // With the writer stopped, a dump restores to exactly the counts of the source.
     if let (Db::Postgres, Some(url)) = (db, &pg_url) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
