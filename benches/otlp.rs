@@ -69,6 +69,7 @@ fn otlp(c: &mut Criterion) {
             let v = Validation {
                 now_ms: 1_795_460_000_000,
                 prices: &prices,
+                keep_requests: None,
             };
             let out = mapping.logs(&req, &v);
             assert_eq!(out.events.len(), 100);
@@ -81,6 +82,7 @@ fn otlp(c: &mut Criterion) {
             let v = Validation {
                 now_ms: 1_795_460_000_000,
                 prices: &prices,
+                keep_requests: None,
             };
             let out = mapping.logs_view(&view, &v);
             assert_eq!(out.events.len(), 100);

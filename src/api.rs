@@ -17,6 +17,7 @@ use crate::pipeline::Pipeline;
 
 pub mod analytics;
 pub mod auth;
+pub mod exports;
 pub mod logs;
 pub mod openapi;
 pub mod probes;
@@ -83,6 +84,22 @@ pub enum ApiError {
         /// Stable code.
         code: &'static str,
         /// What is missing and how to get it.
+        message: String,
+    },
+    /// 409: the resource is busy (another backup holds the lock).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Who holds it since when.
+        message: String,
+    },
+    /// 500 told to the (admin) caller: an export's tool failed (`pg_dump`'s error gist).
+    #[error("{message}")]
+    ExportFailed {
+        /// Stable code.
+        code: &'static str,
+        /// What failed, secrets removed.
         message: String,
     },
     /// 500: our fault; details are logged, not returned.
@@ -155,6 +172,10 @@ impl IntoResponse for ApiError {
             ),
             Self::NotImplemented { code, message } => {
                 (StatusCode::NOT_IMPLEMENTED, *code, message.as_str())
+            }
+            Self::Conflict { code, message } => (StatusCode::CONFLICT, *code, message.as_str()),
+            Self::ExportFailed { code, message } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, *code, message.as_str())
             }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "Internal error answering a request.");

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use crate::api::analytics::{self, AnalyticsApi};
 use crate::api::auth::{Access, Auth};
+use crate::api::exports::{self, ExportApi};
 use crate::api::logs::{self, LogApi};
 use crate::api::openapi;
 use crate::claude_code::task::ClaudeCode;
@@ -204,6 +205,19 @@ impl App {
         };
         v1 = v1.merge(crate::api::probes::routes(probe_api, &auth));
         if let Some(log) = sql {
+            // One backup at a time: across the fleet when the replicas share Redis.
+            let lock = match config.live_store {
+                LiveStoreKind::Redis => {
+                    crate::store::lock::FleetLock::redis(&config.redis, exports::BACKUP_LOCK)?
+                }
+                LiveStoreKind::Memory => crate::store::lock::FleetLock::local(),
+            };
+            let exports_api = ExportApi {
+                log: log.clone(),
+                backup: config.backup.clone(),
+                lock,
+            };
+            v1 = v1.merge(exports::routes(exports_api, &auth));
             let api = LogApi {
                 log,
                 export_max_rows: config.export_max_rows,
@@ -292,6 +306,7 @@ pub fn router(
         max_body_bytes: config.ingest.max_body_bytes,
         prices: config.prices.clone(),
         mapping: config.otlp.mapping.clone(),
+        keep_requests: config.ingest.keep_requests,
     });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),

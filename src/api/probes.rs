@@ -131,12 +131,17 @@ pub async fn probe_log(
         ok,
     };
     let started = now_ms();
-    let results = match &api.log {
+    let body = match &api.log {
         Some(log) => {
             let read = log.probe_log(&f, max_lines).await;
-            let (rows, outcome) = match &read {
-                Ok(r) => (r.len(), "ok".to_string()),
-                Err(_) => (0, "failed: the request log is unavailable".to_string()),
+            let body = read.as_ref().ok().map(|r| probe_log::render(r, &api.zone));
+            let (rows, outcome, detail) = match &read {
+                Ok(r) => (r.len(), "ok", None),
+                Err(_) => (
+                    0,
+                    "failed",
+                    Some("the request log is unavailable".to_string()),
+                ),
             };
             let entry = NewAudit {
                 ts_ms: started,
@@ -145,16 +150,20 @@ pub async fn probe_log(
                 action: "probe_log".into(),
                 filters: serde_json::json!({"filter": &f, "max_lines": max_lines}).to_string(),
                 rows: i64::try_from(rows).unwrap_or(i64::MAX),
-                outcome,
+                bytes: body
+                    .as_ref()
+                    .map(|b| i64::try_from(b.len()).unwrap_or(i64::MAX)),
+                outcome: outcome.to_string(),
+                detail,
             };
             if let Err(e) = log.audit(&entry).await {
                 tracing::error!(error = %e, "Could not record an export in the audit trail.");
             }
-            read.map_err(store_error)?
+            read.map_err(store_error)?;
+            body.unwrap_or_default()
         }
-        None => api.probes.recent(&f, max_lines as usize),
+        None => probe_log::render(&api.probes.recent(&f, max_lines as usize), &api.zone),
     };
-    let body = probe_log::render(&results, &api.zone);
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(

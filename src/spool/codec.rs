@@ -10,7 +10,7 @@
 use compact_str::CompactString;
 
 use crate::record::{
-    ApiType, CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord,
+    ApiType, CostSource, Event, Label, RequestId, StartMarker, StoredRequest, Tokens, ValidRecord,
 };
 
 /// Bytes of a frame header (length and checksum).
@@ -148,9 +148,15 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             text(out, &m.namespace);
             signed(out, m.timestamp_ms);
         }
+        // Tag 2: a record with a stored request after it (tag 1 stays readable as before).
         Event::Finish(r) => {
-            out.push(1);
+            out.push(if r.request.is_some() { 2 } else { 1 });
             record(out, r);
+            if let Some(req) = &r.request {
+                text(out, &req.json);
+                out.push(u8::from(req.truncated));
+                varint(out, req.original_bytes);
+            }
         }
     }
 }
@@ -188,6 +194,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         client_ip,
         messages_count,
         trace_id,
+        request: _,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
     signed(out, *timestamp_ms);
@@ -313,6 +320,15 @@ impl<'a> Reader<'a> {
                 timestamp_ms: self.signed()?,
             })),
             1 => Ok(Event::Finish(Box::new(self.record()?))),
+            2 => {
+                let mut r = self.record()?;
+                r.request = Some(Box::new(StoredRequest {
+                    json: self.text()?.into(),
+                    truncated: self.byte()? != 0,
+                    original_bytes: self.varint()?,
+                }));
+                Ok(Event::Finish(Box::new(r)))
+            }
             _ => Err(DecodeError),
         }
     }
@@ -384,6 +400,7 @@ impl<'a> Reader<'a> {
                 .transpose()
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
+            request: None,
         })
     }
 }
@@ -433,6 +450,11 @@ mod tests {
             client_ip: Some("::1".into()),
             messages_count: Some(9),
             trace_id: Some("t".into()),
+            request: Some(Box::new(StoredRequest {
+                json: r#"{"headers":{"x-api-key":"[REDACTED]"},"body":"é"}"#.into(),
+                truncated: true,
+                original_bytes: 70_000,
+            })),
         }
     }
 

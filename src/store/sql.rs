@@ -64,6 +64,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// page size of new files) = 256 MiB of WAL at most between checkpoints.
 const SQLITE_WRITER_AUTOCHECKPOINT: &str = "16384";
 
+/// The tables of the request log and its rollups: what a backup without the log leaves empty.
+pub const LOG_TABLES: [&str; 4] = ["request_log", "request_bodies", "rollup", "session_rollup"];
+
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -295,6 +298,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "probe results",
         include_str!("../../migrations/sqlite/0005_probe_results.sql"),
     ),
+    (
+        6,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -326,6 +334,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "probe results",
         include_str!("../../migrations/postgres/0006_probe_results.sql"),
+    ),
+    (
+        7,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
     ),
 ];
 
@@ -429,6 +442,8 @@ struct Inner {
     depth: Arc<AtomicUsize>,
     capacity: usize,
     dialect: &'static str,
+    /// Where the log lives (the backup export reads it).
+    location: SqlBackend,
 }
 
 impl SqlLog {
@@ -574,6 +589,7 @@ impl SqlLog {
                 depth,
                 capacity: cfg.queue_capacity,
                 dialect,
+                location: cfg.backend.clone(),
             }),
         })
     }
@@ -585,6 +601,54 @@ impl SqlLog {
 
     pub(crate) fn backend(&self) -> &Backend {
         &self.inner.backend
+    }
+
+    /// Where the log lives: the SQLite file or the PostgreSQL URL (which may hold a password:
+    /// never log it).
+    pub fn location(&self) -> &SqlBackend {
+        &self.inner.location
+    }
+
+    /// SQLite: writes a consistent snapshot of the whole database to the new file `dest`
+    /// (`VACUUM INTO` on a reader connection: the writer goes on meanwhile, WAL mode); without
+    /// `include_log`, the copy's [`LOG_TABLES`] are then emptied (their definitions stay). Not for
+    /// PostgreSQL (see `export/backup.rs`: `pg_dump`).
+    pub async fn snapshot_into(
+        &self,
+        dest: &std::path::Path,
+        include_log: bool,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.inner.backend else {
+            return Err(unavailable("a snapshot is taken of SQLite logs only"));
+        };
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| unavailable("the snapshot path is not UTF-8"))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(dest)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
+        if include_log {
+            return Ok(());
+        }
+        let copy = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(dest))
+            .await
+            .map_err(unavailable)?;
+        for t in LOG_TABLES {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&copy)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::query("VACUUM")
+            .execute(&copy)
+            .await
+            .map_err(unavailable)?;
+        copy.close().await;
+        Ok(())
     }
 
     /// Waits until every record submitted before this call is written (or dropped and counted);
@@ -646,6 +710,13 @@ const PURGE_CHUNK: i64 = 10_000;
 async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
     rollup::purge_before(backend, cutoff_ms).await?;
     probe::purge_before(backend, cutoff_ms).await?;
+    dispatch!(backend, p, DB => {
+        sqlx::query("DELETE FROM request_bodies WHERE ts_ms < $1")
+            .bind(cutoff_ms)
+            .execute(p)
+            .await
+            .map_err(unavailable)?;
+    });
     let mut total = 0u64;
     loop {
         let n = dispatch!(backend, p, DB => {

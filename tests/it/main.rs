@@ -5,6 +5,7 @@ mod assets;
 mod bad_input;
 mod cli;
 mod exact;
+mod exports;
 mod exposition;
 mod harness;
 mod ingest;
