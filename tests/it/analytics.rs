@@ -233,6 +233,47 @@ pub async fn rollups_are_exact_and_rebuildable(db: Db) {
     );
 }
 
+/// Users' and keys' month buckets: whole UTC months, a month less its days outside a range
+/// (Shanghai's month, a custom range), and ranges across two months equal the model of the raw
+/// rows; they survive `rebuild`; the rest of the dimensions (days only) agree too.
+pub async fn month_buckets_are_exact(db: Db) {
+    let (log, _dir, _) = open_log_with(db, 100_000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::clock::now_ms();
+    let recs = records(3_000, now, 80);
+    log.submit(recs.iter().map(|r| valid(r.clone())).collect())
+        .expect("queued");
+    log.flush().await;
+    let utc = Zone::utc();
+    let shanghai = Zone::named("Asia/Shanghai").expect("zone");
+    let (m, next) = utc.period(Period::Month, now - 40 * DAY_MS);
+    let (sm, snext) = shanghai.period(Period::Month, now - 40 * DAY_MS);
+    let ranges = [
+        (m, next),                                                  // a whole UTC month
+        (sm, snext),                                                // Shanghai's: less a day, hours
+        (m + 3 * DAY_MS, next - 2 * DAY_MS),                        // less days at both ends
+        (m + 3 * DAY_MS + 5 * HOUR_MS + 17, next + 9 * DAY_MS + 1), // into the next month
+        (m - 20 * DAY_MS, now + 1),                                 // three months, to now
+    ];
+    let check = |label: &'static str| {
+        let log = log.clone();
+        let recs = &recs;
+        async move {
+            for (from, to) in ranges {
+                for dim in [Dim::User, Dim::Key, Dim::Model] {
+                    assert_eq!(
+                        grouped_counts(&log, dim, from, to, None).await,
+                        model(recs, dim, from, to, None),
+                        "{db:?} {label} {dim:?} [{from}, {to})"
+                    );
+                }
+            }
+        }
+    };
+    check("written").await;
+    log.rebuild_rollups().await.expect("rebuild");
+    check("rebuilt").await;
+}
+
 async fn futures_all(
     log: &gatemeter::store::SqlLog,
     from: i64,
@@ -545,6 +586,7 @@ pub async fn bad_parameters_are_named(db: Db) {
 
 conformance!(
     rollups_are_exact_and_rebuildable,
+    month_buckets_are_exact,
     periods_follow_the_time_zone,
     availability_colours_and_buckets,
     sessions_and_what_a_user_sees,
