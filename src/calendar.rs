@@ -6,6 +6,26 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
+/// The first instant (epoch ms) of the UTC calendar month holding `ms`.
+pub fn utc_month_start(ms: i64) -> i64 {
+    let date = Timestamp::from_millisecond(ms)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(TimeZone::UTC)
+        .date()
+        .first_of_month();
+    Zone::utc().start_of(date)
+}
+
+/// The first instant (epoch ms) of the UTC month after the one holding `ms`.
+pub fn utc_next_month_start(ms: i64) -> i64 {
+    let date = Timestamp::from_millisecond(utc_month_start(ms))
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(TimeZone::UTC)
+        .date();
+    date.checked_add(1.month())
+        .map_or(i64::MAX, |d| Zone::utc().start_of(d))
+}
+
 /// A named calendar period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
@@ -103,6 +123,19 @@ impl Zone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_months_start_on_the_first() {
+        let feb = ms("2024-02-01T00:00:00Z");
+        assert_eq!(utc_month_start(ms("2024-02-29T23:59:59.999Z")), feb);
+        assert_eq!(utc_month_start(feb), feb);
+        assert_eq!(utc_next_month_start(feb), ms("2024-03-01T00:00:00Z"));
+        assert_eq!(
+            utc_next_month_start(ms("2024-12-31T12:00:00Z")),
+            ms("2025-01-01T00:00:00Z")
+        );
+        assert_eq!(utc_month_start(-1), ms("1969-12-01T00:00:00Z"));
+    }
 
     fn ms(s: &str) -> i64 {
         s.parse::<Timestamp>().expect("timestamp").as_millisecond()

@@ -65,7 +65,13 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const SQLITE_WRITER_AUTOCHECKPOINT: &str = "16384";
 
 /// The tables of the request log and its rollups: what a backup without the log leaves empty.
-pub const LOG_TABLES: [&str; 4] = ["request_log", "request_bodies", "rollup", "session_rollup"];
+pub const LOG_TABLES: [&str; 5] = [
+    "request_log",
+    "request_bodies",
+    "rollup",
+    "session_rollup",
+    "rollup_pending",
+];
 
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -303,6 +309,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "request bodies and export audit sizes",
         include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
     ),
+    (
+        9,
+        "rollup journal and month buckets",
+        include_str!("../../migrations/sqlite/0009_rollup_journal_and_months.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -339,6 +350,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "request bodies and export audit sizes",
         include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
+    ),
+    (
+        10,
+        "rollup journal and month buckets",
+        include_str!("../../migrations/postgres/0010_rollup_journal_and_months.sql"),
     ),
 ];
 
@@ -444,6 +460,7 @@ struct Inner {
     dialect: &'static str,
     /// Where the log lives (the backup export reads it).
     location: SqlBackend,
+    retention_days: u32,
 }
 
 impl SqlLog {
@@ -590,6 +607,7 @@ impl SqlLog {
                 capacity: cfg.queue_capacity,
                 dialect,
                 location: cfg.backend.clone(),
+                retention_days: cfg.retention_days,
             }),
         })
     }
@@ -653,9 +671,22 @@ impl SqlLog {
 
     /// Waits until every record submitted before this call is written (or dropped and counted);
     /// while the database is away, until it is back (see [`SqlLog::close_within`] for a bound).
+    /// The earliest start of a rollup bucket whose days retention has not begun to delete
+    /// (`i64::MIN` without retention): a month bucket from here on is whole.
+    pub(crate) fn whole_from(&self) -> i64 {
+        match self.inner.retention_days {
+            0 => i64::MIN,
+            days => crate::clock::now_ms() - i64::from(days) * rollup::DAY_MS,
+        }
+    }
+
+    /// Waits until every record submitted before this call is written (or dropped and counted)
+    /// and counted in the rollups; while the database is away, until it is back (see
+    /// [`SqlLog::close_within`] for a bound).
     pub async fn flush(&self) {
         let (ack, rx) = oneshot::channel();
-        if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
+        let msg = writer::Msg::Flush { ack, merge: true };
+        if self.inner.tx.send(msg).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -666,7 +697,8 @@ impl SqlLog {
     pub async fn close_within(&self, limit: Duration) {
         let (ack, mut done) = oneshot::channel();
         let flushed = tokio::time::timeout(limit, async {
-            if self.inner.tx.send(writer::Msg::Flush(ack)).await.is_ok() {
+            let msg = writer::Msg::Flush { ack, merge: true };
+            if self.inner.tx.send(msg).await.is_ok() {
                 let _ = (&mut done).await;
             }
         })
@@ -808,11 +840,13 @@ impl RequestLog for SqlLog {
 
     /// Bounded by [`CLOSE_TIMEOUT`].
     /// A flush marker behind everything queued; false if the queue cannot take it now or the
-    /// writer gave up (closing deadline).
+    /// writer gave up (closing deadline). Rows written are durable with their journaled rollup
+    /// increments, so this does not wait for a merge.
     fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
             let (ack, rx) = oneshot::channel();
-            self.inner.tx.try_send(writer::Msg::Flush(ack)).is_ok() && rx.await.is_ok()
+            let msg = writer::Msg::Flush { ack, merge: false };
+            self.inner.tx.try_send(msg).is_ok() && rx.await.is_ok()
         })
     }
 
@@ -849,6 +883,94 @@ mod tests {
         SqlLog::open(&cfg, Arc::new(Health::new(1)))
             .await
             .expect("opens and migrates")
+    }
+
+    /// The writer journals a batch's rollup increments in the batch's transaction; a crash
+    /// before the merge leaves them in `rollup_pending`, and the next start merges them: the
+    /// rollups then count every stored row once, and the journal is empty.
+    #[tokio::test]
+    async fn journaled_increments_left_by_a_crash_are_merged_at_start() {
+        use crate::store::sql::rollup::Dim;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.db");
+        let now = crate::clock::now_ms();
+        let rec = |id: &str, user: &str| {
+            let mut r = crate::record::test_record(
+                &format!(r#"{{"model": "m", "status": 200, "duration_ms": 5, "user": "{user}"}}"#),
+                now - 10,
+            );
+            r.request_id = Some(crate::record::RequestId(id.into()));
+            r
+        };
+        {
+            // Rollups off: this writer merges nothing, its pool is used directly below.
+            let cfg = SqlConfig {
+                backend: SqlBackend::Sqlite { path: path.clone() },
+                queue_capacity: 100,
+                batch_rows: 100,
+                write_concurrency: 1,
+                retention_days: 0,
+                rollups: false,
+            };
+            let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+                .await
+                .expect("opens");
+            let Backend::Sqlite(pool) = log.backend() else {
+                unreachable!("a SQLite log")
+            };
+            // The writer's own step, without its merge: as if the process died right after.
+            let batch = Arc::new(vec![rec("a", "u1"), rec("b", "u1"), rec("c", "u2")]);
+            sqlite_insert::write(pool, batch, true)
+                .await
+                .expect("write");
+            let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollup_pending")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+            assert_eq!(pending, 1, "one journal row for the batch");
+            let (rolled,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollup")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+            assert_eq!(rolled, 0, "nothing merged yet");
+            log.close().await;
+        }
+        let log = open_small_log(SqlBackend::Sqlite { path }).await;
+        let users = |log: SqlLog| async move {
+            // A whole hour: answered by the hour bucket (a part of one would be raw rows).
+            let hour = rollup::floor(now - 10, rollup::HOUR_MS);
+            let users = log
+                .grouped(Dim::User, hour, hour + rollup::HOUR_MS, None)
+                .await
+                .expect("grouped");
+            users
+                .iter()
+                .map(|((u, _), c)| (u.to_string(), c.counts.requests))
+                .collect::<Vec<_>>()
+        };
+        // Nothing submitted: the flush waits only for the merge the start began.
+        log.flush().await;
+        assert_eq!(
+            users(log.clone()).await,
+            [("u1".to_string(), 2), ("u2".to_string(), 1)]
+        );
+        // More rows through the writer (a repeated id among them); its flush merges them.
+        log.submit(vec![rec("d", "u2"), rec("a", "u9")])
+            .expect("room");
+        log.flush().await;
+        assert_eq!(
+            users(log.clone()).await,
+            [("u1".to_string(), 2), ("u2".to_string(), 2)]
+        );
+        let Backend::Sqlite(pool) = log.backend() else {
+            unreachable!("a SQLite log")
+        };
+        let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollup_pending")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!(pending, 0, "the journal is merged and emptied");
+        log.close().await;
     }
 
     /// A batch the database refuses for a reason that is not an outage (here a trigger, as a

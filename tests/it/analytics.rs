@@ -233,6 +233,47 @@ pub async fn rollups_are_exact_and_rebuildable(db: Db) {
     );
 }
 
+/// Users' and keys' month buckets: whole UTC months, a month less its days outside a range
+/// (Shanghai's month, a custom range), and ranges across two months equal the model of the raw
+/// rows; they survive `rebuild`; the rest of the dimensions (days only) agree too.
+pub async fn month_buckets_are_exact(db: Db) {
+    let (log, _dir, _) = open_log_with(db, 100_000, Arc::new(Health::new(1))).await;
+    let now = gatemeter::clock::now_ms();
+    let recs = records(3_000, now, 80);
+    log.submit(recs.iter().map(|r| valid(r.clone())).collect())
+        .expect("queued");
+    log.flush().await;
+    let utc = Zone::utc();
+    let shanghai = Zone::named("Asia/Shanghai").expect("zone");
+    let (m, next) = utc.period(Period::Month, now - 40 * DAY_MS);
+    let (sm, snext) = shanghai.period(Period::Month, now - 40 * DAY_MS);
+    let ranges = [
+        (m, next),                                                  // a whole UTC month
+        (sm, snext),                                                // Shanghai's: less a day, hours
+        (m + 3 * DAY_MS, next - 2 * DAY_MS),                        // less days at both ends
+        (m + 3 * DAY_MS + 5 * HOUR_MS + 17, next + 9 * DAY_MS + 1), // into the next month
+        (m - 20 * DAY_MS, now + 1),                                 // three months, to now
+    ];
+    let check = |label: &'static str| {
+        let log = log.clone();
+        let recs = &recs;
+        async move {
+            for (from, to) in ranges {
+                for dim in [Dim::User, Dim::Key, Dim::Model] {
+                    assert_eq!(
+                        grouped_counts(&log, dim, from, to, None).await,
+                        model(recs, dim, from, to, None),
+                        "{db:?} {label} {dim:?} [{from}, {to})"
+                    );
+                }
+            }
+        }
+    };
+    check("written").await;
+    log.rebuild_rollups().await.expect("rebuild");
+    check("rebuilt").await;
+}
+
 async fn futures_all(
     log: &gatemeter::store::SqlLog,
     from: i64,
@@ -243,6 +284,29 @@ async fn futures_all(
         out.push(grouped_counts(log, dim, from, to, None).await);
     }
     out
+}
+
+/// Waits until the rollups count `n` requests: rows are in the log first, their rollups follow
+/// at the writer's next merge (at once when it is idle). Asks a range of whole hours, which only
+/// rollups answer.
+async fn wait_rollups(app: &TestApp, n: i64) {
+    let now = gatemeter::clock::now_ms();
+    let from = (now - 40 * DAY_MS).div_euclid(HOUR_MS) * HOUR_MS;
+    let to = now.div_euclid(HOUR_MS) * HOUR_MS + HOUR_MS;
+    let path =
+        format!("/api/v1/leaderboard?scope=model&period=custom&from={from}&to={to}&limit=100");
+    let mut counted = 0;
+    for _ in 0..200 {
+        let (_, v) = get_json(app, Some(ADMIN), &path).await;
+        counted = v["entries"].as_array().map_or(0, |e| {
+            e.iter().map(|l| l["requests"].as_i64().unwrap_or(0)).sum()
+        });
+        if counted == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the rollups count {counted} requests, not {n}");
 }
 
 async fn analytics_app(db: Db, extra: &str) -> TestApp {
@@ -276,6 +340,7 @@ pub async fn periods_follow_the_time_zone(db: Db) {
     ];
     ingest(&app, Some(INGEST), &recs).await;
     wait_rows(&app, Some(ADMIN), 3).await;
+    wait_rollups(&app, 3).await;
     let (s, v) = get_json(
         &app,
         Some(ADMIN),
@@ -352,6 +417,7 @@ pub async fn availability_colours_and_buckets(db: Db) {
     }
     ingest(&app, Some(INGEST), &recs).await;
     wait_rows(&app, Some(ADMIN), 300).await;
+    wait_rollups(&app, 300).await;
     let (s, v) = get_json(&app, Some(ADMIN), "/api/v1/availability?window=1h").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["bucket_ms"], 60_000);
@@ -405,6 +471,7 @@ pub async fn sessions_and_what_a_user_sees(db: Db) {
     ];
     ingest(&app, Some(INGEST), &recs).await;
     wait_rows(&app, Some(ADMIN), 5).await;
+    wait_rollups(&app, 5).await;
     let ids = |v: &Value| -> Vec<String> {
         v["sessions"]
             .as_array()
@@ -497,6 +564,7 @@ pub async fn sessions_and_what_a_user_sees(db: Db) {
     let app = analytics_app(db, "analytics:\n  users_see_leaderboards: true\n").await;
     ingest(&app, Some(INGEST), &recs).await;
     wait_rows(&app, Some(ADMIN), 5).await;
+    wait_rollups(&app, 5).await;
     let (_, v) = get_json(
         &app,
         Some(ALICE),
@@ -545,6 +613,7 @@ pub async fn bad_parameters_are_named(db: Db) {
 
 conformance!(
     rollups_are_exact_and_rebuildable,
+    month_buckets_are_exact,
     periods_follow_the_time_zone,
     availability_colours_and_buckets,
     sessions_and_what_a_user_sees,

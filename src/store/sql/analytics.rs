@@ -74,11 +74,14 @@ pub type Bucketed = BTreeMap<(i64, CompactString, CompactString), Cell>;
 /// Raw rows read at most for one answer; a reader's range that holds more is refused (400).
 pub const MAX_RAW_ROWS: i64 = 2_000_000;
 
-/// Pieces of a range answered by rollups: (tier, start, end).
-type Rolled = Vec<(Tier, i64, i64)>;
+/// Pieces of a range answered by rollups: (tier, start, end, sign): the buckets starting in
+/// `[start, end)` are added (`1`) or taken away (`-1`: days of a month bucket outside the range).
+type Rolled = Vec<(Tier, i64, i64, i64)>;
 
-/// The pieces of `[from, to)` that rollups answer and those left to the raw rows (start, end).
-fn pieces(from: i64, to: i64) -> (Rolled, Vec<(i64, i64)>) {
+/// The pieces of `[from, to)` that rollups answer and those left to the raw rows (start, end);
+/// with `months` (users and keys), month buckets that start at or after `months` may stand
+/// for their days (retention deletes day buckets before the month bucket that holds them).
+fn pieces(from: i64, to: i64, months: Option<i64>) -> (Rolled, Vec<(i64, i64)>) {
     let (mut rolled, mut raw) = (Vec::new(), Vec::new());
     if from >= to {
         return (rolled, raw);
@@ -106,19 +109,48 @@ fn pieces(from: i64, to: i64) -> (Rolled, Vec<(i64, i64)>) {
     let d1 = floor(h1, DAY_MS);
     if d0 < d1 {
         if h0 < d0 {
-            rolled.push((Tier::Hour, h0, d0));
+            rolled.push((Tier::Hour, h0, d0, 1));
         }
-        rolled.push((Tier::Day, d0, d1));
+        rolled.extend(days_or_months(d0, d1, months));
         if d1 < h1 {
-            rolled.push((Tier::Hour, d1, h1));
+            rolled.push((Tier::Hour, d1, h1, 1));
         }
     } else {
-        rolled.push((Tier::Hour, h0, h1));
+        rolled.push((Tier::Hour, h0, h1, 1));
     }
     if h1 < to {
         raw.push((h1, to));
     }
     (rolled, raw)
+}
+
+/// The whole UTC days `[d0, d1)` as day pieces or, with `months`, per UTC month whichever
+/// reads fewer buckets: its days in the range, or the month bucket less its days outside it
+/// (counts only: the dimensions with months keep no distribution, and counts subtract).
+fn days_or_months(d0: i64, d1: i64, months: Option<i64>) -> Rolled {
+    let mut out: Rolled = Vec::new();
+    let mut d = d0;
+    while d < d1 {
+        let (m, m_end) = (Tier::Month.floor(d), Tier::Month.next(Tier::Month.floor(d)));
+        let end = m_end.min(d1);
+        let outside = (d - m) + (m_end - end);
+        if months.is_some_and(|whole_from| m >= whole_from) && outside < end - d {
+            out.push((Tier::Month, m, m_end, 1));
+            if m < d {
+                out.push((Tier::Day, m, d, -1));
+            }
+            if end < m_end {
+                out.push((Tier::Day, end, m_end, -1));
+            }
+        } else {
+            match out.last_mut() {
+                Some((Tier::Day, _, e, 1)) if *e == d => *e = end,
+                _ => out.push((Tier::Day, d, end, 1)),
+            }
+        }
+        d = end;
+    }
+    out
 }
 
 fn merge(into: &mut Cell, counts: Counts, dist: Option<&[u8]>) {
@@ -173,13 +205,19 @@ impl SqlLog {
         let mut out = Grouped::new();
         let (rolled, raw) = match user {
             Some(_) => (Vec::new(), vec![(from, to)]),
-            None => pieces(from, to),
+            None => pieces(from, to, dim.has_months().then(|| self.whole_from())),
         };
-        for (tier, a, b) in rolled {
+        let subtracts = rolled.iter().any(|p| p.3 < 0);
+        for (tier, a, b, sign) in rolled {
             if !dim.has_dist() {
                 // Users and keys are many and carry no distribution: summed by the database.
                 for (value, detail, counts) in self.rollup_sums(dim, tier, a, b).await? {
-                    out.entry((value, detail)).or_default().counts.add(&counts);
+                    let e = &mut out.entry((value, detail)).or_default().counts;
+                    if sign < 0 {
+                        e.subtract(&counts);
+                    } else {
+                        e.add(&counts);
+                    }
                 }
                 continue;
             }
@@ -201,6 +239,10 @@ impl SqlLog {
                     .or_default()
                     .merge_from(&cell);
             }
+        }
+        if subtracts {
+            // A value whose requests all lay in the days taken away.
+            out.retain(|_, c| c.counts.requests != 0);
         }
         Ok(out)
     }
@@ -679,24 +721,65 @@ mod tests {
         let d = DAY_MS;
         let h = HOUR_MS;
         // Two whole days: one day piece.
-        assert_eq!(pieces(d, 3 * d), (vec![(Tier::Day, d, 3 * d)], vec![]));
+        assert_eq!(
+            pieces(d, 3 * d, Some(i64::MIN)),
+            (vec![(Tier::Day, d, 3 * d, 1)], vec![])
+        );
         // Shanghai's day: 16:00 to 16:00 UTC, hours either side of no whole UTC day.
         assert_eq!(
-            pieces(d + 16 * h, 2 * d + 16 * h),
-            (vec![(Tier::Hour, d + 16 * h, 2 * d + 16 * h)], vec![])
+            pieces(d + 16 * h, 2 * d + 16 * h, Some(i64::MIN)),
+            (vec![(Tier::Hour, d + 16 * h, 2 * d + 16 * h, 1)], vec![])
         );
         // Half-hour zone month: raw half hours, hours, days, hours, raw half hour.
-        let (rolled, raw) = pieces(d - h / 2, 5 * d + 3 * h + h / 2);
+        let (rolled, raw) = pieces(d - h / 2, 5 * d + 3 * h + h / 2, Some(i64::MIN));
         assert_eq!(
             rolled,
-            vec![(Tier::Day, d, 5 * d), (Tier::Hour, 5 * d, 5 * d + 3 * h)]
+            vec![
+                (Tier::Day, d, 5 * d, 1),
+                (Tier::Hour, 5 * d, 5 * d + 3 * h, 1)
+            ]
         );
         assert_eq!(
             raw,
             vec![(d - h / 2, d), (5 * d + 3 * h, 5 * d + 3 * h + h / 2)]
         );
         // Within one hour: all raw.
-        assert_eq!(pieces(10, 20), (vec![], vec![(10, 20)]));
-        assert_eq!(pieces(20, 20), (vec![], vec![]));
+        assert_eq!(pieces(10, 20, Some(i64::MIN)), (vec![], vec![(10, 20)]));
+        assert_eq!(pieces(20, 20, Some(i64::MIN)), (vec![], vec![]));
+        // February 1970 (days 31 to 59) and a day either side: a month piece for users and
+        // keys, days for the rest.
+        assert_eq!(
+            pieces(30 * d, 60 * d, Some(i64::MIN)).0,
+            vec![
+                (Tier::Day, 30 * d, 31 * d, 1),
+                (Tier::Month, 31 * d, 59 * d, 1),
+                (Tier::Day, 59 * d, 60 * d, 1)
+            ]
+        );
+        assert_eq!(
+            pieces(30 * d, 60 * d, None).0,
+            vec![(Tier::Day, 30 * d, 60 * d, 1)]
+        );
+        // Shanghai's February: 16:00 UTC on January 31 to 16:00 UTC on February 28. The month
+        // less its last day, with the hours either side.
+        assert_eq!(
+            pieces(30 * d + 16 * h, 58 * d + 16 * h, Some(i64::MIN)).0,
+            vec![
+                (Tier::Hour, 30 * d + 16 * h, 31 * d, 1),
+                (Tier::Month, 31 * d, 59 * d, 1),
+                (Tier::Day, 58 * d, 59 * d, -1),
+                (Tier::Hour, 58 * d, 58 * d + 16 * h, 1)
+            ]
+        );
+        // Not a month whose first days retention deleted.
+        assert_eq!(
+            pieces(30 * d, 60 * d, Some(31 * d + 1)).0,
+            vec![(Tier::Day, 30 * d, 60 * d, 1)]
+        );
+        // A few days of a month stay days.
+        assert_eq!(
+            pieces(40 * d, 45 * d, Some(i64::MIN)).0,
+            vec![(Tier::Day, 40 * d, 45 * d, 1)]
+        );
     }
 }

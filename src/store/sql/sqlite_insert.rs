@@ -85,7 +85,50 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     if added.is_empty() {
         return Ok(());
     }
-    merge_rollups(db, added)
+    // The increments are journaled with the rows; `merge_pending` folds them in later.
+    let mut journal = db.prepare("INSERT INTO rollup_pending (rows, delta) VALUES (?1, ?2)")?;
+    let rows = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    journal.run_once([Bind::Int(rows), Bind::Bytes(&added.encode())])
+}
+
+/// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
+/// Returns the rows of the request log the merged rows covered.
+pub(crate) async fn merge_pending(pool: &SqlitePool) -> Result<u64, WriteError> {
+    let conn = pool.acquire().await.map_err(write_error)?;
+    with_handle(conn, move |db| {
+        db.and_then(|db| {
+            let mut covered = 0u64;
+            in_transaction(db, |db| {
+                let mut batch = Batch::default();
+                let mut last = None;
+                let mut read =
+                    db.prepare("SELECT id, rows, delta FROM rollup_pending ORDER BY id")?;
+                while read.step()? {
+                    last = Some(read.int(0));
+                    covered += u64::try_from(read.int(1)).unwrap_or(0);
+                    let delta = read.blob_bytes(2)?.unwrap_or_default();
+                    batch.decode_into(delta).ok_or_else(|| {
+                        "a rollup journal row this version cannot read".to_string()
+                    })?;
+                }
+                drop(read);
+                let Some(last) = last else { return Ok(()) };
+                merge_rollups(db, batch)?;
+                let mut delete = db.prepare("DELETE FROM rollup_pending WHERE id <= ?1")?;
+                delete.run_once([Bind::Int(last)])
+            })
+            .map(|()| covered)
+        })
+    })
+    .await
+    .map_err(WriteError::Outage)?
+    .map_err(|message| {
+        if is_outage_message(&message) {
+            WriteError::Outage(unavailable(message))
+        } else {
+            WriteError::Refused(unavailable(message))
+        }
+    })
 }
 
 /// The stored requests of `batch` (records with a redacted `request` and a `request_id`), keyed

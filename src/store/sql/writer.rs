@@ -22,11 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Backend, Setup, WriteError, count_failed};
+use super::{Backend, Setup, WriteError, count_failed, write_error};
 use crate::health::Health;
 use crate::record::ValidRecord;
 
@@ -37,8 +39,12 @@ pub(crate) enum Msg {
     /// Records to write (boxed as the pipeline hands them over: no copy).
     #[allow(clippy::vec_box)]
     Records(Vec<Box<ValidRecord>>),
-    /// Answer once everything received before is written.
-    Flush(oneshot::Sender<()>),
+    /// Answer once everything received before is written (the rollup increments are then in
+    /// the journal, as durable as the rows), and with `merge` also merged into the rollups.
+    Flush {
+        ack: oneshot::Sender<()>,
+        merge: bool,
+    },
 }
 
 /// Attempts of a batch the database refuses (not an outage) before it is dropped and counted.
@@ -65,6 +71,22 @@ pub(crate) struct Writer {
     pub rollups: bool,
 }
 
+/// Journaled rows are merged into the rollups once this many request-log rows are waiting…
+pub(crate) const MERGE_ROWS: u64 = 500_000;
+
+/// …or once the oldest waiting one is this old, or as soon as the writer is idle, or when a
+/// flush asks (so a quiet server's analytics are current, and a busy one upserts each rollup
+/// row once per merge instead of once per batch).
+pub(crate) const MERGE_LAG: Duration = Duration::from_secs(10);
+
+/// What a job of the writer reports when it ends.
+enum Done {
+    /// A batch (its first record's number, its rows) is written, or counted as failed.
+    Batch(u64, usize),
+    /// A merge of the rollup journal ended: the request-log rows it covered, or why not.
+    Merge(Result<u64, WriteError>),
+}
+
 pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
     let Writer {
         backend,
@@ -76,10 +98,11 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         write_concurrency,
         rollups,
     } = w;
-    // SQLite has one writer at a time anyway; PostgreSQL writes batches in parallel.
-    let max_in_flight = match backend {
-        Backend::Sqlite(_) => 1,
-        Backend::Postgres(_) => write_concurrency,
+    // SQLite has one writer at a time anyway (a merge too); PostgreSQL writes batches in
+    // parallel, and merges beside them (under the rollup lock).
+    let (max_in_flight, merge_alone) = match backend {
+        Backend::Sqlite(_) => (1, true),
+        Backend::Postgres(_) => (write_concurrency, false),
     };
     let mut inbox = Vec::with_capacity(64);
     let mut pending: Vec<Box<ValidRecord>> = Vec::new();
@@ -88,42 +111,114 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
     let mut in_flight = FuturesUnordered::new();
     // Start number → rows of each batch in flight.
     let mut in_flight_starts = BTreeMap::new();
-    // A flush is answered once every record received before it is written (or counted).
-    let mut acks: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    // A flush is answered once every record received before it is written (or counted), and,
+    // with rollups, merged.
+    let mut acks: Vec<(u64, oneshot::Sender<()>, bool)> = Vec::new();
+    // Rows journaled and not merged (at start: whatever an earlier run left, if anything).
+    let mut unmerged = u64::from(rollups);
+    let mut oldest_unmerged = Instant::now();
+    let mut merging = false;
+    // Flushes answered when the running merge ends, and those waiting for the next one.
+    let (mut merge_acks, mut next_merge_acks) = (Vec::new(), Vec::new());
+    let (mut merge_not_before, mut merge_delay) = (Instant::now(), FIRST_RETRY);
     let mut open = true;
     loop {
-        while in_flight.len() < max_in_flight && !pending.is_empty() {
+        // Everything numbered below the watermark is written.
+        let watermark = in_flight_starts
+            .first_key_value()
+            .map_or(taken, |(start, _)| *start);
+        if acks.iter().any(|(target, ..)| *target <= watermark) {
+            let (ready, waiting): (Vec<_>, Vec<_>) = acks
+                .drain(..)
+                .partition(|(target, ..)| *target <= watermark);
+            acks = waiting;
+            for (_, ack, merge) in ready {
+                if !merge {
+                    let _ = ack.send(());
+                } else if unmerged > 0 {
+                    next_merge_acks.push(ack);
+                } else if merging {
+                    merge_acks.push(ack);
+                } else {
+                    let _ = ack.send(());
+                }
+            }
+        }
+        let batches = in_flight_starts.len();
+        let idle = pending.is_empty() && batches == 0;
+        if unmerged > 0
+            && !merging
+            && Instant::now() >= merge_not_before
+            && !(merge_alone && batches > 0)
+            && (idle
+                || !next_merge_acks.is_empty()
+                || unmerged >= MERGE_ROWS
+                || oldest_unmerged.elapsed() >= MERGE_LAG)
+        {
+            merging = true;
+            unmerged = 0;
+            merge_acks.append(&mut next_merge_acks);
+            let (backend, setup) = (backend.clone(), setup.clone());
+            in_flight.push(Box::pin(async move {
+                let merged = match setup.ensure().await {
+                    Ok(()) => merge_pending(&backend).await,
+                    Err(e) => Err(e),
+                };
+                Done::Merge(merged)
+            }) as JobFuture);
+        }
+        while in_flight_starts.len() < max_in_flight
+            && !(merge_alone && merging)
+            && !pending.is_empty()
+        {
             let take = pending.len().min(batch_rows);
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
             let start = taken;
             taken += take as u64;
             in_flight_starts.insert(start, take);
             let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
-            in_flight.push(async move {
+            in_flight.push(Box::pin(async move {
                 write_with_retry(&backend, &setup, &batch, &health, rollups).await;
-                (start, batch.len())
-            });
+                Done::Batch(start, batch.len())
+            }));
         }
-        // Everything numbered below the watermark is written.
-        let watermark = in_flight_starts
-            .first_key_value()
-            .map_or(taken, |(start, _)| *start);
-        if acks.iter().any(|(target, _)| *target <= watermark) {
-            let (ready, waiting): (Vec<_>, Vec<_>) =
-                acks.drain(..).partition(|(target, _)| *target <= watermark);
-            acks = waiting;
-            for (_, ack) in ready {
-                let _ = ack.send(());
-            }
-        }
-        if !open && in_flight.is_empty() && pending.is_empty() {
+        if !open && in_flight.is_empty() && pending.is_empty() && unmerged == 0 {
             break;
         }
+        let wake = (unmerged > 0 && !merging).then_some(merge_not_before);
         tokio::select! {
-            Some((start, n)) = in_flight.next(), if !in_flight.is_empty() => {
-                in_flight_starts.remove(&start);
-                depth.fetch_sub(n, Relaxed);
-            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+                Done::Batch(start, n) => {
+                    in_flight_starts.remove(&start);
+                    depth.fetch_sub(n, Relaxed);
+                    if rollups {
+                        if unmerged == 0 {
+                            oldest_unmerged = Instant::now();
+                        }
+                        unmerged += n as u64;
+                    }
+                }
+                Done::Merge(result) => {
+                    merging = false;
+                    match result {
+                        Ok(_) => merge_delay = FIRST_RETRY,
+                        Err(e) => {
+                            // The journal keeps the increments: merged by a later attempt (or
+                            // run, when closing).
+                            tracing::warn!(error = %e, "Rollup merge failed; retrying.");
+                            if open {
+                                unmerged = unmerged.max(1);
+                                merge_not_before = Instant::now() + merge_delay;
+                                merge_delay = (merge_delay * 2).min(RETRY_CAP);
+                            }
+                        }
+                    }
+                    for ack in merge_acks.drain(..) {
+                        let _ = ack.send(());
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some_and(|t| t > Instant::now()) => {}
             k = rx.recv_many(&mut inbox, 64), if open => {
                 if k == 0 {
                     open = false;
@@ -134,20 +229,21 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                             received += r.len() as u64;
                             pending.extend(r);
                         }
-                        Msg::Flush(ack) => acks.push((received, ack)),
+                        Msg::Flush { ack, merge } => acks.push((received, ack, merge)),
                     }
                 }
             }
             () = abandon.notified() => {
                 // Writes in flight are cancelled (a transaction not committed is rolled back);
-                // everything not known to be written is counted.
+                // everything not known to be written is counted. A merge cancelled leaves the
+                // journal as it was.
                 drop(in_flight);
                 let mut lost: usize = in_flight_starts.values().sum::<usize>() + pending.len();
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
                     match msg {
                         Msg::Records(r) => lost += r.len(),
-                        Msg::Flush(ack) => acks.push((received, ack)),
+                        Msg::Flush { ack, merge } => acks.push((received, ack, merge)),
                     }
                 }
                 depth.fetch_sub(lost, Relaxed);
@@ -163,6 +259,17 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                 return;
             }
         }
+    }
+}
+
+type JobFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+/// Folds the rollup journal into the rollup tables (`rollup.rs`): every pending row, in one
+/// transaction. Returns the request-log rows covered.
+pub(crate) async fn merge_pending(backend: &Backend) -> Result<u64, WriteError> {
+    match backend {
+        Backend::Sqlite(pool) => super::sqlite_insert::merge_pending(pool).await,
+        Backend::Postgres(pool) => postgres::merge_pending(pool).await.map_err(write_error),
     }
 }
 

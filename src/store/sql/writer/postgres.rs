@@ -165,11 +165,13 @@ async fn copy_in(
     }
     sink.finish().await?;
     let mut rollups = Batch::default();
+    let mut added_rows = 0usize;
     match added {
         Some(Added::Records(records)) => {
             for r in records {
                 rollups.add(&Fact::of(r));
             }
+            added_rows = records.len();
         }
         Some(Added::Returned { rollups: on }) => {
             let rows = sqlx::query(&MOVE).fetch_all(&mut *tx).await?;
@@ -177,12 +179,18 @@ async fn copy_in(
                 for row in &rows {
                     rollups.add(&FactRow::read(row, 0)?.fact());
                 }
+                added_rows = rows.len();
             }
         }
         None => {}
     }
     if !rollups.is_empty() {
-        apply_rollups(&mut tx, rollups).await?;
+        // Journaled with the rows; `merge_pending` folds them in later, under the lock.
+        sqlx::query("INSERT INTO rollup_pending (rows, delta) VALUES ($1, $2)")
+            .bind(i64::try_from(added_rows).unwrap_or(i64::MAX))
+            .bind(rollups.encode())
+            .execute(&mut *tx)
+            .await?;
     }
     insert_requests(&mut tx, batch).await?;
     tx.commit().await
@@ -221,6 +229,35 @@ async fn insert_requests(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Folds every committed journal row into the rollup tables and deletes it, in one transaction
+/// under [`ROLLUP_LOCK`] (one merge at a time across writers and replicas; a batch committing
+/// meanwhile is merged next time). Returns the request-log rows the merged rows covered.
+pub(in crate::store::sql) async fn merge_pending(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ROLLUP_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let pending: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("DELETE FROM rollup_pending RETURNING rows, delta")
+            .fetch_all(&mut *tx)
+            .await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = Batch::default();
+    let mut covered = 0u64;
+    for (rows, delta) in &pending {
+        covered += u64::try_from(*rows).unwrap_or(0);
+        batch.decode_into(delta).ok_or_else(|| {
+            sqlx::Error::Protocol("a rollup journal row this version cannot read".into())
+        })?;
+    }
+    apply_rollups(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(covered)
 }
 
 /// Merges rollup increments into the tables inside `tx`, under [`ROLLUP_LOCK`]: reads the
