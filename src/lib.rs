@@ -14,6 +14,8 @@
 //! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
 //! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
 //!   families.
+//! - [`genai`]: OpenTelemetry GenAI semantic-convention spans → request records (any OTel
+//!   GenAI source: OpenAI / Anthropic instrumentations, OpenLLMetry, OpenLIT).
 //! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
 //!   request log (SQLite, PostgreSQL) in [`store::sql`].
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
@@ -51,6 +53,7 @@ pub mod clock;
 pub mod config;
 pub mod export;
 mod exposition;
+pub mod genai;
 pub mod health;
 pub mod ingest;
 pub mod otlp;

@@ -219,6 +219,8 @@ pub struct ValidRecord {
     pub messages_count: Option<u32>,
     /// Distributed trace id.
     pub trace_id: Option<CompactString>,
+    /// Span id of the call.
+    pub span_id: Option<CompactString>,
 }
 
 impl ValidRecord {
@@ -557,6 +559,7 @@ raw_record! {
     client_ip: CompactString,
     messages_count: u32,
     trace_id: CompactString,
+    span_id: CompactString,
 }
 
 /// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
@@ -988,6 +991,7 @@ impl RawRecord {
             client_ip: ip_field(id_field("client_ip", self.client_ip)?)?,
             messages_count: self.messages_count,
             trace_id: id_field("trace_id", self.trace_id)?,
+            span_id: id_field("span_id", self.span_id)?,
         })))
     }
 }
@@ -1070,6 +1074,8 @@ pub struct RecordFields {
     pub messages_count: Option<u32>,
     /// `trace_id`.
     pub trace_id: Option<CompactString>,
+    /// `span_id`.
+    pub span_id: Option<CompactString>,
 }
 
 impl RecordFields {
@@ -1114,6 +1120,7 @@ impl RecordFields {
             client_ip: self.client_ip,
             messages_count: self.messages_count,
             trace_id: self.trace_id,
+            span_id: self.span_id,
         };
         let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
@@ -1153,7 +1160,8 @@ pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 17
     "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
     "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
     "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
-    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1",
+    "span_id": "s-1"}"#;
 
 /// [`TEST_FULL_JSON`] validated.
 #[cfg(test)]

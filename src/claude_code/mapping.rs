@@ -30,7 +30,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
 use crate::catalog;
 use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
-use crate::health::otlp::ItemReject;
+use crate::health::otlp::{ItemReject, Reasons, count_reason};
 use crate::otlp::decode::{
     Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
 };
@@ -78,8 +78,10 @@ pub struct LogsOutcome {
     pub tools: u64,
     /// Other Claude Code events.
     pub other_events: u64,
-    /// Log records gatemeter does not read.
-    pub unused: u64,
+    /// GenAI events (`gen_ai.*`): their calls are counted from the spans.
+    pub covered: u64,
+    /// Log records gatemeter does not read, by event name (bounded).
+    pub unused: Reasons,
     /// Rejected records, with the first few errors (index, error).
     pub rejected: Vec<(usize, RecordError)>,
 }
@@ -91,8 +93,10 @@ pub struct MetricsOutcome {
     pub inputs: Vec<Input>,
     /// Data points received (of every type).
     pub received: u64,
-    /// Points gatemeter does not read.
-    pub unused: u64,
+    /// GenAI metric points (`gen_ai.*`): their calls are counted from the spans.
+    pub covered: u64,
+    /// Points gatemeter does not read, by instrumentation scope name (bounded).
+    pub unused: Reasons,
     /// Rejected points, by reason (indexed by [`ItemReject`]).
     pub rejected: [u64; ItemReject::ALL.len()],
     /// The first rejection message of each reason.
@@ -275,9 +279,14 @@ impl Mapping {
                         .or((!r.event_name.is_empty()).then_some(r.event_name))
                         .or_else(|| str_of(r.body).and_then(|b| b.strip_prefix("claude_code.")));
                     let Some(name) = name else {
-                        out.unused += 1;
+                        count_reason(&mut out.unused, "", 1);
                         continue;
                     };
+                    // GenAI events describe calls whose spans are the records (`crate::genai`).
+                    if name.starts_with("gen_ai.") {
+                        out.covered += 1;
+                        continue;
+                    }
                     let event_id = event_id(&a, name, r);
                     let result = match name {
                         "api_request" => self.record(&a, r, false, v).map(Some),
@@ -529,6 +538,7 @@ impl Mapping {
             }
             let res_hash = res_hash.finish();
             for sm in &rm.scope_metrics {
+                let scope = sm.scope.as_ref().map_or("", |s| s.name.as_str());
                 for m in &sm.metrics {
                     let n = match &m.data {
                         Some(Data::Gauge(g)) => g.data_points.len(),
@@ -546,12 +556,17 @@ impl Mapping {
                         let (name, _, money) = catalog::CLAUDE_CODE_METRICS[i];
                         max_increment(name, money)
                     });
+                    // GenAI metrics describe calls whose spans are the records (`crate::genai`).
+                    if known.is_none() && m.name.starts_with("gen_ai.") {
+                        out.covered += n;
+                        continue;
+                    }
                     let (Some(metric), Some(Data::Sum(sum))) = (known, &m.data) else {
-                        out.unused += n;
+                        count_reason(&mut out.unused, scope, n);
                         continue;
                     };
                     if !sum.is_monotonic {
-                        out.unused += n;
+                        count_reason(&mut out.unused, scope, n);
                         continue;
                     }
                     let temporality = match sum.aggregation_temporality {

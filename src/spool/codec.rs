@@ -149,7 +149,7 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             signed(out, m.timestamp_ms);
         }
         Event::Finish(r) => {
-            out.push(1);
+            out.push(2);
             record(out, r);
         }
     }
@@ -188,6 +188,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         client_ip,
         messages_count,
         trace_id,
+        span_id,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
     signed(out, *timestamp_ms);
@@ -232,6 +233,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     opt_text(out, client_ip.as_deref());
     opt_u64(out, messages_count.map(u64::from));
     opt_text(out, trace_id.as_deref());
+    opt_text(out, span_id.as_deref());
 }
 
 struct Reader<'a> {
@@ -312,7 +314,8 @@ impl<'a> Reader<'a> {
                 namespace: self.label()?,
                 timestamp_ms: self.signed()?,
             })),
-            1 => Ok(Event::Finish(Box::new(self.record()?))),
+            1 => Ok(Event::Finish(Box::new(self.record(false)?))),
+            2 => Ok(Event::Finish(Box::new(self.record(true)?))),
             _ => Err(DecodeError),
         }
     }
@@ -321,7 +324,8 @@ impl<'a> Reader<'a> {
         self.text()
     }
 
-    fn record(&mut self) -> Result<ValidRecord, DecodeError> {
+    /// A record; `with_span` for tag `2` (tag `1` records end at `trace_id`).
+    fn record(&mut self, with_span: bool) -> Result<ValidRecord, DecodeError> {
         // Field initialisers run in the order written: the encoder's order.
         Ok(ValidRecord {
             request_id: self.opt_text()?.map(RequestId),
@@ -384,6 +388,7 @@ impl<'a> Reader<'a> {
                 .transpose()
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
+            span_id: if with_span { self.opt_text()? } else { None },
         })
     }
 }
@@ -433,6 +438,7 @@ mod tests {
             client_ip: Some("::1".into()),
             messages_count: Some(9),
             trace_id: Some("t".into()),
+            span_id: Some("s".into()),
         }
     }
 
@@ -457,6 +463,7 @@ mod tests {
             client_ip: None,
             messages_count: None,
             trace_id: None,
+            span_id: None,
             api_type: ApiType::Claude,
             cost_source: CostSource::Reported,
             status: 0,
@@ -482,6 +489,22 @@ mod tests {
         };
         assert_eq!(len, f.len());
         assert_eq!(decode(payload).expect("decodes"), events);
+    }
+
+    /// A spool written before `span_id` existed (tag `1`, the record ending at `trace_id`) is
+    /// still replayed after an upgrade.
+    #[test]
+    fn records_written_without_a_span_id_are_still_read() {
+        let r = sparse();
+        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
+        let mut legacy = f[HEADER..].to_vec();
+        assert_eq!(legacy[4], 2, "records are written with tag 2");
+        legacy[4] = 1;
+        assert_eq!(legacy.pop(), Some(0), "an absent span id is the last byte");
+        assert_eq!(
+            decode(&legacy).expect("decodes"),
+            vec![Event::Finish(Box::new(r))]
+        );
     }
 
     #[test]

@@ -289,6 +289,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups",
         include_str!("../../migrations/sqlite/0004_rollups.sql"),
     ),
+    (
+        8,
+        "span id",
+        include_str!("../../migrations/sqlite/0008_span_id.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -315,6 +320,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "rollups",
         include_str!("../../migrations/postgres/0005_rollups.sql"),
+    ),
+    (
+        9,
+        "span id",
+        include_str!("../../migrations/postgres/0009_span_id.sql"),
     ),
 ];
 

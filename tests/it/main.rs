@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod exact;
 mod exposition;
+mod genai;
 mod harness;
 mod ingest;
 mod live_store;
