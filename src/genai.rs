@@ -15,7 +15,7 @@
 //!   asked-for model kept as `original_model` when they differ);
 //! - tokens from `gen_ai.usage.input_tokens` / `output_tokens`, else the previous
 //!   `prompt_tokens` / `completion_tokens`; cache reads and writes from
-//!   `gen_ai.usage.cache_read.input_tokens` / `cache_creation.input_tokens` (and OpenLLMetry's
+//!   `gen_ai.usage.cache_read.input_tokens` / `cache_creation.input_tokens` / `cache_write.input_tokens` (and OpenLLMetry's
 //!   `cache_read_input_tokens` / `cache_creation_input_tokens`). The conventions count cached
 //!   tokens inside `input_tokens`; the record keeps them in their own buckets, so they are taken
 //!   out of the input count (priced once, at their own rate);
@@ -117,6 +117,7 @@ impl<'a> Attrs<'a> {
                     &mut self.cache_read
                 }
                 "gen_ai.usage.cache_creation.input_tokens"
+                | "gen_ai.usage.cache_write.input_tokens"
                 | "gen_ai.usage.cache_creation_input_tokens" => &mut self.cache_creation,
                 "error.type" => &mut self.error_type,
                 "http.response.status_code" => &mut self.http_status,
@@ -189,14 +190,19 @@ pub fn endpoint(op: &str, api_type: &str) -> &'static str {
 }
 
 /// The HTTP status an `error.type` names: a number, or a known client error class (OpenAI's
-/// and Anthropic's Python and JS SDKs); `None` for anything else.
+/// and Anthropic's Python and JS SDKs; also as Python prints a class, `<class 'openai.X'>`,
+/// which opentelemetry-instrumentation-openai-v2 2.4b0 sends); `None` for anything else.
 pub fn error_status(error_type: &str) -> Option<u16> {
     if let Ok(n) = error_type.parse::<u16>()
         && (100..1000).contains(&n)
     {
         return Some(n);
     }
-    let class = error_type.rsplit(['.', ':']).next().unwrap_or(error_type);
+    let bare = error_type
+        .strip_prefix("<class '")
+        .and_then(|t| t.strip_suffix("'>"))
+        .unwrap_or(error_type);
+    let class = bare.rsplit(['.', ':']).next().unwrap_or(bare);
     Some(match class {
         "BadRequestError" => 400,
         "AuthenticationError" => 401,
@@ -210,6 +216,17 @@ pub fn error_status(error_type: &str) -> Option<u16> {
         "APIConnectionError" | "APITimeoutError" | "timeout" => 0,
         _ => return None,
     })
+}
+
+/// The status in an SDK's error message (`Error code: 429 - …`, the OpenAI and Anthropic SDKs'
+/// form, which they also put in the span's status message).
+fn message_status(message: &str) -> Option<u16> {
+    let rest = message.split("Error code: ").nth(1)?;
+    let digits = rest.get(..3)?;
+    digits
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (100..1000).contains(n))
 }
 
 /// Lower-case hex of an id (`None` when empty or all zero, OTLP's "no id").
@@ -320,6 +337,7 @@ fn record(a: &Attrs<'_>, op: &'static str, s: &SpanRef<'_>) -> Result<RecordFiel
         a.http_status
             .and_then(|s| u64_of(s).ok())
             .and_then(|n| u16::try_from(n).ok())
+            .or_else(|| message_status(s.status.1))
             .or_else(|| error_type.as_deref().and_then(error_status))
             .unwrap_or(0)
     } else {
@@ -508,6 +526,7 @@ mod tests {
     fn error_spans_take_their_status_from_the_error_type() {
         for (error_type, status) in [
             ("openai.RateLimitError", 429),
+            ("<class 'openai.InternalServerError'>", 500),
             ("InternalServerError", 500),
             ("503", 503),
             ("APIConnectionError", 0),
@@ -526,6 +545,13 @@ mod tests {
             assert!(!r.is_success());
             assert_eq!(r.error.as_deref(), Some(error_type));
         }
+    }
+
+    #[test]
+    fn the_sdk_error_message_gives_the_status() {
+        assert_eq!(message_status("Error code: 429 - {'error': …}"), Some(429));
+        assert_eq!(message_status("Error code: 5"), None);
+        assert_eq!(message_status("Connection error."), None);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! never counted twice, in any combination of signals and retries; what is not read is counted
 //! by source. The captures of a real client (`tests/data/genai/`) are replayed with their totals.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use serde_json::{Value, json};
 
 use crate::harness::{Exposition, TestApp};
@@ -407,4 +410,98 @@ async fn a_call_is_counted_once_whatever_signals_report_it_and_however_often() {
         }
         app.stop().await;
     }
+}
+
+/// A capture of a real client's OTLP traffic (`tests/data/genai/<scenario>/`): bodies in order,
+/// and the totals a correct reading gives (`expected.json`).
+fn capture_dir(scenario: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/genai")
+        .join(scenario)
+}
+
+async fn replay_capture(app: &TestApp, scenario: &str) -> Value {
+    let dir = capture_dir(scenario);
+    let index = std::fs::read_to_string(dir.join("index.jsonl")).expect("index");
+    for line in index.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).expect("index line");
+        let file = v["file"].as_str().expect("file");
+        let body = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let resp = app
+            .client
+            .post(app.url(v["path"].as_str().expect("path")))
+            .header("content-type", v["content_type"].as_str().expect("ct"))
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 200, "{scenario} {file}");
+    }
+    let expected = std::fs::read_to_string(dir.join("expected.json")).expect("expected");
+    serde_json::from_str(&expected).expect("expected.json")
+}
+
+/// Checks a replayed capture against its totals: requests, errors, input and output tokens per
+/// model, requests per namespace.
+pub(crate) async fn check_capture(app: &TestApp, want: &Value) {
+    let total = want["requests"].as_f64().expect("requests");
+    let m = wait_requests(app, total).await;
+    assert_eq!(
+        m.value("ai_gateway_errors_total", &[]),
+        want["errors"].as_f64().expect("errors")
+    );
+    let models: BTreeMap<String, Value> =
+        serde_json::from_value(want["models"].clone()).expect("models");
+    for (model, w) in &models {
+        let l = [("model", model.as_str())];
+        assert_eq!(
+            sum(&m, "model_requests_total", &l),
+            w["requests"].as_f64().expect("n"),
+            "{model}"
+        );
+        assert_eq!(
+            sum(&m, "model_tokens_input_total", &l),
+            w["input"].as_f64().expect("in"),
+            "{model}"
+        );
+        assert_eq!(
+            sum(&m, "model_tokens_output_total", &l),
+            w["output"].as_f64().expect("out"),
+            "{model}"
+        );
+    }
+    let statuses: BTreeMap<String, f64> =
+        serde_json::from_value(want["statuses"].clone()).expect("statuses");
+    for (status, n) in &statuses {
+        assert_eq!(
+            sum(
+                &m,
+                "ai_gateway_namespace_status_codes_total",
+                &[("status_code", status)]
+            ),
+            *n,
+            "status {status}"
+        );
+    }
+    let namespaces: BTreeMap<String, f64> =
+        serde_json::from_value(want["namespaces"].clone()).expect("namespaces");
+    for (ns, n) in &namespaces {
+        assert_eq!(
+            m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+            *n,
+            "{ns}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_captured_openai_client_gives_its_totals_even_replayed_twice() {
+    let app = TestApp::with_config(CONFIG).await;
+    let want = replay_capture(&app, "openai-v2").await;
+    check_capture(&app, &want).await;
+    // The whole capture again (an exporter that retried everything): nothing changes.
+    replay_capture(&app, "openai-v2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    check_capture(&app, &want).await;
+    app.stop().await;
 }
