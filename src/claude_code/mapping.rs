@@ -211,7 +211,7 @@ impl<'a> Attrs<'a> {
                 "status_code" | "http.response.status_code" => &mut self.status_code,
                 "error" => &mut self.error,
                 "attempt" => &mut self.attempt,
-                "tool_name" => &mut self.tool_name,
+                "tool_name" | "function_name" => &mut self.tool_name,
                 "success" => &mut self.success,
                 "decision" => &mut self.decision,
                 "source" => &mut self.source,
@@ -287,16 +287,24 @@ impl Mapping {
                         out.covered += 1;
                         continue;
                     }
-                    let event_id = event_id(&a, name, r);
+                    let cli = name.starts_with("gemini_cli.") || name.starts_with("codex.");
+                    let event_id = event_id(&a, name, r).or_else(|| {
+                        cli.then(|| super::clis::event_id(&rl.resource, &r.attrs, name))
+                            .flatten()
+                    });
                     let result = match name {
                         "api_request" => self.record(&a, r, false, v).map(Some),
                         "api_error" => self.record(&a, r, true, v).map(Some),
+                        n if super::clis::is_record_event(n) => {
+                            super::clis::record(n, &rl.resource, &r.attrs, time_ms(r), ns_key, v)
+                        }
                         GATEMETER_EVENT => {
                             crate::otlp::gatemeter::record(&rl.resource, &r.attrs, time_ms(r), v)
                                 .map(Some)
                         }
                         _ => Ok(None),
                     };
+                    let made_record = matches!(result, Ok(Some(_)));
                     match result {
                         Ok(Some(rec)) => out.events.push(Event::Finish(rec)),
                         Ok(None) => {}
@@ -313,16 +321,30 @@ impl Mapping {
                         name: CompactString::from(name),
                         id: event_id,
                     });
-                    match name {
-                        "api_request" | "api_error" => {}
-                        "tool_result" | "tool_decision" => match tool_event(name, &a, event_id) {
-                            Some(t) => {
-                                out.tools += 1;
-                                out.inputs.push(Input::Tool(t));
-                            }
-                            None => out.other_events += 1,
-                        },
-                        _ => out.other_events += 1,
+                    // Codex names its tool events like Claude Code; a Gemini CLI tool call is
+                    // both a result and its decision.
+                    let tool_kinds: &[&str] = match name {
+                        "tool_result" | "codex.tool_result" => &["tool_result"],
+                        "tool_decision" | "codex.tool_decision" => &["tool_decision"],
+                        "gemini_cli.tool_call" => &["tool_result", "tool_decision"],
+                        _ => &[],
+                    };
+                    let counted = name == "api_request" || name == "api_error" || made_record;
+                    if counted {
+                        // Already a record.
+                    } else if tool_kinds.is_empty() {
+                        out.other_events += 1;
+                    } else {
+                        let tools: Vec<ToolEvent> = tool_kinds
+                            .iter()
+                            .filter_map(|k| tool_event(k, &a, event_id))
+                            .collect();
+                        if tools.is_empty() {
+                            out.other_events += 1;
+                        } else {
+                            out.tools += 1;
+                            out.inputs.extend(tools.into_iter().map(Input::Tool));
+                        }
                     }
                 }
             }

@@ -505,3 +505,94 @@ async fn the_captured_openai_client_gives_its_totals_even_replayed_twice() {
     check_capture(&app, &want).await;
     app.stop().await;
 }
+
+/// Tokens a correct reading gives per model, from a CLI capture's `expected.json` (what the
+/// stand-in answered): input without the cached part, cache reads, output with Gemini's thought
+/// tokens (billed as output; Codex's reasoning tokens are inside its output count already).
+fn cli_tokens(w: &Value, thoughts_are_extra: bool) -> (f64, f64, f64) {
+    let n = |k: &str| w[k].as_f64().expect("number");
+    let output = n("output")
+        + if thoughts_are_extra {
+            n("thoughts")
+        } else {
+            0.0
+        };
+    (n("input") - n("cached"), n("cached"), output)
+}
+
+async fn check_cli_capture(scenario: &str, api_type: &str, tool: &str, thoughts_are_extra: bool) {
+    let app = TestApp::with_config(CONFIG).await;
+    // Twice: a retried export counts nothing again.
+    let want = replay_capture(&app, scenario).await;
+    replay_capture(&app, scenario).await;
+    let m = wait_requests(&app, want["requests"].as_f64().expect("requests")).await;
+    assert_eq!(m.get("ai_gateway_errors_total", &[]).unwrap_or(0.0), 0.0);
+    let models: BTreeMap<String, Value> =
+        serde_json::from_value(want["models"].clone()).expect("models");
+    for (model, w) in &models {
+        let (input, cached, output) = cli_tokens(w, thoughts_are_extra);
+        let l = [("model", model.as_str())];
+        assert_eq!(
+            sum(&m, "model_requests_total", &l),
+            w["requests"].as_f64().expect("n")
+        );
+        assert_eq!(
+            sum(&m, "model_tokens_input_total", &l),
+            input,
+            "{scenario} input"
+        );
+        assert_eq!(
+            sum(&m, "model_tokens_output_total", &l),
+            output,
+            "{scenario} output"
+        );
+        assert_eq!(
+            sum(
+                &m,
+                "gatemeter_model_tokens_total",
+                &[("model", model), ("type", "cache_read")]
+            ),
+            cached,
+            "{scenario} cached"
+        );
+    }
+    assert_eq!(
+        m.value(
+            "ai_gateway_namespace_requests_total",
+            &[("namespace", "cli-team")]
+        ),
+        want["requests"].as_f64().expect("requests")
+    );
+    // One tool call (the stand-in asks for one), counted once.
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value("claude_code_tool_calls_total", &[("tool", tool)]),
+        1.0,
+        "{scenario}"
+    );
+    // The log says which CLI.
+    wait_rows(
+        &app,
+        None,
+        models
+            .values()
+            .map(|w| w["requests"].as_u64().unwrap_or(0))
+            .sum::<u64>() as usize,
+    )
+    .await;
+    let (_, page) = get_json(&app, None, "/api/v1/logs?limit=10").await;
+    for e in page["items"].as_array().expect("items") {
+        assert_eq!(e["api_type"], api_type, "{e}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_captured_gemini_cli_gives_its_totals() {
+    check_cli_capture("gemini-cli", "gemini", "list_directory", true).await;
+}
+
+#[tokio::test]
+async fn the_captured_codex_cli_gives_its_totals() {
+    check_cli_capture("codex-cli", "codex", "exec_command", false).await;
+}
