@@ -4,7 +4,11 @@ stand-in of the Chat Completions and Embeddings APIs, exporting OTLP/HTTP to gat
 
 Run by scripts/genai-client.sh (which makes the pinned venv and starts gatemeter):
 
-    python genai_client.py GATEMETER_URL CAPTURE_DIR
+    python genai_client.py GATEMETER_URL CAPTURE_DIR [openai-v2|openllmetry]
+
+`openai-v2` (default): the official opentelemetry-instrumentation-openai-v2;
+`openllmetry`: OpenLLMetry's opentelemetry-instrumentation-openai (Traceloop), whose attribute
+names differ (gen_ai.system, llm.request.type, gen_ai.usage.prompt_tokens / input_tokens).
 
 In one process:
 - a stand-in of the OpenAI API on 127.0.0.1 (real-shaped JSON and SSE answers with `usage`;
@@ -30,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GATEMETER = sys.argv[1].rstrip("/")
 CAPTURE = sys.argv[2]
+FLAVOUR = sys.argv[3] if len(sys.argv) > 3 else "openai-v2"
 CALLS = 40
 TEAM = "search"
 os.makedirs(CAPTURE, exist_ok=True)
@@ -211,7 +216,10 @@ logger_provider = LoggerProvider(resource=resource)
 logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=f"{relay_url}/v1/logs")))
 _logs.set_logger_provider(logger_provider)
 
-from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # noqa: E402
+if FLAVOUR == "openllmetry":
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor  # noqa: E402
+else:
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # noqa: E402
 
 OpenAIInstrumentor().instrument()
 
@@ -303,7 +311,7 @@ rejected = total(m, "gatemeter_otlp_rejected_items_total")
 want("rejected OTLP items", rejected, 0)
 if covered["metrics"] == 0:
     problems.append("no GenAI metric point reached gatemeter (metrics export off?)")
-if covered["logs"] == 0:
+if covered["logs"] == 0 and FLAVOUR == "openai-v2":
     problems.append("no GenAI event reached gatemeter (events off?)")
 print(json.dumps({"expected": expected, "covered": covered}, sort_keys=True))
 if problems:

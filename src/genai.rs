@@ -129,7 +129,9 @@ impl<'a> Attrs<'a> {
                 "gen_ai.response.time_to_first_chunk" | "gen_ai.server.time_to_first_token" => {
                     &mut self.ttft_s
                 }
-                "gen_ai.request.stream" | "llm.is_streaming" => &mut self.streaming,
+                "gen_ai.request.stream" | "gen_ai.is_streaming" | "llm.is_streaming" => {
+                    &mut self.streaming
+                }
                 "gen_ai.response.id" => &mut self.response_id,
                 _ => continue,
             };

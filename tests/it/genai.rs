@@ -596,3 +596,11 @@ async fn the_captured_gemini_cli_gives_its_totals() {
 async fn the_captured_codex_cli_gives_its_totals() {
     check_cli_capture("codex-cli", "codex", "exec_command", false).await;
 }
+
+#[tokio::test]
+async fn the_captured_openllmetry_client_gives_its_totals() {
+    let app = TestApp::with_config(CONFIG).await;
+    let want = replay_capture(&app, "openllmetry").await;
+    check_capture(&app, &want).await;
+    app.stop().await;
+}
