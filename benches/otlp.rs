@@ -142,7 +142,7 @@ fn genai(c: &mut Criterion) {
                 now_ms: 1_795_460_000_000,
                 prices: &prices,
             };
-            let out = gatemeter::genai::spans(&req, Some("team.id"), &v);
+            let out = gatemeter::genai::spans(&req, Some("team.id"), &[], &v);
             assert_eq!(out.events.len(), 100);
             black_box(out)
         })

@@ -32,8 +32,12 @@
 //! Which signal is the record (the rule, also in the README): **spans**. GenAI metric points
 //! (`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`, …) and GenAI events
 //! (`gen_ai.*` log records) describe the same calls again and are never added to the request
-//! families: they are counted `covered` by the OTLP diagnostics. The `gen_ai_client_*` families
-//! of `/metrics` are derived from the records.
+//! families: they are counted `covered` by the OTLP diagnostics. The one exception, per source
+//! and configured: a source listed by `service.name` in `otlp.genai_event_sources` (one that
+//! exports events but no spans) has its [`DETAILS_EVENT`]s read as the records and its call
+//! spans counted `covered` — still one record per call, with the same identity. Metric points
+//! never become records (they carry no per-call identity). The `gen_ai_client_*` families of
+//! `/metrics` are derived from the records.
 //!
 //! Pure mapping: no state, no clock (the caller's [`Validation`] carries `now`), counts nothing.
 
@@ -44,6 +48,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 use crate::health::otlp::{Reasons, count_reason};
 use crate::otlp::decode::{Val, compact_text, f64_of, str_of, u64_of};
+use crate::otlp::scan::{Kv, LogRef};
 use crate::record::{Event, RecordError, RecordFields, RejectReason, Validation};
 
 /// What a traces request turned into.
@@ -91,14 +96,19 @@ struct Attrs<'a> {
 
 impl<'a> Attrs<'a> {
     fn fill(&mut self, attrs: &'a [KeyValue], ns_key: Option<&str>) {
-        for kv in attrs {
-            let Some(v) = kv.value.as_ref().map(Val::of) else {
-                continue;
-            };
+        self.fill_from(
+            attrs
+                .iter()
+                .filter_map(|kv| Some((kv.key.as_str(), kv.value.as_ref().map(Val::of)?))),
+            ns_key,
+        );
+    }
+
+    fn fill_from(&mut self, attrs: impl Iterator<Item = (&'a str, Val<'a>)>, ns_key: Option<&str>) {
+        for (k, v) in attrs {
             if v == Val::Empty {
                 continue;
             }
-            let k = kv.key.as_str();
             if ns_key == Some(k) {
                 self.namespace = Some(v);
             }
@@ -272,18 +282,79 @@ struct SpanRef<'a> {
     status: (i32, &'a str),
 }
 
-/// Maps a decoded traces request; `namespace_attribute` names the namespace attribute.
+/// The GenAI event that describes one whole call (semantic conventions 1.37+), read as the
+/// record for the sources listed in `otlp.genai_event_sources`.
+pub const DETAILS_EVENT: &str = "gen_ai.client.inference.operation.details";
+
+/// Whether a source (a resource, by `service.name`) is listed as one whose GenAI records come
+/// from its [`DETAILS_EVENT`]s instead of its spans.
+pub fn is_event_source(service_name: Option<&str>, event_sources: &[String]) -> bool {
+    service_name.is_some_and(|n| event_sources.iter().any(|s| s == n))
+}
+
+/// A [`DETAILS_EVENT`] as a record (its source listed in `otlp.genai_event_sources`): read
+/// like a span (same attributes, same `otel:<trace>:<span>` identity from the log record's span
+/// context), at the event's time; the event has no start and end, so the duration is 0.
+/// `None` when the event names no model call.
+pub fn event_record(
+    resource: &[Kv<'_>],
+    r: &LogRef<'_>,
+    namespace_attribute: Option<&str>,
+    v: &Validation<'_>,
+) -> Option<Result<Box<crate::record::ValidRecord>, RecordError>> {
+    let mut a = Attrs::default();
+    a.fill_from(
+        resource.iter().map(|kv| (kv.key, kv.val)),
+        namespace_attribute,
+    );
+    a.fill_from(
+        r.attrs.iter().map(|kv| (kv.key, kv.val)),
+        namespace_attribute,
+    );
+    let Some(Operation::Call(op)) = operation(&a) else {
+        return None;
+    };
+    let t = if r.time_ns != 0 {
+        r.time_ns
+    } else {
+        r.observed_ns
+    };
+    let s = SpanRef {
+        trace_id: r.trace_id,
+        span_id: r.span_id,
+        start_ns: t,
+        end_ns: t,
+        status: (0, ""),
+    };
+    Some(record(&a, op, &s).and_then(|f| f.validate(v)))
+}
+
+/// The `service.name` of a resource.
+fn service_name(attrs: &[KeyValue]) -> Option<&str> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| str_of(Val::of(v)))
+}
+
+/// Maps a decoded traces request; `namespace_attribute` names the namespace attribute; the
+/// call spans of `event_sources` (by `service.name`) are `covered`, their events are the
+/// records.
 pub fn spans(
     req: &ExportTraceServiceRequest,
     namespace_attribute: Option<&str>,
+    event_sources: &[String],
     v: &Validation<'_>,
 ) -> SpansOutcome {
     let mut out = SpansOutcome::default();
     let mut index = 0usize;
     for rs in &req.resource_spans {
         let mut base = Attrs::default();
+        let mut from_events = false;
         if let Some(r) = &rs.resource {
             base.fill(&r.attributes, namespace_attribute);
+            from_events = is_event_source(service_name(&r.attributes), event_sources);
         }
         for ss in &rs.scope_spans {
             let scope = ss.scope.as_ref().map_or("", |s| s.name.as_str());
@@ -297,6 +368,7 @@ pub fn spans(
                 match operation(&a) {
                     None => count_reason(&mut out.unused, scope, 1),
                     Some(Operation::Other) => out.covered += 1,
+                    Some(Operation::Call(_)) if from_events => out.covered += 1,
                     Some(Operation::Call(op)) => {
                         let s = SpanRef {
                             trace_id: &span.trace_id,
@@ -441,7 +513,7 @@ mod tests {
             now_ms: NOW_MS,
             prices: &prices,
         };
-        spans(&req, Some("team.id"), &v)
+        spans(&req, Some("team.id"), &[], &v)
     }
 
     fn record_of(out: SpansOutcome) -> Box<crate::record::ValidRecord> {

@@ -12,10 +12,10 @@
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
 //! - [`health`]: gatemeter's own counters (per process) and the one list of refusal reasons.
 //! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
-//! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
-//!   families.
 //! - [`genai`]: OpenTelemetry GenAI semantic-convention spans → request records (any OTel
 //!   GenAI source: OpenAI / Anthropic instrumentations, OpenLLMetry, OpenLIT).
+//! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
+//!   families.
 //! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
 //!   request log (SQLite, PostgreSQL) in [`store::sql`].
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.

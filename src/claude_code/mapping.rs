@@ -30,6 +30,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
 use crate::catalog;
 use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
+use crate::genai;
 use crate::health::otlp::{ItemReject, Reasons, count_reason};
 use crate::otlp::decode::{
     Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
@@ -63,6 +64,9 @@ pub struct Mapping {
     pub namespace_attribute: Option<String>,
     /// Attributes kept as labels although denied by default.
     pub label_allowlist: Vec<String>,
+    /// Sources (`service.name`) whose GenAI records are their
+    /// `gen_ai.client.inference.operation.details` events instead of their spans.
+    pub genai_event_sources: Vec<String>,
 }
 
 /// What a logs request turned into.
@@ -265,6 +269,11 @@ impl Mapping {
         for rl in resources {
             let mut base = Attrs::default();
             base.fill(&rl.resource, ns_key);
+            let service_name = rl
+                .resource
+                .iter()
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| str_of(kv.val));
             {
                 out.events.reserve(rl.records.len());
                 for r in &rl.records {
@@ -282,9 +291,18 @@ impl Mapping {
                         count_reason(&mut out.unused, "", 1);
                         continue;
                     };
-                    // GenAI events describe calls whose spans are the records (`crate::genai`).
+                    // GenAI events describe calls whose spans are the records (`crate::genai`),
+                    // but for the sources configured to send their calls as events.
                     if name.starts_with("gen_ai.") {
-                        out.covered += 1;
+                        let record = (name == genai::DETAILS_EVENT
+                            && genai::is_event_source(service_name, &self.genai_event_sources))
+                        .then(|| genai::event_record(&rl.resource, r, ns_key, v))
+                        .flatten();
+                        match record {
+                            Some(Ok(rec)) => out.events.push(Event::Finish(rec)),
+                            Some(Err(e)) => out.rejected.push((i, e)),
+                            None => out.covered += 1,
+                        }
                         continue;
                     }
                     let cli = name.starts_with("gemini_cli.") || name.starts_with("codex.");

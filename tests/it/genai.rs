@@ -604,3 +604,58 @@ async fn the_captured_openllmetry_client_gives_its_totals() {
     check_capture(&app, &want).await;
     app.stop().await;
 }
+
+/// A source configured to send its calls as events (`otlp.genai_event_sources`): its
+/// `gen_ai.client.inference.operation.details` events are the records and its call spans are
+/// `covered` — still one record per call, whatever else it sends, however often.
+#[tokio::test]
+async fn a_source_configured_for_events_is_counted_once_from_its_events() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message;
+    let dir = capture_dir("openai-v2");
+    // The capture's details events that describe a call (the instrumentation does not emit
+    // one for every call).
+    let mut details = 0;
+    for entry in std::fs::read_dir(&dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().ends_with("_logs.pb") {
+            let req = ExportLogsServiceRequest::decode(&std::fs::read(&path).expect("read")[..])
+                .expect("decodes");
+            details += req
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+                .filter(|r| r.event_name == "gen_ai.client.inference.operation.details")
+                .count();
+        }
+    }
+    assert!(details > 0);
+    let app = TestApp::with_config(&format!(
+        "{CONFIG}  genai_event_sources: [genai-client-test]\n"
+    ))
+    .await;
+    replay_capture(&app, "openai-v2").await;
+    replay_capture(&app, "openai-v2").await;
+    let m = wait_requests(&app, details as f64).await;
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_accepted_items_total",
+            &[("signal", "traces"), ("use", "covered")]
+        ),
+        80.0,
+        "every call span of the source, twice"
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_accepted_items_total",
+            &[("signal", "logs"), ("use", "record")]
+        ),
+        2.0 * details as f64
+    );
+    assert_eq!(
+        m.value("gatemeter_duplicate_records_total", &[]),
+        details as f64
+    );
+    app.stop().await;
+}

@@ -347,7 +347,12 @@ impl OtlpIngest {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
         };
-        let out = genai::spans(req, self.mapping.namespace_attribute.as_deref(), &v);
+        let out = genai::spans(
+            req,
+            self.mapping.namespace_attribute.as_deref(),
+            &self.mapping.genai_event_sources,
+            &v,
+        );
         let records = out.events.len() as u64;
         self.submit(out.events).await?;
         let d = &self.diagnostics;
