@@ -71,6 +71,7 @@ fn otlp(c: &mut Criterion) {
             let v = Validation {
                 now_ms: 1_795_460_000_000,
                 prices: &prices,
+                keep_requests: None,
             };
             let out = mapping.logs(&req, &v);
             assert_eq!(out.events.len(), 100);
@@ -83,6 +84,7 @@ fn otlp(c: &mut Criterion) {
             let v = Validation {
                 now_ms: 1_795_460_000_000,
                 prices: &prices,
+                keep_requests: None,
             };
             let out = mapping.logs_view(&view, &v);
             assert_eq!(out.events.len(), 100);
@@ -153,6 +155,7 @@ fn genai(c: &mut Criterion) {
                 let v = Validation {
                     now_ms,
                     prices: &prices,
+                    keep_requests: None,
                 };
                 let out = gatemeter::genai::spans(&req, Some("team.id"), &[], &v);
                 assert_eq!(out.events.len(), 100, "{:?}", out.rejected.first());

@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
     let v = Validation {
         now_ms: 1_760_000_000_000,
         prices: &prices,
+        keep_requests: None,
     };
     let recs = records(100);
 

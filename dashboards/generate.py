@@ -303,7 +303,7 @@ def providers():
     return dashboard(
         "gatemeter-providers",
         "gatemeter / Provider availability",
-        "Is each upstream provider up, down or unknown, since when, and how fast and how often does it fail? Computed from the request families; blocked requests (no provider) are left out.",
+        "Is each upstream provider up, down or unknown, since when, and how fast and how often does it fail? Computed from the request families (blocked requests, with no provider, are left out) and, in the last row, from the active probes.",
         [var("provider", "Provider", "gatemeter_provider_requests_total", "provider", regex="/.+/")],
         [
             panel("state-timeline", "State over time",
@@ -330,6 +330,18 @@ def providers():
                target(f'sum by (status_code) (rate(gatemeter_status_codes_total{{status_code!~"[23].."}}[{RI}]))', "{{status_code}}"), stack=True),
             ts("Latency distribution", "Request duration histogram of the selected providers (buckets per second).", "s",
                target(f"sum by (le) (rate(gatemeter_provider_request_duration_seconds_bucket{{{PR}}}[{RI}]))", "{{le}}")),
+            row("Active probes"),
+            panel("state-timeline", "Probe state",
+                  "Each configured probe of the selected providers (`probes:` in the config): green when its last run succeeded, red when it failed (alert ProbeFailing after 5 minutes). With a shared Redis every replica shows the fleet's last run.",
+                  "short", [target(f'max by (probe, provider) (gatemeter_probe_up{{provider=~"$provider"}})', "{{provider}} {{probe}}")],
+                  w=24, h=5, thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}], min=0, max=1,
+                  mappings=[{"type": "value", "options": {"0": {"text": "down"}, "1": {"text": "up"}}}]),
+            bars("Probe success (5 m)", "Share of each probe's runs that succeeded over 5 minutes, summed over the replicas (recording rule probe:gatemeter_probe_success:ratio_rate5m). Compare with the request-based availability above: a probe failing while requests succeed points at the probe's path or credentials.", "percentunit",
+                 f'probe:gatemeter_probe_success:ratio_rate5m{{provider=~"$provider"}}', "{{provider}} {{probe}}", thresholds=GREEN_RED, min=0, max=1),
+            ts("Probe duration P95", "95th percentile of the probe runs' duration (connect, TLS, first byte of the answer), per probe.", "s",
+               target(f'histogram_quantile(0.95, sum by (probe, le) (rate(gatemeter_probe_duration_seconds_bucket{{provider=~"$provider"}}[{RI}])))', "{{probe}}")),
+            ts("Probe runs by outcome", "Probe runs per second by outcome: ok, fail (unexpected status), timeout, refused, tls, dns, error. GET /api/v1/export/probe-log has each run's line.", "ops",
+               target(f'sum by (probe, outcome) (rate(gatemeter_probe_results_total{{provider=~"$provider"}}[{RI}])) > 0', "{{probe}} {{outcome}}"), stack=True),
         ],
     )
 

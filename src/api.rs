@@ -1,7 +1,8 @@
 //! HTTP surface shared by every endpoint: the one API error type and its JSON response,
 //! plus the orchestration endpoints (`/healthz`, `/readyz`). Submodules: [`auth`] (roles from
 //! bearer tokens), [`logs`] (request-log queries, usage CSV export, audit trail), [`analytics`]
-//! and [`openapi`] (the OpenAPI 3.1 document of every `/api/v1` route).
+//! [`probes`] (the probe log export) and [`openapi`] (the OpenAPI 3.1 document of every
+//! `/api/v1` route).
 //!
 //! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
 //! logged as errors; internal failures answer a generic 500 and are logged once.
@@ -16,8 +17,10 @@ use crate::pipeline::Pipeline;
 
 pub mod analytics;
 pub mod auth;
+pub mod exports;
 pub mod logs;
 pub mod openapi;
+pub mod probes;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,22 @@ pub enum ApiError {
         /// Stable code.
         code: &'static str,
         /// What is missing and how to get it.
+        message: String,
+    },
+    /// 409: the resource is busy (another backup holds the lock).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Who holds it since when.
+        message: String,
+    },
+    /// 500 told to the (admin) caller: an export's tool failed (`pg_dump`'s error gist).
+    #[error("{message}")]
+    ExportFailed {
+        /// Stable code.
+        code: &'static str,
+        /// What failed, secrets removed.
         message: String,
     },
     /// 500: our fault; details are logged, not returned.
@@ -153,6 +172,10 @@ impl IntoResponse for ApiError {
             ),
             Self::NotImplemented { code, message } => {
                 (StatusCode::NOT_IMPLEMENTED, *code, message.as_str())
+            }
+            Self::Conflict { code, message } => (StatusCode::CONFLICT, *code, message.as_str()),
+            Self::ExportFailed { code, message } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, *code, message.as_str())
             }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "Internal error answering a request.");

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use crate::api::analytics::{self, AnalyticsApi};
 use crate::api::auth::{Access, Auth};
+use crate::api::exports::{self, ExportApi};
 use crate::api::logs::{self, LogApi};
 use crate::api::openapi;
 use crate::claude_code::task::ClaudeCode;
@@ -29,6 +30,7 @@ use crate::health::otlp::{Diagnostics, Signal};
 use crate::ingest::native::{self, NativeIngest};
 use crate::ingest::otlp::http::{self as otlp_http, OtlpIngest};
 use crate::pipeline::Pipeline;
+use crate::probe::Probes;
 use crate::server::{self, ServerConfig};
 use crate::spool::{Spool, SpoolCloser};
 use crate::store::fanout::FanOut;
@@ -159,6 +161,19 @@ impl App {
             .clone()
             .filter(|_| config.log_store.as_ref().is_some_and(|l| l.rollups));
         let mut readers = Vec::new();
+        // Probes: with a shared Redis each runs once per interval across the fleet.
+        let leases = match config.live_store {
+            LiveStoreKind::Redis if !config.probes.is_empty() => {
+                match crate::store::redis::lease::ProbeLeases::new(config.redis.clone()) {
+                    Ok(l) => Some(l),
+                    Err(e) => unreachable!("validated Redis config refused: {e}"),
+                }
+            }
+            _ => None,
+        };
+        let (probes, probe_tasks) =
+            Probes::spawn(&config.probes, sql.clone(), leases, health.clone());
+        readers.extend(probe_tasks);
         let gauges = rollups.clone().map(|log| {
             let refresh = std::time::Duration::from_secs(config.analytics.refresh_secs);
             let (gauges, task) = AnalyticsGauges::spawn(log, config.analytics.clone(), refresh);
@@ -172,16 +187,37 @@ impl App {
             health.clone(),
             otlp,
             gauges,
+            probes.clone(),
         );
         let auth = Auth::new(config.auth.clone());
         let analytics = AnalyticsApi {
             log: rollups,
+            probe_log: sql.clone(),
             pipeline: pipeline.clone(),
             config: config.analytics.clone(),
         };
         // Every /api/v1 route, described: the document at /api/v1/openapi.json is theirs.
         let mut v1 = analytics::routes(analytics, &auth);
+        let probe_api = crate::api::probes::ProbeApi {
+            log: sql.clone(),
+            probes,
+            zone: config.analytics.time_zone.clone(),
+        };
+        v1 = v1.merge(crate::api::probes::routes(probe_api, &auth));
         if let Some(log) = sql {
+            // One backup at a time: across the fleet when the replicas share Redis.
+            let lock = match config.live_store {
+                LiveStoreKind::Redis => {
+                    crate::store::lock::FleetLock::redis(&config.redis, exports::BACKUP_LOCK)?
+                }
+                LiveStoreKind::Memory => crate::store::lock::FleetLock::local(),
+            };
+            let exports_api = ExportApi {
+                log: log.clone(),
+                backup: config.backup.clone(),
+                lock,
+            };
+            v1 = v1.merge(exports::routes(exports_api, &auth));
             let api = LogApi {
                 log,
                 export_max_rows: config.export_max_rows,
@@ -259,6 +295,7 @@ pub fn router(
     health: Arc<Health>,
     otlp: OtlpSource,
     analytics: Option<Arc<AnalyticsGauges>>,
+    probes: Arc<Probes>,
 ) -> Router {
     let otlp_ingest = Arc::new(OtlpIngest {
         pipeline: pipeline.clone(),
@@ -269,6 +306,7 @@ pub fn router(
         max_body_bytes: config.ingest.max_body_bytes,
         prices: config.prices.clone(),
         mapping: config.otlp.mapping.clone(),
+        keep_requests: config.ingest.keep_requests,
     });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),
@@ -301,6 +339,7 @@ pub fn router(
             health,
             otlp,
             analytics,
+            probes,
         }),
     );
     let ingest = auth.guard(ingest_routes, Access::Ingest);

@@ -85,6 +85,15 @@ impl Zone {
         (self.start_of(first), self.start_of(next))
     }
 
+    /// The local time of day of `ms` as `HH:MM:SS`.
+    pub fn time_of_day(&self, ms: i64) -> String {
+        let t = Timestamp::from_millisecond(ms)
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+            .to_zoned(self.tz.clone())
+            .time();
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    }
+
     /// The local date of `ms` as `YYYY-MM-DD`.
     pub fn date_string(&self, ms: i64) -> String {
         self.date(ms).to_string()
@@ -97,6 +106,16 @@ mod tests {
 
     fn ms(s: &str) -> i64 {
         s.parse::<Timestamp>().expect("timestamp").as_millisecond()
+    }
+
+    #[test]
+    fn time_of_day_is_local() {
+        let z = Zone::named("Asia/Shanghai").expect("zone");
+        assert_eq!(z.time_of_day(ms("2026-03-01T15:59:59.900Z")), "23:59:59");
+        assert_eq!(
+            Zone::utc().time_of_day(ms("2026-03-01T07:05:09Z")),
+            "07:05:09"
+        );
     }
 
     #[test]

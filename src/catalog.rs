@@ -559,6 +559,34 @@ metric!(
     ["scope", "period", "rank", "name"],
     "Top `analytics.top_n` users, keys, providers or requested models by requests in the period (today, week, month in `analytics.time_zone`); rank `other` sums the rest."
 );
+// ---- Active probes (per process: each replica counts the runs it made, and with a shared Redis
+// a probe runs once per interval across the fleet, so sum over replicas; `up` shows the fleet's
+// last run on every replica). Labels are the configured probes (at most `probe::MAX_PROBES`,
+// each asking the series budget once, at start). ----
+metric!(
+    PROBE_UP,
+    "gatemeter_probe_up",
+    Gauge,
+    None,
+    ["probe", "provider"],
+    "1 when the probe's last run succeeded, 0 when it failed (with a shared Redis: the fleet's last run); no series before the first run."
+);
+metric!(
+    PROBE_DURATION,
+    "gatemeter_probe_duration_seconds",
+    Histogram,
+    S,
+    ["probe", "provider"],
+    "Duration of the probe runs this process made, from start to answer (HTTP status line or TCP connect) or failure."
+);
+metric!(
+    PROBE_RESULTS,
+    "gatemeter_probe_results",
+    Counter,
+    None,
+    ["probe", "provider", "outcome"],
+    "Probe runs this process made, by outcome: ok, fail (unexpected status), timeout, refused, tls, dns, error."
+);
 metric!(
     SERIES_BUDGET,
     "gatemeter_series_budget",
@@ -876,6 +904,9 @@ pub const ALL: &[Metric] = &[
     PROVIDER_STATUS,
     LEADERBOARD_COST,
     LEADERBOARD_REQUESTS,
+    PROBE_UP,
+    PROBE_DURATION,
+    PROBE_RESULTS,
     SERIES_BUDGET,
 ];
 
@@ -903,6 +934,9 @@ pub const PROCESS: &[Metric] = &[
     STORE_UP,
     SELF_UPTIME,
     BUILD_INFO,
+    PROBE_UP,
+    PROBE_DURATION,
+    PROBE_RESULTS,
 ];
 
 /// A regular expression matching exactly the sample names of [`PROCESS`] families (for
@@ -917,6 +951,11 @@ pub fn process_sample_regex() -> String {
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
     600.0,
+];
+
+/// Bucket bounds (seconds) of `gatemeter_probe_duration_seconds`: 1 ms to 60 s.
+pub const PROBE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Bucket bounds of `gen_ai.client.operation.duration` from the OpenTelemetry GenAI semantic conventions.
@@ -987,6 +1026,7 @@ mod tests {
         for w in DURATION_BUCKETS
             .windows(2)
             .chain(GENAI_DURATION_BUCKETS.windows(2))
+            .chain(PROBE_BUCKETS.windows(2))
         {
             assert!(w[0] < w[1]);
         }

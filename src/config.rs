@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::aggregate::Limits;
 use crate::api::auth::AuthConfig;
 use crate::calendar::Zone;
+use crate::export::backup::BackupConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
 use crate::server::ServerConfig;
@@ -24,6 +25,7 @@ use crate::store::sql::{SqlBackend, SqlConfig};
 pub use crate::export::otlp_logs::OtlpExportConfig;
 pub use crate::ingest::native::IngestConfig;
 
+pub mod probes;
 pub mod redis;
 
 /// Default listen address: OTLP/HTTP's port, loopback only.
@@ -88,6 +90,14 @@ struct RawConfig {
     spool: RawSpool,
     auth: RawAuth,
     analytics: RawAnalytics,
+    probes: Vec<probes::RawProbe>,
+    backup: RawBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBackup {
+    pg_dump_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +272,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The analytics API: time zone, who sees leaderboards, session activity.
     pub analytics: AnalyticsConfig,
+    /// Active provider probes (`probes:`), in order.
+    pub probes: Vec<crate::probe::ProbeConfig>,
+    /// The database backup export (`backup:`).
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -323,7 +337,7 @@ impl RawConfig {
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
         let redis = self.redis.validate(redis_url, env)?;
-        let (ingest, pipeline) = self.ingest.validate(self.pipeline)?;
+        let (mut ingest, pipeline) = self.ingest.validate(self.pipeline)?;
         let prices = Arc::new(self.pricing.validate()?);
         let otlp = self.otlp.validate()?;
         let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
@@ -331,10 +345,15 @@ impl RawConfig {
             .map(PathBuf::from)
             .or_else(|| self.log_store.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("data"));
-        let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let (log_store, export_max_rows, keep_requests) = self.log_store.validate(env)?;
+        ingest.keep_requests = keep_requests;
+        let backup = BackupConfig {
+            pg_dump_path: self.backup.pg_dump_path,
+        };
         let spool = self.spool.validate(self.durability, &data_dir, env)?;
         let auth = self.auth.validate(env)?;
         let analytics = self.analytics.validate()?;
+        let probes = probes::validate(self.probes, env)?;
         Ok(Config {
             listen,
             server,
@@ -350,6 +369,8 @@ impl RawConfig {
             spool,
             auth,
             analytics,
+            probes,
+            backup,
         })
     }
 }
@@ -449,6 +470,8 @@ impl RawIngest {
                 10_000,
                 1_000_000,
             )?,
+            // Set from `log_store.store_requests` (RawConfig::validate).
+            keep_requests: None,
         };
         let pending_timeout_secs = self.pending_timeout_secs.unwrap_or(600);
         if pending_timeout_secs == 0 || pending_timeout_secs > 86_400 {
@@ -634,13 +657,15 @@ struct RawLogStore {
     log_retention_days: Option<u32>,
     export_max_rows: Option<u64>,
     rollups: Option<bool>,
+    store_requests: Option<bool>,
+    max_request_bytes: Option<usize>,
 }
 
 impl RawLogStore {
     fn validate(
         self,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Option<SqlConfig>, u64), ConfigError> {
+    ) -> Result<(Option<SqlConfig>, u64, Option<usize>), ConfigError> {
         let export_max_rows = self.export_max_rows.unwrap_or(10_000);
         if export_max_rows == 0 || export_max_rows > 100_000_000 {
             return Err(invalid(
@@ -648,10 +673,20 @@ impl RawLogStore {
                 format!("{export_max_rows} is not between 1 and 100000000"),
             ));
         }
+        let max_request_bytes = positive(
+            "log_store.max_request_bytes",
+            self.max_request_bytes,
+            65_536,
+            16 << 20,
+        )?;
+        let keep_requests = self
+            .store_requests
+            .unwrap_or(false)
+            .then_some(max_request_bytes);
         let env_url = env(ENV_DATABASE_URL).filter(|u| !u.is_empty());
         let kind = env(ENV_LOG_STORE).filter(|k| !k.is_empty()).or(self.kind);
         let backend = match (kind.as_deref(), env_url) {
-            (Some("none"), _) => return Ok((None, export_max_rows)),
+            (Some("none"), _) => return Ok((None, export_max_rows, None)),
             (None | Some("postgres"), Some(url)) => SqlBackend::Postgres { url },
             (Some("postgres"), None) => match self.url {
                 Some(url) => SqlBackend::Postgres { url },
@@ -701,7 +736,7 @@ impl RawLogStore {
             rollups: self.rollups.unwrap_or(true),
             backend,
         };
-        Ok((Some(cfg), export_max_rows))
+        Ok((Some(cfg), export_max_rows, keep_requests))
     }
 }
 
@@ -941,6 +976,35 @@ mod tests {
         assert!(e.to_string().contains("live_store"), "{e}");
         let e = parse("redis:\n  flush_interval_ms: 0\n").expect_err("zero");
         assert!(e.to_string().contains("redis.flush_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn stored_requests_and_backup_settings() {
+        let c = parse("{}").expect("defaults");
+        assert_eq!(c.ingest.keep_requests, None);
+        assert_eq!(c.backup.pg_dump_path, None);
+        let c = parse(
+            "log_store: {store_requests: true, max_request_bytes: 1000}\n\
+             backup: {pg_dump_path: /opt/pg/pg_dump}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.ingest.keep_requests, Some(1000));
+        assert_eq!(
+            c.backup.pg_dump_path,
+            Some(PathBuf::from("/opt/pg/pg_dump"))
+        );
+        assert_eq!(
+            parse("log_store: {store_requests: true}\n")
+                .expect("valid")
+                .ingest
+                .keep_requests,
+            Some(65_536)
+        );
+        // No log, nothing kept.
+        let c = parse("log_store: {kind: none, store_requests: true}\n").expect("valid");
+        assert_eq!(c.ingest.keep_requests, None);
+        let e = parse("log_store: {max_request_bytes: 0}\n").expect_err("zero");
+        assert!(e.to_string().contains("log_store.max_request_bytes"), "{e}");
     }
 
     #[test]

@@ -512,6 +512,7 @@ mod tests {
         let v = Validation {
             now_ms: NOW_MS,
             prices: &prices,
+            keep_requests: None,
         };
         spans(&req, Some("team.id"), &[], &v)
     }

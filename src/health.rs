@@ -105,6 +105,10 @@ label_enum! {
         SpoolFull = "spool_full",
         /// Durable acknowledgement: the spool could not write or sync (the caller got 503).
         SpoolFailed = "spool_failed",
+        /// A probe result that did not reach `probe_results`: the probe writer's queue was full
+        /// (the database slow or away), or the database refused it after retries. It is in the
+        /// probe metrics.
+        ProbeResultsDropped = "probe_results_dropped",
     }
 }
 

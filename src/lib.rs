@@ -18,6 +18,9 @@
 //!   families.
 //! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
 //!   request log (SQLite, PostgreSQL) in [`store::sql`].
+//! - [`tls`]: the one rustls client setup (system roots plus an optional CA file).
+//! - [`probe`]: active provider probes — one task per probe, the fleet's Redis lease, results
+//!   to `probe_results` (or an in-memory ring) and to the `gatemeter_probe_*` families.
 //! - [`pipeline`]: bounded queue → the one aggregator task → periodic flush to the live store.
 //! - [`spool`]: durable acknowledgement — the group-committed, fsync'd spool of validated
 //!   batches, replayed into the pipeline at start, trimmed at the pipeline's checkpoints.
@@ -59,8 +62,10 @@ pub mod ingest;
 pub mod otlp;
 pub mod pipeline;
 pub mod price;
+pub mod probe;
 pub mod record;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod tls;
 pub mod varint;

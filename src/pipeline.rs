@@ -441,6 +441,7 @@ mod tests {
         let v = Validation {
             now_ms: now_ms(),
             prices: &prices,
+            keep_requests: None,
         };
         (0..n)
             .map(|i| {

@@ -15,8 +15,11 @@ use crate::price::PriceTable;
 pub use crate::price::{TOKEN_TYPES, Tokens};
 
 pub mod fields;
+pub mod request;
 mod scan;
 pub mod scrub;
+
+pub use request::StoredRequest;
 
 /// A bounded label value (namespace, provider, model): short strings are stored inline.
 pub type Label = CompactString;
@@ -221,6 +224,9 @@ pub struct ValidRecord {
     pub trace_id: Option<CompactString>,
     /// Span id of the call.
     pub span_id: Option<CompactString>,
+    /// The request's headers and body, redacted (`log_store.store_requests`; only with a
+    /// `request_id`, which ties it to its row).
+    pub request: Option<Box<StoredRequest>>,
 }
 
 impl ValidRecord {
@@ -314,13 +320,17 @@ impl RecordError {
     }
 }
 
-/// What validation needs from outside: the receive time and the price table.
+/// What validation needs from outside: the receive time, the price table and whether the
+/// `request` object is kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Validation<'a> {
     /// Receive time, epoch milliseconds.
     pub now_ms: i64,
     /// Prices for records without `cost_usd`.
     pub prices: &'a PriceTable,
+    /// `Some(max_bytes)`: the `request` object of a record with a `request_id` is kept, redacted
+    /// and cut to that many bytes of JSON ([`request::keep`]); `None`: it is skipped.
+    pub keep_requests: Option<usize>,
 }
 
 /// A timestamp as sent: epoch milliseconds or RFC 3339 text.
@@ -560,6 +570,7 @@ raw_record! {
     messages_count: u32,
     trace_id: CompactString,
     span_id: CompactString,
+    request: serde_json::Value,
 }
 
 /// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
@@ -959,6 +970,10 @@ impl RawRecord {
                 ));
             }
         }
+        let request = match (self.request, v.keep_requests, &request_id) {
+            (Some(r), Some(max), Some(_)) => request::keep(r, max).map(Box::new),
+            _ => None,
+        };
         Ok(Event::Finish(Box::new(ValidRecord {
             request_id,
             timestamp_ms,
@@ -992,6 +1007,7 @@ impl RawRecord {
             messages_count: self.messages_count,
             trace_id: id_field("trace_id", self.trace_id)?,
             span_id: id_field("span_id", self.span_id)?,
+            request,
         })))
     }
 }
@@ -1076,6 +1092,8 @@ pub struct RecordFields {
     pub trace_id: Option<CompactString>,
     /// `span_id`.
     pub span_id: Option<CompactString>,
+    /// `request` (headers and body; kept only as [`Validation::keep_requests`] says).
+    pub request: Option<serde_json::Value>,
 }
 
 impl RecordFields {
@@ -1121,6 +1139,7 @@ impl RecordFields {
             messages_count: self.messages_count,
             trace_id: self.trace_id,
             span_id: self.span_id,
+            request: self.request,
         };
         let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
@@ -1142,6 +1161,7 @@ pub(crate) fn test_record(json: &str, now_ms: i64) -> Box<ValidRecord> {
     let v = Validation {
         now_ms,
         prices: &prices,
+        keep_requests: None,
     };
     match parse_event(json, &v) {
         Ok(Event::Finish(r)) => r,
@@ -1182,6 +1202,7 @@ mod tests {
             &Validation {
                 now_ms: NOW,
                 prices: &prices,
+                keep_requests: None,
             },
         )
     }
@@ -1316,6 +1337,7 @@ mod tests {
         let v = Validation {
             now_ms: NOW,
             prices: &prices,
+            keep_requests: None,
         };
         // An escaped C0 control, a raw DEL (JSON allows it unescaped) and an escaped DEL.
         for c in ["\\u0001", "\u{7f}", "\\u007f"] {
@@ -1392,6 +1414,7 @@ mod tests {
         let v = Validation {
             now_ms: NOW,
             prices: &prices,
+            keep_requests: None,
         };
         for r in [finish(&json), *fields.validate(&v).expect("valid")] {
             let dbg = format!("{r:?}");
@@ -1463,7 +1486,8 @@ mod tests {
     }
 
     /// The wire record (`raw_record!`) has exactly the fields of the table that have a wire
-    /// name, plus `phase`; the scanner reads the same list (`Field`).
+    /// name, plus `phase` and the `request` object (not a column: `request_bodies`); the
+    /// scanner reads the same list (`Field`).
     #[test]
     fn the_wire_record_is_the_field_table() {
         let wire: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.wire).collect();
@@ -1471,14 +1495,16 @@ mod tests {
             assert!(Field::of(name).is_some(), "raw_record! lacks {name}");
         }
         assert!(Field::of("phase").is_some());
+        assert!(Field::of("request").is_some());
         assert_eq!(
             Field::COUNT,
-            wire.len() + 1,
+            wire.len() + 2,
             "raw_record! has a field the table (record/fields.rs) lacks"
         );
         let raw = debug_field_names(&format!("{:?}", RawRecord::default()));
         let mut want: Vec<&str> = wire.clone();
         want.insert(0, "phase");
+        want.push("request");
         assert_eq!(raw, want, "raw_record! is not in the table's order");
     }
 
@@ -1500,6 +1526,7 @@ mod tests {
             at..at,
             ["cost_micros".to_string(), "cost_source".to_string()],
         );
+        want.push("request".to_string());
         assert_eq!(got, want, "RecordFields and record/fields.rs differ");
     }
 
@@ -1515,8 +1542,40 @@ mod tests {
                 _ => vec![name],
             })
             .collect();
-        let want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        let mut want: Vec<&str> = fields::FIELDS.iter().filter_map(|f| f.entry).collect();
+        want.push("request");
         assert_eq!(got, want, "ValidRecord and record/fields.rs differ");
+    }
+
+    /// The `request` object is kept only when asked for and with a `request_id`, redacted.
+    #[test]
+    fn the_request_object_is_kept_redacted_only_when_asked() {
+        let json = r#"{"request_id": "r", "model": "m", "status": 200, "duration_ms": 1,
+            "request": {"headers": {"Authorization": "Bearer canary-1"}, "body": {"api_key": "canary-2"}}}"#;
+        let prices = PriceTable::default();
+        let mut v = Validation {
+            now_ms: NOW,
+            prices: &prices,
+            keep_requests: None,
+        };
+        let parse = |v: &Validation<'_>, j: &str| match parse_event(j, v) {
+            Ok(Event::Finish(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(parse(&v, json).request, None);
+        v.keep_requests = Some(65_536);
+        let kept = parse(&v, json).request.expect("kept");
+        assert!(!kept.json.contains("canary"), "{}", kept.json);
+        assert!(kept.json.contains("[REDACTED]"));
+        let no_id = json.replace(r#""request_id": "r","#, "");
+        assert_eq!(parse(&v, &no_id).request, None);
+        // Through the array path (serde), too.
+        let arr = format!("[{json}]");
+        let all = parse_array(&arr, &v).expect("array");
+        let Ok(Event::Finish(r)) = &all[0] else {
+            panic!("{all:?}")
+        };
+        assert!(r.request.is_some());
     }
 
     #[test]

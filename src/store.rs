@@ -3,6 +3,7 @@
 
 pub mod fanout;
 pub mod live;
+pub mod lock;
 pub mod log;
 pub mod memory;
 pub mod redis;

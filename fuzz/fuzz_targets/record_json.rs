@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let v = Validation {
         now_ms: 1_795_460_000_000,
         prices: &prices,
+        keep_requests: None,
     };
     if let Ok(Event::Finish(r)) = parse_event(json, &v) {
         assert!(

@@ -51,6 +51,8 @@ pub const MAX_SESSION_REQUESTS: i64 = 10_000;
 pub struct AnalyticsApi {
     /// The request log with its rollups (`None`: `log_store.kind: none`, or rollups off).
     pub log: Option<SqlLog>,
+    /// The request log holding `probe_results` (with or without rollups).
+    pub probe_log: Option<SqlLog>,
     /// The live aggregates (API key stats).
     pub pipeline: Pipeline,
     /// Settings.
@@ -594,6 +596,56 @@ pub struct ProviderAvailability {
     /// Start of its latest request in the last 15 minutes (`null`: none).
     last_request_at: Option<i64>,
     buckets: Vec<Bucket>,
+    /// The active probes of this provider, beside the request-based figures.
+    probes: Vec<ProbeAvailability>,
+}
+
+/// A probe's runs in the window, beside its provider's requests.
+#[derive(Debug, utoipa::ToSchema, Serialize)]
+pub struct ProbeAvailability {
+    probe: String,
+    /// Whether its latest run succeeded (`null`: no run in the last 7 days).
+    up: Option<bool>,
+    /// Runs in the window.
+    runs: i64,
+    /// Successful runs in the window.
+    ok: i64,
+    /// ok / runs (`null` without runs).
+    availability: Option<f64>,
+    /// Its latest run (within 7 days of the window's end).
+    last: Option<ProbeRun>,
+}
+
+/// One probe run.
+#[derive(Debug, utoipa::ToSchema, Serialize)]
+pub struct ProbeRun {
+    timestamp_ms: i64,
+    /// `ok`, `fail` (unexpected status), `timeout`, `refused`, `tls`, `dns` or `error`.
+    outcome: &'static str,
+    /// HTTP status (`null`: TCP probe, or no answer).
+    status: Option<u16>,
+    latency_ms: u64,
+    /// What went wrong (secrets redacted).
+    error: Option<String>,
+}
+
+impl From<crate::store::sql::probe::ProbeSummary> for ProbeAvailability {
+    fn from(s: crate::store::sql::probe::ProbeSummary) -> Self {
+        Self {
+            up: s.last.as_ref().map(|l| l.ok()),
+            runs: s.results,
+            ok: s.ok,
+            availability: ratio(s.ok, s.results),
+            last: s.last.map(|l| ProbeRun {
+                timestamp_ms: l.ts_ms,
+                outcome: l.outcome.as_str(),
+                status: (l.status != 0).then_some(l.status),
+                latency_ms: l.latency_ms,
+                error: l.error,
+            }),
+            probe: s.probe,
+        }
+    }
 }
 
 /// The availability answer.
@@ -723,7 +775,7 @@ pub async fn availability(
             .or_default()
             .merge_from(&cell);
     }
-    let providers = series
+    let mut providers: Vec<ProviderAvailability> = series
         .into_iter()
         .map(|((provider, model), buckets)| {
             let mut total = Cell::default();
@@ -756,9 +808,39 @@ pub async fn availability(
                     .collect(),
                 model: by_model.then_some(model),
                 provider,
+                probes: Vec::new(),
             }
         })
         .collect();
+    if let Some(plog) = &api.probe_log {
+        let summaries = plog.probe_summaries(from, to).await.map_err(store_error)?;
+        for s in summaries {
+            if p.get("provider").is_some_and(|w| *w != s.provider) {
+                continue;
+            }
+            let mut attached = false;
+            for entry in providers.iter_mut().filter(|e| e.provider == s.provider) {
+                entry.probes.push(s.clone().into());
+                attached = true;
+            }
+            // A provider only probed (no request in the window) has a line of its own.
+            if !attached && want_model.is_none() {
+                providers.push(ProviderAvailability {
+                    provider: s.provider.clone(),
+                    model: by_model.then(String::new),
+                    status: status(0, 0, None, now),
+                    requests: 0,
+                    availability: None,
+                    latency: None::<&Dist>.into(),
+                    errors: BTreeMap::new(),
+                    last_request_at: None,
+                    buckets: Vec::new(),
+                    probes: vec![s.into()],
+                });
+            }
+        }
+        providers.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+    }
     Ok(Json(Availability {
         window,
         from,

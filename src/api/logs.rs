@@ -368,27 +368,38 @@ pub async fn usage_csv(
                 message: e.to_string(),
             }),
         };
-        let (rows, end, tail) = match exported {
-            Ok(x) => match x.encoder.finish() {
-                Ok(tail) => (x.rows, x.end, tail),
-                Err(e) => (x.rows, ExportEnd::Failed(e.to_string()), Vec::new()),
-            },
-            Err(e) => (0, ExportEnd::Failed(e.to_string()), Vec::new()),
+        let (rows, end, tail, handed_out) = match exported {
+            Ok(x) => {
+                let handed_out = x.encoder.handed_out();
+                match x.encoder.finish() {
+                    Ok(tail) => (x.rows, x.end, tail, handed_out),
+                    Err(e) => (
+                        x.rows,
+                        ExportEnd::Failed(e.to_string()),
+                        Vec::new(),
+                        handed_out,
+                    ),
+                }
+            }
+            Err(e) => (0, ExportEnd::Failed(e.to_string()), Vec::new(), 0),
         };
         let mut tail = tail;
         let sent_ok = end != ExportEnd::ReceiverGone;
-        let outcome = match end {
-            ExportEnd::ReceiverGone => "aborted: client went away".to_string(),
+        let (outcome, detail) = match end {
+            ExportEnd::ReceiverGone => ("aborted", Some("the client went away".to_string())),
             ExportEnd::Failed(e) => {
                 tracing::warn!(error = %e, rows, "Usage export failed while streaming.");
                 tail.extend_from_slice(b"# error: export failed; rows above are incomplete\r\n");
-                "error: the request log failed while streaming".to_string()
+                (
+                    "failed",
+                    Some("the request log failed while streaming".to_string()),
+                )
             }
             ExportEnd::Done if truncated && rows >= cap => {
                 tail.extend_from_slice(usage_csv::truncation_line(cap).as_bytes());
-                "truncated".to_string()
+                ("ok", Some(format!("truncated at the row cap ({cap})")))
             }
-            ExportEnd::Done => "ok".to_string(),
+            ExportEnd::Done => ("ok", None),
         };
         // Audit before the last bytes: a client holding the whole file finds its export logged.
         let entry = NewAudit {
@@ -398,7 +409,9 @@ pub async fn usage_csv(
             action: "usage_csv".into(),
             filters: filters_json,
             rows: i64::try_from(rows).unwrap_or(i64::MAX),
-            outcome,
+            bytes: i64::try_from(handed_out + tail.len() as u64).ok(),
+            outcome: outcome.to_string(),
+            detail,
         };
         if let Err(e) = log.audit(&entry).await {
             tracing::error!(error = %e, "Could not record an export in the audit trail.");

@@ -37,6 +37,7 @@ use crate::api::{ErrorBody, QueryErrors};
     tags(
         (name = "logs", description = "The request log: list, one request, usage CSV, audit trail"),
         (name = "analytics", description = "Leaderboards, sessions, availability, overview, API keys"),
+        (name = "probes", description = "The active probes' log"),
         (name = "meta", description = "This document"),
     )
 )]

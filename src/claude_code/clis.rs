@@ -176,6 +176,7 @@ mod tests {
         let v = Validation {
             now_ms: 1_796_000_000_000,
             prices: &prices,
+            keep_requests: None,
         };
         let res = [kv("team.id", Val::Str("cli-team"))];
         record(

@@ -5,6 +5,9 @@
 //!   a native record: user from `user.email` else `user.id`, session from `session.id`,
 //!   namespace from the configured attribute, provider `anthropic`, endpoint `/v1/messages`, cost
 //!   from `cost_usd_micros` (else `cost_usd`), cache creation split into 5 m / 1 h buckets;
+//! - `api_request_body` (raw bodies, `OTEL_LOG_RAW_API_BODIES=1`) → the `request` object of the
+//!   next `api_request` / `api_error` of its session in the same export, kept only with
+//!   `log_store.store_requests` and redacted at validation (`request_bodies`);
 //! - `tool_result` / `tool_decision` → tool events; every Claude Code event is counted by name;
 //!   events and tools are identified by session, sequence number, name and time (a retried
 //!   export is not counted twice; a resumed session's restarted sequence is counted);
@@ -20,6 +23,7 @@
 //! It maps and validates; it holds no state ([`super::state`] does), counts nothing (the
 //! receiver does) and reads no clock (the caller's [`Validation`] carries `now`).
 
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use compact_str::{CompactString, ToCompactString};
@@ -179,6 +183,7 @@ struct Attrs<'a> {
     decision: Option<Val<'a>>,
     source: Option<Val<'a>>,
     tool_use_id: Option<Val<'a>>,
+    raw_body: Option<Val<'a>>,
 }
 
 impl<'a> Attrs<'a> {
@@ -220,6 +225,7 @@ impl<'a> Attrs<'a> {
                 "decision" => &mut self.decision,
                 "source" => &mut self.source,
                 "tool_use_id" => &mut self.tool_use_id,
+                "body" => &mut self.raw_body,
                 _ => continue,
             };
             *slot = Some(v);
@@ -265,6 +271,10 @@ impl Mapping {
     pub fn logs_view(&self, resources: &[ResourceLogsRef<'_>], v: &Validation<'_>) -> LogsOutcome {
         let mut out = LogsOutcome::default();
         let ns_key = self.namespace_attribute.as_deref();
+        let mut bodies = match v.keep_requests {
+            Some(_) => request_bodies(resources, ns_key),
+            None => HashMap::new(),
+        };
         let mut index = 0usize;
         for rl in resources {
             let mut base = Attrs::default();
@@ -310,9 +320,13 @@ impl Mapping {
                         cli.then(|| super::clis::event_id(&rl.resource, &r.attrs, name))
                             .flatten()
                     });
+                    let mut body = || {
+                        let session = a.session_id.and_then(str_of)?;
+                        bodies.get_mut(session)?.pop_front()
+                    };
                     let result = match name {
-                        "api_request" => self.record(&a, r, false, v).map(Some),
-                        "api_error" => self.record(&a, r, true, v).map(Some),
+                        "api_request" => self.record(&a, r, false, body(), v).map(Some),
+                        "api_error" => self.record(&a, r, true, body(), v).map(Some),
                         n if super::clis::is_record_event(n) => {
                             super::clis::record(n, &rl.resource, &r.attrs, time_ms(r), ns_key, v)
                         }
@@ -375,6 +389,7 @@ impl Mapping {
         a: &Attrs<'_>,
         r: &LogRef<'_>,
         error: bool,
+        body: Option<serde_json::Value>,
         v: &Validation<'_>,
     ) -> Result<Box<crate::record::ValidRecord>, RecordError> {
         let user_id = opt_text(a.user_id);
@@ -407,6 +422,7 @@ impl Mapping {
             api_type: Some(CompactString::const_new("claude")),
             method: Some(CompactString::const_new("POST")),
             session_id,
+            request: body.map(|b| serde_json::json!({ "body": b })),
             ..RecordFields::default()
         };
         f.duration_ms = opt_u64(a.duration_ms, "duration_ms")?;
@@ -439,6 +455,47 @@ impl Mapping {
         f.validate(v)
     }
 }
+
+/// Claude Code's raw request bodies (`api_request_body` events, sent with
+/// `OTEL_LOG_RAW_API_BODIES=1`: the JSON in the attribute `body`, cut by the CLI at 60 KB) of
+/// this export, per session in order: each fills the `request` slot of the next `api_request` /
+/// `api_error` of its session in the same export. A body that is not whole JSON is kept as text.
+/// None of the captured sessions (`tests/data/claude-code/`) has them: the shape is the
+/// documented one.
+fn request_bodies(
+    resources: &[ResourceLogsRef<'_>],
+    ns_key: Option<&str>,
+) -> HashMap<String, VecDeque<serde_json::Value>> {
+    let mut out: HashMap<String, VecDeque<serde_json::Value>> = HashMap::new();
+    for rl in resources {
+        let mut base = Attrs::default();
+        base.fill(&rl.resource, ns_key);
+        for r in &rl.records {
+            let mut a = base;
+            a.fill(&r.attrs, ns_key);
+            let name = a
+                .event_name
+                .and_then(str_of)
+                .or((!r.event_name.is_empty()).then_some(r.event_name))
+                .or_else(|| str_of(r.body).and_then(|b| b.strip_prefix("claude_code.")));
+            if name != Some(REQUEST_BODY_EVENT) {
+                continue;
+            }
+            let (Some(session), Some(text)) =
+                (a.session_id.and_then(str_of), a.raw_body.and_then(str_of))
+            else {
+                continue;
+            };
+            let body = serde_json::from_str(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+            out.entry(session.to_string()).or_default().push_back(body);
+        }
+    }
+    out
+}
+
+/// The event carrying a raw API request body.
+pub const REQUEST_BODY_EVENT: &str = "api_request_body";
 
 /// The 5 m / 1 h split of cache creation tokens; what the split does not explain of
 /// `cache_creation_tokens` is counted as 5 m (Anthropic's default TTL).
@@ -699,6 +756,7 @@ mod tests {
         let v = Validation {
             now_ms: 1_795_460_000_000,
             prices: &prices,
+            keep_requests: None,
         };
         let m = Mapping {
             namespace_attribute: Some("team.id".into()),
@@ -711,6 +769,57 @@ mod tests {
         match out.events.pop() {
             Some(Event::Finish(r)) => Ok(r),
             other => panic!("no record: {other:?}"),
+        }
+    }
+
+    /// A raw body event fills the `request` of the next `api_request` of its session, redacted,
+    /// only when requests are kept.
+    #[test]
+    fn raw_request_bodies_fill_the_request_slot() {
+        let body = serde_json::json!({"model": "claude", "api_key": "canary-cc", "messages": []})
+            .to_string();
+        let rec = |attrs: &[String]| {
+            format!(
+                r#"{{"timeUnixNano":"1795458649672000000","attributes":[{}]}}"#,
+                attrs.join(",")
+            )
+        };
+        let s = |v: &str| serde_json::json!({ "stringValue": v }).to_string();
+        let json = format!(
+            r#"{{"resourceLogs":[{{"resource":{{"attributes":[]}},"scopeLogs":[{{"logRecords":[{},{}]}}]}}]}}"#,
+            rec(&[
+                a("event.name", &s("api_request_body")),
+                a("session.id", &s("s-1")),
+                a("body", &s(&body)),
+            ]),
+            rec(&[
+                a("event.name", &s("api_request")),
+                a("session.id", &s("s-1")),
+                a("request_id", &s("req_1")),
+                a("model", &s("claude")),
+                a("duration_ms", &s("10")),
+            ]),
+        );
+        let req: ExportLogsServiceRequest = serde_json::from_str(&json).expect("json");
+        let prices = crate::price::PriceTable::default();
+        for keep in [None, Some(65_536)] {
+            let v = Validation {
+                now_ms: 1_795_460_000_000,
+                prices: &prices,
+                keep_requests: keep,
+            };
+            let out = Mapping::default().logs(&req, &v);
+            let [Event::Finish(r)] = out.events.as_slice() else {
+                panic!("one record: {:?}", out.events)
+            };
+            match keep {
+                None => assert_eq!(r.request, None),
+                Some(_) => {
+                    let kept = r.request.as_ref().expect("kept");
+                    assert!(kept.json.contains(r#""model":"claude""#), "{}", kept.json);
+                    assert!(!kept.json.contains("canary-cc"), "{}", kept.json);
+                }
+            }
         }
     }
 

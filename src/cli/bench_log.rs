@@ -198,6 +198,7 @@ fn record(
         messages_count: Some(4),
         trace_id: None,
         span_id: None,
+        request: None,
     })
 }
 

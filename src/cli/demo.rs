@@ -1,4 +1,5 @@
-//! `gatemeter demo`: serve, and post the synthetic traffic of [`super::traffic`] to the server.
+//! `gatemeter demo`: serve, and post the synthetic traffic of [`super::traffic`] to the server;
+//! two probes of its own listener (unless the config has probes) feed the probe panels.
 //!
 //! [`drive`] owns the timing and the one keep-alive connection; the traffic itself depends only
 //! on the seed.
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 use gatemeter::app::App;
 use gatemeter::client::{self, Sender};
 use gatemeter::config::Config;
+use gatemeter::probe::{Method, ProbeConfig, Target};
 use gatemeter::store::sql::{SqlBackend, SqlConfig};
 
 use super::error_chain;
@@ -27,11 +29,14 @@ use super::traffic::{DEMO_COST_SHARE, Delivery, Detail, Traffic};
 /// Serves `args.config` (by default the annotated example config) and feeds it demo traffic
 /// until SIGINT or SIGTERM.
 pub async fn run(args: super::Demo) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(p) => load_config(Some(p), args.listen)?,
         None => example_config(args.listen)?,
     };
     let listener = bind(&config).await?;
+    if config.probes.is_empty() {
+        config.probes = demo_probes(listener.local_addr()?);
+    }
     let app = App::build(&config, listener).await?;
     let addr = app.local_addr()?;
     info!(%addr, "gatemeter demo: serving and generating traffic; open http://{addr}/metrics");
@@ -75,6 +80,44 @@ fn example_config(listen: Option<SocketAddr>) -> anyhow::Result<Config> {
             .join("requests.db");
     }
     Ok(c)
+}
+
+/// Two probes of the demo's own listener, so the probe panels have data: an HTTP probe of
+/// `/healthz` standing for `anthropic` and a TCP probe standing for `openai` (every 5 s).
+fn demo_probes(addr: SocketAddr) -> Vec<ProbeConfig> {
+    let probe = |name: &str, provider: &str, target: Target| ProbeConfig {
+        name: name.into(),
+        provider: provider.into(),
+        target,
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+    };
+    let url = format!("http://{addr}/healthz").parse();
+    let mut probes = vec![probe(
+        "demo-openai-tcp",
+        "openai",
+        Target::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+    )];
+    if let Ok(url) = url {
+        probes.insert(
+            0,
+            probe(
+                "demo-anthropic-http",
+                "anthropic",
+                Target::Http {
+                    url,
+                    method: Method::Get,
+                    expect_status: vec![200],
+                    headers: Vec::new(),
+                    ca_file: None,
+                },
+            ),
+        );
+    }
+    probes
 }
 
 /// Settings of `gatemeter demo`'s traffic.

@@ -831,6 +831,7 @@ mod tests {
         let v = Validation {
             now_ms: 1_760_000_000_000,
             prices: &prices,
+            keep_requests: None,
         };
         let mut ids = Vec::new();
         let mut first = 999_999_999_990u64;

@@ -780,6 +780,7 @@ mod tests {
         let v = Validation {
             now_ms: NOW,
             prices: &prices,
+            keep_requests: None,
         };
         let mut t = Traffic::new(42, "demo-test", Detail::Full, DEMO_COST_SHARE);
         let (mut namespaces, mut models, mut providers, mut sessions) = (

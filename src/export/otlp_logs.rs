@@ -572,6 +572,7 @@ mod tests {
         let v = crate::record::Validation {
             now_ms: 1_795_460_000_000,
             prices: &prices,
+            keep_requests: None,
         };
         let r = crate::record::RecordFields {
             model: Some("m".into()),
@@ -644,6 +645,7 @@ mod read_back {
         let v = Validation {
             now_ms: NOW,
             prices: &PriceTable::default(),
+            keep_requests: None,
         };
         *crate::otlp::gatemeter::record(&rl.resource, &lr.attrs, time_ms, &v).expect("read back")
     }
@@ -661,6 +663,7 @@ mod read_back {
         let v = Validation {
             now_ms: NOW,
             prices: &prices,
+            keep_requests: None,
         };
         let minimal = RecordFields {
             model: Some("m".into()),
@@ -690,6 +693,7 @@ mod read_back {
         let v = Validation {
             now_ms: NOW,
             prices: &PriceTable::default(),
+            keep_requests: None,
         };
         let err =
             crate::otlp::gatemeter::record(&view[0].resource, &view[0].records[0].attrs, None, &v)

@@ -97,6 +97,7 @@ pub fn render(
         store,
         &OtlpSnapshot::default(),
         &AnalyticsSnapshot::default(),
+        &[],
         openmetrics,
     )
 }
@@ -109,6 +110,7 @@ pub fn render_all(
     store: (&str, bool),
     otlp: &OtlpSnapshot,
     analytics: &AnalyticsSnapshot,
+    probes: &[crate::probe::ProbeSnapshot],
     openmetrics: bool,
 ) -> String {
     let mut e = Encoder::new(openmetrics);
@@ -124,6 +126,7 @@ pub fn render_all(
     otlp::write_receiver(&mut e, &otlp.diagnostics);
     otlp::write_export(&mut e, &otlp.export);
     crate::export::analytics::write(&mut e, analytics);
+    crate::probe::render::write(&mut e, probes);
     write_budget(&mut e, health);
     e.finish()
 }
@@ -561,6 +564,8 @@ pub struct MetricsState {
     pub otlp: OtlpSource,
     /// The analytics families' latest reading (none without a request log with rollups).
     pub analytics: Option<std::sync::Arc<AnalyticsGauges>>,
+    /// The probes of this process.
+    pub probes: std::sync::Arc<crate::probe::Probes>,
 }
 
 fn wants_openmetrics(headers: &HeaderMap) -> bool {
@@ -587,6 +592,7 @@ pub async fn metrics(State(s): State<MetricsState>, headers: HeaderMap) -> Respo
         (store.name(), store.is_up()),
         &otlp,
         &analytics,
+        &s.probes.snapshot(),
         om,
     );
     let ct = if om {

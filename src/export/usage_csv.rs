@@ -185,6 +185,7 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Encoder {
     w: csv::Writer<Vec<u8>>,
+    handed_out: u64,
 }
 
 impl Encoder {
@@ -194,7 +195,12 @@ impl Encoder {
         buf.extend_from_slice(BOM);
         let mut w = writer(buf);
         w.write_record(HEADER)?;
-        Ok(Self { w })
+        Ok(Self { w, handed_out: 0 })
+    }
+
+    /// Bytes of the full chunks handed out so far (the audit trail's size, with the tail).
+    pub fn handed_out(&self) -> u64 {
+        self.handed_out
     }
 
     /// Everything written and not yet handed out.
@@ -220,6 +226,7 @@ impl RowEncoder for Encoder {
         let full = full
             .into_inner()
             .map_err(|e| csv::Error::from(e.into_error()))?;
+        self.handed_out += full.len() as u64;
         Ok(Some(Bytes::from(full)))
     }
 }

@@ -48,6 +48,8 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Most records in one request.
     pub max_records_per_request: usize,
+    /// Keep each record's `request` object, redacted, up to this many bytes (`None`: skip it).
+    pub keep_requests: Option<usize>,
 }
 
 /// The answer to an ingest request (200, or 400 when nothing was valid).
@@ -231,6 +233,7 @@ async fn handle(
     let v = Validation {
         now_ms: now_ms(),
         prices: &ingest.prices,
+        keep_requests: ingest.config.keep_requests,
     };
     let Parsed { events, errors } =
         parse_body(&bytes, format, &v, ingest.config.max_records_per_request)?;
@@ -305,6 +308,7 @@ mod tests {
             &Validation {
                 now_ms: 1_760_000_000_000,
                 prices: &prices,
+                keep_requests: None,
             },
             3,
         )
@@ -356,6 +360,7 @@ mod tests {
             config: IngestConfig {
                 max_body_bytes: 1 << 20,
                 max_records_per_request: 3,
+                keep_requests: None,
             },
             prices: Arc::new(PriceTable::default()),
         };

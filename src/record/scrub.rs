@@ -107,6 +107,13 @@ fn secret_name(name: &[u8]) -> bool {
         })
 }
 
+/// Whether a field, header or parameter called `name` holds a secret (any case): its last
+/// `-`/`_`/`.` part is a secret word (`x-api-key`, `proxy-authorization`, `access_token`,
+/// `set-cookie`) or it ends in a camel-case secret tail (`apiKey`, `clientSecret`).
+pub fn is_secret_name(name: &str) -> bool {
+    secret_name(name.as_bytes())
+}
+
 /// The secret span a pattern finds at trigger byte `i`, if any.
 fn span_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
     match b[i] {

@@ -1,7 +1,9 @@
 //! The spool's on-disk form: frames of validated events.
 //!
 //! A frame is `len: u32 LE | crc32(payload): u32 LE | payload`; a payload is `count: u32 LE`
-//! then `count` events. An event is a tag byte (`0` start marker, `1` finished record) and its
+//! then `count` events. An event is a tag byte (`0` start marker; `3` finished record, `4` one
+//! with its stored request after it; `1` and `2`, the same without `span_id`, written before
+//! that field existed, are still read) and its
 //! fields in declaration order: integers as LEB128 varints (signed ones zig-zagged), text as
 //! a varint length and UTF-8 bytes, an absent optional as `0` and a present one as `1` + value.
 //! The encoder destructures [`ValidRecord`] and the decoder builds it with a struct literal, so
@@ -10,7 +12,7 @@
 use compact_str::CompactString;
 
 use crate::record::{
-    ApiType, CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord,
+    ApiType, CostSource, Event, Label, RequestId, StartMarker, StoredRequest, Tokens, ValidRecord,
 };
 
 /// Bytes of a frame header (length and checksum).
@@ -148,9 +150,16 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             text(out, &m.namespace);
             signed(out, m.timestamp_ms);
         }
+        // Tags 1 (no span_id) and 2 (no span_id, a stored request) stay readable as before.
         Event::Finish(r) => {
-            out.push(2);
+            // 3: with span_id; 4: with span_id and a stored request after the record.
+            out.push(if r.request.is_some() { 4 } else { 3 });
             record(out, r);
+            if let Some(req) = &r.request {
+                text(out, &req.json);
+                out.push(u8::from(req.truncated));
+                varint(out, req.original_bytes);
+            }
         }
     }
 }
@@ -189,6 +198,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         messages_count,
         trace_id,
         span_id,
+        request: _,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
     signed(out, *timestamp_ms);
@@ -315,9 +325,22 @@ impl<'a> Reader<'a> {
                 timestamp_ms: self.signed()?,
             })),
             1 => Ok(Event::Finish(Box::new(self.record(false)?))),
-            2 => Ok(Event::Finish(Box::new(self.record(true)?))),
+            2 => self.with_request(false),
+            3 => Ok(Event::Finish(Box::new(self.record(true)?))),
+            4 => self.with_request(true),
             _ => Err(DecodeError),
         }
+    }
+
+    /// A record followed by its stored request (tags 2 and 4).
+    fn with_request(&mut self, with_span: bool) -> Result<Event, DecodeError> {
+        let mut r = self.record(with_span)?;
+        r.request = Some(Box::new(StoredRequest {
+            json: self.text()?.into(),
+            truncated: self.byte()? != 0,
+            original_bytes: self.varint()?,
+        }));
+        Ok(Event::Finish(Box::new(r)))
     }
 
     fn label(&mut self) -> Result<Label, DecodeError> {
@@ -389,6 +412,7 @@ impl<'a> Reader<'a> {
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
             span_id: if with_span { self.opt_text()? } else { None },
+            request: None,
         })
     }
 }
@@ -439,6 +463,11 @@ mod tests {
             messages_count: Some(9),
             trace_id: Some("t".into()),
             span_id: Some("s".into()),
+            request: Some(Box::new(StoredRequest {
+                json: r#"{"headers":{"x-api-key":"[REDACTED]"},"body":"é"}"#.into(),
+                truncated: true,
+                original_bytes: 70_000,
+            })),
         }
     }
 
@@ -495,12 +524,42 @@ mod tests {
     /// still replayed after an upgrade.
     #[test]
     fn records_written_without_a_span_id_are_still_read() {
-        let r = sparse();
+        let r = ValidRecord {
+            request: None,
+            ..sparse()
+        };
         let f = frame(&[Event::Finish(Box::new(r.clone()))]);
         let mut legacy = f[HEADER..].to_vec();
-        assert_eq!(legacy[4], 2, "records are written with tag 2");
+        assert_eq!(legacy[4], 3, "records are written with tag 3");
         legacy[4] = 1;
         assert_eq!(legacy.pop(), Some(0), "an absent span id is the last byte");
+        assert_eq!(
+            decode(&legacy).expect("decodes"),
+            vec![Event::Finish(Box::new(r))]
+        );
+        // Tag 2 (a stored request after the record, no span id) likewise.
+        let r = sparse();
+        assert!(r.request.is_some());
+        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
+        let with_request = &f[HEADER..];
+        assert_eq!(with_request[4], 4, "a record with its request is tag 4");
+        let request_bytes = {
+            let mut out = Vec::new();
+            let req = r.request.as_ref().expect("request");
+            text(&mut out, &req.json);
+            out.push(u8::from(req.truncated));
+            varint(&mut out, req.original_bytes);
+            out
+        };
+        let cut = with_request.len() - request_bytes.len();
+        assert_eq!(
+            with_request[cut - 1],
+            0,
+            "the absent span id before the request"
+        );
+        let mut legacy = with_request[..cut - 1].to_vec();
+        legacy.extend_from_slice(&request_bytes);
+        legacy[4] = 2;
         assert_eq!(
             decode(&legacy).expect("decodes"),
             vec![Event::Finish(Box::new(r))]

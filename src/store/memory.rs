@@ -182,6 +182,7 @@ mod tests {
                 &Validation {
                     now_ms: 1_760_000_000_000,
                     prices: &prices,
+                    keep_requests: None,
                 },
             )
             .expect("valid");

@@ -24,6 +24,7 @@
 //! Redis errors never leave this module.
 
 pub mod codec;
+pub mod lease;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -586,7 +587,7 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     }
 }
 
-fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
+pub(crate) fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
     let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
     let mc = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.connect_timeout))

@@ -14,6 +14,7 @@
 pub mod analytics;
 mod columns;
 mod pg_copy;
+pub mod probe;
 pub mod query;
 mod rebuild;
 pub mod rollup;
@@ -62,6 +63,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// normally [`checkpointer`] does it first, off the writer's path. 16,384 pages of 16 KiB (the
 /// page size of new files) = 256 MiB of WAL at most between checkpoints.
 const SQLITE_WRITER_AUTOCHECKPOINT: &str = "16384";
+
+/// The tables of the request log and its rollups: what a backup without the log leaves empty.
+pub const LOG_TABLES: [&str; 4] = ["request_log", "request_bodies", "rollup", "session_rollup"];
 
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -290,6 +294,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_rollups.sql"),
     ),
     (
+        5,
+        "probe results",
+        include_str!("../../migrations/sqlite/0005_probe_results.sql"),
+    ),
+    (
+        6,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
+    ),
+    (
         8,
         "span id",
         include_str!("../../migrations/sqlite/0008_span_id.sql"),
@@ -320,6 +334,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "rollups",
         include_str!("../../migrations/postgres/0005_rollups.sql"),
+    ),
+    (
+        6,
+        "probe results",
+        include_str!("../../migrations/postgres/0006_probe_results.sql"),
+    ),
+    (
+        7,
+        "request bodies and export audit sizes",
+        include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
     ),
     (
         9,
@@ -428,6 +452,8 @@ struct Inner {
     depth: Arc<AtomicUsize>,
     capacity: usize,
     dialect: &'static str,
+    /// Where the log lives (the backup export reads it).
+    location: SqlBackend,
 }
 
 impl SqlLog {
@@ -573,6 +599,7 @@ impl SqlLog {
                 depth,
                 capacity: cfg.queue_capacity,
                 dialect,
+                location: cfg.backend.clone(),
             }),
         })
     }
@@ -584,6 +611,54 @@ impl SqlLog {
 
     pub(crate) fn backend(&self) -> &Backend {
         &self.inner.backend
+    }
+
+    /// Where the log lives: the SQLite file or the PostgreSQL URL (which may hold a password:
+    /// never log it).
+    pub fn location(&self) -> &SqlBackend {
+        &self.inner.location
+    }
+
+    /// SQLite: writes a consistent snapshot of the whole database to the new file `dest`
+    /// (`VACUUM INTO` on a reader connection: the writer goes on meanwhile, WAL mode); without
+    /// `include_log`, the copy's [`LOG_TABLES`] are then emptied (their definitions stay). Not for
+    /// PostgreSQL (see `export/backup.rs`: `pg_dump`).
+    pub async fn snapshot_into(
+        &self,
+        dest: &std::path::Path,
+        include_log: bool,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.inner.backend else {
+            return Err(unavailable("a snapshot is taken of SQLite logs only"));
+        };
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| unavailable("the snapshot path is not UTF-8"))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(dest)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
+        if include_log {
+            return Ok(());
+        }
+        let copy = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(dest))
+            .await
+            .map_err(unavailable)?;
+        for t in LOG_TABLES {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&copy)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::query("VACUUM")
+            .execute(&copy)
+            .await
+            .map_err(unavailable)?;
+        copy.close().await;
+        Ok(())
     }
 
     /// Waits until every record submitted before this call is written (or dropped and counted);
@@ -632,8 +707,9 @@ impl SqlLog {
         rebuild::rebuild(&self.inner.backend).await
     }
 
-    /// Deletes request-log rows that started before `cutoff_ms`, in chunks so a large purge never
-    /// holds a long write lock. Returns how many rows were deleted.
+    /// Deletes request-log rows (and rollups and probe results) that started before `cutoff_ms`,
+    /// in chunks so a large purge never holds a long write lock. Returns how many request-log
+    /// rows were deleted.
     pub async fn purge_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         purge_before(&self.inner.backend, cutoff_ms).await
     }
@@ -643,6 +719,14 @@ const PURGE_CHUNK: i64 = 10_000;
 
 async fn purge_before(backend: &Backend, cutoff_ms: i64) -> Result<u64, StoreError> {
     rollup::purge_before(backend, cutoff_ms).await?;
+    probe::purge_before(backend, cutoff_ms).await?;
+    dispatch!(backend, p, DB => {
+        sqlx::query("DELETE FROM request_bodies WHERE ts_ms < $1")
+            .bind(cutoff_ms)
+            .execute(p)
+            .await
+            .map_err(unavailable)?;
+    });
     let mut total = 0u64;
     loop {
         let n = dispatch!(backend, p, DB => {

@@ -57,6 +57,7 @@ fn aggregate(records: &[Gen], flushes: usize, limits: Limits) -> Vec<Aggregates>
     let v = Validation {
         now_ms: RECEIVED_MS,
         prices: &c.prices,
+        keep_requests: None,
     };
     let mut a = Aggregator::new(limits);
     let per = records.len().div_ceil(flushes);
@@ -293,6 +294,7 @@ async fn concurrency_and_overflow(make: Make) {
     let v = Validation {
         now_ms: now_ms(),
         prices: &c.prices,
+        keep_requests: None,
     };
     let ev = |j: &str| parse_event(j, &v).expect(j);
     let mut a = Aggregator::new(Limits {

@@ -479,6 +479,7 @@ fn oauth_users_are_named_by_email_and_sessions_kept() {
     let v = Validation {
         now_ms: 1_795_460_000_000,
         prices: &prices,
+        keep_requests: None,
     };
     let mapping = Mapping {
         namespace_attribute: Some("team.id".into()),

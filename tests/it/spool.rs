@@ -270,6 +270,7 @@ fn events(ids: std::ops::Range<usize>) -> Vec<Event> {
     let v = Validation {
         now_ms: gatemeter::clock::now_ms(),
         prices: &prices,
+        keep_requests: None,
     };
     ids.map(|i| {
         parse_event(

@@ -567,6 +567,7 @@ pub fn valid(json: Value) -> Box<gatemeter::record::ValidRecord> {
     let v = Validation {
         now_ms: gatemeter::clock::now_ms(),
         prices: &prices,
+        keep_requests: None,
     };
     match parse_event(&json.to_string(), &v).expect("valid") {
         Event::Finish(r) => r,

@@ -78,6 +78,8 @@ pub struct OtlpIngest {
     pub prices: Arc<PriceTable>,
     /// Item mapping.
     pub mapping: Mapping,
+    /// Keep a record's `request` object, redacted, up to this many bytes (`None`: skip it).
+    pub keep_requests: Option<usize>,
 }
 
 /// A refused request: why (which also gives its status) and what to tell the client.
@@ -305,6 +307,7 @@ impl OtlpIngest {
         let v = Validation {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
+            keep_requests: self.keep_requests,
         };
         let out = self.mapping.logs_view(req, &v);
         let d = &self.diagnostics;
@@ -346,6 +349,7 @@ impl OtlpIngest {
         let v = Validation {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
+            keep_requests: None,
         };
         let out = genai::spans(
             req,
@@ -470,6 +474,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             prices: Arc::new(PriceTable::default()),
             mapping: Mapping::default(),
+            keep_requests: None,
         });
         let app = axum::Router::new()
             .route("/v1/logs", axum::routing::any(export))

@@ -493,6 +493,41 @@ impl SqlLog {
         })
     }
 
+    /// Request `seq` (1-based, in the order of [`SqlLog::session_requests`]) of session `id`
+    /// with its stored request, if any; `None` when the session has fewer requests.
+    pub async fn session_request(
+        &self,
+        id: &str,
+        seq: i64,
+    ) -> Result<Option<StoredSessionRequest>, StoreError> {
+        dispatch!(self.backend(), p, DB => {
+            let row = sqlx::query(
+                "SELECT l.id, l.ts_ms, l.provider, l.model, b.request, b.truncated, \
+                 b.original_bytes FROM request_log l \
+                 LEFT JOIN request_bodies b ON b.request_id = l.request_id \
+                 WHERE l.session_id = $1 ORDER BY l.ts_ms, l.id LIMIT 1 OFFSET $2",
+            )
+            .bind(id)
+            .bind(seq - 1)
+            .fetch_optional(p)
+            .await
+            .map_err(unavailable)?;
+            row.map(|r| {
+                Ok(StoredSessionRequest {
+                    id: r.try_get(0)?,
+                    ts_ms: r.try_get(1)?,
+                    provider: r.try_get(2)?,
+                    model: r.try_get(3)?,
+                    request: r.try_get(4)?,
+                    truncated: r.try_get::<Option<bool>, _>(5)?.unwrap_or(false),
+                    original_bytes: r.try_get::<Option<i64>, _>(6)?.unwrap_or(0),
+                })
+            })
+            .transpose()
+            .map_err(|e: sqlx::Error| unavailable(e))
+        })
+    }
+
     /// The month's user leaderboard the way a log without rollups answers it: `GROUP BY`
     /// over the raw rows of `[from, to)` (for `gatemeter bench-log --profile analytics`).
     pub async fn month_leaderboard_by_group_by(
@@ -597,6 +632,25 @@ pub struct UserKeyStats {
     pub this_month: u64,
     /// Totals.
     pub counts: Counts,
+}
+
+/// One request of a session with its stored request (SPEC §6.4 session request JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSessionRequest {
+    /// Log id.
+    pub id: i64,
+    /// Start, epoch ms.
+    pub ts_ms: i64,
+    /// Provider.
+    pub provider: String,
+    /// Model used.
+    pub model: String,
+    /// The redacted request object as JSON; `None` when none was stored.
+    pub request: Option<String>,
+    /// Whether its body was cut to the size cap.
+    pub truncated: bool,
+    /// Its size before the cut, bytes.
+    pub original_bytes: i64,
 }
 
 /// One request of a session.

@@ -263,8 +263,13 @@ pub struct NewAudit {
     pub filters: String,
     /// Rows written.
     pub rows: i64,
-    /// `ok`, `truncated`, `aborted` or `error: …`.
+    /// Bytes sent, where counted.
+    pub bytes: Option<i64>,
+    /// How it ended: `ok`, `failed`, `aborted` (the client went away) or `conflict` (another
+    /// backup held the lock).
     pub outcome: String,
+    /// Why: a truncation, the error's gist, who holds the lock.
+    pub detail: Option<String>,
 }
 
 /// A row of the audit trail.
@@ -285,8 +290,12 @@ pub struct AuditEntry {
     pub filters: serde_json::Value,
     /// Rows written.
     pub rows: i64,
-    /// How it ended.
+    /// Bytes sent (`null`: not counted).
+    pub bytes: Option<i64>,
+    /// How it ended: `ok`, `failed`, `aborted` or `conflict`.
     pub outcome: String,
+    /// Why it ended so: a truncation, an error's gist, since when the lock was held.
+    pub detail: Option<String>,
 }
 
 /// The columns of a [`LogEntry`] after `id` and `request_id`.
@@ -515,8 +524,8 @@ impl SqlLog {
     pub async fn audit(&self, a: &NewAudit) -> Result<(), StoreError> {
         dispatch!(self.backend(), pool, DB => {
             sqlx::query(
-                "INSERT INTO export_audit (ts_ms, role, actor, action, filters, row_count, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO export_audit (ts_ms, role, actor, action, filters, row_count, \
+                 byte_count, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(a.ts_ms)
             .bind(a.role.as_str())
@@ -524,7 +533,9 @@ impl SqlLog {
             .bind(a.action.as_str())
             .bind(a.filters.as_str())
             .bind(a.rows)
+            .bind(a.bytes)
             .bind(a.outcome.as_str())
+            .bind(a.detail.as_deref())
             .execute(pool)
             .await
             .map_err(unavailable)?;
@@ -540,7 +551,8 @@ impl SqlLog {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         dispatch!(self.backend(), pool, DB => {
             let mut qb = QueryBuilder::<DB>::new(
-                "SELECT id, ts_ms, role, actor, action, filters, row_count, outcome FROM export_audit WHERE 1=1",
+                "SELECT id, ts_ms, role, actor, action, filters, row_count, byte_count, outcome, \
+                 detail FROM export_audit WHERE 1=1",
             );
             if let Some(b) = before {
                 qb.push(" AND id < ").push_bind(b);
@@ -558,7 +570,9 @@ impl SqlLog {
                         action: row.try_get("action")?,
                         filters: serde_json::from_str(&filters).unwrap_or(serde_json::Value::Null),
                         rows: row.try_get("row_count")?,
+                        bytes: row.try_get("byte_count")?,
                         outcome: row.try_get("outcome")?,
+                        detail: row.try_get("detail")?,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()

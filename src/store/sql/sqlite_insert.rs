@@ -81,11 +81,47 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
         }
     }
     drop(stmt);
+    insert_requests(db, batch)?;
     if added.is_empty() {
         return Ok(());
     }
     merge_rollups(db, added)
 }
+
+/// The stored requests of `batch` (records with a redacted `request` and a `request_id`), keyed
+/// by the id in the form `request_log` holds it; a repeated id stores nothing.
+fn insert_requests(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), String> {
+    let mut with = batch
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.request_id.as_ref()?,
+                r.request.as_deref()?,
+                r.timestamp_ms,
+            ))
+        })
+        .peekable();
+    if with.peek().is_none() {
+        return Ok(());
+    }
+    let mut stmt = db.prepare(REQUEST_INSERT)?;
+    for (id, req, ts_ms) in with {
+        let id = columns::uuid_bytes(id.as_str()).map_or(Bind::Text(id.as_str()), Bind::Blob16);
+        stmt.run_once([
+            id,
+            Bind::Int(ts_ms),
+            Bind::Text(&req.json),
+            Bind::Int(i64::from(req.truncated)),
+            Bind::Int(i64::try_from(req.original_bytes).unwrap_or(i64::MAX)),
+        ])?;
+    }
+    Ok(())
+}
+
+/// One stored request (SQLite and PostgreSQL take the same statement).
+pub(crate) const REQUEST_INSERT: &str = "INSERT INTO request_bodies \
+     (request_id, ts_ms, request, truncated, original_bytes) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (request_id) DO NOTHING";
 
 /// Merges the rollup increments into the tables (inside the caller's transaction): a cell with a
 /// distribution reads the stored one first and writes back the merged one.

@@ -128,12 +128,12 @@ pub(super) async fn write(
     // the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
     // table's heap insert and the `INSERT … SELECT` for every row.
     let direct = rollups.then_some(Added::Records(batch));
-    match copy_in(pool, &COPY_DIRECT, &data, direct).await {
+    match copy_in(pool, &COPY_DIRECT, &data, direct, batch).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
         other => return other.map_err(write_error),
     }
     let staged = Added::Returned { rollups };
-    copy_in(pool, &COPY_IN, &data, Some(staged))
+    copy_in(pool, &COPY_IN, &data, Some(staged), batch)
         .await
         .map_err(write_error)
 }
@@ -150,12 +150,13 @@ enum Added<'b> {
 const UNIQUE_VIOLATION: &str = "23505";
 
 /// One transaction: `copy` with `data`, then for the staged path [`MOVE`], then the rollups of
-/// what was added, then commit. Dropped uncommitted on error.
+/// what was added, then the stored requests of `batch`, then commit. Dropped uncommitted on error.
 async fn copy_in(
     pool: &PgPool,
     copy: &str,
     data: &[u8],
     added: Option<Added<'_>>,
+    batch: &[Box<ValidRecord>],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut sink = tx.copy_in_raw(copy).await?;
@@ -183,7 +184,43 @@ async fn copy_in(
     if !rollups.is_empty() {
         apply_rollups(&mut tx, rollups).await?;
     }
+    insert_requests(&mut tx, batch).await?;
     tx.commit().await
+}
+
+/// The stored requests of `batch` (records with a redacted `request` and a `request_id`) in one
+/// statement; a repeated id stores nothing.
+async fn insert_requests(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Box<ValidRecord>],
+) -> Result<(), sqlx::Error> {
+    let (mut ids, mut ts, mut json, mut cut, mut bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in batch {
+        if let (Some(id), Some(req)) = (&r.request_id, &r.request) {
+            ids.push(id.as_str());
+            ts.push(r.timestamp_ms);
+            json.push(req.json.as_str());
+            cut.push(req.truncated);
+            bytes.push(i64::try_from(req.original_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO request_bodies (request_id, ts_ms, request, truncated, original_bytes) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bool[], $5::int8[]) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&ts)
+    .bind(&json)
+    .bind(&cut)
+    .bind(&bytes)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Merges rollup increments into the tables inside `tx`, under [`ROLLUP_LOCK`]: reads the
