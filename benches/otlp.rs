@@ -1,6 +1,7 @@
 //! Criterion: the OTLP receiver's CPU work for one request of 100 Claude Code `api_request`
 //! events — protobuf decode (prost, and the in-place fast path the server uses), mapping,
-//! record validation — without HTTP or the pipeline.
+//! record validation — and for one request of 100 GenAI chat spans (prost decode, span
+//! mapping, validation), without HTTP or the pipeline.
 //! End-to-end throughput: `scripts/bench-otlp.sh`.
 
 use std::hint::black_box;
@@ -12,6 +13,7 @@ use gatemeter::otlp::scan;
 use gatemeter::price::PriceTable;
 use gatemeter::record::Validation;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 
@@ -92,5 +94,77 @@ fn otlp(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, otlp);
+/// 100 copies of the first answered chat span of the OpenAI client capture
+/// (`tests/data/genai/openai-v2`), unique span ids; with the prompt and answer on the span
+/// (content capture on) or without them (the instrumentation's default).
+fn spans_body(content: bool) -> Vec<u8> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/genai/openai-v2");
+    let index = std::fs::read_to_string(format!("{dir}/index.jsonl")).expect("index");
+    let file = index
+        .lines()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["path"] == "/v1/traces").then(|| v["file"].as_str().map(str::to_string))?
+        })
+        .expect("a traces body");
+    let bytes = std::fs::read(format!("{dir}/{file}")).expect("fixture");
+    let mut req = ExportTraceServiceRequest::decode(&bytes[..]).expect("fixture decodes");
+    let ss = &mut req.resource_spans[0].scope_spans[0];
+    let chat = ss
+        .spans
+        .iter()
+        .find(|s| {
+            s.attributes
+                .iter()
+                .any(|kv| kv.key == "gen_ai.usage.output_tokens")
+        })
+        .expect("an answered call")
+        .clone();
+    let mut chat = chat;
+    if !content {
+        chat.attributes
+            .retain(|kv| !kv.key.ends_with(".messages") && kv.key != "gen_ai.system_instructions");
+    }
+    ss.spans = (0..100u64)
+        .map(|i| {
+            let mut s = chat.clone();
+            s.span_id = i.to_be_bytes().to_vec();
+            s
+        })
+        .collect();
+    req.resource_spans.truncate(1);
+    req.resource_spans[0].scope_spans.truncate(1);
+    req.encode_to_vec()
+}
+
+fn genai(c: &mut Criterion) {
+    let prices = PriceTable::default();
+    // The capture's spans are dated when it was made; validation refuses records a day ahead.
+    let now_ms = gatemeter::clock::now_ms();
+    let mut g = c.benchmark_group("otlp_traces");
+    g.throughput(Throughput::Elements(100));
+    for (name, content) in [
+        ("decode_map_validate_100_genai_spans", true),
+        ("decode_map_validate_100_genai_spans_no_content", false),
+    ] {
+        let body = spans_body(content);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req: ExportTraceServiceRequest =
+                    decode::message(black_box(&body), Encoding::Protobuf).expect("decodes");
+                let v = Validation {
+                    now_ms,
+                    prices: &prices,
+                    keep_requests: None,
+                };
+                let out = gatemeter::genai::spans(&req, Some("team.id"), &[], &v);
+                assert_eq!(out.events.len(), 100, "{:?}", out.rejected.first());
+                black_box(out)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, otlp, genai);
 criterion_main!(benches);

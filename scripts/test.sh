@@ -2,7 +2,8 @@
 # The test command (README): installs missing system tools when root, then format check,
 # clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
 # the exposition checks of a live server with promtool, and schemathesis against the API's
-# OpenAPI document on a live server (scripts/api-fuzz.sh). Tests that need Redis or PostgreSQL
+# OpenAPI document on a live server (scripts/api-fuzz.sh), and the real OpenAI client with the
+# OpenTelemetry GenAI instrumentation against a live server (scripts/genai-client.sh). Tests that need Redis or PostgreSQL
 # get throwaway servers started here (scripts/services.sh) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,5 +103,8 @@ scripts/e2e-assets.sh target/debug/gatemeter
 
 say "schemathesis against /api/v1/openapi.json on a live server (scripts/api-fuzz.sh)"
 ./scripts/api-fuzz.sh
+
+say "the real OpenAI client with the OpenTelemetry GenAI instrumentation -> gatemeter (scripts/genai-client.sh)"
+./scripts/genai-client.sh
 
 say "all checks passed"

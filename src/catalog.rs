@@ -749,7 +749,15 @@ metric!(
     Counter,
     None,
     ["signal", "use"],
-    "OTLP items accepted, by signal and what they became (record, tool, event, metric, repeated, unused)."
+    "OTLP items accepted, by signal and what they became (record, tool, event, metric, repeated, covered, unused)."
+);
+metric!(
+    OTLP_UNUSED,
+    "gatemeter_otlp_unused_items",
+    Counter,
+    None,
+    ["signal", "source"],
+    "OTLP items accepted but not read (use=\"unused\"), by signal and source: the instrumentation scope (spans, metric points) or event name (log records); at most 64 sources, then __overflow__."
 );
 metric!(
     OTLP_REJECTED,
@@ -885,6 +893,7 @@ pub const ALL: &[Metric] = &[
     CC_SERIES_OVERFLOW,
     OTLP_RECEIVED,
     OTLP_ACCEPTED,
+    OTLP_UNUSED,
     OTLP_REJECTED,
     OTLP_REJECTED_REQUESTS,
     OTLP_EXPORTED,

@@ -5,6 +5,8 @@
 //!   (validated like native ones), tool events, event counts, metric points with bounded
 //!   labels; also the read-back of `gatemeter.request` records forwarded by another gatemeter.
 //!   Add a Claude Code event or attribute here.
+//! - [`clis`]: the Gemini CLI's and Codex CLI's events as request records (the same pipeline;
+//!   their tool events go through [`mapping`] into the same tool statistics).
 //! - [`state`]: the pure state those inputs build — metric streams turned into cumulative
 //!   series, tool statistics, event counts — and its [`state::Snapshot`]. No I/O, no clock.
 //! - [`task`]: the one owner of that state, a task behind a bounded queue that answers
@@ -16,6 +18,7 @@
 //! to the [`task`]; `/metrics` (`crate::export::prometheus`) calls [`render`]. The receiver's
 //! own counters (`gatemeter_otlp_*`) are OTLP, not Claude Code, and live with the receiver.
 
+pub mod clis;
 pub mod mapping;
 pub mod render;
 pub mod state;

@@ -167,6 +167,7 @@ struct RawServer {
 struct RawOtlp {
     namespace_attribute: Option<String>,
     label_allowlist: Vec<String>,
+    genai_event_sources: Vec<String>,
     max_series_per_metric: Option<usize>,
     max_streams: Option<usize>,
     max_tools: Option<usize>,
@@ -567,6 +568,7 @@ impl RawOtlp {
             mapping: crate::claude_code::mapping::Mapping {
                 namespace_attribute: self.namespace_attribute.filter(|a| !a.is_empty()),
                 label_allowlist: self.label_allowlist,
+                genai_event_sources: self.genai_event_sources,
             },
             limits: crate::claude_code::state::Limits {
                 max_series_per_metric: positive(

@@ -12,6 +12,8 @@
 //! - [`aggregate`]: counters, HDR latency, tokens, cost, concurrency — pure, no I/O, no clock.
 //! - [`health`]: gatemeter's own counters (per process) and the one list of refusal reasons.
 //! - `exposition`: the Prometheus / OpenMetrics text encoder under every `/metrics` renderer.
+//! - [`genai`]: OpenTelemetry GenAI semantic-convention spans → request records (any OTel
+//!   GenAI source: OpenAI / Anthropic instrumentations, OpenLLMetry, OpenLIT).
 //! - [`claude_code`]: everything Claude Code — OTLP mapping, pure state, owner task, `/metrics`
 //!   families.
 //! - [`store`]: live store (memory, Redis) and request-log seams, behind small traits; the SQL
@@ -54,6 +56,7 @@ pub mod clock;
 pub mod config;
 pub mod export;
 mod exposition;
+pub mod genai;
 pub mod health;
 pub mod ingest;
 pub mod otlp;

@@ -222,6 +222,8 @@ pub struct ValidRecord {
     pub messages_count: Option<u32>,
     /// Distributed trace id.
     pub trace_id: Option<CompactString>,
+    /// Span id of the call.
+    pub span_id: Option<CompactString>,
     /// The request's headers and body, redacted (`log_store.store_requests`; only with a
     /// `request_id`, which ties it to its row).
     pub request: Option<Box<StoredRequest>>,
@@ -567,6 +569,7 @@ raw_record! {
     client_ip: CompactString,
     messages_count: u32,
     trace_id: CompactString,
+    span_id: CompactString,
     request: serde_json::Value,
 }
 
@@ -1003,6 +1006,7 @@ impl RawRecord {
             client_ip: ip_field(id_field("client_ip", self.client_ip)?)?,
             messages_count: self.messages_count,
             trace_id: id_field("trace_id", self.trace_id)?,
+            span_id: id_field("span_id", self.span_id)?,
             request,
         })))
     }
@@ -1086,6 +1090,8 @@ pub struct RecordFields {
     pub messages_count: Option<u32>,
     /// `trace_id`.
     pub trace_id: Option<CompactString>,
+    /// `span_id`.
+    pub span_id: Option<CompactString>,
     /// `request` (headers and body; kept only as [`Validation::keep_requests`] says).
     pub request: Option<serde_json::Value>,
 }
@@ -1132,6 +1138,7 @@ impl RecordFields {
             client_ip: self.client_ip,
             messages_count: self.messages_count,
             trace_id: self.trace_id,
+            span_id: self.span_id,
             request: self.request,
         };
         let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
@@ -1173,7 +1180,8 @@ pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 17
     "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
     "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
     "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
-    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1",
+    "span_id": "s-1"}"#;
 
 /// [`TEST_FULL_JSON`] validated.
 #[cfg(test)]

@@ -102,6 +102,12 @@ struct FilterParams {
     /// At least this many provider switches (a `u32`).
     #[param(minimum = 0, maximum = 4_294_967_295_i64)]
     min_retry_count: Option<i64>,
+    /// Trace id (hex): the calls of one trace.
+    #[param(min_length = 1, max_length = 2048)]
+    trace_id: Option<String>,
+    /// Span id (hex): one call.
+    #[param(min_length = 1, max_length = 2048)]
+    span_id: Option<String>,
 }
 
 /// Paging of the log list.
@@ -186,7 +192,7 @@ pub(crate) fn params(
     Ok(out)
 }
 
-const FILTER_PARAMS: [&str; 11] = [
+const FILTER_PARAMS: [&str; 13] = [
     "from",
     "to",
     "user",
@@ -198,6 +204,8 @@ const FILTER_PARAMS: [&str; 11] = [
     "exclude_200",
     "session_id",
     "min_retry_count",
+    "trace_id",
+    "span_id",
 ];
 
 pub(crate) fn parse_num<T: std::str::FromStr>(
@@ -260,6 +268,8 @@ fn filter(p: &HashMap<String, String>, who: &Principal) -> Result<LogFilter, Api
         exclude_200,
         session_id: text("session_id")?,
         min_retry_count: parse_num(p, "min_retry_count")?,
+        trace_id: text("trace_id")?,
+        span_id: text("span_id")?,
     };
     // A user token sees its own rows only, whatever it asked for.
     if let Some(id) = who.forced_user() {

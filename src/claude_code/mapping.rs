@@ -34,7 +34,8 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 
 use crate::catalog;
 use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
-use crate::health::otlp::ItemReject;
+use crate::genai;
+use crate::health::otlp::{ItemReject, Reasons, count_reason};
 use crate::otlp::decode::{
     Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
 };
@@ -67,6 +68,9 @@ pub struct Mapping {
     pub namespace_attribute: Option<String>,
     /// Attributes kept as labels although denied by default.
     pub label_allowlist: Vec<String>,
+    /// Sources (`service.name`) whose GenAI records are their
+    /// `gen_ai.client.inference.operation.details` events instead of their spans.
+    pub genai_event_sources: Vec<String>,
 }
 
 /// What a logs request turned into.
@@ -82,8 +86,10 @@ pub struct LogsOutcome {
     pub tools: u64,
     /// Other Claude Code events.
     pub other_events: u64,
-    /// Log records gatemeter does not read.
-    pub unused: u64,
+    /// GenAI events (`gen_ai.*`): their calls are counted from the spans.
+    pub covered: u64,
+    /// Log records gatemeter does not read, by event name (bounded).
+    pub unused: Reasons,
     /// Rejected records, with the first few errors (index, error).
     pub rejected: Vec<(usize, RecordError)>,
 }
@@ -95,8 +101,10 @@ pub struct MetricsOutcome {
     pub inputs: Vec<Input>,
     /// Data points received (of every type).
     pub received: u64,
-    /// Points gatemeter does not read.
-    pub unused: u64,
+    /// GenAI metric points (`gen_ai.*`): their calls are counted from the spans.
+    pub covered: u64,
+    /// Points gatemeter does not read, by instrumentation scope name (bounded).
+    pub unused: Reasons,
     /// Rejected points, by reason (indexed by [`ItemReject`]).
     pub rejected: [u64; ItemReject::ALL.len()],
     /// The first rejection message of each reason.
@@ -212,7 +220,7 @@ impl<'a> Attrs<'a> {
                 "status_code" | "http.response.status_code" => &mut self.status_code,
                 "error" => &mut self.error,
                 "attempt" => &mut self.attempt,
-                "tool_name" => &mut self.tool_name,
+                "tool_name" | "function_name" => &mut self.tool_name,
                 "success" => &mut self.success,
                 "decision" => &mut self.decision,
                 "source" => &mut self.source,
@@ -271,6 +279,11 @@ impl Mapping {
         for rl in resources {
             let mut base = Attrs::default();
             base.fill(&rl.resource, ns_key);
+            let service_name = rl
+                .resource
+                .iter()
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| str_of(kv.val));
             {
                 out.events.reserve(rl.records.len());
                 for r in &rl.records {
@@ -285,10 +298,28 @@ impl Mapping {
                         .or((!r.event_name.is_empty()).then_some(r.event_name))
                         .or_else(|| str_of(r.body).and_then(|b| b.strip_prefix("claude_code.")));
                     let Some(name) = name else {
-                        out.unused += 1;
+                        count_reason(&mut out.unused, "", 1);
                         continue;
                     };
-                    let event_id = event_id(&a, name, r);
+                    // GenAI events describe calls whose spans are the records (`crate::genai`),
+                    // but for the sources configured to send their calls as events.
+                    if name.starts_with("gen_ai.") {
+                        let record = (name == genai::DETAILS_EVENT
+                            && genai::is_event_source(service_name, &self.genai_event_sources))
+                        .then(|| genai::event_record(&rl.resource, r, ns_key, v))
+                        .flatten();
+                        match record {
+                            Some(Ok(rec)) => out.events.push(Event::Finish(rec)),
+                            Some(Err(e)) => out.rejected.push((i, e)),
+                            None => out.covered += 1,
+                        }
+                        continue;
+                    }
+                    let cli = name.starts_with("gemini_cli.") || name.starts_with("codex.");
+                    let event_id = event_id(&a, name, r).or_else(|| {
+                        cli.then(|| super::clis::event_id(&rl.resource, &r.attrs, name))
+                            .flatten()
+                    });
                     let mut body = || {
                         let session = a.session_id.and_then(str_of)?;
                         bodies.get_mut(session)?.pop_front()
@@ -296,12 +327,16 @@ impl Mapping {
                     let result = match name {
                         "api_request" => self.record(&a, r, false, body(), v).map(Some),
                         "api_error" => self.record(&a, r, true, body(), v).map(Some),
+                        n if super::clis::is_record_event(n) => {
+                            super::clis::record(n, &rl.resource, &r.attrs, time_ms(r), ns_key, v)
+                        }
                         GATEMETER_EVENT => {
                             crate::otlp::gatemeter::record(&rl.resource, &r.attrs, time_ms(r), v)
                                 .map(Some)
                         }
                         _ => Ok(None),
                     };
+                    let made_record = matches!(result, Ok(Some(_)));
                     match result {
                         Ok(Some(rec)) => out.events.push(Event::Finish(rec)),
                         Ok(None) => {}
@@ -318,16 +353,30 @@ impl Mapping {
                         name: CompactString::from(name),
                         id: event_id,
                     });
-                    match name {
-                        "api_request" | "api_error" => {}
-                        "tool_result" | "tool_decision" => match tool_event(name, &a, event_id) {
-                            Some(t) => {
-                                out.tools += 1;
-                                out.inputs.push(Input::Tool(t));
-                            }
-                            None => out.other_events += 1,
-                        },
-                        _ => out.other_events += 1,
+                    // Codex names its tool events like Claude Code; a Gemini CLI tool call is
+                    // both a result and its decision.
+                    let tool_kinds: &[&str] = match name {
+                        "tool_result" | "codex.tool_result" => &["tool_result"],
+                        "tool_decision" | "codex.tool_decision" => &["tool_decision"],
+                        "gemini_cli.tool_call" => &["tool_result", "tool_decision"],
+                        _ => &[],
+                    };
+                    let counted = name == "api_request" || name == "api_error" || made_record;
+                    if counted {
+                        // Already a record.
+                    } else if tool_kinds.is_empty() {
+                        out.other_events += 1;
+                    } else {
+                        let tools: Vec<ToolEvent> = tool_kinds
+                            .iter()
+                            .filter_map(|k| tool_event(k, &a, event_id))
+                            .collect();
+                        if tools.is_empty() {
+                            out.other_events += 1;
+                        } else {
+                            out.tools += 1;
+                            out.inputs.extend(tools.into_iter().map(Input::Tool));
+                        }
                     }
                 }
             }
@@ -586,6 +635,7 @@ impl Mapping {
             }
             let res_hash = res_hash.finish();
             for sm in &rm.scope_metrics {
+                let scope = sm.scope.as_ref().map_or("", |s| s.name.as_str());
                 for m in &sm.metrics {
                     let n = match &m.data {
                         Some(Data::Gauge(g)) => g.data_points.len(),
@@ -603,12 +653,17 @@ impl Mapping {
                         let (name, _, money) = catalog::CLAUDE_CODE_METRICS[i];
                         max_increment(name, money)
                     });
+                    // GenAI metrics describe calls whose spans are the records (`crate::genai`).
+                    if known.is_none() && m.name.starts_with("gen_ai.") {
+                        out.covered += n;
+                        continue;
+                    }
                     let (Some(metric), Some(Data::Sum(sum))) = (known, &m.data) else {
-                        out.unused += n;
+                        count_reason(&mut out.unused, scope, n);
                         continue;
                     };
                     if !sum.is_monotonic {
-                        out.unused += n;
+                        count_reason(&mut out.unused, scope, n);
                         continue;
                     }
                     let temporality = match sum.aggregation_temporality {

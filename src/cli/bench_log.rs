@@ -207,6 +207,7 @@ fn record(
         client_ip: None,
         messages_count: Some(4),
         trace_id: None,
+        span_id: None,
         request: None,
     })
 }

@@ -523,6 +523,7 @@ fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
         FieldId::ClientIp => return text(&r.client_ip),
         FieldId::MessagesCount => i(u64::from(r.messages_count?)),
         FieldId::TraceId => return text(&r.trace_id),
+        FieldId::SpanId => return text(&r.span_id),
     })
 }
 

@@ -106,6 +106,7 @@ fn put(f: &mut RecordFields, id: FieldId, key: &str, v: Val<'_>) -> Result<(), R
         FieldId::ClientIp => f.client_ip = text(),
         FieldId::MessagesCount => f.messages_count = Some(small()?),
         FieldId::TraceId => f.trace_id = text(),
+        FieldId::SpanId => f.span_id = text(),
     }
     Ok(())
 }

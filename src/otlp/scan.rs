@@ -35,6 +35,10 @@ pub struct LogRef<'a> {
     pub body: Val<'a>,
     /// `attributes`.
     pub attrs: Vec<Kv<'a>>,
+    /// `trace_id` (empty when absent).
+    pub trace_id: &'a [u8],
+    /// `span_id` (empty when absent).
+    pub span_id: &'a [u8],
 }
 
 /// One `ResourceLogs`, its scopes flattened (gatemeter does not read the scope).
@@ -75,6 +79,8 @@ pub fn view(req: &ExportLogsServiceRequest) -> Vec<ResourceLogsRef<'_>> {
                     event_name: &r.event_name,
                     body: r.body.as_ref().map_or(Val::Empty, Val::of),
                     attrs: kvs(&r.attributes),
+                    trace_id: &r.trace_id,
+                    span_id: &r.span_id,
                 })
                 .collect(),
         })
@@ -473,6 +479,8 @@ fn log_record(buf: &[u8]) -> Option<LogRef<'_>> {
         event_name: "",
         body: Val::Empty,
         attrs: Vec::with_capacity(32),
+        trace_id: &[],
+        span_id: &[],
     };
     while !r.done() {
         let (f, wt) = r.key()?;
@@ -505,9 +513,13 @@ fn log_record(buf: &[u8]) -> Option<LogRef<'_>> {
                 want(wt, FIXED32)?;
                 r.skip(FIXED32)?;
             }
-            9 | 10 => {
+            9 => {
                 want(wt, LEN)?;
-                r.bytes()?;
+                rec.trace_id = r.bytes()?;
+            }
+            10 => {
+                want(wt, LEN)?;
+                rec.span_id = r.bytes()?;
             }
             12 => {
                 want(wt, LEN)?;

@@ -148,6 +148,8 @@ fields! {
     MessagesCount =  (Some("messages_count"),           Some("messages_count"),          "messages_count",        Int8, Some("gatemeter.messages_count"),               None),
     /// Distributed trace id.
     TraceId =        (Some("trace_id"),                 Some("trace_id"),                "trace_id",              Text, Some("gatemeter.trace_id"),                     None),
+    /// Span id of the call (an OTLP GenAI span's own id), so a record is found from a trace.
+    SpanId =         (Some("span_id"),                  Some("span_id"),                 "span_id",               Text, Some("gatemeter.span_id"),                      None),
 }
 
 /// The field exported as OTLP attribute `key`, if any.

@@ -1,7 +1,9 @@
 //! The spool's on-disk form: frames of validated events.
 //!
 //! A frame is `len: u32 LE | crc32(payload): u32 LE | payload`; a payload is `count: u32 LE`
-//! then `count` events. An event is a tag byte (`0` start marker, `1` finished record) and its
+//! then `count` events. An event is a tag byte (`0` start marker; `3` finished record, `4` one
+//! with its stored request after it; `1` and `2`, the same without `span_id`, written before
+//! that field existed, are still read) and its
 //! fields in declaration order: integers as LEB128 varints (signed ones zig-zagged), text as
 //! a varint length and UTF-8 bytes, an absent optional as `0` and a present one as `1` + value.
 //! The encoder destructures [`ValidRecord`] and the decoder builds it with a struct literal, so
@@ -148,9 +150,10 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             text(out, &m.namespace);
             signed(out, m.timestamp_ms);
         }
-        // Tag 2: a record with a stored request after it (tag 1 stays readable as before).
+        // Tags 1 (no span_id) and 2 (no span_id, a stored request) stay readable as before.
         Event::Finish(r) => {
-            out.push(if r.request.is_some() { 2 } else { 1 });
+            // 3: with span_id; 4: with span_id and a stored request after the record.
+            out.push(if r.request.is_some() { 4 } else { 3 });
             record(out, r);
             if let Some(req) = &r.request {
                 text(out, &req.json);
@@ -194,6 +197,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         client_ip,
         messages_count,
         trace_id,
+        span_id,
         request: _,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
@@ -239,6 +243,7 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     opt_text(out, client_ip.as_deref());
     opt_u64(out, messages_count.map(u64::from));
     opt_text(out, trace_id.as_deref());
+    opt_text(out, span_id.as_deref());
 }
 
 struct Reader<'a> {
@@ -319,25 +324,31 @@ impl<'a> Reader<'a> {
                 namespace: self.label()?,
                 timestamp_ms: self.signed()?,
             })),
-            1 => Ok(Event::Finish(Box::new(self.record()?))),
-            2 => {
-                let mut r = self.record()?;
-                r.request = Some(Box::new(StoredRequest {
-                    json: self.text()?.into(),
-                    truncated: self.byte()? != 0,
-                    original_bytes: self.varint()?,
-                }));
-                Ok(Event::Finish(Box::new(r)))
-            }
+            1 => Ok(Event::Finish(Box::new(self.record(false)?))),
+            2 => self.with_request(false),
+            3 => Ok(Event::Finish(Box::new(self.record(true)?))),
+            4 => self.with_request(true),
             _ => Err(DecodeError),
         }
+    }
+
+    /// A record followed by its stored request (tags 2 and 4).
+    fn with_request(&mut self, with_span: bool) -> Result<Event, DecodeError> {
+        let mut r = self.record(with_span)?;
+        r.request = Some(Box::new(StoredRequest {
+            json: self.text()?.into(),
+            truncated: self.byte()? != 0,
+            original_bytes: self.varint()?,
+        }));
+        Ok(Event::Finish(Box::new(r)))
     }
 
     fn label(&mut self) -> Result<Label, DecodeError> {
         self.text()
     }
 
-    fn record(&mut self) -> Result<ValidRecord, DecodeError> {
+    /// A record; `with_span` for tag `2` (tag `1` records end at `trace_id`).
+    fn record(&mut self, with_span: bool) -> Result<ValidRecord, DecodeError> {
         // Field initialisers run in the order written: the encoder's order.
         Ok(ValidRecord {
             request_id: self.opt_text()?.map(RequestId),
@@ -400,6 +411,7 @@ impl<'a> Reader<'a> {
                 .transpose()
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
+            span_id: if with_span { self.opt_text()? } else { None },
             request: None,
         })
     }
@@ -450,6 +462,7 @@ mod tests {
             client_ip: Some("::1".into()),
             messages_count: Some(9),
             trace_id: Some("t".into()),
+            span_id: Some("s".into()),
             request: Some(Box::new(StoredRequest {
                 json: r#"{"headers":{"x-api-key":"[REDACTED]"},"body":"é"}"#.into(),
                 truncated: true,
@@ -479,6 +492,7 @@ mod tests {
             client_ip: None,
             messages_count: None,
             trace_id: None,
+            span_id: None,
             api_type: ApiType::Claude,
             cost_source: CostSource::Reported,
             status: 0,
@@ -504,6 +518,52 @@ mod tests {
         };
         assert_eq!(len, f.len());
         assert_eq!(decode(payload).expect("decodes"), events);
+    }
+
+    /// A spool written before `span_id` existed (tag `1`, the record ending at `trace_id`) is
+    /// still replayed after an upgrade.
+    #[test]
+    fn records_written_without_a_span_id_are_still_read() {
+        let r = ValidRecord {
+            request: None,
+            ..sparse()
+        };
+        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
+        let mut legacy = f[HEADER..].to_vec();
+        assert_eq!(legacy[4], 3, "records are written with tag 3");
+        legacy[4] = 1;
+        assert_eq!(legacy.pop(), Some(0), "an absent span id is the last byte");
+        assert_eq!(
+            decode(&legacy).expect("decodes"),
+            vec![Event::Finish(Box::new(r))]
+        );
+        // Tag 2 (a stored request after the record, no span id) likewise.
+        let r = sparse();
+        assert!(r.request.is_some());
+        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
+        let with_request = &f[HEADER..];
+        assert_eq!(with_request[4], 4, "a record with its request is tag 4");
+        let request_bytes = {
+            let mut out = Vec::new();
+            let req = r.request.as_ref().expect("request");
+            text(&mut out, &req.json);
+            out.push(u8::from(req.truncated));
+            varint(&mut out, req.original_bytes);
+            out
+        };
+        let cut = with_request.len() - request_bytes.len();
+        assert_eq!(
+            with_request[cut - 1],
+            0,
+            "the absent span id before the request"
+        );
+        let mut legacy = with_request[..cut - 1].to_vec();
+        legacy.extend_from_slice(&request_bytes);
+        legacy[4] = 2;
+        assert_eq!(
+            decode(&legacy).expect("decodes"),
+            vec![Event::Finish(Box::new(r))]
+        );
     }
 
     #[test]

@@ -310,6 +310,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
     ),
     (
+        8,
+        "span id",
+        include_str!("../../migrations/sqlite/0008_span_id.sql"),
+    ),
+    (
         9,
         "rollup journal and month buckets",
         include_str!("../../migrations/sqlite/0009_rollup_journal_and_months.sql"),
@@ -350,6 +355,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "request bodies and export audit sizes",
         include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
+    ),
+    (
+        9,
+        "span id",
+        include_str!("../../migrations/postgres/0009_span_id.sql"),
     ),
     (
         10,

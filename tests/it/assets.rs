@@ -12,10 +12,16 @@ use gatemeter::catalog::{self, Kind, Metric};
 use serde_json::Value;
 
 /// Catalogue families deliberately on no dashboard, and why.
-const OFF_DASHBOARDS: &[(&str, &str)] = &[(
-    "ai_gateway_uptime_seconds",
-    "the seed's name for gatemeter_uptime_seconds (same value), which the self-monitoring dashboard shows",
-)];
+const OFF_DASHBOARDS: &[(&str, &str)] = &[
+    (
+        "ai_gateway_uptime_seconds",
+        "the seed's name for gatemeter_uptime_seconds (same value), which the self-monitoring dashboard shows",
+    ),
+    (
+        "gatemeter_otlp_unused_items",
+        "which OTLP sources gatemeter does not read yet, by scope or event name: an operator's ad-hoc query; its total is the use=\"unused\" series of the self-monitoring dashboard's OTLP panel",
+    ),
+];
 
 /// Series Prometheus itself makes, which rules and dashboards may use: name and labels.
 const PROMETHEUS_OWN: &[(&str, &[&str])] = &[("up", &["job", "instance"])];

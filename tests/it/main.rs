@@ -7,6 +7,7 @@ mod cli;
 mod exact;
 mod exports;
 mod exposition;
+mod genai;
 mod harness;
 mod ingest;
 mod live_store;

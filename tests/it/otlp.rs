@@ -804,6 +804,14 @@ async fn traces_are_accepted_and_counted_as_unused() {
         ),
         1.0
     );
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_unused_items_total",
+            &[("signal", "traces"), ("source", "unnamed")]
+        ),
+        1.0,
+        "counted by instrumentation scope (none here)"
+    );
     app.stop().await;
 }
 

@@ -167,6 +167,8 @@ fn rec(i: i64, base: i64) -> Value {
         "output_tokens": i,
         "cost_usd": format!("0.{:06}", i),
         "session_id": format!("s{}", i % 5),
+        "trace_id": format!("t{}", i % 4),
+        "span_id": format!("sp{i}"),
         "retry_count": i % 3,
         "provider_chain": if i % 3 == 0 { vec![] } else { vec!["p1", "p2"] },
     })
@@ -222,6 +224,11 @@ pub async fn filters_pages_and_detail(db: Db) {
         model(&|i| i % 4 == 3)
     );
     assert_eq!(list("session_id=s2".into()).await, model(&|i| i % 5 == 2));
+    assert_eq!(list("trace_id=t1".into()).await, model(&|i| i % 4 == 1));
+    assert_eq!(
+        list("trace_id=t1&span_id=sp5".into()).await,
+        model(&|i| i == 5)
+    );
     assert_eq!(
         list("min_retry_count=2".into()).await,
         model(&|i| i % 3 == 2)

@@ -1,5 +1,5 @@
 //! The OTLP families of `/metrics`: the receiver's diagnostics (`gatemeter_otlp_received`,
-//! `_accepted`, `_rejected`, `_rejected_requests`) and the OTLP log export's counters; and
+//! `_accepted`, `_unused`, `_rejected`, `_rejected_requests`) and the OTLP log export's counters; and
 //! [`OtlpSource`], where a scrape reads them and the Claude Code snapshot (rendered by
 //! `crate::claude_code::render`).
 
@@ -69,6 +69,10 @@ pub(super) fn write_receiver(e: &mut Encoder, d: &DiagnosticsSnapshot) {
                 Value::U(at2(&d.accepted, sig as usize, u as usize)),
             );
         }
+    }
+    e.header(&c::OTLP_UNUSED);
+    for (sig, source, n) in &d.unused_by {
+        e.sample(&c::OTLP_UNUSED, &[sig.as_str(), source], Value::U(*n));
     }
     e.header(&c::OTLP_REJECTED);
     for sig in Signal::ALL {

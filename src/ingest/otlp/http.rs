@@ -24,13 +24,14 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 
 use crate::api::ApiError;
 use crate::claude_code::mapping::{Mapping, MetricsOutcome};
 use crate::claude_code::task::ClaudeCode;
+use crate::genai;
 use crate::health::otlp::{Diagnostics, ItemReject, Signal, Use};
 use crate::health::{Health, RequestReject, Source};
 use crate::ingest::body;
@@ -38,8 +39,8 @@ use crate::otlp::decode::{self, Encoding};
 use crate::otlp::scan;
 use crate::pipeline::Pipeline;
 use crate::price::PriceTable;
-use crate::record::Event;
 use crate::record::Validation;
+use crate::record::{Event, RecordError};
 use crate::spool::Spool;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error answers (not part of opentelemetry-proto).
@@ -223,6 +224,25 @@ fn points_message(out: &MetricsOutcome) -> String {
     msg
 }
 
+/// The partial-success message of rejected records: the first few (`log record 3: …`), then
+/// how many more.
+fn rejections_message(item: &str, rejected: &[(usize, RecordError)]) -> String {
+    let mut msg = String::new();
+    for (i, e) in rejected.iter().take(MAX_LISTED_ERRORS) {
+        if !msg.is_empty() {
+            msg.push_str("; ");
+        }
+        msg.push_str(&format!("{item} {i}: {e}"));
+    }
+    if rejected.len() > MAX_LISTED_ERRORS {
+        msg.push_str(&format!(
+            "; and {} more",
+            rejected.len() - MAX_LISTED_ERRORS
+        ));
+    }
+    msg
+}
+
 fn overloaded() -> Refusal {
     Refusal::new(
         RequestReject::Overloaded,
@@ -261,21 +281,7 @@ impl OtlpIngest {
             Signal::Traces => {
                 let req: ExportTraceServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                let spans: usize = req
-                    .resource_spans
-                    .iter()
-                    .flat_map(|r| &r.scope_spans)
-                    .map(|s| s.spans.len())
-                    .sum();
-                self.diagnostics.received(Signal::Traces, spans as u64);
-                self.diagnostics
-                    .accepted(Signal::Traces, Use::Unused, spans as u64);
-                Ok(encode(
-                    enc,
-                    &ExportTraceServiceResponse {
-                        partial_success: None,
-                    },
-                ))
+                self.traces(enc, &req).await
             }
         }
     }
@@ -320,33 +326,55 @@ impl OtlpIngest {
         d.accepted(Signal::Logs, Use::Record, records);
         d.accepted(Signal::Logs, Use::Tool, out.tools);
         d.accepted(Signal::Logs, Use::Event, out.other_events);
-        d.accepted(Signal::Logs, Use::Unused, out.unused);
+        d.accepted(Signal::Logs, Use::Covered, out.covered);
+        d.unused(Signal::Logs, &out.unused);
         let rejected = out.rejected.len() as u64;
         d.rejected(Signal::Logs, ItemReject::InvalidRecord, rejected);
         self.health.accepted(Source::Otlp, records);
         for (_, e) in &out.rejected {
             self.health.rejected_record(Source::Otlp, e.reason);
         }
-        let partial_success = (rejected > 0).then(|| {
-            let mut msg = String::new();
-            for (i, e) in out.rejected.iter().take(MAX_LISTED_ERRORS) {
-                if !msg.is_empty() {
-                    msg.push_str("; ");
-                }
-                msg.push_str(&format!("log record {i}: {e}"));
-            }
-            if out.rejected.len() > MAX_LISTED_ERRORS {
-                msg.push_str(&format!(
-                    "; and {} more",
-                    out.rejected.len() - MAX_LISTED_ERRORS
-                ));
-            }
-            ExportLogsPartialSuccess {
-                rejected_log_records: rejected as i64,
-                error_message: msg,
-            }
+        let partial_success = (rejected > 0).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejected as i64,
+            error_message: rejections_message("log record", &out.rejected),
         });
         Ok(encode(enc, &ExportLogsServiceResponse { partial_success }))
+    }
+
+    async fn traces(
+        &self,
+        enc: Encoding,
+        req: &ExportTraceServiceRequest,
+    ) -> Result<Vec<u8>, Refusal> {
+        let v = Validation {
+            now_ms: crate::clock::now_ms(),
+            prices: &self.prices,
+            keep_requests: None,
+        };
+        let out = genai::spans(
+            req,
+            self.mapping.namespace_attribute.as_deref(),
+            &self.mapping.genai_event_sources,
+            &v,
+        );
+        let records = out.events.len() as u64;
+        self.submit(out.events).await?;
+        let d = &self.diagnostics;
+        d.received(Signal::Traces, out.received);
+        d.accepted(Signal::Traces, Use::Record, records);
+        d.accepted(Signal::Traces, Use::Covered, out.covered);
+        d.unused(Signal::Traces, &out.unused);
+        let rejected = out.rejected.len() as u64;
+        d.rejected(Signal::Traces, ItemReject::InvalidRecord, rejected);
+        self.health.accepted(Source::Otlp, records);
+        for (_, e) in &out.rejected {
+            self.health.rejected_record(Source::Otlp, e.reason);
+        }
+        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected as i64,
+            error_message: rejections_message("span", &out.rejected),
+        });
+        Ok(encode(enc, &ExportTraceServiceResponse { partial_success }))
     }
 
     fn metrics(
@@ -361,7 +389,8 @@ impl OtlpIngest {
         }
         let d = &self.diagnostics;
         d.received(Signal::Metrics, out.received);
-        d.accepted(Signal::Metrics, Use::Unused, out.unused);
+        d.accepted(Signal::Metrics, Use::Covered, out.covered);
+        d.unused(Signal::Metrics, &out.unused);
         for r in ItemReject::ALL {
             d.rejected(Signal::Metrics, r, out.rejected[r as usize]);
         }

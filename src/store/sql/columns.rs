@@ -102,6 +102,7 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
         Text(r.client_ip.as_deref()),
         Int8(r.messages_count.map(i64::from)),
         Text(r.trace_id.as_deref()),
+        Text(r.span_id.as_deref()),
     ]
 }
 
@@ -244,6 +245,7 @@ mod tests {
             client_ip: None,
             messages_count: None,
             trace_id: None,
+            span_id: None,
         };
         let json = serde_json::to_value(&e).expect("serializes");
         let keys: Vec<&str> = json
@@ -299,11 +301,18 @@ mod tests {
         .fetch_all(&pool)
         .await
         .expect("every column exists in SQLite");
-        // PostgreSQL's columns are all created by its first migration, one per line.
+        // PostgreSQL's columns are created by its first migration, one per line, or added by
+        // a later one.
         let postgres = include_str!("../../../migrations/postgres/0001_request_log.sql");
+        let added = [include_str!(
+            "../../../migrations/postgres/0009_span_id.sql"
+        )];
         for (name, _) in FIELDS {
             assert!(
-                postgres.contains(&format!("\n    {name} ")),
+                postgres.contains(&format!("\n    {name} "))
+                    || added
+                        .iter()
+                        .any(|m| m.contains(&format!("ADD COLUMN {name} "))),
                 "no PostgreSQL migration creates {name}"
             );
         }

@@ -48,6 +48,12 @@ pub struct LogFilter {
     /// At least this many provider switches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_retry_count: Option<u32>,
+    /// Trace id (a trace's calls; hex, as OTLP/JSON writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Span id (one call of a trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 /// Where a page continues: the `(ts_ms, id)` of the last row of the previous page.
@@ -150,6 +156,8 @@ pub struct LogEntry {
     pub messages_count: Option<i64>,
     /// Trace id.
     pub trace_id: Option<String>,
+    /// Span id.
+    pub span_id: Option<String>,
 }
 
 /// The columns of one usage CSV row (SPEC §6.4), read by a narrower query than [`LogEntry`].
@@ -297,7 +305,7 @@ macro_rules! entry_columns_after_id {
     key_id, provider, model, original_model, endpoint, api_type, method, status, duration_ms, \
     ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
     cache_read_tokens, cost_micros, cost_source, session_id, retry_count, provider_chain, \
-    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id"
+    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id, span_id"
     };
 }
 
@@ -352,6 +360,8 @@ pub(crate) fn filter_terms(f: &LogFilter) -> Vec<(&'static str, Param<'_>)> {
         (" AND provider = ", &f.provider),
         (" AND model = ", &f.model),
         (" AND endpoint = ", &f.endpoint),
+        (" AND trace_id = ", &f.trace_id),
+        (" AND span_id = ", &f.span_id),
     ];
     for (sql, v) in text {
         if let Some(v) = v {
@@ -435,6 +445,7 @@ macro_rules! decode_entry {
                 client_ip: row.try_get("client_ip")?,
                 messages_count: row.try_get("messages_count")?,
                 trace_id: row.try_get("trace_id")?,
+                span_id: row.try_get("span_id")?,
             })
         })()
     }};
