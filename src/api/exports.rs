@@ -8,7 +8,7 @@
 //!   the fleet (`database:backup:lock` in Redis when the live store is Redis, else in process),
 //!   a second request gets 409 saying since when the lock is held.
 //!
-//! A backup is answered only once its first bytes are there (or 2 s passed): a `pg_dump` that is
+//! A backup is answered only once its first bytes are there (or 5 s passed; 2 s proved too short for a failing `pg_dump` to report on a loaded machine): a `pg_dump` that is
 //! missing or fails at once is a JSON error (503 / 500 with its error's gist), never a file. A
 //! failure after streaming began aborts the response (the chunked body is not ended cleanly, so
 //! no client takes a cut file for a whole one). A client that goes away kills `pg_dump`, frees
@@ -40,7 +40,7 @@ use crate::store::sql::{NewAudit, SqlBackend, SqlLog};
 pub const BACKUP_LOCK: &str = "database:backup:lock";
 
 /// How long a backup waits for its first bytes before it answers 200 and streams.
-const FIRST_BYTES: Duration = Duration::from_secs(2);
+const FIRST_BYTES: Duration = Duration::from_secs(5);
 
 /// Shared state of the export routes.
 #[derive(Clone)]
