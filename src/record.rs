@@ -25,6 +25,8 @@ pub type Label = CompactString;
 pub const MAX_TOKENS: u64 = 100_000_000;
 /// Largest duration accepted (one day), in milliseconds.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// [`MAX_DURATION_MS`] in microseconds: the range of the latency histograms.
+pub const MAX_DURATION_US: u64 = MAX_DURATION_MS * 1000;
 /// Largest cost accepted for one request, in USD.
 pub const MAX_COST_USD: f64 = 100_000.0;
 /// Earliest accepted timestamp: 2000-01-01T00:00:00Z in epoch milliseconds.
@@ -45,6 +47,56 @@ impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A duration in milliseconds, kept to the microsecond: gateways send `duration_ms: 207.5`, and
+/// the latency histograms record microseconds. Printed as an exact decimal (`207.5`, `12`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(u64);
+
+impl Millis {
+    /// `us` microseconds.
+    pub const fn from_micros(us: u64) -> Self {
+        Self(us)
+    }
+
+    /// `ms` whole milliseconds.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms.saturating_mul(1000))
+    }
+
+    /// The duration in microseconds.
+    pub const fn micros(self) -> u64 {
+        self.0
+    }
+
+    /// The duration rounded to the nearest whole millisecond (halves up): what the request
+    /// log's integer `duration_ms` / `ttfb_ms` columns and the seed's `total_response_time`
+    /// keep.
+    pub const fn whole_ms(self) -> u64 {
+        self.0.saturating_add(500) / 1000
+    }
+
+    /// Whether the duration is a whole number of milliseconds.
+    pub const fn is_whole_ms(self) -> bool {
+        self.0.is_multiple_of(1000)
+    }
+
+    /// The duration in milliseconds as a float (exact below 2^53 µs).
+    pub fn as_ms_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ms, us) = (self.0 / 1000, self.0 % 1000);
+        if us == 0 {
+            return write!(f, "{ms}");
+        }
+        let frac = format!("{us:03}");
+        write!(f, "{ms}.{}", frac.trim_end_matches('0'))
     }
 }
 
@@ -187,10 +239,10 @@ pub struct ValidRecord {
     pub method: CompactString,
     /// Final status code (0 = no response).
     pub status: u16,
-    /// Total duration in milliseconds.
-    pub duration_ms: u64,
-    /// Time to first byte/token in milliseconds.
-    pub ttfb_ms: Option<u64>,
+    /// Total duration (milliseconds to the microsecond).
+    pub duration_ms: Millis,
+    /// Time to first byte/token (milliseconds to the microsecond).
+    pub ttfb_ms: Option<Millis>,
     /// Tokens by bucket.
     pub tokens: Tokens,
     /// Cost in integer micro-USD.
@@ -538,8 +590,8 @@ raw_record! {
     api_type: CompactString,
     method: CompactString,
     status: u16,
-    duration_ms: u64,
-    ttfb_ms: u64,
+    duration_ms: f64,
+    ttfb_ms: f64,
     input_tokens: u64,
     output_tokens: u64,
     cache_creation_5m_tokens: u64,
@@ -766,6 +818,27 @@ fn tokens_error(field: &str, n: u64) -> RecordError {
     )
 }
 
+/// A duration in milliseconds as sent (a whole or decimal number), to the nearest microsecond.
+#[inline]
+fn millis_field(field: &str, ms: f64) -> Result<Millis, RecordError> {
+    if !(0.0..=MAX_DURATION_MS as f64).contains(&ms) {
+        return Err(millis_error(field, ms));
+    }
+    Ok(Millis((ms * 1000.0).round() as u64))
+}
+
+#[cold]
+fn millis_error(field: &str, ms: f64) -> RecordError {
+    if ms < 0.0 {
+        RecordError::invalid(field, format!("{ms} is negative"))
+    } else {
+        RecordError::invalid(
+            field,
+            format!("{ms} exceeds the limit of {MAX_DURATION_MS} (one day)"),
+        )
+    }
+}
+
 fn timestamp(raw: Option<RawTime>, now_ms: i64) -> Result<i64, RecordError> {
     let ms = match raw {
         None => return Ok(now_ms),
@@ -843,16 +916,16 @@ impl RawRecord {
                 format!("{status} is not 0 or an HTTP status 100-599"),
             ));
         }
-        let duration_ms = self
-            .duration_ms
-            .ok_or_else(|| RecordError::missing("duration_ms"))?;
-        if duration_ms > MAX_DURATION_MS {
-            return Err(RecordError::invalid(
-                "duration_ms",
-                format!("{duration_ms} exceeds the limit of {MAX_DURATION_MS} (one day)"),
-            ));
-        }
-        if let Some(t) = self.ttfb_ms
+        let duration_ms = millis_field(
+            "duration_ms",
+            self.duration_ms
+                .ok_or_else(|| RecordError::missing("duration_ms"))?,
+        )?;
+        let ttfb_ms = self
+            .ttfb_ms
+            .map(|t| millis_field("ttfb_ms", t))
+            .transpose()?;
+        if let Some(t) = ttfb_ms
             && t > duration_ms
         {
             return Err(RecordError::invalid(
@@ -973,7 +1046,7 @@ impl RawRecord {
             method,
             status,
             duration_ms,
-            ttfb_ms: self.ttfb_ms,
+            ttfb_ms,
             tokens,
             cost_micros,
             cost_source,
@@ -1027,10 +1100,10 @@ pub struct RecordFields {
     pub method: Option<CompactString>,
     /// `status`.
     pub status: Option<u16>,
-    /// `duration_ms`.
-    pub duration_ms: Option<u64>,
-    /// `ttfb_ms`.
-    pub ttfb_ms: Option<u64>,
+    /// `duration_ms` (decimals kept to the microsecond).
+    pub duration_ms: Option<f64>,
+    /// `ttfb_ms` (decimals kept to the microsecond).
+    pub ttfb_ms: Option<f64>,
     /// `input_tokens`.
     pub input_tokens: Option<u64>,
     /// `output_tokens`.
@@ -1289,6 +1362,59 @@ mod tests {
         }
     }
 
+    /// `duration_ms` / `ttfb_ms` take decimals to the microsecond, whichever parser reads
+    /// them; a string, a negative or an over-long duration is refused with the field named.
+    #[test]
+    fn fractional_milliseconds_are_kept_to_the_microsecond() {
+        // The scanner reads the first; the escape sends the second to serde.
+        for extra in ["", r#","user":"\u0041""#] {
+            let r = finish(&format!(
+                r#"{{"model":"m","status":200,"duration_ms":207.5,"ttfb_ms":0.0125{extra}}}"#
+            ));
+            assert_eq!(r.duration_ms, Millis::from_micros(207_500));
+            assert_eq!(
+                r.ttfb_ms,
+                Some(Millis::from_micros(13)),
+                "rounded to the µs"
+            );
+            assert_eq!(r.duration_ms.whole_ms(), 208);
+            assert_eq!(r.duration_ms.to_string(), "207.5");
+        }
+        let r = finish(r#"{"model":"m","status":200,"duration_ms":1e3,"ttfb_ms":999.999}"#);
+        assert_eq!(r.duration_ms, Millis::from_ms(1000));
+        assert_eq!(r.duration_ms.to_string(), "1000");
+        assert_eq!(r.ttfb_ms.map(|t| t.to_string()), Some("999.999".into()));
+        for (json, reason) in [
+            (
+                r#"{"model":"m","status":200,"duration_ms":"207.5"}"#,
+                RejectReason::WrongType,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":-0.5}"#,
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":86400000.001}"#,
+                RejectReason::InvalidValue,
+            ),
+        ] {
+            let err = parse(json).expect_err(json);
+            assert_eq!(
+                (err.field.as_str(), err.reason),
+                ("duration_ms", reason),
+                "{json}"
+            );
+        }
+        let err = parse(r#"{"model":"m","status":200,"duration_ms":10,"ttfb_ms":10.001}"#)
+            .expect_err("ttfb above duration");
+        assert_eq!(err.field, "ttfb_ms");
+        assert!(
+            err.message.contains("10.001 exceeds duration_ms (10)"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn seconds_timestamp_gets_a_hint() {
         let err = parse(r#"{"model":"m","status":200,"duration_ms":1,"timestamp":1700000000}"#)
@@ -1373,7 +1499,7 @@ mod tests {
         let fields = RecordFields {
             model: Some("m".into()),
             status: Some(401),
-            duration_ms: Some(1),
+            duration_ms: Some(1.0),
             error: Some(secret.into()),
             block_reason: Some(secret.into()),
             user_agent: Some(secret.into()),

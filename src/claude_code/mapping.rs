@@ -232,6 +232,11 @@ fn opt_u64(v: Option<Val<'_>>, field: &str) -> Result<Option<u64>, RecordError> 
         .transpose()
 }
 
+fn opt_f64(v: Option<Val<'_>>, field: &str) -> Result<Option<f64>, RecordError> {
+    v.map(|v| f64_of(v).map_err(|m| attr_err(field, m)))
+        .transpose()
+}
+
 fn opt_u32(v: Option<Val<'_>>, field: &str) -> Result<Option<u32>, RecordError> {
     opt_u64(v, field)?
         .map(|n| u32::try_from(n).map_err(|_| attr_err(field, format!("{n} is too large"))))
@@ -360,7 +365,8 @@ impl Mapping {
             session_id,
             ..RecordFields::default()
         };
-        f.duration_ms = opt_u64(a.duration_ms, "duration_ms")?;
+        // Milliseconds, decimals kept to the microsecond.
+        f.duration_ms = opt_f64(a.duration_ms, "duration_ms")?;
         if error {
             // Network failures report no HTTP status ("undefined"): status 0, no response.
             f.status = Some(
@@ -369,14 +375,14 @@ impl Mapping {
                     .and_then(|n| u16::try_from(n).ok())
                     .unwrap_or(0),
             );
-            f.duration_ms = Some(f.duration_ms.unwrap_or(0));
+            f.duration_ms = Some(f.duration_ms.unwrap_or(0.0));
             f.error = opt_text(a.error);
             f.retry_count = opt_u32(a.attempt, "attempt")?.map(|n| n.saturating_sub(1));
             f.cost_usd = Some(0.0);
             return f.validate(v);
         }
         f.status = Some(200);
-        f.ttfb_ms = opt_u64(a.ttft_ms, "ttft_ms")?;
+        f.ttfb_ms = opt_f64(a.ttft_ms, "ttft_ms")?;
         f.input_tokens = opt_u64(a.input_tokens, "input_tokens")?;
         f.output_tokens = opt_u64(a.output_tokens, "output_tokens")?;
         f.cache_read_tokens = opt_u64(a.cache_read, "cache_read_tokens")?;
@@ -711,7 +717,7 @@ mod tests {
         assert_eq!(r.tokens.cache_write_5m, 300);
         assert_eq!(r.tokens.cache_write_1h, 200);
         assert_eq!(r.cost_micros, 12_500);
-        assert_eq!(r.ttfb_ms, Some(300));
+        assert_eq!(r.ttfb_ms, Some(crate::record::Millis::from_ms(300)));
         assert_eq!(
             r.user.as_deref(),
             Some("u-hash"),

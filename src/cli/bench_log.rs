@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use gatemeter::health::{DropReason, Health};
-use gatemeter::record::{ApiType, CostSource, RequestId, Tokens, ValidRecord};
+use gatemeter::record::{ApiType, CostSource, Millis, RequestId, Tokens, ValidRecord};
 use gatemeter::store::sql::{LogFilter, SqlBackend, SqlConfig, SqlLog};
 use gatemeter::store::{RequestLog, StoreError};
 
@@ -168,8 +168,8 @@ fn record(
         api_type: ApiType::Claude,
         method: "POST".into(),
         status,
-        duration_ms: rng.random_range(200..20_000),
-        ttfb_ms: Some(rng.random_range(50..2000)),
+        duration_ms: Millis::from_ms(rng.random_range(200..20_000)),
+        ttfb_ms: Some(Millis::from_ms(rng.random_range(50..2000))),
         tokens: Tokens {
             input: rng.random_range(10..5000),
             output: rng.random_range(10..2000),

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::record::fields::{FIELDS, FieldId, GATEMETER_EVENT};
-use crate::record::{ValidRecord, genai_operation};
+use crate::record::{Millis, ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 
 /// OTLP log export of request records (`otlp_export:`).
@@ -404,6 +404,15 @@ fn s(v: &str) -> Value {
     Value::StringValue(v.to_string())
 }
 
+/// Whole milliseconds as an integer, a fraction as a double (exact to the µs in range).
+fn millis(v: Millis) -> Value {
+    if v.is_whole_ms() {
+        i(v.micros() / 1000)
+    } else {
+        Value::DoubleValue(v.as_ms_f64())
+    }
+}
+
 fn i(v: u64) -> Value {
     Value::IntValue(v.min(i64::MAX as u64) as i64)
 }
@@ -499,8 +508,8 @@ fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
         FieldId::ApiType => s(r.api_type.as_str()),
         FieldId::Method => s(&r.method),
         FieldId::Status => i(u64::from(r.status)),
-        FieldId::DurationMs => i(r.duration_ms),
-        FieldId::TtfbMs => i(r.ttfb_ms?),
+        FieldId::DurationMs => millis(r.duration_ms),
+        FieldId::TtfbMs => millis(r.ttfb_ms?),
         FieldId::InputTokens => i(t.input),
         FieldId::OutputTokens => i(t.output),
         FieldId::CacheWrite5m => i(t.cache_write_5m),
@@ -577,7 +586,7 @@ mod tests {
             original_model: Some("asked".into()),
             provider: Some("p".into()),
             status: Some(503),
-            duration_ms: Some(10),
+            duration_ms: Some(10.0),
             input_tokens: Some(3),
             cache_creation_1h_tokens: Some(4),
             cost_usd: Some(0.25),
@@ -628,7 +637,7 @@ mod read_back {
 
     use super::encode_batch;
     use crate::price::PriceTable;
-    use crate::record::{CostSource, RecordFields, ValidRecord, Validation};
+    use crate::record::{CostSource, Millis, RecordFields, ValidRecord, Validation};
 
     const NOW: i64 = 1_795_460_000_000;
 
@@ -655,6 +664,10 @@ mod read_back {
         sent.cost_source = CostSource::Priced;
         sent.cost_micros = 1_234_567;
         assert_eq!(round_trip(&sent), sent);
+        // Fractional milliseconds travel as a double, exact to the µs.
+        sent.duration_ms = Millis::from_micros(207_501);
+        sent.ttfb_ms = Some(Millis::from_micros(1));
+        assert_eq!(round_trip(&sent), sent);
         // And so do absent optional fields and defaults.
         let prices = PriceTable::default();
         let v = Validation {
@@ -664,7 +677,7 @@ mod read_back {
         let minimal = RecordFields {
             model: Some("m".into()),
             status: Some(0),
-            duration_ms: Some(0),
+            duration_ms: Some(0.0),
             ..RecordFields::default()
         }
         .validate(&v)

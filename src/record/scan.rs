@@ -382,6 +382,16 @@ impl Scan for u64 {
     }
 }
 
+impl Scan for f64 {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        if s.null() {
+            return Some(None);
+        }
+        Some(Some(s.plain_number()?))
+    }
+}
+
 impl Scan for u32 {
     #[inline]
     fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {

@@ -10,7 +10,7 @@
 use compact_str::CompactString;
 
 use crate::record::{
-    ApiType, CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord,
+    ApiType, CostSource, Event, Label, Millis, RequestId, StartMarker, Tokens, ValidRecord,
 };
 
 /// Bytes of a frame header (length and checksum).
@@ -140,6 +140,11 @@ fn cost_code(c: CostSource) -> u8 {
     }
 }
 
+/// Tag of a finished record, durations in µs.
+const TAG_FINISH: u8 = 2;
+/// Tag of a finished record written by an earlier version, durations in whole ms.
+const TAG_FINISH_MS: u8 = 1;
+
 fn event(out: &mut Vec<u8>, e: &Event) {
     match e {
         Event::Start(m) => {
@@ -149,7 +154,7 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             signed(out, m.timestamp_ms);
         }
         Event::Finish(r) => {
-            out.push(1);
+            out.push(TAG_FINISH);
             record(out, r);
         }
     }
@@ -204,8 +209,8 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     out.push(api_code(*api_type));
     text(out, method);
     varint(out, u64::from(*status));
-    varint(out, *duration_ms);
-    opt_u64(out, *ttfb_ms);
+    varint(out, duration_ms.micros());
+    opt_u64(out, ttfb_ms.map(Millis::micros));
     let Tokens {
         input,
         output,
@@ -312,7 +317,8 @@ impl<'a> Reader<'a> {
                 namespace: self.label()?,
                 timestamp_ms: self.signed()?,
             })),
-            1 => Ok(Event::Finish(Box::new(self.record()?))),
+            TAG_FINISH => Ok(Event::Finish(Box::new(self.record(Millis::from_micros)?))),
+            TAG_FINISH_MS => Ok(Event::Finish(Box::new(self.record(Millis::from_ms)?))),
             _ => Err(DecodeError),
         }
     }
@@ -321,7 +327,8 @@ impl<'a> Reader<'a> {
         self.text()
     }
 
-    fn record(&mut self) -> Result<ValidRecord, DecodeError> {
+    /// A record whose durations are read by `unit` (µs, or ms from an earlier version).
+    fn record(&mut self, unit: fn(u64) -> Millis) -> Result<ValidRecord, DecodeError> {
         // Field initialisers run in the order written: the encoder's order.
         Ok(ValidRecord {
             request_id: self.opt_text()?.map(RequestId),
@@ -346,8 +353,8 @@ impl<'a> Reader<'a> {
             },
             method: self.text()?,
             status: u16::try_from(self.varint()?).map_err(|_| DecodeError)?,
-            duration_ms: self.varint()?,
-            ttfb_ms: self.opt_u64()?,
+            duration_ms: unit(self.varint()?),
+            ttfb_ms: self.opt_u64()?.map(unit),
             tokens: Tokens {
                 input: self.varint()?,
                 output: self.varint()?,
@@ -411,8 +418,8 @@ mod tests {
             api_type: ApiType::Gemini,
             method: "POST".into(),
             status: 529,
-            duration_ms: 86_400_000,
-            ttfb_ms: Some(12),
+            duration_ms: Millis::from_ms(86_400_000),
+            ttfb_ms: Some(Millis::from_micros(12_345)),
             tokens: Tokens {
                 input: 1,
                 output: 2,
@@ -482,6 +489,27 @@ mod tests {
         };
         assert_eq!(len, f.len());
         assert_eq!(decode(payload).expect("decodes"), events);
+    }
+
+    /// A spool written before durations had microseconds (tag 1, whole ms) replays with the
+    /// same durations.
+    #[test]
+    fn records_of_the_earlier_tag_are_read_in_milliseconds() {
+        let mut r = full();
+        r.duration_ms = Millis::from_ms(1500);
+        r.ttfb_ms = Some(Millis::from_ms(12));
+        let mut old = Vec::new();
+        record(&mut old, &r);
+        // The same bytes with durations written in ms (as the earlier encoder did).
+        let mut by_ms = r.clone();
+        by_ms.duration_ms = Millis::from_micros(1500);
+        by_ms.ttfb_ms = Some(Millis::from_micros(12));
+        let mut body = vec![TAG_FINISH_MS];
+        record(&mut body, &by_ms);
+        let mut payload = 1u32.to_le_bytes().to_vec();
+        payload.extend_from_slice(&body);
+        assert_eq!(decode(&payload), Ok(vec![Event::Finish(Box::new(r))]));
+        assert_ne!(old, body[1..], "the units differ on disk");
     }
 
     #[test]

@@ -146,7 +146,10 @@ async fn exposition_is_well_formed() {
     assert_eq!(
         e.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "we\"ird\\ns")]
+            &[
+                ("namespace", "we\"ird\\ns"),
+                ("namespace_code", "we\"ird\\ns")
+            ]
         ),
         1.0
     );

@@ -102,7 +102,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_concurrent_requests",
-            &[("namespace", "live")]
+            &[("namespace", "live"), ("namespace_code", "live")]
         ),
         3.0
     );
@@ -118,7 +118,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_concurrent_requests",
-            &[("namespace", "live")]
+            &[("namespace", "live"), ("namespace_code", "live")]
         ),
         2.0
     );
@@ -137,7 +137,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
             assert_eq!(
                 m.value(
                     "ai_gateway_namespace_concurrent_requests",
-                    &[("namespace", "live")]
+                    &[("namespace", "live"), ("namespace_code", "live")]
                 ),
                 0.0
             );
@@ -188,7 +188,10 @@ async fn series_cap_folds_new_label_values_into_overflow() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "__overflow__")]
+            &[
+                ("namespace", "__overflow__"),
+                ("namespace_code", "__overflow__")
+            ]
         ),
         2.0
     );
@@ -200,8 +203,11 @@ async fn series_cap_folds_new_label_values_into_overflow() {
         2.0
     );
     assert!(
-        m.get("ai_gateway_namespace_requests_total", &[("namespace", "d")])
-            .is_none()
+        m.get(
+            "ai_gateway_namespace_requests_total",
+            &[("namespace", "d"), ("namespace_code", "d")]
+        )
+        .is_none()
     );
     app.stop().await;
 }

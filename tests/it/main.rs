@@ -15,6 +15,7 @@ mod openapi;
 mod otlp;
 mod otlp_export;
 mod pg_server;
+mod prometheus;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;

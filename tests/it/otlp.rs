@@ -424,7 +424,10 @@ async fn every_fixture_scenario_gives_the_readme_totals() {
         };
         if let Some((ns, n)) = namespace {
             close(
-                m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+                m.value(
+                    "ai_gateway_namespace_requests_total",
+                    &[("namespace", ns), ("namespace_code", ns)],
+                ),
                 n,
                 "namespace from team.id",
             );
@@ -612,7 +615,7 @@ async fn partly_invalid_batches_answer_partial_success_in_both_encodings() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "t1")]
+            &[("namespace", "t1"), ("namespace_code", "t1")]
         ),
         2.0
     );
@@ -857,11 +860,11 @@ async fn records_exported_over_otlp_are_counted_by_a_central_gatemeter() {
         ("gatemeter_tokens_total", vec![("type", "cache_write_1h")]),
         (
             "ai_gateway_namespace_requests_total",
-            vec![("namespace", "edge-ns")],
+            vec![("namespace", "edge-ns"), ("namespace_code", "edge-ns")],
         ),
         (
             "ai_gateway_namespace_requests_total",
-            vec![("namespace", "obs-team")],
+            vec![("namespace", "obs-team"), ("namespace_code", "obs-team")],
         ),
         (
             "model_requests_total",

@@ -801,7 +801,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
     full.key_id = Some("k-1".into());
     full.provider = "прованс".into();
     full.original_model = Some("m-orig".into());
-    full.ttfb_ms = Some(u64::MAX);
+    full.ttfb_ms = Some(gatemeter::record::Millis::from_micros(u64::MAX));
     full.tokens.input = u64::MAX;
     full.tokens.output = i64::MAX as u64;
     full.tokens.cache_write_5m = 1;
@@ -866,7 +866,11 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
     assert_eq!(first.key_id.as_deref(), Some("k-1"));
     assert_eq!(first.provider, "прованс");
     assert_eq!(first.original_model.as_deref(), Some("m-orig"));
-    assert_eq!(first.ttfb_ms, Some(i64::MAX));
+    assert_eq!(
+        first.ttfb_ms,
+        Some((u64::MAX / 1000) as i64),
+        "whole ms of the largest µs"
+    );
     assert_eq!(first.input_tokens, i64::MAX);
     assert_eq!(first.output_tokens, i64::MAX);
     assert_eq!(first.cache_write_5m_tokens, 1);

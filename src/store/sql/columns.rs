@@ -82,8 +82,9 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
         Text(Some(r.api_type.as_str())),
         Text(Some(r.method.as_str())),
         Int8(Some(i64::from(r.status))),
-        Int8(Some(big(r.duration_ms))),
-        Int8(r.ttfb_ms.map(big)),
+        // Whole ms (rounded): the schema's integer columns; the histograms keep the µs.
+        Int8(Some(big(r.duration_ms.whole_ms()))),
+        Int8(r.ttfb_ms.map(|t| big(t.whole_ms()))),
         Int8(Some(big(r.tokens.input))),
         Int8(Some(big(r.tokens.output))),
         Int8(Some(big(r.tokens.cache_write_5m))),
