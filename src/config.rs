@@ -24,6 +24,7 @@ use crate::store::sql::{SqlBackend, SqlConfig};
 pub use crate::export::otlp_logs::OtlpExportConfig;
 pub use crate::ingest::native::IngestConfig;
 
+pub mod effective;
 pub mod redis;
 
 /// Default listen address: OTLP/HTTP's port, loopback only.
@@ -537,12 +538,19 @@ impl RawPricing {
     }
 }
 
+/// The resource attribute that names a Claude Code request's namespace unless configured.
+pub const DEFAULT_NAMESPACE_ATTRIBUTE: &str = "team.id";
+
 impl RawOtlp {
     /// `otlp:`: the mapping of log records and points, and the Claude Code state's bounds.
     fn validate(self) -> Result<OtlpConfig, ConfigError> {
         Ok(OtlpConfig {
             mapping: crate::claude_code::mapping::Mapping {
-                namespace_attribute: self.namespace_attribute.filter(|a| !a.is_empty()),
+                // Claude Code's documentation suggests `team.id` for teams; `""` turns it off.
+                namespace_attribute: match self.namespace_attribute {
+                    None => Some(DEFAULT_NAMESPACE_ATTRIBUTE.to_string()),
+                    Some(a) => Some(a).filter(|a| !a.is_empty()),
+                },
                 label_allowlist: self.label_allowlist,
             },
             limits: crate::claude_code::state::Limits {

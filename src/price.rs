@@ -121,6 +121,10 @@ impl ModelPrice {
     }
 }
 
+/// A model's name and its prices as decimals in USD per million tokens (see
+/// [`PriceTable::describe`]).
+pub type ModelPrices = (String, [String; 5]);
+
 /// Model prices plus per-provider multipliers.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
@@ -154,6 +158,35 @@ impl PriceTable {
         })
     }
 
+    /// Every configured model with its prices as exact decimals in USD per million tokens
+    /// (input, output, cache write 5m, cache write 1h, cache read), by name; and every provider
+    /// multiplier as an exact decimal: what `check-config` prints.
+    pub fn describe(&self) -> (Vec<ModelPrices>, Vec<(String, String)>) {
+        let usd = |nano: u64| decimal(u128::from(nano), 3);
+        let mut models: Vec<_> = self
+            .models
+            .iter()
+            .map(|(name, p)| {
+                let prices = [
+                    p.input,
+                    p.output,
+                    p.cache_write_5m,
+                    p.cache_write_1h,
+                    p.cache_read,
+                ];
+                (name.clone(), prices.map(usd))
+            })
+            .collect();
+        models.sort();
+        let mut multipliers: Vec<_> = self
+            .multipliers_ppm
+            .iter()
+            .map(|(p, ppm)| (p.clone(), decimal(u128::from(*ppm), 6)))
+            .collect();
+        multipliers.sort();
+        (models, multipliers)
+    }
+
     /// The price of a model: an exact name, else the longest configured name the model starts
     /// with (so `claude-sonnet-4-5` prices `claude-sonnet-4-5-20250929`).
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
@@ -175,6 +208,17 @@ impl PriceTable {
         }
         Some(u64::try_from((nano + 500) / 1000).unwrap_or(u64::MAX))
     }
+}
+
+/// `v / 10^scale` as an exact decimal without trailing zeros (`3000`, 3 → `3`; `75`, 3 → `0.075`).
+fn decimal(v: u128, scale: u32) -> String {
+    let unit = 10u128.pow(scale);
+    let (whole, frac) = (v / unit, v % unit);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:0width$}", width = scale as usize);
+    format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gatemeter::app::App;
-use gatemeter::config::{Config, LiveStoreKind};
+use gatemeter::config::Config;
 use gatemeter::store::sql::SqlBackend;
 use tokio::net::TcpListener;
 
@@ -53,18 +53,12 @@ pub async fn rebuild_rollups(args: &super::RollupRebuild) -> anyhow::Result<()> 
 pub fn check_config(args: &super::CheckConfig) -> anyhow::Result<()> {
     let file = &args.file;
     let c = Config::load(file)?;
-    println!("{}: ok", file.display());
-    println!("listen: {}", c.listen);
-    println!("server: {:?}", c.server);
-    println!("live_store: {:?}", c.live_store);
-    println!("ingest: {:?}", c.ingest);
-    println!("pipeline: {:?}", c.pipeline);
-    if c.live_store == LiveStoreKind::Redis {
-        // Debug redacts the URL's password.
-        println!("redis: {:?}", c.redis);
-    }
-    println!("log_store: {:?}", c.log_store);
-    println!("auth: {:?}", c.auth);
+    // The whole output is YAML: the verdict as a comment, then every effective setting.
+    println!(
+        "# {}: ok. Effective settings (defaults and environment applied, secrets hidden):",
+        file.display()
+    );
+    print!("{}", gatemeter::config::effective::yaml(&c));
     Ok(())
 }
 

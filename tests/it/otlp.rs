@@ -413,27 +413,62 @@ async fn every_fixture_scenario_gives_the_readme_totals() {
         "api_error_final",
         "continue",
     ] {
-        let app = TestApp::with_config(CONFIG).await;
+        // No config: `otlp.namespace_attribute` defaults to `team.id`.
+        let app = TestApp::start().await;
         replay(&app, scenario).await;
         let m = app.metrics().await;
         check(&m, scenario);
-        let namespace = match scenario {
-            "oauth_fake" | "api_error_final" => None,
-            "continue" => Some(("platform", 10.0)),
-            _ => Some(("obs-team", 8.0)),
+        // These two carry `team.id` on their records, not their resource: it is found there.
+        let (ns, n) = match scenario {
+            "oauth_fake" | "api_error_final" => {
+                ("obs-team", m.value("ai_gateway_requests_total", &[]))
+            }
+            "continue" => ("platform", 10.0),
+            _ => ("obs-team", 8.0),
         };
-        if let Some((ns, n)) = namespace {
-            close(
-                m.value(
-                    "ai_gateway_namespace_requests_total",
-                    &[("namespace", ns), ("namespace_code", ns)],
-                ),
-                n,
-                "namespace from team.id",
-            );
-        }
+        close(
+            m.value(
+                "ai_gateway_namespace_requests_total",
+                &[("namespace", ns), ("namespace_code", ns)],
+            ),
+            n,
+            &format!("{scenario}: namespace from team.id"),
+        );
         app.stop().await;
     }
+}
+
+/// `otlp.namespace_attribute: ""` turns the mapping off: every request in `default`.
+#[tokio::test]
+async fn an_empty_namespace_attribute_keeps_the_default_namespace() {
+    let app = TestApp::with_config("otlp:\n  namespace_attribute: \"\"\n").await;
+    replay(&app, "protobuf").await;
+    let m = app.metrics().await;
+    let l = [("namespace", "default"), ("namespace_code", "default")];
+    close(
+        m.value("ai_gateway_namespace_requests_total", &l),
+        8.0,
+        "default",
+    );
+    app.stop().await;
+
+    // With no config, a session whose events carry no `team.id` (renamed in the OTLP JSON
+    // capture) falls back to `default` too.
+    let app = TestApp::start().await;
+    for b in bodies("json") {
+        let text = String::from_utf8(b.bytes).expect("OTLP JSON");
+        assert!(b.encoding.is_none());
+        let bytes = text.replace("\"team.id\"", "\"team.xx\"").into_bytes();
+        let resp = post(&app, &b.path, Some(&b.content_type), None, bytes).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let m = app.metrics().await;
+    close(
+        m.value("ai_gateway_namespace_requests_total", &l),
+        8.0,
+        "no team.id",
+    );
+    app.stop().await;
 }
 
 #[tokio::test]
