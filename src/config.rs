@@ -199,6 +199,8 @@ struct RawPipeline {
 struct RawPricing {
     provider_multipliers: HashMap<String, f64>,
     models: BTreeMap<String, RawPrice>,
+    /// Currency → USD per unit; numbers are read as the decimal they are written as.
+    exchange_rates: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,7 +536,24 @@ impl RawPricing {
             .map_err(|m| invalid(format!("pricing.models.{name}"), m))?;
             models.insert(name, price);
         }
-        PriceTable::new(models, self.provider_multipliers).map_err(|m| invalid("pricing", m))
+        let mut rates = HashMap::new();
+        for (code, v) in self.exchange_rates {
+            // A YAML number prints as its shortest exact decimal (0.138 → "0.138"); the
+            // price table parses that text into integers, so no float touches money.
+            let text = match v {
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::String(s) => s,
+                other => {
+                    return Err(invalid(
+                        format!("pricing.exchange_rates.{code}"),
+                        format!("{other:?} is not a decimal number"),
+                    ));
+                }
+            };
+            rates.insert(code, text);
+        }
+        PriceTable::with_rates(models, self.provider_multipliers, rates)
+            .map_err(|m| invalid("pricing", m))
     }
 }
 

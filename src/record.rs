@@ -271,6 +271,12 @@ pub struct ValidRecord {
     pub messages_count: Option<u32>,
     /// Distributed trace id.
     pub trace_id: Option<CompactString>,
+    /// The upstream provider's id of the request (not the idempotency key).
+    pub provider_request_id: Option<CompactString>,
+    /// A cost sent in another currency: the amount as sent (a plain decimal).
+    pub cost_amount: Option<CompactString>,
+    /// Its ISO 4217 currency code (`RMB` as `CNY`).
+    pub currency: Option<Label>,
 }
 
 impl ValidRecord {
@@ -435,6 +441,37 @@ impl<'de> Deserialize<'de> for RawCost {
                     .parse::<f64>()
                     .map(RawCost::Usd)
                     .map_err(|_| E::custom(format!("{v:?} is not a decimal number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An amount of money in some currency as sent: a JSON number or a decimal string, kept as
+/// decimal text (a number as its shortest exact form, so `12.5` stays `12.5`) and converted
+/// with integer arithmetic only ([`price::convert_micros`](crate::price::convert_micros)).
+#[derive(Debug)]
+struct RawAmount(CompactString);
+
+impl<'de> Deserialize<'de> for RawAmount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawAmount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an amount as a number or decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAmount, E> {
+                Ok(RawAmount(CompactString::from(v.trim())))
             }
         }
         d.deserialize_any(V)
@@ -609,6 +646,9 @@ raw_record! {
     client_ip: CompactString,
     messages_count: u32,
     trace_id: CompactString,
+    provider_request_id: CompactString,
+    cost: RawAmount,
+    currency: CompactString,
 }
 
 /// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
@@ -980,28 +1020,70 @@ impl RawRecord {
                 ));
             }
         };
-        let (cost_micros, cost_source) = match self.cost_usd {
-            Some(RawCost::Micros(m)) => {
-                if m as f64 > MAX_COST_USD * 1_000_000.0 {
+        let currency = self
+            .currency
+            .map(|c| {
+                crate::price::currency_code(&c)
+                    .map(Label::from)
+                    .ok_or_else(|| {
+                        RecordError::invalid(
+                            "currency",
+                            format!("{c:?} is not an ISO 4217 code like CNY or EUR"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let (cost_amount, converted) = match (self.cost, &currency) {
+            (None, None) => (None, None),
+            (None, Some(_)) => return Err(RecordError::missing("cost")),
+            (Some(_), None) => return Err(RecordError::missing("currency")),
+            (Some(RawAmount(amount)), Some(cur)) => {
+                let micros = v
+                    .prices
+                    .convert_micros(&amount, cur)
+                    .map_err(|(field, m)| RecordError::invalid(field, m))?;
+                if micros > (MAX_COST_USD * 1e6) as u64 {
                     return Err(RecordError::invalid(
-                        "cost_usd",
-                        format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                        "cost",
+                        format!("{amount} {cur} exceeds {MAX_COST_USD} USD"),
                     ));
                 }
-                (m, CostSource::Reported)
+                (Some(amount), Some(micros))
             }
-            Some(RawCost::Usd(usd)) => {
-                if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
-                    return Err(RecordError::invalid(
-                        "cost_usd",
-                        format!("{usd} is not an amount between 0 and {MAX_COST_USD} USD"),
-                    ));
+        };
+        let (cost_micros, cost_source) = match (self.cost_usd, converted) {
+            // Read back from another gatemeter: the converted cost travels exact.
+            (Some(RawCost::Micros(m)), _) if cost_amount.is_some() => (m, CostSource::Reported),
+            (Some(_), Some(_)) => {
+                return Err(RecordError::invalid(
+                    "cost",
+                    "send cost_usd, or cost with currency; not both",
+                ));
+            }
+            (None, Some(m)) => (m, CostSource::Reported),
+            (cost_usd, None) => match cost_usd {
+                Some(RawCost::Micros(m)) => {
+                    if m as f64 > MAX_COST_USD * 1_000_000.0 {
+                        return Err(RecordError::invalid(
+                            "cost_usd",
+                            format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                        ));
+                    }
+                    (m, CostSource::Reported)
                 }
-                ((usd * 1_000_000.0).round() as u64, CostSource::Reported)
-            }
-            None => match v.prices.cost_micros(&provider, &model, &tokens) {
-                Some(c) => (c, CostSource::Priced),
-                None => (0, CostSource::Unpriced),
+                Some(RawCost::Usd(usd)) => {
+                    if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
+                        return Err(RecordError::invalid(
+                            "cost_usd",
+                            format!("{usd} is not an amount between 0 and {MAX_COST_USD} USD"),
+                        ));
+                    }
+                    ((usd * 1_000_000.0).round() as u64, CostSource::Reported)
+                }
+                None => match v.prices.cost_micros(&provider, &model, &tokens) {
+                    Some(c) => (c, CostSource::Priced),
+                    None => (0, CostSource::Unpriced),
+                },
             },
         };
         let retry_count = self.retry_count.unwrap_or(0);
@@ -1061,6 +1143,9 @@ impl RawRecord {
             client_ip: ip_field(id_field("client_ip", self.client_ip)?)?,
             messages_count: self.messages_count,
             trace_id: id_field("trace_id", self.trace_id)?,
+            provider_request_id: id_field("provider_request_id", self.provider_request_id)?,
+            cost_amount,
+            currency,
         })))
     }
 }
@@ -1143,6 +1228,12 @@ pub struct RecordFields {
     pub messages_count: Option<u32>,
     /// `trace_id`.
     pub trace_id: Option<CompactString>,
+    /// `provider_request_id`.
+    pub provider_request_id: Option<CompactString>,
+    /// `cost`: an amount in `currency`, as decimal text.
+    pub cost: Option<CompactString>,
+    /// `currency`.
+    pub currency: Option<CompactString>,
 }
 
 impl RecordFields {
@@ -1187,6 +1278,9 @@ impl RecordFields {
             client_ip: self.client_ip,
             messages_count: self.messages_count,
             trace_id: self.trace_id,
+            provider_request_id: self.provider_request_id,
+            cost: self.cost.map(RawAmount),
+            currency: self.currency,
         };
         let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
@@ -1224,9 +1318,10 @@ pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 17
     "endpoint": "/v1/messages", "api_type": "claude", "method": "PUT", "status": 201,
     "duration_ms": 900, "ttfb_ms": 80, "input_tokens": 11, "output_tokens": 12,
     "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
-    "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
+    "cost": "1.5", "currency": "USD", "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
     "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
-    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1"}"#;
+    "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1",
+    "provider_request_id": "req_1"}"#;
 
 /// [`TEST_FULL_JSON`] validated.
 #[cfg(test)]

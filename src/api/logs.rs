@@ -102,6 +102,9 @@ struct FilterParams {
     /// At least this many provider switches (a `u32`).
     #[param(minimum = 0, maximum = 4_294_967_295_i64)]
     min_retry_count: Option<i64>,
+    /// The upstream provider's request id (Claude Code's `request_id`, failed calls included).
+    #[param(min_length = 1, max_length = 2048)]
+    provider_request_id: Option<String>,
 }
 
 /// Paging of the log list.
@@ -186,7 +189,7 @@ pub(crate) fn params(
     Ok(out)
 }
 
-const FILTER_PARAMS: [&str; 11] = [
+const FILTER_PARAMS: [&str; 12] = [
     "from",
     "to",
     "user",
@@ -198,6 +201,7 @@ const FILTER_PARAMS: [&str; 11] = [
     "exclude_200",
     "session_id",
     "min_retry_count",
+    "provider_request_id",
 ];
 
 pub(crate) fn parse_num<T: std::str::FromStr>(
@@ -260,6 +264,7 @@ fn filter(p: &HashMap<String, String>, who: &Principal) -> Result<LogFilter, Api
         exclude_200,
         session_id: text("session_id")?,
         min_retry_count: parse_num(p, "min_retry_count")?,
+        provider_request_id: text("provider_request_id")?,
     };
     // A user token sees its own rows only, whatever it asked for.
     if let Some(id) = who.forced_user() {

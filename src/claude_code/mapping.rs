@@ -353,6 +353,8 @@ impl Mapping {
         };
         let mut f = RecordFields {
             request_id,
+            // The CLI's own id of the API call, on errors too: what a user finds the row by.
+            provider_request_id: opt_text(a.request_id).filter(|id| id != "undefined"),
             timestamp_ms: time_ms(r),
             namespace: opt_text(a.namespace),
             user,
@@ -750,6 +752,47 @@ mod tests {
         )
         .expect_err("no model");
         assert_eq!(e.field, "model");
+    }
+
+    /// An `api_error` carrying the CLI's request id keeps it in `provider_request_id` (what a
+    /// user searches the log by), while the idempotency key stays the event's own identity; its
+    /// `attempt` (a string here) gives the retries before it.
+    #[test]
+    fn an_api_error_keeps_the_cli_request_id_apart_from_its_identity() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("session.id", r#"{"stringValue":"s1"}"#),
+                a("event.sequence", r#"{"intValue":"7"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"stringValue":"529"}"#),
+                a("duration_ms", r#"{"stringValue":"1234.5"}"#),
+                a("request_id", r#"{"stringValue":"req_011CLIabc"}"#),
+                a("attempt", r#"{"stringValue":"4"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.status, 529);
+        assert_eq!(r.provider_request_id.as_deref(), Some("req_011CLIabc"));
+        assert_eq!(
+            r.request_id.as_ref().map(|i| i.as_str()),
+            Some("cc:s1:7:1795458649672")
+        );
+        assert_eq!(r.retry_count, 3);
+        assert_eq!(r.duration_ms, crate::record::Millis::from_micros(1_234_500));
+        // Without an attempt attribute: no retries known.
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"intValue":"500"}"#),
+                a("request_id", r#"{"stringValue":"undefined"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!((r.retry_count, r.provider_request_id), (0, None));
     }
 
     /// A secret in an api_error message is redacted by the record's validation.

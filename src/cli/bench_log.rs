@@ -197,6 +197,9 @@ fn record(
         client_ip: None,
         messages_count: Some(4),
         trace_id: None,
+        provider_request_id: None,
+        cost_amount: None,
+        currency: None,
     })
 }
 

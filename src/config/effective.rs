@@ -93,9 +93,14 @@ pub fn yaml(c: &Config) -> String {
     for (provider, m) in &multipliers {
         mult_map = mult_map.put(provider, number(m));
     }
+    let mut rates = Map::default();
+    for (code, r) in c.prices.exchange_rates() {
+        rates = rates.put(&code, number(&r));
+    }
     let pricing = Map::default()
         .put("provider_multipliers", mult_map.value())
-        .put("models", model_map.value());
+        .put("models", model_map.value())
+        .put("exchange_rates", rates.value());
     let o = &c.otlp;
     let otlp = Map::default()
         .put(

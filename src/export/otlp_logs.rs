@@ -532,6 +532,9 @@ fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
         FieldId::ClientIp => return text(&r.client_ip),
         FieldId::MessagesCount => i(u64::from(r.messages_count?)),
         FieldId::TraceId => return text(&r.trace_id),
+        FieldId::ProviderRequestId => return text(&r.provider_request_id),
+        FieldId::CostAmount => return text(&r.cost_amount),
+        FieldId::Currency => s(r.currency.as_deref()?),
     })
 }
 

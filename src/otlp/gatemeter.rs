@@ -106,6 +106,9 @@ fn put(f: &mut RecordFields, id: FieldId, key: &str, v: Val<'_>) -> Result<(), R
         FieldId::ClientIp => f.client_ip = text(),
         FieldId::MessagesCount => f.messages_count = Some(small()?),
         FieldId::TraceId => f.trace_id = text(),
+        FieldId::ProviderRequestId => f.provider_request_id = text(),
+        FieldId::CostAmount => f.cost = text(),
+        FieldId::Currency => f.currency = text(),
     }
     Ok(())
 }

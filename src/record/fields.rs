@@ -148,6 +148,13 @@ fields! {
     MessagesCount =  (Some("messages_count"),           Some("messages_count"),          "messages_count",        Int8, Some("gatemeter.messages_count"),               None),
     /// Distributed trace id.
     TraceId =        (Some("trace_id"),                 Some("trace_id"),                "trace_id",              Text, Some("gatemeter.trace_id"),                     None),
+    /// The upstream provider's id of the request (Claude Code's `request_id`): searchable,
+    /// never the idempotency key.
+    ProviderRequestId = (Some("provider_request_id"),   Some("provider_request_id"),     "provider_request_id",   Text, Some("gatemeter.provider_request_id"),          None),
+    /// A cost sent in another currency: the amount as sent (exact decimal text).
+    CostAmount =     (Some("cost"),                     Some("cost_amount"),             "cost_amount",           Text, Some("gatemeter.cost_amount"),                  None),
+    /// Its ISO 4217 currency (`RMB` stored as `CNY`).
+    Currency =       (Some("currency"),                 Some("currency"),                "currency",              Text, Some("gatemeter.currency"),                     None),
 }
 
 /// The field exported as OTLP attribute `key`, if any.

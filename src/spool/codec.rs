@@ -1,8 +1,9 @@
 //! The spool's on-disk form: frames of validated events.
 //!
 //! A frame is `len: u32 LE | crc32(payload): u32 LE | payload`; a payload is `count: u32 LE`
-//! then `count` events. An event is a tag byte (`0` start marker, `1` finished record) and its
-//! fields in declaration order: integers as LEB128 varints (signed ones zig-zagged), text as
+//! then `count` events. An event is a tag byte (`0` start marker, `2` finished record; `1` a
+//! finished record of an earlier version: durations in whole ms, without the last three
+//! fields, still read) and its fields in declaration order: integers as LEB128 varints (signed ones zig-zagged), text as
 //! a varint length and UTF-8 bytes, an absent optional as `0` and a present one as `1` + value.
 //! The encoder destructures [`ValidRecord`] and the decoder builds it with a struct literal, so
 //! a field added to the record does not compile here until the spool carries it.
@@ -193,6 +194,9 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         client_ip,
         messages_count,
         trace_id,
+        provider_request_id,
+        cost_amount,
+        currency,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
     signed(out, *timestamp_ms);
@@ -237,6 +241,9 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     opt_text(out, client_ip.as_deref());
     opt_u64(out, messages_count.map(u64::from));
     opt_text(out, trace_id.as_deref());
+    opt_text(out, provider_request_id.as_deref());
+    opt_text(out, cost_amount.as_deref());
+    opt_text(out, currency.as_deref());
 }
 
 struct Reader<'a> {
@@ -317,8 +324,8 @@ impl<'a> Reader<'a> {
                 namespace: self.label()?,
                 timestamp_ms: self.signed()?,
             })),
-            TAG_FINISH => Ok(Event::Finish(Box::new(self.record(Millis::from_micros)?))),
-            TAG_FINISH_MS => Ok(Event::Finish(Box::new(self.record(Millis::from_ms)?))),
+            TAG_FINISH => Ok(Event::Finish(Box::new(self.record(true)?))),
+            TAG_FINISH_MS => Ok(Event::Finish(Box::new(self.record(false)?))),
             _ => Err(DecodeError),
         }
     }
@@ -327,8 +334,14 @@ impl<'a> Reader<'a> {
         self.text()
     }
 
-    /// A record whose durations are read by `unit` (µs, or ms from an earlier version).
-    fn record(&mut self, unit: fn(u64) -> Millis) -> Result<ValidRecord, DecodeError> {
+    /// A finished record of tag [`TAG_FINISH`] (`current`), or of the earlier
+    /// [`TAG_FINISH_MS`]: durations in ms, without the fields added since.
+    fn record(&mut self, current: bool) -> Result<ValidRecord, DecodeError> {
+        let unit = if current {
+            Millis::from_micros
+        } else {
+            Millis::from_ms
+        };
         // Field initialisers run in the order written: the encoder's order.
         Ok(ValidRecord {
             request_id: self.opt_text()?.map(RequestId),
@@ -391,6 +404,10 @@ impl<'a> Reader<'a> {
                 .transpose()
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
+            // Written since tag 2 only.
+            provider_request_id: if current { self.opt_text()? } else { None },
+            cost_amount: if current { self.opt_text()? } else { None },
+            currency: if current { self.opt_text()? } else { None },
         })
     }
 }
@@ -440,6 +457,9 @@ mod tests {
             client_ip: Some("::1".into()),
             messages_count: Some(9),
             trace_id: Some("t".into()),
+            provider_request_id: Some("req_011".into()),
+            cost_amount: Some("12.5".into()),
+            currency: Some("CNY".into()),
         }
     }
 
@@ -464,6 +484,9 @@ mod tests {
             client_ip: None,
             messages_count: None,
             trace_id: None,
+            provider_request_id: None,
+            cost_amount: None,
+            currency: None,
             api_type: ApiType::Claude,
             cost_source: CostSource::Reported,
             status: 0,
@@ -496,6 +519,7 @@ mod tests {
     #[test]
     fn records_of_the_earlier_tag_are_read_in_milliseconds() {
         let mut r = full();
+        (r.provider_request_id, r.cost_amount, r.currency) = (None, None, None);
         r.duration_ms = Millis::from_ms(1500);
         r.ttfb_ms = Some(Millis::from_ms(12));
         let mut old = Vec::new();
@@ -506,6 +530,8 @@ mod tests {
         by_ms.ttfb_ms = Some(Millis::from_micros(12));
         let mut body = vec![TAG_FINISH_MS];
         record(&mut body, &by_ms);
+        // The earlier layout ends at trace_id: drop the three absent trailing fields.
+        body.truncate(body.len() - 3);
         let mut payload = 1u32.to_le_bytes().to_vec();
         payload.extend_from_slice(&body);
         assert_eq!(decode(&payload), Ok(vec![Event::Finish(Box::new(r))]));

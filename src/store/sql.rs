@@ -289,6 +289,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups",
         include_str!("../../migrations/sqlite/0004_rollups.sql"),
     ),
+    (
+        7,
+        "provider request id and currency",
+        include_str!("../../migrations/sqlite/0007_provider_request_id_and_currency.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -315,6 +320,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "rollups",
         include_str!("../../migrations/postgres/0005_rollups.sql"),
+    ),
+    (
+        8,
+        "provider request id and currency",
+        include_str!("../../migrations/postgres/0008_provider_request_id_and_currency.sql"),
     ),
 ];
 

@@ -1098,3 +1098,32 @@ async fn out_of_range_and_future_metric_points_are_refused_per_point() {
     );
     app.stop().await;
 }
+
+/// A failed Claude Code call is found in the log by the request id the CLI reported
+/// (`provider_request_id`), while its row keeps its own idempotency key.
+#[tokio::test]
+async fn a_failed_call_is_found_by_the_cli_request_id() {
+    let app = TestApp::start().await;
+    replay(&app, "api_error_final").await;
+    let n = app.metrics().await.value("ai_gateway_requests_total", &[]) as usize;
+    crate::sql_log::wait_rows(&app, None, n).await;
+    let (status, page) = crate::sql_log::get_json(
+        &app,
+        None,
+        "/api/v1/logs?provider_request_id=req_mock_49de9dd105284a96b27a",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{page}");
+    let row = &items[0];
+    assert_eq!(row["status"], 500, "{row}");
+    assert_eq!(row["provider_request_id"], "req_mock_49de9dd105284a96b27a");
+    assert!(
+        row["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("cc:")),
+        "the idempotency key is the event's own: {row}"
+    );
+    app.stop().await;
+}

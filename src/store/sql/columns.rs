@@ -103,6 +103,9 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
         Text(r.client_ip.as_deref()),
         Int8(r.messages_count.map(i64::from)),
         Text(r.trace_id.as_deref()),
+        Text(r.provider_request_id.as_deref()),
+        Text(r.cost_amount.as_deref()),
+        Text(r.currency.as_deref()),
     ]
 }
 
@@ -245,6 +248,9 @@ mod tests {
             client_ip: None,
             messages_count: None,
             trace_id: None,
+            provider_request_id: None,
+            cost_amount: None,
+            currency: None,
         };
         let json = serde_json::to_value(&e).expect("serializes");
         let keys: Vec<&str> = json
@@ -300,11 +306,15 @@ mod tests {
         .fetch_all(&pool)
         .await
         .expect("every column exists in SQLite");
-        // PostgreSQL's columns are all created by its first migration, one per line.
+        // PostgreSQL's columns are created by its first migration, one per line, or added by a
+        // later one (`ADD COLUMN`).
         let postgres = include_str!("../../../migrations/postgres/0001_request_log.sql");
+        let added =
+            include_str!("../../../migrations/postgres/0008_provider_request_id_and_currency.sql");
         for (name, _) in FIELDS {
             assert!(
-                postgres.contains(&format!("\n    {name} ")),
+                postgres.contains(&format!("\n    {name} "))
+                    || added.contains(&format!("ADD COLUMN {name} ")),
                 "no PostgreSQL migration creates {name}"
             );
         }
