@@ -76,6 +76,7 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     server: RawServer,
     live_store: Option<String>,
     ingest: RawIngest,
@@ -238,6 +239,8 @@ pub enum LiveStoreKind {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// A separate listener for `/metrics` (then not served on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts, cap and shutdown deadline.
     pub server: ServerConfig,
     /// Live store backend.
@@ -321,6 +324,13 @@ impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         // The order of the checks decides which error a file with several is told about.
         let listen = listen(self.listen, env)?;
+        let metrics_listen = metrics_listen(self.metrics_listen, env)?;
+        if metrics_listen == Some(listen) {
+            return Err(invalid(
+                "metrics_listen",
+                format!("{listen} is the main listener's address"),
+            ));
+        }
         let server = self.server.validate()?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
@@ -339,6 +349,7 @@ impl RawConfig {
         let analytics = self.analytics.validate()?;
         Ok(Config {
             listen,
+            metrics_listen,
             server,
             live_store,
             ingest,
@@ -354,6 +365,29 @@ impl RawConfig {
             analytics,
         })
     }
+}
+
+/// Environment variable setting `metrics_listen`.
+pub const ENV_METRICS_LISTEN: &str = "GATEMETER_METRICS_LISTEN";
+
+/// `metrics_listen`, or `GATEMETER_METRICS_LISTEN` over it; unset or empty: none.
+fn metrics_listen(
+    raw: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let (key, v) = match env(ENV_METRICS_LISTEN) {
+        Some(v) => (ENV_METRICS_LISTEN, v),
+        None => ("metrics_listen", raw.unwrap_or_default()),
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|e| {
+        invalid(
+            key,
+            format!("{v:?} is not an address like 127.0.0.1:9464: {e}"),
+        )
+    })
 }
 
 /// `listen`, or `GATEMETER_LISTEN` over it.

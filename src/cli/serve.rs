@@ -14,7 +14,15 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.listen)?;
     gatemeter::server::raise_file_limit(config.server.max_connections);
     let listener = bind(&config).await?;
-    let app = App::build(&config, listener).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?,
+        ),
+        None => None,
+    };
+    let app = App::build_with_metrics(&config, listener, metrics_listener).await?;
     let log = config
         .log_store
         .as_ref()
@@ -24,6 +32,9 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
         });
     let shutdown = shutdown_signal();
     tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(metrics = %addr, "Serving /metrics on its own listener.");
+    }
     app.run(shutdown).await?;
     Ok(())
 }

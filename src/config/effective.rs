@@ -177,6 +177,10 @@ pub fn yaml(c: &Config) -> String {
         .put("refresh_secs", an.refresh_secs);
     let mut root = Map::default()
         .put("listen", c.listen.to_string())
+        .put(
+            "metrics_listen",
+            c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        )
         .put("server", server.value())
         .put(
             "live_store",

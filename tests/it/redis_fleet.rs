@@ -520,7 +520,7 @@ fn check_config_shows_the_redis_settings_without_the_password() {
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("live_store: Redis"), "{stdout}");
+    assert!(stdout.contains("live_store: redis"), "{stdout}");
     assert!(stdout.contains("redis://***@127.0.0.1:6399/0"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
