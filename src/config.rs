@@ -693,6 +693,8 @@ struct RawLogStore {
     log_retention_days: Option<u32>,
     export_max_rows: Option<u64>,
     rollups: Option<bool>,
+    queue_bytes: Option<u64>,
+    sqlite_cache_bytes: Option<u64>,
 }
 
 impl RawLogStore {
@@ -737,6 +739,27 @@ impl RawLogStore {
                 ));
             }
         };
+        let bytes = |key: &str, v: Option<u64>, default: u64| {
+            let v = v.unwrap_or(default);
+            if ((1 << 20)..=(1 << 40)).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{v} is not between 1048576 (1 MiB) and 2^40"),
+                ))
+            }
+        };
+        let queue_bytes = bytes(
+            "log_store.queue_bytes",
+            self.queue_bytes,
+            crate::store::sql::DEFAULT_QUEUE_BYTES as u64,
+        )? as usize;
+        let sqlite_cache_bytes = bytes(
+            "log_store.sqlite_cache_bytes",
+            self.sqlite_cache_bytes,
+            crate::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
+        )?;
         let cfg = SqlConfig {
             queue_capacity: positive(
                 "log_store.queue_capacity",
@@ -758,6 +781,8 @@ impl RawLogStore {
             )?,
             retention_days: self.log_retention_days.unwrap_or(30),
             rollups: self.rollups.unwrap_or(true),
+            queue_bytes,
+            sqlite_cache_bytes,
             backend,
         };
         Ok((Some(cfg), export_max_rows))

@@ -280,6 +280,41 @@ pub struct ValidRecord {
 }
 
 impl ValidRecord {
+    /// The memory a boxed record holds, in bytes (the struct, and the text too long to be kept
+    /// inline): what byte-sized queues count.
+    pub fn approx_bytes(&self) -> usize {
+        let heap = |s: &str| if s.len() > 24 { s.len() } else { 0 };
+        let opt = |s: &Option<CompactString>| s.as_deref().map_or(0, heap);
+        let texts = [
+            &self.user,
+            &self.user_id,
+            &self.key,
+            &self.key_id,
+            &self.session_id,
+            &self.error,
+            &self.blocked_by,
+            &self.block_reason,
+            &self.user_agent,
+            &self.client_ip,
+            &self.trace_id,
+            &self.provider_request_id,
+            &self.cost_amount,
+            &self.original_model,
+            &self.instance,
+            &self.currency,
+        ];
+        std::mem::size_of::<Self>()
+            + texts.iter().map(|t| opt(t)).sum::<usize>()
+            + self.request_id.as_ref().map_or(0, |r| heap(r.as_str()))
+            + heap(&self.namespace)
+            + heap(&self.provider)
+            + heap(&self.model)
+            + heap(&self.endpoint)
+            + heap(&self.method)
+            + self.provider_chain.capacity() * std::mem::size_of::<CompactString>()
+            + self.provider_chain.iter().map(|p| heap(p)).sum::<usize>()
+    }
+
     /// 2xx and 3xx are successes; 4xx, 5xx and 0 (no response) are failures.
     pub fn is_success(&self) -> bool {
         is_success_status(self.status)

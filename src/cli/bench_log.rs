@@ -268,6 +268,8 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
             queue_capacity: 200_000,
             retention_days: 0,
             rollups: !args.no_rollups,
+            queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+            sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
         },
         rows: args.rows,
         seed: args.seed,

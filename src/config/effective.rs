@@ -147,6 +147,8 @@ pub fn yaml(c: &Config) -> String {
                     .put("url", redact_url(url)),
             };
             m.put("queue_capacity", sql.queue_capacity as u64)
+                .put("queue_bytes", sql.queue_bytes as u64)
+                .put("sqlite_cache_bytes", sql.sqlite_cache_bytes)
                 .put("batch_rows", sql.batch_rows as u64)
                 .put("write_concurrency", sql.write_concurrency as u64)
                 .put("log_retention_days", u64::from(sql.retention_days))

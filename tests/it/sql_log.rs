@@ -597,6 +597,8 @@ pub(crate) async fn open_log_with(
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, health).await.expect("log opens");
     (log, dir, url)
@@ -781,6 +783,8 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -953,6 +957,8 @@ pub async fn retention_task_deletes_old_rows(db: Db) {
         write_concurrency: 2,
         retention_days: 30,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -1006,6 +1012,8 @@ pub async fn shutdown_flushes_the_log(db: Db) {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -1356,6 +1364,8 @@ async fn open_postgres_log(url: &str) -> SqlLog {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await

@@ -56,6 +56,8 @@ pub(crate) struct Writer {
     pub backend: Backend,
     pub setup: Arc<Setup>,
     pub depth: Arc<AtomicUsize>,
+    /// Their bytes ([`ValidRecord::approx_bytes`]), released with them.
+    pub bytes: Arc<AtomicUsize>,
     pub health: Arc<Health>,
     /// Told once, at a closing deadline: stop writing, count what is left as failed.
     pub abandon: Arc<Notify>,
@@ -70,6 +72,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         backend,
         setup,
         depth,
+        bytes,
         health,
         abandon,
         batch_rows,
@@ -95,9 +98,10 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         while in_flight.len() < max_in_flight && !pending.is_empty() {
             let take = pending.len().min(batch_rows);
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
+            let size: usize = batch.iter().map(|r| r.approx_bytes()).sum();
             let start = taken;
             taken += take as u64;
-            in_flight_starts.insert(start, take);
+            in_flight_starts.insert(start, (take, size));
             let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
             in_flight.push(async move {
                 write_with_retry(&backend, &setup, &batch, &health, rollups).await;
@@ -121,8 +125,9 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         }
         tokio::select! {
             Some((start, n)) = in_flight.next(), if !in_flight.is_empty() => {
-                in_flight_starts.remove(&start);
+                let size = in_flight_starts.remove(&start).map_or(0, |(_, size)| size);
                 depth.fetch_sub(n, Relaxed);
+                bytes.fetch_sub(size, Relaxed);
             }
             k = rx.recv_many(&mut inbox, 64), if open => {
                 if k == 0 {
@@ -142,15 +147,22 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                 // Writes in flight are cancelled (a transaction not committed is rolled back);
                 // everything not known to be written is counted.
                 drop(in_flight);
-                let mut lost: usize = in_flight_starts.values().sum::<usize>() + pending.len();
+                let mut lost: usize = in_flight_starts.values().map(|(n, _)| n).sum::<usize>()
+                    + pending.len();
+                let mut lost_bytes: usize = in_flight_starts.values().map(|(_, b)| b).sum::<usize>()
+                    + pending.iter().map(|r| r.approx_bytes()).sum::<usize>();
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
                     match msg {
-                        Msg::Records(r) => lost += r.len(),
+                        Msg::Records(r) => {
+                            lost += r.len();
+                            lost_bytes += r.iter().map(|r| r.approx_bytes()).sum::<usize>();
+                        }
                         Msg::Flush(ack) => acks.push((received, ack)),
                     }
                 }
                 depth.fetch_sub(lost, Relaxed);
+                bytes.fetch_sub(lost_bytes, Relaxed);
                 if lost > 0 {
                     tracing::error!(
                         rows = lost,
