@@ -174,6 +174,11 @@ struct RawOtlpExport {
     queue_capacity: Option<usize>,
     timeout_ms: Option<u64>,
     max_retries: Option<u32>,
+    /// Header → value; `${VAR}` in a value is replaced by the environment variable `VAR`.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// `none` (default) or `gzip`.
+    compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,7 +343,7 @@ impl RawConfig {
         let (ingest, pipeline) = self.ingest.validate(self.pipeline)?;
         let prices = Arc::new(self.pricing.validate()?);
         let otlp = self.otlp.validate()?;
-        let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
+        let otlp_export = self.otlp_export.map(|x| x.validate(env)).transpose()?;
         let data_dir = env(ENV_DATA_DIR)
             .map(PathBuf::from)
             .or_else(|| self.log_store.data_dir.clone())
@@ -622,10 +627,54 @@ impl RawOtlp {
     }
 }
 
+/// `${VAR}` references in `value` replaced by the environment; `Err(VAR)` for one unset.
+fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            out.push_str(&rest[at..]);
+            return Ok(out);
+        };
+        let var = &rest[at + 2..at + end];
+        out.push_str(&env(var).ok_or_else(|| var.to_string())?);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 impl RawOtlpExport {
     /// `otlp_export:`.
-    fn validate(self) -> Result<OtlpExportConfig, ConfigError> {
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OtlpExportConfig, ConfigError> {
         let x = self;
+        let mut headers = Vec::new();
+        for (name, value) in &x.headers {
+            let key = format!("otlp_export.headers.{name}");
+            let n = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&key, "is not an HTTP header name"))?;
+            let v = expand_env(value, env)
+                .map_err(|var| invalid(&key, format!("environment variable {var} is not set")))?;
+            // The value is a secret: the message never shows it.
+            let mut v = hyper::header::HeaderValue::from_str(&v)
+                .map_err(|_| invalid(&key, "is not a valid header value"))?;
+            v.set_sensitive(true);
+            headers.push((n, v));
+        }
+        let gzip = match x.compression.as_deref() {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "otlp_export.compression",
+                    format!("{other:?} is not none or gzip"),
+                ));
+            }
+        };
         let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
             invalid(
                 "otlp_export.endpoint",
@@ -661,6 +710,8 @@ impl RawOtlpExport {
             )?,
             timeout: ms("otlp_export.timeout_ms", x.timeout_ms, 10_000)?,
             max_retries: x.max_retries.unwrap_or(5).min(100),
+            headers,
+            gzip,
         })
     }
 }

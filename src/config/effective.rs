@@ -205,6 +205,14 @@ pub fn yaml(c: &Config) -> String {
                 .put("queue_capacity", x.queue_capacity as u64)
                 .ms("timeout_ms", x.timeout)
                 .put("max_retries", u64::from(x.max_retries))
+                .put("compression", if x.gzip { "gzip" } else { "none" })
+                .put("headers", {
+                    let mut h = Map::default();
+                    for (name, _) in &x.headers {
+                        h = h.put(name.as_str(), HIDDEN);
+                    }
+                    h.value()
+                })
                 .value(),
         );
     }

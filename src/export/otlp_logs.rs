@@ -52,7 +52,7 @@ use crate::record::{Millis, ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 
 /// OTLP log export of request records (`otlp_export:`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OtlpExportConfig {
     /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
     pub endpoint: hyper::Uri,
@@ -66,6 +66,35 @@ pub struct OtlpExportConfig {
     pub timeout: Duration,
     /// Retries of one batch (on 429/502/503/504 or a connection failure) before it is dropped.
     pub max_retries: u32,
+    /// Headers sent with every request (authentication: their values are secrets, marked
+    /// sensitive and never printed).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// Gzip the request bodies.
+    pub gzip: bool,
+}
+
+impl std::fmt::Debug for OtlpExportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("OtlpExportConfig")
+            .field("endpoint", &self.endpoint)
+            .field("batch_size", &self.batch_size)
+            .field("interval", &self.interval)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("headers (values hidden)", &names)
+            .field("gzip", &self.gzip)
+            .finish()
+    }
+}
+
+/// `body` gzipped (the export's `compression: gzip`).
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(body)?;
+    e.finish()
 }
 
 label_enum! {
@@ -276,24 +305,38 @@ impl Client {
         stats: &ExportStats,
     ) {
         let n = batch.len() as u64;
-        let body = Bytes::from(encode_batch(&batch).encode_to_vec());
+        let raw = encode_batch(&batch).encode_to_vec();
+        let (body, gzipped) = match self.cfg.gzip.then(|| gzip(&raw)) {
+            Some(Ok(z)) => (z, true),
+            // Writing into memory does not fail; were it to, the batch goes uncompressed.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Could not gzip an OTLP export batch.");
+                (raw, false)
+            }
+            None => (raw, false),
+        };
+        let body = Bytes::from(body);
         drop(batch);
         queued.fetch_sub(n as usize, Relaxed);
         let mut attempt = 0u32;
         loop {
-            let outcome =
-                match tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "OTLP log export request failed.");
-                        self.sender = None;
-                        Attempt::Retry(None)
-                    }
-                    Err(_) => {
-                        self.sender = None;
-                        Attempt::Retry(None)
-                    }
-                };
+            let outcome = match tokio::time::timeout(
+                self.cfg.timeout,
+                self.post(body.clone(), gzipped),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "OTLP log export request failed.");
+                    self.sender = None;
+                    Attempt::Retry(None)
+                }
+                Err(_) => {
+                    self.sender = None;
+                    Attempt::Retry(None)
+                }
+            };
             match outcome {
                 Attempt::Delivered { rejected } => {
                     let rejected = rejected.min(n);
@@ -327,7 +370,7 @@ impl Client {
         }
     }
 
-    async fn post(&mut self, body: Bytes) -> Result<Attempt, String> {
+    async fn post(&mut self, body: Bytes, gzipped: bool) -> Result<Attempt, String> {
         let sender = match &mut self.sender {
             Some(s) if !s.is_closed() => s,
             _ => {
@@ -356,6 +399,12 @@ impl Client {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
+        if gzipped {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, value) in &self.cfg.headers {
+            h.insert(name.clone(), value.clone());
+        }
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let retry_after = resp
