@@ -348,8 +348,14 @@ impl RawConfig {
             .map(PathBuf::from)
             .or_else(|| self.log_store.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("data"));
-        let (log_store, export_max_rows) = self.log_store.validate(env)?;
+        let queue_bytes_set = self.log_store.queue_bytes.is_some();
+        let (mut log_store, export_max_rows) = self.log_store.validate(env)?;
         let spool = self.spool.validate(self.durability, &data_dir, env)?;
+        if let (Some(l), Some(_), false) = (log_store.as_mut(), &spool, queue_bytes_set) {
+            // With the spool a record dropped from the log's queue is an acknowledged record
+            // missing from the log: the queue is bounded by `queue_capacity` alone by default.
+            l.queue_bytes = 1 << 40;
+        }
         let auth = self.auth.validate(env)?;
         let analytics = self.analytics.validate()?;
         Ok(Config {
@@ -970,6 +976,27 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    /// The log queue's byte budget: 32 MiB by default, unbounded with the spool unless set
+    /// (a record dropped there would be acknowledged and missing from the log).
+    #[test]
+    fn the_log_queue_bytes_follow_durability() {
+        let bytes = |yaml: &str| {
+            parse(yaml)
+                .expect("valid")
+                .log_store
+                .expect("log")
+                .queue_bytes
+        };
+        assert_eq!(bytes(""), crate::store::sql::DEFAULT_QUEUE_BYTES);
+        assert_eq!(bytes("durability: spool\n"), 1 << 40);
+        assert_eq!(
+            bytes("durability: spool\nlog_store: {queue_bytes: 67108864}\n"),
+            64 << 20
+        );
+        let err = parse("log_store: {queue_bytes: 5}\n").expect_err("too small");
+        assert!(err.to_string().contains("log_store.queue_bytes"), "{err}");
     }
 
     #[test]
