@@ -19,7 +19,7 @@ use crate::catalog::{
     DURATION_BUCKETS, GENAI_DURATION_BUCKETS, GENAI_TOKEN_BUCKETS, OVERFLOW_LABEL,
 };
 use crate::record::{
-    CostSource, Event, Label, RequestId, StartMarker, Tokens, ValidRecord, genai_operation,
+    CostSource, Event, Label, Millis, RequestId, StartMarker, Tokens, ValidRecord, genai_operation,
 };
 
 pub use latency::{Latency, SparseLatency};
@@ -88,10 +88,10 @@ pub struct Latencies {
     pub duration: Latency,
     /// Time to first byte/token, for records that report it.
     pub ttfb: Latency,
-    /// Exact sums of the values in `duration` and `ttfb`, ms: the histograms' `_sum` (a
+    /// Exact sums of the values in `duration` and `ttfb`, µs: the histograms' `_sum` (a
     /// scope's own duration sum leaves out what `__overflow__` holds for scopes without
     /// histograms, and counts what it gave away).
-    pub sums_ms: [u64; 2],
+    pub sums_us: [u64; 2],
 }
 
 impl Latencies {
@@ -99,16 +99,17 @@ impl Latencies {
     pub fn merge(&mut self, other: &Latencies) {
         self.duration.merge(&other.duration);
         self.ttfb.merge(&other.ttfb);
-        self.sums_ms[0] += other.sums_ms[0];
-        self.sums_ms[1] += other.sums_ms[1];
+        self.sums_us[0] += other.sums_us[0];
+        self.sums_us[1] += other.sums_us[1];
     }
 
     fn record(&mut self, r: &ValidRecord) {
-        self.duration.record(r.duration_ms);
-        self.sums_ms[0] += r.duration_ms;
+        let us = r.duration_ms.micros();
+        self.duration.record(us);
+        self.sums_us[0] += us;
         if let Some(t) = r.ttfb_ms {
-            self.ttfb.record(t);
-            self.sums_ms[1] += t;
+            self.ttfb.record(t.micros());
+            self.sums_us[1] += t.micros();
         }
     }
 }
@@ -146,9 +147,10 @@ pub struct ScopeAgg {
     pub requests: u64,
     /// Failed requests (4xx, 5xx, no response).
     pub failures: u64,
-    /// Sum of durations, ms.
+    /// Sum of durations, each rounded to the whole ms (as the request log and the seed's
+    /// `total_response_time` keep them; the exact sums are `latency.sums_us`).
     pub duration_ms_sum: u64,
-    /// Sum of time-to-first-byte, ms.
+    /// Sum of time-to-first-byte, each rounded to the whole ms.
     pub ttfb_ms_sum: u64,
     /// Tokens by type.
     pub tokens: Tokens,
@@ -178,8 +180,8 @@ impl ScopeAgg {
         if !r.is_success() {
             self.failures += 1;
         }
-        self.duration_ms_sum += r.duration_ms;
-        self.ttfb_ms_sum += r.ttfb_ms.unwrap_or(0);
+        self.duration_ms_sum += r.duration_ms.whole_ms();
+        self.ttfb_ms_sum += r.ttfb_ms.map_or(0, Millis::whole_ms);
         self.tokens.add(&r.tokens);
         self.cost_micros += r.cost_micros;
         if r.cost_source == CostSource::Unpriced {
@@ -195,8 +197,8 @@ impl ScopeAgg {
     /// elsewhere): requests, failures, duration and TTFB sums, tokens, cost.
     fn record_usage_timed(&mut self, r: &ValidRecord) {
         self.record_usage(r);
-        self.duration_ms_sum += r.duration_ms;
-        self.ttfb_ms_sum += r.ttfb_ms.unwrap_or(0);
+        self.duration_ms_sum += r.duration_ms.whole_ms();
+        self.ttfb_ms_sum += r.ttfb_ms.map_or(0, Millis::whole_ms);
     }
 
     /// Counts a record's usage only (user and key scopes: no latency, no status codes).

@@ -40,6 +40,8 @@ use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlL
 pub struct App {
     listener: TcpListener,
     router: Router,
+    /// The separate metrics listener (`metrics_listen`) and its router (`/metrics`, `/healthz`).
+    metrics: Option<(TcpListener, Router)>,
     pipeline: Pipeline,
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
@@ -82,9 +84,27 @@ impl App {
     /// Wires everything for `config` onto an already bound `listener` (tests bind port 0):
     /// opens the request log (running its migrations) and refuses an open non-loopback listener.
     pub async fn build(config: &Config, listener: TcpListener) -> Result<Self, AppError> {
+        Self::build_with_metrics(config, listener, None).await
+    }
+
+    /// [`App::build`] with `/metrics` on its own listener (`metrics_listen`, bound by the
+    /// caller): the main listener then serves no `/metrics`, the metrics listener nothing else
+    /// but `/healthz`. The same open-listener rule applies to both.
+    pub async fn build_with_metrics(
+        config: &Config,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+    ) -> Result<Self, AppError> {
         let addr = listener.local_addr()?;
-        if !config.auth.has_tokens() && !config.auth.allow_open && !addr.ip().is_loopback() {
+        let open = !config.auth.has_tokens() && !config.auth.allow_open;
+        if open && !addr.ip().is_loopback() {
             return Err(AppError::OpenNonLoopback(addr));
+        }
+        if let Some(m) = &metrics_listener {
+            let addr = m.local_addr()?;
+            if open && !addr.ip().is_loopback() {
+                return Err(AppError::OpenNonLoopback(addr));
+            }
         }
         let health = Arc::new(
             Health::new(config.pipeline.queue_capacity)
@@ -180,7 +200,7 @@ impl App {
             readers.push(task);
             gauges
         });
-        let mut router = router(
+        let (mut router, metrics_router) = router(
             config,
             pipeline.clone(),
             spool.clone(),
@@ -189,6 +209,16 @@ impl App {
             gauges,
             probes.clone(),
         );
+        let metrics = match metrics_listener {
+            Some(l) => Some((
+                l,
+                metrics_router.route("/healthz", get(crate::api::healthz)),
+            )),
+            None => {
+                router = router.merge(metrics_router);
+                None
+            }
+        };
         let auth = Auth::new(config.auth.clone());
         let analytics = AnalyticsApi {
             log: rollups,
@@ -228,6 +258,7 @@ impl App {
         Ok(Self {
             listener,
             router,
+            metrics,
             pipeline,
             aggregator,
             claude_code: Some(claude_code),
@@ -244,6 +275,11 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The address of the separate metrics listener, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then drains: in-flight requests get until
     /// `server.shutdown_timeout` (then their connections are closed), queued records are
     /// aggregated and flushed, the request log is closed.
@@ -254,6 +290,7 @@ impl App {
         let Self {
             listener,
             router,
+            metrics,
             pipeline,
             aggregator,
             claude_code,
@@ -265,7 +302,33 @@ impl App {
         } = self;
         drop(pipeline);
         drop(claude_code);
-        server::serve(listener, router, server_config, health, shutdown).await;
+        match metrics {
+            None => server::serve(listener, router, server_config, health, shutdown).await,
+            Some((metrics_listener, metrics_router)) => {
+                // One shutdown for both listeners: the main one's, passed on when it resolves
+                // (or when the main server stops and drops the sender).
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let mut wait = stopped.clone();
+                let metrics_server = tokio::spawn(server::serve(
+                    metrics_listener,
+                    metrics_router,
+                    server_config,
+                    health.clone(),
+                    async move {
+                        let _ = wait.wait_for(|s| *s).await;
+                    },
+                ));
+                server::serve(listener, router, server_config, health, async move {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                })
+                .await;
+                // Sent, or the sender is gone with the main server's future: either ends
+                // `wait_for`.
+                drop(stopped);
+                let _ = metrics_server.await;
+            }
+        }
         for task in readers {
             task.abort();
         }
@@ -285,7 +348,8 @@ impl App {
     }
 }
 
-/// The HTTP routes. A path no route matches goes to the fallback, which serves OTLP paths
+/// The HTTP routes, and apart the guarded `/metrics` (merged in unless it has a listener of its
+/// own). A path no route matches goes to the fallback, which serves OTLP paths
 /// under a prefix (`/some/prefix/v1/logs`) by handing them, rewritten to their canonical path,
 /// to the guarded ingest router, so every layer on the ingest routes applies to them too.
 pub fn router(
@@ -296,7 +360,7 @@ pub fn router(
     otlp: OtlpSource,
     analytics: Option<Arc<AnalyticsGauges>>,
     probes: Arc<Probes>,
-) -> Router {
+) -> (Router, Router) {
     let otlp_ingest = Arc::new(OtlpIngest {
         pipeline: pipeline.clone(),
         spool: spool.clone(),
@@ -347,12 +411,12 @@ pub fn router(
     // fallback, so only unmatched paths pay for the check (a layer on every request cost the
     // single-record path ~15 % of its throughput).
     let prefixed = ingest.clone();
-    Router::new()
+    let main = Router::new()
         .merge(ingest)
-        .merge(auth.guard(metrics_routes, Access::Metrics))
         .route("/healthz", get(crate::api::healthz))
         .route("/readyz", get(crate::api::readyz).with_state(pipeline))
-        .fallback(move |req: Request| otlp_under_prefix(prefixed.clone(), req))
+        .fallback(move |req: Request| otlp_under_prefix(prefixed.clone(), req));
+    (main, auth.guard(metrics_routes, Access::Metrics))
 }
 
 /// Serves `/<prefix>/v1/{logs,metrics,traces}` as `/v1/...`; anything else is a 404.

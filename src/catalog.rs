@@ -98,7 +98,7 @@ metric!(
     "ai_gateway_namespace_requests",
     Counter,
     None,
-    ["namespace"],
+    ["namespace", "namespace_code"],
     "Requests completed per namespace."
 );
 metric!(
@@ -106,7 +106,7 @@ metric!(
     "ai_gateway_namespace_concurrent_requests",
     Gauge,
     None,
-    ["namespace"],
+    ["namespace", "namespace_code"],
     "Requests started but not yet finished, per namespace (two-phase ingest)."
 );
 metric!(
@@ -114,7 +114,7 @@ metric!(
     "ai_gateway_namespace_response_time_seconds",
     Gauge,
     S,
-    ["namespace"],
+    ["namespace", "namespace_code"],
     "Average response time since start, per namespace."
 );
 metric!(
@@ -122,7 +122,7 @@ metric!(
     "ai_gateway_namespace_status_codes",
     Counter,
     None,
-    ["namespace", "status_code"],
+    ["namespace", "namespace_code", "status_code"],
     "Requests per namespace and final HTTP status code (0 = no response)."
 );
 metric!(

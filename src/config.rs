@@ -25,6 +25,7 @@ use crate::store::sql::{SqlBackend, SqlConfig};
 pub use crate::export::otlp_logs::OtlpExportConfig;
 pub use crate::ingest::native::IngestConfig;
 
+pub mod effective;
 pub mod probes;
 pub mod redis;
 
@@ -77,6 +78,7 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     server: RawServer,
     live_store: Option<String>,
     ingest: RawIngest,
@@ -183,6 +185,11 @@ struct RawOtlpExport {
     queue_capacity: Option<usize>,
     timeout_ms: Option<u64>,
     max_retries: Option<u32>,
+    /// Header → value; `${VAR}` in a value is replaced by the environment variable `VAR`.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// `none` (default) or `gzip`.
+    compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +216,8 @@ struct RawPipeline {
 struct RawPricing {
     provider_multipliers: HashMap<String, f64>,
     models: BTreeMap<String, RawPrice>,
+    /// Currency → USD per unit; numbers are read as the decimal they are written as.
+    exchange_rates: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +255,8 @@ pub enum LiveStoreKind {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// A separate listener for `/metrics` (then not served on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts, cap and shutdown deadline.
     pub server: ServerConfig,
     /// Live store backend.
@@ -333,6 +344,13 @@ impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         // The order of the checks decides which error a file with several is told about.
         let listen = listen(self.listen, env)?;
+        let metrics_listen = metrics_listen(self.metrics_listen, env)?;
+        if metrics_listen == Some(listen) {
+            return Err(invalid(
+                "metrics_listen",
+                format!("{listen} is the main listener's address"),
+            ));
+        }
         let server = self.server.validate()?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
@@ -340,22 +358,29 @@ impl RawConfig {
         let (mut ingest, pipeline) = self.ingest.validate(self.pipeline)?;
         let prices = Arc::new(self.pricing.validate()?);
         let otlp = self.otlp.validate()?;
-        let otlp_export = self.otlp_export.map(RawOtlpExport::validate).transpose()?;
+        let otlp_export = self.otlp_export.map(|x| x.validate(env)).transpose()?;
         let data_dir = env(ENV_DATA_DIR)
             .map(PathBuf::from)
             .or_else(|| self.log_store.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("data"));
-        let (log_store, export_max_rows, keep_requests) = self.log_store.validate(env)?;
+        let queue_bytes_set = self.log_store.queue_bytes.is_some();
+        let (mut log_store, export_max_rows, keep_requests) = self.log_store.validate(env)?;
         ingest.keep_requests = keep_requests;
         let backup = BackupConfig {
             pg_dump_path: self.backup.pg_dump_path,
         };
         let spool = self.spool.validate(self.durability, &data_dir, env)?;
+        if let (Some(l), Some(_), false) = (log_store.as_mut(), &spool, queue_bytes_set) {
+            // With the spool a record dropped from the log's queue is an acknowledged record
+            // missing from the log: the queue is bounded by `queue_capacity` alone by default.
+            l.queue_bytes = 1 << 40;
+        }
         let auth = self.auth.validate(env)?;
         let analytics = self.analytics.validate()?;
         let probes = probes::validate(self.probes, env)?;
         Ok(Config {
             listen,
+            metrics_listen,
             server,
             live_store,
             ingest,
@@ -373,6 +398,29 @@ impl RawConfig {
             backup,
         })
     }
+}
+
+/// Environment variable setting `metrics_listen`.
+pub const ENV_METRICS_LISTEN: &str = "GATEMETER_METRICS_LISTEN";
+
+/// `metrics_listen`, or `GATEMETER_METRICS_LISTEN` over it; unset or empty: none.
+fn metrics_listen(
+    raw: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let (key, v) = match env(ENV_METRICS_LISTEN) {
+        Some(v) => (ENV_METRICS_LISTEN, v),
+        None => ("metrics_listen", raw.unwrap_or_default()),
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|e| {
+        invalid(
+            key,
+            format!("{v:?} is not an address like 127.0.0.1:9464: {e}"),
+        )
+    })
 }
 
 /// `listen`, or `GATEMETER_LISTEN` over it.
@@ -557,16 +605,40 @@ impl RawPricing {
             .map_err(|m| invalid(format!("pricing.models.{name}"), m))?;
             models.insert(name, price);
         }
-        PriceTable::new(models, self.provider_multipliers).map_err(|m| invalid("pricing", m))
+        let mut rates = HashMap::new();
+        for (code, v) in self.exchange_rates {
+            // A YAML number prints as its shortest exact decimal (0.138 → "0.138"); the
+            // price table parses that text into integers, so no float touches money.
+            let text = match v {
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::String(s) => s,
+                other => {
+                    return Err(invalid(
+                        format!("pricing.exchange_rates.{code}"),
+                        format!("{other:?} is not a decimal number"),
+                    ));
+                }
+            };
+            rates.insert(code, text);
+        }
+        PriceTable::with_rates(models, self.provider_multipliers, rates)
+            .map_err(|m| invalid("pricing", m))
     }
 }
+
+/// The resource attribute that names a Claude Code request's namespace unless configured.
+pub const DEFAULT_NAMESPACE_ATTRIBUTE: &str = "team.id";
 
 impl RawOtlp {
     /// `otlp:`: the mapping of log records and points, and the Claude Code state's bounds.
     fn validate(self) -> Result<OtlpConfig, ConfigError> {
         Ok(OtlpConfig {
             mapping: crate::claude_code::mapping::Mapping {
-                namespace_attribute: self.namespace_attribute.filter(|a| !a.is_empty()),
+                // Claude Code's documentation suggests `team.id` for teams; `""` turns it off.
+                namespace_attribute: match self.namespace_attribute {
+                    None => Some(DEFAULT_NAMESPACE_ATTRIBUTE.to_string()),
+                    Some(a) => Some(a).filter(|a| !a.is_empty()),
+                },
                 label_allowlist: self.label_allowlist,
                 genai_event_sources: self.genai_event_sources,
             },
@@ -586,10 +658,54 @@ impl RawOtlp {
     }
 }
 
+/// `${VAR}` references in `value` replaced by the environment; `Err(VAR)` for one unset.
+fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            out.push_str(&rest[at..]);
+            return Ok(out);
+        };
+        let var = &rest[at + 2..at + end];
+        out.push_str(&env(var).ok_or_else(|| var.to_string())?);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 impl RawOtlpExport {
     /// `otlp_export:`.
-    fn validate(self) -> Result<OtlpExportConfig, ConfigError> {
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OtlpExportConfig, ConfigError> {
         let x = self;
+        let mut headers = Vec::new();
+        for (name, value) in &x.headers {
+            let key = format!("otlp_export.headers.{name}");
+            let n = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&key, "is not an HTTP header name"))?;
+            let v = expand_env(value, env)
+                .map_err(|var| invalid(&key, format!("environment variable {var} is not set")))?;
+            // The value is a secret: the message never shows it.
+            let mut v = hyper::header::HeaderValue::from_str(&v)
+                .map_err(|_| invalid(&key, "is not a valid header value"))?;
+            v.set_sensitive(true);
+            headers.push((n, v));
+        }
+        let gzip = match x.compression.as_deref() {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "otlp_export.compression",
+                    format!("{other:?} is not none or gzip"),
+                ));
+            }
+        };
         let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
             invalid(
                 "otlp_export.endpoint",
@@ -625,6 +741,8 @@ impl RawOtlpExport {
             )?,
             timeout: ms("otlp_export.timeout_ms", x.timeout_ms, 10_000)?,
             max_retries: x.max_retries.unwrap_or(5).min(100),
+            headers,
+            gzip,
         })
     }
 }
@@ -659,6 +777,8 @@ struct RawLogStore {
     rollups: Option<bool>,
     store_requests: Option<bool>,
     max_request_bytes: Option<usize>,
+    queue_bytes: Option<u64>,
+    sqlite_cache_bytes: Option<u64>,
 }
 
 impl RawLogStore {
@@ -713,6 +833,27 @@ impl RawLogStore {
                 ));
             }
         };
+        let bytes = |key: &str, v: Option<u64>, default: u64| {
+            let v = v.unwrap_or(default);
+            if ((1 << 20)..=(1 << 40)).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{v} is not between 1048576 (1 MiB) and 2^40"),
+                ))
+            }
+        };
+        let queue_bytes = bytes(
+            "log_store.queue_bytes",
+            self.queue_bytes,
+            crate::store::sql::DEFAULT_QUEUE_BYTES as u64,
+        )? as usize;
+        let sqlite_cache_bytes = bytes(
+            "log_store.sqlite_cache_bytes",
+            self.sqlite_cache_bytes,
+            crate::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
+        )?;
         let cfg = SqlConfig {
             queue_capacity: positive(
                 "log_store.queue_capacity",
@@ -734,6 +875,8 @@ impl RawLogStore {
             )?,
             retention_days: self.log_retention_days.unwrap_or(30),
             rollups: self.rollups.unwrap_or(true),
+            queue_bytes,
+            sqlite_cache_bytes,
             backend,
         };
         Ok((Some(cfg), export_max_rows, keep_requests))
@@ -870,6 +1013,27 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    /// The log queue's byte budget: 32 MiB by default, unbounded with the spool unless set
+    /// (a record dropped there would be acknowledged and missing from the log).
+    #[test]
+    fn the_log_queue_bytes_follow_durability() {
+        let bytes = |yaml: &str| {
+            parse(yaml)
+                .expect("valid")
+                .log_store
+                .expect("log")
+                .queue_bytes
+        };
+        assert_eq!(bytes(""), crate::store::sql::DEFAULT_QUEUE_BYTES);
+        assert_eq!(bytes("durability: spool\n"), 1 << 40);
+        assert_eq!(
+            bytes("durability: spool\nlog_store: {queue_bytes: 67108864}\n"),
+            64 << 20
+        );
+        let err = parse("log_store: {queue_bytes: 5}\n").expect_err("too small");
+        assert!(err.to_string().contains("log_store.queue_bytes"), "{err}");
     }
 
     #[test]

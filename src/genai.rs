@@ -460,8 +460,8 @@ fn record(a: &Attrs<'_>, op: &'static str, s: &SpanRef<'_>) -> Result<RecordFiel
         api_type: Some(CompactString::const_new(api)),
         method: Some(CompactString::const_new("POST")),
         status: Some(status),
-        duration_ms: Some(duration_ms),
-        ttfb_ms,
+        duration_ms: Some(duration_ms as f64),
+        ttfb_ms: ttfb_ms.map(|t| t as f64),
         input_tokens: input,
         output_tokens: output,
         cache_creation_5m_tokens: cache_write,
@@ -552,8 +552,8 @@ mod tests {
         assert_eq!(r.endpoint, "/v1/chat/completions");
         assert_eq!(r.namespace, "t");
         assert_eq!(r.status, 200);
-        assert_eq!(r.duration_ms, 1234);
-        assert_eq!(r.ttfb_ms, Some(250));
+        assert_eq!(r.duration_ms, crate::record::Millis::from_ms(1234));
+        assert_eq!(r.ttfb_ms, Some(crate::record::Millis::from_ms(250)));
         assert_eq!(
             (r.tokens.input, r.tokens.output, r.tokens.cache_read),
             (100, 30, 20),

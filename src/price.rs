@@ -2,7 +2,9 @@
 //!
 //! Prices are configured in USD per million tokens and kept as integer nano-USD per token, so
 //! cost is computed in integers and rounded once, half up, to micro-USD per record. A provider
-//! multiplier is kept in parts per million. Pure: no I/O.
+//! multiplier is kept in parts per million. Costs sent in another currency are converted with
+//! exchange rates kept as integer pico-USD per unit (12 decimals, parsed from decimal text: no
+//! float touches money): micro-USD = amount × rate, rounded once, half up. Pure: no I/O.
 //!
 //! [`Tokens`], the token buckets a price applies to, is declared here (below the record, which
 //! re-exports it) so that imports run one way: `record` → `price`.
@@ -121,6 +123,10 @@ impl ModelPrice {
     }
 }
 
+/// A model's name and its prices as decimals in USD per million tokens (see
+/// [`PriceTable::describe`]).
+pub type ModelPrices = (String, [String; 5]);
+
 /// Model prices plus per-provider multipliers.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
@@ -128,6 +134,50 @@ pub struct PriceTable {
     /// Model names sorted longest first, for prefix matching of dated model ids.
     by_length: Vec<String>,
     multipliers_ppm: HashMap<String, u64>,
+    /// pico-USD per unit of each currency (ISO 4217 code).
+    rates_pico: HashMap<String, u128>,
+}
+
+/// Decimals of an exchange rate (pico-USD per unit).
+pub const RATE_DECIMALS: u32 = 12;
+/// Decimals of an amount in another currency.
+pub const AMOUNT_DECIMALS: u32 = 9;
+
+/// An ISO 4217 code from what a record or the config says: three ASCII letters, any case;
+/// `RMB` (the seeds' name for the yuan) is `CNY`.
+pub fn currency_code(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let code = s.to_ascii_uppercase();
+    Some(if code == "RMB" {
+        "CNY".to_string()
+    } else {
+        code
+    })
+}
+
+/// A non-negative plain decimal (`12`, `0.138`, `.5` refused) as an integer of `10^-scale`
+/// units; `None` for anything else (sign, exponent, more than `scale` decimals, too large).
+pub fn parse_decimal(s: &str, scale: u32) -> Option<u128> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || (s.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > scale as usize || whole.len() > 24 {
+        return None;
+    }
+    let unit = 10u128.pow(scale);
+    let w: u128 = whole.parse().ok()?;
+    let f: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().ok()? * 10u128.pow(scale - frac.len() as u32)
+    };
+    w.checked_mul(unit)?.checked_add(f)
 }
 
 impl PriceTable {
@@ -136,6 +186,31 @@ impl PriceTable {
         models: HashMap<String, ModelPrice>,
         multipliers: HashMap<String, f64>,
     ) -> Result<Self, String> {
+        Self::with_rates(models, multipliers, HashMap::new())
+    }
+
+    /// [`PriceTable::new`] with exchange rates: currency code → USD per unit as decimal text
+    /// (at most [`RATE_DECIMALS`] decimals).
+    pub fn with_rates(
+        models: HashMap<String, ModelPrice>,
+        multipliers: HashMap<String, f64>,
+        rates: HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut rates_pico = HashMap::new();
+        for (name, text) in rates {
+            let code = currency_code(&name).ok_or_else(|| {
+                format!("exchange_rates.{name}: not an ISO 4217 code like CNY or EUR")
+            })?;
+            let rate = parse_decimal(&text, RATE_DECIMALS)
+                .filter(|r| *r > 0 && *r <= 1_000_000 * 10u128.pow(RATE_DECIMALS))
+                .ok_or_else(|| {
+                    format!(
+                        "exchange_rates.{name}: {text} is not a rate in USD per unit between \
+                         0.000000000001 and 1000000 (plain decimal, at most 12 decimals)"
+                    )
+                })?;
+            rates_pico.insert(code, rate);
+        }
         let mut multipliers_ppm = HashMap::new();
         for (provider, m) in multipliers {
             if !m.is_finite() || !(0.0..=1000.0).contains(&m) {
@@ -151,7 +226,80 @@ impl PriceTable {
             models,
             by_length,
             multipliers_ppm,
+            rates_pico,
         })
+    }
+
+    /// `amount` (plain decimal text) of `currency` (an ISO code from [`currency_code`]) in
+    /// micro-USD, rounded half up; USD needs no rate. The error names the field at fault.
+    pub fn convert_micros(
+        &self,
+        amount: &str,
+        currency: &str,
+    ) -> Result<u64, (&'static str, String)> {
+        let units = parse_decimal(amount, AMOUNT_DECIMALS).ok_or_else(|| {
+            (
+                "cost",
+                format!("{amount:?} is not a non-negative decimal amount (at most 9 decimals)"),
+            )
+        })?;
+        let rate = match currency {
+            "USD" => 10u128.pow(RATE_DECIMALS),
+            c => *self.rates_pico.get(c).ok_or_else(|| {
+                (
+                    "currency",
+                    format!("{c} has no exchange rate (pricing.exchange_rates)"),
+                )
+            })?,
+        };
+        // units × rate is in 10^-(9+12) USD; micro-USD is 10^-6.
+        let div = 10u128.pow(AMOUNT_DECIMALS + RATE_DECIMALS - 6);
+        let micros = units
+            .checked_mul(rate)
+            .map(|p| (p + div / 2) / div)
+            .and_then(|m| u64::try_from(m).ok())
+            .ok_or_else(|| ("cost", format!("{amount} {currency} is too large")))?;
+        Ok(micros)
+    }
+
+    /// The exchange rates as exact decimals in USD per unit, by code.
+    pub fn exchange_rates(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .rates_pico
+            .iter()
+            .map(|(c, r)| (c.clone(), decimal(*r, RATE_DECIMALS)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every configured model with its prices as exact decimals in USD per million tokens
+    /// (input, output, cache write 5m, cache write 1h, cache read), by name; and every provider
+    /// multiplier as an exact decimal: what `check-config` prints.
+    pub fn describe(&self) -> (Vec<ModelPrices>, Vec<(String, String)>) {
+        let usd = |nano: u64| decimal(u128::from(nano), 3);
+        let mut models: Vec<_> = self
+            .models
+            .iter()
+            .map(|(name, p)| {
+                let prices = [
+                    p.input,
+                    p.output,
+                    p.cache_write_5m,
+                    p.cache_write_1h,
+                    p.cache_read,
+                ];
+                (name.clone(), prices.map(usd))
+            })
+            .collect();
+        models.sort();
+        let mut multipliers: Vec<_> = self
+            .multipliers_ppm
+            .iter()
+            .map(|(p, ppm)| (p.clone(), decimal(u128::from(*ppm), 6)))
+            .collect();
+        multipliers.sort();
+        (models, multipliers)
     }
 
     /// The price of a model: an exact name, else the longest configured name the model starts
@@ -177,9 +325,70 @@ impl PriceTable {
     }
 }
 
+/// `v / 10^scale` as an exact decimal without trailing zeros (`3000`, 3 → `3`; `75`, 3 → `0.075`).
+fn decimal(v: u128, scale: u32) -> String {
+    let unit = 10u128.pow(scale);
+    let (whole, frac) = (v / unit, v % unit);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:0width$}", width = scale as usize);
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exchange rates and amounts are decimals read into integers: no float rounding, half up
+    /// once at the micro-USD; `RMB` is `CNY`; what cannot be read names its field.
+    #[test]
+    fn other_currencies_convert_exactly() {
+        assert_eq!(parse_decimal("0.138", 12), Some(138_000_000_000));
+        assert_eq!(parse_decimal("12", 3), Some(12_000));
+        assert_eq!(
+            parse_decimal("1.50", 1),
+            Some(15),
+            "trailing zeros are not decimals"
+        );
+        for bad in ["", "-1", "1e3", ".5", "5.", "1.2345", " 1", "0x10"] {
+            assert_eq!(parse_decimal(bad, 3), None, "{bad:?}");
+        }
+        assert_eq!(currency_code("rmb").as_deref(), Some("CNY"));
+        assert_eq!(currency_code(" eur ").as_deref(), Some("EUR"));
+        assert_eq!(currency_code("EURO"), None);
+        let rates = [("RMB".to_string(), "0.138".to_string())].into();
+        let t = PriceTable::with_rates(HashMap::new(), HashMap::new(), rates).expect("valid");
+        assert_eq!(
+            t.exchange_rates(),
+            [("CNY".to_string(), "0.138".to_string())]
+        );
+        assert_eq!(t.convert_micros("12.5", "CNY"), Ok(1_725_000));
+        // 0.000003624 CNY is 0.500112 µUSD (→ 1), 0.000003623 CNY 0.499974 µUSD (→ 0).
+        assert_eq!(t.convert_micros("0.000003624", "CNY"), Ok(1));
+        assert_eq!(t.convert_micros("0.000003623", "CNY"), Ok(0));
+        assert_eq!(t.convert_micros("2.5", "USD"), Ok(2_500_000));
+        assert_eq!(
+            t.convert_micros("1", "JPY").map_err(|e| e.0),
+            Err("currency")
+        );
+        assert_eq!(
+            t.convert_micros("1.0000000001", "CNY").map_err(|e| e.0),
+            Err("cost")
+        );
+        for bad in [
+            ("X", "0.1"),
+            ("CNY", "0"),
+            ("CNY", "1e-3"),
+            ("CNY", "0.0000000000001"),
+        ] {
+            let rates = [(bad.0.to_string(), bad.1.to_string())].into();
+            assert!(
+                PriceTable::with_rates(HashMap::new(), HashMap::new(), rates).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     fn table() -> PriceTable {
         let mut models = HashMap::new();

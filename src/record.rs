@@ -28,6 +28,8 @@ pub type Label = CompactString;
 pub const MAX_TOKENS: u64 = 100_000_000;
 /// Largest duration accepted (one day), in milliseconds.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// [`MAX_DURATION_MS`] in microseconds: the range of the latency histograms.
+pub const MAX_DURATION_US: u64 = MAX_DURATION_MS * 1000;
 /// Largest cost accepted for one request, in USD.
 pub const MAX_COST_USD: f64 = 100_000.0;
 /// Earliest accepted timestamp: 2000-01-01T00:00:00Z in epoch milliseconds.
@@ -48,6 +50,56 @@ impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A duration in milliseconds, kept to the microsecond: gateways send `duration_ms: 207.5`, and
+/// the latency histograms record microseconds. Printed as an exact decimal (`207.5`, `12`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(u64);
+
+impl Millis {
+    /// `us` microseconds.
+    pub const fn from_micros(us: u64) -> Self {
+        Self(us)
+    }
+
+    /// `ms` whole milliseconds.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self(ms.saturating_mul(1000))
+    }
+
+    /// The duration in microseconds.
+    pub const fn micros(self) -> u64 {
+        self.0
+    }
+
+    /// The duration rounded to the nearest whole millisecond (halves up): what the request
+    /// log's integer `duration_ms` / `ttfb_ms` columns and the seed's `total_response_time`
+    /// keep.
+    pub const fn whole_ms(self) -> u64 {
+        self.0.saturating_add(500) / 1000
+    }
+
+    /// Whether the duration is a whole number of milliseconds.
+    pub const fn is_whole_ms(self) -> bool {
+        self.0.is_multiple_of(1000)
+    }
+
+    /// The duration in milliseconds as a float (exact below 2^53 µs).
+    pub fn as_ms_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ms, us) = (self.0 / 1000, self.0 % 1000);
+        if us == 0 {
+            return write!(f, "{ms}");
+        }
+        let frac = format!("{us:03}");
+        write!(f, "{ms}.{}", frac.trim_end_matches('0'))
     }
 }
 
@@ -190,10 +242,10 @@ pub struct ValidRecord {
     pub method: CompactString,
     /// Final status code (0 = no response).
     pub status: u16,
-    /// Total duration in milliseconds.
-    pub duration_ms: u64,
-    /// Time to first byte/token in milliseconds.
-    pub ttfb_ms: Option<u64>,
+    /// Total duration (milliseconds to the microsecond).
+    pub duration_ms: Millis,
+    /// Time to first byte/token (milliseconds to the microsecond).
+    pub ttfb_ms: Option<Millis>,
     /// Tokens by bucket.
     pub tokens: Tokens,
     /// Cost in integer micro-USD.
@@ -227,9 +279,50 @@ pub struct ValidRecord {
     /// The request's headers and body, redacted (`log_store.store_requests`; only with a
     /// `request_id`, which ties it to its row).
     pub request: Option<Box<StoredRequest>>,
+    /// The upstream provider's id of the request (not the idempotency key).
+    pub provider_request_id: Option<CompactString>,
+    /// A cost sent in another currency: the amount as sent (a plain decimal).
+    pub cost_amount: Option<CompactString>,
+    /// Its ISO 4217 currency code (`RMB` as `CNY`).
+    pub currency: Option<Label>,
 }
 
 impl ValidRecord {
+    /// The memory a boxed record holds, in bytes (the struct, and the text too long to be kept
+    /// inline): what byte-sized queues count.
+    pub fn approx_bytes(&self) -> usize {
+        let heap = |s: &str| if s.len() > 24 { s.len() } else { 0 };
+        let opt = |s: &Option<CompactString>| s.as_deref().map_or(0, heap);
+        let texts = [
+            &self.user,
+            &self.user_id,
+            &self.key,
+            &self.key_id,
+            &self.session_id,
+            &self.error,
+            &self.blocked_by,
+            &self.block_reason,
+            &self.user_agent,
+            &self.client_ip,
+            &self.trace_id,
+            &self.provider_request_id,
+            &self.cost_amount,
+            &self.original_model,
+            &self.instance,
+            &self.currency,
+        ];
+        std::mem::size_of::<Self>()
+            + texts.iter().map(|t| opt(t)).sum::<usize>()
+            + self.request_id.as_ref().map_or(0, |r| heap(r.as_str()))
+            + heap(&self.namespace)
+            + heap(&self.provider)
+            + heap(&self.model)
+            + heap(&self.endpoint)
+            + heap(&self.method)
+            + self.provider_chain.capacity() * std::mem::size_of::<CompactString>()
+            + self.provider_chain.iter().map(|p| heap(p)).sum::<usize>()
+    }
+
     /// 2xx and 3xx are successes; 4xx, 5xx and 0 (no response) are failures.
     pub fn is_success(&self) -> bool {
         is_success_status(self.status)
@@ -401,6 +494,37 @@ impl<'de> Deserialize<'de> for RawCost {
     }
 }
 
+/// An amount of money in some currency as sent: a JSON number or a decimal string, kept as
+/// decimal text (a number as its shortest exact form, so `12.5` stays `12.5`) and converted
+/// with integer arithmetic only ([`price::convert_micros`](crate::price::convert_micros)).
+#[derive(Debug)]
+struct RawAmount(CompactString);
+
+impl<'de> Deserialize<'de> for RawAmount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawAmount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an amount as a number or decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawAmount, E> {
+                Ok(RawAmount(compact_str::format_compact!("{v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAmount, E> {
+                Ok(RawAmount(CompactString::from(v.trim())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A map key, borrowed from the input when it has no escapes.
 struct Key<'de>(std::borrow::Cow<'de, str>);
 
@@ -550,8 +674,8 @@ raw_record! {
     api_type: CompactString,
     method: CompactString,
     status: u16,
-    duration_ms: u64,
-    ttfb_ms: u64,
+    duration_ms: f64,
+    ttfb_ms: f64,
     input_tokens: u64,
     output_tokens: u64,
     cache_creation_5m_tokens: u64,
@@ -571,6 +695,9 @@ raw_record! {
     trace_id: CompactString,
     span_id: CompactString,
     request: serde_json::Value,
+    provider_request_id: CompactString,
+    cost: RawAmount,
+    currency: CompactString,
 }
 
 /// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
@@ -780,6 +907,27 @@ fn tokens_error(field: &str, n: u64) -> RecordError {
     )
 }
 
+/// A duration in milliseconds as sent (a whole or decimal number), to the nearest microsecond.
+#[inline]
+fn millis_field(field: &str, ms: f64) -> Result<Millis, RecordError> {
+    if !(0.0..=MAX_DURATION_MS as f64).contains(&ms) {
+        return Err(millis_error(field, ms));
+    }
+    Ok(Millis((ms * 1000.0).round() as u64))
+}
+
+#[cold]
+fn millis_error(field: &str, ms: f64) -> RecordError {
+    if ms < 0.0 {
+        RecordError::invalid(field, format!("{ms} is negative"))
+    } else {
+        RecordError::invalid(
+            field,
+            format!("{ms} exceeds the limit of {MAX_DURATION_MS} (one day)"),
+        )
+    }
+}
+
 fn timestamp(raw: Option<RawTime>, now_ms: i64) -> Result<i64, RecordError> {
     let ms = match raw {
         None => return Ok(now_ms),
@@ -857,16 +1005,16 @@ impl RawRecord {
                 format!("{status} is not 0 or an HTTP status 100-599"),
             ));
         }
-        let duration_ms = self
-            .duration_ms
-            .ok_or_else(|| RecordError::missing("duration_ms"))?;
-        if duration_ms > MAX_DURATION_MS {
-            return Err(RecordError::invalid(
-                "duration_ms",
-                format!("{duration_ms} exceeds the limit of {MAX_DURATION_MS} (one day)"),
-            ));
-        }
-        if let Some(t) = self.ttfb_ms
+        let duration_ms = millis_field(
+            "duration_ms",
+            self.duration_ms
+                .ok_or_else(|| RecordError::missing("duration_ms"))?,
+        )?;
+        let ttfb_ms = self
+            .ttfb_ms
+            .map(|t| millis_field("ttfb_ms", t))
+            .transpose()?;
+        if let Some(t) = ttfb_ms
             && t > duration_ms
         {
             return Err(RecordError::invalid(
@@ -921,28 +1069,70 @@ impl RawRecord {
                 ));
             }
         };
-        let (cost_micros, cost_source) = match self.cost_usd {
-            Some(RawCost::Micros(m)) => {
-                if m as f64 > MAX_COST_USD * 1_000_000.0 {
+        let currency = self
+            .currency
+            .map(|c| {
+                crate::price::currency_code(&c)
+                    .map(Label::from)
+                    .ok_or_else(|| {
+                        RecordError::invalid(
+                            "currency",
+                            format!("{c:?} is not an ISO 4217 code like CNY or EUR"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let (cost_amount, converted) = match (self.cost, &currency) {
+            (None, None) => (None, None),
+            (None, Some(_)) => return Err(RecordError::missing("cost")),
+            (Some(_), None) => return Err(RecordError::missing("currency")),
+            (Some(RawAmount(amount)), Some(cur)) => {
+                let micros = v
+                    .prices
+                    .convert_micros(&amount, cur)
+                    .map_err(|(field, m)| RecordError::invalid(field, m))?;
+                if micros > (MAX_COST_USD * 1e6) as u64 {
                     return Err(RecordError::invalid(
-                        "cost_usd",
-                        format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                        "cost",
+                        format!("{amount} {cur} exceeds {MAX_COST_USD} USD"),
                     ));
                 }
-                (m, CostSource::Reported)
+                (Some(amount), Some(micros))
             }
-            Some(RawCost::Usd(usd)) => {
-                if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
-                    return Err(RecordError::invalid(
-                        "cost_usd",
-                        format!("{usd} is not an amount between 0 and {MAX_COST_USD} USD"),
-                    ));
+        };
+        let (cost_micros, cost_source) = match (self.cost_usd, converted) {
+            // Read back from another gatemeter: the converted cost travels exact.
+            (Some(RawCost::Micros(m)), _) if cost_amount.is_some() => (m, CostSource::Reported),
+            (Some(_), Some(_)) => {
+                return Err(RecordError::invalid(
+                    "cost",
+                    "send cost_usd, or cost with currency; not both",
+                ));
+            }
+            (None, Some(m)) => (m, CostSource::Reported),
+            (cost_usd, None) => match cost_usd {
+                Some(RawCost::Micros(m)) => {
+                    if m as f64 > MAX_COST_USD * 1_000_000.0 {
+                        return Err(RecordError::invalid(
+                            "cost_usd",
+                            format!("{m} micro-USD exceeds {MAX_COST_USD} USD"),
+                        ));
+                    }
+                    (m, CostSource::Reported)
                 }
-                ((usd * 1_000_000.0).round() as u64, CostSource::Reported)
-            }
-            None => match v.prices.cost_micros(&provider, &model, &tokens) {
-                Some(c) => (c, CostSource::Priced),
-                None => (0, CostSource::Unpriced),
+                Some(RawCost::Usd(usd)) => {
+                    if !usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&usd) {
+                        return Err(RecordError::invalid(
+                            "cost_usd",
+                            format!("{usd} is not an amount between 0 and {MAX_COST_USD} USD"),
+                        ));
+                    }
+                    ((usd * 1_000_000.0).round() as u64, CostSource::Reported)
+                }
+                None => match v.prices.cost_micros(&provider, &model, &tokens) {
+                    Some(c) => (c, CostSource::Priced),
+                    None => (0, CostSource::Unpriced),
+                },
             },
         };
         let retry_count = self.retry_count.unwrap_or(0);
@@ -991,7 +1181,7 @@ impl RawRecord {
             method,
             status,
             duration_ms,
-            ttfb_ms: self.ttfb_ms,
+            ttfb_ms,
             tokens,
             cost_micros,
             cost_source,
@@ -1008,6 +1198,9 @@ impl RawRecord {
             trace_id: id_field("trace_id", self.trace_id)?,
             span_id: id_field("span_id", self.span_id)?,
             request,
+            provider_request_id: id_field("provider_request_id", self.provider_request_id)?,
+            cost_amount,
+            currency,
         })))
     }
 }
@@ -1047,10 +1240,10 @@ pub struct RecordFields {
     pub method: Option<CompactString>,
     /// `status`.
     pub status: Option<u16>,
-    /// `duration_ms`.
-    pub duration_ms: Option<u64>,
-    /// `ttfb_ms`.
-    pub ttfb_ms: Option<u64>,
+    /// `duration_ms` (decimals kept to the microsecond).
+    pub duration_ms: Option<f64>,
+    /// `ttfb_ms` (decimals kept to the microsecond).
+    pub ttfb_ms: Option<f64>,
     /// `input_tokens`.
     pub input_tokens: Option<u64>,
     /// `output_tokens`.
@@ -1094,6 +1287,12 @@ pub struct RecordFields {
     pub span_id: Option<CompactString>,
     /// `request` (headers and body; kept only as [`Validation::keep_requests`] says).
     pub request: Option<serde_json::Value>,
+    /// `provider_request_id`.
+    pub provider_request_id: Option<CompactString>,
+    /// `cost`: an amount in `currency`, as decimal text.
+    pub cost: Option<CompactString>,
+    /// `currency`.
+    pub currency: Option<CompactString>,
 }
 
 impl RecordFields {
@@ -1140,6 +1339,9 @@ impl RecordFields {
             trace_id: self.trace_id,
             span_id: self.span_id,
             request: self.request,
+            provider_request_id: self.provider_request_id,
+            cost: self.cost.map(RawAmount),
+            currency: self.currency,
         };
         let cost_given = self.cost_micros.is_some() || self.cost_usd.is_some();
         match raw.validate(v, Source::Other)? {
@@ -1178,10 +1380,10 @@ pub(crate) const TEST_FULL_JSON: &str = r#"{"request_id": "r-1", "timestamp": 17
     "endpoint": "/v1/messages", "api_type": "claude", "method": "PUT", "status": 201,
     "duration_ms": 900, "ttfb_ms": 80, "input_tokens": 11, "output_tokens": 12,
     "cache_creation_5m_tokens": 13, "cache_creation_1h_tokens": 14, "cache_read_tokens": 15,
-    "cost_usd": 1.5, "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
+    "cost": "1.5", "currency": "USD", "session_id": "s-1", "retry_count": 3, "provider_chain": ["a", "b\"c"],
     "is_streaming": true, "error": "e", "blocked_by": "f", "block_reason": "w",
     "user_agent": "ua", "client_ip": "10.0.0.1", "messages_count": 7, "trace_id": "t-1",
-    "span_id": "s-1"}"#;
+    "span_id": "s-1", "provider_request_id": "req_1"}"#;
 
 /// [`TEST_FULL_JSON`] validated.
 #[cfg(test)]
@@ -1318,6 +1520,59 @@ mod tests {
         }
     }
 
+    /// `duration_ms` / `ttfb_ms` take decimals to the microsecond, whichever parser reads
+    /// them; a string, a negative or an over-long duration is refused with the field named.
+    #[test]
+    fn fractional_milliseconds_are_kept_to_the_microsecond() {
+        // The scanner reads the first; the escape sends the second to serde.
+        for extra in ["", r#","user":"\u0041""#] {
+            let r = finish(&format!(
+                r#"{{"model":"m","status":200,"duration_ms":207.5,"ttfb_ms":0.0125{extra}}}"#
+            ));
+            assert_eq!(r.duration_ms, Millis::from_micros(207_500));
+            assert_eq!(
+                r.ttfb_ms,
+                Some(Millis::from_micros(13)),
+                "rounded to the µs"
+            );
+            assert_eq!(r.duration_ms.whole_ms(), 208);
+            assert_eq!(r.duration_ms.to_string(), "207.5");
+        }
+        let r = finish(r#"{"model":"m","status":200,"duration_ms":1e3,"ttfb_ms":999.999}"#);
+        assert_eq!(r.duration_ms, Millis::from_ms(1000));
+        assert_eq!(r.duration_ms.to_string(), "1000");
+        assert_eq!(r.ttfb_ms.map(|t| t.to_string()), Some("999.999".into()));
+        for (json, reason) in [
+            (
+                r#"{"model":"m","status":200,"duration_ms":"207.5"}"#,
+                RejectReason::WrongType,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":-0.5}"#,
+                RejectReason::InvalidValue,
+            ),
+            (
+                r#"{"model":"m","status":200,"duration_ms":86400000.001}"#,
+                RejectReason::InvalidValue,
+            ),
+        ] {
+            let err = parse(json).expect_err(json);
+            assert_eq!(
+                (err.field.as_str(), err.reason),
+                ("duration_ms", reason),
+                "{json}"
+            );
+        }
+        let err = parse(r#"{"model":"m","status":200,"duration_ms":10,"ttfb_ms":10.001}"#)
+            .expect_err("ttfb above duration");
+        assert_eq!(err.field, "ttfb_ms");
+        assert!(
+            err.message.contains("10.001 exceeds duration_ms (10)"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn seconds_timestamp_gets_a_hint() {
         let err = parse(r#"{"model":"m","status":200,"duration_ms":1,"timestamp":1700000000}"#)
@@ -1403,7 +1658,7 @@ mod tests {
         let fields = RecordFields {
             model: Some("m".into()),
             status: Some(401),
-            duration_ms: Some(1),
+            duration_ms: Some(1.0),
             error: Some(secret.into()),
             block_reason: Some(secret.into()),
             user_agent: Some(secret.into()),

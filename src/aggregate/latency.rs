@@ -1,17 +1,19 @@
 //! HDR latency histograms: lazily allocated, mergeable, with nearest-rank quantiles and classic
 //! Prometheus buckets derived from the same data.
 //!
-//! Values are milliseconds from 0 to one day, two significant digits: every reported value is
-//! within 0.4 % of a recorded one (the midpoint of its HDR bucket is returned).
+//! Values are integers from 0 to one day in microseconds, two significant digits: every reported
+//! value is within 0.4 % of a recorded one (the midpoint of its HDR bucket is returned). The live
+//! aggregates record microseconds (`duration_ms: 207.5` is 207,500); the request log's rollups
+//! record its whole milliseconds (`store/sql/rollup.rs`): the unit is the caller's.
 
 use hdrhistogram::Histogram;
 
-use crate::record::MAX_DURATION_MS;
+use crate::record::MAX_DURATION_US;
 use crate::varint;
 
 const SIGFIG: u8 = 2;
 
-/// One latency distribution in milliseconds. Empty histograms allocate nothing.
+/// One latency distribution (µs, or ms: see the module). Empty histograms allocate nothing.
 #[derive(Clone, Default)]
 pub struct Latency(Option<Box<Histogram<u64>>>);
 
@@ -25,15 +27,15 @@ fn new_histogram() -> Box<Histogram<u64>> {
     // Bounds are constants that hdrhistogram accepts; failure would be a programming error
     // caught by every test that records a value.
     #[allow(clippy::expect_used)]
-    Box::new(Histogram::new_with_bounds(1, MAX_DURATION_MS, SIGFIG).expect("valid HDR bounds"))
+    Box::new(Histogram::new_with_bounds(1, MAX_DURATION_US, SIGFIG).expect("valid HDR bounds"))
 }
 
 impl Latency {
-    /// Records one value in milliseconds (values above one day saturate).
-    pub fn record(&mut self, ms: u64) {
+    /// Records one value (values above one day in µs saturate).
+    pub fn record(&mut self, v: u64) {
         self.0
             .get_or_insert_with(new_histogram)
-            .saturating_record(ms.min(MAX_DURATION_MS));
+            .saturating_record(v.min(MAX_DURATION_US));
     }
 
     /// Adds every value of `other`.
@@ -60,11 +62,11 @@ impl Latency {
         })
     }
 
-    /// Records `value` (ms, saturating at one day) `n` times.
+    /// Records `value` (saturating at one day in µs) `n` times.
     pub fn record_n(&mut self, value: u64, n: u64) {
         if n > 0 {
             let h = self.0.get_or_insert_with(new_histogram);
-            let _ = h.record_n(value.min(MAX_DURATION_MS), n);
+            let _ = h.record_n(value.min(MAX_DURATION_US), n);
         }
     }
 
@@ -73,8 +75,8 @@ impl Latency {
         self.count() == 0
     }
 
-    /// The nearest-rank quantile (the value at rank ⌈q·n⌉ of the sorted samples), in ms,
-    /// to HDR precision; `None` when empty.
+    /// The nearest-rank quantile (the value at rank ⌈q·n⌉ of the sorted samples), in the
+    /// recorded unit, to HDR precision; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let h = self.0.as_ref()?;
         let n = h.len();
@@ -95,16 +97,16 @@ impl Latency {
         Some(h.max() as f64)
     }
 
-    /// Cumulative counts of values ≤ each bound (bounds in ms, increasing); the count of a
-    /// value is attributed by the lowest value of its HDR bucket.
-    pub fn cumulative(&self, bounds_ms: &[f64]) -> Vec<u64> {
-        let mut out = vec![0u64; bounds_ms.len()];
+    /// Cumulative counts of values ≤ each bound (bounds in the recorded unit, increasing); the
+    /// count of a value is attributed by the lowest value of its HDR bucket.
+    pub fn cumulative(&self, bounds: &[f64]) -> Vec<u64> {
+        let mut out = vec![0u64; bounds.len()];
         let Some(h) = self.0.as_ref() else { return out };
         let mut i = 0;
         let mut running = 0u64;
         for v in h.iter_recorded() {
             let lo = h.lowest_equivalent(v.value_iterated_to()) as f64;
-            while i < bounds_ms.len() && lo > bounds_ms[i] {
+            while i < bounds.len() && lo > bounds[i] {
                 out[i] = running;
                 i += 1;
             }
@@ -134,11 +136,17 @@ impl Latency {
     /// Adds the histogram encoded at `*i` (by [`Latency::encode_into`]) into `self`,
     /// advancing `i`; `None` when the bytes are not such a histogram.
     pub fn decode_from(&mut self, b: &[u8], i: &mut usize) -> Option<()> {
+        self.decode_scaled_from(b, i, 1)
+    }
+
+    /// [`Latency::decode_from`] with every value multiplied by `scale` (1000: a histogram
+    /// written in milliseconds read into one of microseconds).
+    pub fn decode_scaled_from(&mut self, b: &[u8], i: &mut usize, scale: u64) -> Option<()> {
         let n = varint::get(b, i)?;
         let mut prev = 0u64;
         for _ in 0..n {
             prev = prev.checked_add(varint::get(b, i)?)?;
-            self.record_n(prev, varint::get(b, i)?);
+            self.record_n(prev.saturating_mul(scale), varint::get(b, i)?);
         }
         Some(())
     }

@@ -108,6 +108,9 @@ struct FilterParams {
     /// Span id (hex): one call.
     #[param(min_length = 1, max_length = 2048)]
     span_id: Option<String>,
+    /// The upstream provider's request id (Claude Code's `request_id`, failed calls included).
+    #[param(min_length = 1, max_length = 2048)]
+    provider_request_id: Option<String>,
 }
 
 /// Paging of the log list.
@@ -192,7 +195,7 @@ pub(crate) fn params(
     Ok(out)
 }
 
-const FILTER_PARAMS: [&str; 13] = [
+const FILTER_PARAMS: [&str; 14] = [
     "from",
     "to",
     "user",
@@ -206,6 +209,7 @@ const FILTER_PARAMS: [&str; 13] = [
     "min_retry_count",
     "trace_id",
     "span_id",
+    "provider_request_id",
 ];
 
 pub(crate) fn parse_num<T: std::str::FromStr>(
@@ -270,6 +274,7 @@ fn filter(p: &HashMap<String, String>, who: &Principal) -> Result<LogFilter, Api
         min_retry_count: parse_num(p, "min_retry_count")?,
         trace_id: text("trace_id")?,
         span_id: text("span_id")?,
+        provider_request_id: text("provider_request_id")?,
     };
     // A user token sees its own rows only, whatever it asked for.
     if let Some(id) = who.forced_user() {

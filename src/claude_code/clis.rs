@@ -122,7 +122,7 @@ pub fn record(
             (Some(o), Some(t)) => Some(o + t),
             (o, _) => o,
         };
-        f.ttfb_ms = num("ttft_ms")?.filter(|t| *t > 0);
+        f.ttfb_ms = num("ttft_ms")?.filter(|t| *t > 0).map(|t| t as f64);
     }
     let session = text("session.id").or_else(|| text("conversation.id"));
     let stamp = at("event.timestamp").and_then(str_of);
@@ -135,7 +135,7 @@ pub fn record(
     f.user_id = text("user.id");
     f.user = text("user.email").or_else(|| f.user_id.clone());
     f.model = text("model");
-    f.duration_ms = Some(num("duration_ms")?.unwrap_or(0));
+    f.duration_ms = Some(num("duration_ms")?.unwrap_or(0) as f64);
     f.session_id = session;
     f.method = Some(CompactString::const_new("POST"));
     if gemini {
@@ -216,7 +216,10 @@ mod tests {
             (r.provider.as_str(), r.namespace.as_str()),
             ("google", "cli-team")
         );
-        assert_eq!((r.status, r.duration_ms), (200, 340));
+        assert_eq!(
+            (r.status, r.duration_ms),
+            (200, crate::record::Millis::from_ms(340))
+        );
         assert_eq!(r.session_id.as_deref(), Some("s1"));
     }
 
@@ -273,7 +276,10 @@ mod tests {
         )
         .expect("valid")
         .expect("a failed record");
-        assert_eq!((failed.status, failed.duration_ms), (429, 16));
+        assert_eq!(
+            (failed.status, failed.duration_ms),
+            (429, crate::record::Millis::from_ms(16))
+        );
         assert!(!failed.is_success());
     }
 }

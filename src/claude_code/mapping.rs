@@ -246,6 +246,11 @@ fn opt_u64(v: Option<Val<'_>>, field: &str) -> Result<Option<u64>, RecordError> 
         .transpose()
 }
 
+fn opt_f64(v: Option<Val<'_>>, field: &str) -> Result<Option<f64>, RecordError> {
+    v.map(|v| f64_of(v).map_err(|m| attr_err(field, m)))
+        .transpose()
+}
+
 fn opt_u32(v: Option<Val<'_>>, field: &str) -> Result<Option<u32>, RecordError> {
     opt_u64(v, field)?
         .map(|n| u32::try_from(n).map_err(|_| attr_err(field, format!("{n} is too large"))))
@@ -412,6 +417,8 @@ impl Mapping {
         };
         let mut f = RecordFields {
             request_id,
+            // The CLI's own id of the API call, on errors too: what a user finds the row by.
+            provider_request_id: opt_text(a.request_id).filter(|id| id != "undefined"),
             timestamp_ms: time_ms(r),
             namespace: opt_text(a.namespace),
             user,
@@ -425,7 +432,8 @@ impl Mapping {
             request: body.map(|b| serde_json::json!({ "body": b })),
             ..RecordFields::default()
         };
-        f.duration_ms = opt_u64(a.duration_ms, "duration_ms")?;
+        // Milliseconds, decimals kept to the microsecond.
+        f.duration_ms = opt_f64(a.duration_ms, "duration_ms")?;
         if error {
             // Network failures report no HTTP status ("undefined"): status 0, no response.
             f.status = Some(
@@ -434,14 +442,14 @@ impl Mapping {
                     .and_then(|n| u16::try_from(n).ok())
                     .unwrap_or(0),
             );
-            f.duration_ms = Some(f.duration_ms.unwrap_or(0));
+            f.duration_ms = Some(f.duration_ms.unwrap_or(0.0));
             f.error = opt_text(a.error);
             f.retry_count = opt_u32(a.attempt, "attempt")?.map(|n| n.saturating_sub(1));
             f.cost_usd = Some(0.0);
             return f.validate(v);
         }
         f.status = Some(200);
-        f.ttfb_ms = opt_u64(a.ttft_ms, "ttft_ms")?;
+        f.ttfb_ms = opt_f64(a.ttft_ms, "ttft_ms")?;
         f.input_tokens = opt_u64(a.input_tokens, "input_tokens")?;
         f.output_tokens = opt_u64(a.output_tokens, "output_tokens")?;
         f.cache_read_tokens = opt_u64(a.cache_read, "cache_read_tokens")?;
@@ -875,7 +883,7 @@ mod tests {
         assert_eq!(r.tokens.cache_write_5m, 300);
         assert_eq!(r.tokens.cache_write_1h, 200);
         assert_eq!(r.cost_micros, 12_500);
-        assert_eq!(r.ttfb_ms, Some(300));
+        assert_eq!(r.ttfb_ms, Some(crate::record::Millis::from_ms(300)));
         assert_eq!(
             r.user.as_deref(),
             Some("u-hash"),
@@ -908,6 +916,47 @@ mod tests {
         )
         .expect_err("no model");
         assert_eq!(e.field, "model");
+    }
+
+    /// An `api_error` carrying the CLI's request id keeps it in `provider_request_id` (what a
+    /// user searches the log by), while the idempotency key stays the event's own identity; its
+    /// `attempt` (a string here) gives the retries before it.
+    #[test]
+    fn an_api_error_keeps_the_cli_request_id_apart_from_its_identity() {
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("session.id", r#"{"stringValue":"s1"}"#),
+                a("event.sequence", r#"{"intValue":"7"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"stringValue":"529"}"#),
+                a("duration_ms", r#"{"stringValue":"1234.5"}"#),
+                a("request_id", r#"{"stringValue":"req_011CLIabc"}"#),
+                a("attempt", r#"{"stringValue":"4"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!(r.status, 529);
+        assert_eq!(r.provider_request_id.as_deref(), Some("req_011CLIabc"));
+        assert_eq!(
+            r.request_id.as_ref().map(|i| i.as_str()),
+            Some("cc:s1:7:1795458649672")
+        );
+        assert_eq!(r.retry_count, 3);
+        assert_eq!(r.duration_ms, crate::record::Millis::from_micros(1_234_500));
+        // Without an attempt attribute: no retries known.
+        let r = map_one(
+            &[
+                a("event.name", r#"{"stringValue":"api_error"}"#),
+                a("model", r#"{"stringValue":"claude-x"}"#),
+                a("status_code", r#"{"intValue":"500"}"#),
+                a("request_id", r#"{"stringValue":"undefined"}"#),
+            ]
+            .join(","),
+        )
+        .expect("valid");
+        assert_eq!((r.retry_count, r.provider_request_id), (0, None));
     }
 
     /// A secret in an api_error message is redacted by the record's validation.

@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use gatemeter::health::{DropReason, Health};
-use gatemeter::record::{ApiType, CostSource, RequestId, Tokens, ValidRecord};
+use gatemeter::record::{ApiType, CostSource, Millis, RequestId, Tokens, ValidRecord};
 use gatemeter::store::sql::{LogFilter, SqlBackend, SqlConfig, SqlLog};
 use gatemeter::store::{RequestLog, StoreError};
 
@@ -178,8 +178,8 @@ fn record(
         api_type: ApiType::Claude,
         method: "POST".into(),
         status,
-        duration_ms: rng.random_range(200..20_000),
-        ttfb_ms: Some(rng.random_range(50..2000)),
+        duration_ms: Millis::from_ms(rng.random_range(200..20_000)),
+        ttfb_ms: Some(Millis::from_ms(rng.random_range(50..2000))),
         tokens: Tokens {
             input: rng.random_range(10..5000),
             output: rng.random_range(10..2000),
@@ -209,6 +209,9 @@ fn record(
         trace_id: None,
         span_id: None,
         request: None,
+        provider_request_id: None,
+        cost_amount: None,
+        currency: None,
     })
 }
 
@@ -291,6 +294,8 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
             queue_capacity: 200_000,
             retention_days: 0,
             rollups: !args.no_rollups,
+            queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+            sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
         },
         rows: args.rows,
         seed: args.seed,

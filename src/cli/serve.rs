@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gatemeter::app::App;
-use gatemeter::config::{Config, LiveStoreKind};
+use gatemeter::config::Config;
 use gatemeter::store::sql::SqlBackend;
 use tokio::net::TcpListener;
 
@@ -14,7 +14,15 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.listen)?;
     gatemeter::server::raise_file_limit(config.server.max_connections);
     let listener = bind(&config).await?;
-    let app = App::build(&config, listener).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?,
+        ),
+        None => None,
+    };
+    let app = App::build_with_metrics(&config, listener, metrics_listener).await?;
     let log = config
         .log_store
         .as_ref()
@@ -24,6 +32,9 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
         });
     let shutdown = shutdown_signal();
     tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(metrics = %addr, "Serving /metrics on its own listener.");
+    }
     app.run(shutdown).await?;
     Ok(())
 }
@@ -53,18 +64,12 @@ pub async fn rebuild_rollups(args: &super::RollupRebuild) -> anyhow::Result<()> 
 pub fn check_config(args: &super::CheckConfig) -> anyhow::Result<()> {
     let file = &args.file;
     let c = Config::load(file)?;
-    println!("{}: ok", file.display());
-    println!("listen: {}", c.listen);
-    println!("server: {:?}", c.server);
-    println!("live_store: {:?}", c.live_store);
-    println!("ingest: {:?}", c.ingest);
-    println!("pipeline: {:?}", c.pipeline);
-    if c.live_store == LiveStoreKind::Redis {
-        // Debug redacts the URL's password.
-        println!("redis: {:?}", c.redis);
-    }
-    println!("log_store: {:?}", c.log_store);
-    println!("auth: {:?}", c.auth);
+    // The whole output is YAML: the verdict as a comment, then every effective setting.
+    println!(
+        "# {}: ok. Effective settings (defaults and environment applied, secrets hidden):",
+        file.display()
+    );
+    print!("{}", gatemeter::config::effective::yaml(&c));
     Ok(())
 }
 

@@ -769,7 +769,7 @@ mod tests {
     use std::collections::HashSet;
 
     use gatemeter::price::PriceTable;
-    use gatemeter::record::{Event, Validation, parse_event};
+    use gatemeter::record::{Event, Millis, Validation, parse_event};
 
     use super::*;
 
@@ -815,7 +815,7 @@ mod tests {
                 }
             }
             assert_eq!(r.tokens.as_array(), p.record.tokens);
-            assert_eq!(r.duration_ms, p.record.duration_ms);
+            assert_eq!(r.duration_ms, Millis::from_ms(p.record.duration_ms));
             if let Some(c) = p.record.cost_micros {
                 assert_eq!(r.cost_micros, c, "{json}");
             }
@@ -837,7 +837,7 @@ mod tests {
             retries += usize::from(
                 r.retry_count > 0 && r.provider_chain.len() == r.retry_count as usize + 1,
             );
-            long += usize::from(r.duration_ms >= 20_000);
+            long += usize::from(r.duration_ms >= Millis::from_ms(20_000));
         }
         assert!(namespaces.len() >= 4, "{namespaces:?}");
         assert!(models.len() >= 6, "{models:?}");

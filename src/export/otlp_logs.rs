@@ -48,11 +48,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::record::fields::{FIELDS, FieldId, GATEMETER_EVENT};
-use crate::record::{ValidRecord, genai_operation};
+use crate::record::{Millis, ValidRecord, genai_operation};
 use crate::store::{RequestLog, StoreError};
 
 /// OTLP log export of request records (`otlp_export:`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OtlpExportConfig {
     /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
     pub endpoint: hyper::Uri,
@@ -66,6 +66,35 @@ pub struct OtlpExportConfig {
     pub timeout: Duration,
     /// Retries of one batch (on 429/502/503/504 or a connection failure) before it is dropped.
     pub max_retries: u32,
+    /// Headers sent with every request (authentication: their values are secrets, marked
+    /// sensitive and never printed).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// Gzip the request bodies.
+    pub gzip: bool,
+}
+
+impl std::fmt::Debug for OtlpExportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("OtlpExportConfig")
+            .field("endpoint", &self.endpoint)
+            .field("batch_size", &self.batch_size)
+            .field("interval", &self.interval)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("headers (values hidden)", &names)
+            .field("gzip", &self.gzip)
+            .finish()
+    }
+}
+
+/// `body` gzipped (the export's `compression: gzip`).
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(body)?;
+    e.finish()
 }
 
 label_enum! {
@@ -276,24 +305,38 @@ impl Client {
         stats: &ExportStats,
     ) {
         let n = batch.len() as u64;
-        let body = Bytes::from(encode_batch(&batch).encode_to_vec());
+        let raw = encode_batch(&batch).encode_to_vec();
+        let (body, gzipped) = match self.cfg.gzip.then(|| gzip(&raw)) {
+            Some(Ok(z)) => (z, true),
+            // Writing into memory does not fail; were it to, the batch goes uncompressed.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Could not gzip an OTLP export batch.");
+                (raw, false)
+            }
+            None => (raw, false),
+        };
+        let body = Bytes::from(body);
         drop(batch);
         queued.fetch_sub(n as usize, Relaxed);
         let mut attempt = 0u32;
         loop {
-            let outcome =
-                match tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "OTLP log export request failed.");
-                        self.sender = None;
-                        Attempt::Retry(None)
-                    }
-                    Err(_) => {
-                        self.sender = None;
-                        Attempt::Retry(None)
-                    }
-                };
+            let outcome = match tokio::time::timeout(
+                self.cfg.timeout,
+                self.post(body.clone(), gzipped),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "OTLP log export request failed.");
+                    self.sender = None;
+                    Attempt::Retry(None)
+                }
+                Err(_) => {
+                    self.sender = None;
+                    Attempt::Retry(None)
+                }
+            };
             match outcome {
                 Attempt::Delivered { rejected } => {
                     let rejected = rejected.min(n);
@@ -327,7 +370,7 @@ impl Client {
         }
     }
 
-    async fn post(&mut self, body: Bytes) -> Result<Attempt, String> {
+    async fn post(&mut self, body: Bytes, gzipped: bool) -> Result<Attempt, String> {
         let sender = match &mut self.sender {
             Some(s) if !s.is_closed() => s,
             _ => {
@@ -356,6 +399,12 @@ impl Client {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
+        if gzipped {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, value) in &self.cfg.headers {
+            h.insert(name.clone(), value.clone());
+        }
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let retry_after = resp
@@ -402,6 +451,15 @@ fn kv(key: &str, value: Value) -> KeyValue {
 
 fn s(v: &str) -> Value {
     Value::StringValue(v.to_string())
+}
+
+/// Whole milliseconds as an integer, a fraction as a double (exact to the µs in range).
+fn millis(v: Millis) -> Value {
+    if v.is_whole_ms() {
+        i(v.micros() / 1000)
+    } else {
+        Value::DoubleValue(v.as_ms_f64())
+    }
 }
 
 fn i(v: u64) -> Value {
@@ -499,8 +557,8 @@ fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
         FieldId::ApiType => s(r.api_type.as_str()),
         FieldId::Method => s(&r.method),
         FieldId::Status => i(u64::from(r.status)),
-        FieldId::DurationMs => i(r.duration_ms),
-        FieldId::TtfbMs => i(r.ttfb_ms?),
+        FieldId::DurationMs => millis(r.duration_ms),
+        FieldId::TtfbMs => millis(r.ttfb_ms?),
         FieldId::InputTokens => i(t.input),
         FieldId::OutputTokens => i(t.output),
         FieldId::CacheWrite5m => i(t.cache_write_5m),
@@ -524,6 +582,9 @@ fn attribute(r: &ValidRecord, id: FieldId) -> Option<Value> {
         FieldId::MessagesCount => i(u64::from(r.messages_count?)),
         FieldId::TraceId => return text(&r.trace_id),
         FieldId::SpanId => return text(&r.span_id),
+        FieldId::ProviderRequestId => return text(&r.provider_request_id),
+        FieldId::CostAmount => return text(&r.cost_amount),
+        FieldId::Currency => s(r.currency.as_deref()?),
     })
 }
 
@@ -579,7 +640,7 @@ mod tests {
             original_model: Some("asked".into()),
             provider: Some("p".into()),
             status: Some(503),
-            duration_ms: Some(10),
+            duration_ms: Some(10.0),
             input_tokens: Some(3),
             cache_creation_1h_tokens: Some(4),
             cost_usd: Some(0.25),
@@ -630,7 +691,7 @@ mod read_back {
 
     use super::encode_batch;
     use crate::price::PriceTable;
-    use crate::record::{CostSource, RecordFields, ValidRecord, Validation};
+    use crate::record::{CostSource, Millis, RecordFields, ValidRecord, Validation};
 
     const NOW: i64 = 1_795_460_000_000;
 
@@ -658,6 +719,10 @@ mod read_back {
         sent.cost_source = CostSource::Priced;
         sent.cost_micros = 1_234_567;
         assert_eq!(round_trip(&sent), sent);
+        // Fractional milliseconds travel as a double, exact to the µs.
+        sent.duration_ms = Millis::from_micros(207_501);
+        sent.ttfb_ms = Some(Millis::from_micros(1));
+        assert_eq!(round_trip(&sent), sent);
         // And so do absent optional fields and defaults.
         let prices = PriceTable::default();
         let v = Validation {
@@ -668,7 +733,7 @@ mod read_back {
         let minimal = RecordFields {
             model: Some("m".into()),
             status: Some(0),
-            duration_ms: Some(0),
+            duration_ms: Some(0.0),
             ..RecordFields::default()
         }
         .validate(&v)

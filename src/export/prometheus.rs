@@ -28,8 +28,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// A per-model counter family and how to read its value.
 type ModelColumn = (&'static Metric, fn(&ScopeAgg) -> Value);
 
-fn seconds_from_ms(ms: u64) -> Value {
-    Value::F(ms as f64 / 1000.0)
+fn seconds_from_us(us: u64) -> Value {
+    Value::F(us as f64 / 1e6)
 }
 
 fn avg_seconds(s: &ScopeAgg) -> Value {
@@ -40,8 +40,9 @@ fn avg_seconds(s: &ScopeAgg) -> Value {
     }
 }
 
-fn ms_bounds(bounds_s: &[f64]) -> Vec<f64> {
-    bounds_s.iter().map(|b| b * 1000.0).collect()
+/// Bucket bounds in seconds as the histograms' unit, µs.
+fn us_bounds(bounds_s: &[f64]) -> Vec<f64> {
+    bounds_s.iter().map(|b| (b * 1e6).round()).collect()
 }
 
 /// Scopes of one kind, sorted by label values.
@@ -115,7 +116,7 @@ pub fn render_all(
 ) -> String {
     let mut e = Encoder::new(openmetrics);
     let sc = Scopes::of(view);
-    let dur_bounds = ms_bounds(c::DURATION_BUCKETS);
+    let dur_bounds = us_bounds(c::DURATION_BUCKETS);
     write_seed(&mut e, view, &sc, health, &dur_bounds);
     write_traffic(&mut e, view, &sc, &dur_bounds);
     write_quantiles(&mut e, view, &sc);
@@ -185,22 +186,32 @@ fn write_seed(
     e.sample(&c::RESPONSE_TIME, &[], avg_seconds(g));
     e.header(&c::UPTIME);
     e.sample(&c::UPTIME, &[], Value::F(health.uptime_seconds));
+    // The seed's namespace families carry its label `namespace_code` too (same value), so
+    // the seed's PromQL (`by (namespace_code)`) works as written.
     e.header(&c::NS_REQUESTS);
     for (l, _, s) in ns {
-        e.sample(&c::NS_REQUESTS, l, Value::U(s.requests));
+        e.sample(&c::NS_REQUESTS, &[l[0], l[0]], Value::U(s.requests));
     }
     e.header(&c::NS_CONCURRENT);
     for (l, _, s) in ns {
-        e.sample(&c::NS_CONCURRENT, l, Value::I(s.concurrency.max(0)));
+        e.sample(
+            &c::NS_CONCURRENT,
+            &[l[0], l[0]],
+            Value::I(s.concurrency.max(0)),
+        );
     }
     e.header(&c::NS_RESPONSE_TIME);
     for (l, _, s) in ns {
-        e.sample(&c::NS_RESPONSE_TIME, l, avg_seconds(s));
+        e.sample(&c::NS_RESPONSE_TIME, &[l[0], l[0]], avg_seconds(s));
     }
     e.header(&c::NS_STATUS);
     for (l, _, s) in ns {
         for (code, n) in &s.status {
-            e.sample(&c::NS_STATUS, &[l[0], &code.to_string()], Value::U(*n));
+            e.sample(
+                &c::NS_STATUS,
+                &[l[0], l[0], &code.to_string()],
+                Value::U(*n),
+            );
         }
     }
     let per_model: [ModelColumn; 5] = [
@@ -223,7 +234,7 @@ fn write_seed(
                     &c::MODEL_DURATION,
                     l,
                     &s.latency.duration,
-                    s.latency.sums_ms[0],
+                    s.latency.sums_us[0],
                     dur_bounds,
                 );
             }
@@ -258,7 +269,7 @@ fn write_traffic(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>, dur_bounds:
         &c::DURATION,
         &[],
         &g.latency.duration,
-        g.duration_ms_sum,
+        g.latency.sums_us[0],
         dur_bounds,
     );
     for (m, list) in [(&c::NS_DURATION, ns), (&c::PROVIDER_DURATION, providers)] {
@@ -269,7 +280,7 @@ fn write_traffic(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>, dur_bounds:
                 m,
                 l,
                 &s.latency.duration,
-                s.latency.sums_ms[0],
+                s.latency.sums_us[0],
                 dur_bounds,
             );
         }
@@ -281,7 +292,7 @@ fn write_traffic(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>, dur_bounds:
             &c::MODEL_TTFB,
             l,
             &s.latency.ttfb,
-            s.latency.sums_ms[1],
+            s.latency.sums_us[1],
             dur_bounds,
         );
     }
@@ -349,7 +360,7 @@ fn write_tokens_and_cost(e: &mut Encoder, view: &FleetView, sc: &Scopes<'_>) {
 /// The OpenTelemetry GenAI semantic-convention histograms.
 fn write_genai(e: &mut Encoder, sc: &Scopes<'_>) {
     let models = &sc.models[..];
-    let genai_bounds = ms_bounds(c::GENAI_DURATION_BUCKETS);
+    let genai_bounds = us_bounds(c::GENAI_DURATION_BUCKETS);
     e.header(&c::GENAI_DURATION);
     for (l, _, s) in with_histograms(models) {
         let op = s.operation.unwrap_or("chat");
@@ -358,7 +369,7 @@ fn write_genai(e: &mut Encoder, sc: &Scopes<'_>) {
             &c::GENAI_DURATION,
             &[op, l[0], l[1]],
             &s.latency.duration,
-            s.latency.sums_ms[0],
+            s.latency.sums_us[0],
             &genai_bounds,
         );
     }
@@ -494,18 +505,18 @@ fn duration_histogram(
     m: &Metric,
     labels: &[&str],
     h: &Latency,
-    sum_ms: u64,
-    bounds_ms: &[f64],
+    sum_us: u64,
+    bounds_us: &[f64],
 ) {
-    let cumulative = h.cumulative(bounds_ms);
-    let bounds_s: Vec<f64> = bounds_ms.iter().map(|b| b / 1000.0).collect();
+    let cumulative = h.cumulative(bounds_us);
+    let bounds_s: Vec<f64> = bounds_us.iter().map(|b| b / 1e6).collect();
     e.histogram(
         m,
         labels,
         &bounds_s,
         &cumulative,
         h.count(),
-        seconds_from_ms(sum_ms),
+        seconds_from_us(sum_us),
     );
 }
 
@@ -543,11 +554,11 @@ fn quantiles<'a>(
     }
     for (window, lat) in &series {
         for (q, qs) in c::QUANTILES {
-            if let Some(ms) = lat.quantile(*q) {
+            if let Some(us) = lat.quantile(*q) {
                 let mut values: Vec<&str> = labels.to_vec();
                 values.push(window);
                 values.push(qs);
-                e.sample(m, &values, Value::F(ms / 1000.0));
+                e.sample(m, &values, Value::F(us / 1e6));
             }
         }
     }

@@ -9,7 +9,7 @@
 
 use compact_str::CompactString;
 
-use super::decode::{Val, bool_of, compact_text, str_of, u64_of};
+use super::decode::{Val, bool_of, compact_text, f64_of, str_of, u64_of};
 use super::scan::Kv;
 use crate::record::fields::{FIELDS, FieldId, by_otlp_key};
 use crate::record::{CostSource, RecordError, RecordFields, RejectReason, ValidRecord, Validation};
@@ -76,8 +76,8 @@ fn put(f: &mut RecordFields, id: FieldId, key: &str, v: Val<'_>) -> Result<(), R
             f.status =
                 Some(u16::try_from(n).map_err(|_| attr_err(key, format!("{n} is too large")))?);
         }
-        FieldId::DurationMs => f.duration_ms = Some(int()?),
-        FieldId::TtfbMs => f.ttfb_ms = Some(int()?),
+        FieldId::DurationMs => f.duration_ms = Some(f64_of(v).map_err(|m| attr_err(key, m))?),
+        FieldId::TtfbMs => f.ttfb_ms = Some(f64_of(v).map_err(|m| attr_err(key, m))?),
         FieldId::InputTokens => f.input_tokens = Some(int()?),
         FieldId::OutputTokens => f.output_tokens = Some(int()?),
         FieldId::CacheWrite5m => f.cache_creation_5m_tokens = Some(int()?),
@@ -107,6 +107,9 @@ fn put(f: &mut RecordFields, id: FieldId, key: &str, v: Val<'_>) -> Result<(), R
         FieldId::MessagesCount => f.messages_count = Some(small()?),
         FieldId::TraceId => f.trace_id = text(),
         FieldId::SpanId => f.span_id = text(),
+        FieldId::ProviderRequestId => f.provider_request_id = text(),
+        FieldId::CostAmount => f.cost = text(),
+        FieldId::Currency => f.currency = text(),
     }
     Ok(())
 }

@@ -150,6 +150,13 @@ fields! {
     TraceId =        (Some("trace_id"),                 Some("trace_id"),                "trace_id",              Text, Some("gatemeter.trace_id"),                     None),
     /// Span id of the call (an OTLP GenAI span's own id), so a record is found from a trace.
     SpanId =         (Some("span_id"),                  Some("span_id"),                 "span_id",               Text, Some("gatemeter.span_id"),                      None),
+    /// The upstream provider's id of the request (Claude Code's `request_id`): searchable,
+    /// never the idempotency key.
+    ProviderRequestId = (Some("provider_request_id"),   Some("provider_request_id"),     "provider_request_id",   Text, Some("gatemeter.provider_request_id"),          None),
+    /// A cost sent in another currency: the amount as sent (exact decimal text).
+    CostAmount =     (Some("cost"),                     Some("cost_amount"),             "cost_amount",           Text, Some("gatemeter.cost_amount"),                  None),
+    /// Its ISO 4217 currency (`RMB` stored as `CNY`).
+    Currency =       (Some("currency"),                 Some("currency"),                "currency",              Text, Some("gatemeter.currency"),                     None),
 }
 
 /// The field exported as OTLP attribute `key`, if any.

@@ -11,7 +11,7 @@
 
 use compact_str::CompactString;
 
-use super::{Field, RawCost, RawRecord, RawTime};
+use super::{Field, RawAmount, RawCost, RawRecord, RawTime};
 
 /// Bytes the scanner will not take inside a string: the closing quote, a backslash (escapes go
 /// to serde), C0 controls and DEL. Because of this table, every string of a scanned record is
@@ -382,6 +382,16 @@ impl Scan for u64 {
     }
 }
 
+impl Scan for f64 {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        if s.null() {
+            return Some(None);
+        }
+        Some(Some(s.plain_number()?))
+    }
+}
+
 impl Scan for u32 {
     #[inline]
     fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
@@ -414,6 +424,26 @@ impl Scan for RawCost {
     #[inline]
     fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
         s.opt_cost()
+    }
+}
+
+impl Scan for RawAmount {
+    #[inline]
+    fn scan(s: &mut Scanner<'_>) -> Option<Option<Self>> {
+        match s.peek()? {
+            b'n' => s.null().then_some(None),
+            b'"' => Some(Some(RawAmount(CompactString::from(s.string()?.trim())))),
+            _ => {
+                // As serde hands it over: integers through u64, others through f64.
+                let start = s.i;
+                if let Some(v) = s.uint() {
+                    return Some(Some(RawAmount(compact_str::format_compact!("{v}"))));
+                }
+                s.i = start;
+                let v = s.plain_number()?;
+                Some(Some(RawAmount(compact_str::format_compact!("{v}"))))
+            }
+        }
     }
 }
 
@@ -546,6 +576,9 @@ mod tests {
             "provider_chain",
             "is_streaming",
             "messages_count",
+            "cost",
+            "currency",
+            "provider_request_id",
             "unknown",
             "error",
         ];

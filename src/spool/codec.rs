@@ -2,9 +2,9 @@
 //!
 //! A frame is `len: u32 LE | crc32(payload): u32 LE | payload`; a payload is `count: u32 LE`
 //! then `count` events. An event is a tag byte (`0` start marker; `3` finished record, `4` one
-//! with its stored request after it; `1` and `2`, the same without `span_id`, written before
-//! that field existed, are still read) and its
-//! fields in declaration order: integers as LEB128 varints (signed ones zig-zagged), text as
+//! with its stored request after it; `1`, a finished record of the earlier version: durations in
+//! whole ms, ending at `trace_id`, still read) and its fields in declaration order: integers as
+//! LEB128 varints (signed ones zig-zagged), text as
 //! a varint length and UTF-8 bytes, an absent optional as `0` and a present one as `1` + value.
 //! The encoder destructures [`ValidRecord`] and the decoder builds it with a struct literal, so
 //! a field added to the record does not compile here until the spool carries it.
@@ -12,7 +12,8 @@
 use compact_str::CompactString;
 
 use crate::record::{
-    ApiType, CostSource, Event, Label, RequestId, StartMarker, StoredRequest, Tokens, ValidRecord,
+    ApiType, CostSource, Event, Label, Millis, RequestId, StartMarker, StoredRequest, Tokens,
+    ValidRecord,
 };
 
 /// Bytes of a frame header (length and checksum).
@@ -142,6 +143,13 @@ fn cost_code(c: CostSource) -> u8 {
     }
 }
 
+/// Tag of a finished record, durations in µs.
+const TAG_FINISH: u8 = 3;
+/// Tag of a finished record followed by its stored request.
+const TAG_FINISH_WITH_REQUEST: u8 = 4;
+/// Tag of a finished record written by an earlier version, durations in whole ms.
+const TAG_FINISH_MS: u8 = 1;
+
 fn event(out: &mut Vec<u8>, e: &Event) {
     match e {
         Event::Start(m) => {
@@ -150,10 +158,12 @@ fn event(out: &mut Vec<u8>, e: &Event) {
             text(out, &m.namespace);
             signed(out, m.timestamp_ms);
         }
-        // Tags 1 (no span_id) and 2 (no span_id, a stored request) stay readable as before.
         Event::Finish(r) => {
-            // 3: with span_id; 4: with span_id and a stored request after the record.
-            out.push(if r.request.is_some() { 4 } else { 3 });
+            out.push(if r.request.is_some() {
+                TAG_FINISH_WITH_REQUEST
+            } else {
+                TAG_FINISH
+            });
             record(out, r);
             if let Some(req) = &r.request {
                 text(out, &req.json);
@@ -199,6 +209,9 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
         trace_id,
         span_id,
         request: _,
+        provider_request_id,
+        cost_amount,
+        currency,
     } = r;
     opt_text(out, request_id.as_ref().map(RequestId::as_str));
     signed(out, *timestamp_ms);
@@ -215,8 +228,8 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     out.push(api_code(*api_type));
     text(out, method);
     varint(out, u64::from(*status));
-    varint(out, *duration_ms);
-    opt_u64(out, *ttfb_ms);
+    varint(out, duration_ms.micros());
+    opt_u64(out, ttfb_ms.map(Millis::micros));
     let Tokens {
         input,
         output,
@@ -244,6 +257,9 @@ fn record(out: &mut Vec<u8>, r: &ValidRecord) {
     opt_u64(out, messages_count.map(u64::from));
     opt_text(out, trace_id.as_deref());
     opt_text(out, span_id.as_deref());
+    opt_text(out, provider_request_id.as_deref());
+    opt_text(out, cost_amount.as_deref());
+    opt_text(out, currency.as_deref());
 }
 
 struct Reader<'a> {
@@ -324,17 +340,16 @@ impl<'a> Reader<'a> {
                 namespace: self.label()?,
                 timestamp_ms: self.signed()?,
             })),
-            1 => Ok(Event::Finish(Box::new(self.record(false)?))),
-            2 => self.with_request(false),
-            3 => Ok(Event::Finish(Box::new(self.record(true)?))),
-            4 => self.with_request(true),
+            TAG_FINISH => Ok(Event::Finish(Box::new(self.record(true)?))),
+            TAG_FINISH_WITH_REQUEST => self.with_request(),
+            TAG_FINISH_MS => Ok(Event::Finish(Box::new(self.record(false)?))),
             _ => Err(DecodeError),
         }
     }
 
-    /// A record followed by its stored request (tags 2 and 4).
-    fn with_request(&mut self, with_span: bool) -> Result<Event, DecodeError> {
-        let mut r = self.record(with_span)?;
+    /// A current record followed by its stored request (tag 4).
+    fn with_request(&mut self) -> Result<Event, DecodeError> {
+        let mut r = self.record(true)?;
         r.request = Some(Box::new(StoredRequest {
             json: self.text()?.into(),
             truncated: self.byte()? != 0,
@@ -347,8 +362,14 @@ impl<'a> Reader<'a> {
         self.text()
     }
 
-    /// A record; `with_span` for tag `2` (tag `1` records end at `trace_id`).
-    fn record(&mut self, with_span: bool) -> Result<ValidRecord, DecodeError> {
+    /// A finished record of tag [`TAG_FINISH`] (`current`), or of the earlier
+    /// [`TAG_FINISH_MS`]: durations in ms, without the fields added since.
+    fn record(&mut self, current: bool) -> Result<ValidRecord, DecodeError> {
+        let unit = if current {
+            Millis::from_micros
+        } else {
+            Millis::from_ms
+        };
         // Field initialisers run in the order written: the encoder's order.
         Ok(ValidRecord {
             request_id: self.opt_text()?.map(RequestId),
@@ -373,8 +394,8 @@ impl<'a> Reader<'a> {
             },
             method: self.text()?,
             status: u16::try_from(self.varint()?).map_err(|_| DecodeError)?,
-            duration_ms: self.varint()?,
-            ttfb_ms: self.opt_u64()?,
+            duration_ms: unit(self.varint()?),
+            ttfb_ms: self.opt_u64()?.map(unit),
             tokens: Tokens {
                 input: self.varint()?,
                 output: self.varint()?,
@@ -411,8 +432,12 @@ impl<'a> Reader<'a> {
                 .transpose()
                 .map_err(|_| DecodeError)?,
             trace_id: self.opt_text()?,
-            span_id: if with_span { self.opt_text()? } else { None },
+            // Written since tag 3 only.
+            span_id: if current { self.opt_text()? } else { None },
             request: None,
+            provider_request_id: if current { self.opt_text()? } else { None },
+            cost_amount: if current { self.opt_text()? } else { None },
+            currency: if current { self.opt_text()? } else { None },
         })
     }
 }
@@ -440,8 +465,8 @@ mod tests {
             api_type: ApiType::Gemini,
             method: "POST".into(),
             status: 529,
-            duration_ms: 86_400_000,
-            ttfb_ms: Some(12),
+            duration_ms: Millis::from_ms(86_400_000),
+            ttfb_ms: Some(Millis::from_micros(12_345)),
             tokens: Tokens {
                 input: 1,
                 output: 2,
@@ -468,6 +493,9 @@ mod tests {
                 truncated: true,
                 original_bytes: 70_000,
             })),
+            provider_request_id: Some("req_011".into()),
+            cost_amount: Some("12.5".into()),
+            currency: Some("CNY".into()),
         }
     }
 
@@ -493,6 +521,9 @@ mod tests {
             messages_count: None,
             trace_id: None,
             span_id: None,
+            provider_request_id: None,
+            cost_amount: None,
+            currency: None,
             api_type: ApiType::Claude,
             cost_source: CostSource::Reported,
             status: 0,
@@ -520,50 +551,29 @@ mod tests {
         assert_eq!(decode(payload).expect("decodes"), events);
     }
 
-    /// A spool written before `span_id` existed (tag `1`, the record ending at `trace_id`) is
-    /// still replayed after an upgrade.
+    /// A spool written before durations had microseconds (tag 1, whole ms) replays with the
+    /// same durations.
     #[test]
-    fn records_written_without_a_span_id_are_still_read() {
-        let r = ValidRecord {
-            request: None,
-            ..sparse()
-        };
-        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
-        let mut legacy = f[HEADER..].to_vec();
-        assert_eq!(legacy[4], 3, "records are written with tag 3");
-        legacy[4] = 1;
-        assert_eq!(legacy.pop(), Some(0), "an absent span id is the last byte");
-        assert_eq!(
-            decode(&legacy).expect("decodes"),
-            vec![Event::Finish(Box::new(r))]
-        );
-        // Tag 2 (a stored request after the record, no span id) likewise.
-        let r = sparse();
-        assert!(r.request.is_some());
-        let f = frame(&[Event::Finish(Box::new(r.clone()))]);
-        let with_request = &f[HEADER..];
-        assert_eq!(with_request[4], 4, "a record with its request is tag 4");
-        let request_bytes = {
-            let mut out = Vec::new();
-            let req = r.request.as_ref().expect("request");
-            text(&mut out, &req.json);
-            out.push(u8::from(req.truncated));
-            varint(&mut out, req.original_bytes);
-            out
-        };
-        let cut = with_request.len() - request_bytes.len();
-        assert_eq!(
-            with_request[cut - 1],
-            0,
-            "the absent span id before the request"
-        );
-        let mut legacy = with_request[..cut - 1].to_vec();
-        legacy.extend_from_slice(&request_bytes);
-        legacy[4] = 2;
-        assert_eq!(
-            decode(&legacy).expect("decodes"),
-            vec![Event::Finish(Box::new(r))]
-        );
+    fn records_of_the_earlier_tag_are_read_in_milliseconds() {
+        let mut r = full();
+        (r.provider_request_id, r.cost_amount, r.currency) = (None, None, None);
+        (r.span_id, r.request) = (None, None);
+        r.duration_ms = Millis::from_ms(1500);
+        r.ttfb_ms = Some(Millis::from_ms(12));
+        let mut old = Vec::new();
+        record(&mut old, &r);
+        // The same bytes with durations written in ms (as the earlier encoder did).
+        let mut by_ms = r.clone();
+        by_ms.duration_ms = Millis::from_micros(1500);
+        by_ms.ttfb_ms = Some(Millis::from_micros(12));
+        let mut body = vec![TAG_FINISH_MS];
+        record(&mut body, &by_ms);
+        // The earlier layout ends at trace_id: drop the four absent trailing fields.
+        body.truncate(body.len() - 4);
+        let mut payload = 1u32.to_le_bytes().to_vec();
+        payload.extend_from_slice(&body);
+        assert_eq!(decode(&payload), Ok(vec![Event::Finish(Box::new(r))]));
+        assert_ne!(old, body[1..], "the units differ on disk");
     }
 
     #[test]

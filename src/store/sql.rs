@@ -49,12 +49,14 @@ pub use query::{
     UsageRow,
 };
 
-/// Page cache of the SQLite writer's connection (negative: KiB; 128 MiB), against the 2 MiB
-/// default: holds the hot pages of the indexes across transactions, so they are neither
-/// re-read nor spilled to the WAL in mid-transaction (issue #4: 44,256 → 55,178 rows/s at
-/// 64 MiB; with random request ids, whose index pages every transaction touches, 64 → 128 MiB
-/// gave ~80,000 → ~93,000; see ARCHITECTURE). It fills only as pages are used.
-const SQLITE_WRITER_CACHE: &str = "-131072";
+/// Page cache of the SQLite writer's connection (`log_store.sqlite_cache_bytes`, default 16
+/// MiB) as `PRAGMA cache_size` (negative: KiB), against the 2 MiB default: holds the hot pages
+/// of the indexes across transactions (issue #4: larger caches wrote random ids faster in
+/// `bench-log`, 64 → 128 MiB ~80,000 → ~93,000 rows/s; issue 20 bounded the default's memory,
+/// see docs/benchmarks.md). It fills only as pages are used.
+fn sqlite_cache_pragma(bytes: u64) -> String {
+    format!("-{}", (bytes / 1024).max(64))
+}
 
 /// How often the SQLite WAL is copied into the database file in the background.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -133,7 +135,17 @@ pub struct SqlConfig {
     pub retention_days: u32,
     /// Whether the writer keeps the rollups the analytics API reads (`rollup.rs`).
     pub rollups: bool,
+    /// Bytes of records waiting for the writer or being written at most (with
+    /// `queue_capacity`, whichever is reached first); beyond it batches are dropped and counted.
+    pub queue_bytes: usize,
+    /// The SQLite writer connection's page cache, bytes.
+    pub sqlite_cache_bytes: u64,
 }
+
+/// Default `log_store.queue_bytes`: 32 MiB (about 50,000 records of a few hundred bytes).
+pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
+/// Default `log_store.sqlite_cache_bytes`: 16 MiB.
+pub const DEFAULT_SQLITE_CACHE_BYTES: u64 = 16 << 20;
 
 impl std::fmt::Debug for SqlConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +160,8 @@ impl std::fmt::Debug for SqlConfig {
             .field("write_concurrency", &self.write_concurrency)
             .field("retention_days", &self.retention_days)
             .field("rollups", &self.rollups)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("sqlite_cache_bytes", &self.sqlite_cache_bytes)
             .finish()
     }
 }
@@ -310,6 +324,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_request_bodies_and_export_audit.sql"),
     ),
     (
+        7,
+        "provider request id and currency",
+        include_str!("../../migrations/sqlite/0007_provider_request_id_and_currency.sql"),
+    ),
+    (
         8,
         "span id",
         include_str!("../../migrations/sqlite/0008_span_id.sql"),
@@ -355,6 +374,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "request bodies and export audit sizes",
         include_str!("../../migrations/postgres/0007_request_bodies_and_export_audit.sql"),
+    ),
+    (
+        8,
+        "provider request id and currency",
+        include_str!("../../migrations/postgres/0008_provider_request_id_and_currency.sql"),
     ),
     (
         9,
@@ -467,6 +491,9 @@ struct Inner {
     abandon: Arc<Notify>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    /// Bytes of the records counted in `depth` ([`ValidRecord::approx_bytes`]).
+    bytes: Arc<AtomicUsize>,
+    byte_capacity: usize,
     dialect: &'static str,
     /// Where the log lives (the backup export reads it).
     location: SqlBackend,
@@ -514,8 +541,9 @@ impl SqlLog {
                         .await
                         .map_err(|e| unavailable(format!("sqlite {}: {e}", path.display())))
                 };
+                let cache = sqlite_cache_pragma(cfg.sqlite_cache_bytes);
                 let migrating =
-                    connect(1, opts.clone().pragma("cache_size", SQLITE_WRITER_CACHE)).await?;
+                    connect(1, opts.clone().pragma("cache_size", cache.clone())).await?;
                 let m = Migrator::new(Embedded(SQLITE_MIGRATIONS))
                     .await
                     .map_err(unavailable)?;
@@ -528,7 +556,7 @@ impl SqlLog {
                 // the small default cache, so a long export's memory stays small.
                 let write_pool = connect(
                     1,
-                    opts.pragma("cache_size", SQLITE_WRITER_CACHE)
+                    opts.pragma("cache_size", cache)
                         .pragma("temp_store", "memory")
                         .pragma("wal_autocheckpoint", SQLITE_WRITER_AUTOCHECKPOINT),
                 )
@@ -583,6 +611,7 @@ impl SqlLog {
             tokio::spawn(connect_when_up(setup.clone(), health.clone()));
         }
         let depth = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
         // Each message holds at least one record, so the record budget bounds the channel too.
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 1 << 20) + 16);
         let abandon = Arc::new(Notify::new());
@@ -590,6 +619,7 @@ impl SqlLog {
             backend: write_backend,
             setup: setup.clone(),
             depth: depth.clone(),
+            bytes: bytes.clone(),
             health,
             abandon: abandon.clone(),
             batch_rows: cfg.batch_rows.max(1),
@@ -615,6 +645,8 @@ impl SqlLog {
                 abandon,
                 depth,
                 capacity: cfg.queue_capacity,
+                bytes,
+                byte_capacity: cfg.queue_bytes,
                 dialect,
                 location: cfg.backend.clone(),
                 retention_days: cfg.retention_days,
@@ -830,9 +862,14 @@ impl RequestLog for SqlLog {
         if n == 0 {
             return Ok(());
         }
-        let depth = &self.inner.depth;
-        if depth.fetch_add(n, Relaxed) + n > self.inner.capacity {
+        let b: usize = records.iter().map(|r| r.approx_bytes()).sum();
+        let (depth, bytes) = (&self.inner.depth, &self.inner.bytes);
+        let full = depth.fetch_add(n, Relaxed) + n > self.inner.capacity;
+        // The byte budget: a batch alone larger than it still goes into an empty queue.
+        let before = bytes.fetch_add(b, Relaxed);
+        if full || (before > 0 && before + b > self.inner.byte_capacity) {
             depth.fetch_sub(n, Relaxed);
+            bytes.fetch_sub(b, Relaxed);
             return Err(StoreError::Full {
                 store: "request log",
             });
@@ -842,6 +879,7 @@ impl RequestLog for SqlLog {
             .try_send(writer::Msg::Records(records))
             .map_err(|_| {
                 depth.fetch_sub(n, Relaxed);
+                bytes.fetch_sub(b, Relaxed);
                 StoreError::Full {
                     store: "request log",
                 }
@@ -889,6 +927,8 @@ mod tests {
             write_concurrency: 1,
             retention_days: 0,
             rollups: true,
+            queue_bytes: crate::store::sql::DEFAULT_QUEUE_BYTES,
+            sqlite_cache_bytes: crate::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
         };
         SqlLog::open(&cfg, Arc::new(Health::new(1)))
             .await
@@ -921,6 +961,8 @@ mod tests {
                 write_concurrency: 1,
                 retention_days: 0,
                 rollups: false,
+                queue_bytes: usize::MAX,
+                sqlite_cache_bytes: DEFAULT_SQLITE_CACHE_BYTES,
             };
             let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
                 .await
@@ -983,6 +1025,67 @@ mod tests {
         log.close().await;
     }
 
+    /// The log's queue is bounded in bytes too (`log_store.queue_bytes`): with the writer held
+    /// back, records beyond the budget are refused (and counted by the caller as `log_full`),
+    /// while a batch alone larger than the budget still goes into an empty queue; the budget is
+    /// given back as rows are written.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = |i: usize| {
+            crate::record::test_record(
+                &format!(
+                    r#"{{"request_id": "r{i}", "model": "m", "status": 200, "duration_ms": 1}}"#
+                ),
+                crate::clock::now_ms(),
+            )
+        };
+        let one = rec(0).approx_bytes();
+        assert!(one >= std::mem::size_of::<ValidRecord>());
+        let cfg = SqlConfig {
+            backend: SqlBackend::Sqlite {
+                path: dir.path().join("log.db"),
+            },
+            queue_capacity: 1_000_000,
+            batch_rows: 100,
+            write_concurrency: 1,
+            retention_days: 0,
+            rollups: false,
+            queue_bytes: 10 * one,
+            sqlite_cache_bytes: DEFAULT_SQLITE_CACHE_BYTES,
+        };
+        let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
+            .await
+            .expect("opens");
+        let Backend::Sqlite(pool) = log.backend() else {
+            unreachable!("a SQLite log")
+        };
+        // Hold the writer back: an open write transaction on a reader connection.
+        let mut blocker = pool.acquire().await.expect("connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        log.submit((0..8).map(rec).collect()).expect("room for 8");
+        log.submit((8..10).map(rec).collect())
+            .expect("room for 2 more");
+        assert!(
+            log.submit(vec![rec(10)]).is_err(),
+            "the 11th is over the budget"
+        );
+        sqlx::query("COMMIT")
+            .execute(&mut *blocker)
+            .await
+            .expect("unlock");
+        drop(blocker);
+        tokio::time::timeout(Duration::from_secs(10), log.flush())
+            .await
+            .expect("flushed");
+        assert_eq!(log.inner.bytes.load(Relaxed), 0, "the budget is given back");
+        log.submit((11..31).map(rec).collect())
+            .expect("a batch alone fits an empty queue");
+    }
+
     /// A batch the database refuses for a reason that is not an outage (here a trigger, as a
     /// constraint would) is tried a few times, then dropped and counted — never retried
     /// without end — and the log goes on writing; the store stays up.
@@ -999,6 +1102,8 @@ mod tests {
             write_concurrency: 1,
             retention_days: 0,
             rollups: true,
+            queue_bytes: crate::store::sql::DEFAULT_QUEUE_BYTES,
+            sqlite_cache_bytes: crate::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
         };
         let log = SqlLog::open(&cfg, health.clone()).await.expect("opens");
         let Backend::Sqlite(pool) = log.backend() else {

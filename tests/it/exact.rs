@@ -199,14 +199,17 @@ async fn known_records_give_exact_totals_and_quantiles() {
     for ns in NAMESPACES {
         let rs: Vec<&crate::exact::Gen> = records.iter().filter(|g| g.ns == ns).collect();
         assert_eq!(
-            m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+            m.value(
+                "ai_gateway_namespace_requests_total",
+                &[("namespace", ns), ("namespace_code", ns)]
+            ),
             rs.len() as f64
         );
         let sum: u64 = rs.iter().map(|g| g.duration_ms).sum();
         close(
             m.value(
                 "ai_gateway_namespace_response_time_seconds",
-                &[("namespace", ns)],
+                &[("namespace", ns), ("namespace_code", ns)],
             ),
             sum as f64 / rs.len() as f64 / 1000.0,
             1e-9,
@@ -220,7 +223,11 @@ async fn known_records_give_exact_totals_and_quantiles() {
             assert_eq!(
                 m.value(
                     "ai_gateway_namespace_status_codes_total",
-                    &[("namespace", ns), ("status_code", &code.to_string())]
+                    &[
+                        ("namespace", ns),
+                        ("namespace_code", ns),
+                        ("status_code", &code.to_string())
+                    ]
                 ),
                 count as f64
             );
@@ -228,7 +235,7 @@ async fn known_records_give_exact_totals_and_quantiles() {
         assert_eq!(
             m.value(
                 "ai_gateway_namespace_concurrent_requests",
-                &[("namespace", ns)]
+                &[("namespace", ns), ("namespace_code", ns)]
             ),
             0.0
         );
@@ -430,5 +437,107 @@ async fn known_records_give_exact_totals_and_quantiles() {
         n
     );
     assert_eq!(m.value("gatemeter_processed_records_total", &[]), n);
+    app.stop().await;
+}
+
+/// Gateways send `duration_ms: 207.5`: such records are accepted (fast path and serde alike)
+/// and the histograms keep the fraction: quantiles of 1.5 ms and 0.25 ms values read 1.5 ms and
+/// 0.25 ms (whole milliseconds would give 1 or 2, and 0), sums to the microsecond.
+#[tokio::test]
+async fn fractional_milliseconds_reach_quantiles_and_sums() {
+    let app = TestApp::start().await;
+    let rec = |i: usize, d: &str, t: &str, extra: &str| {
+        format!(
+            r#"{{"request_id":"f-{i}","namespace":"frac","provider":"p","model":"m","status":200,"duration_ms":{d},"ttfb_ms":{t}{extra}}}"#
+        )
+    };
+    // Half through the scanner, half through serde (an escaped string sends a record there).
+    let body: Vec<String> = (0..20)
+        .map(|i| {
+            rec(
+                i,
+                "1.5",
+                "0.25",
+                if i % 2 == 0 {
+                    ""
+                } else {
+                    r#","user":"a\u0041""#
+                },
+            )
+        })
+        .chain((20..30).map(|i| rec(i, "207.5", "2.0E1", "")))
+        .collect();
+    let (status, ans) = app.post_json(&format!("[{}]", body.join(","))).await;
+    assert_eq!(status, 200, "{ans}");
+    assert_eq!(ans["accepted"], 30, "{ans}");
+    let m = app.metrics().await;
+    let l = [("provider", "p"), ("model", "m")];
+    close(
+        m.value("model_request_duration_seconds_sum", &l),
+        (20.0 * 1.5 + 10.0 * 207.5) / 1000.0,
+        1e-12,
+        "duration sum",
+    );
+    close(
+        m.value("gatemeter_time_to_first_byte_seconds_sum", &l),
+        (20.0 * 0.25 + 10.0 * 20.0) / 1000.0,
+        1e-12,
+        "ttfb sum",
+    );
+    for window in ["1m", "all"] {
+        let q = |name: &str, labels: &[(&str, &str)], p: &str| {
+            let mut l = labels.to_vec();
+            l.extend([("window", window), ("percentile", p)]);
+            m.value(name, &l)
+        };
+        let ns = [("namespace", "frac")];
+        close(
+            q(
+                "gatemeter_namespace_request_duration_quantile_seconds",
+                &ns,
+                "50",
+            ) * 1e3,
+            1.5,
+            0.004,
+            "p50",
+        );
+        close(
+            q(
+                "gatemeter_namespace_request_duration_quantile_seconds",
+                &ns,
+                "99",
+            ) * 1e3,
+            207.5,
+            0.004,
+            "p99",
+        );
+        close(
+            q(
+                "gatemeter_model_time_to_first_byte_quantile_seconds",
+                &l,
+                "50",
+            ) * 1e3,
+            0.25,
+            0.004,
+            "ttfb p50",
+        );
+    }
+    // The seed's average keeps whole (rounded) milliseconds, like the request log: 2 and 208.
+    close(
+        m.value(
+            "ai_gateway_namespace_response_time_seconds",
+            &[("namespace", "frac"), ("namespace_code", "frac")],
+        ),
+        (20.0 * 2.0 + 10.0 * 208.0) / 30.0 / 1000.0,
+        1e-9,
+        "seed average",
+    );
+    for (bad, why) in [("-1.5", "negative"), ("86400000.5", "limit")] {
+        let (status, ans) = app.post_json(&rec(99, bad, "0", "")).await;
+        assert_eq!(status, 400, "{ans}");
+        assert_eq!(ans["errors"][0]["field"], "duration_ms", "{ans}");
+        let msg = ans["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(why), "{msg}");
+    }
     app.stop().await;
 }

@@ -146,7 +146,10 @@ async fn exposition_is_well_formed() {
     assert_eq!(
         e.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "we\"ird\\ns")]
+            &[
+                ("namespace", "we\"ird\\ns"),
+                ("namespace_code", "we\"ird\\ns")
+            ]
         ),
         1.0
     );
@@ -195,4 +198,84 @@ async fn openmetrics_when_asked() {
     assert!(text.contains("# UNIT model_request_duration_seconds seconds\n"));
     check_structure(&text);
     app.stop().await;
+}
+
+/// `metrics_listen` (SPEC §10): `/metrics` on its own listener (with `/healthz`), and no longer
+/// on the main one, which keeps ingest; the metrics listener serves no ingest route. Both stop
+/// with the one shutdown.
+#[tokio::test]
+async fn metrics_listen_moves_metrics_to_their_own_listener() {
+    use gatemeter::app::App;
+    use gatemeter::client::Client;
+    use gatemeter::config::Config;
+
+    let config = Config::from_yaml_str(
+        "metrics_listen: 127.0.0.1:9\nlog_store: {kind: none}\n",
+        std::path::Path::new("t.yaml"),
+        &|_| None,
+    )
+    .expect("valid");
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9".parse().expect("addr"))
+    );
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (main, metrics) = (bind().await.expect("bind"), bind().await.expect("bind"));
+    let app = App::build_with_metrics(&config, main, Some(metrics))
+        .await
+        .expect("builds");
+    let (main, metrics) = (
+        app.local_addr().expect("addr"),
+        app.metrics_addr().expect("metrics addr"),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::new();
+    let status = |url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("answer")
+                .status()
+                .as_u16()
+        }
+    };
+    let ok = r#"{"model":"m","status":200,"duration_ms":1}"#;
+    let resp = client
+        .post(format!("http://{main}/v1/events"))
+        .header("content-type", "application/json")
+        .body(ok)
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status(format!("http://{main}/metrics")).await, 404);
+    assert_eq!(status(format!("http://{metrics}/healthz")).await, 200);
+    let resp = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    let m = Exposition::parse(&resp.text().await.expect("text"));
+    assert_eq!(m.value("ai_gateway_requests_total", &[]), 1.0);
+    let resp = client
+        .post(format!("http://{metrics}/v1/events"))
+        .header("content-type", "application/json")
+        .body(ok)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 404, "no ingest on the metrics listener");
+    let _ = stop.send(());
+    server.await.expect("joined").expect("ran");
+    assert!(
+        tokio::net::TcpStream::connect(metrics).await.is_err(),
+        "the metrics listener is closed too"
+    );
 }

@@ -102,7 +102,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_concurrent_requests",
-            &[("namespace", "live")]
+            &[("namespace", "live"), ("namespace_code", "live")]
         ),
         3.0
     );
@@ -118,7 +118,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_concurrent_requests",
-            &[("namespace", "live")]
+            &[("namespace", "live"), ("namespace_code", "live")]
         ),
         2.0
     );
@@ -137,7 +137,7 @@ async fn start_and_end_phases_drive_concurrency_and_abandoned_starts_expire() {
             assert_eq!(
                 m.value(
                     "ai_gateway_namespace_concurrent_requests",
-                    &[("namespace", "live")]
+                    &[("namespace", "live"), ("namespace_code", "live")]
                 ),
                 0.0
             );
@@ -188,7 +188,10 @@ async fn series_cap_folds_new_label_values_into_overflow() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "__overflow__")]
+            &[
+                ("namespace", "__overflow__"),
+                ("namespace_code", "__overflow__")
+            ]
         ),
         2.0
     );
@@ -200,8 +203,87 @@ async fn series_cap_folds_new_label_values_into_overflow() {
         2.0
     );
     assert!(
-        m.get("ai_gateway_namespace_requests_total", &[("namespace", "d")])
-            .is_none()
+        m.get(
+            "ai_gateway_namespace_requests_total",
+            &[("namespace", "d"), ("namespace_code", "d")]
+        )
+        .is_none()
     );
+    app.stop().await;
+}
+
+/// SPEC §7: a cost sent in another currency (`RMB` = `CNY`) is converted with
+/// `pricing.exchange_rates` into exact micro-USD, the amount and currency kept in the log; a
+/// currency without a rate, or an amount without a currency, is refused naming the field.
+#[tokio::test]
+async fn costs_in_another_currency_are_converted_and_kept_in_the_log() {
+    let app =
+        TestApp::with_config("pricing:\n  exchange_rates: {CNY: 0.138, EUR: \"1.08\"}\n").await;
+    let rec = |id: &str, extra: &str| {
+        format!(
+            r#"{{"request_id":"{id}","namespace":"fx","provider":"p","model":"m","status":200,"duration_ms":5,{extra}}}"#
+        )
+    };
+    let body = format!(
+        "[{},{},{},{},{},{}]",
+        rec("rmb", r#""cost":12.5,"currency":"RMB""#),
+        rec("cny", r#""cost":"7.1234567","currency":"cny""#),
+        rec("eur", r#""cost":"0.000001","currency":"EUR""#),
+        rec("jpy", r#""cost":100,"currency":"JPY""#),
+        rec("none", r#""cost":1"#),
+        rec("both", r#""cost":1,"currency":"CNY","cost_usd":0.2"#),
+    );
+    let (status, ans) = app.post_json(&body).await;
+    assert_eq!(status, 200, "{ans}");
+    assert_eq!(ans["accepted"], 3, "{ans}");
+    let errors: Vec<(u64, &str)> = ans["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap_or(99),
+                e["field"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [(3, "currency"), (4, "currency"), (5, "cost")],
+        "{ans}"
+    );
+    assert!(
+        ans["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("JPY")),
+        "{ans}"
+    );
+    // 12.5 × 0.138 = 1.725 USD; 7.1234567 × 0.138 = 0.98303702… USD (half up to the µUSD);
+    // 0.000001 × 1.08 = 0.00000108 USD → 1 µUSD.
+    let m = app.metrics().await;
+    assert_eq!(
+        (m.value("gatemeter_namespace_cost_usd_total", &[("namespace", "fx")]) * 1e6).round(),
+        (1_725_000 + 983_037 + 1) as f64
+    );
+    crate::sql_log::wait_rows(&app, None, 3).await;
+    let (_, page) = crate::sql_log::get_json(&app, None, "/api/v1/logs?limit=10").await;
+    let by_id = |id: &str| {
+        page["items"]
+            .as_array()
+            .and_then(|i| i.iter().find(|e| e["request_id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {page}"))
+    };
+    let rmb = by_id("rmb");
+    assert_eq!(
+        (&rmb["cost_micros"], &rmb["cost_amount"], &rmb["currency"]),
+        (
+            &serde_json::json!(1_725_000),
+            &serde_json::json!("12.5"),
+            &serde_json::json!("CNY")
+        )
+    );
+    assert_eq!(by_id("cny")["cost_amount"], "7.1234567");
+    assert_eq!(by_id("eur")["cost_micros"], 1);
     app.stop().await;
 }

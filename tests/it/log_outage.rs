@@ -171,6 +171,8 @@ async fn closing_with_the_database_away_is_bounded_and_counted() {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, health.clone())
         .await

@@ -18,6 +18,7 @@ mod otlp;
 mod otlp_export;
 mod pg_server;
 mod probes;
+mod prometheus;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;

@@ -413,24 +413,62 @@ async fn every_fixture_scenario_gives_the_readme_totals() {
         "api_error_final",
         "continue",
     ] {
-        let app = TestApp::with_config(CONFIG).await;
+        // No config: `otlp.namespace_attribute` defaults to `team.id`.
+        let app = TestApp::start().await;
         replay(&app, scenario).await;
         let m = app.metrics().await;
         check(&m, scenario);
-        let namespace = match scenario {
-            "oauth_fake" | "api_error_final" => None,
-            "continue" => Some(("platform", 10.0)),
-            _ => Some(("obs-team", 8.0)),
+        // These two carry `team.id` on their records, not their resource: it is found there.
+        let (ns, n) = match scenario {
+            "oauth_fake" | "api_error_final" => {
+                ("obs-team", m.value("ai_gateway_requests_total", &[]))
+            }
+            "continue" => ("platform", 10.0),
+            _ => ("obs-team", 8.0),
         };
-        if let Some((ns, n)) = namespace {
-            close(
-                m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
-                n,
-                "namespace from team.id",
-            );
-        }
+        close(
+            m.value(
+                "ai_gateway_namespace_requests_total",
+                &[("namespace", ns), ("namespace_code", ns)],
+            ),
+            n,
+            &format!("{scenario}: namespace from team.id"),
+        );
         app.stop().await;
     }
+}
+
+/// `otlp.namespace_attribute: ""` turns the mapping off: every request in `default`.
+#[tokio::test]
+async fn an_empty_namespace_attribute_keeps_the_default_namespace() {
+    let app = TestApp::with_config("otlp:\n  namespace_attribute: \"\"\n").await;
+    replay(&app, "protobuf").await;
+    let m = app.metrics().await;
+    let l = [("namespace", "default"), ("namespace_code", "default")];
+    close(
+        m.value("ai_gateway_namespace_requests_total", &l),
+        8.0,
+        "default",
+    );
+    app.stop().await;
+
+    // With no config, a session whose events carry no `team.id` (renamed in the OTLP JSON
+    // capture) falls back to `default` too.
+    let app = TestApp::start().await;
+    for b in bodies("json") {
+        let text = String::from_utf8(b.bytes).expect("OTLP JSON");
+        assert!(b.encoding.is_none());
+        let bytes = text.replace("\"team.id\"", "\"team.xx\"").into_bytes();
+        let resp = post(&app, &b.path, Some(&b.content_type), None, bytes).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let m = app.metrics().await;
+    close(
+        m.value("ai_gateway_namespace_requests_total", &l),
+        8.0,
+        "no team.id",
+    );
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -613,7 +651,7 @@ async fn partly_invalid_batches_answer_partial_success_in_both_encodings() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "t1")]
+            &[("namespace", "t1"), ("namespace_code", "t1")]
         ),
         2.0
     );
@@ -866,11 +904,11 @@ async fn records_exported_over_otlp_are_counted_by_a_central_gatemeter() {
         ("gatemeter_tokens_total", vec![("type", "cache_write_1h")]),
         (
             "ai_gateway_namespace_requests_total",
-            vec![("namespace", "edge-ns")],
+            vec![("namespace", "edge-ns"), ("namespace_code", "edge-ns")],
         ),
         (
             "ai_gateway_namespace_requests_total",
-            vec![("namespace", "obs-team")],
+            vec![("namespace", "obs-team"), ("namespace_code", "obs-team")],
         ),
         (
             "model_requests_total",
@@ -1066,6 +1104,35 @@ async fn out_of_range_and_future_metric_points_are_refused_per_point() {
             &[("signal", "metrics"), ("use", "repeated")]
         ),
         0.0
+    );
+    app.stop().await;
+}
+
+/// A failed Claude Code call is found in the log by the request id the CLI reported
+/// (`provider_request_id`), while its row keeps its own idempotency key.
+#[tokio::test]
+async fn a_failed_call_is_found_by_the_cli_request_id() {
+    let app = TestApp::start().await;
+    replay(&app, "api_error_final").await;
+    let n = app.metrics().await.value("ai_gateway_requests_total", &[]) as usize;
+    crate::sql_log::wait_rows(&app, None, n).await;
+    let (status, page) = crate::sql_log::get_json(
+        &app,
+        None,
+        "/api/v1/logs?provider_request_id=req_mock_49de9dd105284a96b27a",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{page}");
+    let row = &items[0];
+    assert_eq!(row["status"], 500, "{row}");
+    assert_eq!(row["provider_request_id"], "req_mock_49de9dd105284a96b27a");
+    assert!(
+        row["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("cc:")),
+        "the idempotency key is the event's own: {row}"
     );
     app.stop().await;
 }

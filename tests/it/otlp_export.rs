@@ -202,3 +202,55 @@ async fn a_full_export_queue_drops_and_counts() {
     assert_eq!(m.value("ai_gateway_requests_total", &[]), 8.0);
     app.stop().await;
 }
+
+/// `otlp_export.headers` (values from the environment) and `compression: gzip`: the export
+/// reaches a gatemeter that requires an ingest token, gzipped; an unset variable is a config
+/// error naming the header, never its value.
+#[tokio::test]
+async fn headers_from_the_environment_authenticate_a_gzipped_export() {
+    use gatemeter::config::Config;
+    let token = "export-token-0123456789";
+    let receiver = TestApp::with_config(&format!(
+        "auth:\n  ingest_tokens: [{token}]\nlog_store: {{kind: none}}\n"
+    ))
+    .await;
+    let yaml = format!(
+        "otlp_export:\n  endpoint: http://{}/v1/logs\n  batch_size: 2\n  interval_ms: 50\n  \
+         compression: gzip\n  headers: {{authorization: \"Bearer ${{GM_TEST_EXPORT_TOKEN}}\"}}\n\
+         log_store: {{kind: none}}\n",
+        receiver.addr
+    );
+    let env = |k: &str| (k == "GM_TEST_EXPORT_TOKEN").then(|| token.to_string());
+    let config = Config::from_yaml_str(&yaml, std::path::Path::new("x.yaml"), &env).expect("valid");
+    assert!(
+        !format!("{config:?}").contains(token),
+        "the token is never printed"
+    );
+    let sender = TestApp::with_parsed(config, None).await;
+    let body: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"request_id":"h{i}","model":"m","status":200,"duration_ms":1}}"#))
+        .collect();
+    let (status, ans) = sender.post_json(&format!("[{}]", body.join(","))).await;
+    assert_eq!(status, 200, "{ans}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = receiver.metrics().await;
+        if m.get("ai_gateway_requests_total", &[]) == Some(5.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver never got the 5 records"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = Config::from_yaml_str(&yaml, std::path::Path::new("x.yaml"), &|_| None)
+        .expect_err("unset variable");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("otlp_export.headers.authorization") && msg.contains("GM_TEST_EXPORT_TOKEN"),
+        "{msg}"
+    );
+    sender.stop().await;
+    receiver.stop().await;
+}

@@ -107,7 +107,10 @@ fn check_fleet(m: &Exposition, records: &[Gen]) {
     for ns in ["alpha", "beta", "gamma"] {
         let rs: Vec<&Gen> = records.iter().filter(|g| g.ns == ns).collect();
         assert_eq!(
-            m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+            m.value(
+                "ai_gateway_namespace_requests_total",
+                &[("namespace", ns), ("namespace_code", ns)]
+            ),
             rs.len() as f64
         );
         assert_eq!(
@@ -118,7 +121,11 @@ fn check_fleet(m: &Exposition, records: &[Gen]) {
         assert_eq!(
             m.value(
                 "ai_gateway_namespace_status_codes_total",
-                &[("namespace", ns), ("status_code", "200")]
+                &[
+                    ("namespace", ns),
+                    ("namespace_code", ns),
+                    ("status_code", "200")
+                ]
             ),
             rs.iter().filter(|g| g.status == 200).count() as f64
         );
@@ -513,7 +520,7 @@ fn check_config_shows_the_redis_settings_without_the_password() {
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("live_store: Redis"), "{stdout}");
+    assert!(stdout.contains("live_store: redis"), "{stdout}");
     assert!(stdout.contains("redis://***@127.0.0.1:6399/0"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
@@ -550,7 +557,7 @@ async fn a_stopped_replica_takes_back_its_concurrency() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_concurrent_requests",
-            &[("namespace", "n")]
+            &[("namespace", "n"), ("namespace_code", "n")]
         ),
         0.0
     );

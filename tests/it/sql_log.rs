@@ -605,6 +605,8 @@ pub(crate) async fn open_log_with(
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, health).await.expect("log opens");
     (log, dir, url)
@@ -789,6 +791,8 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -809,7 +813,7 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
     full.key_id = Some("k-1".into());
     full.provider = "прованс".into();
     full.original_model = Some("m-orig".into());
-    full.ttfb_ms = Some(u64::MAX);
+    full.ttfb_ms = Some(gatemeter::record::Millis::from_micros(u64::MAX));
     full.tokens.input = u64::MAX;
     full.tokens.output = i64::MAX as u64;
     full.tokens.cache_write_5m = 1;
@@ -874,7 +878,11 @@ pub async fn store_keeps_values_and_ids_exactly(db: Db) {
     assert_eq!(first.key_id.as_deref(), Some("k-1"));
     assert_eq!(first.provider, "прованс");
     assert_eq!(first.original_model.as_deref(), Some("m-orig"));
-    assert_eq!(first.ttfb_ms, Some(i64::MAX));
+    assert_eq!(
+        first.ttfb_ms,
+        Some((u64::MAX / 1000) as i64),
+        "whole ms of the largest µs"
+    );
     assert_eq!(first.input_tokens, i64::MAX);
     assert_eq!(first.output_tokens, i64::MAX);
     assert_eq!(first.cache_write_5m_tokens, 1);
@@ -957,6 +965,8 @@ pub async fn retention_task_deletes_old_rows(db: Db) {
         write_concurrency: 2,
         retention_days: 30,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let _with_retention = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -1010,6 +1020,8 @@ pub async fn shutdown_flushes_the_log(db: Db) {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await
@@ -1360,6 +1372,8 @@ async fn open_postgres_log(url: &str) -> SqlLog {
         write_concurrency: 2,
         retention_days: 0,
         rollups: true,
+        queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
+        sqlite_cache_bytes: gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES,
     };
     SqlLog::open(&cfg, Arc::new(Health::new(1)))
         .await

@@ -147,8 +147,8 @@ pub fn scope_fields(a: &ScopeAgg, out: &mut Vec<(String, i64)>) {
     push("cost", a.cost_micros);
     push("unpriced", a.unpriced);
     push("aband", a.abandoned);
-    push("lsum0", a.latency.sums_ms[0]);
-    push("lsum1", a.latency.sums_ms[1]);
+    push("lsum0", a.latency.sums_us[0]);
+    push("lsum1", a.latency.sums_us[1]);
     for (code, n) in &a.status {
         push(&format!("st{code}"), *n);
     }
@@ -192,8 +192,8 @@ fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
         "cost" => a.cost_micros = u,
         "unpriced" => a.unpriced = u,
         "aband" => a.abandoned = u,
-        "lsum0" => a.latency.sums_ms[0] = u,
-        "lsum1" => a.latency.sums_ms[1] = u,
+        "lsum0" => a.latency.sums_us[0] = u,
+        "lsum1" => a.latency.sums_us[1] = u,
         "last" => a.last_used_ms = v,
         "op" => a.operation = OPERATIONS.get(u as usize).copied(),
         "conc" => a.concurrency = v,
@@ -234,7 +234,23 @@ fn set_field(a: &mut ScopeAgg, field: &str, v: i64) -> bool {
     true
 }
 
-const BLOB_VERSION: u8 = 1;
+/// Version 2: histograms and their sums (`lsum*`) in microseconds. Version 1 (before
+/// fractional milliseconds) held them in milliseconds and is still read, scaled by 1000, so a
+/// fleet's cumulative blobs survive the upgrade; counts blobs did not change.
+const BLOB_VERSION: u8 = 2;
+/// The blob version whose histograms are in milliseconds.
+const BLOB_VERSION_MS: u8 = 1;
+/// The version of per-label counts blobs (unchanged).
+const COUNTS_VERSION: u8 = 1;
+
+/// The factor from a state or slot blob's histogram unit to microseconds, by its version.
+fn blob_scale(b: &[u8]) -> Option<u64> {
+    match *b.first()? {
+        BLOB_VERSION => Some(1),
+        BLOB_VERSION_MS => Some(1000),
+        _ => None,
+    }
+}
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     varint::put(out, s.len() as u64);
@@ -290,9 +306,7 @@ pub fn decode_state_into(b: &[u8], into: &mut Aggregates) -> bool {
 }
 
 fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
-    if b.first() != Some(&BLOB_VERSION) {
-        return None;
-    }
+    let scale = blob_scale(b)?;
     let mut i = 1;
     let dims = varint::get(b, &mut i)?;
     for d in 0..dims {
@@ -312,11 +326,21 @@ fn decode_state(b: &[u8], into: &mut Aggregates) -> Option<()> {
             sums |= f.starts_with("lsum");
             set_field(&mut counters, f, v);
         }
-        counters.latency.duration.decode_from(b, &mut i)?;
-        counters.latency.ttfb.decode_from(b, &mut i)?;
+        counters
+            .latency
+            .duration
+            .decode_scaled_from(b, &mut i, scale)?;
+        counters.latency.ttfb.decode_scaled_from(b, &mut i, scale)?;
         if !sums && !counters.latency.duration.is_empty() {
-            // Written before histograms had sums of their own: they were the scope's.
-            counters.latency.sums_ms = [counters.duration_ms_sum, counters.ttfb_ms_sum];
+            // Written before histograms had sums of their own: they were the scope's (ms).
+            counters.latency.sums_us = [
+                counters.duration_ms_sum.saturating_mul(1000),
+                counters.ttfb_ms_sum.saturating_mul(1000),
+            ];
+        } else {
+            for s in &mut counters.latency.sums_us {
+                *s = s.saturating_mul(scale);
+            }
         }
         let target = match scope {
             None => &mut into.global,
@@ -346,17 +370,15 @@ pub fn decode_slot_into(
     scopes: &mut HashMap<ScopeKey, Latencies>,
 ) -> bool {
     (|| {
-        if b.first() != Some(&BLOB_VERSION) {
-            return None;
-        }
+        let scale = blob_scale(b)?;
         let mut i = 1;
         for _ in 0..varint::get(b, &mut i)? {
             let into = match scope_dec(get_str(b, &mut i)?)? {
                 None => &mut *global,
                 Some(k) => scopes.entry(k).or_default(),
             };
-            into.duration.decode_from(b, &mut i)?;
-            into.ttfb.decode_from(b, &mut i)?;
+            into.duration.decode_scaled_from(b, &mut i, scale)?;
+            into.ttfb.decode_scaled_from(b, &mut i, scale)?;
         }
         Some(())
     })()
@@ -365,7 +387,7 @@ pub fn decode_slot_into(
 
 /// Encodes per-label counts (API key calls).
 pub fn encode_counts(counts: &HashMap<Label, u64>) -> Vec<u8> {
-    let mut out = vec![BLOB_VERSION];
+    let mut out = vec![COUNTS_VERSION];
     varint::put(&mut out, counts.len() as u64);
     for (k, n) in counts {
         put_str(&mut out, k);
@@ -377,7 +399,7 @@ pub fn encode_counts(counts: &HashMap<Label, u64>) -> Vec<u8> {
 /// Adds per-label counts into `into`; false when malformed.
 pub fn decode_counts_into(b: &[u8], into: &mut HashMap<Label, u64>) -> bool {
     (|| {
-        if b.first() != Some(&BLOB_VERSION) {
+        if b.first() != Some(&COUNTS_VERSION) {
             return None;
         }
         let mut i = 1;
@@ -459,6 +481,37 @@ mod tests {
         assert_eq!(back.overflow[1], 8);
         assert!(!decode_state_into(&blob[..blob.len() - 1], &mut back));
         assert!(!decode_state_into(&[], &mut back));
+    }
+
+    /// A blob of version 1 (before fractional milliseconds: histograms and their sums in ms),
+    /// as a replica not yet upgraded writes it, is read into microseconds.
+    #[test]
+    fn version_1_blobs_are_read_in_microseconds() {
+        let mut a = Aggregates::default();
+        a.global.requests = 1;
+        a.global.duration_ms_sum = 207;
+        a.global.latency.duration.record(207);
+        a.global.latency.sums_us = [207, 0];
+        let mut blob = encode_state(&a);
+        blob[0] = BLOB_VERSION_MS;
+        let mut back = Aggregates::default();
+        assert!(decode_state_into(&blob, &mut back));
+        let g = &back.global;
+        assert_eq!((g.duration_ms_sum, g.latency.sums_us), (207, [207_000, 0]));
+        let p50 = g.latency.duration.quantile(0.5).expect("a value");
+        assert!((p50 - 207_000.0).abs() / 207_000.0 < 0.004, "{p50}");
+        let mut slot = HashMap::new();
+        slot.insert(None, a.global.latency.clone());
+        let mut blob = encode_slot(&slot);
+        blob[0] = BLOB_VERSION_MS;
+        let (mut g, mut scopes) = (Latencies::default(), HashMap::new());
+        assert!(decode_slot_into(&blob, &mut g, &mut scopes));
+        assert_eq!(g.duration.quantile(0.5), Some(p50));
+        blob[0] = 3;
+        assert!(
+            !decode_slot_into(&blob, &mut g, &mut scopes),
+            "unknown version"
+        );
     }
 
     #[test]

@@ -82,8 +82,9 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
         Text(Some(r.api_type.as_str())),
         Text(Some(r.method.as_str())),
         Int8(Some(i64::from(r.status))),
-        Int8(Some(big(r.duration_ms))),
-        Int8(r.ttfb_ms.map(big)),
+        // Whole ms (rounded): the schema's integer columns; the histograms keep the µs.
+        Int8(Some(big(r.duration_ms.whole_ms()))),
+        Int8(r.ttfb_ms.map(|t| big(t.whole_ms()))),
         Int8(Some(big(r.tokens.input))),
         Int8(Some(big(r.tokens.output))),
         Int8(Some(big(r.tokens.cache_write_5m))),
@@ -103,6 +104,9 @@ pub(crate) fn values<'a>(r: &'a ValidRecord, chain: &'a str) -> [Value<'a>; COLU
         Int8(r.messages_count.map(i64::from)),
         Text(r.trace_id.as_deref()),
         Text(r.span_id.as_deref()),
+        Text(r.provider_request_id.as_deref()),
+        Text(r.cost_amount.as_deref()),
+        Text(r.currency.as_deref()),
     ]
 }
 
@@ -246,6 +250,9 @@ mod tests {
             messages_count: None,
             trace_id: None,
             span_id: None,
+            provider_request_id: None,
+            cost_amount: None,
+            currency: None,
         };
         let json = serde_json::to_value(&e).expect("serializes");
         let keys: Vec<&str> = json
@@ -302,11 +309,12 @@ mod tests {
         .await
         .expect("every column exists in SQLite");
         // PostgreSQL's columns are created by its first migration, one per line, or added by
-        // a later one.
+        // a later one (`ADD COLUMN`).
         let postgres = include_str!("../../../migrations/postgres/0001_request_log.sql");
-        let added = [include_str!(
-            "../../../migrations/postgres/0009_span_id.sql"
-        )];
+        let added = [
+            include_str!("../../../migrations/postgres/0008_provider_request_id_and_currency.sql"),
+            include_str!("../../../migrations/postgres/0009_span_id.sql"),
+        ];
         for (name, _) in FIELDS {
             assert!(
                 postgres.contains(&format!("\n    {name} "))

@@ -54,6 +54,9 @@ pub struct LogFilter {
     /// Span id (one call of a trace).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
+    /// The upstream provider's request id (Claude Code's `request_id`, also of failed calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_request_id: Option<String>,
 }
 
 /// Where a page continues: the `(ts_ms, id)` of the last row of the previous page.
@@ -158,6 +161,12 @@ pub struct LogEntry {
     pub trace_id: Option<String>,
     /// Span id.
     pub span_id: Option<String>,
+    /// The upstream provider's request id (Claude Code's `request_id`).
+    pub provider_request_id: Option<String>,
+    /// A cost sent in another currency: the amount as sent.
+    pub cost_amount: Option<String>,
+    /// Its ISO 4217 code.
+    pub currency: Option<String>,
 }
 
 /// The columns of one usage CSV row (SPEC §6.4), read by a narrower query than [`LogEntry`].
@@ -305,7 +314,8 @@ macro_rules! entry_columns_after_id {
     key_id, provider, model, original_model, endpoint, api_type, method, status, duration_ms, \
     ttfb_ms, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
     cache_read_tokens, cost_micros, cost_source, session_id, retry_count, provider_chain, \
-    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id, span_id"
+    is_streaming, error, blocked_by, block_reason, user_agent, client_ip, messages_count, trace_id, \
+    span_id, provider_request_id, cost_amount, currency"
     };
 }
 
@@ -380,6 +390,9 @@ pub(crate) fn filter_terms(f: &LogFilter) -> Vec<(&'static str, Param<'_>)> {
     if let Some(v) = f.min_retry_count {
         t.push((" AND retry_count >= ", Param::Int(i64::from(v))));
     }
+    if let Some(v) = &f.provider_request_id {
+        t.push((" AND provider_request_id = ", Param::Text(v)));
+    }
     t
 }
 
@@ -446,6 +459,9 @@ macro_rules! decode_entry {
                 messages_count: row.try_get("messages_count")?,
                 trace_id: row.try_get("trace_id")?,
                 span_id: row.try_get("span_id")?,
+                provider_request_id: row.try_get("provider_request_id")?,
+                cost_amount: row.try_get("cost_amount")?,
+                currency: row.try_get("currency")?,
             })
         })()
     }};

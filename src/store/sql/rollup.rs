@@ -168,7 +168,8 @@ impl<'a> Fact<'a> {
             original_model: r.original_model.as_ref().map(|m| m.as_str()),
             endpoint: r.endpoint.as_str(),
             status: i64::from(r.status),
-            duration_ms: int(r.duration_ms),
+            // As stored: whole ms, so a rebuild from the rows adds the same.
+            duration_ms: int(r.duration_ms.whole_ms()),
             tokens: [
                 int(t.input),
                 int(t.output),

@@ -62,6 +62,8 @@ pub(crate) struct Writer {
     pub backend: Backend,
     pub setup: Arc<Setup>,
     pub depth: Arc<AtomicUsize>,
+    /// Their bytes ([`ValidRecord::approx_bytes`]), released with them.
+    pub bytes: Arc<AtomicUsize>,
     pub health: Arc<Health>,
     /// Told once, at a closing deadline: stop writing, count what is left as failed.
     pub abandon: Arc<Notify>,
@@ -92,6 +94,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         backend,
         setup,
         depth,
+        bytes,
         health,
         abandon,
         batch_rows,
@@ -173,9 +176,10 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         {
             let take = pending.len().min(batch_rows);
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
+            let size: usize = batch.iter().map(|r| r.approx_bytes()).sum();
             let start = taken;
             taken += take as u64;
-            in_flight_starts.insert(start, take);
+            in_flight_starts.insert(start, (take, size));
             let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
             in_flight.push(Box::pin(async move {
                 write_with_retry(&backend, &setup, &batch, &health, rollups).await;
@@ -189,8 +193,9 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         tokio::select! {
             Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
                 Done::Batch(start, n) => {
-                    in_flight_starts.remove(&start);
+                    let size = in_flight_starts.remove(&start).map_or(0, |(_, size)| size);
                     depth.fetch_sub(n, Relaxed);
+                    bytes.fetch_sub(size, Relaxed);
                     if rollups {
                         if unmerged == 0 {
                             oldest_unmerged = Instant::now();
@@ -238,15 +243,22 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                 // everything not known to be written is counted. A merge cancelled leaves the
                 // journal as it was.
                 drop(in_flight);
-                let mut lost: usize = in_flight_starts.values().sum::<usize>() + pending.len();
+                let mut lost: usize = in_flight_starts.values().map(|(n, _)| n).sum::<usize>()
+                    + pending.len();
+                let mut lost_bytes: usize = in_flight_starts.values().map(|(_, b)| b).sum::<usize>()
+                    + pending.iter().map(|r| r.approx_bytes()).sum::<usize>();
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
                     match msg {
-                        Msg::Records(r) => lost += r.len(),
+                        Msg::Records(r) => {
+                            lost += r.len();
+                            lost_bytes += r.iter().map(|r| r.approx_bytes()).sum::<usize>();
+                        }
                         Msg::Flush { ack, merge } => acks.push((received, ack, merge)),
                     }
                 }
                 depth.fetch_sub(lost, Relaxed);
+                bytes.fetch_sub(lost_bytes, Relaxed);
                 if lost > 0 {
                     tracing::error!(
                         rows = lost,

@@ -1,0 +1,237 @@
+//! The effective settings of a validated [`Config`] as YAML in the file's own shape (the keys of
+//! `config/gatemeter.example.yaml`, defaults and environment overrides applied), for
+//! `gatemeter check-config`. Secrets are masked: tokens print as `<hidden>`, URLs without their
+//! password.
+
+use std::time::Duration;
+
+use serde_yaml_ng::{Mapping, Value};
+
+use super::{Config, LiveStoreKind};
+use crate::store::redis::redact_url;
+use crate::store::sql::SqlBackend;
+
+/// What a token prints as.
+pub const HIDDEN: &str = "<hidden>";
+
+/// A YAML mapping built key by key, in order.
+#[derive(Default)]
+struct Map(Mapping);
+
+impl Map {
+    fn put(mut self, key: &str, v: impl Into<Value>) -> Self {
+        self.0.insert(Value::from(key), v.into());
+        self
+    }
+
+    fn secs(self, key: &str, d: Duration) -> Self {
+        self.put(key, d.as_secs())
+    }
+
+    fn ms(self, key: &str, d: Duration) -> Self {
+        self.put(key, d.as_millis() as u64)
+    }
+
+    fn value(self) -> Value {
+        Value::Mapping(self.0)
+    }
+}
+
+/// A decimal printed by `price.rs` as a YAML number (it is exact: at most 6 decimals).
+fn number(s: &str) -> Value {
+    serde_yaml_ng::from_str(s).unwrap_or_else(|_| Value::from(s))
+}
+
+fn hidden(tokens: &[String]) -> Value {
+    Value::Sequence(tokens.iter().map(|_| Value::from(HIDDEN)).collect())
+}
+
+/// The settings of `c` as YAML text.
+pub fn yaml(c: &Config) -> String {
+    let s = &c.server;
+    let server = Map::default()
+        .secs("header_timeout_secs", s.header_timeout)
+        .secs("body_timeout_secs", s.body_timeout)
+        .secs("idle_timeout_secs", s.idle_timeout)
+        .put("max_connections", s.max_connections as u64)
+        .secs("shutdown_timeout_secs", s.shutdown_timeout);
+    let l = &c.pipeline.limits;
+    let ingest = Map::default()
+        .put("max_body_bytes", c.ingest.max_body_bytes as u64)
+        .put(
+            "max_records_per_request",
+            c.ingest.max_records_per_request as u64,
+        )
+        .put("pending_timeout_secs", (l.pending_timeout_ms / 1000) as u64)
+        .put("max_pending", l.max_pending as u64)
+        .put("dedup_window", l.dedup_window as u64);
+    let pipeline = Map::default()
+        .put("queue_capacity", c.pipeline.queue_capacity as u64)
+        .ms("flush_interval_ms", c.pipeline.flush_interval)
+        .put(
+            "max_series_per_dimension",
+            l.max_series_per_dimension as u64,
+        )
+        .put("max_series", c.pipeline.max_series);
+    let (models, multipliers) = c.prices.describe();
+    let mut model_map = Map::default();
+    for (name, p) in &models {
+        let keys = [
+            "input",
+            "output",
+            "cache_write_5m",
+            "cache_write_1h",
+            "cache_read",
+        ];
+        let mut m = Map::default();
+        for (k, v) in keys.iter().zip(p) {
+            m = m.put(k, number(v));
+        }
+        model_map = model_map.put(name, m.value());
+    }
+    let mut mult_map = Map::default();
+    for (provider, m) in &multipliers {
+        mult_map = mult_map.put(provider, number(m));
+    }
+    let mut rates = Map::default();
+    for (code, r) in c.prices.exchange_rates() {
+        rates = rates.put(&code, number(&r));
+    }
+    let pricing = Map::default()
+        .put("provider_multipliers", mult_map.value())
+        .put("models", model_map.value())
+        .put("exchange_rates", rates.value());
+    let o = &c.otlp;
+    let otlp = Map::default()
+        .put(
+            "namespace_attribute",
+            o.mapping.namespace_attribute.clone().unwrap_or_default(),
+        )
+        .put(
+            "label_allowlist",
+            Value::Sequence(
+                o.mapping
+                    .label_allowlist
+                    .iter()
+                    .map(|a| Value::from(a.as_str()))
+                    .collect(),
+            ),
+        )
+        .put(
+            "max_series_per_metric",
+            o.limits.max_series_per_metric as u64,
+        )
+        .put("max_streams", o.limits.max_streams as u64)
+        .put("max_tools", o.limits.max_tools as u64)
+        .put("queue_capacity", o.queue_capacity as u64);
+    let r = &c.redis;
+    let redis = Map::default()
+        .put("url", redact_url(&r.url))
+        .put("key_prefix", r.key_prefix.as_str())
+        .put("instance_id", r.instance_id.as_str())
+        .ms("flush_interval_ms", r.flush_interval)
+        .ms("refresh_interval_ms", r.refresh_interval)
+        .ms("command_timeout_ms", r.command_timeout)
+        .ms("connect_timeout_ms", r.connect_timeout)
+        .ms("max_backoff_ms", r.max_backoff)
+        .secs("heartbeat_ttl_secs", r.heartbeat_ttl);
+    let log_store = match &c.log_store {
+        None => Map::default().put("kind", "none"),
+        Some(sql) => {
+            let m = match &sql.backend {
+                SqlBackend::Sqlite { path } => Map::default()
+                    .put("kind", "sqlite")
+                    .put("path", path.display().to_string()),
+                SqlBackend::Postgres { url } => Map::default()
+                    .put("kind", "postgres")
+                    .put("url", redact_url(url)),
+            };
+            m.put("queue_capacity", sql.queue_capacity as u64)
+                .put("queue_bytes", sql.queue_bytes as u64)
+                .put("sqlite_cache_bytes", sql.sqlite_cache_bytes)
+                .put("batch_rows", sql.batch_rows as u64)
+                .put("write_concurrency", sql.write_concurrency as u64)
+                .put("log_retention_days", u64::from(sql.retention_days))
+                .put("rollups", sql.rollups)
+        }
+    }
+    .put("export_max_rows", c.export_max_rows);
+    let a = &c.auth;
+    let mut users = Map::default();
+    for (_, user) in &a.user_tokens {
+        users = users.put(user, HIDDEN);
+    }
+    let mut auth = Map::default()
+        .put("ingest_tokens", hidden(&a.ingest_tokens))
+        .put("admin_tokens", hidden(&a.admin_tokens))
+        // Token → user in the file; here user → hidden token (a user may have several).
+        .put("user_tokens", users.value());
+    if a.metrics_token.is_some() {
+        auth = auth.put("metrics_token", HIDDEN);
+    }
+    let auth = auth.put("allow_open", a.allow_open);
+    let an = &c.analytics;
+    let analytics = Map::default()
+        .put("time_zone", an.time_zone.name())
+        .put("users_see_leaderboards", an.users_see_leaderboards)
+        .put("session_active_secs", an.session_active_secs)
+        .put("top_n", an.top_n as u64)
+        .put("refresh_secs", an.refresh_secs);
+    let mut root = Map::default()
+        .put("listen", c.listen.to_string())
+        .put(
+            "metrics_listen",
+            c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        )
+        .put("server", server.value())
+        .put(
+            "live_store",
+            match c.live_store {
+                LiveStoreKind::Memory => "memory",
+                LiveStoreKind::Redis => "redis",
+            },
+        )
+        .put("ingest", ingest.value())
+        .put("pipeline", pipeline.value())
+        .put("pricing", pricing.value())
+        .put("otlp", otlp.value());
+    if let Some(x) = &c.otlp_export {
+        root = root.put(
+            "otlp_export",
+            Map::default()
+                .put("endpoint", redact_url(&x.endpoint.to_string()))
+                .put("batch_size", x.batch_size as u64)
+                .ms("interval_ms", x.interval)
+                .put("queue_capacity", x.queue_capacity as u64)
+                .ms("timeout_ms", x.timeout)
+                .put("max_retries", u64::from(x.max_retries))
+                .put("compression", if x.gzip { "gzip" } else { "none" })
+                .put("headers", {
+                    let mut h = Map::default();
+                    for (name, _) in &x.headers {
+                        h = h.put(name.as_str(), HIDDEN);
+                    }
+                    h.value()
+                })
+                .value(),
+        );
+    }
+    root = root
+        .put("redis", redis.value())
+        .put("log_store", log_store.value());
+    root = match &c.spool {
+        None => root.put("durability", "none"),
+        Some(sp) => root.put("durability", "spool").put(
+            "spool",
+            Map::default()
+                .put("dir", sp.dir.display().to_string())
+                .put("max_bytes", sp.max_bytes)
+                .put("segment_bytes", sp.segment_bytes)
+                .value(),
+        ),
+    };
+    let root = root
+        .put("auth", auth.value())
+        .put("analytics", analytics.value());
+    serde_yaml_ng::to_string(&root.value()).unwrap_or_default()
+}
