@@ -276,15 +276,15 @@ pub struct ValidRecord {
     pub trace_id: Option<CompactString>,
     /// Span id of the call.
     pub span_id: Option<CompactString>,
-    /// The request's headers and body, redacted (`log_store.store_requests`; only with a
-    /// `request_id`, which ties it to its row).
-    pub request: Option<Box<StoredRequest>>,
     /// The upstream provider's id of the request (not the idempotency key).
     pub provider_request_id: Option<CompactString>,
     /// A cost sent in another currency: the amount as sent (a plain decimal).
     pub cost_amount: Option<CompactString>,
     /// Its ISO 4217 currency code (`RMB` as `CNY`).
     pub currency: Option<Label>,
+    /// The request's headers and body, redacted (`log_store.store_requests`; only with a
+    /// `request_id`, which ties it to its row).
+    pub request: Option<Box<StoredRequest>>,
 }
 
 impl ValidRecord {
@@ -694,10 +694,10 @@ raw_record! {
     messages_count: u32,
     trace_id: CompactString,
     span_id: CompactString,
-    request: serde_json::Value,
     provider_request_id: CompactString,
     cost: RawAmount,
     currency: CompactString,
+    request: serde_json::Value,
 }
 
 /// The fast path's reading of `json` and serde's, both as `Debug` text, when the fast path
@@ -1285,14 +1285,14 @@ pub struct RecordFields {
     pub trace_id: Option<CompactString>,
     /// `span_id`.
     pub span_id: Option<CompactString>,
-    /// `request` (headers and body; kept only as [`Validation::keep_requests`] says).
-    pub request: Option<serde_json::Value>,
     /// `provider_request_id`.
     pub provider_request_id: Option<CompactString>,
     /// `cost`: an amount in `currency`, as decimal text.
     pub cost: Option<CompactString>,
     /// `currency`.
     pub currency: Option<CompactString>,
+    /// `request` (headers and body; kept only as [`Validation::keep_requests`] says).
+    pub request: Option<serde_json::Value>,
 }
 
 impl RecordFields {

@@ -123,7 +123,17 @@ pub fn yaml(c: &Config) -> String {
         )
         .put("max_streams", o.limits.max_streams as u64)
         .put("max_tools", o.limits.max_tools as u64)
-        .put("queue_capacity", o.queue_capacity as u64);
+        .put("queue_capacity", o.queue_capacity as u64)
+        .put(
+            "genai_event_sources",
+            Value::Sequence(
+                o.mapping
+                    .genai_event_sources
+                    .iter()
+                    .map(|a| Value::from(a.as_str()))
+                    .collect(),
+            ),
+        );
     let r = &c.redis;
     let redis = Map::default()
         .put("url", redact_url(&r.url))
@@ -153,6 +163,11 @@ pub fn yaml(c: &Config) -> String {
                 .put("write_concurrency", sql.write_concurrency as u64)
                 .put("log_retention_days", u64::from(sql.retention_days))
                 .put("rollups", sql.rollups)
+                .put("store_requests", c.ingest.keep_requests.is_some())
+                .put(
+                    "max_request_bytes",
+                    c.ingest.keep_requests.unwrap_or(65_536) as u64,
+                )
         }
     }
     .put("export_max_rows", c.export_max_rows);
@@ -230,8 +245,27 @@ pub fn yaml(c: &Config) -> String {
                 .value(),
         ),
     };
+    let probes = Value::Sequence(
+        c.probes
+            .iter()
+            .map(|p| {
+                Map::default()
+                    .put("name", p.name.as_str())
+                    .put("provider", p.provider.as_str())
+                    .put("interval_secs", p.interval.as_secs())
+                    .put("timeout_ms", p.timeout.as_millis() as u64)
+                    .value()
+            })
+            .collect(),
+    );
+    let mut backup = Map::default();
+    if let Some(path) = &c.backup.pg_dump_path {
+        backup = backup.put("pg_dump_path", path.display().to_string());
+    }
     let root = root
         .put("auth", auth.value())
-        .put("analytics", analytics.value());
+        .put("analytics", analytics.value())
+        .put("backup", backup.value())
+        .put("probes", probes);
     serde_yaml_ng::to_string(&root.value()).unwrap_or_default()
 }

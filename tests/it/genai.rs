@@ -228,7 +228,7 @@ async fn genai_spans_become_records_in_every_family_and_the_log() {
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "search")]
+            &[("namespace", "search"), ("namespace_code", "search")]
         ),
         6.0
     );
@@ -487,7 +487,10 @@ pub(crate) async fn check_capture(app: &TestApp, want: &Value) {
         serde_json::from_value(want["namespaces"].clone()).expect("namespaces");
     for (ns, n) in &namespaces {
         assert_eq!(
-            m.value("ai_gateway_namespace_requests_total", &[("namespace", ns)]),
+            m.value(
+                "ai_gateway_namespace_requests_total",
+                &[("namespace", ns), ("namespace_code", ns)]
+            ),
             *n,
             "{ns}"
         );
@@ -559,7 +562,7 @@ async fn check_cli_capture(scenario: &str, api_type: &str, tool: &str, thoughts_
     assert_eq!(
         m.value(
             "ai_gateway_namespace_requests_total",
-            &[("namespace", "cli-team")]
+            &[("namespace", "cli-team"), ("namespace_code", "cli-team")]
         ),
         want["requests"].as_f64().expect("requests")
     );
