@@ -207,7 +207,7 @@ pub async fn session_request(
     summary = "The database as a backup file, streamed (admin tokens only; one at a time across the fleet; audited)",
     params(BackupParams),
     responses((status = 200, description = "PostgreSQL: `pg_dump --format=custom` (`backup_YYYY-MM-DDTHH-mm-ss.dump`, restore with `pg_restore`); SQLite: a consistent copy of the database file (`backup_YYYY-MM-DDTHH-mm-ss.db`). A failure while streaming aborts the response.",
-        content_type = "application/octet-stream", body = Vec<u8>,
+        content((Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/vnd.sqlite3")),
         headers(("Content-Disposition" = String, description = "`attachment; filename=\"backup_…\"`"),
             ("X-Gatemeter-Backup-Format" = String, description = "`pg_dump-custom` or `sqlite`"))),
         QueryErrors, BackupBusy, BackupFailed))]
