@@ -36,13 +36,17 @@ pub(crate) async fn write(
     })
     .await
     .map_err(WriteError::Outage)?
-    .map_err(|message| {
-        if is_outage_message(&message) {
-            WriteError::Outage(unavailable(message))
-        } else {
-            WriteError::Refused(unavailable(message))
-        }
-    })
+    .map_err(classify)
+}
+
+/// What a failed step's SQLite message means for the writer: an outage (held and retried) or a
+/// refusal.
+fn classify(message: String) -> WriteError {
+    if is_outage_message(&message) {
+        WriteError::Outage(unavailable(message))
+    } else {
+        WriteError::Refused(unavailable(message))
+    }
 }
 
 /// Merges `batch` into the rollup tables in a transaction of its own (`gatemeter rollup rebuild`).
@@ -122,13 +126,7 @@ pub(crate) async fn merge_pending(pool: &SqlitePool) -> Result<u64, WriteError> 
     })
     .await
     .map_err(WriteError::Outage)?
-    .map_err(|message| {
-        if is_outage_message(&message) {
-            WriteError::Outage(unavailable(message))
-        } else {
-            WriteError::Refused(unavailable(message))
-        }
-    })
+    .map_err(classify)
 }
 
 /// The stored requests of `batch` (records with a redacted `request` and a `request_id`), keyed
