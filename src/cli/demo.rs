@@ -522,6 +522,92 @@ mod tests {
         assert!(matches!(done, Ok(Ok(()))), "{done:?}");
     }
 
+    /// The value of the first sample whose line starts with `prefix` (`name ` or `name{…`).
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            })
+            .reduce(f64::max)
+    }
+
+    /// The demo against a server that wants an ingest token (docker-compose.yml sets one):
+    /// without it every batch is refused; with the config's token the gateway records and the
+    /// simulated Claude Code sessions (logs and metrics) are all taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_traffic_and_claude_code_sessions_reach_a_server_with_tokens() {
+        let yaml = "listen: 127.0.0.1:0\nlog_store: {kind: none}\nauth:\n  ingest_tokens: [demo-ingest-token-0123456789]\n";
+        let config =
+            Config::from_yaml_str(yaml, std::path::Path::new("test"), &|_| None).expect("config");
+        let listener = bind(&config).await.expect("bind");
+        let app = App::build(&config, listener).await.expect("app");
+        let addr = app.local_addr().expect("addr");
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(app.run(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        let scrape = || async move {
+            client::Client::new()
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        };
+        let args = |token: Option<&str>| DemoArgs {
+            requests_per_second: 100.0,
+            seed: 5,
+            token: token.map(String::from),
+        };
+
+        let stop = tokio::time::sleep(Duration::from_millis(600));
+        drive(addr, args(None), stop).await.expect("drive");
+        let text = scrape().await;
+        assert_eq!(sample(&text, "ai_gateway_requests_total "), Some(0.0));
+        assert_eq!(sample(&text, "claude_code_session_count_total{"), None);
+
+        let token = config.auth.ingest_tokens.first().map(String::as_str);
+        let stop = tokio::time::sleep(Duration::from_millis(4_500));
+        drive(addr, args(token), stop).await.expect("drive");
+        let text = scrape().await;
+        assert!(
+            sample(&text, "ai_gateway_requests_total ").is_some_and(|n| n >= 100.0),
+            "{text}"
+        );
+        // Two or three Claude Code exports: sessions, cost, tokens, active time, tools, events.
+        for family in [
+            "claude_code_session_count_total{",
+            "claude_code_cost_usage_usd_total{",
+            "claude_code_token_usage_tokens_total{",
+            "claude_code_active_time_seconds_total{",
+            "claude_code_tool_calls_total{",
+            "claude_code_tool_decisions_total{",
+            "claude_code_events_total{event=\"api_request\"}",
+        ] {
+            assert!(
+                sample(&text, family).is_some_and(|n| n > 0.0),
+                "{family} missing:\n{text}"
+            );
+        }
+        for refused in [
+            "gatemeter_otlp_rejected_items_total{",
+            "gatemeter_ingest_rejected_records_total{",
+        ] {
+            assert!(
+                sample(&text, refused).is_none_or(|n| n == 0.0),
+                "{refused}:\n{text}"
+            );
+        }
+        let _ = stop_tx.send(true);
+        server.await.expect("join").expect("server");
+    }
+
     #[tokio::test]
     async fn invalid_rate_is_refused() {
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
