@@ -42,6 +42,40 @@ fn number(s: &str) -> Value {
     serde_yaml_ng::from_str(s).unwrap_or_else(|_| Value::from(s))
 }
 
+/// A PostgreSQL URL without its passwords: the user part's and a `password=` parameter's.
+fn redact_pg_url(url: &str) -> String {
+    let url = redact_url(url);
+    match url.split_once('?') {
+        None => url,
+        Some((base, query)) => {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+    }
+}
+
+/// A path as text; `""` for none.
+fn path(p: Option<&std::path::Path>) -> Value {
+    Value::from(p.map(|p| p.display().to_string()).unwrap_or_default())
+}
+
+/// `listen_tls` / `metrics_listen_tls`.
+fn listen_tls(t: &crate::server::ListenTls) -> Value {
+    Map::default()
+        .put("cert_file", path(Some(&t.cert_file)))
+        .put("key_file", path(Some(&t.key_file)))
+        .value()
+}
+
 fn hidden(tokens: &[String]) -> Value {
     Value::Sequence(tokens.iter().map(|_| Value::from(HIDDEN)).collect())
 }
@@ -137,6 +171,7 @@ pub fn yaml(c: &Config) -> String {
     let r = &c.redis;
     let redis = Map::default()
         .put("url", redact_url(&r.url))
+        .put("ca_file", path(r.ca.as_ref().map(|c| c.path.as_path())))
         .put("key_prefix", r.key_prefix.as_str())
         .put("instance_id", r.instance_id.as_str())
         .ms("flush_interval_ms", r.flush_interval)
@@ -154,7 +189,7 @@ pub fn yaml(c: &Config) -> String {
                     .put("path", path.display().to_string()),
                 SqlBackend::Postgres { url } => Map::default()
                     .put("kind", "postgres")
-                    .put("url", redact_url(url)),
+                    .put("url", redact_pg_url(url)),
             };
             m.put("queue_capacity", sql.queue_capacity as u64)
                 .put("queue_bytes", sql.queue_bytes as u64)
@@ -192,12 +227,18 @@ pub fn yaml(c: &Config) -> String {
         .put("session_active_secs", an.session_active_secs)
         .put("top_n", an.top_n as u64)
         .put("refresh_secs", an.refresh_secs);
-    let mut root = Map::default()
-        .put("listen", c.listen.to_string())
-        .put(
-            "metrics_listen",
-            c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-        )
+    let mut root = Map::default().put("listen", c.listen.to_string());
+    if let Some(t) = &c.listen_tls {
+        root = root.put("listen_tls", listen_tls(t));
+    }
+    root = root.put(
+        "metrics_listen",
+        c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    if let Some(t) = &c.metrics_listen_tls {
+        root = root.put("metrics_listen_tls", listen_tls(t));
+    }
+    let mut root = root
         .put("server", server.value())
         .put(
             "live_store",
@@ -221,6 +262,7 @@ pub fn yaml(c: &Config) -> String {
                 .ms("timeout_ms", x.timeout)
                 .put("max_retries", u64::from(x.max_retries))
                 .put("compression", if x.gzip { "gzip" } else { "none" })
+                .put("ca_file", path(x.ca_file.as_deref()))
                 .put("headers", {
                     let mut h = Map::default();
                     for (name, _) in &x.headers {
