@@ -311,3 +311,43 @@ pub fn yaml(c: &Config) -> String {
         .put("probes", probes);
     serde_yaml_ng::to_string(&root.value()).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS settings are printed; a PostgreSQL URL's passwords are not.
+    #[test]
+    fn tls_settings_are_printed_and_passwords_hidden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let k = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(dir.path().join("c.pem"), k.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("k.pem"), k.signing_key.serialize_pem()).expect("write");
+        let c = Config::from_yaml_str(
+            &format!(
+                "listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}\n\
+                 redis: {{url: 'rediss://:pw-one@r:6380/', ca_file: {d}/c.pem}}\n\
+                 otlp_export: {{endpoint: 'https://c/v1/logs', ca_file: {d}/c.pem}}\n\
+                 log_store: {{kind: postgres, url: 'postgres://u:pw-two@db/gm?sslmode=verify-full&password=pw-three&sslrootcert={d}/c.pem'}}\n"
+            ),
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .expect("valid");
+        let text = yaml(&c);
+        for secret in ["pw-one", "pw-two", "pw-three"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        let v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let file = |f: &str| Value::from(format!("{d}/{f}"));
+        assert_eq!(v["listen_tls"]["key_file"], file("k.pem"));
+        assert_eq!(v["redis"]["ca_file"], file("c.pem"));
+        assert_eq!(v["otlp_export"]["ca_file"], file("c.pem"));
+        let url = v["log_store"]["url"].as_str().expect("url");
+        assert!(
+            url.contains("sslmode=verify-full&password=***&sslrootcert="),
+            "{url}"
+        );
+    }
+}

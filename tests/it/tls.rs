@@ -524,6 +524,13 @@ async fn postgres_sslmode_verifies_the_server_and_refuses_a_wrong_ca() {
     .await;
     ingest(&app, None, &records("verified", 6)).await;
     wait_rows(&app, None, 6).await;
+    // The usage CSV streams from a text COPY on a pooled (TLS) connection.
+    let csv = get(&app, None, "/api/v1/export/usage.csv")
+        .await
+        .text()
+        .await
+        .expect("usage CSV");
+    assert_eq!(csv.lines().count(), 7, "header and 6 rows: {csv}");
     let resp = get(&app, None, "/api/v1/export/backup").await;
     assert_eq!(resp.status(), 200);
     let dump = resp.bytes().await.expect("backup");
@@ -559,4 +566,49 @@ async fn postgres_sslmode_verifies_the_server_and_refuses_a_wrong_ca() {
     assert_eq!(rows, 8);
     drop(c);
     app.stop().await;
+}
+
+/// `metrics_listen_tls`: `/metrics` over HTTPS on its own listener while the main listener
+/// stays plain HTTP.
+#[tokio::test]
+async fn metrics_listen_tls_serves_metrics_over_https() {
+    let pki = Pki::new();
+    let config = Config::from_yaml_str(
+        &format!(
+            "log_store: {{kind: none}}\nmetrics_listen: 127.0.0.1:9\nmetrics_listen_tls:\n  \
+             cert_file: {}\n  key_file: {}\n",
+            pki.cert().display(),
+            pki.key().display()
+        ),
+        Path::new("test.yaml"),
+        &|_| None,
+    )
+    .expect("valid");
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (main, metrics) = (bind().await.expect("bind"), bind().await.expect("bind"));
+    let app = gatemeter::app::App::build_with_metrics(&config, main, Some(metrics))
+        .await
+        .expect("app builds");
+    let addr = app.local_addr().expect("addr");
+    let metrics = app.metrics_addr().expect("metrics listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let (status, text) = https(metrics, &pki.ca(), "GET", "/metrics", "")
+        .await
+        .expect("HTTPS scrape");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("\ngatemeter_tls_handshake_failures_total 0\n"),
+        "{text}"
+    );
+    let plain = gatemeter::client::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("plain HTTP on the main listener");
+    assert_eq!(plain.status(), 200);
+    let _ = stop.send(());
+    task.await.expect("task").expect("server ran");
 }
