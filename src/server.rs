@@ -212,7 +212,6 @@ pub async fn serve(
                 config,
                 slot,
                 stop_rx.clone(),
-                health.clone(),
             )),
         };
     }
@@ -292,7 +291,6 @@ impl Drop for Slot {
 
 /// The TLS handshake (within the header timeout, given up at shutdown), then the connection;
 /// a handshake that fails or is late is counted and the connection closed.
-#[allow(clippy::too_many_arguments)] // `connection`'s, plus the acceptor and the counter
 async fn tls_connection(
     acceptor: TlsAcceptor,
     http: hyper::server::conn::http1::Builder,
@@ -301,19 +299,18 @@ async fn tls_connection(
     config: ServerConfig,
     slot: Slot,
     mut stop: watch::Receiver<()>,
-    health: Arc<Health>,
 ) {
     let handshake = tokio::time::timeout(config.header_timeout, acceptor.accept(tcp));
     let stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                health.tls_handshake_failed();
+                slot.health.tls_handshake_failed();
                 debug!(error = %e, "TLS handshake failed.");
                 return;
             }
             Err(_) => {
-                health.tls_handshake_failed();
+                slot.health.tls_handshake_failed();
                 debug!("TLS handshake did not complete within the header timeout.");
                 return;
             }
