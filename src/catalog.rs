@@ -506,7 +506,7 @@ metric!(
     Counter,
     None,
     [],
-    "TLS connections to `listen_tls` / `metrics_listen_tls` closed because the handshake failed (plain HTTP, an unknown certificate, no common protocol) or did not complete within `server.header_timeout_secs`."
+    "TLS connections to `listen_tls` / `metrics_listen_tls` closed because the handshake failed (not TLS, e.g. plain HTTP; an alert, e.g. the client rejecting the certificate; no common version or cipher) or did not complete within `server.header_timeout_secs`. A client hanging up is not counted."
 );
 metric!(
     SERIES_OVERFLOW,

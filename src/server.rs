@@ -15,8 +15,8 @@
 //! - **Shutdown**: stop accepting; idle connections close at once; in-flight requests get until
 //!   `shutdown_timeout`; then whatever is left is closed.
 //! - **TLS** (`listen_tls`): the handshake runs on the connection's own task, within
-//!   `header_timeout`; a failed or late one closes the connection and is counted
-//!   (`gatemeter_tls_handshake_failures`). Over the cap a TLS connection is closed unanswered
+//!   `header_timeout`; a refused or late one closes the connection and is counted
+//!   (`gatemeter_tls_handshake_failures`; a peer hanging up is not). Over the cap a TLS connection is closed unanswered
 //!   (a plain-text 503 would be garbage to a TLS client).
 
 use std::convert::Infallible;
@@ -305,7 +305,13 @@ async fn tls_connection(
         r = handshake => match r {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                slot.health.tls_handshake_failed();
+                // rustls' refusals (not TLS, an alert such as the client rejecting the
+                // certificate, no common version or cipher) are `InvalidData`; a peer that hangs
+                // up (a TCP health check, a client closing as its handshake ends) is not a
+                // failed handshake.
+                if e.kind() == io::ErrorKind::InvalidData {
+                    slot.health.tls_handshake_failed();
+                }
                 debug!(error = %e, "TLS handshake failed.");
                 return;
             }

@@ -232,6 +232,19 @@ async fn listen_tls_serves_https_and_refuses_the_rest() {
         .await
         .expect("the stalled handshake is closed within the header timeout");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Clients that hang up — before a byte (a TCP health check) or once their handshake is
+    // done — are not failures.
+    drop(TcpStream::connect(addr).await.expect("connect"));
+    for _ in 0..20 {
+        let config = gatemeter::tls::client_config(Some(&pki.ca())).expect("client config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        drop(tls);
+    }
     // Three failed handshakes: plain HTTP, the wrong CA, the stalled one.
     eventually(
         Duration::from_secs(5),
