@@ -51,6 +51,6 @@ queries=(
 )
 for q in "${queries[@]}"; do
   echo "== /api/v1/$q"
-  farm-bench -n "$runs" --timeout 600 -- curl -fsS -o /dev/null "http://127.0.0.1:$a/api/v1/$q" \
-    --vs "curl -fsS -o /dev/null http://127.0.0.1:$b/api/v1/$q" 2>&1 | grep -E 'wall|ratio' || true
+  farm-bench -n "$runs" --timeout 600 --vs "curl -fsS -o /dev/null http://127.0.0.1:$b/api/v1/$q" \
+    -- curl -fsS -o /dev/null "http://127.0.0.1:$a/api/v1/$q" 2>&1 | grep -E "wall|ratio|exit|fail" || true
 done

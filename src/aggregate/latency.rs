@@ -142,11 +142,18 @@ impl Latency {
     /// [`Latency::decode_from`] with every value multiplied by `scale` (1000: a histogram
     /// written in milliseconds read into one of microseconds).
     pub fn decode_scaled_from(&mut self, b: &[u8], i: &mut usize, scale: u64) -> Option<()> {
+        Self::walk_encoded(b, i, |v, n| self.record_n(v.saturating_mul(scale), n))
+    }
+
+    /// Reads the histogram encoded at `*i` (by [`Latency::encode_into`]), calling `bucket`
+    /// with each `(value, count)`, advancing `i`; `None` when the bytes are not such a
+    /// histogram (some buckets may have been passed by then).
+    pub fn walk_encoded(b: &[u8], i: &mut usize, mut bucket: impl FnMut(u64, u64)) -> Option<()> {
         let n = varint::get(b, i)?;
         let mut prev = 0u64;
         for _ in 0..n {
             prev = prev.checked_add(varint::get(b, i)?)?;
-            self.record_n(prev.saturating_mul(scale), varint::get(b, i)?);
+            bucket(prev, varint::get(b, i)?);
         }
         Some(())
     }
