@@ -763,7 +763,7 @@ async fn sqlite_and_postgres_give_the_same_answers() {
         analytics_app(Db::Postgres, extra).await,
     ];
     let now = gatemeter::clock::now_ms();
-    let mut recs = records(3000, now - 20 * 60_000, 39);
+    let mut recs = records(1500, now - 20 * 60_000, 39);
     for (i, user) in ["alice", "bob", "alice"].iter().enumerate() {
         recs.push(rec(
             &format!("live{i}"),
