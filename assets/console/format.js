@@ -1,4 +1,4 @@
-// DOM building (text only: no HTML from data ever reaches innerHTML) and the formats of times
+// DOM building (text nodes only: no data is ever parsed as markup) and the formats of times
 // (in analytics.time_zone), money, tokens, durations and ratios, each with its unit.
 
 /**
