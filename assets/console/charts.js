@@ -85,7 +85,7 @@ export function columns(buckets, { from, to, step, max, label = "time series", h
 export function lines(series, { from, to, label = "line chart", height = 120, width = 420, format = String }) {
   const top = 6;
   const bottom = 16;
-  const left = 44;
+  const left = 54;
   const el = svg(width, height, label);
   const plot = height - top - bottom;
   const vals = series.flatMap((s0) => s0.points.map((p) => p[1]).filter((v) => v !== null));

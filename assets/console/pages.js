@@ -135,7 +135,7 @@ export async function overview(ctx) {
   const load = async () => {
     const [ov, av, models] = await Promise.all([
       get("/api/v1/overview"),
-      get("/api/v1/availability", { window: "24h" }),
+      get("/api/v1/availability", { window: "6h" }),
       get("/api/v1/leaderboard", { scope: "model", period: "today", sort: "cost", limit: 8 }),
     ]);
     if (!ctx.alive()) return;
@@ -170,20 +170,20 @@ export async function overview(ctx) {
       text: `${fmtInt(c.requests)} requests, ${fmtPct(c.successes / c.requests)} ok`,
     }));
     parts.push(h("div.grid2", {},
-      h("section.panel", { "aria-labelledby": "ov-req" }, h("h2", { id: "ov-req" }, "Requests, last 24 h"),
-        columns(buckets, { from: av.from, to: av.to, step: av.bucket_ms, label: "requests per bucket, last 24 hours" }),
-        h("p.muted", {}, `${fmtMs(av.bucket_ms)} buckets; red: fewer than half succeeded.`)),
+      h("section.panel", { "aria-labelledby": "ov-req" }, h("h2", { id: "ov-req" }, "Requests, last 6 h"),
+        columns(buckets, { from: av.from, to: av.to, step: av.bucket_ms, label: "requests per bucket, last 6 hours" }),
+        h("p.muted", {}, `${Math.round(av.bucket_ms / 60000)}-minute buckets; red: fewer than half succeeded.`)),
       h("section.panel", { "aria-labelledby": "ov-models" }, h("h2", { id: "ov-models" }, "Cost by model, today"),
         models.entries.length ? bars(models.entries.map((e) => ({ label: e.name, value: e.cost_micros, text: fmtUsd(e.cost_usd) })),
           { label: "cost by model today" }) : h("p.muted", {}, "No model has requests today."))));
-    parts.push(h("h2", {}, "Providers"));
+    parts.push(h("h2", {}, "Providers, last 6 h"));
     parts.push(table([
-      { label: "Provider", cell: (p) => h("a", { href: "#/availability" }, p.provider) },
+      { label: "Provider", cell: (p) => h("a", { href: "#/availability?window=6h" }, p.provider) },
       { label: "Status", cell: (p) => statusPill(p.status) },
       { label: "Availability", num: true, cell: (p) => fmtPct(p.availability) },
       { label: "Requests", num: true, cell: (p) => fmtInt(p.requests) },
       { label: "P95", num: true, cell: (p) => fmtMs(p.p95_ms) },
-    ], av.providers, "No provider has requests in the last 24 hours."));
+    ], av.providers, "No provider has requests in the last 6 hours."));
     body.replaceChildren(...parts);
   };
   ctx.every(5000, load, body);
@@ -193,7 +193,7 @@ export async function overview(ctx) {
 
 export async function availability(ctx) {
   if (!needs(ctx, "analytics")) return;
-  const win = ctx.query.get("window") || "24h";
+  const win = ctx.query.get("window") || "1h";
   const stamp = h("span.live", {}, "live");
   const body = h("div", {}, h("p.muted", {}, "Loading…"));
   ctx.root.append(pageHead("Availability", stamp,
@@ -225,9 +225,9 @@ export async function availability(ctx) {
           h("dt", {}, "Errors by code"), h("dd", {}, errorsText(p.errors)),
           h("dt", {}, "Last request"), h("dd", {}, p.last_request_at ? fmtTime(p.last_request_at) : "none in 15 min"),
           p.probes.length ? [h("dt", {}, "Probes"), h("dd", {}, p.probes.map((x) => `${x.probe}: ${x.up === null ? "no run" : x.up ? "up" : "down"}`).join(", "))] : null),
-        p.buckets.length ? columns(buckets, { from: av.from, to: av.to, step: av.bucket_ms, max: 1, label: `${p.provider} availability per bucket` }) : null,
+        p.buckets.length ? columns(buckets, { from: av.from, to: av.to, step: av.bucket_ms, max: 1, width: 300, height: 70, label: `${p.provider} availability per bucket` }) : null,
         p.buckets.length ? lines([{ name: "P50", points: q("p50_ms") }, { name: "P95", points: q("p95_ms") }, { name: "P99", points: q("p99_ms") }],
-          { from: av.from, to: av.to, height: 100, label: `${p.provider} latency quantiles`, format: fmtMs }) : null,
+          { from: av.from, to: av.to, width: 300, height: 90, label: `${p.provider} latency quantiles`, format: fmtMs }) : null,
         p.buckets.length ? h("div.legend", {}, ["P50", "P95", "P99"].map((n, i) => h("span", {}, h(`span.sw.s${i}`), n))) : null);
     })));
     const probes = av.providers.flatMap((p) => p.probes.map((x) => ({ ...x, provider: p.provider })));
@@ -420,7 +420,7 @@ async function session(ctx, id) {
 const FILTERS = [
   ["user", "User"], ["key", "Key"], ["provider", "Provider"], ["model", "Model"], ["endpoint", "Endpoint"],
   ["status", "Status"], ["session_id", "Session id"], ["min_retry_count", "Min retries"], ["trace_id", "Trace id"],
-  ["provider_request_id", "Provider request id"],
+  ["span_id", "Span id"], ["provider_request_id", "Provider request id"],
 ];
 
 function logFilters(q) {

@@ -239,6 +239,7 @@ pub fn whoami_routes(api: WhoamiApi) -> OpenApiRouter {
     description = "Answers without a token too (`role: none` when tokens are configured), so a \
         client learns whether to sign in without a failed request; an unknown token is a 401, \
         an ingest or metrics token a 403, as on every query route.",
+    security((), ("bearer" = [])),
     responses((status = 200, description = "Who the token is", body = Whoami), QueryErrors))]
 pub async fn whoami(
     State(api): State<Arc<WhoamiApi>>,
