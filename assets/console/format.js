@@ -131,7 +131,9 @@ export function fmtMs(ms) {
 export function fmtPct(r) {
   if (r === null || r === undefined) return "—";
   const p = r * 100;
-  return `${p >= 99.95 || p === 0 ? p.toFixed(0) : p.toFixed(1)} %`;
+  if (p === 100 || p === 0) return `${p} %`;
+  // Never round a failure away: 99.95 % is not 100 %.
+  return `${p > 99.9 ? Math.min(p, 99.99).toFixed(2) : p.toFixed(1)} %`;
 }
 
 export function fmtBytes(n) {

@@ -532,6 +532,10 @@ export async function claudeCode(ctx) {
       out.append(h("div.notice", {}, "A user token sees the Claude Code series labelled with its own user only; tool and decision totals mix every user's and are shown to admins. ",
         "Claude Code drops user ids from labels unless ", h("code", {}, "otlp.label_allowlist"), " names ", h("code", {}, "user.email"), " or ", h("code", {}, "user.id"), "."));
     }
+    if (empty && cc.own_rows_only) {
+      out.append(h("div.empty", {}, "None of Claude Code's series carries your user id."));
+      return out;
+    }
     if (empty) {
       out.append(h("div.empty", {}, h("p", {}, "No Claude Code telemetry yet."),
         h("p", {}, "Point Claude Code at this server:"),
