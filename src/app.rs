@@ -437,8 +437,12 @@ pub fn router(
     (main, auth.guard(metrics_routes, Access::Metrics))
 }
 
-/// Serves `/<prefix>/v1/{logs,metrics,traces}` as `/v1/...`; anything else is a 404.
+/// Serves `/<prefix>/v1/{logs,metrics,traces}` as `/v1/...`, and the console's deep links
+/// (`GET /ui/…`); anything else is a 404.
 async fn otlp_under_prefix(ingest: Router, req: Request) -> Response {
+    if let Some(page) = console::deep_link(req.method(), req.uri().path(), req.headers()).await {
+        return page;
+    }
     match canonical_otlp_path(req) {
         Some(req) => match ingest.oneshot(req).await {
             Ok(resp) => resp,

@@ -75,7 +75,7 @@ function firstRecord(what) {
     h("p", {}, "Point a gateway at ", h("code", {}, `${origin}/v1/events`), " (one JSON record per finished request), ",
       "or Claude Code at ", h("code", {}, origin), " (OTLP/HTTP). A first record by hand:"),
     h("pre", {}, `curl -X POST ${origin}/v1/events \\\n  -H 'content-type: application/json' \\\n` +
-      "  -H 'authorization: Bearer $INGEST_TOKEN' \\\n" +
+      "  -H \"authorization: Bearer $INGEST_TOKEN\" \\\n" +
       `  -d '{"user":"alice","provider":"anthropic","model":"claude-sonnet-4-5","status":200,"duration_ms":850,"input_tokens":1200,"output_tokens":300}'`),
     h("p", {}, "Or run ", h("code", {}, "gatemeter demo"), " to see the console with synthetic traffic."));
 }

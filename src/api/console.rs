@@ -133,8 +133,7 @@ fn answer(asset: &Asset, etag: &HeaderValue, req: &HeaderMap) -> Response {
     resp
 }
 
-/// `GET /`, `/ui`, `/ui/…` (any path not under `/ui/assets/`): the page (the console routes
-/// by the URL's fragment; deep links under `/ui/` load the same page).
+/// `GET /`, `/ui`, `/ui/`: the page (the console routes by the URL's fragment).
 async fn index(req: HeaderMap) -> Response {
     match ETAGS.first() {
         Some(etag) => answer(&INDEX, etag, &req),
@@ -161,14 +160,33 @@ async fn asset(Path(name): Path<String>, req: HeaderMap) -> Response {
 }
 
 /// The console's pages and files (no token needed: they hold no data; every API call the page
-/// makes carries the token the user signed in with).
+/// makes carries the token the user signed in with). Deep links (`/ui/logs`) are not routes:
+/// the router's fallback serves them ([`deep_link`]), so that an OTLP client whose path prefix
+/// happens to be `/ui` (`POST /ui/v1/logs`) still reaches the receiver.
 pub fn routes() -> Router {
     Router::new()
         .route("/", get(index))
         .route("/ui", get(index))
         .route("/ui/", get(index))
         .route("/ui/assets/{name}", get(asset))
-        .route("/ui/{*rest}", get(index))
+}
+
+/// The page, for a `GET` of a deep link under `/ui/` (not an OTLP path); `None` for any other
+/// request (the fallback goes on with it).
+pub async fn deep_link(
+    method: &axum::http::Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let page = method == axum::http::Method::GET
+        && path.starts_with("/ui/")
+        && !path.starts_with("/ui/assets/")
+        && crate::health::otlp::Signal::from_path(path).is_none();
+    if page {
+        Some(index(headers.clone()).await)
+    } else {
+        None
+    }
 }
 
 /// What the console needs to know of the deployment.

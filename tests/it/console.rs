@@ -90,6 +90,18 @@ async fn files_are_served_with_types_csp_and_validators() {
     }
     let resp = get(&app, None, "/ui/assets/nope.js").await;
     assert_eq!(resp.status(), 404);
+    // An OTLP client whose path prefix is `/ui` still reaches the receiver, not the page.
+    let resp = app
+        .client
+        .post(app.url("/ui/v1/logs"))
+        .bearer_auth(INGEST)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(get(&app, Some(INGEST), "/ui/v1/logs").await.status(), 405);
     // The API stays behind its tokens.
     assert_eq!(get(&app, None, "/api/v1/logs").await.status(), 401);
     app.stop().await;
