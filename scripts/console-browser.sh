@@ -31,8 +31,10 @@ bin=./target/debug/gatemeter
 cargo build --quiet --bin gatemeter  # a no-op when it is fresh; never test a stale binary
 tmp=$(mktemp -d)
 pid=""
+open_pid=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  [ -n "$open_pid" ] && kill "$open_pid" 2>/dev/null && wait "$open_pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -68,12 +70,19 @@ EOF
 pid=$!
 addr=$(logged_addr "$tmp/server.log")
 [ -n "$addr" ] || { cat "$tmp/server.log"; echo "server did not start" >&2; exit 1; }
+# A second server with no tokens (loopback: open) and no request log: the console opens
+# without sign-in and says what the missing log means.
+printf 'listen: 127.0.0.1:0\nlog_store:\n  kind: none\n' >"$tmp/open.yaml"
+"$bin" serve --config "$tmp/open.yaml" >"$tmp/open.log" 2>&1 &
+open_pid=$!
+open_addr=$(logged_addr "$tmp/open.log")
+[ -n "$open_addr" ] || { cat "$tmp/open.log"; echo "the open server did not start" >&2; exit 1; }
 
 shots=${CONSOLE_SHOTS:-docs/screenshots}
 mkdir -p "$shots"
-"$venv/bin/python" scripts/console_browser.py "http://$addr" "$tmp" "$shots"
-if grep -q 'panicked\|Internal error' "$tmp/server.log"; then
-  grep 'panicked\|Internal error' "$tmp/server.log" >&2
+"$venv/bin/python" scripts/console_browser.py "http://$addr" "$tmp" "$shots" "http://$open_addr"
+if grep -q 'panicked\|Internal error' "$tmp/server.log" "$tmp/open.log"; then
+  grep 'panicked\|Internal error' "$tmp/server.log" "$tmp/open.log" >&2
   echo "the server logged internal errors while the console ran" >&2
   exit 1
 fi

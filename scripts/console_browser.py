@@ -1,9 +1,10 @@
 """The web console in headless Chromium (scripts/console-browser.sh starts the server).
 
-Usage: console_browser.py BASE_URL TMP_DIR SHOTS_DIR
+Usage: console_browser.py BASE_URL TMP_DIR SHOTS_DIR OPEN_URL
 
 Feeds the server fixed gateway records (three users, four providers, sessions, stored requests)
 and the captured Claude Code session (tests/data/claude-code/json), then, through the browser:
+- a first load asks for a token; the overview refreshes itself when records arrive;
 - signs in with the admin token; every page, at 1280 and 390 px wide, shows data and no API
   error, and the browser logs no console error anywhere in the run;
 - a request-log filter changes the table; the usage CSV downloaded with it starts with the
@@ -11,7 +12,10 @@ and the captured Claude Code session (tests/data/claude-code/json), then, throug
 - the session request JSON, the probe log and the backup download, and the audit trail lists them;
 - a provider whose records fail turns from green to red in the availability grid;
 - a user token sees only its own rows (even when the URL asks for another user's), has no admin
-  page, and the server refuses it the admin routes.
+  page, and the server refuses it the admin routes;
+- leaderboards sort by a column and take a custom range;
+- a server with no tokens (OPEN_URL, no request log) opens without sign-in and says what the
+  missing request log means.
 Screenshots of each page at both widths go to SHOTS_DIR.
 """
 
@@ -34,7 +38,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-BASE, TMP, SHOTS = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, TMP, SHOTS, OPEN = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 INGEST = "ingest-token-browser-0123456789"
 ADMIN = "admin-token-browser-0123456789"
 ALICE = "alice-token-browser-0123456789"
@@ -243,6 +247,32 @@ try:
     check(js("return [...document.querySelectorAll('#nav a')].map(a => a.textContent).includes('Admin')"),
           "an admin sees the Admin page in the navigation")
 
+    # The overview refreshes itself: a new record shows without a reload.
+    visit("overview")
+
+    def requests_tile():
+        return js("const t = [...document.querySelectorAll('.tile')].find(t => t.textContent.startsWith('Requests'));"
+                  " return t && t.querySelector('.value').firstChild.textContent")
+
+    first = wait(requests_tile, "the requests tile")
+    post_records([{"request_id": f"console-{now}-live", "timestamp": int(time.time() * 1000), "user": "carol",
+                   "provider": "anthropic", "model": "claude-sonnet-4-5", "status": 200, "duration_ms": 420,
+                   "cost_usd": "0.001"}])
+    check(bool(wait(lambda: requests_tile() not in (None, first), "the overview to refresh", timeout=30)),
+          f"the overview refreshed by itself ({first} -> {requests_tile()})")
+
+    # Leaderboards: sorting by a column, and a custom range.
+    visit("leaderboards?scope=provider&period=today&sort=cost")
+    driver.find_element(By.XPATH, "//th//button[normalize-space()='Requests']").click()
+    wait(lambda: "sort=requests" in driver.current_url and loaded() and rows(), "the leaderboard sorted by requests")
+    counts = [int(c.replace(",", "")) for c in column(2)]
+    check(counts == sorted(counts, reverse=True) and len(counts) >= 4, f"sorted by requests, most first ({counts})")
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    visit(f"leaderboards?scope=user&period=custom&from={hour_ago}&to={int(time.time() * 1000) + 60_000}")
+    check(sorted(column(1)) == ["alice", "bob", "carol"] and not errors_shown(), f"a custom range ranks the users ({column(1)})")
+    check(bool(driver.find_elements(By.CSS_SELECTOR, "#main input[type=datetime-local]")), "a custom range has its inputs")
+    collect_console("leaderboards")
+
     # A log filter changes the table; the CSV with that filter starts with the BOM.
     visit("logs")
     before = column(3)
@@ -379,6 +409,20 @@ try:
     items = json.loads(body)["items"]
     check(status == 200 and items and {i["user"] for i in items} == {"alice"}, "the API gives a user token its own rows only")
     collect_console("user")
+
+    # No tokens configured: the console opens at once (no sign-in, no sign-out) and the pages
+    # that need the request log say so instead of failing.
+    driver.get(OPEN + "/")
+    wait(lambda: js("const r = document.getElementById('role'); return r && r.dataset.role") == "open", "the open console")
+    check(not driver.find_elements(By.ID, "token") and not driver.find_elements(By.CSS_SELECTOR, "#who button"),
+          "with no tokens the console opens without sign-in")
+    wait(loaded, "the open overview")
+    check("log_store.kind" in driver.find_element(By.ID, "main").text and not errors_shown(),
+          "without a request log the overview says what to configure")
+    driver.get(OPEN + "/#/claude-code")
+    wait(loaded, "the open Claude Code page")
+    check("OTEL_EXPORTER_OTLP_ENDPOINT" in driver.find_element(By.ID, "main").text, "an empty Claude Code page says how to send telemetry")
+    collect_console("open server")
 finally:
     collect_console("end")
     driver.quit()
