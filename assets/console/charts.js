@@ -17,8 +17,8 @@ function title(text) {
   return s("title", {}, text);
 }
 
-function svg(width, height, label) {
-  return s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
+function svg(width, height, label, kind) {
+  return s("svg", { class: `chart ${kind}`, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
 }
 
 /**
@@ -30,7 +30,7 @@ export function bars(items, { label = "bar chart", width = 420 } = {}) {
   const labelW = Math.min(150, width * 0.36);
   const valueW = 92;
   const height = Math.max(row, items.length * row) + 4;
-  const el = svg(width, height, label);
+  const el = svg(width, height, label, "bars");
   const max = Math.max(1e-12, ...items.map((i) => Math.max(i.value || 0, i.alt || 0)));
   const span = width - labelW - valueW;
   items.forEach((it, i) => {
@@ -57,7 +57,7 @@ export function bars(items, { label = "bar chart", width = 420 } = {}) {
 export function columns(buckets, { from, to, step, max, label = "time series", height = 90, width = 420, unit = "" }) {
   const top = 4;
   const bottom = 16;
-  const el = svg(width, height, label);
+  const el = svg(width, height, label, "columns");
   const plot = height - top - bottom;
   const n = Math.max(1, Math.ceil((to - from) / step));
   const cw = width / n;
@@ -86,7 +86,7 @@ export function lines(series, { from, to, label = "line chart", height = 120, wi
   const top = 6;
   const bottom = 16;
   const left = 54;
-  const el = svg(width, height, label);
+  const el = svg(width, height, label, "lines");
   const plot = height - top - bottom;
   const vals = series.flatMap((s0) => s0.points.map((p) => p[1]).filter((v) => v !== null));
   const max = Math.max(1e-12, ...vals);
