@@ -10,8 +10,10 @@ RUN cargo build --release --locked --bin gatemeter \
  && install -D target/release/gatemeter /out/gatemeter
 
 FROM debian:bookworm-slim
+# curl: the health check; postgresql-client: the pg_dump of GET /api/v1/export/backup (Debian 12's
+# PostgreSQL 15, the server version of docker-compose.yml and of the test suite).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl postgresql-client \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/gatemeter --create-home gatemeter
 COPY --from=build /out/gatemeter /usr/local/bin/gatemeter

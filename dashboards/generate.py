@@ -368,6 +368,46 @@ def leaderboards():
     )
 
 
+def sessions():
+    ns = NS
+    return dashboard(
+        "gatemeter-sessions",
+        "gatemeter / Sessions",
+        "How many conversations and CLI sessions are open, in which namespace, is a namespace spiking, and how do Claude Code sessions start, last and cost? Gateway records' session_id and Claude Code's session.id count alike.",
+        [var("namespace", "Namespace", "gatemeter_active_sessions", "namespace")],
+        [
+            stat("Active sessions", "Sessions with a request in the last analytics.session_active_secs (default 5 minutes), selected namespaces (gatemeter_active_sessions, from the request log's rollups).",
+                 "short", f"sum(gatemeter_active_sessions{{{ns}}})"),
+            stat("Namespaces with sessions", "Namespaces with at least one active session.", "short",
+                 f"count(gatemeter_active_sessions{{{ns}}} > 0)"),
+            stat("Largest 15 m jump", "The largest change of a namespace's active sessions over the last 15 minutes (the session-spike alert compares with the week's peak instead).",
+                 "short", f"max(delta(namespace:gatemeter_active_sessions:sum{{{ns}}}[15m]))"),
+            stat("Claude Code sessions", "Claude Code CLI sessions started in the time range (claude_code.session.count: fresh, continued and resumed).",
+                 "short", f"sum(increase(claude_code_session_count_total[{RANGE}]))"),
+            stat("Claude Code active time", "Time users and the CLI were active in Claude Code in the range (claude_code.active_time.total).",
+                 "s", f"sum(increase(claude_code_active_time_seconds_total[{RANGE}]))"),
+            stat("Claude Code cost per session", "Claude Code's reported cost in the range divided by the sessions started in it.",
+                 "currencyUSD", f"sum(increase(claude_code_cost_usage_usd_total[{RANGE}])) / (sum(increase(claude_code_session_count_total[{RANGE}])) > 0)"),
+            ts("Active sessions by namespace", "Active sessions per namespace of the session's first request (the busiest 50; the rest in __overflow__). Claude Code sessions are in the namespace of their team.id (otlp.namespace_attribute).", "short",
+               target(f"sum by (namespace) (gatemeter_active_sessions{{{ns}}})", "{{namespace}}"), stack=True),
+            ts("Session spike context: change over 15 minutes", "How much each namespace's active sessions grew (or fell) over the last 15 minutes. GatewaySessionSpike fires when a namespace holds more than twice its busiest moment of the previous 7 days (recording rule namespace:gatemeter_active_sessions:max7d_offset1h), and at least 20 sessions, for 10 minutes.",
+               "short", target(f"delta(namespace:gatemeter_active_sessions:sum{{{ns}}}[15m])", "{{namespace}}")),
+            panel("bargauge", "Now against the peak of the range", "Active sessions per namespace now, and the most it had at any time in the dashboard's range.", "short",
+                  [target(f"namespace:gatemeter_active_sessions:sum{{{ns}}}", "{{namespace}} now", instant=True),
+                   target(f"max_over_time(namespace:gatemeter_active_sessions:sum{{{ns}}}[{RANGE}])", "{{namespace}} peak", instant=True)]),
+            ts("Claude Code sessions started by start type", "CLI sessions started per hour of the rate window: fresh, continued (--continue) or resumed (--resume).", "short",
+               target(f"sum by (start_type) (rate(claude_code_session_count_total[{RI}])) * 3600", "{{start_type}}"), stack=True),
+            bars("Claude Code sessions by team in the range", "CLI sessions started per team.id in the range; their requests count in the namespace of the same name.", "short",
+                 f"sort_desc(sum by (team_id) (increase(claude_code_session_count_total[{RANGE}])))", "{{team_id}}"),
+            ts("Claude Code active time by type", "Active seconds per second (≈ sessions busy at once): user = the user typing or reading, cli = the CLI working (tools, model calls).", "short",
+               target(f"sum by (type) (rate(claude_code_active_time_seconds_total[{RI}]))", "{{type}}"), stack=True),
+            bars("Active time per session in the range", "Claude Code active time in the range per session started in it, by type (user, cli).", "s",
+                 f"sum by (type) (increase(claude_code_active_time_seconds_total[{RANGE}])) / scalar(sum(increase(claude_code_session_count_total[{RANGE}])) > 0)",
+                 "{{type}}"),
+        ],
+    )
+
+
 CC_M = 'model=~"$model"'
 
 
@@ -502,6 +542,7 @@ DASHBOARDS = {
     "model-cost.json": model_cost,
     "provider-availability.json": providers,
     "leaderboards.json": leaderboards,
+    "sessions.json": sessions,
     "claude-code.json": claude_code,
     "gatemeter-self.json": self_monitoring,
 }

@@ -4,12 +4,13 @@
 For every alert in alerts/alerts.rules.yml, its expression is replaced by one that never fires
 and by one that always fires; `promtool test rules` must fail both times, so every alert has a
 firing and a not-firing case that notice a broken expression. Run from the repository root:
-    python3 scripts/alert-mutations.py
+    python3 scripts/alert-mutations.py [ALERT ...]   # every alert, or only those named
 """
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 SRC = open("alerts/alerts.rules.yml").read()
@@ -29,7 +30,11 @@ def main():
     for f in ["recording.rules.yml", "rules.test.yml", "cost.test.yml"]:
         shutil.copy("alerts/" + f, work)
     ok = True
-    for name in re.findall(r"- alert: (\w+)", SRC):
+    names = re.findall(r"- alert: (\w+)", SRC)
+    unknown = set(sys.argv[1:]) - set(names)
+    if unknown:
+        raise SystemExit(f"no such alert: {', '.join(sorted(unknown))}")
+    for name in [n for n in names if n in sys.argv[1:] or not sys.argv[1:]]:
         for label, expr in [("never", "vector(1) == 2"), ("always", "vector(1)")]:
             with open(os.path.join(work, "alerts.rules.yml"), "w") as f:
                 f.write(replace_expr(SRC, name, expr))

@@ -32,7 +32,8 @@ pub enum Command {
     Serve(Serve),
     /// Validate a config file and print the effective settings.
     CheckConfig(CheckConfig),
-    /// Serve, and feed the server realistic synthetic gateway traffic.
+    /// Serve, and feed the server realistic synthetic gateway traffic and the OTLP telemetry of a
+    /// few simulated Claude Code CLI sessions.
     Demo(Demo),
     /// Drive a running server with records and check its counters against what was sent.
     Loadgen(Loadgen),
@@ -87,7 +88,8 @@ pub struct Demo {
     /// Listen address.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Synthetic gateway requests per second.
+    /// Synthetic gateway requests per second (the Claude Code sessions export every 2 s
+    /// whatever the rate).
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
     /// Random seed.

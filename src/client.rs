@@ -91,9 +91,19 @@ pub fn events_request(
     content_type: &'static str,
     body: Bytes,
 ) -> Request<Full<Bytes>> {
+    post_request(host, "/v1/events", content_type, body)
+}
+
+/// A `POST` of `body` to `path` (`/v1/events`, `/v1/logs`, `/v1/metrics`, ...).
+pub fn post_request(
+    host: &HeaderValue,
+    path: &'static str,
+    content_type: &'static str,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = Uri::from_static("/v1/events");
+    *req.uri_mut() = Uri::from_static(path);
     let h = req.headers_mut();
     h.insert(header::HOST, host.clone());
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

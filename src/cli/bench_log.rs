@@ -310,6 +310,8 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     let mut cfg = args.log.clone();
     cfg.queue_capacity = cfg.queue_capacity.max(CHUNK);
+    // A chunk is handed over at once: the queue must hold it whatever it weighs.
+    cfg.queue_bytes = usize::MAX;
     cfg.retention_days = 0;
     let health = Arc::new(Health::new(1));
     let log = SqlLog::open(&cfg, health.clone()).await?;

@@ -1,5 +1,6 @@
-//! `gatemeter demo`: serve, and post the synthetic traffic of [`super::traffic`] to the server;
-//! two probes of its own listener (unless the config has probes) feed the probe panels.
+//! `gatemeter demo`: serve, and post the synthetic traffic of [`super::traffic`] to the server
+//! (gateway records, and every 2 s the OTLP logs and metrics of a few simulated Claude Code CLI
+//! sessions); two probes of its own listener (unless the config has probes) feed the probe panels.
 //!
 //! [`drive`] owns the timing and the one keep-alive connection; the traffic itself depends only
 //! on the seed.
@@ -12,7 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderValue};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use prost::Message;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
@@ -24,6 +28,7 @@ use gatemeter::store::sql::{SqlBackend, SqlConfig};
 
 use super::error_chain;
 use super::serve::{bind, load_config, shutdown_signal};
+use super::traffic::claude_code::CliSessions;
 use super::traffic::{DEMO_COST_SHARE, Delivery, Detail, Traffic};
 
 /// Serves `args.config` (by default the annotated example config) and feeds it demo traffic
@@ -47,6 +52,14 @@ pub async fn run(args: super::Demo) -> anyhow::Result<()> {
         DemoArgs {
             requests_per_second: args.rate,
             seed: args.seed,
+            // With tokens configured (GATEMETER_INGEST_TOKENS in docker-compose.yml), the demo
+            // ingests like any client.
+            token: config
+                .auth
+                .ingest_tokens
+                .first()
+                .or(config.auth.admin_tokens.first())
+                .cloned(),
         },
         async move {
             let _ = demo_stop.wait_for(|s| *s).await;
@@ -120,13 +133,15 @@ fn demo_probes(addr: SocketAddr) -> Vec<ProbeConfig> {
     probes
 }
 
-/// Settings of `gatemeter demo`'s traffic.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Settings of `gatemeter demo`'s traffic (no `Debug`: it holds a token).
+#[derive(Clone, PartialEq)]
 pub struct DemoArgs {
     /// Average number of gateway requests simulated per second.
     pub requests_per_second: f64,
     /// Seed of the generator: the same seed gives the same traffic.
     pub seed: u64,
+    /// Bearer token for ingest, when the server wants one.
+    pub token: Option<String>,
 }
 
 /// Why the demo traffic could not run.
@@ -153,14 +168,18 @@ const MAX_PER_TICK: f64 = 5_000.0;
 const MAX_BATCH: usize = 1_000;
 /// Least time between two warnings about rejected batches.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How often the simulated Claude Code CLIs export their logs and metrics.
+const CLAUDE_CODE_EVERY: Duration = Duration::from_secs(2);
 
 /// Posts synthetic gateway traffic to `http://{target}/v1/events` until `shutdown` resolves.
 ///
 /// Every ~100 ms the requests due in that tick are sent as one batch (alternately a JSON array
 /// and NDJSON) over one keep-alive HTTP/1.1 connection. A share of requests uses the two-phase
 /// protocol (a start marker now, the final record after a scaled-down duration) so the
-/// concurrency gauge moves; a few are never finished and expire as abandoned. When the server
-/// cannot be reached, batches are dropped and the connection is retried with back-off.
+/// concurrency gauge moves; a few are never finished and expire as abandoned. Every 2 s the
+/// simulated Claude Code sessions' events go to `/v1/logs` and their metric points to
+/// `/v1/metrics` (OTLP protobuf, delta sums) on the same connection. When the server cannot be
+/// reached, batches are dropped and the connection is retried with back-off.
 pub async fn drive(
     target: SocketAddr,
     args: DemoArgs,
@@ -183,7 +202,9 @@ pub async fn drive(
         Detail::Full,
         DEMO_COST_SHARE,
     );
-    let mut link = Link::new(target);
+    let mut cli = CliSessions::new(args.seed, run);
+    let mut next_cli = Instant::now();
+    let mut link = Link::new(target, args.token.as_deref());
     let mut waiting: BinaryHeap<Waiting> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut owed = 0.0f64;
@@ -235,6 +256,22 @@ pub async fn drive(
                 lines.push(w.json);
             }
         }
+        if now >= next_cli {
+            next_cli = now + CLAUDE_CODE_EVERY;
+            let now_ns = gatemeter::clock::now_ms().max(0) as u64 * 1_000_000;
+            let export = cli.export(now_ns);
+            let bodies = [
+                (Answer::OtlpLogs, export.logs.encode_to_vec()),
+                (Answer::OtlpMetrics, export.metrics.encode_to_vec()),
+            ];
+            for (answer, body) in bodies {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break 'run,
+                    () = link.send(answer, Bytes::from(body), "application/x-protobuf", 1) => {}
+                }
+            }
+        }
         if lines.is_empty() {
             continue;
         }
@@ -249,7 +286,7 @@ pub async fn drive(
             tokio::select! {
                 biased;
                 () = &mut shutdown => break 'run,
-                () = link.send(Bytes::from(body), content_type, chunk.len()) => {}
+                () = link.send(Answer::Events, Bytes::from(body), content_type, chunk.len()) => {}
             }
         }
     }
@@ -282,10 +319,62 @@ impl Ord for Waiting {
     }
 }
 
+/// Where a batch goes, and how its answer tells of rejected items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// `POST /v1/events`: JSON `{"accepted": .., "rejected": ..}`.
+    Events,
+    /// `POST /v1/logs`: `ExportLogsServiceResponse` (protobuf), `partial_success`.
+    OtlpLogs,
+    /// `POST /v1/metrics`: `ExportMetricsServiceResponse` (protobuf), `partial_success`.
+    OtlpMetrics,
+}
+
+impl Answer {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Events => "/v1/events",
+            Self::OtlpLogs => "/v1/logs",
+            Self::OtlpMetrics => "/v1/metrics",
+        }
+    }
+
+    /// What a 200 answer says about rejected items, if it rejected any.
+    fn rejection(self, body: &[u8]) -> Option<String> {
+        let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
+        match self {
+            Self::Events => client::scan_u64(body, b"\"rejected\"")
+                .is_some_and(|n| n > 0)
+                .then(|| text(body)),
+            Self::OtlpLogs => ExportLogsServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .filter(|p| p.rejected_log_records > 0)
+                .map(|p| {
+                    format!(
+                        "{} log records rejected: {}",
+                        p.rejected_log_records, p.error_message
+                    )
+                }),
+            Self::OtlpMetrics => ExportMetricsServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .filter(|p| p.rejected_data_points > 0)
+                .map(|p| {
+                    format!(
+                        "{} points rejected: {}",
+                        p.rejected_data_points, p.error_message
+                    )
+                }),
+        }
+    }
+}
+
 /// The demo's one connection: reconnects with back-off, rate-limits its warnings.
 struct Link {
     target: SocketAddr,
     host: HeaderValue,
+    authorization: Option<HeaderValue>,
     sender: Option<Sender>,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -295,12 +384,14 @@ struct Link {
 }
 
 impl Link {
-    fn new(target: SocketAddr) -> Self {
+    fn new(target: SocketAddr, token: Option<&str>) -> Self {
         let host = HeaderValue::from_str(&target.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let authorization = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
         Self {
             target,
             host,
+            authorization,
             sender: None,
             backoff: Duration::from_millis(250),
             retry_at: None,
@@ -311,23 +402,35 @@ impl Link {
     }
 
     /// Sends one batch; on any failure the batch is dropped (this is demo traffic) and counted.
-    async fn send(&mut self, body: Bytes, content_type: &'static str, records: usize) {
+    async fn send(
+        &mut self,
+        kind: Answer,
+        body: Bytes,
+        content_type: &'static str,
+        records: usize,
+    ) {
         let Some(mut sender) = self.ready().await else {
             self.dropped += records as u64;
             return;
         };
-        let req = client::events_request(&self.host, content_type, body);
+        let mut req = client::post_request(&self.host, kind.path(), content_type, body);
+        if let Some(a) = &self.authorization {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
         match client::exchange(&mut sender, req).await {
             Ok((StatusCode::OK, answer)) => {
                 self.sender = Some(sender);
-                if client::scan_u64(&answer, b"\"rejected\"").is_some_and(|n| n > 0) {
-                    self.warn_limited(StatusCode::OK, &answer);
+                if let Some(rejection) = kind.rejection(&answer) {
+                    self.warn_limited(StatusCode::OK, &rejection);
                 }
             }
             Ok((status, answer)) => {
                 self.sender = Some(sender);
                 self.dropped += records as u64;
-                self.warn_limited(status, &answer);
+                self.warn_limited(
+                    status,
+                    &String::from_utf8_lossy(&answer[..answer.len().min(300)]),
+                );
             }
             Err(e) => {
                 self.dropped += records as u64;
@@ -369,7 +472,7 @@ impl Link {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    fn warn_limited(&mut self, status: StatusCode, answer: &[u8]) {
+    fn warn_limited(&mut self, status: StatusCode, answer: &str) {
         let now = Instant::now();
         if self
             .last_warn
@@ -379,8 +482,7 @@ impl Link {
             debug!(%status, "Demo batch not fully accepted.");
             return;
         }
-        let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]);
-        warn!(%status, answer = %text, similar_since_last = self.suppressed, "Demo batch not fully accepted.");
+        warn!(%status, %answer, similar_since_last = self.suppressed, "Demo batch not fully accepted.");
         self.last_warn = Some(now);
         self.suppressed = 0;
     }
@@ -413,10 +515,97 @@ mod tests {
         let args = DemoArgs {
             requests_per_second: 200.0,
             seed: 1,
+            token: None,
         };
         let stop = tokio::time::sleep(Duration::from_millis(700));
         let done = tokio::time::timeout(Duration::from_secs(5), drive(addr, args, stop)).await;
         assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+    }
+
+    /// The value of the first sample whose line starts with `prefix` (`name ` or `name{…`).
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            })
+            .reduce(f64::max)
+    }
+
+    /// The demo against a server that wants an ingest token (docker-compose.yml sets one):
+    /// without it every batch is refused; with the config's token the gateway records and the
+    /// simulated Claude Code sessions (logs and metrics) are all taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_traffic_and_claude_code_sessions_reach_a_server_with_tokens() {
+        let yaml = "listen: 127.0.0.1:0\nlog_store: {kind: none}\nauth:\n  ingest_tokens: [demo-ingest-token-0123456789]\n";
+        let config =
+            Config::from_yaml_str(yaml, std::path::Path::new("test"), &|_| None).expect("config");
+        let listener = bind(&config).await.expect("bind");
+        let app = App::build(&config, listener).await.expect("app");
+        let addr = app.local_addr().expect("addr");
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(app.run(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        let scrape = || async move {
+            client::Client::new()
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        };
+        let args = |token: Option<&str>| DemoArgs {
+            requests_per_second: 100.0,
+            seed: 5,
+            token: token.map(String::from),
+        };
+
+        let stop = tokio::time::sleep(Duration::from_millis(600));
+        drive(addr, args(None), stop).await.expect("drive");
+        let text = scrape().await;
+        assert_eq!(sample(&text, "ai_gateway_requests_total "), Some(0.0));
+        assert_eq!(sample(&text, "claude_code_session_count_total{"), None);
+
+        let token = config.auth.ingest_tokens.first().map(String::as_str);
+        let stop = tokio::time::sleep(Duration::from_millis(4_500));
+        drive(addr, args(token), stop).await.expect("drive");
+        let text = scrape().await;
+        assert!(
+            sample(&text, "ai_gateway_requests_total ").is_some_and(|n| n >= 100.0),
+            "{text}"
+        );
+        // Two or three Claude Code exports: sessions, cost, tokens, active time, tools, events.
+        for family in [
+            "claude_code_session_count_total{",
+            "claude_code_cost_usage_usd_total{",
+            "claude_code_token_usage_tokens_total{",
+            "claude_code_active_time_seconds_total{",
+            "claude_code_tool_calls_total{",
+            "claude_code_tool_decisions_total{",
+            "claude_code_events_total{event=\"api_request\"}",
+        ] {
+            assert!(
+                sample(&text, family).is_some_and(|n| n > 0.0),
+                "{family} missing:\n{text}"
+            );
+        }
+        for refused in [
+            "gatemeter_otlp_rejected_items_total{",
+            "gatemeter_ingest_rejected_records_total{",
+        ] {
+            assert!(
+                sample(&text, refused).is_none_or(|n| n == 0.0),
+                "{refused}:\n{text}"
+            );
+        }
+        let _ = stop_tx.send(true);
+        server.await.expect("join").expect("server");
     }
 
     #[tokio::test]
@@ -427,6 +616,7 @@ mod tests {
             DemoArgs {
                 requests_per_second: 0.0,
                 seed: 1,
+                token: None,
             },
             std::future::pending(),
         )

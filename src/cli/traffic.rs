@@ -5,11 +5,15 @@
 //! streaming requests with time to first byte, retries across providers, blocked requests and
 //! upstream errors, log-normal long-tailed durations and token counts, and a cost reported on
 //! some records and left to the price table on others. It does no I/O and reads no clock; the
-//! tools that use it own the timing and the connections.
+//! tools that use it own the timing and the connections. [`claude_code`] simulates a few
+//! developers' Claude Code CLIs the same way.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
+
+pub(crate) mod claude_code;
+
 /// Share of priced records that carry their own `cost_usd` in the demo (the rest use the price table).
 pub(crate) const DEMO_COST_SHARE: f64 = 0.5;
 /// Share of requests sent in two phases.

@@ -21,6 +21,7 @@ pub mod rollup;
 mod sqlite_export;
 mod sqlite_insert;
 mod sqlite_raw;
+mod sqlite_read;
 mod usage_export;
 mod writer;
 

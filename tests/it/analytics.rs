@@ -748,3 +748,156 @@ async fn metrics_show_leaderboards_status_and_sessions() {
     );
     app.stop().await;
 }
+
+/// SPEC: every endpoint answers alike on SQLite and PostgreSQL for the same records. Two servers,
+/// one per backend, take the same native records (a non-UTC zone, 39 days, every scope) and the
+/// same Claude Code session (OTLP); then every analytics endpoint, for the admin and for a user
+/// token, gives the same JSON on both, byte for byte (the storage-assigned log ids aside, which
+/// are compared through the requests they name). Records stay clear of the 5- and 15-minute
+/// edges, so the two answers, taken a moment apart, cannot straddle one.
+#[tokio::test]
+async fn sqlite_and_postgres_give_the_same_answers() {
+    let extra = "analytics:\n  time_zone: Europe/Berlin\notlp:\n  namespace_attribute: team.id\n";
+    let apps = [
+        analytics_app(Db::Sqlite, extra).await,
+        analytics_app(Db::Postgres, extra).await,
+    ];
+    let now = gatemeter::clock::now_ms();
+    let mut recs = records(3000, now - 20 * 60_000, 39);
+    for (i, user) in ["alice", "bob", "alice"].iter().enumerate() {
+        recs.push(rec(
+            &format!("live{i}"),
+            now - 60_000 - i as i64,
+            user,
+            "anthropic",
+            200,
+            40,
+        ));
+        recs.push(rec(
+            &format!("old{i}"),
+            now - 2 * HOUR_MS - i as i64,
+            user,
+            "openai",
+            [200, 503][i % 2],
+            90,
+        ));
+    }
+    let cc_requests = 8; // tests/data/claude-code/README.md, scenario `protobuf`
+    for app in &apps {
+        ingest(app, Some(INGEST), &recs).await;
+        crate::otlp::replay_with_token(app, "protobuf", INGEST).await;
+    }
+    let n = recs.len() as i64 + cc_requests;
+    for app in &apps {
+        wait_rows(app, Some(ADMIN), n as usize).await;
+        wait_rollups(app, n).await;
+    }
+
+    let (from, to) = (now - 45 * DAY_MS + 1234, now - 3 * DAY_MS - 777);
+    let mut paths = Vec::new();
+    for scope in ["user", "key", "provider", "model"] {
+        for period in [
+            "today".to_string(),
+            "week".to_string(),
+            "month".to_string(),
+            format!("custom&from={from}&to={to}"),
+        ] {
+            for sort in ["cost", "requests", "tokens"] {
+                paths.push(format!(
+                    "/api/v1/leaderboard?scope={scope}&period={period}&sort={sort}&limit=100"
+                ));
+            }
+        }
+    }
+    for window in ["1h", "6h", "24h", "7d"] {
+        for bucket in ["auto", "5m", "1h"] {
+            if window == "7d" && bucket == "5m" {
+                continue;
+            }
+            paths.push(format!(
+                "/api/v1/availability?window={window}&bucket={bucket}"
+            ));
+        }
+    }
+    paths.push(format!(
+        "/api/v1/availability?window=custom&from={from}&to={to}&by_model=true"
+    ));
+    paths.push("/api/v1/availability?window=7d&provider=openai&by_model=true".to_string());
+    for period in [
+        "today".to_string(),
+        "month".to_string(),
+        format!("custom&from={from}&to={to}"),
+    ] {
+        paths.push(format!("/api/v1/overview?period={period}"));
+    }
+    paths.push("/api/v1/keys".to_string());
+    paths.push("/api/v1/keys/k3".to_string());
+    paths.push("/api/v1/keys/key-alice".to_string());
+
+    let mut compared = 0;
+    for token in [ADMIN, ALICE] {
+        // Sessions: every page of both lists, then each session's detail.
+        let mut sessions = Vec::new();
+        for state in ["active", "inactive"] {
+            let mut cursor = String::new();
+            loop {
+                let path = format!("/api/v1/sessions?state={state}&limit=50{cursor}");
+                let v = same_answer(&apps, token, &path).await;
+                compared += 1;
+                for s in v["sessions"].as_array().expect("sessions") {
+                    sessions.push(s["session_id"].as_str().expect("id").to_string());
+                }
+                match v["next_cursor"].as_str() {
+                    Some(c) => cursor = format!("&cursor={c}"),
+                    None => break,
+                }
+            }
+        }
+        let least = if token == ADMIN { 40 } else { 2 };
+        assert!(sessions.len() >= least, "{} sessions", sessions.len());
+        for id in &sessions {
+            same_answer(&apps, token, &format!("/api/v1/sessions/{id}")).await;
+            compared += 1;
+        }
+        for path in &paths {
+            same_answer(&apps, token, path).await;
+            compared += 1;
+        }
+    }
+    assert!(compared > 2 * paths.len() + 40, "{compared}");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+/// The answer of the two servers to `path`: asserted equal (a 200 or a 404, the same on both)
+/// and returned. Log ids are storage-assigned: each is replaced by the request id of its row.
+/// The edges of a window relative to now are left out (the records keep clear of them).
+async fn same_answer(apps: &[TestApp; 2], token: &str, path: &str) -> Value {
+    let mut answers = Vec::new();
+    for app in apps {
+        let (status, mut v) = get_json(app, Some(token), path).await;
+        assert!(status == 200 || status == 404, "{path}: {status} {v}");
+        if let Some(list) = v.get_mut("request_list").and_then(Value::as_array_mut) {
+            for r in list {
+                let id = r["log_id"].as_i64().expect("log id");
+                let (s, row) = get_json(app, Some(ADMIN), &format!("/api/v1/logs/{id}")).await;
+                assert_eq!(s, 200, "{row}");
+                r["log_id"] = row["request_id"].clone();
+            }
+        }
+        // A window relative to now ends when each server was asked: a moment apart.
+        if path.contains("window=") && !path.contains("window=custom") {
+            for edge in ["from", "to"] {
+                let ms = v[edge].take().as_i64().expect("edge");
+                assert!((ms - gatemeter::clock::now_ms()).abs() < 8 * DAY_MS, "{v}");
+            }
+        }
+        answers.push((status, v));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "{path} as {token}: SQLite (left) and PostgreSQL (right) differ"
+    );
+    answers.swap_remove(0).1
+}

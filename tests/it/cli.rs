@@ -261,6 +261,33 @@ async fn bench_log_writes_random_or_ordered_request_ids() {
     }
 }
 
+/// `bench-log` hands the writer a chunk of up to a million rows at once: more than the default
+/// `log_store.queue_bytes` holds (32 MiB, about 50,000 records), which once made every run of
+/// more than that fail at its first chunk with "queue is full".
+#[tokio::test]
+async fn bench_log_writes_chunks_larger_than_the_default_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bench.db");
+    let out = Command::new(BIN)
+        .args([
+            "bench-log",
+            "--rows",
+            "150000",
+            "--profile",
+            "live",
+            "--sqlite",
+        ])
+        .arg(&db)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("write: 150000 rows") && stdout.contains("(dropped 0)"),
+        "{stdout}"
+    );
+}
+
 /// `rollup rebuild` fills the rollups of a log written with them off (here by `bench-log
 /// --no-rollups --profile analytics`): afterwards they count every row, exactly.
 #[tokio::test]

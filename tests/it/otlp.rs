@@ -81,15 +81,25 @@ async fn post(
 }
 
 async fn replay(app: &TestApp, scenario: &str) {
+    replay_as(app, scenario, None).await;
+}
+
+/// [`replay`] with an ingest token (a server with `auth:`).
+pub(crate) async fn replay_with_token(app: &TestApp, scenario: &str, token: &str) {
+    replay_as(app, scenario, Some(token)).await;
+}
+
+async fn replay_as(app: &TestApp, scenario: &str, token: Option<&str>) {
     for b in bodies(scenario) {
-        let resp = post(
-            app,
-            &b.path,
-            Some(&b.content_type),
-            b.encoding.as_deref(),
-            b.bytes,
-        )
-        .await;
+        let mut req = app.client.post(app.url(&b.path)).body(b.bytes);
+        req = req.header("content-type", &b.content_type);
+        if let Some(enc) = b.encoding.as_deref() {
+            req = req.header("content-encoding", enc);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("sent");
         assert_eq!(resp.status(), 200, "{scenario} {}", b.path);
         let ct = resp.headers()["content-type"]
             .to_str()

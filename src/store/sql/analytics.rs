@@ -8,6 +8,7 @@
 //! rows (the `user_ref` index), so no rollup of anyone else's requests is ever read for it.
 
 use std::collections::BTreeMap;
+use std::ffi::c_int;
 
 use compact_str::CompactString;
 use sqlx::Row;
@@ -15,7 +16,9 @@ use sqlx::Row;
 use super::rollup::{
     Batch, Cell, Counts, DAY_MS, Dim, Dist, FACT_COLUMNS, FactRow, HOUR_MS, MINUTE_MS, Tier, floor,
 };
-use super::{SqlLog, dispatch, unavailable};
+use super::sqlite_raw::Statement;
+use super::sqlite_read::{self, Owned};
+use super::{Backend, SqlLog, dispatch, unavailable};
 use crate::calendar::Zone;
 use crate::store::StoreError;
 
@@ -153,6 +156,28 @@ fn days_or_months(d0: i64, d1: i64, months: Option<i64>) -> Rolled {
     out
 }
 
+/// The parameters of a rollup read: dimension, tier, bucket range.
+fn rollup_binds(dim: Dim, tier: Tier, from: i64, to: i64) -> Vec<Owned> {
+    vec![
+        Owned::Int(dim.code()),
+        Owned::Int(tier.code()),
+        Owned::Int(from),
+        Owned::Int(to),
+    ]
+}
+
+/// Text column `col` of a SQLite row (NULL reads as empty).
+fn text_of(s: &Statement<'_>, col: c_int) -> Result<CompactString, String> {
+    Ok(CompactString::from(
+        sqlite_read::text(s, col)?.unwrap_or(""),
+    ))
+}
+
+/// `COUNT_COLUMNS` from column `at` of a SQLite row.
+fn counts_of(s: &Statement<'_>, at: c_int) -> Counts {
+    Counts::from_values(std::array::from_fn(|i| s.int(at + i as c_int)))
+}
+
 fn merge(into: &mut Cell, counts: Counts, dist: Option<&[u8]>) {
     into.counts.add(&counts);
     if let Some(b) = dist {
@@ -167,20 +192,43 @@ impl SqlLog {
             "SELECT {FACT_COLUMNS} FROM request_log WHERE ts_ms >= $1 AND ts_ms < $2 \
              AND ($3 IS NULL OR user_ref = $3) LIMIT $4"
         );
-        let facts = dispatch!(self.backend(), p, DB => {
-            let rows = sqlx::query(&sql)
-                .bind(from)
-                .bind(to)
-                .bind(user)
-                .bind(MAX_RAW_ROWS + 1)
-                .fetch_all(p)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
-                .map(|r| FactRow::read(r, 0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?
-        });
+        let facts = match self.backend() {
+            Backend::Sqlite(p) => {
+                let binds = vec![
+                    Owned::Int(from),
+                    Owned::Int(to),
+                    user.map_or(Owned::Null, |u| Owned::Text(u.to_string())),
+                    Owned::Int(MAX_RAW_ROWS + 1),
+                ];
+                sqlite_read::rows(p, sql, binds, |s| {
+                    let mut text: [Option<String>; 7] = Default::default();
+                    for (t, col) in text.iter_mut().zip(1..) {
+                        *t = sqlite_read::text(s, col)?.map(str::to_string);
+                    }
+                    Ok(FactRow::from_columns(
+                        s.int(0),
+                        text,
+                        std::array::from_fn(|i| s.int(8 + i as c_int)),
+                        sqlite_read::text(s, 16)?.map(str::to_string),
+                    ))
+                })
+                .await?
+            }
+            Backend::Postgres(p) => {
+                let rows = sqlx::query(&sql)
+                    .bind(from)
+                    .bind(to)
+                    .bind(user)
+                    .bind(MAX_RAW_ROWS + 1)
+                    .fetch_all(p)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| FactRow::read(r, 0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?
+            }
+        };
         if facts.len() as i64 > MAX_RAW_ROWS {
             return Err(StoreError::Unavailable {
                 store: "request log",
@@ -302,26 +350,34 @@ impl SqlLog {
              GROUP BY value, detail",
             sums.join(", ")
         );
-        dispatch!(self.backend(), p, DB => {
-            let rows = sqlx::query(&sql)
-                .bind(dim.code() as i16)
-                .bind(tier.code() as i16)
-                .bind(from)
-                .bind(to)
-                .fetch_all(p)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
-                .map(|r| {
-                    Ok((
-                        CompactString::from(r.try_get::<String, _>(0)?),
-                        CompactString::from(r.try_get::<String, _>(1)?),
-                        Counts::read(r, 2)?,
-                    ))
+        match self.backend() {
+            Backend::Sqlite(p) => {
+                sqlite_read::rows(p, sql, rollup_binds(dim, tier, from, to), |s| {
+                    Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2)))
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(unavailable)
-        })
+                .await
+            }
+            Backend::Postgres(p) => {
+                let rows = sqlx::query(&sql)
+                    .bind(dim.code() as i16)
+                    .bind(tier.code() as i16)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(p)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            CompactString::from(r.try_get::<String, _>(0)?),
+                            CompactString::from(r.try_get::<String, _>(1)?),
+                            Counts::read(r, 2)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+        }
     }
 
     /// Rollup rows of `dim` and `tier` with a bucket start in `[from, to)`.
@@ -338,28 +394,42 @@ impl SqlLog {
              WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4",
             super::rollup::COUNT_COLUMNS.join(", ")
         );
-        dispatch!(self.backend(), p, DB => {
-            let rows = sqlx::query(&sql)
-                .bind(dim.code() as i16)
-                .bind(tier.code() as i16)
-                .bind(from)
-                .bind(to)
-                .fetch_all(p)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
-                .map(|r| {
+        match self.backend() {
+            Backend::Sqlite(p) => {
+                sqlite_read::rows(p, sql, rollup_binds(dim, tier, from, to), |s| {
                     Ok((
-                        r.try_get::<i64, _>(0)?,
-                        CompactString::from(r.try_get::<String, _>(1)?),
-                        CompactString::from(r.try_get::<String, _>(2)?),
-                        Counts::read(r, 3)?,
-                        r.try_get::<Option<Vec<u8>>, _>(12)?,
+                        s.int(0),
+                        text_of(s, 1)?,
+                        text_of(s, 2)?,
+                        counts_of(s, 3),
+                        s.blob_bytes(12)?.map(<[u8]>::to_vec),
                     ))
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(unavailable)
-        })
+                .await
+            }
+            Backend::Postgres(p) => {
+                let rows = sqlx::query(&sql)
+                    .bind(dim.code() as i16)
+                    .bind(tier.code() as i16)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(p)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<i64, _>(0)?,
+                            CompactString::from(r.try_get::<String, _>(1)?),
+                            CompactString::from(r.try_get::<String, _>(2)?),
+                            Counts::read(r, 3)?,
+                            r.try_get::<Option<Vec<u8>>, _>(12)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+        }
     }
 
     /// The start of the latest request at or after `since` of each (provider, model), from the

@@ -219,6 +219,22 @@ impl FactRow {
         Ok(f)
     }
 
+    /// A row from its [`FACT_COLUMNS`] values: start, the seven text columns, the eight
+    /// numbers, the session.
+    pub fn from_columns(
+        ts_ms: i64,
+        text: [Option<String>; 7],
+        numbers: [i64; 8],
+        session_id: Option<String>,
+    ) -> Self {
+        Self {
+            ts_ms,
+            text,
+            numbers,
+            session_id,
+        }
+    }
+
     /// The row as a [`Fact`].
     pub fn fact(&self) -> Fact<'_> {
         let s = |i: usize| self.text[i].as_deref();

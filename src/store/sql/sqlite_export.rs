@@ -27,6 +27,7 @@ use super::query::{
     USAGE_INT_COLUMNS, USAGE_TEXT_COLUMNS, UsageRow, filter_terms,
 };
 use super::sqlite_raw::{Statement, with_handle};
+use super::sqlite_read::{Owned, bind_all};
 use crate::store::StoreError;
 
 /// The SQL of an export: the filter's conditions with `?` placeholders, in
@@ -86,12 +87,6 @@ pub(super) async fn export<E: RowEncoder>(
     Ok(Exported { end, ..exported })
 }
 
-/// A bound value, owned so it can move to the blocking thread.
-enum Owned {
-    Int(i64),
-    Text(String),
-}
-
 impl From<Param<'_>> for Owned {
     fn from(p: Param<'_>) -> Self {
         match p {
@@ -148,14 +143,7 @@ fn read(
     limit: i64,
     tx: &mpsc::Sender<Batch>,
 ) -> Result<(), String> {
-    let mut at: c_int = 0;
-    for p in params {
-        at += 1;
-        match p {
-            Owned::Int(v) => stmt.bind_int(at, *v)?,
-            Owned::Text(v) => stmt.bind_text(at, v)?,
-        }
-    }
+    let at = bind_all(&mut stmt, params)?;
     stmt.bind_int(at + 1, limit)?;
     let mut batch = Batch::default();
     loop {
