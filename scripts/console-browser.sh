@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # The web console in a real browser: Debian's chromium (headless) driven through chromedriver by
-# Selenium (PyPI, pinned, in a venv under ~/.cache/gatemeter) against the built debug gatemeter
-# with a SQLite request log, stored requests, admin / user / ingest tokens and two probes (one of
-# its own /healthz, one of a closed port). scripts/console_browser.py feeds it gateway records
-# and the captured Claude Code session, then checks every page at 1280 and 390 px (data shown,
-# no console error), a log filter, the usage CSV's BOM, the session request JSON, a user token's
-# limits and a provider turning red; screenshots go to docs/screenshots/ (or $CONSOLE_SHOTS).
-# Used by scripts/test.sh; runs alone too.
-#
-# Not `gatemeter demo`: the demo posts its traffic without a token, so it cannot feed a server
-# with tokens configured; the records here are fixed instead, which keeps the checks exact.
+# Selenium (PyPI, pinned, in a venv under ~/.cache/gatemeter) against the built debug
+# `gatemeter demo` (its synthetic gateway traffic and Claude Code sessions, posted with the
+# config's ingest token) with a SQLite request log, stored requests, admin / user / ingest tokens
+# and two probes (one of its own /healthz, one of a closed port). scripts/console_browser.py adds
+# fixed gateway records and the captured Claude Code session, then checks every page at 1280 and
+# 390 px (data shown, no console error), a log filter, the usage CSV's BOM, the session request
+# JSON, a user token's limits and a provider turning red; screenshots go to docs/screenshots/ (or
+# $CONSOLE_SHOTS). Used by scripts/test.sh; runs alone too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh  # logged_addr, free_port
@@ -66,7 +64,7 @@ probes:
     interval_secs: 2
     timeout_ms: 1000
 EOF
-"$bin" serve --config "$tmp/config.yaml" >"$tmp/server.log" 2>&1 &
+"$bin" demo --config "$tmp/config.yaml" --rate 5 >"$tmp/server.log" 2>&1 &
 pid=$!
 addr=$(logged_addr "$tmp/server.log")
 [ -n "$addr" ] || { cat "$tmp/server.log"; echo "server did not start" >&2; exit 1; }

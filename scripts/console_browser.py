@@ -2,8 +2,10 @@
 
 Usage: console_browser.py BASE_URL TMP_DIR SHOTS_DIR OPEN_URL
 
-Feeds the server fixed gateway records (three users, four providers, sessions, stored requests)
-and the captured Claude Code session (tests/data/claude-code/json), then, through the browser:
+The server runs `gatemeter demo` (synthetic traffic all along). This adds fixed gateway records
+(users alice, bob, carol; four providers, one of them `flaky` that the demo never uses;
+sessions; stored requests) and the captured Claude Code session (tests/data/claude-code/json),
+then, through the browser:
 - a first load asks for a token; the overview refreshes itself when records arrive;
 - signs in with the admin token; every page, at 1280 and 390 px wide, shows data and no API
   error, and the browser logs no console error anywhere in the run;
@@ -269,7 +271,7 @@ try:
     check(counts == sorted(counts, reverse=True) and len(counts) >= 4, f"sorted by requests, most first ({counts})")
     hour_ago = int(time.time() * 1000) - 3_600_000
     visit(f"leaderboards?scope=user&period=custom&from={hour_ago}&to={int(time.time() * 1000) + 60_000}")
-    check(sorted(column(1)) == ["alice", "bob", "carol"] and not errors_shown(), f"a custom range ranks the users ({column(1)})")
+    check({"alice", "bob", "carol"} <= set(column(1)) and not errors_shown(), f"a custom range ranks the users ({column(1)})")
     check(bool(driver.find_elements(By.CSS_SELECTOR, "#main input[type=datetime-local]")), "a custom range has its inputs")
     collect_console("leaderboards")
 
@@ -293,9 +295,10 @@ try:
         table = list(csv.reader(io.StringIO(raw[3:].decode("utf-8"))))
         at = table[0].index("provider")
         data = [r for r in table[1:] if r and not r[0].startswith("#")]
+        # The demo keeps adding openai rows: at least the fixed ones, and no other provider's.
         expected = sum(1 for r in records if r["provider"] == "openai")
-        check(len(data) == expected and all(r[at] == "openai" for r in data),
-              f"the CSV holds the filter's {expected} rows only ({len(data)})")
+        check(len(data) >= expected and all(r[at] == "openai" for r in data),
+              f"the CSV holds the filter's rows only ({len(data)}, of which {expected} fixed)")
     collect_console("logs filter and CSV")
 
     # A record's detail.
@@ -362,7 +365,7 @@ try:
                 "overview": lambda: len(driver.find_elements(By.CSS_SELECTOR, ".tile")) >= 7
                 and driver.find_elements(By.CSS_SELECTOR, "svg.chart rect"),
                 "availability": lambda: len(driver.find_elements(By.CSS_SELECTOR, "#avail-grid .card")) >= 4,
-                "leaderboards": lambda: len(rows()) == 3 and driver.find_elements(By.CSS_SELECTOR, "svg.chart rect"),
+                "leaderboards": lambda: len(rows()) >= 3 and driver.find_elements(By.CSS_SELECTOR, "svg.chart rect"),
                 "sessions": lambda: len(rows()) >= 3,
                 "logs": lambda: len(rows()) == 50,
                 "claude-code": lambda: "Bash" in column(0) or "Bash" in driver.find_element(By.ID, "main").text,

@@ -27,7 +27,7 @@ function svg(width, height, label, kind) {
  */
 export function bars(items, { label = "bar chart", width = 420 } = {}) {
   const row = 24;
-  const labelW = Math.min(150, width * 0.36);
+  const labelW = Math.min(190, width * 0.45);
   const valueW = 92;
   const height = Math.max(row, items.length * row) + 4;
   const el = svg(width, height, label, "bars");
@@ -35,7 +35,7 @@ export function bars(items, { label = "bar chart", width = 420 } = {}) {
   const span = width - labelW - valueW;
   items.forEach((it, i) => {
     const y = i * row + 2;
-    const name = it.label.length > 22 ? `${it.label.slice(0, 21)}…` : it.label;
+    const name = it.label.length > 24 ? `${it.label.slice(0, 23)}…` : it.label;
     el.append(s("text", { x: labelW - 6, y: y + 15, "text-anchor": "end" }, name, title(it.label)));
     const w = Math.max(1, (span * (it.value || 0)) / max);
     el.append(s("rect", { class: "bar", x: labelW, y: y + 3, width: w, height: it.alt !== undefined ? 9 : 16, rx: 2 },
