@@ -357,7 +357,9 @@ try:
     for width, height in WIDTHS:
         set_width(width, height)
         for page in PAGES:
+            started = time.time()
             visit(page)
+            print(f"time {page} at {width} px: drawn {1000 * (time.time() - started):.0f} ms after navigation", flush=True)
             time.sleep(0.3)
             errs = errors_shown()
             check(not errs, f"{page} at {width} px shows no API error {errs[:1]}")
