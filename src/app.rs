@@ -40,9 +40,12 @@ use crate::store::{Discard, LiveStore, MemoryStore, RedisStore, RequestLog, SqlL
 /// A server ready to run.
 pub struct App {
     listener: TcpListener,
+    /// TLS on the main listener (`listen_tls`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
-    /// The separate metrics listener (`metrics_listen`) and its router (`/metrics`, `/healthz`).
-    metrics: Option<(TcpListener, Router)>,
+    /// The separate metrics listener (`metrics_listen`), its TLS (`metrics_listen_tls`) and its
+    /// router (`/metrics`, `/healthz`).
+    metrics: Option<(TcpListener, Option<Arc<rustls::ServerConfig>>, Router)>,
     pipeline: Pipeline,
     aggregator: JoinHandle<()>,
     claude_code: Option<ClaudeCode>,
@@ -66,6 +69,14 @@ pub enum AppError {
     /// The request log could not be opened.
     #[error("request log: {0}")]
     Store(#[from] StoreError),
+    /// A listener's certificate or key, or the OTLP export's CA file, could not be used.
+    #[error("{key}: {source}")]
+    Tls {
+        /// The config key (`listen_tls`, `metrics_listen_tls`, `otlp_export.ca_file`).
+        key: &'static str,
+        /// What is wrong.
+        source: crate::tls::TlsError,
+    },
     /// The durable spool could not be opened or replayed.
     #[error("spool {dir}: {source}")]
     Spool {
@@ -107,6 +118,15 @@ impl App {
                 return Err(AppError::OpenNonLoopback(addr));
             }
         }
+        // The files were checked with the config; read again here (they may have changed).
+        let server_tls = |key: &'static str, t: &Option<crate::server::ListenTls>| {
+            t.as_ref()
+                .map(|t| crate::tls::server_config(&t.cert_file, &t.key_file))
+                .transpose()
+                .map_err(|source| AppError::Tls { key, source })
+        };
+        let tls = server_tls("listen_tls", &config.listen_tls)?;
+        let metrics_tls = server_tls("metrics_listen_tls", &config.metrics_listen_tls)?;
         let health = Arc::new(
             Health::new(config.pipeline.queue_capacity)
                 .with_series_budget(config.pipeline.max_series),
@@ -130,7 +150,11 @@ impl App {
         let mut background = Vec::new();
         let mut export_stats = None;
         if let Some(x) = &config.otlp_export {
-            let (export, task) = OtlpLogExport::spawn(x.clone());
+            let (export, task) =
+                OtlpLogExport::spawn(x.clone()).map_err(|source| AppError::Tls {
+                    key: "otlp_export.ca_file",
+                    source,
+                })?;
             export_stats = Some(export.stats());
             logs.push(Arc::new(export));
             background.push(task);
@@ -213,6 +237,7 @@ impl App {
         let metrics = match metrics_listener {
             Some(l) => Some((
                 l,
+                metrics_tls,
                 metrics_router.route("/healthz", get(crate::api::healthz)),
             )),
             None => {
@@ -275,6 +300,7 @@ impl App {
             .merge(console::routes());
         Ok(Self {
             listener,
+            tls,
             router,
             metrics,
             pipeline,
@@ -295,7 +321,9 @@ impl App {
 
     /// The address of the separate metrics listener, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.metrics
+            .as_ref()
+            .and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then drains: in-flight requests get until
@@ -307,6 +335,7 @@ impl App {
     ) -> Result<(), AppError> {
         let Self {
             listener,
+            tls,
             router,
             metrics,
             pipeline,
@@ -321,14 +350,15 @@ impl App {
         drop(pipeline);
         drop(claude_code);
         match metrics {
-            None => server::serve(listener, router, server_config, health, shutdown).await,
-            Some((metrics_listener, metrics_router)) => {
+            None => server::serve(listener, tls, router, server_config, health, shutdown).await,
+            Some((metrics_listener, metrics_tls, metrics_router)) => {
                 // One shutdown for both listeners: the main one's, passed on when it resolves
                 // (or when the main server stops and drops the sender).
                 let (stop, stopped) = tokio::sync::watch::channel(false);
                 let mut wait = stopped.clone();
                 let metrics_server = tokio::spawn(server::serve(
                     metrics_listener,
+                    metrics_tls,
                     metrics_router,
                     server_config,
                     health.clone(),
@@ -336,7 +366,7 @@ impl App {
                         let _ = wait.wait_for(|s| *s).await;
                     },
                 ));
-                server::serve(listener, router, server_config, health, async move {
+                server::serve(listener, tls, router, server_config, health, async move {
                     shutdown.await;
                     let _ = stop.send(true);
                 })

@@ -501,6 +501,14 @@ metric!(
     "HTTP connections refused because `server.max_connections` were open (answered 503 and closed)."
 );
 metric!(
+    TLS_HANDSHAKE_FAILURES,
+    "gatemeter_tls_handshake_failures",
+    Counter,
+    None,
+    [],
+    "TLS connections to `listen_tls` / `metrics_listen_tls` closed because the handshake failed (not TLS, e.g. plain HTTP; an alert, e.g. the client rejecting the certificate; no common version or cipher) or did not complete within `server.header_timeout_secs`. A client hanging up is not counted."
+);
+metric!(
     SERIES_OVERFLOW,
     "gatemeter_series_overflow",
     Counter,
@@ -872,6 +880,7 @@ pub const ALL: &[Metric] = &[
     PENDING,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,
+    TLS_HANDSHAKE_FAILURES,
     SERIES_OVERFLOW,
     SERIES_REFUSED,
     STORE_UP,
@@ -931,6 +940,7 @@ pub const PROCESS: &[Metric] = &[
     PENDING,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,
+    TLS_HANDSHAKE_FAILURES,
     STORE_UP,
     SELF_UPTIME,
     BUILD_INFO,

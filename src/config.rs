@@ -17,7 +17,7 @@ use crate::calendar::Zone;
 use crate::export::backup::BackupConfig;
 use crate::pipeline::PipelineConfig;
 use crate::price::{ModelPrice, PriceTable};
-use crate::server::ServerConfig;
+use crate::server::{ListenTls, ServerConfig};
 use crate::spool::SpoolConfig;
 use crate::store::sql::analytics::AnalyticsConfig;
 use crate::store::sql::{SqlBackend, SqlConfig};
@@ -78,7 +78,9 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Option<String>,
+    listen_tls: Option<RawListenTls>,
     metrics_listen: Option<String>,
+    metrics_listen_tls: Option<RawListenTls>,
     server: RawServer,
     live_store: Option<String>,
     ingest: RawIngest,
@@ -94,6 +96,32 @@ struct RawConfig {
     analytics: RawAnalytics,
     probes: Vec<probes::RawProbe>,
     backup: RawBackup,
+}
+
+/// `listen_tls:` / `metrics_listen_tls:`: PEM files of the listener's certificate and key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl RawListenTls {
+    /// Both files read and checked now (readable, PEM, the key the certificate's), so a bad
+    /// file stops `check-config` and the start, naming its key.
+    fn validate(self, key: &str) -> Result<ListenTls, ConfigError> {
+        crate::tls::server_config(&self.cert_file, &self.key_file).map_err(|e| {
+            let which = match e {
+                crate::tls::TlsError::CertFile { .. } => "cert_file",
+                _ => "key_file",
+            };
+            invalid(format!("{key}.{which}"), e.to_string())
+        })?;
+        Ok(ListenTls {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +218,8 @@ struct RawOtlpExport {
     headers: BTreeMap<String, String>,
     /// `none` (default) or `gzip`.
     compression: Option<String>,
+    /// PEM certificates trusted for an `https://` endpoint besides the system's roots.
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,8 +285,12 @@ pub enum LiveStoreKind {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
+    /// TLS on `listen` (certificate and key files), when configured.
+    pub listen_tls: Option<ListenTls>,
     /// A separate listener for `/metrics` (then not served on `listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on `metrics_listen`, when configured.
+    pub metrics_listen_tls: Option<ListenTls>,
     /// Connection timeouts, cap and shutdown deadline.
     pub server: ServerConfig,
     /// Live store backend.
@@ -351,6 +385,20 @@ impl RawConfig {
                 format!("{listen} is the main listener's address"),
             ));
         }
+        let listen_tls = self
+            .listen_tls
+            .map(|t| t.validate("listen_tls"))
+            .transpose()?;
+        let metrics_listen_tls = match (self.metrics_listen_tls, metrics_listen) {
+            (None, _) => None,
+            (Some(t), Some(_)) => Some(t.validate("metrics_listen_tls")?),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "metrics_listen_tls",
+                    "needs metrics_listen (listen_tls covers /metrics on the main listener)",
+                ));
+            }
+        };
         let server = self.server.validate()?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
         let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
@@ -380,7 +428,9 @@ impl RawConfig {
         let probes = probes::validate(self.probes, env)?;
         Ok(Config {
             listen,
+            listen_tls,
             metrics_listen,
+            metrics_listen_tls,
             server,
             live_store,
             ingest,
@@ -712,14 +762,31 @@ impl RawOtlpExport {
                 format!("{:?} is not a URL: {e}", x.endpoint),
             )
         })?;
-        if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
+        let https = match endpoint.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(invalid(
+                    "otlp_export.endpoint",
+                    format!("{:?} must be an http:// or https:// URL", x.endpoint),
+                ));
+            }
+        };
+        if endpoint.host().is_none_or(str::is_empty) {
             return Err(invalid(
                 "otlp_export.endpoint",
-                format!(
-                    "{:?} must be an http:// URL with a host (https is not supported yet)",
-                    x.endpoint
-                ),
+                format!("{:?} has no host", x.endpoint),
             ));
+        }
+        if let Some(ca) = &x.ca_file {
+            if !https {
+                return Err(invalid(
+                    "otlp_export.ca_file",
+                    "only for an https:// endpoint",
+                ));
+            }
+            crate::tls::client_config(Some(ca))
+                .map_err(|e| invalid("otlp_export.ca_file", e.to_string()))?;
         }
         let ms = |key: &str, v: Option<u64>, default: u64| {
             let v = v.unwrap_or(default);
@@ -743,6 +810,7 @@ impl RawOtlpExport {
             max_retries: x.max_retries.unwrap_or(5).min(100),
             headers,
             gzip,
+            ca_file: x.ca_file,
         })
     }
 }
@@ -805,11 +873,16 @@ impl RawLogStore {
             .then_some(max_request_bytes);
         let env_url = env(ENV_DATABASE_URL).filter(|u| !u.is_empty());
         let kind = env(ENV_LOG_STORE).filter(|k| !k.is_empty()).or(self.kind);
+        // The URL's TLS settings (`sslmode`, `sslrootcert`) are checked now, naming the key.
+        let postgres = |key: &str, url: String| match crate::store::sql::check_postgres_url(&url) {
+            Ok(()) => Ok(SqlBackend::Postgres { url }),
+            Err(m) => Err(invalid(key, m)),
+        };
         let backend = match (kind.as_deref(), env_url) {
             (Some("none"), _) => return Ok((None, export_max_rows, None)),
-            (None | Some("postgres"), Some(url)) => SqlBackend::Postgres { url },
+            (None | Some("postgres"), Some(url)) => postgres(ENV_DATABASE_URL, url)?,
             (Some("postgres"), None) => match self.url {
-                Some(url) => SqlBackend::Postgres { url },
+                Some(url) => postgres("log_store.url", url)?,
                 None => {
                     return Err(invalid(
                         "log_store.url",
@@ -1013,6 +1086,61 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    /// `listen_tls`, `metrics_listen_tls` and the OTLP export's `https://` + `ca_file`: files
+    /// checked at load, errors naming the key and the file.
+    #[test]
+    fn tls_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let k = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(dir.path().join("c.pem"), k.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("k.pem"), k.signing_key.serialize_pem()).expect("write");
+        let c = parse(&format!(
+            "listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}\n\
+             metrics_listen: 127.0.0.1:9464\n\
+             metrics_listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}\n\
+             otlp_export: {{endpoint: 'https://central:4318/v1/logs', ca_file: {d}/c.pem}}\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.listen_tls.as_ref().map(|t| t.key_file.clone()),
+            Some(dir.path().join("k.pem"))
+        );
+        assert!(c.metrics_listen_tls.is_some());
+        let x = c.otlp_export.expect("export");
+        assert_eq!(x.endpoint.scheme_str(), Some("https"));
+        assert_eq!(x.ca_file, Some(dir.path().join("c.pem")));
+        for (yaml, key) in [
+            (
+                format!("listen_tls: {{cert_file: {d}/k.pem, key_file: {d}/k.pem}}"),
+                "invalid listen_tls.cert_file: certificate file",
+            ),
+            (
+                format!("listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/none.pem}}"),
+                "invalid listen_tls.key_file: key file",
+            ),
+            (
+                format!("metrics_listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}"),
+                "invalid metrics_listen_tls: needs metrics_listen",
+            ),
+            (
+                format!("otlp_export: {{endpoint: 'http://c:4318/v1/logs', ca_file: {d}/c.pem}}"),
+                "invalid otlp_export.ca_file: only for an https:// endpoint",
+            ),
+            (
+                format!("otlp_export: {{endpoint: 'https://c/v1/logs', ca_file: {d}/k.pem}}"),
+                "invalid otlp_export.ca_file: CA file",
+            ),
+            (
+                "otlp_export: {endpoint: 'ftp://c/v1/logs'}".to_string(),
+                "invalid otlp_export.endpoint",
+            ),
+        ] {
+            let e = parse(&yaml).expect_err(&yaml).to_string();
+            assert!(e.starts_with(key), "{yaml}: {e}");
+        }
     }
 
     /// The log queue's byte budget: 32 MiB by default, unbounded with the spool unless set

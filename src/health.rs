@@ -127,6 +127,7 @@ pub struct Health {
     pending: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
+    tls_handshake_failures: AtomicU64,
     /// Records in the ingest queue (maintained by the pipeline).
     pub(crate) queue_depth: AtomicUsize,
     queue_capacity: usize,
@@ -184,6 +185,7 @@ impl Health {
             pending: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             queue_capacity,
             log_store: OnceLock::new(),
@@ -264,6 +266,11 @@ impl Health {
         self.connections_refused.fetch_add(1, Relaxed);
     }
 
+    /// Counts a TLS handshake that failed or did not complete in time.
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
     /// Reads every counter at once.
     pub fn snapshot(&self) -> HealthSnapshot {
         let load = |a: &AtomicU64| a.load(Relaxed);
@@ -286,6 +293,7 @@ impl Health {
             pending: load(&self.pending),
             connections_open: load(&self.connections_open),
             connections_refused: load(&self.connections_refused),
+            tls_handshake_failures: load(&self.tls_handshake_failures),
             queue_depth: self.queue_depth.load(Relaxed) as u64,
             queue_capacity: self.queue_capacity as u64,
             log_store: self.log_store(),
@@ -325,6 +333,8 @@ pub struct HealthSnapshot {
     pub connections_open: u64,
     /// HTTP connections refused at the connection cap.
     pub connections_refused: u64,
+    /// TLS connections closed because their handshake failed or was late.
+    pub tls_handshake_failures: u64,
     /// Records queued.
     pub queue_depth: u64,
     /// Queue capacity.

@@ -14,6 +14,10 @@
 //!   `Connection: close` and `Retry-After`, closed, and counted (`gatemeter_refused_connections`).
 //! - **Shutdown**: stop accepting; idle connections close at once; in-flight requests get until
 //!   `shutdown_timeout`; then whatever is left is closed.
+//! - **TLS** (`listen_tls`): the handshake runs on the connection's own task, within
+//!   `header_timeout`; a refused or late one closes the connection and is counted
+//!   (`gatemeter_tls_handshake_failures`; a peer hanging up is not). Over the cap a TLS connection is closed unanswered
+//!   (a plain-text 503 would be garbage to a TLS client).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -53,6 +58,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// At shutdown, in-flight requests get this long before their connections are closed.
     pub shutdown_timeout: Duration,
+}
+
+/// TLS on a listener (`listen_tls`, `metrics_listen_tls`): PEM files, read when the server is
+/// built (`crate::tls::server_config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The leaf's private key.
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -117,15 +132,17 @@ pub fn raise_file_limit(max_connections: usize) {
     let _ = max_connections;
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then closes connections within
-/// `config.shutdown_timeout` and returns.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` resolves, then closes
+/// connections within `config.shutdown_timeout` and returns.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     config: ServerConfig,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let answered_refusals = Arc::new(Semaphore::new(MAX_ANSWERED_REFUSALS));
     let refusal = Bytes::from(refusal_response());
@@ -166,7 +183,9 @@ pub async fn serve(
                 );
             }
             refused += 1;
-            if let Ok(answer) = answered_refusals.clone().try_acquire_owned() {
+            if tls.is_none()
+                && let Ok(answer) = answered_refusals.clone().try_acquire_owned()
+            {
                 conns.spawn(refuse(tcp, refusal.clone(), answer));
             }
             continue;
@@ -176,14 +195,25 @@ pub async fn serve(
             refused = 0;
         }
         let slot = Slot::new(permit, health.clone());
-        conns.spawn(connection(
-            http.clone(),
-            tcp,
-            router.clone(),
-            config,
-            slot,
-            stop_rx.clone(),
-        ));
+        match &tls {
+            None => conns.spawn(connection(
+                http.clone(),
+                tcp,
+                router.clone(),
+                config,
+                slot,
+                stop_rx.clone(),
+            )),
+            Some(acceptor) => conns.spawn(tls_connection(
+                acceptor.clone(),
+                http.clone(),
+                tcp,
+                router.clone(),
+                config,
+                slot,
+                stop_rx.clone(),
+            )),
+        };
     }
     drop(listener);
     drop(router);
@@ -259,15 +289,54 @@ impl Drop for Slot {
     }
 }
 
-/// Serves one connection until it ends, a timeout expires, or shutdown closes it.
-async fn connection(
+/// The TLS handshake (within the header timeout, given up at shutdown), then the connection;
+/// a handshake that fails or is late is counted and the connection closed.
+async fn tls_connection(
+    acceptor: TlsAcceptor,
     http: hyper::server::conn::http1::Builder,
     tcp: TcpStream,
     router: Router,
     config: ServerConfig,
-    _slot: Slot,
+    slot: Slot,
     mut stop: watch::Receiver<()>,
 ) {
+    let handshake = tokio::time::timeout(config.header_timeout, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // rustls' refusals (not TLS, an alert such as the client rejecting the
+                // certificate, no common version or cipher) are `InvalidData`; a peer that hangs
+                // up (a TCP health check, a client closing as its handshake ends) is not a
+                // failed handshake.
+                if e.kind() == io::ErrorKind::InvalidData {
+                    slot.health.tls_handshake_failed();
+                }
+                debug!(error = %e, "TLS handshake failed.");
+                return;
+            }
+            Err(_) => {
+                slot.health.tls_handshake_failed();
+                debug!("TLS handshake did not complete within the header timeout.");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    connection(http, stream, router, config, slot, stop).await;
+}
+
+/// Serves one connection until it ends, a timeout expires, or shutdown closes it.
+async fn connection<S>(
+    http: hyper::server::conn::http1::Builder,
+    tcp: S,
+    router: Router,
+    config: ServerConfig,
+    _slot: Slot,
+    mut stop: watch::Receiver<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::new(Instant::now()));
     let io = TokioIo::new(WatchedIo {
         tcp,
@@ -438,13 +507,13 @@ fn recheck_period(config: &ServerConfig) -> Duration {
     config.header_timeout.min(config.idle_timeout)
 }
 
-/// The socket, telling the connection's state when bytes arrive.
-struct WatchedIo {
-    tcp: TcpStream,
+/// The socket (or its TLS stream), telling the connection's state when bytes arrive.
+struct WatchedIo<S> {
+    tcp: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -460,7 +529,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

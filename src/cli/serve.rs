@@ -31,9 +31,19 @@ pub async fn run(args: super::Serve) -> anyhow::Result<()> {
             SqlBackend::Postgres { .. } => "postgres",
         });
     let shutdown = shutdown_signal();
-    tracing::info!(addr = %app.local_addr()?, store = ?config.live_store, log, "gatemeter listening.");
+    tracing::info!(
+        addr = %app.local_addr()?,
+        tls = config.listen_tls.is_some(),
+        store = ?config.live_store,
+        log,
+        "gatemeter listening."
+    );
     if let Some(addr) = app.metrics_addr() {
-        tracing::info!(metrics = %addr, "Serving /metrics on its own listener.");
+        tracing::info!(
+            metrics = %addr,
+            tls = config.metrics_listen_tls.is_some(),
+            "Serving /metrics on its own listener."
+        );
     }
     app.run(shutdown).await?;
     Ok(())

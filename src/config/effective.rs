@@ -42,6 +42,40 @@ fn number(s: &str) -> Value {
     serde_yaml_ng::from_str(s).unwrap_or_else(|_| Value::from(s))
 }
 
+/// A PostgreSQL URL without its passwords: the user part's and a `password=` parameter's.
+fn redact_pg_url(url: &str) -> String {
+    let url = redact_url(url);
+    match url.split_once('?') {
+        None => url,
+        Some((base, query)) => {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+    }
+}
+
+/// A path as text; `""` for none.
+fn path(p: Option<&std::path::Path>) -> Value {
+    Value::from(p.map(|p| p.display().to_string()).unwrap_or_default())
+}
+
+/// `listen_tls` / `metrics_listen_tls`.
+fn listen_tls(t: &crate::server::ListenTls) -> Value {
+    Map::default()
+        .put("cert_file", path(Some(&t.cert_file)))
+        .put("key_file", path(Some(&t.key_file)))
+        .value()
+}
+
 fn hidden(tokens: &[String]) -> Value {
     Value::Sequence(tokens.iter().map(|_| Value::from(HIDDEN)).collect())
 }
@@ -137,6 +171,7 @@ pub fn yaml(c: &Config) -> String {
     let r = &c.redis;
     let redis = Map::default()
         .put("url", redact_url(&r.url))
+        .put("ca_file", path(r.ca.as_ref().map(|c| c.path.as_path())))
         .put("key_prefix", r.key_prefix.as_str())
         .put("instance_id", r.instance_id.as_str())
         .ms("flush_interval_ms", r.flush_interval)
@@ -154,7 +189,7 @@ pub fn yaml(c: &Config) -> String {
                     .put("path", path.display().to_string()),
                 SqlBackend::Postgres { url } => Map::default()
                     .put("kind", "postgres")
-                    .put("url", redact_url(url)),
+                    .put("url", redact_pg_url(url)),
             };
             m.put("queue_capacity", sql.queue_capacity as u64)
                 .put("queue_bytes", sql.queue_bytes as u64)
@@ -192,12 +227,18 @@ pub fn yaml(c: &Config) -> String {
         .put("session_active_secs", an.session_active_secs)
         .put("top_n", an.top_n as u64)
         .put("refresh_secs", an.refresh_secs);
-    let mut root = Map::default()
-        .put("listen", c.listen.to_string())
-        .put(
-            "metrics_listen",
-            c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-        )
+    let mut root = Map::default().put("listen", c.listen.to_string());
+    if let Some(t) = &c.listen_tls {
+        root = root.put("listen_tls", listen_tls(t));
+    }
+    root = root.put(
+        "metrics_listen",
+        c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    if let Some(t) = &c.metrics_listen_tls {
+        root = root.put("metrics_listen_tls", listen_tls(t));
+    }
+    let mut root = root
         .put("server", server.value())
         .put(
             "live_store",
@@ -221,6 +262,7 @@ pub fn yaml(c: &Config) -> String {
                 .ms("timeout_ms", x.timeout)
                 .put("max_retries", u64::from(x.max_retries))
                 .put("compression", if x.gzip { "gzip" } else { "none" })
+                .put("ca_file", path(x.ca_file.as_deref()))
                 .put("headers", {
                     let mut h = Map::default();
                     for (name, _) in &x.headers {
@@ -268,4 +310,44 @@ pub fn yaml(c: &Config) -> String {
         .put("backup", backup.value())
         .put("probes", probes);
     serde_yaml_ng::to_string(&root.value()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS settings are printed; a PostgreSQL URL's passwords are not.
+    #[test]
+    fn tls_settings_are_printed_and_passwords_hidden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let k = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(dir.path().join("c.pem"), k.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("k.pem"), k.signing_key.serialize_pem()).expect("write");
+        let c = Config::from_yaml_str(
+            &format!(
+                "listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}\n\
+                 redis: {{url: 'rediss://:pw-one@r:6380/', ca_file: {d}/c.pem}}\n\
+                 otlp_export: {{endpoint: 'https://c/v1/logs', ca_file: {d}/c.pem}}\n\
+                 log_store: {{kind: postgres, url: 'postgres://u:pw-two@db/gm?sslmode=verify-full&password=pw-three&sslrootcert={d}/c.pem'}}\n"
+            ),
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .expect("valid");
+        let text = yaml(&c);
+        for secret in ["pw-one", "pw-two", "pw-three"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        let v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let file = |f: &str| Value::from(format!("{d}/{f}"));
+        assert_eq!(v["listen_tls"]["key_file"], file("k.pem"));
+        assert_eq!(v["redis"]["ca_file"], file("c.pem"));
+        assert_eq!(v["otlp_export"]["ca_file"], file("c.pem"));
+        let url = v["log_store"]["url"].as_str().expect("url");
+        assert!(
+            url.contains("sslmode=verify-full&password=***&sslrootcert="),
+            "{url}"
+        );
+    }
 }

@@ -3,12 +3,13 @@
 //!
 //! The URL may hold a password: [`RedisConfig`]'s `Debug` never prints it, and nothing here logs it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, ENV_REDIS_URL, invalid};
-use crate::store::redis::{RedisConfig, redact_url};
+use crate::store::redis::{RedisCa, RedisConfig, redact_url};
 
 /// Default Redis URL when none is configured.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
@@ -18,6 +19,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
 #[serde(deny_unknown_fields, default)]
 pub struct RawRedisConfig {
     url: Option<String>,
+    ca_file: Option<PathBuf>,
     key_prefix: Option<String>,
     instance_id: Option<String>,
     flush_interval_ms: Option<u64>,
@@ -73,6 +75,35 @@ impl RawRedisConfig {
                 format!("{} is not a Redis URL: {e}", redact_url(&url)),
             ));
         }
+        if url.starts_with("rediss://") && url.ends_with("#insecure") {
+            return Err(invalid(
+                url_key,
+                "certificate verification cannot be turned off (#insecure); set redis.ca_file \
+                 to trust a private CA",
+            ));
+        }
+        let ca = match self.ca_file {
+            None => None,
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(invalid(
+                    "redis.ca_file",
+                    format!(
+                        "only for a rediss:// URL ({url_key} is {})",
+                        redact_url(&url)
+                    ),
+                ));
+            }
+            Some(path) => {
+                let e = |m: String| invalid("redis.ca_file", m);
+                crate::tls::read_pem_certificates(&path).map_err(|x| e(x.to_string()))?;
+                let pem = std::fs::read(&path)
+                    .map_err(|x| e(format!("CA file {}: {x}", path.display())))?;
+                Some(RedisCa {
+                    path,
+                    pem: pem.into(),
+                })
+            }
+        };
         let key_prefix = self.key_prefix.unwrap_or_default();
         if key_prefix.len() > 64 || !key_part_ok(&key_prefix) {
             return Err(invalid(
@@ -99,6 +130,7 @@ impl RawRedisConfig {
         }
         Ok(RedisConfig {
             url,
+            ca,
             key_prefix,
             instance_id,
             flush_interval: millis(
@@ -170,5 +202,41 @@ mod tests {
         };
         let e = raw.validate(None, &|_| None).expect_err("space");
         assert!(e.to_string().contains("redis.instance_id"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_rediss_and_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(&pem, cert.cert.pem()).expect("write");
+        let with = |url: &str, ca: &std::path::Path| {
+            RawRedisConfig {
+                ca_file: Some(ca.to_path_buf()),
+                ..RawRedisConfig::default()
+            }
+            .validate(Some(url.into()), &|_| None)
+        };
+        let c = with("rediss://h:6380/", &pem).expect("rediss with a CA");
+        assert_eq!(c.ca.as_ref().map(|c| c.path.clone()), Some(pem.clone()));
+        assert!(crate::store::redis::client(&c).is_ok());
+        let e = with("redis://h:6379/", &pem).expect_err("plain URL");
+        assert!(
+            e.to_string()
+                .contains("redis.ca_file: only for a rediss://"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "nothing\n").expect("write");
+        let e = with("rediss://h:6380/", &junk).expect_err("no certificate");
+        assert!(
+            e.to_string().contains("redis.ca_file") && e.to_string().contains("junk.pem"),
+            "{e}"
+        );
+        // Verification is never off (nor is the redis crate's insecure mode built).
+        let e = RawRedisConfig::default()
+            .validate(Some("rediss://h:6380/#insecure".into()), &|_| None)
+            .expect_err("#insecure");
+        assert!(e.to_string().contains("cannot be turned off"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! OTLP log export of counted request records (SPEC §6.2): each record becomes one OTLP log
 //! record (event `gatemeter.request`, GenAI semantic-convention attribute names), sent in
-//! batches as OTLP/HTTP protobuf to the configured endpoint.
+//! batches as OTLP/HTTP protobuf to the configured endpoint, `http://` or `https://` (rustls,
+//! the system's roots plus `ca_file`, `crate::tls::client_config`).
 //!
 //! - Fed through the [`RequestLog`] seam; `submit` never waits: beyond `queue_capacity`
 //!   waiting records the batch is dropped and counted (`queue_full`).
@@ -17,7 +18,9 @@
 //! were aligned with the spec in opentelemetry-rust PR #3632 — only 429/502/503/504, and
 //! `Retry-After` on 429/503 — behind its experimental retry feature; that was not the reason.)
 //! The request is built with `opentelemetry-proto` types and sent with hyper (already a
-//! dependency); `Retry-After` is honoured on all four retryable codes.
+//! dependency); `Retry-After` is honoured on all four retryable codes. `timeout` bounds each
+//! attempt whole: connect, TLS handshake, request and answer. No OTLP/gRPC: it would bring
+//! tonic and HTTP/2 into the tree for a protocol every receiver also speaks as OTLP/HTTP.
 //!
 //! Another gatemeter's `/v1/logs` reads `gatemeter.request` records back into request records
 //! (`crate::otlp::gatemeter`), so edge collectors can forward to a central one. Both
@@ -54,8 +57,10 @@ use crate::store::{RequestLog, StoreError};
 /// OTLP log export of request records (`otlp_export:`).
 #[derive(Clone)]
 pub struct OtlpExportConfig {
-    /// `http://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
+    /// `http(s)://host:port/path` receiving OTLP/HTTP protobuf logs (e.g. `.../v1/logs`).
     pub endpoint: hyper::Uri,
+    /// PEM certificates trusted for an `https://` endpoint besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Most records per export request.
     pub batch_size: usize,
     /// Longest wait before a partial batch is sent.
@@ -85,6 +90,7 @@ impl std::fmt::Debug for OtlpExportConfig {
             .field("max_retries", &self.max_retries)
             .field("headers (values hidden)", &names)
             .field("gzip", &self.gzip)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -160,15 +166,20 @@ pub struct OtlpLogExport {
 }
 
 impl OtlpLogExport {
-    /// Starts the export task.
-    pub fn spawn(cfg: OtlpExportConfig) -> (Self, JoinHandle<()>) {
+    /// Starts the export task; fails only when the TLS settings of an `https://` endpoint
+    /// cannot be built (its `ca_file`).
+    pub fn spawn(cfg: OtlpExportConfig) -> Result<(Self, JoinHandle<()>), crate::tls::TlsError> {
+        let tls = match cfg.endpoint.scheme_str() {
+            Some("https") => Some(crate::tls::client_config(cfg.ca_file.as_deref())?),
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.clamp(1, 65_536));
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(ExportStats::default());
         let close_wait = cfg.timeout * (cfg.max_retries + 2);
         let capacity = cfg.queue_capacity;
-        let task = tokio::spawn(run(cfg, rx, queued.clone(), stats.clone()));
-        (
+        let task = tokio::spawn(run(cfg, tls, rx, queued.clone(), stats.clone()));
+        Ok((
             Self {
                 tx,
                 queued,
@@ -177,7 +188,7 @@ impl OtlpLogExport {
                 close_wait,
             },
             task,
-        )
+        ))
     }
 
     /// The export's counters.
@@ -217,11 +228,12 @@ impl RequestLog for OtlpLogExport {
 
 async fn run(
     cfg: OtlpExportConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
     mut rx: mpsc::Receiver<Msg>,
     queued: Arc<AtomicUsize>,
     stats: Arc<ExportStats>,
 ) {
-    let mut client = Client::new(cfg.clone());
+    let mut client = Client::new(cfg.clone(), tls);
     let mut buffer: Vec<Box<ValidRecord>> = Vec::with_capacity(cfg.batch_size);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,13 +284,15 @@ enum Attempt {
 
 struct Client {
     cfg: OtlpExportConfig,
+    /// Set for an `https://` endpoint.
+    tls: Option<Arc<rustls::ClientConfig>>,
     sender: Option<Sender>,
     host: HeaderValue,
     path: String,
 }
 
 impl Client {
-    fn new(cfg: OtlpExportConfig) -> Self {
+    fn new(cfg: OtlpExportConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let authority = cfg
             .endpoint
             .authority()
@@ -291,6 +305,7 @@ impl Client {
             .map_or_else(|| "/v1/logs".to_string(), |p| p.to_string());
         Self {
             cfg,
+            tls,
             sender: None,
             host,
             path,
@@ -320,21 +335,23 @@ impl Client {
         queued.fetch_sub(n as usize, Relaxed);
         let mut attempt = 0u32;
         loop {
-            let outcome = match tokio::time::timeout(
+            // `last_error`: why this attempt failed without an answer (for the give-up message).
+            let (outcome, last_error) = match tokio::time::timeout(
                 self.cfg.timeout,
                 self.post(body.clone(), gzipped),
             )
             .await
             {
-                Ok(Ok(a)) => a,
+                Ok(Ok(a)) => (a, None),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "OTLP log export request failed.");
                     self.sender = None;
-                    Attempt::Retry(None)
+                    (Attempt::Retry(None), Some(e))
                 }
                 Err(_) => {
                     self.sender = None;
-                    Attempt::Retry(None)
+                    let e = format!("no answer within {:?}", self.cfg.timeout);
+                    (Attempt::Retry(None), Some(e))
                 }
             };
             match outcome {
@@ -355,6 +372,7 @@ impl Client {
                     if attempt >= self.cfg.max_retries {
                         tracing::error!(
                             records = n,
+                            last_error = last_error.as_deref().unwrap_or("a retryable status"),
                             "OTLP log export gave up on a batch after retries."
                         );
                         stats.dropped(ExportDrop::RetriesExhausted, n);
@@ -374,18 +392,32 @@ impl Client {
         let sender = match &mut self.sender {
             Some(s) if !s.is_closed() => s,
             _ => {
-                let host = self.cfg.endpoint.host().unwrap_or("localhost");
-                let port = self.cfg.endpoint.port_u16().unwrap_or(80);
+                // `[::1]` as written in a URL is the address `::1`.
+                let host = self
+                    .cfg
+                    .endpoint
+                    .host()
+                    .unwrap_or("localhost")
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let default_port = if self.tls.is_some() { 443 } else { 80 };
+                let port = self.cfg.endpoint.port_u16().unwrap_or(default_port);
                 let stream = tokio::net::TcpStream::connect((host, port))
                     .await
                     .map_err(|e| format!("connect {host}:{port}: {e}"))?;
                 let _ = stream.set_nodelay(true);
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| format!("handshake: {e}"))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let sender = match &self.tls {
+                    None => http1(stream).await?,
+                    Some(config) => {
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+                        let stream = tokio_rustls::TlsConnector::from(config.clone())
+                            .connect(name, stream)
+                            .await
+                            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+                        http1(stream).await?
+                    }
+                };
                 self.sender.insert(sender)
             }
         };
@@ -428,6 +460,20 @@ impl Client {
             _ => Attempt::Refused(status),
         })
     }
+}
+
+/// An HTTP/1.1 client connection over `io`, its driver spawned.
+async fn http1<I>(io: I) -> Result<Sender, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// A `Retry-After` value: delay-seconds, or an HTTP-date (RFC 7231) relative to `now`.

@@ -473,6 +473,12 @@ fn write_health(e: &mut Encoder, view: &FleetView, health: &HealthSnapshot, stor
         &[],
         Value::U(health.connections_refused),
     );
+    e.header(&c::TLS_HANDSHAKE_FAILURES);
+    e.sample(
+        &c::TLS_HANDSHAKE_FAILURES,
+        &[],
+        Value::U(health.tls_handshake_failures),
+    );
     e.header(&c::SERIES_OVERFLOW);
     for d in crate::aggregate::Dimension::ALL {
         e.sample(

@@ -49,7 +49,7 @@ use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
 use crate::record::Label;
 
-pub use settings::{RedisConfig, redact_url};
+pub use settings::{RedisCa, RedisConfig, redact_url};
 
 /// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
 /// whose number is not above it was applied already (its reply was lost) and is skipped.
@@ -235,7 +235,7 @@ impl RedisStore {
     /// Redis: a Redis that is absent is retried in the background.
     pub fn start(cfg: RedisConfig, health: Arc<Health>) -> Result<Self, StoreError> {
         // Validate the URL now; connections are made lazily by the tasks.
-        redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
+        client(&cfg)?;
         let writer = format!("{}.{:08x}", cfg.instance_id, rand::random::<u32>());
         let (closing, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -587,8 +587,25 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     }
 }
 
+/// A client for `cfg.url`; for `rediss://` with `cfg.ca`, trusting that CA instead of the
+/// system's roots. Certificates are always verified (the redis crate's `-insecure` feature is
+/// not built, so a `#insecure` URL is refused).
+pub(crate) fn client(cfg: &RedisConfig) -> Result<redis::Client, StoreError> {
+    match &cfg.ca {
+        None => redis::Client::open(cfg.url.as_str()),
+        Some(ca) => redis::Client::build_with_tls(
+            cfg.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.to_vec()),
+            },
+        ),
+    }
+    .map_err(unavailable)
+}
+
 pub(crate) fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
+    let client = client(cfg)?;
     let mc = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.connect_timeout))
         .set_response_timeout(Some(cfg.command_timeout))

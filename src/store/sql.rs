@@ -202,6 +202,45 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Checks a PostgreSQL URL as the pools will read it: parsed by sqlx (an `sslmode` among
+/// `disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`), and its `sslrootcert`
+/// file, if any, read for PEM certificates. The message never shows the URL (it may hold a
+/// password).
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    url.parse::<PgConnectOptions>()
+        .map_err(|e| format!("not a usable PostgreSQL URL: {e}"))?;
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        if let Some(("sslrootcert" | "ssl-root-cert" | "ssl-ca", value)) = pair.split_once('=') {
+            let path = percent_decode(value);
+            crate::tls::read_pem_certificates(std::path::Path::new(&path))
+                .map_err(|e| format!("sslrootcert: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` escapes and `+` of a URL query value decoded (invalid escapes kept as written).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Why a write failed, as the writer must treat it.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -1144,6 +1183,26 @@ mod tests {
         assert_eq!(failed(&health), 2);
         assert_eq!(health.log_store(), Some(("sqlite", true)));
         log.close().await;
+    }
+
+    /// A PostgreSQL URL's TLS settings are checked at config time, without showing the URL.
+    #[test]
+    fn postgres_tls_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("root ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["db".into()]).expect("cert");
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        let encoded = ca.display().to_string().replace(' ', "%20");
+        let base = "postgres://u:secret-pw@db/gm";
+        check_postgres_url(&format!("{base}?sslmode=verify-full&sslrootcert={encoded}"))
+            .expect("valid");
+        check_postgres_url(&format!("{base}?sslmode=require")).expect("require");
+        let e = check_postgres_url(&format!("{base}?sslmode=verify_full")).expect_err("mode");
+        assert!(e.contains("verify_full") && !e.contains("secret-pw"), "{e}");
+        let e = check_postgres_url(&format!("{base}?sslmode=verify-ca&sslrootcert=/no/ca.pem"))
+            .expect_err("missing file");
+        assert!(e.contains("sslrootcert") && e.contains("/no/ca.pem"), "{e}");
+        assert_eq!(percent_decode("a%2Fb+c%zz%4"), "a/b c%zz%4");
     }
 
     /// Outages (retried without end) against refusals (dropped after a few attempts).

@@ -27,3 +27,4 @@ mod series_budget;
 mod slow_clients;
 mod spool;
 mod sql_log;
+mod tls;

@@ -92,6 +92,47 @@ impl PgProc {
         pg
     }
 
+    /// A cluster that accepts only TLS connections over TCP (`ssl = on`; `hostssl` in
+    /// pg_hba.conf, anything else rejected), presenting `cert_pem` with `key_pem`.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut pg = Self::unstarted();
+        let data = pg.data();
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if is_root() {
+                let mut c = Command::new("chown");
+                c.arg("postgres").arg(&path);
+                run(c, "chown");
+            }
+        };
+        write("server.crt", cert_pem, 0o644);
+        // PostgreSQL refuses a key others can read.
+        write("server.key", key_pem, 0o600);
+        write(
+            "pg_hba.conf",
+            "local all all trust
+hostssl all all 127.0.0.1/32 trust
+host all all 127.0.0.1/32 reject
+",
+            0o600,
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| {
+                f.write_all(
+                    b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                )
+            })
+            .expect("postgresql.conf");
+        pg.launch();
+        pg
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -3,13 +3,28 @@
 //!
 //! The URL may hold a password: [`RedisConfig`]'s `Debug` never prints it, and nothing here logs it.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The certificates trusted for a `rediss://` server instead of the system's roots: the PEM
+/// text of `redis.ca_file`, read once when the config is validated.
+#[derive(Clone)]
+pub struct RedisCa {
+    /// The file (for messages and `check-config`).
+    pub path: PathBuf,
+    /// Its PEM text.
+    pub pem: Arc<[u8]>,
+}
 
 /// Validated Redis live-store settings.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// Connection URL (`redis://[:password@]host:port/db`). Secret: never printed.
+    /// Connection URL (`redis://[:password@]host:port/db`, `rediss://` for TLS). Secret: never
+    /// printed.
     pub url: String,
+    /// For `rediss://`: the CA to trust instead of the system's roots.
+    pub ca: Option<RedisCa>,
     /// Prepended to every key (default empty: the seed system's names exactly).
     pub key_prefix: String,
     /// This process's id in heartbeat keys (default `hostname-pid`).
@@ -32,6 +47,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca.as_ref().map(|c| &c.path))
             .field("key_prefix", &self.key_prefix)
             .field("instance_id", &self.instance_id)
             .field("flush_interval", &self.flush_interval)
