@@ -47,11 +47,13 @@ log_store:
   store_requests: true
 otlp:
   namespace_attribute: team.id
+  label_allowlist: [user.email]  # per-user Claude Code figures (the demo's developers)
 auth:
   ingest_tokens: [ingest-token-browser-0123456789]
   admin_tokens: [admin-token-browser-0123456789]
   user_tokens:
     alice-token-browser-0123456789: alice
+    ana-token-browser-0123456789: ana@example.com
 probes:
   - name: self-health
     provider: anthropic

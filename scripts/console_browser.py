@@ -44,6 +44,7 @@ BASE, TMP, SHOTS, OPEN = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 INGEST = "ingest-token-browser-0123456789"
 ADMIN = "admin-token-browser-0123456789"
 ALICE = "alice-token-browser-0123456789"
+ANA = "ana-token-browser-0123456789"  # ana@example.com, one of the demo's Claude Code developers
 PAGES = ["overview", "availability", "leaderboards", "sessions", "logs", "claude-code", "admin"]
 WIDTHS = [(1280, 900), (390, 844)]
 DOWNLOADS = os.path.join(TMP, "downloads")
@@ -390,6 +391,12 @@ try:
         reached.add(js("return document.activeElement.textContent.trim()"))
     check({"Overview", "Request log", "Admin", "Sign out"} <= reached, f"Tab reaches the navigation ({sorted(reached)[:12]})")
 
+    # Claude Code per user (user.email kept as a label): an admin sees every developer.
+    visit("claude-code")
+    per_user = wait(lambda: (lambda t: t if "ana@example.com" in t and "ben@example.com" in t else None)(
+        driver.find_element(By.ID, "main").text), "the demo's developers on the Claude Code page", timeout=30)
+    check(bool(per_user), "an admin's Claude Code page lists cost and tokens per developer")
+
     # A user token: its own rows only, whatever the URL asks; no admin page.
     sign_out()
     sign_in(ALICE, "user")
@@ -414,6 +421,20 @@ try:
     items = json.loads(body)["items"]
     check(status == 200 and items and {i["user"] for i in items} == {"alice"}, "the API gives a user token its own rows only")
     collect_console("user")
+
+    # A Claude Code developer's token: its own series only, no fleet-wide tool totals.
+    sign_out()
+    sign_in(ANA, "user")
+    visit("claude-code")
+    text = driver.find_element(By.ID, "main").text
+    check("ana@example.com" in text and "ben@example.com" not in text and "Permission decisions" not in text,
+          "a developer's token sees its own Claude Code figures only")
+    status, body = http("/api/v1/claude-code", ANA)
+    mine = json.loads(body)
+    users = {u["name"] for u in mine["by_user"]}
+    check(status == 200 and users == {"ana@example.com"} and mine["tools"] is None,
+          f"the API gives a developer's token its own series only ({users})")
+    collect_console("developer")
 
     # No tokens configured: the console opens at once (no sign-in, no sign-out) and the pages
     # that need the request log say so instead of failing.

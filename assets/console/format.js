@@ -119,9 +119,11 @@ export function fmtUsdFloat(v) {
   return fmtUsd(Math.round((v || 0) * 1e6));
 }
 
-/** Milliseconds with a unit: `850 ms`, `2.35 s`. */
+/** Milliseconds with a unit: `850 ms`, `2.35 s`, `29.5 min`. */
 export function fmtMs(ms) {
   if (ms === null || ms === undefined) return "—";
+  if (ms >= 7_200_000) return `${(ms / 3_600_000).toFixed(1)} h`;
+  if (ms >= 120_000) return `${(ms / 60_000).toFixed(1)} min`;
   if (ms >= 10_000) return `${(ms / 1000).toFixed(1)} s`;
   if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
   return `${Math.round(ms)} ms`;
