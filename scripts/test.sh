@@ -2,7 +2,8 @@
 # The test command (README): installs missing system tools when root, then format check,
 # clippy -D warnings, docs, every test (unit, integration, doctests, benches in test mode),
 # the exposition checks of a live server with promtool, and schemathesis against the API's
-# OpenAPI document on a live server (scripts/api-fuzz.sh), and the real OpenAI client with the
+# OpenAPI document on a live server (scripts/api-fuzz.sh), the web console in headless Chromium
+# (scripts/console-browser.sh), and the real OpenAI client with the
 # OpenTelemetry GenAI instrumentation against a live server (scripts/genai-client.sh). Tests that need Redis or PostgreSQL
 # get throwaway servers started here (scripts/services.sh) and stopped on exit.
 set -euo pipefail
@@ -18,6 +19,8 @@ have docker-compose || missing+=(docker-compose)
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)  # for schemathesis
+have chromium || missing+=(chromium)  # the web console's browser tests (scripts/console-browser.sh)
+have chromedriver || missing+=(chromium-driver)
 have redis-server || missing+=(redis-server)
 [ -n "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || missing+=(postgresql)
 if ((${#missing[@]})); then
@@ -103,6 +106,9 @@ scripts/e2e-assets.sh target/debug/gatemeter
 
 say "schemathesis against /api/v1/openapi.json on a live server (scripts/api-fuzz.sh)"
 ./scripts/api-fuzz.sh
+
+say "the web console in headless Chromium (scripts/console-browser.sh; screenshots in target/console-screenshots/)"
+CONSOLE_SHOTS=target/console-screenshots ./scripts/console-browser.sh
 
 say "the real OpenAI client with the OpenTelemetry GenAI instrumentation -> gatemeter (scripts/genai-client.sh)"
 ./scripts/genai-client.sh

@@ -1,8 +1,9 @@
 //! HTTP surface shared by every endpoint: the one API error type and its JSON response,
 //! plus the orchestration endpoints (`/healthz`, `/readyz`). Submodules: [`auth`] (roles from
 //! bearer tokens), [`logs`] (request-log queries, usage CSV export, audit trail), [`analytics`]
-//! [`probes`] (the probe log export) and [`openapi`] (the OpenAPI 3.1 document of every
-//! `/api/v1` route).
+//! [`probes`] (the probe log export), [`claude_code`] (Claude Code's telemetry as JSON),
+//! [`console`] (the web console's files and `whoami`) and [`openapi`] (the OpenAPI 3.1
+//! document of every `/api/v1` route).
 //!
 //! Client mistakes answer a short, stable `{"error": "<code>", "message": "..."}` and are not
 //! logged as errors; internal failures answer a generic 500 and are logged once.
@@ -17,6 +18,8 @@ use crate::pipeline::Pipeline;
 
 pub mod analytics;
 pub mod auth;
+pub mod claude_code;
+pub mod console;
 pub mod exports;
 pub mod logs;
 pub mod openapi;

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use crate::api::analytics::{self, AnalyticsApi};
 use crate::api::auth::{Access, Auth};
+use crate::api::console;
 use crate::api::exports::{self, ExportApi};
 use crate::api::logs::{self, LogApi};
 use crate::api::openapi;
@@ -279,7 +280,24 @@ impl App {
             };
             v1 = v1.merge(logs::routes(api, &auth));
         }
-        router = router.merge(openapi::serve(v1, &auth));
+        // The web console: its page and files, and what it asks first (`whoami`).
+        v1 = v1.merge(console::whoami_routes(console::WhoamiApi {
+            auth: auth.clone(),
+            time_zone: config.analytics.time_zone.name().to_string(),
+            request_log: config.log_store.is_some(),
+            analytics: config.log_store.as_ref().is_some_and(|l| l.rollups),
+            stored_requests: config.ingest.keep_requests.is_some(),
+            session_active_secs: config.analytics.session_active_secs,
+        }));
+        v1 = v1.merge(crate::api::claude_code::routes(
+            crate::api::claude_code::ClaudeCodeApi {
+                claude_code: claude_code.clone(),
+            },
+            &auth,
+        ));
+        router = router
+            .merge(openapi::serve(v1, &auth))
+            .merge(console::routes());
         Ok(Self {
             listener,
             tls,
@@ -449,8 +467,12 @@ pub fn router(
     (main, auth.guard(metrics_routes, Access::Metrics))
 }
 
-/// Serves `/<prefix>/v1/{logs,metrics,traces}` as `/v1/...`; anything else is a 404.
+/// Serves `/<prefix>/v1/{logs,metrics,traces}` as `/v1/...`, and the console's deep links
+/// (`GET /ui/…`); anything else is a 404.
 async fn otlp_under_prefix(ingest: Router, req: Request) -> Response {
+    if let Some(page) = console::deep_link(req.method(), req.uri().path(), req.headers()).await {
+        return page;
+    }
     match canonical_otlp_path(req) {
         Some(req) => match ingest.oneshot(req).await {
             Ok(resp) => resp,

@@ -4,6 +4,7 @@ mod analytics;
 mod assets;
 mod bad_input;
 mod cli;
+mod console;
 mod exact;
 mod exports;
 mod exposition;
