@@ -289,7 +289,7 @@ async fn futures_all(
 /// Waits until the rollups count `n` requests: rows are in the log first, their rollups follow
 /// at the writer's next merge (at once when it is idle). Asks a range of whole hours, which only
 /// rollups answer.
-async fn wait_rollups(app: &TestApp, n: i64) {
+pub(crate) async fn wait_rollups(app: &TestApp, n: i64) {
     let now = gatemeter::clock::now_ms();
     let from = (now - 40 * DAY_MS).div_euclid(HOUR_MS) * HOUR_MS;
     let to = now.div_euclid(HOUR_MS) * HOUR_MS + HOUR_MS;
