@@ -74,4 +74,7 @@ stop_services() {
     as_pg "$(pg_bin)/pg_ctl" -D "$svc_pg_data" -m immediate stop >/dev/null 2>&1 || true
   fi
   for p in "${svc_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Wait for them to exit: redis-server writes its log as it shuts down, and a caller removing
+  # "$svc_dir" meanwhile failed with "Directory not empty".
+  for p in "${svc_pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
