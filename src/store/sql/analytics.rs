@@ -156,16 +156,6 @@ fn days_or_months(d0: i64, d1: i64, months: Option<i64>) -> Rolled {
     out
 }
 
-/// The parameters of a rollup read: dimension, tier, bucket range.
-fn rollup_binds(dim: Dim, tier: Tier, from: i64, to: i64) -> Vec<Owned> {
-    vec![
-        Owned::Int(dim.code()),
-        Owned::Int(tier.code()),
-        Owned::Int(from),
-        Owned::Int(to),
-    ]
-}
-
 /// Text column `col` of a SQLite row (NULL reads as empty).
 fn text_of(s: &Statement<'_>, col: c_int) -> Result<CompactString, String> {
     Ok(CompactString::from(
@@ -350,12 +340,39 @@ impl SqlLog {
              GROUP BY value, detail",
             sums.join(", ")
         );
+        self.rollup_query(
+            sql,
+            (dim, tier, from, to),
+            |s| Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2))),
+            |r| {
+                Ok((
+                    CompactString::from(r.try_get::<String, _>(0)?),
+                    CompactString::from(r.try_get::<String, _>(1)?),
+                    Counts::read(r, 2)?,
+                ))
+            },
+        )
+        .await
+    }
+
+    /// Runs a rollup read (`$1` dimension, `$2` tier, `$3`..`$4` the bucket range) and reads
+    /// each row with the backend's reader.
+    async fn rollup_query<T: Send + 'static>(
+        &self,
+        sql: String,
+        (dim, tier, from, to): (Dim, Tier, i64, i64),
+        sqlite: fn(&Statement<'_>) -> Result<T, String>,
+        postgres: fn(&sqlx::postgres::PgRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, StoreError> {
         match self.backend() {
             Backend::Sqlite(p) => {
-                sqlite_read::rows(p, sql, rollup_binds(dim, tier, from, to), |s| {
-                    Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2)))
-                })
-                .await
+                let binds = vec![
+                    Owned::Int(dim.code()),
+                    Owned::Int(tier.code()),
+                    Owned::Int(from),
+                    Owned::Int(to),
+                ];
+                sqlite_read::rows(p, sql, binds, sqlite).await
             }
             Backend::Postgres(p) => {
                 let rows = sqlx::query(&sql)
@@ -367,13 +384,7 @@ impl SqlLog {
                     .await
                     .map_err(unavailable)?;
                 rows.iter()
-                    .map(|r| {
-                        Ok((
-                            CompactString::from(r.try_get::<String, _>(0)?),
-                            CompactString::from(r.try_get::<String, _>(1)?),
-                            Counts::read(r, 2)?,
-                        ))
-                    })
+                    .map(postgres)
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(unavailable)
             }
@@ -394,42 +405,29 @@ impl SqlLog {
              WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4",
             super::rollup::COUNT_COLUMNS.join(", ")
         );
-        match self.backend() {
-            Backend::Sqlite(p) => {
-                sqlite_read::rows(p, sql, rollup_binds(dim, tier, from, to), |s| {
-                    Ok((
-                        s.int(0),
-                        text_of(s, 1)?,
-                        text_of(s, 2)?,
-                        counts_of(s, 3),
-                        s.blob_bytes(12)?.map(<[u8]>::to_vec),
-                    ))
-                })
-                .await
-            }
-            Backend::Postgres(p) => {
-                let rows = sqlx::query(&sql)
-                    .bind(dim.code() as i16)
-                    .bind(tier.code() as i16)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(p)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            r.try_get::<i64, _>(0)?,
-                            CompactString::from(r.try_get::<String, _>(1)?),
-                            CompactString::from(r.try_get::<String, _>(2)?),
-                            Counts::read(r, 3)?,
-                            r.try_get::<Option<Vec<u8>>, _>(12)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-        }
+        self.rollup_query(
+            sql,
+            (dim, tier, from, to),
+            |s| {
+                Ok((
+                    s.int(0),
+                    text_of(s, 1)?,
+                    text_of(s, 2)?,
+                    counts_of(s, 3),
+                    s.blob_bytes(12)?.map(<[u8]>::to_vec),
+                ))
+            },
+            |r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    CompactString::from(r.try_get::<String, _>(1)?),
+                    CompactString::from(r.try_get::<String, _>(2)?),
+                    Counts::read(r, 3)?,
+                    r.try_get::<Option<Vec<u8>>, _>(12)?,
+                ))
+            },
+        )
+        .await
     }
 
     /// The start of the latest request at or after `since` of each (provider, model), from the
