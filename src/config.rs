@@ -1049,6 +1049,19 @@ mod tests {
         assert!(err.to_string().contains("log_store.queue_bytes"), "{err}");
     }
 
+    /// One signal is a GenAI source's record: a source listed for events and for metrics is
+    /// refused, naming the key.
+    #[test]
+    fn a_genai_source_is_listed_for_one_signal() {
+        let c = parse("otlp: {genai_metric_sources: [batch-job], genai_event_sources: [chat]}\n")
+            .expect("valid");
+        assert_eq!(c.otlp.mapping.genai_metric_sources, ["batch-job"]);
+        let e = parse("otlp: {genai_metric_sources: [a, b], genai_event_sources: [b]}\n")
+            .expect_err("listed twice");
+        assert!(e.to_string().contains("otlp.genai_metric_sources"), "{e}");
+        assert!(e.to_string().contains("\"b\""), "{e}");
+    }
+
     #[test]
     fn durability_is_off_by_default_and_the_spool_sits_in_the_data_dir() {
         assert_eq!(parse("").expect("defaults").spool, None);

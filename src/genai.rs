@@ -29,17 +29,23 @@
 //! Other spans are not records: agent and tool spans (`invoke_agent`, `execute_tool`, …) wrap
 //! the calls that are, and any other span is counted unused under its instrumentation scope.
 //!
-//! Which signal is the record (the rule, also in the README): **spans**. GenAI metric points
+//! Which signal is the record (the rule, also in the README): one per source (a resource's
+//! `service.name`), by configuration, never by arrival order (real clients send events and
+//! metrics before their spans). By default **spans**: GenAI metric points
 //! (`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`, …) and GenAI events
 //! (`gen_ai.*` log records) describe the same calls again and are never added to the request
-//! families: they are counted `covered` by the OTLP diagnostics. The one exception, per source
-//! and configured: a source listed by `service.name` in `otlp.genai_event_sources` (one that
-//! exports events but no spans) has its [`DETAILS_EVENT`]s read as the records and its call
-//! spans counted `covered` — still one record per call, with the same identity. Metric points
-//! never become records (they carry no per-call identity). The `gen_ai_client_*` families of
-//! `/metrics` are derived from the records.
+//! families: they are counted `covered` by the OTLP diagnostics. A source listed by
+//! `service.name` in `otlp.genai_event_sources` (one that exports events but no spans) has its
+//! [`DETAILS_EVENT`]s read as the records (same identity as the span's); one listed in
+//! `otlp.genai_metric_sources` (metrics only) has its duration and token points read as records
+//! ([`metrics`]); either way its call spans are counted `covered` ([`Listed`]). The
+//! `gen_ai_client_*` families of `/metrics` are derived from the records.
 //!
-//! Pure mapping: no state, no clock (the caller's [`Validation`] carries `now`), counts nothing.
+//! The traces receiver maps a borrowed view of the request ([`spans_view`]): read in place from
+//! protobuf (`crate::otlp::scan::spans`), or taken from prost's decoding ([`spans`]).
+//!
+//! Pure mapping: no state, no clock (the caller's [`Validation`] carries `now`), counts nothing
+//! ([`metrics::Streams`], the one state, is held by the caller).
 
 use compact_str::CompactString;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

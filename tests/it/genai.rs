@@ -773,17 +773,22 @@ async fn each_source_is_counted_once_from_its_configured_signal() {
                 events: bits & 4 != 0,
             };
             let app = TestApp::with_config(&format!("{CONFIG}  {listed}: [chat-app]\n")).await;
-            // Streams that start now, after the server: read whole on first sight.
-            let start = now_ns();
+            // Streams that start now, after the server: read whole on first sight. Each body
+            // is sent twice, as an exporter retries it.
+            let (m_body, e_body, s_body) = (
+                sdk_metrics(&calls, now_ns()),
+                details(&calls),
+                spans(&calls),
+            );
             for _ in 0..2 {
                 if c.metrics {
-                    post(&app, "/v1/metrics", sdk_metrics(&calls, start)).await;
+                    post(&app, "/v1/metrics", m_body.clone()).await;
                 }
                 if c.events {
-                    post(&app, "/v1/logs", details(&calls)).await;
+                    post(&app, "/v1/logs", e_body.clone()).await;
                 }
                 if c.spans {
-                    post(&app, "/v1/traces", spans(&calls)).await;
+                    post(&app, "/v1/traces", s_body.clone()).await;
                 }
             }
             let from = if listed == "genai_event_sources" {
@@ -826,14 +831,14 @@ async fn each_source_is_counted_once_from_its_configured_signal() {
                 assert_eq!(accepted("traces", "covered"), 2.0 * 7.0, "{what}");
             }
             if c.metrics && listed == "genai_metric_sources" {
-                // 2 duration points (answered, failed) + 2 models x 2 token types, per
-                // export; the retried export's are repeats.
-                assert_eq!(accepted("metrics", "record"), 6.0, "{what}");
-                assert_eq!(accepted("metrics", "repeated"), 6.0, "{what}");
+                // 3 duration points (2 models answered, 1 failed) + 2 models x 2 token
+                // types per export; the retried export's are repeats.
+                assert_eq!(accepted("metrics", "record"), 7.0, "{what}");
+                assert_eq!(accepted("metrics", "repeated"), 7.0, "{what}");
                 assert_eq!(accepted("metrics", "covered"), 0.0, "{what}");
             } else if c.metrics {
                 assert_eq!(accepted("metrics", "record"), 0.0, "{what}");
-                assert_eq!(accepted("metrics", "covered"), 12.0, "{what}");
+                assert_eq!(accepted("metrics", "covered"), 14.0, "{what}");
             }
             if c.events && listed == "genai_event_sources" {
                 assert_eq!(accepted("logs", "record"), 12.0, "{what}");
