@@ -6,7 +6,8 @@
 //! `gen_ai.client.operation.duration` (seconds; one observation per call, `error.type` on a
 //! failed one) and `gen_ai.client.token.usage` (one observation per token type, `input` and
 //! `output`, on an answered call). For a listed source:
-//! - each new observation of `operation.duration` is one call, one record: provider, model,
+//! - each new observation of `operation.duration` is one call, one record (at most
+//!   [`MAX_CALLS_PER_EXPORT`] per request): provider, model,
 //!   operation and namespace from the point's attributes (over the resource's), read like a
 //!   span's ([`super::record`]); status 200, or what `error.type` names; the duration is the
 //!   mean of the point's new observations; the time is the point's;
@@ -51,9 +52,10 @@ pub const DURATION: &str = "gen_ai.client.operation.duration";
 /// The per-call token histogram (`gen_ai.token.type` = `input` / `output`).
 pub const TOKENS: &str = "gen_ai.client.token.usage";
 
-/// Most calls one point may add (a larger increase is refused as out of range; the stream
-/// goes on from it).
-pub const MAX_CALLS_PER_POINT: u64 = 100_000;
+/// Most calls (records) one export request may add, a quarter of the default pipeline queue:
+/// a point that would go beyond is refused as out of range (the stream goes on from it), so a
+/// forged count cannot make an unbounded number of records.
+pub const MAX_CALLS_PER_EXPORT: u64 = 50_000;
 
 /// Most cumulative streams remembered; a point of a new stream beyond them is refused
 /// (`stream_limit`).
@@ -108,7 +110,7 @@ impl Streams {
 pub enum PointError {
     /// A non-finite or negative count or sum, an unknown temporality.
     BadValue,
-    /// More new calls in one point than [`MAX_CALLS_PER_POINT`].
+    /// More new calls in one export than [`MAX_CALLS_PER_EXPORT`].
     OutOfRange,
     /// The stream table is full.
     StreamLimit,
@@ -327,6 +329,7 @@ pub fn read(
         .saturating_mul(1_000_000);
     let mut pending: HashMap<u64, Cursor> = HashMap::new();
     let mut index = 0usize;
+    let mut calls = 0u64;
     for rm in &req.resource_metrics {
         let res: &[KeyValue] = rm.resource.as_ref().map_or(&[], |r| &r.attributes);
         let service = attr(res, "service.name").and_then(str_of);
@@ -429,17 +432,18 @@ pub fn read(
                         out.points += 1;
                         continue;
                     }
-                    if new.count > MAX_CALLS_PER_POINT {
+                    if calls + new.count > MAX_CALLS_PER_EXPORT {
                         // Refused, but the stream goes on from it (its position is kept).
                         out.refused.push((
                             PointError::OutOfRange,
                             format!(
-                                "{DURATION}: {} new calls in one point exceed {MAX_CALLS_PER_POINT}",
+                                "{DURATION}: {} new calls would exceed {MAX_CALLS_PER_EXPORT} in one export",
                                 new.count
                             ),
                         ));
                         continue;
                     }
+                    calls += new.count;
                     let mut a = base;
                     a.fill_from(
                         p.attrs.iter().filter_map(|kv| {
@@ -836,7 +840,7 @@ mod tests {
                         call_attrs("m", None),
                         SINCE_MS,
                         NOW_MS,
-                        MAX_CALLS_PER_POINT + 1,
+                        MAX_CALLS_PER_EXPORT + 1,
                         1.0,
                     ),
                 ],
