@@ -245,12 +245,22 @@ pub fn hex_id(id: &[u8]) -> Option<CompactString> {
         return None;
     }
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = CompactString::with_capacity(id.len() * 2);
-    for b in id {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+    // Written into a stack buffer and copied once: a `push` per digit was a fifth of the
+    // traces fast path's time (perf, issue 21).
+    let mut buf = [0u8; 64];
+    let Some(out) = buf.get_mut(..id.len() * 2) else {
+        let mut s = CompactString::with_capacity(id.len() * 2);
+        for b in id {
+            s.push(DIGITS[(b >> 4) as usize] as char);
+            s.push(DIGITS[(b & 15) as usize] as char);
+        }
+        return Some(s);
+    };
+    for (pair, b) in out.chunks_exact_mut(2).zip(id) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
     }
-    Some(s)
+    std::str::from_utf8(out).ok().map(CompactString::from)
 }
 
 fn attr_err(field: &str, message: String) -> RecordError {
@@ -420,7 +430,13 @@ fn record(a: &Attrs<'_>, op: &'static str, s: &Call<'_>) -> Result<RecordFields,
     let trace_id = hex_id(s.trace_id);
     let span_id = hex_id(s.span_id);
     let request_id = match (&trace_id, &span_id) {
-        (Some(t), Some(sp)) => Some(CompactString::from(format!("otel:{t}:{sp}"))),
+        (Some(t), Some(sp)) => {
+            let mut id = CompactString::with_capacity(6 + t.len() + sp.len());
+            for part in ["otel:", t, ":", sp] {
+                id.push_str(part);
+            }
+            Some(id)
+        }
         _ => None,
     };
     let provider = text(a.provider).or_else(|| text(a.system));
@@ -644,6 +660,16 @@ mod tests {
             assert!(!r.is_success());
             assert_eq!(r.error.as_deref(), Some(error_type));
         }
+    }
+
+    #[test]
+    fn ids_are_lower_case_hex_and_zero_is_none() {
+        assert_eq!(hex_id(&[0xab, 0x01, 0xf0]).as_deref(), Some("ab01f0"));
+        assert_eq!(hex_id(&[0; 16]), None);
+        assert_eq!(hex_id(&[]), None);
+        let long: Vec<u8> = (0..40u8).collect();
+        let want: String = long.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex_id(&long).as_deref(), Some(want.as_str()));
     }
 
     #[test]
