@@ -9,7 +9,7 @@
 //! - each new observation of `operation.duration` is one call, one record (at most
 //!   [`MAX_CALLS_PER_EXPORT`] per request): provider, model,
 //!   operation and namespace from the point's attributes (over the resource's), read like a
-//!   span's ([`super::record`]); status 200, or what `error.type` names; the duration is the
+//!   span's (`genai::record`); status 200, or what `error.type` names; the duration is the
 //!   mean of the point's new observations; the time is the point's;
 //! - the new sum of `token.usage` per token type is shared by the answered calls of the same
 //!   (operation, provider, models, server) in the same export, evenly, the remainder to the
