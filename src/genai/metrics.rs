@@ -58,8 +58,13 @@ pub const TOKENS: &str = "gen_ai.client.token.usage";
 pub const MAX_CALLS_PER_EXPORT: u64 = 50_000;
 
 /// Most cumulative streams remembered; a point of a new stream beyond them is refused
-/// (`stream_limit`).
+/// (`stream_limit`) unless streams not seen for [`STALE_NS`] can be forgotten.
 pub const MAX_STREAMS: usize = 100_000;
+
+/// A stream whose last point is this much older than the newest point kept may be forgotten
+/// when the table is full (its source has most likely ended; if it comes back, its next point
+/// is a baseline).
+pub const STALE_NS: u64 = 3600 * 1_000_000_000;
 
 /// Where a cumulative stream was last seen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +80,8 @@ pub struct Cursor {
 pub struct Streams {
     since_ns: u64,
     cursors: HashMap<u64, Cursor>,
+    /// The newest point time kept.
+    newest_ns: u64,
 }
 
 impl Streams {
@@ -85,17 +92,32 @@ impl Streams {
                 .unwrap_or(0)
                 .saturating_mul(1_000_000),
             cursors: HashMap::new(),
+            newest_ns: 0,
         }
+    }
+
+    /// Whether `n` more streams fit, once stale ones are forgotten (see [`Streams::commit`]).
+    fn room_for(&self, n: usize) -> bool {
+        self.cursors.len() + n <= MAX_STREAMS
+            || self
+                .cursors
+                .values()
+                .any(|c| c.time_ns < self.newest_ns.saturating_sub(STALE_NS))
     }
 
     /// Keeps the positions of a request whose records were taken (a position older than the
     /// one kept, from a concurrent request, is ignored).
     pub fn commit(&mut self, positions: Vec<(u64, Cursor)>) {
         for (k, c) in positions {
+            self.newest_ns = self.newest_ns.max(c.time_ns);
             match self.cursors.get_mut(&k) {
                 Some(old) if old.start_ns == c.start_ns && old.time_ns >= c.time_ns => {}
                 Some(old) => *old = c,
                 None => {
+                    if self.cursors.len() >= MAX_STREAMS {
+                        let cutoff = self.newest_ns.saturating_sub(STALE_NS);
+                        self.cursors.retain(|_, c| c.time_ns >= cutoff);
+                    }
                     if self.cursors.len() < MAX_STREAMS {
                         self.cursors.insert(k, c);
                     }
@@ -287,7 +309,7 @@ fn new_in(
             (c.count, c.sum)
         }
         Some(_) => (0, 0.0), // a new run: all of it is new
-        None if streams.cursors.len() + pending.len() >= MAX_STREAMS => {
+        None if !streams.room_for(pending.len() + 1) => {
             return Err(PointError::StreamLimit);
         }
         None if p.start_ns >= streams.since_ns => (0, 0.0),
@@ -824,6 +846,30 @@ mod tests {
         let (none, out) = read_all(&request("chat-app", delta(NOW_MS)), &mut streams);
         assert!(none.is_empty());
         assert_eq!(out.taken(), 0);
+    }
+
+    #[test]
+    fn a_full_stream_table_forgets_stale_streams_only() {
+        let mut streams = Streams::new(SINCE_MS);
+        let cursor = |time_ns: u64| Cursor {
+            start_ns: 1,
+            time_ns,
+            count: 1,
+            sum: 0.0,
+        };
+        let now_ns = NOW_MS as u64 * MS;
+        let old = now_ns - 2 * STALE_NS;
+        streams.commit((0..MAX_STREAMS as u64).map(|k| (k, cursor(old))).collect());
+        assert!(!streams.room_for(1), "full, nothing newer to compare with");
+        streams.commit(vec![(u64::MAX, cursor(now_ns))]);
+        assert_eq!(streams.cursors.len(), 1, "the stale ones made room");
+        streams.commit(
+            (0..MAX_STREAMS as u64 - 1)
+                .map(|k| (k, cursor(now_ns)))
+                .collect(),
+        );
+        assert_eq!(streams.cursors.len(), MAX_STREAMS);
+        assert!(!streams.room_for(1), "full of fresh streams");
     }
 
     #[test]

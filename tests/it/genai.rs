@@ -966,3 +966,59 @@ async fn the_captured_openai_client_metrics_give_its_totals_for_a_metrics_only_s
     assert!(id.starts_with("otel-metric:"), "{id}");
     app.stop().await;
 }
+
+/// A metrics-only source's impossible points are refused with a message naming the metric,
+/// counted by reason, and make no record; the request's other points still count.
+#[tokio::test]
+async fn a_metrics_only_source_impossible_points_are_refused_by_reason() {
+    let app = TestApp::with_config(&format!("{CONFIG}  genai_metric_sources: [chat-app]\n")).await;
+    let now = now_ns();
+    let attrs = vec![
+        kv("gen_ai.operation.name", json!("chat")),
+        kv("gen_ai.system", json!("openai")),
+        kv("gen_ai.request.model", json!("gpt-4o")),
+    ];
+    let point = |count: u64, sum: f64| {
+        json!({ "startTimeUnixNano": (now - 60_000_000_000).to_string(),
+                "timeUnixNano": now.to_string(), "count": count.to_string(), "sum": sum,
+                "attributes": attrs })
+    };
+    let body = json!({ "resourceMetrics": [{ "resource": resource(), "scopeMetrics": [
+        { "metrics": [
+            { "name": "gen_ai.client.operation.duration", "unit": "s",
+              "histogram": { "aggregationTemporality": 1, "dataPoints": [
+                  point(2, 1.5), point(1_000_000, 1.0), point(1, -4.0)] } },
+        ]},
+    ]}]})
+    .to_string();
+    let answer = post(&app, "/v1/metrics", body).await;
+    assert_eq!(
+        answer["partialSuccess"]["rejectedDataPoints"], 2,
+        "{answer}"
+    );
+    let message = answer["partialSuccess"]["errorMessage"]
+        .as_str()
+        .expect("message");
+    assert!(
+        message.contains("out_of_range: 1 point")
+            && message.contains("bad_value: 1 point")
+            && message.contains("gen_ai.client.operation.duration"),
+        "{message}"
+    );
+    let m = wait_requests(&app, 2.0).await;
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_rejected_items_total",
+            &[("signal", "metrics"), ("reason", "out_of_range")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_accepted_items_total",
+            &[("signal", "metrics"), ("use", "record")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}
