@@ -983,17 +983,21 @@ async fn a_metrics_only_source_impossible_points_are_refused_by_reason() {
                 "timeUnixNano": now.to_string(), "count": count.to_string(), "sum": sum,
                 "attributes": attrs })
     };
+    // Three calls of a point without a model: three invalid records, one rejected point.
+    let no_model = json!({ "startTimeUnixNano": (now - 60_000_000_000).to_string(),
+        "timeUnixNano": now.to_string(), "count": "3", "sum": 1.0,
+        "attributes": [kv("gen_ai.operation.name", json!("chat"))] });
     let body = json!({ "resourceMetrics": [{ "resource": resource(), "scopeMetrics": [
         { "metrics": [
             { "name": "gen_ai.client.operation.duration", "unit": "s",
               "histogram": { "aggregationTemporality": 1, "dataPoints": [
-                  point(2, 1.5), point(1_000_000, 1.0), point(1, -4.0)] } },
+                  point(2, 1.5), point(1_000_000, 1.0), point(1, -4.0), no_model] } },
         ]},
     ]}]})
     .to_string();
     let answer = post(&app, "/v1/metrics", body).await;
     assert_eq!(
-        answer["partialSuccess"]["rejectedDataPoints"], 2,
+        answer["partialSuccess"]["rejectedDataPoints"], 3,
         "{answer}"
     );
     let message = answer["partialSuccess"]["errorMessage"]
@@ -1002,6 +1006,7 @@ async fn a_metrics_only_source_impossible_points_are_refused_by_reason() {
     assert!(
         message.contains("out_of_range: 1 point")
             && message.contains("bad_value: 1 point")
+            && message.contains("invalid_record: 1 point, first: point 3: model")
             && message.contains("gen_ai.client.operation.duration"),
         "{message}"
     );

@@ -449,13 +449,25 @@ impl OtlpIngest {
             };
             out.reject_with(reason, 1, message);
         }
-        for (i, e) in &calls.rejected {
-            out.reject_with(ItemReject::InvalidRecord, 1, format!("point {i}: {e}"));
+        // Items are points: a point whose records failed validation is one rejected point
+        // (each of its records counts in the process-wide family).
+        let mut bad_points: Vec<usize> = calls.rejected.iter().map(|(i, _)| *i).collect();
+        bad_points.sort_unstable();
+        bad_points.dedup();
+        if let Some((i, e)) = calls.rejected.first() {
+            out.reject_with(
+                ItemReject::InvalidRecord,
+                bad_points.len() as u64,
+                format!("point {i}: {e}"),
+            );
+        }
+        for (_, e) in &calls.rejected {
             self.health.rejected_record(Source::Otlp, e.reason);
         }
         let d = &self.diagnostics;
         d.received(Signal::Metrics, out.received);
-        d.accepted(Signal::Metrics, Use::Record, calls.points);
+        let read = calls.points.saturating_sub(bad_points.len() as u64);
+        d.accepted(Signal::Metrics, Use::Record, read);
         d.accepted(Signal::Metrics, Use::Repeated, calls.repeated);
         d.accepted(Signal::Metrics, Use::Covered, out.covered);
         d.unused(Signal::Metrics, &out.unused);
