@@ -1,7 +1,7 @@
 //! Criterion: the OTLP receiver's CPU work for one request of 100 Claude Code `api_request`
 //! events — protobuf decode (prost, and the in-place fast path the server uses), mapping,
-//! record validation — and for one request of 100 GenAI chat spans (prost decode, span
-//! mapping, validation), without HTTP or the pipeline.
+//! record validation — and for one request of 100 GenAI chat spans (prost decode, and the
+//! in-place fast path the server uses; span mapping, validation), without HTTP or the pipeline.
 //! End-to-end throughput: `scripts/bench-otlp.sh`.
 
 use std::hint::black_box;
@@ -144,11 +144,11 @@ fn genai(c: &mut Criterion) {
     let mut g = c.benchmark_group("otlp_traces");
     g.throughput(Throughput::Elements(100));
     for (name, content) in [
-        ("decode_map_validate_100_genai_spans", true),
-        ("decode_map_validate_100_genai_spans_no_content", false),
+        ("100_genai_spans", true),
+        ("100_genai_spans_no_content", false),
     ] {
         let body = spans_body(content);
-        g.bench_function(name, |b| {
+        g.bench_function(format!("decode_map_validate_{name}"), |b| {
             b.iter(|| {
                 let req: ExportTraceServiceRequest =
                     decode::message(black_box(&body), Encoding::Protobuf).expect("decodes");
@@ -157,7 +157,21 @@ fn genai(c: &mut Criterion) {
                     prices: &prices,
                     keep_requests: None,
                 };
-                let out = gatemeter::genai::spans(&req, Some("team.id"), &[], &v);
+                let out = gatemeter::genai::spans(&req, Some("team.id"), Default::default(), &v);
+                assert_eq!(out.events.len(), 100, "{:?}", out.rejected.first());
+                black_box(out)
+            })
+        });
+        g.bench_function(format!("fast_path_map_validate_{name}"), |b| {
+            b.iter(|| {
+                let view = scan::spans(black_box(&body)).expect("fast path");
+                let v = Validation {
+                    now_ms,
+                    prices: &prices,
+                    keep_requests: None,
+                };
+                let out =
+                    gatemeter::genai::spans_view(&view, Some("team.id"), Default::default(), &v);
                 assert_eq!(out.events.len(), 100, "{:?}", out.rejected.first());
                 black_box(out)
             })

@@ -3,8 +3,9 @@
 # metrics and events on, OTLP/HTTP exporters), then with OpenLLMetry's instrumentation, against a
 # local stand-in of the OpenAI API and the built debug gatemeter: requests, errors, statuses,
 # input/output tokens per model and requests per namespace must match what the stand-in answered
-# exactly (scripts/genai_client.py). Pinned versions in venvs under ~/.cache/gatemeter. Used by
-# scripts/test.sh; runs alone too.
+# exactly (scripts/genai_client.py); once more with the client listed as a metrics-only source
+# (its metric points are then the records). Pinned versions in venvs under ~/.cache/gatemeter.
+# Used by scripts/test.sh; runs alone too.
 #
 #   scripts/genai-client.sh            check only (the captures go to a temp dir)
 #   scripts/genai-client.sh --capture  also refresh tests/data/genai/{openai-v2,openllmetry}/
@@ -53,10 +54,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for flavour in openai-v2 openllmetry; do
+# openai-v2-metrics: the same client, listed as a metrics-only source (otlp.genai_metric_sources):
+# its metric points, not its spans, must give the totals.
+for flavour in openai-v2 openllmetry openai-v2-metrics; do
+  from=spans
+  extra=""
   case $flavour in
     openai-v2) python=$v2/bin/python ;;
     openllmetry) python=$ollm/bin/python ;;
+    openai-v2-metrics) python=$v2/bin/python from=metrics extra="  genai_metric_sources: [genai-client-test]" ;;
   esac
   echo "== $flavour"
   # A fresh server per flavour: the check compares absolute totals.
@@ -68,14 +74,15 @@ log_store:
   path: $tmp/$flavour/requests.db
 otlp:
   namespace_attribute: team.id
+$extra
 CONF
   "$bin" serve --config "$tmp/$flavour/config.yaml" >"$tmp/$flavour/server.log" 2>&1 &
   pid=$!
   addr=$(logged_addr "$tmp/$flavour/server.log")
   [ -n "$addr" ] || { cat "$tmp/$flavour/server.log"; echo "server did not start" >&2; exit 1; }
   capture=$tmp/capture-$flavour
-  "$python" scripts/genai_client.py "http://$addr" "$capture" "$flavour"
-  if [ "${1:-}" = "--capture" ]; then
+  "$python" scripts/genai_client.py "http://$addr" "$capture" "${flavour%-metrics}" "$from"
+  if [ "${1:-}" = "--capture" ] && [ "$from" = spans ]; then
     dest=tests/data/genai/$flavour
     rm -rf "$dest" && mkdir -p "$dest" && cp "$capture"/* "$dest"/
     echo "capture written to $dest"

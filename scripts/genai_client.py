@@ -4,11 +4,13 @@ stand-in of the Chat Completions and Embeddings APIs, exporting OTLP/HTTP to gat
 
 Run by scripts/genai-client.sh (which makes the pinned venv and starts gatemeter):
 
-    python genai_client.py GATEMETER_URL CAPTURE_DIR [openai-v2|openllmetry]
+    python genai_client.py GATEMETER_URL CAPTURE_DIR [openai-v2|openllmetry] [spans|metrics]
 
 `openai-v2` (default): the official opentelemetry-instrumentation-openai-v2;
 `openllmetry`: OpenLLMetry's opentelemetry-instrumentation-openai (Traceloop), whose attribute
 names differ (gen_ai.system, llm.request.type, gen_ai.usage.prompt_tokens / input_tokens).
+`metrics` (4th argument): gatemeter lists this client in `otlp.genai_metric_sources`, so its
+metric points, not its spans, must give the same totals (default `spans`).
 
 In one process:
 - a stand-in of the OpenAI API on 127.0.0.1 (real-shaped JSON and SSE answers with `usage`;
@@ -35,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 GATEMETER = sys.argv[1].rstrip("/")
 CAPTURE = sys.argv[2]
 FLAVOUR = sys.argv[3] if len(sys.argv) > 3 else "openai-v2"
+RECORDS_FROM = sys.argv[4] if len(sys.argv) > 4 else "spans"
 CALLS = 40
 TEAM = "search"
 os.makedirs(CAPTURE, exist_ok=True)
@@ -307,14 +310,19 @@ for ns, n in expected["namespaces"].items():
 for status, n in expected["statuses"].items():
     want(f"status {status}", total(m, "ai_gateway_namespace_status_codes_total", status_code=status), n)
 covered = {s: total(m, "gatemeter_otlp_accepted_items_total", signal=s, use="covered") for s in ("logs", "metrics")}
+records = {s: total(m, "gatemeter_otlp_accepted_items_total", signal=s, use="record") for s in ("traces", "metrics")}
 rejected = total(m, "gatemeter_otlp_rejected_items_total")
 want("rejected OTLP items", rejected, 0)
-if covered["metrics"] == 0:
+if RECORDS_FROM == "metrics":
+    if records["metrics"] == 0:
+        problems.append("no GenAI metric point was read as records (genai_metric_sources?)")
+    want("spans read as records", records["traces"], 0)
+elif covered["metrics"] == 0:
     problems.append("no GenAI metric point reached gatemeter (metrics export off?)")
 if covered["logs"] == 0 and FLAVOUR == "openai-v2":
     problems.append("no GenAI event reached gatemeter (events off?)")
-print(json.dumps({"expected": expected, "covered": covered}, sort_keys=True))
+print(json.dumps({"expected": expected, "covered": covered, "records": records}, sort_keys=True))
 if problems:
     print("\n".join(problems), file=sys.stderr)
     sys.exit(1)
-print(f"genai client: {expected['requests']} calls, {expected['errors']} failed: gatemeter agrees exactly")
+print(f"genai client ({RECORDS_FROM}): {expected['requests']} calls, {expected['errors']} failed: gatemeter agrees exactly")

@@ -419,6 +419,9 @@ pub fn router(
         prices: config.prices.clone(),
         mapping: config.otlp.mapping.clone(),
         keep_requests: config.ingest.keep_requests,
+        genai_streams: std::sync::Mutex::new(crate::genai::metrics::Streams::new(
+            crate::clock::now_ms(),
+        )),
     });
     let ingest = NativeIngest {
         pipeline: pipeline.clone(),

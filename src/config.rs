@@ -198,6 +198,7 @@ struct RawOtlp {
     namespace_attribute: Option<String>,
     label_allowlist: Vec<String>,
     genai_event_sources: Vec<String>,
+    genai_metric_sources: Vec<String>,
     max_series_per_metric: Option<usize>,
     max_streams: Option<usize>,
     max_tools: Option<usize>,
@@ -682,6 +683,17 @@ pub const DEFAULT_NAMESPACE_ATTRIBUTE: &str = "team.id";
 impl RawOtlp {
     /// `otlp:`: the mapping of log records and points, and the Claude Code state's bounds.
     fn validate(self) -> Result<OtlpConfig, ConfigError> {
+        // One signal is a source's record: a source listed twice would be counted twice.
+        if let Some(both) = self
+            .genai_metric_sources
+            .iter()
+            .find(|s| self.genai_event_sources.contains(s))
+        {
+            return Err(invalid(
+                "otlp.genai_metric_sources",
+                format!("{both:?} is also in otlp.genai_event_sources; list a source in one"),
+            ));
+        }
         Ok(OtlpConfig {
             mapping: crate::claude_code::mapping::Mapping {
                 // Claude Code's documentation suggests `team.id` for teams; `""` turns it off.
@@ -691,6 +703,7 @@ impl RawOtlp {
                 },
                 label_allowlist: self.label_allowlist,
                 genai_event_sources: self.genai_event_sources,
+                genai_metric_sources: self.genai_metric_sources,
             },
             limits: crate::claude_code::state::Limits {
                 max_series_per_metric: positive(
@@ -1162,6 +1175,19 @@ mod tests {
         );
         let err = parse("log_store: {queue_bytes: 5}\n").expect_err("too small");
         assert!(err.to_string().contains("log_store.queue_bytes"), "{err}");
+    }
+
+    /// One signal is a GenAI source's record: a source listed for events and for metrics is
+    /// refused, naming the key.
+    #[test]
+    fn a_genai_source_is_listed_for_one_signal() {
+        let c = parse("otlp: {genai_metric_sources: [batch-job], genai_event_sources: [chat]}\n")
+            .expect("valid");
+        assert_eq!(c.otlp.mapping.genai_metric_sources, ["batch-job"]);
+        let e = parse("otlp: {genai_metric_sources: [a, b], genai_event_sources: [b]}\n")
+            .expect_err("listed twice");
+        assert!(e.to_string().contains("otlp.genai_metric_sources"), "{e}");
+        assert!(e.to_string().contains("\"b\""), "{e}");
     }
 
     #[test]

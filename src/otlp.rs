@@ -3,8 +3,8 @@
 //!
 //! - [`decode`]: protobuf and OTLP/JSON bodies into `opentelemetry-proto` types; AnyValue
 //!   reading (numbers and booleans that arrive as strings).
-//! - [`scan`]: a borrowed view of logs requests, and a protobuf fast path that fills it without
-//!   allocating per attribute.
+//! - [`scan`]: borrowed views of logs and traces requests, and protobuf fast paths that fill
+//!   them without allocating per attribute.
 //!
 //! - [`gatemeter`]: `gatemeter.request` records (another gatemeter's OTLP log export) back into
 //!   request records, by the record's field table.
@@ -14,3 +14,8 @@
 pub mod decode;
 pub mod gatemeter;
 pub mod scan;
+
+/// How far past the receive time a metric point may be dated (clock skew), in milliseconds. A
+/// point further ahead is refused: kept as its stream's last point, it would make every later
+/// point look like a repeat.
+pub const MAX_POINT_FUTURE_MS: i64 = 5 * 60 * 1000;

@@ -71,6 +71,9 @@ pub struct Mapping {
     /// Sources (`service.name`) whose GenAI records are their
     /// `gen_ai.client.inference.operation.details` events instead of their spans.
     pub genai_event_sources: Vec<String>,
+    /// Sources (`service.name`) whose GenAI records are their `gen_ai.client.*` metric points
+    /// (`crate::genai::metrics`) instead of their spans.
+    pub genai_metric_sources: Vec<String>,
 }
 
 /// What a logs request turned into.
@@ -121,12 +124,15 @@ impl MetricsOutcome {
         self.rejected[reason as usize] += n;
         self.first_error[reason as usize].get_or_insert_with(message);
     }
+
+    /// Counts `n` points refused for `reason` (elsewhere than in the mapping), `message`
+    /// listed if it is the reason's first.
+    pub fn reject_with(&mut self, reason: ItemReject, n: u64, message: String) {
+        self.reject(reason, n, || message);
+    }
 }
 
-/// How far past the receive time a metric point may be dated (clock skew), in milliseconds. A
-/// point further ahead is refused: kept as its stream's last point, it would make every later
-/// point look like a repeat.
-pub const MAX_POINT_FUTURE_MS: i64 = 5 * 60 * 1000;
+pub use crate::otlp::MAX_POINT_FUTURE_MS;
 
 /// Largest cumulative value a point may carry: beyond 2^53 a double no longer holds every
 /// integer, and a running total could no longer be told apart from its neighbours.

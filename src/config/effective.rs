@@ -167,6 +167,16 @@ pub fn yaml(c: &Config) -> String {
                     .map(|a| Value::from(a.as_str()))
                     .collect(),
             ),
+        )
+        .put(
+            "genai_metric_sources",
+            Value::Sequence(
+                o.mapping
+                    .genai_metric_sources
+                    .iter()
+                    .map(|a| Value::from(a.as_str()))
+                    .collect(),
+            ),
         );
     let r = &c.redis;
     let redis = Map::default()

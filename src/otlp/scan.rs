@@ -7,11 +7,20 @@
 //! understands — scalar attribute values, no scope attributes or entity refs, well-formed
 //! framing and UTF-8 — and returns `None` for anything else, which then goes through prost (and
 //! its errors and recursion limit). A differential test keeps the two paths in agreement.
+//!
+//! Traces have the same fast path ([`spans`], [`spans_view`]; `scan/traces.rs`) on the same
+//! wire reader and attribute readers.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 
 use super::decode::Val;
+
+mod traces;
+
+#[cfg(test)]
+pub(crate) use traces::testdata;
+pub use traces::{ResourceSpansRef, ScopeSpansRef, SpanRef, spans, spans_view};
 
 /// One attribute.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -662,3 +662,368 @@ async fn a_source_configured_for_events_is_counted_once_from_its_events() {
     );
     app.stop().await;
 }
+
+/// The calls as `gen_ai.client.inference.operation.details` events (semantic conventions
+/// 1.37+), one per call, with the call span's context.
+fn details(calls: &[Call]) -> String {
+    let now = now_ns();
+    let records: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let mut attrs = vec![
+                kv("gen_ai.operation.name", json!("chat")),
+                kv("gen_ai.provider.name", json!("openai")),
+                kv("gen_ai.request.model", json!(c.model)),
+            ];
+            if let Some(e) = c.error {
+                attrs.push(kv("error.type", json!(e)));
+            } else {
+                attrs.extend([
+                    kv("gen_ai.response.model", json!(c.model)),
+                    kv("gen_ai.usage.input_tokens", json!(c.input)),
+                    kv("gen_ai.usage.output_tokens", json!(c.output)),
+                ]);
+            }
+            json!({
+                "timeUnixNano": now.to_string(),
+                "eventName": "gen_ai.client.inference.operation.details",
+                "traceId": c.trace, "spanId": c.span, "attributes": attrs,
+            })
+        })
+        .collect();
+    json!({ "resourceLogs": [{ "resource": resource(), "scopeLogs": [
+        { "scope": { "name": "opentelemetry.util.genai" }, "logRecords": records },
+    ]}]})
+    .to_string()
+}
+
+/// The calls as an SDK aggregates them: cumulative streams started at `start_ns`, one duration
+/// point per (model, error.type) and one token point per (model, token type).
+fn sdk_metrics(calls: &[Call], start_ns: u128) -> String {
+    let now = now_ns();
+    let mut durations: BTreeMap<(&str, Option<&str>), (u64, f64)> = BTreeMap::new();
+    let mut tokens: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for c in calls {
+        let d = durations.entry((c.model, c.error)).or_default();
+        d.0 += 1;
+        d.1 += 0.8;
+        if c.error.is_none() {
+            for (t, n) in [("input", c.input), ("output", c.output)] {
+                let e = tokens.entry((c.model, t)).or_default();
+                e.0 += 1;
+                e.1 += n;
+            }
+        }
+    }
+    let attrs = |model: &str, error: Option<&str>| {
+        let mut a = vec![
+            kv("gen_ai.operation.name", json!("chat")),
+            kv("gen_ai.system", json!("openai")),
+            kv("gen_ai.request.model", json!(model)),
+        ];
+        match error {
+            Some(e) => a.push(kv("error.type", json!(e))),
+            None => a.push(kv("gen_ai.response.model", json!(model))),
+        }
+        a
+    };
+    let point = |attrs: Vec<Value>, count: u64, sum: f64| {
+        json!({ "startTimeUnixNano": start_ns.to_string(), "timeUnixNano": now.to_string(),
+                "count": count.to_string(), "sum": sum, "attributes": attrs })
+    };
+    let durations: Vec<Value> = durations
+        .iter()
+        .map(|((m, e), (n, s))| point(attrs(m, *e), *n, *s))
+        .collect();
+    let tokens: Vec<Value> = tokens
+        .iter()
+        .map(|((m, t), (n, s))| {
+            let mut a = attrs(m, None);
+            a.push(kv("gen_ai.token.type", json!(t)));
+            point(a, *n, *s as f64)
+        })
+        .collect();
+    json!({ "resourceMetrics": [{ "resource": resource(), "scopeMetrics": [
+        { "scope": { "name": "opentelemetry.instrumentation.openai_v2" }, "metrics": [
+            { "name": "gen_ai.client.token.usage", "unit": "{token}",
+              "histogram": { "aggregationTemporality": 2, "dataPoints": tokens } },
+            { "name": "gen_ai.client.operation.duration", "unit": "s",
+              "histogram": { "aggregationTemporality": 2, "dataPoints": durations } },
+        ]},
+    ]}]})
+    .to_string()
+}
+
+/// The per-source rule: a source listed in `otlp.genai_event_sources` is counted from its
+/// details events, one listed in `otlp.genai_metric_sources` from its metric points, any
+/// other from its spans — in every combination of signals it sends, each export retried.
+#[tokio::test]
+async fn each_source_is_counted_once_from_its_configured_signal() {
+    let calls = calls();
+    let input: u64 = calls
+        .iter()
+        .filter(|x| x.error.is_none())
+        .map(|x| x.input)
+        .sum();
+    for listed in ["genai_event_sources", "genai_metric_sources"] {
+        for bits in 1..8u8 {
+            let c = Combination {
+                spans: bits & 1 != 0,
+                metrics: bits & 2 != 0,
+                events: bits & 4 != 0,
+            };
+            let app = TestApp::with_config(&format!("{CONFIG}  {listed}: [chat-app]\n")).await;
+            // Streams that start now, after the server: read whole on first sight. Each body
+            // is sent twice, as an exporter retries it.
+            let (m_body, e_body, s_body) = (
+                sdk_metrics(&calls, now_ns()),
+                details(&calls),
+                spans(&calls),
+            );
+            for _ in 0..2 {
+                if c.metrics {
+                    post(&app, "/v1/metrics", m_body.clone()).await;
+                }
+                if c.events {
+                    post(&app, "/v1/logs", e_body.clone()).await;
+                }
+                if c.spans {
+                    post(&app, "/v1/traces", s_body.clone()).await;
+                }
+            }
+            let from = if listed == "genai_event_sources" {
+                c.events
+            } else {
+                c.metrics
+            };
+            let want = if from { 6.0 } else { 0.0 };
+            let m = if from {
+                wait_requests(&app, want).await
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+                app.metrics().await
+            };
+            let what = format!("{listed} {c:?}");
+            let requests = m.get("ai_gateway_requests_total", &[]).unwrap_or(0.0);
+            assert_eq!(requests, want, "{what}");
+            if from {
+                assert_eq!(m.value("ai_gateway_errors_total", &[]), 1.0, "{what}");
+                assert_eq!(
+                    sum(&m, "model_tokens_input_total", &[]),
+                    input as f64,
+                    "{what}"
+                );
+                for model in ["gpt-4o-mini", "gpt-4o"] {
+                    let l = [("provider", "openai"), ("model", model)];
+                    assert_eq!(m.value("model_requests_total", &l), 3.0, "{what} {model}");
+                }
+            }
+            let accepted = |signal: &str, used: &str| {
+                m.get(
+                    "gatemeter_otlp_accepted_items_total",
+                    &[("signal", signal), ("use", used)],
+                )
+                .unwrap_or(0.0)
+            };
+            // Call spans of a listed source are covered (the agent span always is).
+            if c.spans {
+                assert_eq!(accepted("traces", "record"), 0.0, "{what}");
+                assert_eq!(accepted("traces", "covered"), 2.0 * 7.0, "{what}");
+            }
+            if c.metrics && listed == "genai_metric_sources" {
+                // 3 duration points (2 models answered, 1 failed) + 2 models x 2 token
+                // types per export; the retried export's are repeats.
+                assert_eq!(accepted("metrics", "record"), 7.0, "{what}");
+                assert_eq!(accepted("metrics", "repeated"), 7.0, "{what}");
+                assert_eq!(accepted("metrics", "covered"), 0.0, "{what}");
+            } else if c.metrics {
+                assert_eq!(accepted("metrics", "record"), 0.0, "{what}");
+                assert_eq!(accepted("metrics", "covered"), 14.0, "{what}");
+            }
+            if c.events && listed == "genai_event_sources" {
+                assert_eq!(accepted("logs", "record"), 12.0, "{what}");
+                assert_eq!(
+                    m.value("gatemeter_duplicate_records_total", &[]),
+                    6.0,
+                    "{what}: the retried events are acknowledged, not counted"
+                );
+            } else if c.events {
+                assert_eq!(accepted("logs", "covered"), 12.0, "{what}");
+            }
+            app.stop().await;
+        }
+    }
+}
+
+/// The real OpenAI client's metric points (the capture), read as the records of a metrics-only
+/// source: the capture's totals, replayed twice. The capture's times are moved so that its
+/// streams start after the server did (a stream begun before the server is a baseline).
+#[tokio::test]
+async fn the_captured_openai_client_metrics_give_its_totals_for_a_metrics_only_source() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use prost::Message;
+    let dir = capture_dir("openai-v2");
+    let want: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected"))
+            .expect("json");
+    let mut bodies = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with("_metrics.pb"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let req = ExportMetricsServiceRequest::decode(&std::fs::read(f).expect("read")[..])
+            .expect("decodes");
+        bodies.push(req);
+    }
+    assert!(bodies.len() >= 2, "metric exports: {}", bodies.len());
+    let app = TestApp::with_config(&format!(
+        "{CONFIG}  genai_metric_sources: [genai-client-test]\n"
+    ))
+    .await;
+    let times =
+        |req: &mut ExportMetricsServiceRequest, f: &mut dyn FnMut(&mut u64, &mut u64)| {
+            for rm in &mut req.resource_metrics {
+                for sm in &mut rm.scope_metrics {
+                    for m in &mut sm.metrics {
+                        match &mut m.data {
+                            Some(Data::Histogram(h)) => h.data_points.iter_mut().for_each(|p| {
+                                f(&mut p.start_time_unix_nano, &mut p.time_unix_nano)
+                            }),
+                            Some(Data::Sum(s)) => s.data_points.iter_mut().for_each(|p| {
+                                f(&mut p.start_time_unix_nano, &mut p.time_unix_nano)
+                            }),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        };
+    let mut first = u64::MAX;
+    let mut last = 0;
+    for b in &mut bodies {
+        times(b, &mut |s, t| {
+            first = first.min(*s);
+            last = last.max(*t);
+        });
+    }
+    assert!(
+        last - first < 60_000_000_000,
+        "the capture fits in a minute"
+    );
+    let shift = now_ns() as u64 - first;
+    for b in &mut bodies {
+        times(b, &mut |s, t| {
+            *s += shift;
+            *t += shift;
+        });
+    }
+    for _ in 0..2 {
+        for b in &bodies {
+            let resp = app
+                .client
+                .post(app.url("/v1/metrics"))
+                .header("content-type", "application/x-protobuf")
+                .body(b.encode_to_vec())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    let requests = want["requests"].as_f64().expect("requests");
+    let m = wait_requests(&app, requests).await;
+    assert_eq!(
+        m.value("ai_gateway_errors_total", &[]),
+        want["errors"].as_f64().expect("errors")
+    );
+    let models = want["models"].as_object().expect("models");
+    for (model, w) in models {
+        let l = [("provider", "openai"), ("model", model.as_str())];
+        assert_eq!(
+            m.get("model_requests_total", &l).unwrap_or(0.0),
+            w["requests"].as_f64().expect("n"),
+            "{model}"
+        );
+        assert_eq!(
+            m.get("model_tokens_input_total", &l).unwrap_or(0.0),
+            w["input"].as_f64().expect("n"),
+            "{model} input"
+        );
+        assert_eq!(
+            m.get("model_tokens_output_total", &l).unwrap_or(0.0),
+            w["output"].as_f64().expect("n"),
+            "{model} output"
+        );
+    }
+    // One row per call in the log, marked as read from metrics.
+    wait_rows(&app, None, requests as usize).await;
+    let (_, page) = get_json(&app, None, "/api/v1/logs?limit=1").await;
+    let id = page["items"][0]["request_id"].as_str().expect("id");
+    assert!(id.starts_with("otel-metric:"), "{id}");
+    app.stop().await;
+}
+
+/// A metrics-only source's impossible points are refused with a message naming the metric,
+/// counted by reason, and make no record; the request's other points still count.
+#[tokio::test]
+async fn a_metrics_only_source_impossible_points_are_refused_by_reason() {
+    let app = TestApp::with_config(&format!("{CONFIG}  genai_metric_sources: [chat-app]\n")).await;
+    let now = now_ns();
+    let attrs = vec![
+        kv("gen_ai.operation.name", json!("chat")),
+        kv("gen_ai.system", json!("openai")),
+        kv("gen_ai.request.model", json!("gpt-4o")),
+    ];
+    let point = |count: u64, sum: f64| {
+        json!({ "startTimeUnixNano": (now - 60_000_000_000).to_string(),
+                "timeUnixNano": now.to_string(), "count": count.to_string(), "sum": sum,
+                "attributes": attrs })
+    };
+    // Three calls of a point without a model: three invalid records, one rejected point.
+    let no_model = json!({ "startTimeUnixNano": (now - 60_000_000_000).to_string(),
+        "timeUnixNano": now.to_string(), "count": "3", "sum": 1.0,
+        "attributes": [kv("gen_ai.operation.name", json!("chat"))] });
+    let body = json!({ "resourceMetrics": [{ "resource": resource(), "scopeMetrics": [
+        { "metrics": [
+            { "name": "gen_ai.client.operation.duration", "unit": "s",
+              "histogram": { "aggregationTemporality": 1, "dataPoints": [
+                  point(2, 1.5), point(1_000_000, 1.0), point(1, -4.0), no_model] } },
+        ]},
+    ]}]})
+    .to_string();
+    let answer = post(&app, "/v1/metrics", body).await;
+    assert_eq!(
+        answer["partialSuccess"]["rejectedDataPoints"], 3,
+        "{answer}"
+    );
+    let message = answer["partialSuccess"]["errorMessage"]
+        .as_str()
+        .expect("message");
+    assert!(
+        message.contains("out_of_range: 1 point")
+            && message.contains("bad_value: 1 point")
+            && message.contains("invalid_record: 1 point, first: point 3: model")
+            && message.contains("gen_ai.client.operation.duration"),
+        "{message}"
+    );
+    let m = wait_requests(&app, 2.0).await;
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_rejected_items_total",
+            &[("signal", "metrics"), ("reason", "out_of_range")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "gatemeter_otlp_accepted_items_total",
+            &[("signal", "metrics"), ("use", "record")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}

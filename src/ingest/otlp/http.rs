@@ -80,6 +80,9 @@ pub struct OtlpIngest {
     pub mapping: Mapping,
     /// Keep a record's `request` object, redacted, up to this many bytes (`None`: skip it).
     pub keep_requests: Option<usize>,
+    /// The cumulative GenAI metric streams of `otlp.genai_metric_sources` (a short lock: one
+    /// read, one commit per metrics request, never across an await).
+    pub genai_streams: std::sync::Mutex<genai::metrics::Streams>,
 }
 
 /// A refused request: why (which also gives its status) and what to tell the client.
@@ -276,12 +279,17 @@ impl OtlpIngest {
             Signal::Metrics => {
                 let req: ExportMetricsServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.metrics(enc, &req)
+                self.metrics(enc, &req).await
             }
             Signal::Traces => {
+                if enc == Encoding::Protobuf
+                    && let Some(view) = scan::spans(&bytes)
+                {
+                    return self.traces(enc, &view).await;
+                }
                 let req: ExportTraceServiceRequest =
                     decode::message(&bytes, enc).map_err(undecodable)?;
-                self.traces(enc, &req).await
+                self.traces(enc, &scan::spans_view(&req)).await
             }
         }
     }
@@ -344,17 +352,17 @@ impl OtlpIngest {
     async fn traces(
         &self,
         enc: Encoding,
-        req: &ExportTraceServiceRequest,
+        req: &[scan::ResourceSpansRef<'_>],
     ) -> Result<Vec<u8>, Refusal> {
         let v = Validation {
             now_ms: crate::clock::now_ms(),
             prices: &self.prices,
             keep_requests: None,
         };
-        let out = genai::spans(
+        let out = genai::spans_view(
             req,
             self.mapping.namespace_attribute.as_deref(),
-            &self.mapping.genai_event_sources,
+            self.listed(),
             &v,
         );
         let records = out.events.len() as u64;
@@ -377,23 +385,96 @@ impl OtlpIngest {
         Ok(encode(enc, &ExportTraceServiceResponse { partial_success }))
     }
 
-    fn metrics(
+    /// The GenAI sources whose records are not their spans.
+    fn listed(&self) -> genai::Listed<'_> {
+        genai::Listed {
+            events: &self.mapping.genai_event_sources,
+            metrics: &self.mapping.genai_metric_sources,
+        }
+    }
+
+    async fn metrics(
         &self,
         enc: Encoding,
         req: &ExportMetricsServiceRequest,
     ) -> Result<Vec<u8>, Refusal> {
-        let mut out = self.mapping.metrics(req, crate::clock::now_ms());
-        if !out.inputs.is_empty() {
-            let slot = self.claude_code.reserve().ok_or_else(overloaded)?;
+        let now_ms = crate::clock::now_ms();
+        let mut out = self.mapping.metrics(req, now_ms);
+        let v = Validation {
+            now_ms,
+            prices: &self.prices,
+            keep_requests: None,
+        };
+        // The listed metrics-only sources' GenAI points as records. The stream positions are
+        // read under a short lock and kept only once the records were taken, so a refused
+        // request leaves them for its retry (whose records carry the same ids).
+        let calls = if self.mapping.genai_metric_sources.is_empty() {
+            genai::metrics::MetricCalls::default()
+        } else {
+            let streams = self.genai_streams.lock().unwrap_or_else(|e| e.into_inner());
+            genai::metrics::read(
+                req,
+                self.mapping.namespace_attribute.as_deref(),
+                &self.mapping.genai_metric_sources,
+                &streams,
+                &v,
+            )
+        };
+        // Reserve the Claude Code slot first: then the pipeline's answer decides alone.
+        let slot = if out.inputs.is_empty() {
+            None
+        } else {
+            Some(self.claude_code.reserve().ok_or_else(overloaded)?)
+        };
+        let records = calls.events.len() as u64;
+        let taken = calls.taken();
+        if records > 0 {
+            self.submit(calls.events).await?;
+        }
+        if !calls.positions.is_empty() {
+            let mut streams = self.genai_streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.commit(calls.positions);
+        }
+        if let Some(slot) = slot {
             slot.send(std::mem::take(&mut out.inputs));
+        }
+        // The points read as records were counted `covered` by the mapping.
+        out.covered = out.covered.saturating_sub(taken);
+        for (e, message) in calls.refused {
+            let reason = match e {
+                genai::metrics::PointError::BadValue => ItemReject::BadValue,
+                genai::metrics::PointError::OutOfRange => ItemReject::OutOfRange,
+                genai::metrics::PointError::StreamLimit => ItemReject::StreamLimit,
+                genai::metrics::PointError::Future => ItemReject::Future,
+            };
+            out.reject_with(reason, 1, message);
+        }
+        // Items are points: a point whose records failed validation is one rejected point
+        // (each of its records counts in the process-wide family).
+        let mut bad_points: Vec<usize> = calls.rejected.iter().map(|(i, _)| *i).collect();
+        bad_points.sort_unstable();
+        bad_points.dedup();
+        if let Some((i, e)) = calls.rejected.first() {
+            out.reject_with(
+                ItemReject::InvalidRecord,
+                bad_points.len() as u64,
+                format!("point {i}: {e}"),
+            );
+        }
+        for (_, e) in &calls.rejected {
+            self.health.rejected_record(Source::Otlp, e.reason);
         }
         let d = &self.diagnostics;
         d.received(Signal::Metrics, out.received);
+        let read = calls.points.saturating_sub(bad_points.len() as u64);
+        d.accepted(Signal::Metrics, Use::Record, read);
+        d.accepted(Signal::Metrics, Use::Repeated, calls.repeated);
         d.accepted(Signal::Metrics, Use::Covered, out.covered);
         d.unused(Signal::Metrics, &out.unused);
         for r in ItemReject::ALL {
             d.rejected(Signal::Metrics, r, out.rejected[r as usize]);
         }
+        self.health.accepted(Source::Otlp, records);
         let rejected = out.rejected_total();
         let partial_success = (rejected > 0).then(|| ExportMetricsPartialSuccess {
             rejected_data_points: rejected as i64,
@@ -475,6 +556,7 @@ mod tests {
             prices: Arc::new(PriceTable::default()),
             mapping: Mapping::default(),
             keep_requests: None,
+            genai_streams: std::sync::Mutex::new(genai::metrics::Streams::new(0)),
         });
         let app = axum::Router::new()
             .route("/v1/logs", axum::routing::any(export))
