@@ -35,8 +35,8 @@ use crate::clock::now_ms;
 use crate::export::usage_csv::format_micros;
 use crate::pipeline::Pipeline;
 use crate::store::sql::SqlLog;
-use crate::store::sql::analytics::SessionRow;
 pub use crate::store::sql::analytics::{AnalyticsConfig, UNKNOWN_AFTER_MS, status};
+use crate::store::sql::analytics::{Keep, SessionRow};
 use crate::store::sql::rollup::{Cell, Counts, DAY_MS, Dim, Dist, HOUR_MS, MINUTE_MS};
 
 /// Default and largest number of lines or sessions in one answer.
@@ -747,8 +747,12 @@ pub async fn availability(
     let want_model = p.get("model");
     let by_model = by_model || want_model.is_some();
     let user = who.forced_user();
+    let keep = Keep {
+        detail: by_model,
+        dist: true,
+    };
     let rows = log
-        .bucketed(Dim::Provider, from, to, bucket_ms, user)
+        .bucketed(Dim::Provider, (from, to), bucket_ms, user, keep)
         .await
         .map_err(store_error)?;
     let seen = log
@@ -768,12 +772,17 @@ pub async fn availability(
         } else {
             String::new()
         };
-        series
+        match series
             .entry((provider.to_string(), model))
             .or_default()
             .entry(bucket)
-            .or_default()
-            .merge_from(&cell);
+        {
+            // Moved, not added into an empty cell: a dense histogram is ~21 KiB to add.
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(cell);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge_from(&cell),
+        }
     }
     let mut providers: Vec<ProviderAvailability> = series
         .into_iter()

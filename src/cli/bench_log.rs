@@ -438,8 +438,18 @@ async fn analytics_queries(log: &SqlLog, now: i64) -> Result<Vec<(String, Durati
         t,
     ));
     let t = median_of_5(|| async {
-        log.bucketed(Dim::Provider, now - 7 * 86_400_000, now, HOUR_MS, None)
-            .await?;
+        let keep = gatemeter::store::sql::analytics::Keep {
+            detail: false,
+            dist: true,
+        };
+        log.bucketed(
+            Dim::Provider,
+            (now - 7 * 86_400_000, now),
+            HOUR_MS,
+            None,
+            keep,
+        )
+        .await?;
         log.last_requests_since(now - 900_000, None)
             .await
             .map(|_| ())

@@ -18,8 +18,14 @@ use crate::clock::now_ms;
 use crate::exposition::{Encoder, Value};
 use crate::store::StoreError;
 use crate::store::sql::SqlLog;
-use crate::store::sql::analytics::{AnalyticsConfig, status};
+use crate::store::sql::analytics::{AnalyticsConfig, Keep, status};
 use crate::store::sql::rollup::{Counts, DAY_MS, Dim, HOUR_MS, MINUTE_MS};
+
+/// Provider rows as the families need them: counts per provider, nothing decoded.
+const COUNTS: Keep = Keep {
+    detail: false,
+    dist: false,
+};
 
 /// Namespaces and providers shown at most.
 pub const MAX_LABELS: usize = 50;
@@ -134,17 +140,23 @@ pub async fn read(
 
     // Providers of the last 7 days, the busiest first.
     let week = per_provider(
-        log.bucketed(Dim::Provider, now - 7 * DAY_MS, now, HOUR_MS, None)
-            .await?
-            .into_iter()
-            .map(|((_, p, _), c)| (p.to_string(), c.counts)),
+        log.bucketed(
+            Dim::Provider,
+            (now - 7 * DAY_MS, now),
+            HOUR_MS,
+            None,
+            COUNTS,
+        )
+        .await?
+        .into_iter()
+        .map(|((_, p, _), c)| (p.to_string(), c.counts)),
     );
     let mut providers: Vec<(String, i64)> =
         week.into_iter().map(|(p, c)| (p, c.requests)).collect();
     providers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     providers.truncate(MAX_LABELS);
     let minutes = log
-        .bucketed(Dim::Provider, now - HOUR_MS, now, MINUTE_MS, None)
+        .bucketed(Dim::Provider, (now - HOUR_MS, now), MINUTE_MS, None, COUNTS)
         .await?;
     let window = |ms: i64| {
         per_provider(

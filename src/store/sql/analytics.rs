@@ -74,6 +74,15 @@ pub type Grouped = BTreeMap<(CompactString, CompactString), Cell>;
 /// Totals per (bucket start, value, detail).
 pub type Bucketed = BTreeMap<(i64, CompactString, CompactString), Cell>;
 
+/// What a [`SqlLog::bucketed`] read keeps of each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// The detail (a provider's model): else one cell per value.
+    pub detail: bool,
+    /// The distribution (durations, failures by status).
+    pub dist: bool,
+}
+
 /// Raw rows read at most for one answer; a reader's range that holds more is refused (400).
 pub const MAX_RAW_ROWS: i64 = 2_000_000;
 
@@ -259,7 +268,7 @@ impl SqlLog {
                 }
                 continue;
             }
-            let rows = self.rollup_rows(dim, tier, a, b).await?;
+            let rows = self.rollup_rows(dim, tier, a, b, true).await?;
             for (_, value, detail, counts, dist) in rows {
                 merge(
                     out.entry((value, detail)).or_default(),
@@ -286,22 +295,38 @@ impl SqlLog {
     }
 
     /// Totals of `dim` per `bucket_ms` bucket (a multiple of a minute; of an hour from an hour up),
-    /// value and detail, for buckets from the one containing `from` up to `to`.
+    /// value and detail, for buckets from the one containing `from` up to `to`. What `keep`
+    /// leaves out is not read: without `detail` the details of a value are one cell (detail
+    /// `""`), without `dist` no distribution is decoded.
     pub async fn bucketed(
         &self,
         dim: Dim,
-        from: i64,
-        to: i64,
+        (from, to): (i64, i64),
         bucket_ms: i64,
         user: Option<&str>,
+        keep: Keep,
     ) -> Result<Bucketed, StoreError> {
         let start = floor(from, bucket_ms);
         let mut out = Bucketed::new();
+        let detail = |d: CompactString| {
+            if keep.detail {
+                d
+            } else {
+                CompactString::default()
+            }
+        };
         if let Some(user) = user {
-            for (key, cell) in self.raw_batch(start, to, Some(user)).await?.cells_of(dim) {
-                out.entry((floor(key.bucket_ms, bucket_ms), key.value, key.detail))
-                    .or_default()
-                    .merge_from(&cell);
+            for (key, mut cell) in self.raw_batch(start, to, Some(user)).await?.cells_of(dim) {
+                if !keep.dist {
+                    cell.dist = None;
+                }
+                out.entry((
+                    floor(key.bucket_ms, bucket_ms),
+                    key.value,
+                    detail(key.detail),
+                ))
+                .or_default()
+                .merge_from(&cell);
             }
             return Ok(out);
         }
@@ -312,9 +337,11 @@ impl SqlLog {
         } else {
             Tier::Minute
         };
-        for (bucket, value, detail, counts, dist) in self.rollup_rows(dim, tier, start, to).await? {
+        for (bucket, value, d, counts, dist) in
+            self.rollup_rows(dim, tier, start, to, keep.dist).await?
+        {
             let e = out
-                .entry((floor(bucket, bucket_ms), value, detail))
+                .entry((floor(bucket, bucket_ms), value, detail(d)))
                 .or_default();
             merge(e, counts, dist.as_deref());
         }
@@ -399,11 +426,13 @@ impl SqlLog {
         tier: Tier,
         from: i64,
         to: i64,
+        dist: bool,
     ) -> Result<Vec<(i64, CompactString, CompactString, Counts, Option<Vec<u8>>)>, StoreError> {
         let sql = format!(
-            "SELECT bucket_ms, value, detail, {}, dist FROM rollup \
+            "SELECT bucket_ms, value, detail, {}, {} FROM rollup \
              WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4",
-            super::rollup::COUNT_COLUMNS.join(", ")
+            super::rollup::COUNT_COLUMNS.join(", "),
+            if dist { "dist" } else { "NULL" },
         );
         self.rollup_query(
             sql,
