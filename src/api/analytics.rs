@@ -872,7 +872,7 @@ pub struct Overview {
     error_rate: Option<f64>,
     p95_ms: Option<f64>,
     /// Distinct users with a request today.
-    active_users: usize,
+    active_users: i64,
     /// Sessions with a request in the last `analytics.session_active_secs`.
     active_sessions: i64,
     own_rows_only: bool,
@@ -902,8 +902,8 @@ pub async fn overview(
     for c in all.values() {
         total.merge_from(c);
     }
-    let users = log
-        .grouped(Dim::User, range.from, range.to, user)
+    let active_users = log
+        .active_users(range.from, range.to, user)
         .await
         .map_err(store_error)?;
     let active_secs = i64::try_from(api.config.session_active_secs).unwrap_or(i64::MAX / 2000);
@@ -917,7 +917,7 @@ pub async fn overview(
         totals: (&c).into(),
         error_rate: ratio(c.requests - c.successes, c.requests),
         p95_ms: total.dist.as_ref().and_then(|d| d.latency.quantile(0.95)),
-        active_users: users.keys().map(|(v, _)| v).collect::<BTreeSet<_>>().len(),
+        active_users,
         active_sessions,
         own_rows_only: user.is_some(),
     })

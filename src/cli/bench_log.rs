@@ -484,7 +484,7 @@ async fn analytics_queries(log: &SqlLog, now: i64) -> Result<Vec<(String, Durati
     let (from, to) = Zone::utc().period(Period::Today, now);
     let t = median_of_5(|| async {
         log.grouped(Dim::All, from, to, None).await?;
-        log.grouped(Dim::User, from, to, None).await?;
+        log.active_users(from, to, None).await?;
         log.active_sessions(now - 300_000, None).await.map(|_| ())
     })
     .await?;

@@ -535,10 +535,40 @@ pub async fn sessions_and_what_a_user_sees(db: Db) {
     assert_eq!(v["entries"].as_array().expect("e").len(), 1, "{v}");
     let (_, v) = get_json(&app, Some(ALICE), "/api/v1/overview?period=month").await;
     assert_eq!(
-        (v["requests"].as_i64(), v["active_sessions"].as_i64()),
-        (Some(3), Some(1)),
+        (
+            v["requests"].as_i64(),
+            v["active_sessions"].as_i64(),
+            v["active_users"].as_i64()
+        ),
+        (Some(3), Some(1), Some(1)),
         "{v}"
     );
+    // The admin's count of users: over rollups (the month; whole hours before this one) and raw
+    // edges, a user seen in both parts counted once.
+    let hour = now.div_euclid(HOUR_MS) * HOUR_MS;
+    for (from, to, want) in [
+        (hour - 2 * HOUR_MS, now + 1, 2),
+        (now - 930_000, now - 285_000, 2),
+        (now - 300_000, now, 2),
+        (now - 100_000, now, 0),
+    ] {
+        let q = format!("/api/v1/overview?period=custom&from={from}&to={to}");
+        let (_, v) = get_json(&app, Some(ADMIN), &q).await;
+        assert_eq!(v["active_users"], want, "{q}: {v}");
+    }
+    let (_, v) = get_json(&app, Some(ADMIN), "/api/v1/overview?period=month").await;
+    assert_eq!(v["active_users"], 2, "{v}");
+    let (_, v) = get_json(
+        &app,
+        Some(ADMIN),
+        &format!(
+            "/api/v1/overview?period=custom&from={}&to={}",
+            now - 960_000,
+            now - 900_000
+        ),
+    )
+    .await;
+    assert_eq!(v["active_users"], 1, "only alice's a2 and a3: {v}");
     let (_, v) = get_json(&app, Some(ALICE), "/api/v1/keys").await;
     let keys = v["keys"].as_array().expect("keys");
     assert_eq!(keys.len(), 1, "{v}");
