@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Same-run A/B of ingest throughput: the server built from BASE_REV and the current tree take
+# Same-run A/B of ingest throughput (and the server's peak RSS): the server built from BASE_REV and the current tree take
 # turns (server on core 0, the current loadgen on core 1), RUNS runs each per shape; medians and
 # the ratio current/base are printed. The machine is shared and noisy: compare within one run,
 # not across runs.
@@ -40,18 +40,21 @@ ratio() { awk -v b="$1" -v n="$2" 'BEGIN {printf "%.2f", n/b}'; }
 
 for shape in $shapes; do
   IFS=: read -r format batch log <<<"$shape"
-  : >"$tmp/base.txt"; : >"$tmp/new.txt"
+  : >"$tmp/base.txt"; : >"$tmp/new.txt"; : >"$tmp/base.rss"; : >"$tmp/new.rss"
   for _ in $(seq "$runs"); do
     for which in base new; do
       bin=$base; [ "$which" = new ] && bin=$new
       rm -rf "$tmp/data"
       LOADGEN_FORMAT=$format GATEMETER_LOG_STORE=$log run_once "$bin" "$new" "$batch" "$secs" "$port" "$tmp/out"
       awk '/^throughput:/ {print $2}' "$tmp/out" >>"$tmp/$which.txt"
+      cat "$tmp/out.rss" >>"$tmp/$which.rss"
     done
   done
   b=$(median <"$tmp/base.txt"); n=$(median <"$tmp/new.txt")
   printf '%-4s batch %-3s log %-6s  base %s median %s (%s)  current median %s (%s)  ratio %s\n' "$format" "$batch" "$log" \
     "$base_rev" "$b" "$(tr '\n' ' ' <"$tmp/base.txt")" "$n" "$(tr '\n' ' ' <"$tmp/new.txt")" "$(ratio "$b" "$n")"
+  printf '     server peak RSS (VmHWM) median: base %s MB, current %s MB\n' \
+    "$(median <"$tmp/base.rss" | awk '{printf "%.0f", $1/1024}')" "$(median <"$tmp/new.rss" | awk '{printf "%.0f", $1/1024}')"
 done
 
 if [ "$sql_rows" -gt 0 ]; then
