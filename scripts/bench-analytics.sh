@@ -12,8 +12,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start() { # BIN NAME -> prints the port
-  local bin=$1 name=$2 port
+# Starts BIN's server on a copy of the database (in this shell, so cleanup can stop it); sets $port.
+start() {
+  local bin=$1 name=$2
   port=$(free_port)
   mkdir -p "$tmp/$name"
   cp "$db" "$tmp/$name/requests.db"
@@ -21,11 +22,11 @@ start() { # BIN NAME -> prints the port
     "$port" "$tmp/$name/requests.db" >"$tmp/$name/config.yaml"
   "$bin" serve --config "$tmp/$name/config.yaml" >"$tmp/$name/log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  echo "$port"
+  for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && return; sleep 0.1; done
+  echo "$name did not become ready:" >&2; cat "$tmp/$name/log" >&2; exit 1
 }
-a=$(start "$new" new)
-b=$(start "$old" old)
+start "$new" new; a=$port
+start "$old" old; b=$port
 now=$(python3 -c 'import time; print(int(time.time()*1000))')
 read -r sh_from sh_to < <(python3 - <<'PY'
 import datetime, zoneinfo
