@@ -273,27 +273,12 @@ pub async fn backup_export(
     // Answer with an error, not a file, when the dump fails at once.
     let first = match tokio::time::timeout(FIRST_BYTES, dump.pieces.recv()).await {
         Ok(Some(Piece::Bytes(b))) => Some(b),
-        Ok(Some(Piece::End(Err(message)))) => {
-            audit
-                .write(0, Some(0), "failed", Some(message.clone()))
-                .await;
-            return Err(ApiError::ExportFailed {
-                code: "backup_failed",
-                message,
-            });
-        }
-        Ok(Some(Piece::End(Ok(())))) => {
-            let message = "the dump ended without a byte".to_string();
-            audit
-                .write(0, Some(0), "failed", Some(message.clone()))
-                .await;
-            return Err(ApiError::ExportFailed {
-                code: "backup_failed",
-                message,
-            });
-        }
-        Ok(None) => {
-            let message = "the dump stopped without a word".to_string();
+        Ok(other) => {
+            let message = match other {
+                Some(Piece::End(Err(message))) => message,
+                Some(Piece::End(Ok(()))) => "the dump ended without a byte".to_string(),
+                _ => "the dump stopped without a word".to_string(),
+            };
             audit
                 .write(0, Some(0), "failed", Some(message.clone()))
                 .await;

@@ -460,12 +460,18 @@ fn resource<'a>(buf: &'a [u8], out: &mut Vec<Kv<'a>>) -> Option<()> {
     Some(())
 }
 
-fn scope(buf: &[u8]) -> Option<()> {
+/// An `InstrumentationScope`: checked, its name (if it has one) into `name`. A repeated scope
+/// merges in prost, a later name replacing an earlier one, so the slot is only written.
+fn scope<'a>(buf: &'a [u8], name: &mut &'a str) -> Option<()> {
     let mut r = Reader::new(buf);
     while !r.done() {
         let (f, wt) = r.key()?;
         match f {
-            1 | 2 => {
+            1 => {
+                want(wt, LEN)?;
+                *name = r.str()?;
+            }
+            2 => {
                 want(wt, LEN)?;
                 r.str()?;
             }
@@ -547,7 +553,7 @@ fn scope_logs<'a>(buf: &'a [u8], out: &mut Vec<LogRef<'a>>) -> Option<()> {
         match f {
             1 => {
                 want(wt, LEN)?;
-                scope(r.bytes()?)?;
+                scope(r.bytes()?, &mut "")?;
             }
             2 => {
                 want(wt, LEN)?;

@@ -11,7 +11,7 @@
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use super::{FIXED32, FIXED64, Kv, LEN, Reader, VARINT, key_value, kvs, resource, want};
+use super::{FIXED32, FIXED64, Kv, LEN, Reader, VARINT, key_value, kvs, resource, scope, want};
 
 /// One span: what the GenAI mapping reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,31 +153,6 @@ fn scope_spans(buf: &[u8]) -> Option<ScopeSpansRef<'_>> {
         }
     }
     Some(out)
-}
-
-/// An `InstrumentationScope`; a repeated scope merges in prost (a later name replaces).
-fn scope<'a>(buf: &'a [u8], name: &mut &'a str) -> Option<()> {
-    let mut r = Reader::new(buf);
-    while !r.done() {
-        let (f, wt) = r.key()?;
-        match f {
-            1 => {
-                want(wt, LEN)?;
-                *name = r.str()?;
-            }
-            2 => {
-                want(wt, LEN)?;
-                r.str()?;
-            }
-            3 => return None, // scope attributes: the slow path validates them
-            4 => {
-                want(wt, VARINT)?;
-                r.varint()?;
-            }
-            _ => r.skip(wt)?,
-        }
-    }
-    Some(())
 }
 
 fn span(buf: &[u8]) -> Option<SpanRef<'_>> {
