@@ -156,6 +156,11 @@ pub struct BenchLog {
     /// Write without the rollups (the analytics API's tables), to measure what they cost.
     #[arg(long)]
     pub no_rollups: bool,
+    /// Write nothing: time the profile's queries over a database an earlier `bench-log` of the
+    /// same profile filled (its newest row stands for "now"), e.g. to compare two builds'
+    /// reads of one 10,000,000-row database.
+    #[arg(long)]
+    pub queries_only: bool,
 }
 
 /// An error and its causes on one line (`a: b: c`), for logs and reports.

@@ -96,16 +96,18 @@ impl fmt::Display for BenchReport {
             RequestIds::Ordered => "ordered",
         };
         writeln!(f, "database: {}; request ids: {ids}", self.dialect)?;
-        writeln!(
-            f,
-            "write: {} rows in {:.2} s = {:.0} rows/s (dropped {}); CPU {:.2} s = {:.0} rows per CPU second",
-            self.rows,
-            secs,
-            self.rows as f64 / secs.max(1e-9),
-            self.dropped,
-            self.write_cpu.as_secs_f64(),
-            self.rows as f64 / self.write_cpu.as_secs_f64().max(1e-9),
-        )?;
+        if self.rows > 0 {
+            writeln!(
+                f,
+                "write: {} rows in {:.2} s = {:.0} rows/s (dropped {}); CPU {:.2} s = {:.0} rows per CPU second",
+                self.rows,
+                secs,
+                self.rows as f64 / secs.max(1e-9),
+                self.dropped,
+                self.write_cpu.as_secs_f64(),
+                self.rows as f64 / self.write_cpu.as_secs_f64().max(1e-9),
+            )?;
+        }
         for (q, t) in &self.queries {
             writeln!(
                 f,
@@ -278,7 +280,11 @@ where
 pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
     let backend = match (args.sqlite, args.database_url) {
         (Some(path), None) => {
-            anyhow::ensure!(!path.exists(), "{} already exists", path.display());
+            if args.queries_only {
+                anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+            } else {
+                anyhow::ensure!(!path.exists(), "{} already exists", path.display());
+            }
             SqlBackend::Sqlite { path }
         }
         (None, Some(url)) => SqlBackend::Postgres { url },
@@ -302,6 +308,10 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
         ids: args.ids,
         profile: args.profile,
     };
+    if args.queries_only {
+        print!("{}", queries_only(&bench).await?);
+        return Ok(());
+    }
     print!("{}", run(&bench).await?);
     Ok(())
 }
@@ -390,6 +400,41 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
         write_time,
         write_cpu,
         dropped,
+        queries,
+    })
+}
+
+/// Times the profile's queries over a database filled by an earlier run; its newest row's time
+/// stands for "now" (so "today", the last 30 days and the active sessions are those the writing
+/// run would have asked about).
+pub async fn queries_only(args: &BenchArgs) -> Result<BenchReport, StoreError> {
+    if args.profile != Profile::Analytics {
+        return Err(StoreError::Unavailable {
+            store: "bench-log",
+            message: "--queries-only times the analytics profile's queries".into(),
+        });
+    }
+    let mut cfg = args.log.clone();
+    cfg.retention_days = 0;
+    let log = SqlLog::open(&cfg, Arc::new(Health::new(1))).await?;
+    let newest = log.page(&LogFilter::default(), None, 1).await?.items;
+    let Some(newest) = newest.first() else {
+        return Err(StoreError::Unavailable {
+            store: "request log",
+            message: "it is empty: --queries-only needs a database bench-log filled".into(),
+        });
+    };
+    let now = newest.timestamp_ms + 1;
+    log.refresh_statistics().await?;
+    let queries = analytics_queries(&log, now).await?;
+    log.close().await;
+    Ok(BenchReport {
+        dialect: log.dialect(),
+        ids: args.ids,
+        rows: 0,
+        write_time: Duration::ZERO,
+        write_cpu: Duration::ZERO,
+        dropped: 0,
         queries,
     })
 }

@@ -614,10 +614,13 @@ impl SqlLog {
                     .parse()
                     .map_err(|e| unavailable(format!("invalid PostgreSQL URL: {e}")))?;
                 // Lazy pools: a server away at start is connected to when it comes up.
+                // No JIT on the read pool: its queries read index ranges of a few thousand
+                // rows, where compiling (~10 ms once a plan's cost passes `jit_above_cost`)
+                // took longer than the query (ten hours of user rollups, 59,000 rows: 54–63 → 37 ms).
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect_lazy_with(opts.clone());
+                    .connect_lazy_with(opts.clone().options([("jit", "off")]));
                 let setup = Setup {
                     done: tokio::sync::OnceCell::new(),
                     postgres: Some(pool.clone()),

@@ -234,16 +234,29 @@ pub async fn rollups_are_exact_and_rebuildable(db: Db) {
 }
 
 /// Users' and keys' month buckets: whole UTC months, a month less its days outside a range
-/// (Shanghai's month, a custom range), and ranges across two months equal the model of the raw
-/// rows; they survive `rebuild`; the rest of the dimensions (days only) agree too.
+/// (Shanghai's month, a custom range), ranges across two months and ranges ending now (the
+/// month or day less the hours still to come, which hold requests dated in the future) equal
+/// the model of the raw rows; they survive `rebuild`; the rest of the dimensions agree too.
 pub async fn month_buckets_are_exact(db: Db) {
     let (log, _dir, _) = open_log_with(db, 100_000, Arc::new(Health::new(1))).await;
     let now = gatemeter::clock::now_ms();
-    let recs = records(3_000, now, 80);
+    let mut recs = records(3_000, now, 80);
+    // The last four hours and the next twenty (clock skew: up to a day ahead is accepted), so
+    // that the current hour, day and month hold requests before and after now.
+    recs.extend(
+        records(400, now + 20 * HOUR_MS, 1)
+            .into_iter()
+            .map(|mut r| {
+                r["request_id"] = json!(format!("f{}", r["request_id"].as_str().expect("id")));
+                r
+            }),
+    );
     log.submit(recs.iter().map(|r| valid(r.clone())).collect())
         .expect("queued");
     log.flush().await;
     let utc = Zone::utc();
+    let (today, _) = utc.period(Period::Today, now);
+    let (this_month, _) = utc.period(Period::Month, now);
     let shanghai = Zone::named("Asia/Shanghai").expect("zone");
     let (m, next) = utc.period(Period::Month, now - 40 * DAY_MS);
     let (sm, snext) = shanghai.period(Period::Month, now - 40 * DAY_MS);
@@ -253,6 +266,12 @@ pub async fn month_buckets_are_exact(db: Db) {
         (m + 3 * DAY_MS, next - 2 * DAY_MS),                        // less days at both ends
         (m + 3 * DAY_MS + 5 * HOUR_MS + 17, next + 9 * DAY_MS + 1), // into the next month
         (m - 20 * DAY_MS, now + 1),                                 // three months, to now
+        // Ranges ending now: the month or day less what is still to come.
+        (this_month, now),
+        (today, now),
+        (now - 30 * DAY_MS, now),
+        (now - 30 * DAY_MS - 7 * HOUR_MS, now - 2 * HOUR_MS + 5),
+        (m - 20 * DAY_MS, now + 2 * DAY_MS), // the future-dated requests too
     ];
     let check = |label: &'static str| {
         let log = log.clone();

@@ -90,10 +90,94 @@ pub const MAX_RAW_ROWS: i64 = 2_000_000;
 /// `[start, end)` are added (`1`) or taken away (`-1`: days of a month bucket outside the range).
 type Rolled = Vec<(Tier, i64, i64, i64)>;
 
-/// The pieces of `[from, to)` that rollups answer and those left to the raw rows (start, end);
-/// with `months` (users and keys), month buckets that start at or after `months` may stand
-/// for their days (retention deletes day buckets before the month bucket that holds them).
-fn pieces(from: i64, to: i64, months: Option<i64>) -> (Rolled, Vec<(i64, i64)>) {
+/// How a range of a dimension whose rollups carry counts only (users and keys) may be covered:
+/// a coarser bucket less the finer buckets of it outside the range (counts subtract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Subtract {
+    /// Buckets starting here or later are whole (retention deletes every tier at one cutoff,
+    /// so an older coarse bucket may outlive the finer buckets it would be taken from).
+    whole_from: i64,
+    /// The present: buckets starting after it hold only records dated in the future (rare), so
+    /// taking them away costs next to nothing.
+    now: i64,
+}
+
+/// What reading the buckets of `tier` in `[a, b)` costs, in rough rows per value: a day holds
+/// more values than an hour, a month more than a day; buckets after `now` are (nearly) empty.
+fn cost(tier: Tier, a: i64, b: i64, now: i64) -> i64 {
+    let weight = match tier {
+        Tier::Minute | Tier::Hour => 2,
+        Tier::Day => 3,
+        Tier::Month => 4,
+    };
+    let (mut n, mut t) = (0, a);
+    while t < b && t <= now {
+        n += 1;
+        t = tier.next(t);
+    }
+    weight * n
+}
+
+/// Covers the `fine`-aligned range `[a, b)` down to `coarse` alignment: each end either adds
+/// the fine buckets inside it or rounds outward and takes away the fine buckets outside it,
+/// whichever [`cost`]s less (a range within one coarse bucket likewise, both ends at once).
+/// Pushes the fine pieces and returns the coarse-aligned range left (empty when none).
+fn round_out(
+    (fine, coarse): (Tier, Tier),
+    (a, b): (i64, i64),
+    sub: Subtract,
+    out: &mut Rolled,
+) -> (i64, i64) {
+    let up = |t: i64| {
+        let f = coarse.floor(t);
+        if f == t { t } else { coarse.next(f) }
+    };
+    let (ca, cb) = (coarse.floor(a), coarse.floor(b));
+    let may = |c: i64| c >= sub.whole_from;
+    // Rounding out reads the coarse bucket too.
+    let whole = |c: i64| cost(coarse, c, coarse.next(c), sub.now);
+    if up(a) > cb {
+        // Inside one coarse bucket, neither end aligned.
+        let end = coarse.next(ca);
+        let add = cost(fine, a, b, sub.now);
+        let take = whole(ca) + cost(fine, ca, a, sub.now) + cost(fine, b, end, sub.now);
+        if may(ca) && take < add {
+            out.push((coarse, ca, end, 1));
+            out.push((fine, ca, a, -1));
+            out.push((fine, b, end, -1));
+            out.retain(|p| p.1 < p.2);
+        } else {
+            out.push((fine, a, b, 1));
+        }
+        return (ca, ca);
+    }
+    let start = if a == ca {
+        a
+    } else if may(ca) && whole(ca) + cost(fine, ca, a, sub.now) < cost(fine, a, up(a), sub.now) {
+        out.push((fine, ca, a, -1));
+        ca
+    } else {
+        out.push((fine, a, up(a), 1));
+        up(a)
+    };
+    let end = if b == cb {
+        b
+    } else if may(cb) && whole(cb) + cost(fine, b, up(b), sub.now) < cost(fine, cb, b, sub.now) {
+        out.push((fine, b, up(b), -1));
+        up(b)
+    } else {
+        out.push((fine, cb, b, 1));
+        cb
+    };
+    (start, end)
+}
+
+/// The pieces of `[from, to)` that rollups answer and those left to the raw rows (start, end).
+/// Without `sub`, whole UTC days from day buckets and the hours around them from hour buckets;
+/// with it (users and keys), months and days too may be rounded out and their outside taken
+/// away, which reads far fewer rows for the ranges asked most: those ending now, whose month
+/// and day are mostly still to come.
+fn pieces(from: i64, to: i64, sub: Option<Subtract>) -> (Rolled, Vec<(i64, i64)>) {
     let (mut rolled, mut raw) = (Vec::new(), Vec::new());
     if from >= to {
         return (rolled, raw);
@@ -112,57 +196,57 @@ fn pieces(from: i64, to: i64, months: Option<i64>) -> (Rolled, Vec<(i64, i64)>) 
     if from < h0 {
         raw.push((from, h0));
     }
-    let d0 = h0.div_euclid(DAY_MS) * DAY_MS
-        + if h0.rem_euclid(DAY_MS) == 0 {
-            0
-        } else {
-            DAY_MS
-        };
-    let d1 = floor(h1, DAY_MS);
-    if d0 < d1 {
-        if h0 < d0 {
-            rolled.push((Tier::Hour, h0, d0, 1));
-        }
-        rolled.extend(days_or_months(d0, d1, months));
-        if d1 < h1 {
-            rolled.push((Tier::Hour, d1, h1, 1));
-        }
-    } else {
-        rolled.push((Tier::Hour, h0, h1, 1));
-    }
     if h1 < to {
         raw.push((h1, to));
     }
-    (rolled, raw)
-}
-
-/// The whole UTC days `[d0, d1)` as day pieces or, with `months`, per UTC month whichever
-/// reads fewer buckets: its days in the range, or the month bucket less its days outside it
-/// (counts only: the dimensions with months keep no distribution, and counts subtract).
-fn days_or_months(d0: i64, d1: i64, months: Option<i64>) -> Rolled {
-    let mut out: Rolled = Vec::new();
-    let mut d = d0;
-    while d < d1 {
-        let (m, m_end) = (Tier::Month.floor(d), Tier::Month.next(Tier::Month.floor(d)));
-        let end = m_end.min(d1);
-        let outside = (d - m) + (m_end - end);
-        if months.is_some_and(|whole_from| m >= whole_from) && outside < end - d {
-            out.push((Tier::Month, m, m_end, 1));
-            if m < d {
-                out.push((Tier::Day, m, d, -1));
+    let Some(sub) = sub else {
+        let d0 = h0.div_euclid(DAY_MS) * DAY_MS
+            + if h0.rem_euclid(DAY_MS) == 0 {
+                0
+            } else {
+                DAY_MS
+            };
+        let d1 = floor(h1, DAY_MS);
+        if d0 < d1 {
+            if h0 < d0 {
+                rolled.push((Tier::Hour, h0, d0, 1));
             }
-            if end < m_end {
-                out.push((Tier::Day, end, m_end, -1));
+            rolled.push((Tier::Day, d0, d1, 1));
+            if d1 < h1 {
+                rolled.push((Tier::Hour, d1, h1, 1));
             }
         } else {
-            match out.last_mut() {
-                Some((Tier::Day, _, e, 1)) if *e == d => *e = end,
-                _ => out.push((Tier::Day, d, end, 1)),
+            rolled.push((Tier::Hour, h0, h1, 1));
+        }
+        return (rolled, raw);
+    };
+    let (d0, d1) = round_out((Tier::Hour, Tier::Day), (h0, h1), sub, &mut rolled);
+    if d0 < d1 {
+        // Days before retention's cutoff stay days: the months after it are whole.
+        let split = if sub.whole_from <= d0 {
+            d0
+        } else {
+            (floor(sub.whole_from, DAY_MS) + DAY_MS).min(d1)
+        };
+        if d0 < split {
+            rolled.push((Tier::Day, d0, split, 1));
+        }
+        if split < d1 {
+            let (m0, m1) = round_out((Tier::Day, Tier::Month), (split, d1), sub, &mut rolled);
+            if m0 < m1 {
+                rolled.push((Tier::Month, m0, m1, 1));
             }
         }
-        d = end;
     }
-    out
+    // Neighbours of one tier and sign read as one range.
+    let mut merged: Rolled = Vec::with_capacity(rolled.len());
+    for p in rolled {
+        match merged.last_mut() {
+            Some(last) if (last.0, last.2, last.3) == (p.0, p.1, p.3) => last.2 = p.2,
+            _ => merged.push(p),
+        }
+    }
+    (merged, raw)
 }
 
 /// Text column `col` of a SQLite row (NULL reads as empty).
@@ -252,29 +336,32 @@ impl SqlLog {
         let mut out = Grouped::new();
         let (rolled, raw) = match user {
             Some(_) => (Vec::new(), vec![(from, to)]),
-            None => pieces(from, to, dim.has_months().then(|| self.whole_from())),
+            None => pieces(
+                from,
+                to,
+                dim.has_months().then(|| Subtract {
+                    whole_from: self.whole_from(),
+                    now: crate::clock::now_ms(),
+                }),
+            ),
         };
-        let subtracts = rolled.iter().any(|p| p.3 < 0);
-        for (tier, a, b, sign) in rolled {
-            if !dim.has_dist() {
-                // Users and keys are many and carry no distribution: summed by the database.
-                for (value, detail, counts) in self.rollup_sums(dim, tier, a, b).await? {
-                    let e = &mut out.entry((value, detail)).or_default().counts;
-                    if sign < 0 {
-                        e.subtract(&counts);
-                    } else {
-                        e.add(&counts);
-                    }
-                }
-                continue;
+        if !dim.has_dist() {
+            // Users and keys are many and carry no distribution: summed by the database, every
+            // piece in one statement (one snapshot: a bucket and the buckets taken from it are
+            // read as of the same moment).
+            for (value, detail, counts) in self.rollup_sums(dim, &rolled).await? {
+                out.entry((value, detail)).or_default().counts = counts;
             }
-            let rows = self.rollup_rows(dim, tier, a, b, true).await?;
-            for (_, value, detail, counts, dist) in rows {
-                merge(
-                    out.entry((value, detail)).or_default(),
-                    counts,
-                    dist.as_deref(),
-                );
+        } else {
+            for (tier, a, b, _) in rolled {
+                let rows = self.rollup_rows(dim, tier, a, b, true).await?;
+                for (_, value, detail, counts, dist) in rows {
+                    merge(
+                        out.entry((value, detail)).or_default(),
+                        counts,
+                        dist.as_deref(),
+                    );
+                }
             }
         }
         for (a, b) in raw {
@@ -286,10 +373,6 @@ impl SqlLog {
                     .or_default()
                     .merge_from(&cell);
             }
-        }
-        if subtracts {
-            // A value whose requests all lay in the days taken away.
-            out.retain(|_, c| c.counts.requests != 0);
         }
         Ok(out)
     }
@@ -348,38 +431,76 @@ impl SqlLog {
         Ok(out)
     }
 
-    /// The counts of `dim` and `tier` with a bucket start in `[from, to)`, summed per (value,
-    /// detail) in the database.
+    /// The counts of `dim` summed per (value, detail) over `pieces` (each added or taken away),
+    /// in one statement; values whose requests all lay in buckets taken away are left out.
     async fn rollup_sums(
         &self,
         dim: Dim,
-        tier: Tier,
-        from: i64,
-        to: i64,
+        pieces: &Rolled,
     ) -> Result<Vec<(CompactString, CompactString, Counts)>, StoreError> {
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut parts, mut binds) = (Vec::new(), Vec::new());
+        for &(tier, a, b, sign) in pieces {
+            binds.extend([a, b]);
+            let cols: Vec<String> = super::rollup::COUNT_COLUMNS
+                .iter()
+                .map(|c| {
+                    if sign < 0 {
+                        format!("-{c} AS {c}")
+                    } else {
+                        (*c).to_string()
+                    }
+                })
+                .collect();
+            // Codes of our own enums, not input; the bounds are bound.
+            parts.push(format!(
+                "SELECT value, detail, {} FROM rollup WHERE dim = {} AND tier = {} \
+                 AND bucket_ms >= ${} AND bucket_ms < ${}",
+                cols.join(", "),
+                dim.code(),
+                tier.code(),
+                binds.len() - 1,
+                binds.len()
+            ));
+        }
         let sums: Vec<String> = super::rollup::COUNT_COLUMNS
             .iter()
             .map(|c| format!("CAST(sum({c}) AS BIGINT)"))
             .collect();
         let sql = format!(
-            "SELECT value, detail, {} FROM rollup \
-             WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4 \
-             GROUP BY value, detail",
-            sums.join(", ")
+            "SELECT value, detail, {} FROM ({}) AS p GROUP BY value, detail \
+             HAVING sum(requests) <> 0",
+            sums.join(", "),
+            parts.join(" UNION ALL ")
         );
-        self.rollup_query(
-            sql,
-            (dim, tier, from, to),
-            |s| Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2))),
-            |r| {
-                Ok((
-                    CompactString::from(r.try_get::<String, _>(0)?),
-                    CompactString::from(r.try_get::<String, _>(1)?),
-                    Counts::read(r, 2)?,
-                ))
-            },
-        )
-        .await
+        match self.backend() {
+            Backend::Sqlite(p) => {
+                let binds = binds.into_iter().map(Owned::Int).collect();
+                sqlite_read::rows(p, sql, binds, |s| {
+                    Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2)))
+                })
+                .await
+            }
+            Backend::Postgres(p) => {
+                let mut q = sqlx::query(&sql);
+                for v in &binds {
+                    q = q.bind(*v);
+                }
+                let rows = q.fetch_all(p).await.map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            CompactString::from(r.try_get::<String, _>(0)?),
+                            CompactString::from(r.try_get::<String, _>(1)?),
+                            Counts::read(r, 2)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+        }
     }
 
     /// Runs a rollup read (`$1` dimension, `$2` tier, `$3`..`$4` the bucket range) and reads
@@ -675,6 +796,11 @@ impl SqlLog {
         to: i64,
     ) -> Result<usize, StoreError> {
         dispatch!(self.backend(), p, DB => {
+            let mut tx = p.begin().await.map_err(unavailable)?;
+            if matches!(self.backend(), Backend::Postgres(_)) {
+                // PostgreSQL's default (the read pool turns JIT off for the rollups' reads).
+                sqlx::query("SET LOCAL jit = on").execute(&mut *tx).await.map_err(unavailable)?;
+            }
             let rows = sqlx::query(
                 "SELECT user_ref, count(*), sum(cost_micros), sum(input_tokens), \
                  sum(output_tokens), sum(cache_read_tokens) FROM request_log \
@@ -682,7 +808,7 @@ impl SqlLog {
             )
             .bind(from)
             .bind(to)
-            .fetch_all(p)
+            .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
             Ok(rows.len())
@@ -889,22 +1015,27 @@ pub struct SessionRequest {
 mod tests {
     use super::*;
 
+    const NEVER: Subtract = Subtract {
+        whole_from: i64::MIN,
+        now: i64::MAX,
+    };
+
     #[test]
     fn ranges_split_into_days_hours_and_raw_edges() {
         let d = DAY_MS;
         let h = HOUR_MS;
         // Two whole days: one day piece.
         assert_eq!(
-            pieces(d, 3 * d, Some(i64::MIN)),
+            pieces(d, 3 * d, None),
             (vec![(Tier::Day, d, 3 * d, 1)], vec![])
         );
         // Shanghai's day: 16:00 to 16:00 UTC, hours either side of no whole UTC day.
         assert_eq!(
-            pieces(d + 16 * h, 2 * d + 16 * h, Some(i64::MIN)),
+            pieces(d + 16 * h, 2 * d + 16 * h, None),
             (vec![(Tier::Hour, d + 16 * h, 2 * d + 16 * h, 1)], vec![])
         );
         // Half-hour zone month: raw half hours, hours, days, hours, raw half hour.
-        let (rolled, raw) = pieces(d - h / 2, 5 * d + 3 * h + h / 2, Some(i64::MIN));
+        let (rolled, raw) = pieces(d - h / 2, 5 * d + 3 * h + h / 2, None);
         assert_eq!(
             rolled,
             vec![
@@ -917,16 +1048,16 @@ mod tests {
             vec![(d - h / 2, d), (5 * d + 3 * h, 5 * d + 3 * h + h / 2)]
         );
         // Within one hour: all raw.
-        assert_eq!(pieces(10, 20, Some(i64::MIN)), (vec![], vec![(10, 20)]));
-        assert_eq!(pieces(20, 20, Some(i64::MIN)), (vec![], vec![]));
+        assert_eq!(pieces(10, 20, Some(NEVER)), (vec![], vec![(10, 20)]));
+        assert_eq!(pieces(20, 20, Some(NEVER)), (vec![], vec![]));
         // February 1970 (days 31 to 59) and a day either side: a month piece for users and
         // keys, days for the rest.
         assert_eq!(
-            pieces(30 * d, 60 * d, Some(i64::MIN)).0,
+            pieces(30 * d, 60 * d, Some(NEVER)).0,
             vec![
                 (Tier::Day, 30 * d, 31 * d, 1),
+                (Tier::Day, 59 * d, 60 * d, 1),
                 (Tier::Month, 31 * d, 59 * d, 1),
-                (Tier::Day, 59 * d, 60 * d, 1)
             ]
         );
         assert_eq!(
@@ -934,25 +1065,142 @@ mod tests {
             vec![(Tier::Day, 30 * d, 60 * d, 1)]
         );
         // Shanghai's February: 16:00 UTC on January 31 to 16:00 UTC on February 28. The month
-        // less its last day, with the hours either side.
+        // less its last day's last 8 hours, with the hours before it.
         assert_eq!(
-            pieces(30 * d + 16 * h, 58 * d + 16 * h, Some(i64::MIN)).0,
+            pieces(30 * d + 16 * h, 58 * d + 16 * h, Some(NEVER)).0,
             vec![
                 (Tier::Hour, 30 * d + 16 * h, 31 * d, 1),
+                (Tier::Hour, 58 * d + 16 * h, 59 * d, -1),
                 (Tier::Month, 31 * d, 59 * d, 1),
-                (Tier::Day, 58 * d, 59 * d, -1),
-                (Tier::Hour, 58 * d, 58 * d + 16 * h, 1)
             ]
         );
         // Not a month whose first days retention deleted.
         assert_eq!(
-            pieces(30 * d, 60 * d, Some(31 * d + 1)).0,
+            pieces(
+                30 * d,
+                60 * d,
+                Some(Subtract {
+                    whole_from: 31 * d + 1,
+                    now: i64::MAX
+                })
+            )
+            .0,
             vec![(Tier::Day, 30 * d, 60 * d, 1)]
         );
         // A few days of a month stay days.
         assert_eq!(
-            pieces(40 * d, 45 * d, Some(i64::MIN)).0,
+            pieces(40 * d, 45 * d, Some(NEVER)).0,
             vec![(Tier::Day, 40 * d, 45 * d, 1)]
         );
+    }
+
+    /// The ranges asked most end now: the month and the day are mostly still to come, so a
+    /// month bucket less what is to come (the current hour) is read, not its days and hours.
+    #[test]
+    fn ranges_ending_now_read_the_month_less_the_current_hour() {
+        let (d, h) = (DAY_MS, HOUR_MS);
+        // Now: 10:31 on March 5 1970 (day 63; March starts on day 59).
+        let now = 63 * d + 10 * h + 31 * MINUTE_MS;
+        let sub = Subtract {
+            whole_from: i64::MIN,
+            now,
+        };
+        let (rolled, raw) = pieces(59 * d, now, Some(sub));
+        assert_eq!(raw, vec![(63 * d + 10 * h, now)]);
+        assert_eq!(
+            rolled,
+            vec![
+                (Tier::Hour, 63 * d + 10 * h, 64 * d, -1),
+                (Tier::Day, 64 * d, 90 * d, -1),
+                (Tier::Month, 59 * d, 90 * d, 1),
+            ]
+        );
+        // The last 30 days: February less its days before the range and the hours of the
+        // first day before it, then March less the current hour.
+        let (rolled, _) = pieces(now - 30 * d, now, Some(sub));
+        assert_eq!(
+            rolled,
+            vec![
+                (Tier::Hour, 33 * d, 33 * d + 11 * h, -1),
+                (Tier::Hour, 63 * d + 10 * h, 64 * d, -1),
+                (Tier::Day, 31 * d, 33 * d, -1),
+                (Tier::Day, 64 * d, 90 * d, -1),
+                (Tier::Month, 31 * d, 90 * d, 1),
+            ]
+        );
+        // Today: the day less the current hour.
+        assert_eq!(
+            pieces(63 * d, now, Some(sub)).0,
+            vec![
+                (Tier::Hour, 63 * d + 10 * h, 64 * d, -1),
+                (Tier::Day, 63 * d, 64 * d, 1),
+            ]
+        );
+    }
+
+    /// Whatever the range, retention cutoff and present, the pieces add up to every hour of
+    /// the range's whole hours once and to nothing else; the raw edges are the rest; nothing
+    /// is taken from a bucket older than the cutoff.
+    #[test]
+    fn pieces_cover_each_hour_once() {
+        let (d, h) = (DAY_MS, HOUR_MS);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: i64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as i64
+        };
+        for _ in 0..3_000 {
+            let base = 20_000 * d;
+            let from = base + next(120 * d);
+            let span = if next(2) == 0 { 3 * d } else { 100 * d };
+            let to = from + next(span);
+            let now = from + next(130 * d) - 10 * d;
+            let whole_from = if next(3) == 0 {
+                i64::MIN
+            } else {
+                base + next(120 * d)
+            };
+            let sub = Subtract { whole_from, now };
+            for s in [None, Some(sub)] {
+                let (rolled, raw) = pieces(from, to, s);
+                let mut hours: BTreeMap<i64, i64> = BTreeMap::new();
+                for &(tier, a, b, sign) in &rolled {
+                    assert!(a < b, "{rolled:?}");
+                    assert_eq!(tier.floor(a), a);
+                    let mut t = a;
+                    while t < b {
+                        *hours.entry(t).or_default() += sign;
+                        t += h;
+                    }
+                    if let Some(sub) = s {
+                        assert!(
+                            sign > 0 && tier != Tier::Month || a >= sub.whole_from,
+                            "{tier:?} {a} before the cutoff {}: {rolled:?}",
+                            sub.whole_from
+                        );
+                    } else {
+                        assert!(sign > 0 && tier != Tier::Month);
+                    }
+                }
+                hours.retain(|_, n| *n != 0);
+                let h0 = raw.first().filter(|r| r.0 == from).map_or(from, |r| r.1);
+                let h1 = raw.last().filter(|r| r.1 == to).map_or(to, |r| r.0);
+                let want: BTreeMap<i64, i64> = if rolled.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    (0..)
+                        .map(|i| h0 + i * h)
+                        .take_while(|t| *t < h1)
+                        .map(|t| (t, 1))
+                        .collect()
+                };
+                assert_eq!(hours, want, "[{from}, {to}) {s:?}: {rolled:?}");
+                let raw_ms: i64 = raw.iter().map(|(a, b)| b - a).sum();
+                let hours_ms = want.len() as i64 * h;
+                assert_eq!(raw_ms + hours_ms, to - from, "[{from}, {to}): {raw:?}");
+            }
+        }
     }
 }
