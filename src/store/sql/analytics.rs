@@ -469,12 +469,17 @@ impl SqlLog {
             .iter()
             .map(|c| format!("CAST(sum({c}) AS BIGINT)"))
             .collect();
-        let sql = format!(
-            "SELECT value, detail, {} FROM ({}) AS p GROUP BY value, detail \
-             HAVING sum(requests) <> 0",
-            sums.join(", "),
-            parts.join(" UNION ALL ")
-        );
+        let sql = match pieces.as_slice() {
+            // One bucket (a UTC month's leaderboard) holds each (value, detail) once: nothing
+            // to add up (the aggregation was 60 % of its time on PostgreSQL).
+            [(tier, a, b, 1)] if tier.next(*a) >= *b => parts.remove(0),
+            _ => format!(
+                "SELECT value, detail, {} FROM ({}) AS p GROUP BY value, detail \
+                 HAVING sum(requests) <> 0",
+                sums.join(", "),
+                parts.join(" UNION ALL ")
+            ),
+        };
         match self.backend() {
             Backend::Sqlite(p) => {
                 let binds = binds.into_iter().map(Owned::Int).collect();
