@@ -18,6 +18,7 @@ mod openapi;
 mod otlp;
 mod otlp_export;
 mod pg_server;
+mod pki;
 mod probes;
 mod prometheus;
 mod redis_fleet;
