@@ -20,11 +20,13 @@
 //!   rebuilt with back-off, deltas keep accumulating in memory bounded by the series caps.
 //!   Slot histograms that leave every window before Redis takes them are dropped and counted
 //!   (`live_store_expired`); they stay in the since-start totals.
+//! - The connection (`redis/link.rs`) is to `redis.url` or to the master Redis Sentinel names.
 //!
 //! Redis errors never leave this module.
 
 pub mod codec;
 pub mod lease;
+pub(crate) mod link;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,12 +36,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use self::codec::{HistScope, Keys};
+use self::link::Link;
 use super::StoreError;
 use super::live::{
     FleetView, KeyCalls, LiveStore, SLOT_MS, WINDOWS, WindowView, utc_day, utc_month,
@@ -49,7 +51,7 @@ use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
 use crate::record::Label;
 
-pub use settings::{RedisCa, RedisConfig, redact_url};
+pub use settings::{RedisCa, RedisConfig, RedisSentinel, redact_url};
 
 /// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
 /// whose number is not above it was applied already (its reply was lost) and is skipped.
@@ -179,6 +181,9 @@ impl Ops {
 
 struct Shared {
     cfg: RedisConfig,
+    /// The master's connection, shared by the flush and refresh tasks (a failure seen by one
+    /// makes both reconnect).
+    link: Link,
     keys: Keys,
     /// This process run's id in histogram fields and flush markers: the instance id plus a
     /// random suffix, so a restarted process never reuses an old run's sequence numbers or
@@ -234,13 +239,14 @@ impl RedisStore {
     /// Starts the store's background tasks (on the current tokio runtime). Never waits on
     /// Redis: a Redis that is absent is retried in the background.
     pub fn start(cfg: RedisConfig, health: Arc<Health>) -> Result<Self, StoreError> {
-        // Validate the URL now; connections are made lazily by the tasks.
-        client(&cfg)?;
+        // Validate the URLs now; connections are made lazily by the tasks.
+        let link = Link::new(&cfg, "redis")?;
         let writer = format!("{}.{:08x}", cfg.instance_id, rand::random::<u32>());
         let (closing, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             keys: Keys::new(&cfg.key_prefix),
             cfg,
+            link,
             writer,
             local: Mutex::new(Local::default()),
             view: Mutex::new(Arc::new(FleetView::default())),
@@ -257,6 +263,7 @@ impl RedisStore {
         let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
         info!(
             url = %settings::redact_url(&shared.cfg.url),
+            sentinel = ?shared.cfg.sentinel,
             instance = %shared.cfg.instance_id,
             writer = %shared.writer,
             "Redis live store started."
@@ -323,13 +330,13 @@ impl LiveStore for RedisStore {
         spool: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut con = connection(&self.shared.cfg)?;
-            let key = self.shared.keys.spool(spool);
-            let pos: Option<u64> = bounded(
-                &self.shared.cfg,
-                redis::cmd("GET").arg(&key).query_async(&mut con),
-            )
-            .await?;
+            let mut get = redis::cmd("GET");
+            get.arg(self.shared.keys.spool(spool));
+            let pos: Option<u64> = self
+                .shared
+                .link
+                .run(|mut c| async move { get.query_async(&mut c).await })
+                .await?;
             Ok(Some(pos.unwrap_or(0)))
         })
     }
@@ -587,51 +594,16 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     }
 }
 
-/// A client for `cfg.url`; for `rediss://` with `cfg.ca`, trusting that CA instead of the
-/// system's roots. Certificates are always verified (the redis crate's `-insecure` feature is
-/// not built, so a `#insecure` URL is refused).
-pub(crate) fn client(cfg: &RedisConfig) -> Result<redis::Client, StoreError> {
-    match &cfg.ca {
-        None => redis::Client::open(cfg.url.as_str()),
-        Some(ca) => redis::Client::build_with_tls(
-            cfg.url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.pem.to_vec()),
-            },
-        ),
-    }
-    .map_err(unavailable)
-}
-
-pub(crate) fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
-    let client = client(cfg)?;
-    let mc = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(cfg.connect_timeout))
-        .set_response_timeout(Some(cfg.command_timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(cfg.connect_timeout);
-    ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)
-}
-
-/// Runs one Redis call with a hard deadline (connect + reply), whatever the client does.
-async fn bounded<T>(
-    cfg: &RedisConfig,
-    fut: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(cfg.connect_timeout + cfg.command_timeout, fut).await {
-        Ok(r) => r.map_err(unavailable),
-        Err(_) => Err(unavailable("timed out")),
-    }
-}
-
-async fn send(shared: &Shared, con: &mut ConnectionManager, b: &Batch) -> Result<bool, StoreError> {
+/// Sends one batch: true if applied now, false if it had been (a retry after a lost reply).
+async fn send(shared: &Shared, b: &Batch) -> Result<bool, StoreError> {
     let mut inv = shared.script.key(&b.marker);
     for a in &b.args {
         inv.arg(a.as_slice());
     }
-    let applied: i64 = bounded(&shared.cfg, inv.invoke_async(con)).await?;
+    let applied: i64 = shared
+        .link
+        .run(|mut con| async move { inv.invoke_async(&mut con).await })
+        .await?;
     Ok(applied == 1)
 }
 
@@ -664,10 +636,9 @@ fn set_up(shared: &Shared, task: Task, ok: bool, err: Option<&StoreError>) {
 }
 
 /// One attempt to deliver `in_flight` (or a fresh batch); on failure the batch is kept for a
-/// retry with the same seq and the connection is dropped.
+/// retry with the same seq (and the link has dropped the connection).
 async fn flush_once(
     shared: &Shared,
-    con: &mut Option<ConnectionManager>,
     in_flight: &mut Option<Batch>,
     seq: &mut u64,
 ) -> Result<(), StoreError> {
@@ -678,17 +649,7 @@ async fn flush_once(
             freeze(shared, *seq, now_ms())
         }
     };
-    let c = match con.as_mut() {
-        Some(c) => c,
-        None => match connection(&shared.cfg) {
-            Ok(c) => con.insert(c),
-            Err(e) => {
-                *in_flight = Some(batch);
-                return Err(e);
-            }
-        },
-    };
-    match send(shared, c, &batch).await {
+    match send(shared, &batch).await {
         Ok(applied) => {
             if !applied {
                 debug!(
@@ -708,7 +669,6 @@ async fn flush_once(
             set_up(shared, Task::Flush, false, Some(&e));
             // Outcome unknown: retry the SAME batch (same seq) on a fresh connection.
             *in_flight = Some(batch);
-            *con = None;
             Err(e)
         }
     }
@@ -717,7 +677,6 @@ async fn flush_once(
 async fn flush_loop(shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let mut closing = shared.closing.subscribe();
-    let mut con: Option<ConnectionManager> = None;
     let mut in_flight: Option<Batch> = None;
     let mut seq = 0u64;
     let mut backoff = Duration::ZERO;
@@ -731,7 +690,7 @@ async fn flush_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
             _ = closing.wait_for(|c| *c) => break,
         }
-        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+        match flush_once(&shared, &mut in_flight, &mut seq).await {
             Ok(()) => backoff = Duration::ZERO,
             Err(_) => backoff = next_backoff(backoff, &cfg),
         }
@@ -756,7 +715,7 @@ async fn flush_loop(shared: Arc<Shared>) {
     }
     let mut rounds = if in_flight.is_some() { 2 } else { 1 };
     while rounds > 0 {
-        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+        match flush_once(&shared, &mut in_flight, &mut seq).await {
             Ok(()) => rounds -= 1,
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 error!(
@@ -768,9 +727,7 @@ async fn flush_loop(shared: Arc<Shared>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    if let Some(c) = con.as_mut()
-        && let Err(e) = retire(&shared, c).await
-    {
+    if let Err(e) = retire(&shared).await {
         // Nothing is lost: the writer's blob stays in `gatemeter:state`.
         warn!(error = %e, "Could not fold this writer's totals into the retired totals.");
     }
@@ -790,7 +747,7 @@ return 1
 /// cumulative blob can join the merged totals of retired writers. Keeps `gatemeter:state` at
 /// one blob per running writer (plus writers that crashed) instead of one per process ever
 /// started.
-async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), StoreError> {
+async fn retire(shared: &Shared) -> Result<(), StoreError> {
     let own = {
         let l = lock(&shared.local);
         if l.state.is_empty() {
@@ -801,11 +758,12 @@ async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), Stor
     let (state, retired) = (shared.keys.state(), shared.keys.retired());
     let script = redis::Script::new(RETIRE_SCRIPT);
     for _ in 0..5 {
-        let cur: Option<Vec<u8>> = bounded(
-            &shared.cfg,
-            redis::cmd("GET").arg(&retired).query_async(&mut *con),
-        )
-        .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(&retired);
+        let cur: Option<Vec<u8>> = shared
+            .link
+            .run(|mut c| async move { get.query_async(&mut c).await })
+            .await?;
         let mut merged = Aggregates::default();
         if let Some(b) = &cur
             && !codec::decode_state_into(b, &mut merged)
@@ -820,7 +778,10 @@ async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), Stor
             .arg(&shared.writer)
             .arg(cur.unwrap_or_default())
             .arg(codec::encode_state(&merged));
-        let done: i64 = bounded(&shared.cfg, inv.invoke_async(&mut *con)).await?;
+        let done: i64 = shared
+            .link
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
         if done == 1 {
             debug!(writer = %shared.writer, "Writer retired.");
             return Ok(());
@@ -886,11 +847,7 @@ impl SlotCache {
 }
 
 /// Reads the fleet view: every writer's state, the recent time slots, the API key periods.
-async fn read_view(
-    shared: &Shared,
-    con: &mut ConnectionManager,
-    cache: &mut SlotCache,
-) -> Result<FleetView, StoreError> {
+async fn read_view(shared: &Shared, cache: &mut SlotCache) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
     let now_slot = now.div_euclid(SLOT_MS);
@@ -911,7 +868,9 @@ async fn read_view(
     for s in &to_read {
         pipe.hgetall(keys.hist_slot(*s));
     }
-    let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
+    let (state, retired, mut replies): Replies = shared
+        .link
+        .run(|mut c| async move { pipe.query_async(&mut c).await })
         .await
         .and_then(split_replies)?;
     if replies.len() != 2 + to_read.len() {
@@ -1003,29 +962,17 @@ async fn read_view(
 }
 
 async fn refresh_loop(shared: Arc<Shared>) {
-    let cfg = shared.cfg.clone();
-    let mut con: Option<ConnectionManager> = None;
     let mut cache = SlotCache::default();
-    let mut tick = tokio::time::interval(cfg.refresh_interval);
+    let mut tick = tokio::time::interval(shared.cfg.refresh_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let c = match con.as_mut() {
-            Some(c) => c,
-            None => match connection(&cfg) {
-                Ok(c) => con.insert(c),
-                Err(_) => continue,
-            },
-        };
-        match read_view(&shared, c, &mut cache).await {
+        match read_view(&shared, &mut cache).await {
             Ok(view) => {
                 *lock(&shared.view) = Arc::new(view);
                 set_up(&shared, Task::Read, true, None);
             }
-            Err(e) => {
-                set_up(&shared, Task::Read, false, Some(&e));
-                con = None;
-            }
+            Err(e) => set_up(&shared, Task::Read, false, Some(&e)),
         }
     }
 }
