@@ -24,6 +24,7 @@ mod prometheus;
 mod redis_fleet;
 mod redis_server;
 mod scrape_config;
+mod sentinel;
 mod series_budget;
 mod slow_clients;
 mod spool;

@@ -13,6 +13,8 @@
 //!   With Sentinel, a call also re-asks them when [`RECHECK`] has passed since it last did, and
 //!   moves when they name another master: a demoted master keeps serving writes (lost at its
 //!   demotion) until Sentinel reconfigures it, ~10 s after a failover.
+//! - Each new connection has a new [`Link::generation`], so a writer knows when to send its
+//!   whole state again (the new master may lack its last writes).
 //!
 //! TLS is rustls with verification always on (the redis crate's `-insecure` feature is not
 //! built); a CA file replaces the system's roots for every `rediss://` connection, Sentinels and
@@ -143,6 +145,12 @@ impl Link {
     /// The settings it was made with.
     pub(crate) fn config(&self) -> &RedisConfig {
         &self.inner.cfg
+    }
+
+    /// The number of the connection the next call uses (or the last one, if none is open);
+    /// it changes with every new connection.
+    pub(crate) fn generation(&self) -> u64 {
+        lock(&self.inner.current).id
     }
 
     fn unavailable(&self, message: impl Display) -> StoreError {
