@@ -38,6 +38,13 @@ pub const ENV_LISTEN: &str = "GATEMETER_LISTEN";
 /// Environment variable setting `redis.url`; when set, it also selects the Redis live store.
 pub const ENV_REDIS_URL: &str = "GATEMETER_REDIS_URL";
 
+/// Environment variable setting `redis.sentinel.nodes` (comma-separated URLs, which may hold
+/// passwords); when set, it also selects the Redis live store.
+pub const ENV_REDIS_SENTINEL_NODES: &str = "GATEMETER_REDIS_SENTINEL_NODES";
+
+/// Environment variable setting `redis.sentinel.master_name`.
+pub const ENV_REDIS_SENTINEL_MASTER: &str = "GATEMETER_REDIS_SENTINEL_MASTER";
+
 /// A configuration problem, with the key or file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -402,7 +409,9 @@ impl RawConfig {
         };
         let server = self.server.validate()?;
         let redis_url = env(ENV_REDIS_URL).filter(|u| !u.is_empty());
-        let live_store = live_store(self.live_store.as_deref(), redis_url.as_deref())?;
+        let redis_env = redis_url.is_some()
+            || env(ENV_REDIS_SENTINEL_NODES).is_some_and(|n| !n.trim().is_empty());
+        let live_store = live_store(self.live_store.as_deref(), redis_env)?;
         let redis = self.redis.validate(redis_url, env)?;
         let (mut ingest, pipeline) = self.ingest.validate(self.pipeline)?;
         let prices = Arc::new(self.pricing.validate()?);
@@ -538,10 +547,11 @@ impl RawServer {
     }
 }
 
-/// `live_store`: the file's choice, or Redis when `GATEMETER_REDIS_URL` is set.
-fn live_store(raw: Option<&str>, redis_url: Option<&str>) -> Result<LiveStoreKind, ConfigError> {
+/// `live_store`: the file's choice, or Redis when `GATEMETER_REDIS_URL` or
+/// `GATEMETER_REDIS_SENTINEL_NODES` is set (`redis_env`).
+fn live_store(raw: Option<&str>, redis_env: bool) -> Result<LiveStoreKind, ConfigError> {
     Ok(match raw {
-        _ if redis_url.is_some() => LiveStoreKind::Redis,
+        _ if redis_env => LiveStoreKind::Redis,
         None | Some("memory") => LiveStoreKind::Memory,
         Some("redis") => LiveStoreKind::Redis,
         Some(other) => {
@@ -1290,6 +1300,19 @@ mod tests {
         .expect("valid");
         assert_eq!(c.live_store, LiveStoreKind::Redis);
         assert_eq!(c.redis.url, "redis://127.0.0.1:7000/");
+        let c = Config::from_yaml_str("", Path::new("t"), &|k| match k {
+            ENV_REDIS_SENTINEL_NODES => Some("redis://10.0.0.1:26379".to_string()),
+            ENV_REDIS_SENTINEL_MASTER => Some("mymaster".to_string()),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(c.live_store, LiveStoreKind::Redis);
+        let s = c
+            .redis
+            .sentinel
+            .as_ref()
+            .expect("Sentinel from the environment");
+        assert_eq!(s.master_name, "mymaster");
         let e = parse("live_store: mongo\n").expect_err("unknown store");
         assert!(e.to_string().contains("live_store"), "{e}");
         let e = parse("redis:\n  flush_interval_ms: 0\n").expect_err("zero");

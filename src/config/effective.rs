@@ -179,9 +179,17 @@ pub fn yaml(c: &Config) -> String {
             ),
         );
     let r = &c.redis;
-    let redis = Map::default()
+    let mut redis = Map::default()
         .put("url", redact_url(&r.url))
-        .put("ca_file", path(r.ca.as_ref().map(|c| c.path.as_path())))
+        .put("ca_file", path(r.ca.as_ref().map(|c| c.path.as_path())));
+    if let Some(s) = &r.sentinel {
+        let nodes = s.nodes.iter().map(|n| Value::from(redact_url(n))).collect();
+        let sentinel = Map::default()
+            .put("master_name", s.master_name.as_str())
+            .put("nodes", Value::Sequence(nodes));
+        redis = redis.put("sentinel", sentinel.value());
+    }
+    let redis = redis
         .put("key_prefix", r.key_prefix.as_str())
         .put("instance_id", r.instance_id.as_str())
         .ms("flush_interval_ms", r.flush_interval)
@@ -337,7 +345,7 @@ mod tests {
         let c = Config::from_yaml_str(
             &format!(
                 "listen_tls: {{cert_file: {d}/c.pem, key_file: {d}/k.pem}}\n\
-                 redis: {{url: 'rediss://:pw-one@r:6380/', ca_file: {d}/c.pem}}\n\
+                 redis: {{url: 'rediss://:pw-one@r:6380/', ca_file: {d}/c.pem, sentinel: {{master_name: mm, nodes: ['rediss://:pw-four@s1:26379', 'redis://s2:26379']}}}}\n\
                  otlp_export: {{endpoint: 'https://c/v1/logs', ca_file: {d}/c.pem}}\n\
                  log_store: {{kind: postgres, url: 'postgres://u:pw-two@db/gm?sslmode=verify-full&password=pw-three&sslrootcert={d}/c.pem'}}\n"
             ),
@@ -346,13 +354,17 @@ mod tests {
         )
         .expect("valid");
         let text = yaml(&c);
-        for secret in ["pw-one", "pw-two", "pw-three"] {
+        for secret in ["pw-one", "pw-two", "pw-three", "pw-four"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
         let v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
         let file = |f: &str| Value::from(format!("{d}/{f}"));
         assert_eq!(v["listen_tls"]["key_file"], file("k.pem"));
         assert_eq!(v["redis"]["ca_file"], file("c.pem"));
+        let sentinel = &v["redis"]["sentinel"];
+        assert_eq!(sentinel["master_name"], Value::from("mm"));
+        assert_eq!(sentinel["nodes"][0], Value::from("rediss://***@s1:26379"));
+        assert_eq!(sentinel["nodes"][1], Value::from("redis://s2:26379"));
         assert_eq!(v["otlp_export"]["ca_file"], file("c.pem"));
         let url = v["log_store"]["url"].as_str().expect("url");
         assert!(

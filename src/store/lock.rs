@@ -7,15 +7,15 @@
 //! released by compare-and-delete in Lua, so a holder whose lock expired never deletes another's.
 //! The guard releases on drop (a finished, failed or abandoned backup alike), at once, in a task
 //! of its own. A holder that dies without releasing blocks others for one TTL at most.
+//! The connection is the live store's kind of `Link` (a fixed address or Sentinel's master).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::store::StoreError;
 use crate::store::redis::RedisConfig;
 use crate::store::redis::codec::Keys;
+use crate::store::redis::link::Link;
 
 /// How long a lock lives without renewal.
 pub const LOCK_TTL: Duration = Duration::from_secs(300);
@@ -40,7 +40,7 @@ enum Kind {
     Local(Arc<Mutex<Option<i64>>>),
     /// Redis.
     Redis {
-        con: ConnectionManager,
+        link: Link,
         key: Arc<str>,
         ttl: Duration,
     },
@@ -69,7 +69,7 @@ impl FleetLock {
     pub fn redis(cfg: &RedisConfig, name: &str) -> Result<Self, StoreError> {
         Ok(Self {
             kind: Kind::Redis {
-                con: crate::store::redis::connection(cfg)?,
+                link: Link::new(cfg, STORE)?,
                 key: Keys::new(&cfg.key_prefix).key(name).into(),
                 ttl: LOCK_TTL,
             },
@@ -106,23 +106,22 @@ impl FleetLock {
                     release: Release::Local(held.clone()),
                 }))
             }
-            Kind::Redis { con, key, ttl } => {
+            Kind::Redis { link, key, ttl } => {
                 let token = format!("{:032x}:{now_ms}", rand::random::<u128>());
-                let mut c = con.clone();
-                let set: Option<String> = timed(
-                    redis::cmd("SET")
-                        .arg(&**key)
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl.as_millis() as u64)
-                        .query_async(&mut c),
-                )
-                .await?;
+                let mut set = redis::cmd("SET");
+                set.arg(&**key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64);
+                let set: Option<String> =
+                    timed(link.run(|mut c| async move { set.query_async(&mut c).await })).await?;
                 if set.is_none() {
-                    let mut c = con.clone();
+                    let mut get = redis::cmd("GET");
+                    get.arg(&**key);
                     let held: Option<String> =
-                        timed(redis::cmd("GET").arg(&**key).query_async(&mut c)).await?;
+                        timed(link.run(|mut c| async move { get.query_async(&mut c).await }))
+                            .await?;
                     let since_ms = held
                         .as_deref()
                         .and_then(|v| v.rsplit_once(':'))
@@ -130,10 +129,10 @@ impl FleetLock {
                         .unwrap_or(0);
                     return Ok(Acquired::Busy { since_ms });
                 }
-                let renew = tokio::spawn(renew(con.clone(), key.clone(), token.clone(), *ttl));
+                let renew = tokio::spawn(renew(link.clone(), key.clone(), token.clone(), *ttl));
                 Ok(Acquired::Held(LockGuard {
                     release: Release::Redis {
-                        con: con.clone(),
+                        link: link.clone(),
                         key: key.clone(),
                         token,
                         renew,
@@ -144,39 +143,33 @@ impl FleetLock {
     }
 }
 
-/// Runs one Redis call within [`REDIS_TIMEOUT`].
+/// Whose errors these are.
+const STORE: &str = "backup lock (redis)";
+
+/// Runs one Redis call within [`REDIS_TIMEOUT`] (connecting included).
 async fn timed<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(REDIS_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(unavailable("no answer in time")),
-    }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        store: "backup lock (redis)",
-        message: e.to_string(),
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable {
+            store: STORE,
+            message: "no answer in time".to_string(),
+        }),
     }
 }
 
 /// Renews the lock every third of its TTL while it is ours.
-async fn renew(con: ConnectionManager, key: Arc<str>, token: String, ttl: Duration) {
+async fn renew(link: Link, key: Arc<str>, token: String, ttl: Duration) {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let mut c = con.clone();
-        let renewed: Result<i64, _> = timed(
-            redis::Script::new(RENEW)
-                .key(&*key)
-                .arg(&token)
-                .arg(ttl.as_millis() as u64)
-                .invoke_async(&mut c),
-        )
-        .await;
+        let script = redis::Script::new(RENEW);
+        let mut inv = script.key(&*key);
+        inv.arg(&token).arg(ttl.as_millis() as u64);
+        let renewed: Result<i64, _> =
+            timed(link.run(|mut c| async move { inv.invoke_async(&mut c).await })).await;
         match renewed {
             Ok(1) => {}
             Ok(_) => {
@@ -191,7 +184,7 @@ async fn renew(con: ConnectionManager, key: Arc<str>, token: String, ttl: Durati
 enum Release {
     Local(Arc<Mutex<Option<i64>>>),
     Redis {
-        con: ConnectionManager,
+        link: Link,
         key: Arc<str>,
         token: String,
         renew: tokio::task::JoinHandle<()>,
@@ -210,21 +203,20 @@ impl Drop for LockGuard {
                 *held.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
             Release::Redis {
-                con,
+                link,
                 key,
                 token,
                 renew,
             } => {
                 renew.abort();
-                let (mut con, key, token) = (con.clone(), key.clone(), token.clone());
+                let (link, key, token) = (link.clone(), key.clone(), token.clone());
                 let release = async move {
-                    let done: Result<i64, _> = timed(
-                        redis::Script::new(RELEASE)
-                            .key(&*key)
-                            .arg(&token)
-                            .invoke_async(&mut con),
-                    )
-                    .await;
+                    let script = redis::Script::new(RELEASE);
+                    let mut inv = script.key(&*key);
+                    inv.arg(&token);
+                    let done: Result<i64, _> =
+                        timed(link.run(|mut c| async move { inv.invoke_async(&mut c).await }))
+                            .await;
                     if let Err(e) = done {
                         tracing::warn!(error = %e, key = %key,
                             "Could not release the backup lock; it expires by itself.");

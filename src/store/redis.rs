@@ -13,6 +13,13 @@
 //!   — all overwrites, idempotent by nature — and the seed keys (`metrics:global:*`,
 //!   `metrics:ns:{ns}:*`) by `INCRBY`, plus the heartbeats (`metrics:instance:{id}:{ns}`,
 //!   `gatemeter:heartbeat:{id}`) with a TTL. Integers only; never `INCRBYFLOAT`.
+//! - A batch carries the writer's seed totals, not its increments: the script adds each total's
+//!   difference to what `gatemeter:seed:{writer}` says the writer added so far, and records the
+//!   total there. So a master that lost batches (a failover promotes a replica that missed
+//!   them; a restart without persistence) gets them back from the next batch, and after any
+//!   new connection (`Link::generation`) the next batch re-sends everything (totals, state
+//!   blob, the slots kept here): the fleet totals converge to exact on whichever master
+//!   serves.
 //! - A refresh task reads every writer's blobs back every `refresh_interval` and merges them
 //!   (counters add up, HDR histograms merge exactly) into a snapshot; [`LiveStore::view`]
 //!   returns that snapshot and never awaits Redis.
@@ -20,11 +27,13 @@
 //!   rebuilt with back-off, deltas keep accumulating in memory bounded by the series caps.
 //!   Slot histograms that leave every window before Redis takes them are dropped and counted
 //!   (`live_store_expired`); they stay in the since-start totals.
+//! - The connection (`redis/link.rs`) is to `redis.url` or to the master Redis Sentinel names.
 //!
 //! Redis errors never leave this module.
 
 pub mod codec;
 pub mod lease;
+pub(crate) mod link;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,12 +43,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use self::codec::{HistScope, Keys};
+use self::link::Link;
 use super::StoreError;
 use super::live::{
     FleetView, KeyCalls, LiveStore, SLOT_MS, WINDOWS, WindowView, utc_day, utc_month,
@@ -49,12 +58,13 @@ use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
 use crate::record::Label;
 
-pub use settings::{RedisCa, RedisConfig, redact_url};
+pub use settings::{RedisCa, RedisConfig, RedisSentinel, redact_url};
 
 /// The flush script, atomic: KEYS[1] holds the writer's last applied batch number; a batch
 /// whose number is not above it was applied already (its reply was lost) and is skipped.
-/// ARGV[1] is the marker's TTL, ARGV[2] the batch number; then operations, each a code
-/// followed by its arguments.
+/// KEYS[2] holds what the writer added to each seed key so far (`T key total` adds
+/// `total - that`, in integers: no Lua number arithmetic). ARGV[1] is the TTL of both, ARGV[2]
+/// the batch number; then operations, each a code followed by its arguments.
 const FLUSH_SCRIPT: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if last >= tonumber(ARGV[2]) then return 0 end
@@ -62,7 +72,14 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
 local i, n = 3, #ARGV
 while i <= n do
   local op = ARGV[i]
-  if op == 'I' then redis.call('INCRBY', ARGV[i+1], ARGV[i+2]); i = i + 3
+  if op == 'T' then
+    local added = redis.call('HGET', KEYS[2], ARGV[i+1]) or '0'
+    if added ~= ARGV[i+2] then
+      redis.call('INCRBY', ARGV[i+1], ARGV[i+2])
+      redis.call('DECRBY', ARGV[i+1], added)
+      redis.call('HSET', KEYS[2], ARGV[i+1], ARGV[i+2])
+    end
+    i = i + 3
   elseif op == 'H' then redis.call('HINCRBY', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
   elseif op == 'S' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]); i = i + 6
   elseif op == 'W' then redis.call('HSET', ARGV[i+1], ARGV[i+2], ARGV[i+3]); i = i + 4
@@ -74,14 +91,17 @@ while i <= n do
     i = i + 3
   else return redis.error_reply('gatemeter flush: unknown op ' .. tostring(op)) end
 end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// How long a writer's flush marker outlives its last flush: far beyond any retry of a batch.
+/// How long a writer's flush marker and seed record outlive its last flush: far beyond any
+/// retry of a batch.
 const MARKER_TTL_SECS: u64 = 7 * 86_400;
 
-/// A writer re-writes its state blob at least every this many flushes, even without traffic:
-/// a Redis that lost its data (no persistence) gets the live writers' totals back.
+/// A writer re-sends everything (state blob, seed totals, kept slots) at least every this many
+/// flushes, even without traffic: a Redis that lost its data (no persistence) gets the live
+/// writers' totals back.
 const STATE_REWRITE_FLUSHES: u64 = 30;
 
 /// Time slots kept in Redis: the longest window plus the current slot. The slots are the
@@ -112,8 +132,6 @@ struct KeyPeriods {
 /// This writer's local state: written by `apply`, frozen into batches by the flush task.
 #[derive(Default)]
 struct Local {
-    /// Namespace and global counter deltas for the seed keys, not yet frozen into a batch.
-    seed: Aggregates,
     /// When the last record-bearing deltas were applied (for `last_request_time`).
     last_request_ms: i64,
     /// Everything this writer counted since it started (counters and histograms).
@@ -145,7 +163,11 @@ struct Batch {
     seq: u64,
     /// `applies` when it was frozen: the batch carries every delta applied before.
     applies: u64,
+    /// The link's generation when it was frozen.
+    generation: u64,
     marker: String,
+    /// This writer's seed record (what it added to each seed key).
+    seed_base: String,
     args: Vec<Vec<u8>>,
 }
 
@@ -156,11 +178,6 @@ struct Ops {
 impl Ops {
     fn op(&mut self, parts: &[&[u8]]) {
         self.args.extend(parts.iter().map(|p| p.to_vec()));
-    }
-    fn incr(&mut self, key: &str, n: i64) {
-        if n != 0 {
-            self.op(&[b"I", key.as_bytes(), n.to_string().as_bytes()]);
-        }
     }
     fn hincr(&mut self, key: &str, field: &str, n: i64) {
         if n != 0 {
@@ -179,6 +196,9 @@ impl Ops {
 
 struct Shared {
     cfg: RedisConfig,
+    /// The master's connection, shared by the flush and refresh tasks (a failure seen by one
+    /// makes both reconnect).
+    link: Link,
     keys: Keys,
     /// This process run's id in histogram fields and flush markers: the instance id plus a
     /// random suffix, so a restarted process never reuses an old run's sequence numbers or
@@ -234,13 +254,14 @@ impl RedisStore {
     /// Starts the store's background tasks (on the current tokio runtime). Never waits on
     /// Redis: a Redis that is absent is retried in the background.
     pub fn start(cfg: RedisConfig, health: Arc<Health>) -> Result<Self, StoreError> {
-        // Validate the URL now; connections are made lazily by the tasks.
-        client(&cfg)?;
+        // Validate the URLs now; connections are made lazily by the tasks.
+        let link = Link::new(&cfg, "redis")?;
         let writer = format!("{}.{:08x}", cfg.instance_id, rand::random::<u32>());
         let (closing, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             keys: Keys::new(&cfg.key_prefix),
             cfg,
+            link,
             writer,
             local: Mutex::new(Local::default()),
             view: Mutex::new(Arc::new(FleetView::default())),
@@ -257,6 +278,7 @@ impl RedisStore {
         let refresh_task = tokio::spawn(refresh_loop(shared.clone()));
         info!(
             url = %settings::redact_url(&shared.cfg.url),
+            sentinel = ?shared.cfg.sentinel,
             instance = %shared.cfg.instance_id,
             writer = %shared.writer,
             "Redis live store started."
@@ -323,13 +345,13 @@ impl LiveStore for RedisStore {
         spool: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut con = connection(&self.shared.cfg)?;
-            let key = self.shared.keys.spool(spool);
-            let pos: Option<u64> = bounded(
-                &self.shared.cfg,
-                redis::cmd("GET").arg(&key).query_async(&mut con),
-            )
-            .await?;
+            let mut get = redis::cmd("GET");
+            get.arg(self.shared.keys.spool(spool));
+            let pos: Option<u64> = self
+                .shared
+                .link
+                .run(|mut c| async move { get.query_async(&mut c).await })
+                .await?;
             Ok(Some(pos.unwrap_or(0)))
         })
     }
@@ -391,11 +413,6 @@ fn merge_local(l: &mut Local, deltas: &Aggregates, now_ms: i64) {
                     l.namespaces.insert(ns.clone());
                 }
                 *l.ns_requests.entry(ns.clone()).or_insert(0) += v.requests;
-                l.seed
-                    .scopes
-                    .entry(scope.clone())
-                    .or_default()
-                    .merge(&counters(v));
             }
             ScopeKey::Key(key) if v.requests > 0 => {
                 *k.today.entry(key.clone()).or_insert(0) += v.requests;
@@ -404,7 +421,6 @@ fn merge_local(l: &mut Local, deltas: &Aggregates, now_ms: i64) {
             _ => {}
         }
     }
-    l.seed.global.merge(&counters(&deltas.global));
     if deltas.global.requests > 0 {
         l.last_request_ms = l.last_request_ms.max(now_ms);
     }
@@ -412,7 +428,7 @@ fn merge_local(l: &mut Local, deltas: &Aggregates, now_ms: i64) {
     l.dirty = true;
 }
 
-/// The counters of a scope, without its histograms (seed keys need no latency).
+/// The counters of a scope, without its histograms (the seed keys need no latency).
 fn counters(a: &ScopeAgg) -> ScopeAgg {
     ScopeAgg {
         latency: Latencies::default(),
@@ -425,6 +441,7 @@ fn counters(a: &ScopeAgg) -> ScopeAgg {
 /// What `freeze` takes out of [`Local`], blobs encoded under the lock (`apply` waits for at
 /// most one encoding per flush interval).
 struct Frozen {
+    /// This writer's totals (counters only) for the seed keys.
     seed: Aggregates,
     last_request_ms: i64,
     state: Option<Vec<u8>>,
@@ -450,7 +467,7 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
     let slots = l
         .slots
         .iter_mut()
-        .filter(|(_, m)| m.dirty)
+        .filter(|(_, m)| m.dirty || rewrite)
         .map(|(slot, m)| {
             m.dirty = false;
             m.unsent = 0;
@@ -465,7 +482,14 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
     let dirty = std::mem::take(&mut l.dirty) || rewrite;
     let k = &l.keys;
     let frozen = Frozen {
-        seed: std::mem::take(&mut l.seed),
+        seed: Aggregates {
+            global: counters(&l.state.global),
+            scopes: (l.state.scopes.iter())
+                .filter(|(k, _)| matches!(k, ScopeKey::Namespace(_)))
+                .map(|(k, v)| (k.clone(), counters(v)))
+                .collect(),
+            ..Aggregates::default()
+        },
         last_request_ms: std::mem::take(&mut l.last_request_ms),
         // A writer that counted nothing writes no blob (nothing to retire later either).
         state: (dirty && !l.state.is_empty()).then(|| codec::encode_state(&l.state)),
@@ -489,12 +513,41 @@ fn take_frozen(shared: &Shared, now: i64, rewrite: bool) -> (Frozen, u64) {
     (frozen, applies)
 }
 
-/// Freezes everything pending into one batch: this writer's cumulative blobs (idempotent
-/// overwrites) and the seed keys' increments (guarded by the batch marker).
-fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
+/// The flush task's own state.
+#[derive(Default)]
+struct Flusher {
+    /// The last batch's number.
+    seq: u64,
+    /// The seed totals sent so far (what Redis has, unless a failover lost some).
+    seed_sent: HashMap<String, i64>,
+    /// The link's generation when the last applied batch was frozen.
+    synced: u64,
+}
+
+impl Flusher {
+    /// Adds a seed total to the batch unless it was sent already.
+    fn total(&mut self, ops: &mut Ops, key: String, total: i64) {
+        if self.seed_sent.get(&key) != Some(&total) {
+            ops.op(&[b"T", key.as_bytes(), total.to_string().as_bytes()]);
+            self.seed_sent.insert(key, total);
+        }
+    }
+}
+
+/// Freezes everything pending into one batch: this writer's cumulative blobs and seed totals
+/// (idempotent: a batch adds only what its seed record lacks), guarded by the batch marker.
+/// Everything is sent, changed or not, every [`STATE_REWRITE_FLUSHES`] and after a new
+/// connection (`generation` is the link's now): the master may lack earlier batches.
+fn freeze(shared: &Shared, fl: &mut Flusher, now: i64, generation: u64) -> Batch {
     let keys = &shared.keys;
     let cfg = &shared.cfg;
-    let (f, applies) = take_frozen(shared, now, seq.is_multiple_of(STATE_REWRITE_FLUSHES));
+    fl.seq += 1;
+    let seq = fl.seq;
+    let rewrite = generation != fl.synced || seq.is_multiple_of(STATE_REWRITE_FLUSHES);
+    if rewrite {
+        fl.seed_sent.clear();
+    }
+    let (f, applies) = take_frozen(shared, now, rewrite);
     let mut ops = Ops {
         args: vec![
             MARKER_TTL_SECS.to_string().into_bytes(),
@@ -527,12 +580,13 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         ops.op(&[b"E", mk.as_bytes(), b"3456000"]);
     }
 
-    // The seed system's keys: integer increments.
+    // The seed system's keys: this writer's totals (the script adds what Redis lacks).
     let g = &f.seed.global;
-    ops.incr(&keys.global("total_requests"), g.requests as i64);
-    ops.incr(&keys.global("total_errors"), g.failures as i64);
-    ops.incr(
-        &keys.global("total_response_time"),
+    fl.total(&mut ops, keys.global("total_requests"), g.requests as i64);
+    fl.total(&mut ops, keys.global("total_errors"), g.failures as i64);
+    fl.total(
+        &mut ops,
+        keys.global("total_response_time"),
         g.duration_ms_sum as i64,
     );
     if f.last_request_ms > 0 {
@@ -543,19 +597,21 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
         let ScopeKey::Namespace(ns) = k else {
             continue;
         };
-        ops.incr(&keys.ns(ns, "total_requests"), a.requests as i64);
-        ops.incr(
-            &keys.ns(ns, "successful_requests"),
+        fl.total(&mut ops, keys.ns(ns, "total_requests"), a.requests as i64);
+        fl.total(
+            &mut ops,
+            keys.ns(ns, "successful_requests"),
             (a.requests - a.failures) as i64,
         );
-        ops.incr(&keys.ns(ns, "failed_requests"), a.failures as i64);
-        ops.incr(
-            &keys.ns(ns, "total_response_time"),
+        fl.total(&mut ops, keys.ns(ns, "failed_requests"), a.failures as i64);
+        fl.total(
+            &mut ops,
+            keys.ns(ns, "total_response_time"),
             a.duration_ms_sum as i64,
         );
-        ops.incr(&keys.ns(ns, "concurrent_requests"), a.concurrency);
+        fl.total(&mut ops, keys.ns(ns, "concurrent_requests"), a.concurrency);
         for (code, n) in &a.status {
-            ops.incr(&keys.ns(ns, &format!("status:{code}")), *n as i64);
+            fl.total(&mut ops, keys.ns(ns, &format!("status:{code}")), *n as i64);
         }
     }
 
@@ -582,56 +638,24 @@ fn freeze(shared: &Shared, seq: u64, now: i64) -> Batch {
     Batch {
         seq,
         applies,
+        generation,
         marker: keys.flush_marker(writer),
+        seed_base: keys.seed_base(writer),
         args: ops.args,
     }
 }
 
-/// A client for `cfg.url`; for `rediss://` with `cfg.ca`, trusting that CA instead of the
-/// system's roots. Certificates are always verified (the redis crate's `-insecure` feature is
-/// not built, so a `#insecure` URL is refused).
-pub(crate) fn client(cfg: &RedisConfig) -> Result<redis::Client, StoreError> {
-    match &cfg.ca {
-        None => redis::Client::open(cfg.url.as_str()),
-        Some(ca) => redis::Client::build_with_tls(
-            cfg.url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.pem.to_vec()),
-            },
-        ),
-    }
-    .map_err(unavailable)
-}
-
-pub(crate) fn connection(cfg: &RedisConfig) -> Result<ConnectionManager, StoreError> {
-    let client = client(cfg)?;
-    let mc = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(cfg.connect_timeout))
-        .set_response_timeout(Some(cfg.command_timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(cfg.connect_timeout);
-    ConnectionManager::new_lazy_with_config(client, mc).map_err(unavailable)
-}
-
-/// Runs one Redis call with a hard deadline (connect + reply), whatever the client does.
-async fn bounded<T>(
-    cfg: &RedisConfig,
-    fut: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(cfg.connect_timeout + cfg.command_timeout, fut).await {
-        Ok(r) => r.map_err(unavailable),
-        Err(_) => Err(unavailable("timed out")),
-    }
-}
-
-async fn send(shared: &Shared, con: &mut ConnectionManager, b: &Batch) -> Result<bool, StoreError> {
+/// Sends one batch: true if applied now, false if it had been (a retry after a lost reply).
+async fn send(shared: &Shared, b: &Batch) -> Result<bool, StoreError> {
     let mut inv = shared.script.key(&b.marker);
+    inv.key(&b.seed_base);
     for a in &b.args {
         inv.arg(a.as_slice());
     }
-    let applied: i64 = bounded(&shared.cfg, inv.invoke_async(con)).await?;
+    let applied: i64 = shared
+        .link
+        .run(|mut con| async move { inv.invoke_async(&mut con).await })
+        .await?;
     Ok(applied == 1)
 }
 
@@ -664,31 +688,17 @@ fn set_up(shared: &Shared, task: Task, ok: bool, err: Option<&StoreError>) {
 }
 
 /// One attempt to deliver `in_flight` (or a fresh batch); on failure the batch is kept for a
-/// retry with the same seq and the connection is dropped.
+/// retry with the same seq (and the link has dropped the connection).
 async fn flush_once(
     shared: &Shared,
-    con: &mut Option<ConnectionManager>,
     in_flight: &mut Option<Batch>,
-    seq: &mut u64,
+    fl: &mut Flusher,
 ) -> Result<(), StoreError> {
     let batch = match in_flight.take() {
         Some(b) => b,
-        None => {
-            *seq += 1;
-            freeze(shared, *seq, now_ms())
-        }
+        None => freeze(shared, fl, now_ms(), shared.link.generation()),
     };
-    let c = match con.as_mut() {
-        Some(c) => c,
-        None => match connection(&shared.cfg) {
-            Ok(c) => con.insert(c),
-            Err(e) => {
-                *in_flight = Some(batch);
-                return Err(e);
-            }
-        },
-    };
-    match send(shared, c, &batch).await {
+    match send(shared, &batch).await {
         Ok(applied) => {
             if !applied {
                 debug!(
@@ -697,6 +707,7 @@ async fn flush_once(
                 );
             }
             set_up(shared, Task::Flush, true, None);
+            fl.synced = batch.generation;
             shared.flushed.send_if_modified(|f| {
                 let newer = batch.applies > *f;
                 *f = (*f).max(batch.applies);
@@ -708,7 +719,6 @@ async fn flush_once(
             set_up(shared, Task::Flush, false, Some(&e));
             // Outcome unknown: retry the SAME batch (same seq) on a fresh connection.
             *in_flight = Some(batch);
-            *con = None;
             Err(e)
         }
     }
@@ -717,9 +727,8 @@ async fn flush_once(
 async fn flush_loop(shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let mut closing = shared.closing.subscribe();
-    let mut con: Option<ConnectionManager> = None;
     let mut in_flight: Option<Batch> = None;
-    let mut seq = 0u64;
+    let mut fl = Flusher::default();
     let mut backoff = Duration::ZERO;
     loop {
         let wait = if backoff.is_zero() {
@@ -731,7 +740,7 @@ async fn flush_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
             _ = closing.wait_for(|c| *c) => break,
         }
-        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+        match flush_once(&shared, &mut in_flight, &mut fl).await {
             Ok(()) => backoff = Duration::ZERO,
             Err(_) => backoff = next_backoff(backoff, &cfg),
         }
@@ -741,22 +750,21 @@ async fn flush_loop(shared: Arc<Shared>) {
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(5).max(2 * (cfg.connect_timeout + cfg.command_timeout));
     // The final batch carries the state blob, so Redis holds exactly this writer's totals,
-    // and takes back this writer's share of the concurrency gauges: a stopped process has no
-    // requests in flight (its pending starts would otherwise raise the fleet's gauge for good).
+    // and takes back this writer's share of the concurrency gauges (its totals drop to 0): a
+    // stopped process has no requests in flight (its pending starts would otherwise raise the
+    // fleet's gauge for good).
     {
         let mut l = lock(&shared.local);
-        let l = &mut *l;
         l.dirty = true;
         for (k, v) in l.state.scopes.iter_mut() {
-            if v.concurrency != 0 && matches!(k, ScopeKey::Namespace(_)) {
-                l.seed.scopes.entry(k.clone()).or_default().concurrency -= v.concurrency;
+            if matches!(k, ScopeKey::Namespace(_)) {
                 v.concurrency = 0;
             }
         }
     }
     let mut rounds = if in_flight.is_some() { 2 } else { 1 };
     while rounds > 0 {
-        match flush_once(&shared, &mut con, &mut in_flight, &mut seq).await {
+        match flush_once(&shared, &mut in_flight, &mut fl).await {
             Ok(()) => rounds -= 1,
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 error!(
@@ -768,21 +776,21 @@ async fn flush_loop(shared: Arc<Shared>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    if let Some(c) = con.as_mut()
-        && let Err(e) = retire(&shared, c).await
-    {
+    if let Err(e) = retire(&shared).await {
         // Nothing is lost: the writer's blob stays in `gatemeter:state`.
         warn!(error = %e, "Could not fold this writer's totals into the retired totals.");
     }
 }
 
-/// Folds `gatemeter:state` field `{writer}` into `gatemeter:retired` and deletes the field, if
-/// `gatemeter:retired` is still what was read (compare-and-swap; retried on a race).
+/// Folds `gatemeter:state` field `{writer}` into `gatemeter:retired` and deletes the field and
+/// the writer's seed record (KEYS[3]), if `gatemeter:retired` is still what was read
+/// (compare-and-swap; retried on a race).
 const RETIRE_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[2]) or ''
 if cur ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[3])
 return 1
 ";
 
@@ -790,7 +798,7 @@ return 1
 /// cumulative blob can join the merged totals of retired writers. Keeps `gatemeter:state` at
 /// one blob per running writer (plus writers that crashed) instead of one per process ever
 /// started.
-async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), StoreError> {
+async fn retire(shared: &Shared) -> Result<(), StoreError> {
     let own = {
         let l = lock(&shared.local);
         if l.state.is_empty() {
@@ -801,11 +809,12 @@ async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), Stor
     let (state, retired) = (shared.keys.state(), shared.keys.retired());
     let script = redis::Script::new(RETIRE_SCRIPT);
     for _ in 0..5 {
-        let cur: Option<Vec<u8>> = bounded(
-            &shared.cfg,
-            redis::cmd("GET").arg(&retired).query_async(&mut *con),
-        )
-        .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(&retired);
+        let cur: Option<Vec<u8>> = shared
+            .link
+            .run(|mut c| async move { get.query_async(&mut c).await })
+            .await?;
         let mut merged = Aggregates::default();
         if let Some(b) = &cur
             && !codec::decode_state_into(b, &mut merged)
@@ -817,10 +826,14 @@ async fn retire(shared: &Shared, con: &mut ConnectionManager) -> Result<(), Stor
         merged.merge(&own);
         let mut inv = script.key(&state);
         inv.key(&retired)
+            .key(shared.keys.seed_base(&shared.writer))
             .arg(&shared.writer)
             .arg(cur.unwrap_or_default())
             .arg(codec::encode_state(&merged));
-        let done: i64 = bounded(&shared.cfg, inv.invoke_async(&mut *con)).await?;
+        let done: i64 = shared
+            .link
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
         if done == 1 {
             debug!(writer = %shared.writer, "Writer retired.");
             return Ok(());
@@ -886,11 +899,7 @@ impl SlotCache {
 }
 
 /// Reads the fleet view: every writer's state, the recent time slots, the API key periods.
-async fn read_view(
-    shared: &Shared,
-    con: &mut ConnectionManager,
-    cache: &mut SlotCache,
-) -> Result<FleetView, StoreError> {
+async fn read_view(shared: &Shared, cache: &mut SlotCache) -> Result<FleetView, StoreError> {
     let keys = &shared.keys;
     let now = now_ms();
     let now_slot = now.div_euclid(SLOT_MS);
@@ -911,7 +920,9 @@ async fn read_view(
     for s in &to_read {
         pipe.hgetall(keys.hist_slot(*s));
     }
-    let (state, retired, mut replies): Replies = bounded(&shared.cfg, pipe.query_async(con))
+    let (state, retired, mut replies): Replies = shared
+        .link
+        .run(|mut c| async move { pipe.query_async(&mut c).await })
         .await
         .and_then(split_replies)?;
     if replies.len() != 2 + to_read.len() {
@@ -1003,29 +1014,17 @@ async fn read_view(
 }
 
 async fn refresh_loop(shared: Arc<Shared>) {
-    let cfg = shared.cfg.clone();
-    let mut con: Option<ConnectionManager> = None;
     let mut cache = SlotCache::default();
-    let mut tick = tokio::time::interval(cfg.refresh_interval);
+    let mut tick = tokio::time::interval(shared.cfg.refresh_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let c = match con.as_mut() {
-            Some(c) => c,
-            None => match connection(&cfg) {
-                Ok(c) => con.insert(c),
-                Err(_) => continue,
-            },
-        };
-        match read_view(&shared, c, &mut cache).await {
+        match read_view(&shared, &mut cache).await {
             Ok(view) => {
                 *lock(&shared.view) = Arc::new(view);
                 set_up(&shared, Task::Read, true, None);
             }
-            Err(e) => {
-                set_up(&shared, Task::Read, false, Some(&e));
-                con = None;
-            }
+            Err(e) => set_up(&shared, Task::Read, false, Some(&e)),
         }
     }
 }

@@ -113,6 +113,11 @@ fn check_config_prints_every_effective_setting_as_yaml_with_secrets_hidden() {
                 "GATEMETER_DATABASE_URL",
                 "postgres://gm:pg-canary-pw@db:5432/gm",
             ),
+            (
+                "GATEMETER_REDIS_SENTINEL_NODES",
+                "redis://:sentinel-canary-pw@10.0.0.7:26379,redis://10.0.0.8:26379",
+            ),
+            ("GATEMETER_REDIS_SENTINEL_MASTER", "mymaster"),
         ],
     );
     for canary in [
@@ -123,10 +128,15 @@ fn check_config_prints_every_effective_setting_as_yaml_with_secrets_hidden() {
         "admin-canary-token",
         "pg-canary-pw",
         "export-canary-pw",
+        "sentinel-canary-pw",
     ] {
         assert!(!text.contains(canary), "{canary} printed:\n{text}");
     }
     assert_eq!(printed["redis"]["url"], "redis://***@10.0.0.5:6379/0");
+    let sentinel = &printed["redis"]["sentinel"];
+    assert_eq!(sentinel["master_name"], "mymaster");
+    assert_eq!(sentinel["nodes"][0], "redis://***@10.0.0.7:26379");
+    assert_eq!(sentinel["nodes"][1], "redis://10.0.0.8:26379");
     assert_eq!(printed["log_store"]["url"], "postgres://***@db:5432/gm");
     assert_eq!(printed["auth"]["admin_tokens"][0], "<hidden>");
     assert_eq!(printed["auth"]["user_tokens"]["alice"], "<hidden>");

@@ -28,7 +28,7 @@ redis:
 }
 
 /// Posts records `[from, to)` in batches; every answer must be 200 and quick.
-async fn post(app: &TestApp, records: &[Gen], from: usize, to: usize, batch: usize) {
+pub(crate) async fn post(app: &TestApp, records: &[Gen], from: usize, to: usize, batch: usize) {
     let mut i = from;
     while i < to {
         let end = (i + batch).min(to);
@@ -53,7 +53,7 @@ async fn post(app: &TestApp, records: &[Gen], from: usize, to: usize, batch: usi
 }
 
 /// Scrapes until the fleet shows `n` requests; each scrape must answer quickly.
-async fn wait_for_total(app: &TestApp, n: usize, limit: Duration) -> Exposition {
+pub(crate) async fn wait_for_total(app: &TestApp, n: usize, limit: Duration) -> Exposition {
     let deadline = Instant::now() + limit;
     loop {
         let t = Instant::now();
@@ -75,13 +75,13 @@ async fn wait_for_total(app: &TestApp, n: usize, limit: Duration) -> Exposition 
     }
 }
 
-async fn store_up(app: &TestApp) -> f64 {
+pub(crate) async fn store_up(app: &TestApp) -> f64 {
     app.metrics()
         .await
         .value("gatemeter_store_up", &[("store", "redis")])
 }
 
-async fn wait_store_up(app: &TestApp, want: f64) {
+pub(crate) async fn wait_store_up(app: &TestApp, want: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while store_up(app).await != want {
         assert!(Instant::now() < deadline, "store_up never became {want}");
@@ -97,7 +97,7 @@ fn close(got: f64, want: f64, what: &str) {
 }
 
 /// Every fleet counter, token and cost total exact; quantiles within 1 %.
-fn check_fleet(m: &Exposition, records: &[Gen]) {
+pub(crate) fn check_fleet(m: &Exposition, records: &[Gen]) {
     let n = records.len() as f64;
     assert_eq!(m.value("ai_gateway_requests_total", &[]), n);
     assert_eq!(
@@ -410,15 +410,24 @@ async fn live_writers_restore_fleet_state_that_redis_lost() {
     let app = TestApp::with_config(&config(&url, &prefix, "restore")).await;
     post(&app, &records, 0, 1_000, 100).await;
     wait_for_total(&app, 1_000, Duration::from_secs(10)).await;
-    // Redis loses the state (e.g. restarted without persistence); no new traffic arrives.
+    // Redis loses the state and a seed counter with the writer's record of what it added
+    // (e.g. restarted without persistence, or a failover to a replica that missed them); no
+    // new traffic arrives.
     let mut c = redis::Client::open(url.as_str())
         .and_then(|c| c.get_connection())
         .expect("connect");
+    let seed_records: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}gatemeter:seed:*"))
+        .query(&mut c)
+        .expect("KEYS");
+    assert_eq!(seed_records.len(), 1, "one writer: {seed_records:?}");
     let deleted: i64 = redis::cmd("DEL")
         .arg(format!("{prefix}gatemeter:state"))
+        .arg(format!("{prefix}metrics:global:total_requests"))
+        .arg(&seed_records[0])
         .query(&mut c)
         .expect("DEL");
-    assert_eq!(deleted, 1);
+    assert_eq!(deleted, 3);
     // The next snapshot shows the loss (seen only if it lasts past a refresh: the writer may
     // re-write first, so both outcomes of this wait are fine).
     let deadline = Instant::now() + Duration::from_millis(1_500);
@@ -432,10 +441,18 @@ async fn live_writers_restore_fleet_state_that_redis_lost() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The writer re-writes its cumulative state at least every 30 flushes (3 s here).
+    // The writer re-sends its cumulative state and seed totals at least every 30 flushes (3 s
+    // here).
     let m = wait_for_total(&app, 1_000, Duration::from_secs(10)).await;
     check_fleet(&m, &records);
+    let total = format!("{prefix}metrics:global:total_requests");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_int(&url, &total) != 1_000 {
+        assert!(Instant::now() < deadline, "the seed total never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.stop().await;
+    assert_eq!(get_int(&url, &total), 1_000, "counted once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 //! (`scripts/with-services.sh cargo test --test it -- tls`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,92 +17,15 @@ use bytes::Bytes;
 use gatemeter::config::Config;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::TestApp;
 use crate::pg_server::PgProc;
+use crate::pki::Pki;
 use crate::redis_server::free_port;
 use crate::sql_log::{get, ingest, wait_rows};
-
-/// A test CA, a server certificate it signed (for `localhost` and `127.0.0.1`), and a second,
-/// unrelated CA (the wrong one), as PEM files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let params = ca_params("gatemeter test CA");
-        let ca_cert = params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(params, ca_key);
-        let leaf_key = KeyPair::generate().expect("server key");
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
-            .expect("server params");
-        leaf.distinguished_name
-            .push(DnType::CommonName, "gatemeter test server");
-        let leaf_cert = leaf
-            .signed_by(&leaf_key, &issuer)
-            .expect("server certificate");
-        let other_key = KeyPair::generate().expect("other CA key");
-        let other = ca_params("another CA")
-            .self_signed(&other_key)
-            .expect("other CA certificate");
-        let pki = Self {
-            cert_pem: leaf_cert.pem(),
-            key_pem: leaf_key.serialize_pem(),
-            dir,
-        };
-        std::fs::write(pki.ca(), ca_cert.pem()).expect("write");
-        std::fs::write(pki.wrong_ca(), other.pem()).expect("write");
-        std::fs::write(pki.cert(), &pki.cert_pem).expect("write");
-        std::fs::write(pki.key(), &pki.key_pem).expect("write");
-        pki
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    fn wrong_ca(&self) -> PathBuf {
-        self.dir.path().join("wrong-ca.pem")
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
-
-    /// The `listen_tls:` section with this server certificate.
-    fn listen_tls(&self) -> String {
-        format!(
-            "listen_tls:\n  cert_file: {}\n  key_file: {}\n",
-            self.cert().display(),
-            self.key().display()
-        )
-    }
-}
-
-fn ca_params(name: &str) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p
-}
 
 /// One HTTPS request to `addr` (server name `localhost`), trusting `ca`: the status and body,
 /// or why it failed.

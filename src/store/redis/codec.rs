@@ -56,6 +56,13 @@ impl Keys {
         self.key(&format!("gatemeter:flush:{writer}"))
     }
 
+    /// What a writer has added to the seed keys so far, one field per key: a batch carries
+    /// the writer's totals and adds the difference, so a batch lost in a failover is made up
+    /// by the next one.
+    pub fn seed_base(&self, writer: &str) -> String {
+        self.key(&format!("gatemeter:seed:{writer}"))
+    }
+
     /// The highest durable-spool position whose deltas Redis holds, per spool.
     pub fn spool(&self, spool: &str) -> String {
         self.key(&format!("gatemeter:spool:{spool}"))

@@ -6,54 +6,59 @@
 //! that every replica's `gatemeter_probe_up` shows the fleet's last result.
 //!
 //! Every call is bounded by the store's connect + command timeouts; Redis errors stay here.
+//! The connection is the live store's kind of `Link`: after a failover, the next call reaches
+//! the new master.
 
-use redis::aio::ConnectionManager;
-
-use super::{RedisConfig, bounded, connection};
+use super::RedisConfig;
+use super::link::Link;
 use crate::store::StoreError;
 use crate::store::sql::probe::ProbeResult;
 
 /// A handle on the fleet's probe leases. Cheap to clone.
 #[derive(Clone)]
 pub struct ProbeLeases {
-    cfg: RedisConfig,
-    con: ConnectionManager,
+    link: Link,
 }
 
 impl ProbeLeases {
     /// A lazily connecting handle (nothing is sent until the first call).
     pub fn new(cfg: RedisConfig) -> Result<Self, StoreError> {
-        let con = connection(&cfg)?;
-        Ok(Self { cfg, con })
+        Ok(Self {
+            link: Link::new(&cfg, "redis")?,
+        })
     }
 
     fn key(&self, probe: &str, what: &str) -> String {
-        format!("{}gatemeter:probe:{probe}:{what}", self.cfg.key_prefix)
+        let prefix = &self.link.config().key_prefix;
+        format!("{prefix}gatemeter:probe:{probe}:{what}")
     }
 
     /// Takes the lease of `probe`'s `slot` for `ttl_ms`: true for exactly one caller per slot.
     pub async fn take(&self, probe: &str, slot: i64, ttl_ms: u64) -> Result<bool, StoreError> {
-        let mut con = self.con.clone();
         let key = self.key(probe, &format!("lease:{slot}"));
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key)
-            .arg(&self.cfg.instance_id)
+            .arg(&self.link.config().instance_id)
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms.max(1));
-        let reply: Option<String> = bounded(&self.cfg, cmd.query_async(&mut con)).await?;
+        let reply: Option<String> = self
+            .link
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
         Ok(reply.is_some())
     }
 
     /// Publishes `r` as the fleet's last result of its probe, kept for `ttl_ms`.
     pub async fn publish(&self, r: &ProbeResult, ttl_ms: u64) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(&r.probe, "last"))
             .arg(r.encode())
             .arg("PX")
             .arg(ttl_ms.max(1));
-        bounded(&self.cfg, cmd.query_async::<()>(&mut con)).await
+        self.link
+            .run(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+            .await
     }
 
     /// The fleet's last result of `probe` (of `provider`), if one is published.
@@ -62,10 +67,12 @@ impl ProbeLeases {
         probe: &str,
         provider: &str,
     ) -> Result<Option<ProbeResult>, StoreError> {
-        let mut con = self.con.clone();
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(probe, "last"));
-        let line: Option<String> = bounded(&self.cfg, cmd.query_async(&mut con)).await?;
+        let line: Option<String> = self
+            .link
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
         Ok(line.and_then(|l| ProbeResult::decode(probe, provider, &l)))
     }
 }

@@ -1,7 +1,8 @@
 //! The Redis live store's settings, as the config layer hands them over (validated in
 //! `config/redis.rs`), and URL redaction.
 //!
-//! The URL may hold a password: [`RedisConfig`]'s `Debug` never prints it, and nothing here logs it.
+//! The URLs may hold passwords: [`RedisConfig`]'s `Debug` never prints them, and nothing here
+//! logs them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,14 +18,27 @@ pub struct RedisCa {
     pub pem: Arc<[u8]>,
 }
 
+/// Redis Sentinel: the master is the one the Sentinels name, reached with `RedisConfig::url`'s
+/// scheme, credentials and database (its host and port are not used).
+#[derive(Clone)]
+pub struct RedisSentinel {
+    /// The master's name as the Sentinels monitor it (`sentinel monitor <name> …`).
+    pub master_name: String,
+    /// The Sentinels' URLs (`redis://[[user]:password@]host:port`, `rediss://` for TLS), asked
+    /// in this order. Secret: never printed.
+    pub nodes: Vec<String>,
+}
+
 /// Validated Redis live-store settings.
 #[derive(Clone)]
 pub struct RedisConfig {
     /// Connection URL (`redis://[:password@]host:port/db`, `rediss://` for TLS). Secret: never
     /// printed.
     pub url: String,
-    /// For `rediss://`: the CA to trust instead of the system's roots.
+    /// For `rediss://` (the server, or Sentinels): the CA to trust instead of the system's roots.
     pub ca: Option<RedisCa>,
+    /// Redis Sentinel, when the master is found through it rather than at `url`'s address.
+    pub sentinel: Option<RedisSentinel>,
     /// Prepended to every key (default empty: the seed system's names exactly).
     pub key_prefix: String,
     /// This process's id in heartbeat keys (default `hostname-pid`).
@@ -48,6 +62,7 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
             .field("ca_file", &self.ca.as_ref().map(|c| &c.path))
+            .field("sentinel", &self.sentinel)
             .field("key_prefix", &self.key_prefix)
             .field("instance_id", &self.instance_id)
             .field("flush_interval", &self.flush_interval)
@@ -56,6 +71,16 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("heartbeat_ttl", &self.heartbeat_ttl)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisSentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| redact_url(n)).collect();
+        f.debug_struct("RedisSentinel")
+            .field("master_name", &self.master_name)
+            .field("nodes", &nodes)
             .finish()
     }
 }
