@@ -303,7 +303,9 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
             queue_bytes: gatemeter::store::sql::DEFAULT_QUEUE_BYTES,
             sqlite_cache_bytes: args
                 .sqlite_cache_mib
-                .map_or(gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES, |m| m << 20),
+                .map_or(gatemeter::store::sql::DEFAULT_SQLITE_CACHE_BYTES, |m| {
+                    m << 20
+                }),
         },
         rows: args.rows,
         seed: args.seed,
