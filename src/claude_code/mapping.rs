@@ -37,7 +37,7 @@ use crate::claude_code::state::{Input, Labels, Point, Temporality, ToolEvent};
 use crate::genai;
 use crate::health::otlp::{ItemReject, Reasons, count_reason};
 use crate::otlp::decode::{
-    Val, bool_of, compact_text, f64_of, hash_value, str_of, text_of, u64_of,
+    Val, bool_of, compact_text, f64_of, hash_value, point_count, str_of, text_of, u64_of,
 };
 use crate::otlp::scan::{Kv, LogRef, ResourceLogsRef};
 use crate::record::{
@@ -651,14 +651,7 @@ impl Mapping {
             for sm in &rm.scope_metrics {
                 let scope = sm.scope.as_ref().map_or("", |s| s.name.as_str());
                 for m in &sm.metrics {
-                    let n = match &m.data {
-                        Some(Data::Gauge(g)) => g.data_points.len(),
-                        Some(Data::Sum(s)) => s.data_points.len(),
-                        Some(Data::Histogram(h)) => h.data_points.len(),
-                        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                        Some(Data::Summary(s)) => s.data_points.len(),
-                        None => 0,
-                    } as u64;
+                    let n = point_count(m.data.as_ref()) as u64;
                     out.received += n;
                     let known = catalog::CLAUDE_CODE_METRICS
                         .iter()

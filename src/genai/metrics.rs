@@ -44,7 +44,7 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use super::{Attrs, Call, Operation, operation, record};
 use crate::otlp::MAX_POINT_FUTURE_MS;
-use crate::otlp::decode::{Val, hash_value, str_of};
+use crate::otlp::decode::{Val, hash_value, point_count, str_of};
 use crate::record::{Event, MAX_TOKENS, RecordError, Validation};
 
 /// The per-call duration histogram.
@@ -218,18 +218,6 @@ fn points<'a>(data: &'a Data) -> Option<(i32, Vec<Point<'a>>)> {
         ),
         _ => return None,
     })
-}
-
-/// The number of points of a metric, of any type (indexes count every point of the request).
-fn point_count(data: Option<&Data>) -> usize {
-    match data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    }
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<Val<'a>> {

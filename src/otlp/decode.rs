@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use axum::http::{HeaderMap, header};
 use compact_str::CompactString;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde::de::DeserializeOwned;
 
 /// The two OTLP/HTTP encodings.
@@ -229,6 +230,19 @@ pub fn bool_of(v: Val<'_>) -> Result<bool, String> {
             _ => Err(format!("{s:?} is not a boolean")),
         },
         other => Err(format!("{} is not a boolean", other.kind())),
+    }
+}
+
+/// The number of points of a metric, of any type (what a request's `received` counts and its
+/// point indexes run over).
+pub fn point_count(data: Option<&Data>) -> usize {
+    match data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
     }
 }
 

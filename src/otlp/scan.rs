@@ -596,6 +596,12 @@ fn resource_logs(buf: &[u8]) -> Option<ResourceLogsRef<'_>> {
 /// The fast path: a protobuf `ExportLogsServiceRequest` read in place, or `None` when the body
 /// holds anything it does not fully understand (the caller then decodes it with prost).
 pub fn logs(body: &[u8]) -> Option<Vec<ResourceLogsRef<'_>>> {
+    resources(body, resource_logs)
+}
+
+/// The messages of an export request's field 1 (its `resource_logs` / `resource_spans`), each
+/// read by `read`; other fields skipped.
+fn resources<'a, T>(body: &'a [u8], read: fn(&'a [u8]) -> Option<T>) -> Option<Vec<T>> {
     let mut r = Reader::new(body);
     let mut out = Vec::new();
     while !r.done() {
@@ -603,7 +609,7 @@ pub fn logs(body: &[u8]) -> Option<Vec<ResourceLogsRef<'_>>> {
         match f {
             1 => {
                 want(wt, LEN)?;
-                out.push(resource_logs(r.bytes()?)?);
+                out.push(read(r.bytes()?)?);
             }
             _ => r.skip(wt)?,
         }

@@ -92,19 +92,7 @@ pub fn spans_view(req: &ExportTraceServiceRequest) -> Vec<ResourceSpansRef<'_>> 
 /// The fast path: a protobuf `ExportTraceServiceRequest` read in place, or `None` when the body
 /// holds anything it does not fully understand (the caller then decodes it with prost).
 pub fn spans(body: &[u8]) -> Option<Vec<ResourceSpansRef<'_>>> {
-    let mut r = Reader::new(body);
-    let mut out = Vec::new();
-    while !r.done() {
-        let (f, wt) = r.key()?;
-        match f {
-            1 => {
-                want(wt, LEN)?;
-                out.push(resource_spans(r.bytes()?)?);
-            }
-            _ => r.skip(wt)?,
-        }
-    }
-    Some(out)
+    super::resources(body, resource_spans)
 }
 
 fn resource_spans(buf: &[u8]) -> Option<ResourceSpansRef<'_>> {

@@ -480,62 +480,41 @@ impl SqlLog {
                 parts.join(" UNION ALL ")
             ),
         };
-        match self.backend() {
-            Backend::Sqlite(p) => {
-                let binds = binds.into_iter().map(Owned::Int).collect();
-                sqlite_read::rows(p, sql, binds, |s| {
-                    Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2)))
-                })
-                .await
-            }
-            Backend::Postgres(p) => {
-                let mut q = sqlx::query(&sql);
-                for v in &binds {
-                    q = q.bind(*v);
-                }
-                let rows = q.fetch_all(p).await.map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            CompactString::from(r.try_get::<String, _>(0)?),
-                            CompactString::from(r.try_get::<String, _>(1)?),
-                            Counts::read(r, 2)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-        }
+        self.rollup_query(
+            sql,
+            binds,
+            |s| Ok((text_of(s, 0)?, text_of(s, 1)?, counts_of(s, 2))),
+            |r| {
+                Ok((
+                    CompactString::from(r.try_get::<String, _>(0)?),
+                    CompactString::from(r.try_get::<String, _>(1)?),
+                    Counts::read(r, 2)?,
+                ))
+            },
+        )
+        .await
     }
 
-    /// Runs a rollup read (`$1` dimension, `$2` tier, `$3`..`$4` the bucket range) and reads
-    /// each row with the backend's reader.
+    /// Runs a rollup read with the integers `binds` as `$1`, `$2`, … (in order of first
+    /// appearance) and reads each row with the backend's reader.
     async fn rollup_query<T: Send + 'static>(
         &self,
         sql: String,
-        (dim, tier, from, to): (Dim, Tier, i64, i64),
+        binds: Vec<i64>,
         sqlite: fn(&Statement<'_>) -> Result<T, String>,
         postgres: fn(&sqlx::postgres::PgRow) -> Result<T, sqlx::Error>,
     ) -> Result<Vec<T>, StoreError> {
         match self.backend() {
             Backend::Sqlite(p) => {
-                let binds = vec![
-                    Owned::Int(dim.code()),
-                    Owned::Int(tier.code()),
-                    Owned::Int(from),
-                    Owned::Int(to),
-                ];
+                let binds = binds.into_iter().map(Owned::Int).collect();
                 sqlite_read::rows(p, sql, binds, sqlite).await
             }
             Backend::Postgres(p) => {
-                let rows = sqlx::query(&sql)
-                    .bind(dim.code() as i16)
-                    .bind(tier.code() as i16)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(p)
-                    .await
-                    .map_err(unavailable)?;
+                let mut q = sqlx::query(&sql);
+                for v in binds {
+                    q = q.bind(v);
+                }
+                let rows = q.fetch_all(p).await.map_err(unavailable)?;
                 rows.iter()
                     .map(postgres)
                     .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -554,15 +533,18 @@ impl SqlLog {
         to: i64,
         dist: bool,
     ) -> Result<Vec<(i64, CompactString, CompactString, Counts, Option<Vec<u8>>)>, StoreError> {
+        // Codes of our own enums, not input; the bounds are bound.
         let sql = format!(
             "SELECT bucket_ms, value, detail, {}, {} FROM rollup \
-             WHERE dim = $1 AND tier = $2 AND bucket_ms >= $3 AND bucket_ms < $4",
+             WHERE dim = {} AND tier = {} AND bucket_ms >= $1 AND bucket_ms < $2",
             super::rollup::COUNT_COLUMNS.join(", "),
             if dist { "dist" } else { "NULL" },
+            dim.code(),
+            tier.code(),
         );
         self.rollup_query(
             sql,
-            (dim, tier, from, to),
+            vec![from, to],
             |s| {
                 Ok((
                     s.int(0),
