@@ -243,7 +243,9 @@ fn analytics_record(
         5 => 429,
         _ => 200,
     };
-    r.session_id = Some(format_compact!("session-{user}-{}", ts / 7_200_000));
+    // Claude Code's session ids are random UUIDs: nothing in their order follows the user's.
+    let mut session_rng = SmallRng::seed_from_u64(u64::from(user) << 32 ^ (ts / 7_200_000) as u64);
+    r.session_id = Some(uuid_v4(&mut session_rng));
     r
 }
 
