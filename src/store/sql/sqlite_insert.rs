@@ -10,6 +10,7 @@
 //! prepared statement costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md for
 //! the figures).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::SqlitePool;
@@ -73,26 +74,101 @@ fn in_transaction(
 }
 
 fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
-    let mut stmt = db.prepare(&insert_one_sql())?;
-    let mut chain = String::new();
-    let mut added = Batch::default();
-    for r in batch {
-        columns::provider_chain(r, &mut chain);
-        stmt.run_once(binds(r, &chain))?;
-        // A repeated request id changed nothing: it is not counted again.
-        if rollups && db.changes() == 1 {
-            added.add(&Fact::of(r));
-        }
-    }
-    drop(stmt);
+    let order = insert_order(batch);
+    // The rollup increments of the rows are added up and encoded on a thread of their own
+    // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
+    // it ~1 µs a row. They are added up assuming every row is stored; when the insert skipped
+    // some (repeated request ids: they are not counted again), they are added up here again,
+    // from the rows stored only.
+    let (skipped, journal) = std::thread::scope(|s| {
+        let parallel = rollups && order.len() >= PARALLEL_ROLLUP_ROWS;
+        let rollup = parallel.then(|| s.spawn(|| journal_blob(order.iter().copied())));
+        let inserted = insert_rows(db, &order);
+        let journal = rollup.map(|t| t.join().expect("the rollup thread does not panic"));
+        inserted.map(|skipped| (skipped, journal))
+    })?;
     insert_requests(db, batch)?;
-    if added.is_empty() {
+    if !rollups {
         return Ok(());
     }
+    let blob = match journal {
+        Some(blob) if skipped.is_empty() => blob,
+        _ => {
+            let mut skipped = skipped.into_iter().peekable();
+            let stored = order.iter().enumerate().filter_map(|(i, r)| {
+                let repeat = skipped.next_if_eq(&i).is_some();
+                (!repeat).then_some(*r)
+            });
+            journal_blob(stored)
+        }
+    };
+    let Some(blob) = blob else { return Ok(()) };
     // The increments are journaled with the rows; `merge_pending` folds them in later.
     let mut journal = db.prepare("INSERT INTO rollup_pending (rows, delta) VALUES (?1, ?2)")?;
     let rows = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-    journal.run_once([Bind::Int(rows), Bind::Bytes(&added.encode())])
+    journal.run_once([Bind::Int(rows), Bind::Bytes(&blob)])
+}
+
+/// Batches at least this long add up their rollups on a thread of their own (a thread costs
+/// some 20 µs to start; a small batch is added up in less).
+const PARALLEL_ROLLUP_ROWS: usize = 2_048;
+
+/// Inserts `order`'s rows; returns the positions of those skipped as repeats, in order.
+fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, String> {
+    let mut stmt = db.prepare(&insert_one_sql())?;
+    let mut chain = String::new();
+    let mut skipped = Vec::new();
+    for (i, r) in order.iter().enumerate() {
+        columns::provider_chain(r, &mut chain);
+        stmt.run_once(binds(r, &chain))?;
+        // A repeated request id changed nothing: it is not counted again.
+        if db.changes() != 1 {
+            skipped.push(i);
+        }
+    }
+    Ok(skipped)
+}
+
+/// The journal blob of `rows`' rollup increments; `None` when they add nothing.
+fn journal_blob<'r>(rows: impl Iterator<Item = &'r ValidRecord>) -> Option<Vec<u8>> {
+    let mut added = Batch::default();
+    for r in rows {
+        added.add(&Fact::of(r));
+    }
+    (!added.is_empty()).then(|| added.encode())
+}
+
+/// The batch's rows in the order they are inserted: each `request_id` once (its first record:
+/// the one the log keeps, as `ON CONFLICT DO NOTHING` would in arrival order), sorted by session,
+/// then user, then time (stable: arrival order within that).
+///
+/// Why: each row goes into every index at its key's place, and the session and user indexes
+/// take a busy log's rows at thousands of places at once (one per live session or user), so in
+/// arrival order nearly every row finds its page out of the cache (`sqlite_cache_bytes`) and
+/// reads it in, and evicts a dirty one. Sorted, the session index is swept once per batch, and
+/// the user index too for rows without a session. `bench-log --profile live` (10,000 users and
+/// their sessions, 1,000,000 rows): 47,000 → 77,000 rows/s (docs/benchmarks.md). Ids in
+/// `request_log` then follow this order within a batch, not arrival; nothing reads them as
+/// arrival order (lists are by time, then id).
+fn insert_order(batch: &[Box<ValidRecord>]) -> Vec<&ValidRecord> {
+    let mut seen = HashSet::with_capacity_and_hasher(batch.len(), ahash::RandomState::new());
+    let mut order: Vec<&ValidRecord> = batch
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| {
+            r.request_id
+                .as_ref()
+                .is_none_or(|id| seen.insert(id.as_str()))
+        })
+        .collect();
+    order.sort_by(|a, b| {
+        (a.session_id.as_deref(), a.user.as_deref(), a.timestamp_ms).cmp(&(
+            b.session_id.as_deref(),
+            b.user.as_deref(),
+            b.timestamp_ms,
+        ))
+    });
+    order
 }
 
 /// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
@@ -312,7 +388,7 @@ mod tests {
         let rows = sqlx::query(
             "SELECT request_id, ts_ms, user_ref, key_name, status, ttfb_ms, cache_read_tokens, \
              cost_micros, provider_chain, error, session_id, messages_count \
-             FROM request_log ORDER BY id",
+             FROM request_log ORDER BY ts_ms DESC",
         )
         .fetch_all(&pool)
         .await
@@ -334,6 +410,73 @@ mod tests {
         assert_eq!(r.get::<Option<i64>, _>("ttfb_ms"), None);
         assert_eq!(r.get::<Option<String>, _>("session_id"), None);
         assert_eq!(r.get::<String, _>("provider_chain"), "[]");
+    }
+
+    /// Rows are inserted sorted by session (`insert_order`), yet of two records with one id in a
+    /// batch the first one received is kept and counted, as in arrival order.
+    #[tokio::test]
+    async fn a_repeated_id_keeps_its_first_record_whatever_the_insert_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        let rec = |session: &str, user: &str, cost: f64| {
+            record(
+                json!({"request_id": "same", "model": "m", "status": 200, "duration_ms": 1,
+                          "session_id": session, "user": user, "cost_usd": cost}),
+            )
+        };
+        let batch = vec![
+            rec("session-z", "first", 1.0),
+            rec("session-a", "second", 2.0),
+            record(json!({"request_id": "other", "model": "m", "status": 200,
+                          "duration_ms": 1, "session_id": "session-m"})),
+        ];
+        write(&pool, Arc::new(batch), true).await.expect("write");
+        merge_pending(&pool).await.expect("merge");
+        let (session, user): (String, String) = sqlx::query_as(
+            "SELECT session_id, user_ref FROM request_log WHERE request_id = 'same'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("read");
+        assert_eq!((session.as_str(), user.as_str()), ("session-z", "first"));
+        let (rows, cost): (i64, i64) = sqlx::query_as(
+            "SELECT sum(requests), sum(cost_micros) FROM rollup WHERE dim = 0 AND tier = 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("rollup");
+        assert_eq!((rows, cost), (2, 1_000_000));
+    }
+
+    /// A batch long enough to add up its rollups on another thread, holding an id stored by an
+    /// earlier batch: the repeat is skipped and not counted (the rollups are added up again).
+    #[tokio::test]
+    async fn a_long_batch_does_not_count_an_id_stored_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        let rec = |id: &str, cost: f64| {
+            record(
+                json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1,
+                          "user": "u", "cost_usd": cost}),
+            )
+        };
+        write(&pool, Arc::new(vec![rec("dup", 5.0)]), true)
+            .await
+            .expect("first");
+        let mut batch: Vec<_> = (0..PARALLEL_ROLLUP_ROWS + 10)
+            .map(|i| rec(&format!("r-{i}"), 1.0))
+            .collect();
+        batch.insert(100, rec("dup", 7.0));
+        write(&pool, Arc::new(batch), true).await.expect("second");
+        merge_pending(&pool).await.expect("merge");
+        let (rows, cost): (i64, i64) = sqlx::query_as(
+            "SELECT sum(requests), sum(cost_micros) FROM rollup WHERE dim = 1 AND tier = 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("rollup");
+        let n = i64::try_from(PARALLEL_ROLLUP_ROWS).expect("small") + 10;
+        assert_eq!((rows, cost), (n + 1, (n + 5) * 1_000_000));
     }
 
     #[tokio::test]
