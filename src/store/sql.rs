@@ -432,6 +432,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup journal and month buckets",
         include_str!("../../migrations/postgres/0010_rollup_journal_and_months.sql"),
     ),
+    (
+        11,
+        "rollup journal uncompressed",
+        include_str!("../../migrations/postgres/0011_rollup_journal_uncompressed.sql"),
+    ),
 ];
 
 /// Migration 0004 keeps one B-tree per filter column where the `btree_gin` extension could not

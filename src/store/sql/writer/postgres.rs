@@ -12,7 +12,7 @@
 //! and the value in PostgreSQL's binary send format (`text`: the UTF-8 bytes, `int8`:
 //! big-endian, `bool`: one byte).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use sqlx::Executor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -108,16 +108,30 @@ pub(in crate::store::sql) fn open_pool(opts: PgConnectOptions, connections: usiz
 
 /// Writes one batch in one transaction; rows whose `request_id` is already stored (or repeated
 /// earlier in the batch) are skipped. `pool` must come from [`open_pool`].
+#[allow(clippy::vec_box)]
 pub(super) async fn write(
     pool: &PgPool,
-    batch: &[Box<ValidRecord>],
+    batch: &Arc<Vec<Box<ValidRecord>>>,
     rollups: bool,
 ) -> Result<(), WriteError> {
+    // The direct path's rollup increments (every record) are added up and encoded on a blocking
+    // thread while the server takes the COPY, not after it: a batch's connection then waits for
+    // them ~0 ms instead of ~1 µs a row.
+    let journal = rollups.then(|| {
+        let batch = Arc::clone(batch);
+        tokio::task::spawn_blocking(move || {
+            let mut added = Batch::default();
+            for r in batch.iter() {
+                added.add(&Fact::of(r));
+            }
+            added.encode()
+        })
+    });
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
     let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
     data.extend_from_slice(HEADER);
     let mut chain = String::new();
-    for r in batch {
+    for r in batch.iter() {
         encode_row(&mut data, r, &mut chain).map_err(WriteError::Refused)?;
     }
     data.extend_from_slice(&TRAILER);
@@ -127,7 +141,7 @@ pub(super) async fn write(
     // unique violation, and the batch is written again through the staging table, which skips
     // the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
     // table's heap insert and the `INSERT … SELECT` for every row.
-    let direct = rollups.then_some(Added::Records(batch));
+    let direct = journal.map(|blob| Added::Records(blob, batch.len()));
     match copy_in(pool, &COPY_DIRECT, &data, direct, batch).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
         other => return other.map_err(write_error),
@@ -139,9 +153,10 @@ pub(super) async fn write(
 }
 
 /// What a `COPY` added to the log, for the rollups.
-enum Added<'b> {
-    /// Every record of the batch (the direct `COPY` stores all or nothing).
-    Records(&'b [Box<ValidRecord>]),
+enum Added {
+    /// Every record of the batch (the direct `COPY` stores all or nothing): their journal blob,
+    /// being encoded, and how many they are.
+    Records(tokio::task::JoinHandle<Vec<u8>>, usize),
     /// The rows the staged move returns (repeats skipped); rolled up only with `rollups`.
     Returned { rollups: bool },
 }
@@ -155,7 +170,7 @@ async fn copy_in(
     pool: &PgPool,
     copy: &str,
     data: &[u8],
-    added: Option<Added<'_>>,
+    added: Option<Added>,
     batch: &[Box<ValidRecord>],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -164,31 +179,30 @@ async fn copy_in(
         sink.send(chunk).await?;
     }
     sink.finish().await?;
-    let mut rollups = Batch::default();
-    let mut added_rows = 0usize;
-    match added {
-        Some(Added::Records(records)) => {
-            for r in records {
-                rollups.add(&Fact::of(r));
-            }
-            added_rows = records.len();
+    let journal = match added {
+        Some(Added::Records(blob, rows)) => {
+            let blob = blob
+                .await
+                .map_err(|e| sqlx::Error::Protocol(format!("rollup increments: {e}")))?;
+            (rows > 0).then_some((blob, rows))
         }
         Some(Added::Returned { rollups: on }) => {
             let rows = sqlx::query(&MOVE).fetch_all(&mut *tx).await?;
+            let mut rollups = Batch::default();
             if on {
                 for row in &rows {
                     rollups.add(&FactRow::read(row, 0)?.fact());
                 }
-                added_rows = rows.len();
             }
+            (!rollups.is_empty()).then(|| (rollups.encode(), rows.len()))
         }
-        None => {}
-    }
-    if !rollups.is_empty() {
+        None => None,
+    };
+    if let Some((blob, rows)) = journal {
         // Journaled with the rows; `merge_pending` folds them in later, under the lock.
         sqlx::query("INSERT INTO rollup_pending (rows, delta) VALUES ($1, $2)")
-            .bind(i64::try_from(added_rows).unwrap_or(i64::MAX))
-            .bind(rollups.encode())
+            .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+            .bind(blob)
             .execute(&mut *tx)
             .await?;
     }
