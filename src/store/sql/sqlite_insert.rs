@@ -10,7 +10,6 @@
 //! prepared statement costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md for
 //! the figures).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::SqlitePool;
@@ -74,7 +73,10 @@ fn in_transaction(
 }
 
 fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
-    let order = insert_order(batch);
+    let order: Vec<&ValidRecord> = columns::insert_order(batch)
+        .into_iter()
+        .map(|i| &*batch[i])
+        .collect();
     // The rollup increments of the rows are added up and encoded on a thread of their own
     // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
     // it ~1 µs a row. They are added up assuming every row is stored; when the insert skipped
@@ -136,39 +138,6 @@ fn journal_blob<'r>(rows: impl Iterator<Item = &'r ValidRecord>) -> Option<Vec<u
         added.add(&Fact::of(r));
     }
     (!added.is_empty()).then(|| added.encode())
-}
-
-/// The batch's rows in the order they are inserted: each `request_id` once (its first record:
-/// the one the log keeps, as `ON CONFLICT DO NOTHING` would in arrival order), sorted by session,
-/// then user, then time (stable: arrival order within that).
-///
-/// Why: each row goes into every index at its key's place, and the session and user indexes
-/// take a busy log's rows at thousands of places at once (one per live session or user), so in
-/// arrival order nearly every row finds its page out of the cache (`sqlite_cache_bytes`) and
-/// reads it in, and evicts a dirty one. Sorted, the session index is swept once per batch, and
-/// the user index too for rows without a session. `bench-log --profile live` (10,000 users and
-/// their sessions, 1,000,000 rows): 47,000 → 77,000 rows/s (docs/benchmarks.md). Ids in
-/// `request_log` then follow this order within a batch, not arrival; nothing reads them as
-/// arrival order (lists are by time, then id).
-fn insert_order(batch: &[Box<ValidRecord>]) -> Vec<&ValidRecord> {
-    let mut seen = HashSet::with_capacity_and_hasher(batch.len(), ahash::RandomState::new());
-    let mut order: Vec<&ValidRecord> = batch
-        .iter()
-        .map(|r| &**r)
-        .filter(|r| {
-            r.request_id
-                .as_ref()
-                .is_none_or(|id| seen.insert(id.as_str()))
-        })
-        .collect();
-    order.sort_by(|a, b| {
-        (a.session_id.as_deref(), a.user.as_deref(), a.timestamp_ms).cmp(&(
-            b.session_id.as_deref(),
-            b.user.as_deref(),
-            b.timestamp_ms,
-        ))
-    });
-    order
 }
 
 /// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
@@ -412,7 +381,7 @@ mod tests {
         assert_eq!(r.get::<String, _>("provider_chain"), "[]");
     }
 
-    /// Rows are inserted sorted by session (`insert_order`), yet of two records with one id in a
+    /// Rows are inserted sorted by session (`columns::insert_order`), yet of two records with one id in a
     /// batch the first one received is kept and counted, as in arrival order.
     #[tokio::test]
     async fn a_repeated_id_keeps_its_first_record_whatever_the_insert_order() {

@@ -117,31 +117,34 @@ pub(super) async fn write(
     // The direct path's rollup increments (every record) are added up and encoded on a blocking
     // thread while the server takes the COPY, not after it: a batch's connection then waits for
     // them ~0 ms instead of ~1 µs a row.
+    // Rows go in in the SQLite writer's order (`columns::insert_order`: each id once, sorted), so
+    // that the two backends number the same records alike.
+    let order = Arc::new(columns::insert_order(batch));
     let journal = rollups.then(|| {
-        let batch = Arc::clone(batch);
+        let (batch, order) = (Arc::clone(batch), Arc::clone(&order));
         tokio::task::spawn_blocking(move || {
             let mut added = Batch::default();
-            for r in batch.iter() {
-                added.add(&Fact::of(r));
+            for &i in order.iter() {
+                added.add(&Fact::of(&batch[i]));
             }
             added.encode()
         })
     });
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
-    let mut data = Vec::with_capacity(HEADER.len() + batch.len() * 320 + 2);
+    let mut data = Vec::with_capacity(HEADER.len() + order.len() * 320 + 2);
     data.extend_from_slice(HEADER);
     let mut chain = String::new();
-    for r in batch.iter() {
-        encode_row(&mut data, r, &mut chain).map_err(WriteError::Refused)?;
+    for &i in order.iter() {
+        encode_row(&mut data, &batch[i], &mut chain).map_err(WriteError::Refused)?;
     }
     data.extend_from_slice(&TRAILER);
 
-    // Fast path: COPY straight into the log. A repeated `request_id` (already stored, repeated
-    // in the batch, or in a batch committing at the same time) makes the whole COPY fail with a
-    // unique violation, and the batch is written again through the staging table, which skips
-    // the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
+    // Fast path: COPY straight into the log. A repeated `request_id` (already stored, or in a
+    // batch committing at the same time; repeats within the batch are left out above) makes the
+    // whole COPY fail with a unique violation, and the batch is written again through the
+    // staging table, which skips the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
     // table's heap insert and the `INSERT … SELECT` for every row.
-    let direct = journal.map(|blob| Added::Records(blob, batch.len()));
+    let direct = journal.map(|blob| Added::Records(blob, order.len()));
     match copy_in(pool, &COPY_DIRECT, &data, direct, batch).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
         other => return other.map_err(write_error),
