@@ -73,10 +73,18 @@ fn in_transaction(
 }
 
 fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
-    let order: Vec<&ValidRecord> = columns::insert_order(batch)
-        .into_iter()
-        .map(|i| &*batch[i])
-        .collect();
+    let positions = columns::insert_order(batch);
+    let order: Vec<&ValidRecord> = positions.iter().map(|&i| &*batch[i]).collect();
+    // The rows stored (all but the `skipped` places of `order`, ascending) in arrival order, the
+    // order the rollups add them in on both backends: a session's namespace is its first row's.
+    let stored = |skipped: &[usize]| {
+        let mut kept: Vec<usize> = (positions.iter().enumerate())
+            .filter(|(at, _)| skipped.binary_search(at).is_err())
+            .map(|(_, &i)| i)
+            .collect();
+        kept.sort_unstable();
+        kept.into_iter().map(|i| &*batch[i])
+    };
     // The rollup increments of the rows are added up and encoded on a thread of their own
     // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
     // it ~1 µs a row. They are added up assuming every row is stored; when the insert skipped
@@ -84,7 +92,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     // from the rows stored only.
     let (skipped, journal) = std::thread::scope(|s| {
         let parallel = rollups && order.len() >= PARALLEL_ROLLUP_ROWS;
-        let rollup = parallel.then(|| s.spawn(|| journal_blob(order.iter().copied())));
+        let rollup = parallel.then(|| s.spawn(|| journal_blob(stored(&[]))));
         let inserted = insert_rows(db, &order);
         let journal = rollup.map(|t| t.join().expect("the rollup thread does not panic"));
         inserted.map(|skipped| (skipped, journal))
@@ -95,14 +103,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     }
     let blob = match journal {
         Some(blob) if skipped.is_empty() => blob,
-        _ => {
-            let mut skipped = skipped.into_iter().peekable();
-            let stored = order.iter().enumerate().filter_map(|(i, r)| {
-                let repeat = skipped.next_if_eq(&i).is_some();
-                (!repeat).then_some(*r)
-            });
-            journal_blob(stored)
-        }
+        _ => journal_blob(stored(&skipped)),
     };
     let Some(blob) = blob else { return Ok(()) };
     // The increments are journaled with the rows; `merge_pending` folds them in later.

@@ -123,20 +123,33 @@ pub(super) async fn write(
     let journal = rollups.then(|| {
         let (batch, order) = (Arc::clone(batch), Arc::clone(&order));
         tokio::task::spawn_blocking(move || {
+            // In arrival order, as the records lie in memory (the sums do not depend on it).
+            let mut kept = order.to_vec();
+            kept.sort_unstable();
             let mut added = Batch::default();
-            for &i in order.iter() {
+            for i in kept {
                 added.add(&Fact::of(&batch[i]));
             }
             added.encode()
         })
     });
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
-    let mut data = Vec::with_capacity(HEADER.len() + order.len() * 320 + 2);
-    data.extend_from_slice(HEADER);
+    // Rows are encoded in arrival order, as the records lie in memory, then laid out in the
+    // insert order: encoded in that order, nearly every record was a cache miss (+0.3 µs a row).
+    let mut rows = Vec::with_capacity(batch.len() * 320);
+    let mut ends = Vec::with_capacity(batch.len());
     let mut chain = String::new();
-    for &i in order.iter() {
-        encode_row(&mut data, &batch[i], &mut chain).map_err(WriteError::Refused)?;
+    for r in batch.iter() {
+        encode_row(&mut rows, r, &mut chain).map_err(WriteError::Refused)?;
+        ends.push(rows.len());
     }
+    let mut data = Vec::with_capacity(HEADER.len() + rows.len() + 2);
+    data.extend_from_slice(HEADER);
+    for &i in order.iter() {
+        let start = i.checked_sub(1).map_or(0, |p| ends[p]);
+        data.extend_from_slice(&rows[start..ends[i]]);
+    }
+    drop(rows);
     data.extend_from_slice(&TRAILER);
 
     // Fast path: COPY straight into the log. A repeated `request_id` (already stored, or in a
