@@ -506,6 +506,19 @@ pub fn floor(ts: i64, size: i64) -> i64 {
 }
 
 impl Batch {
+    /// The journal blob ([`Batch::encode`]) of the rows at `positions` of `batch`, added in
+    /// arrival order whatever order they were inserted in (the order matters where a session
+    /// spans namespaces: its row keeps its first record's), so both writers journal the same;
+    /// `None` when they add nothing.
+    pub fn journal_of(batch: &[Box<ValidRecord>], mut positions: Vec<usize>) -> Option<Vec<u8>> {
+        positions.sort_unstable();
+        let mut added = Batch::default();
+        for i in positions {
+            added.add(&Fact::of(&batch[i]));
+        }
+        (!added.is_empty()).then(|| added.encode())
+    }
+
     /// True when nothing was added.
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty() && self.sessions.is_empty()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
-use super::rollup::{self, Batch, Fact};
+use super::rollup::{self, Batch};
 use super::sqlite_raw::{Bind, Handle, is_outage_message, with_handle};
 use super::{WriteError, unavailable, write_error};
 use crate::record::ValidRecord;
@@ -75,15 +75,12 @@ fn in_transaction(
 fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
     let positions = columns::insert_order(batch);
     let order: Vec<&ValidRecord> = positions.iter().map(|&i| &*batch[i]).collect();
-    // The rows stored (all but the `skipped` places of `order`, ascending) in arrival order, the
-    // order the rollups add them in on both backends: a session's namespace is its first row's.
-    let stored = |skipped: &[usize]| {
-        let mut kept: Vec<usize> = (positions.iter().enumerate())
+    // The positions in `batch` of the rows stored: all but the `skipped` places of `order`.
+    let stored = |skipped: &[usize]| -> Vec<usize> {
+        (positions.iter().enumerate())
             .filter(|(at, _)| skipped.binary_search(at).is_err())
             .map(|(_, &i)| i)
-            .collect();
-        kept.sort_unstable();
-        kept.into_iter().map(|i| &*batch[i])
+            .collect()
     };
     // The rollup increments of the rows are added up and encoded on a thread of their own
     // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
@@ -92,7 +89,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     // from the rows stored only.
     let (skipped, journal) = std::thread::scope(|s| {
         let parallel = rollups && order.len() >= PARALLEL_ROLLUP_ROWS;
-        let rollup = parallel.then(|| s.spawn(|| journal_blob(stored(&[]))));
+        let rollup = parallel.then(|| s.spawn(|| Batch::journal_of(batch, stored(&[]))));
         let inserted = insert_rows(db, &order);
         let journal = rollup.map(|t| t.join().expect("the rollup thread does not panic"));
         inserted.map(|skipped| (skipped, journal))
@@ -103,7 +100,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     }
     let blob = match journal {
         Some(blob) if skipped.is_empty() => blob,
-        _ => journal_blob(stored(&skipped)),
+        _ => Batch::journal_of(batch, stored(&skipped)),
     };
     let Some(blob) = blob else { return Ok(()) };
     // The increments are journaled with the rows; `merge_pending` folds them in later.
@@ -130,15 +127,6 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
         }
     }
     Ok(skipped)
-}
-
-/// The journal blob of `rows`' rollup increments; `None` when they add nothing.
-fn journal_blob<'r>(rows: impl Iterator<Item = &'r ValidRecord>) -> Option<Vec<u8>> {
-    let mut added = Batch::default();
-    for r in rows {
-        added.add(&Fact::of(r));
-    }
-    (!added.is_empty()).then(|| added.encode())
 }
 
 /// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
@@ -315,6 +303,7 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     use super::*;
+    use crate::store::sql::rollup::{Dim, Tier};
 
     fn record(json: Value) -> Box<ValidRecord> {
         crate::record::test_record(&json.to_string(), crate::clock::now_ms())
@@ -382,6 +371,18 @@ mod tests {
         assert_eq!(r.get::<String, _>("provider_chain"), "[]");
     }
 
+    /// Requests and cost in the hour rollups of `dim`.
+    async fn hour_sums(pool: &SqlitePool, dim: Dim) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT sum(requests), sum(cost_micros) FROM rollup WHERE dim = ? AND tier = ?",
+        )
+        .bind(dim.code())
+        .bind(Tier::Hour.code())
+        .fetch_one(pool)
+        .await
+        .expect("rollup")
+    }
+
     /// Rows are inserted sorted by session (`columns::insert_order`), yet of two records with one id in a
     /// batch the first one received is kept and counted, as in arrival order.
     #[tokio::test]
@@ -409,12 +410,7 @@ mod tests {
         .await
         .expect("read");
         assert_eq!((session.as_str(), user.as_str()), ("session-z", "first"));
-        let (rows, cost): (i64, i64) = sqlx::query_as(
-            "SELECT sum(requests), sum(cost_micros) FROM rollup WHERE dim = 0 AND tier = 1",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("rollup");
+        let (rows, cost) = hour_sums(&pool, Dim::All).await;
         assert_eq!((rows, cost), (2, 1_000_000));
     }
 
@@ -439,12 +435,7 @@ mod tests {
         batch.insert(100, rec("dup", 7.0));
         write(&pool, Arc::new(batch), true).await.expect("second");
         merge_pending(&pool).await.expect("merge");
-        let (rows, cost): (i64, i64) = sqlx::query_as(
-            "SELECT sum(requests), sum(cost_micros) FROM rollup WHERE dim = 1 AND tier = 1",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("rollup");
+        let (rows, cost) = hour_sums(&pool, Dim::User).await;
         let n = i64::try_from(PARALLEL_ROLLUP_ROWS).expect("small") + 10;
         assert_eq!((rows, cost), (n + 1, (n + 5) * 1_000_000));
     }

@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 use crate::store::sql::columns::{self, FIELDS, Value, column_list};
-use crate::store::sql::rollup::{self, Batch, Dist, FACT_COLUMNS, Fact, FactRow};
+use crate::store::sql::rollup::{self, Batch, Dist, FACT_COLUMNS, FactRow};
 use crate::store::sql::{ACQUIRE_TIMEOUT, WriteError, unavailable, write_error};
 
 /// The staging table (temporary: one per connection, no WAL, no locks shared with others).
@@ -114,24 +114,15 @@ pub(super) async fn write(
     batch: &Arc<Vec<Box<ValidRecord>>>,
     rollups: bool,
 ) -> Result<(), WriteError> {
-    // The direct path's rollup increments (every record) are added up and encoded on a blocking
-    // thread while the server takes the COPY, not after it: a batch's connection then waits for
-    // them ~0 ms instead of ~1 µs a row.
     // Rows go in in the SQLite writer's order (`columns::insert_order`: each id once, sorted), so
     // that the two backends number the same records alike.
-    let order = Arc::new(columns::insert_order(batch));
+    let order = columns::insert_order(batch);
+    // The direct path's rollup increments (every row sent) are added up and encoded on a blocking
+    // thread while the server takes the COPY, not after it: a batch's connection then waits for
+    // them ~0 ms instead of ~1 µs a row.
     let journal = rollups.then(|| {
-        let (batch, order) = (Arc::clone(batch), Arc::clone(&order));
-        tokio::task::spawn_blocking(move || {
-            // In arrival order, as the records lie in memory (the sums do not depend on it).
-            let mut kept = order.to_vec();
-            kept.sort_unstable();
-            let mut added = Batch::default();
-            for i in kept {
-                added.add(&Fact::of(&batch[i]));
-            }
-            added.encode()
-        })
+        let (batch, kept) = (Arc::clone(batch), order.clone());
+        tokio::task::spawn_blocking(move || Batch::journal_of(&batch, kept))
     });
     // Encoded before any I/O: a row that cannot be encoded never leaves a COPY half sent.
     // Rows are encoded in arrival order, as the records lie in memory, then laid out in the
@@ -155,8 +146,8 @@ pub(super) async fn write(
     // Fast path: COPY straight into the log. A repeated `request_id` (already stored, or in a
     // batch committing at the same time; repeats within the batch are left out above) makes the
     // whole COPY fail with a unique violation, and the batch is written again through the
-    // staging table, which skips the repeats. Repeats are rare (retried deliveries), and the direct COPY saves the staging
-    // table's heap insert and the `INSERT … SELECT` for every row.
+    // staging table, which skips the repeats. Repeats are rare (retried deliveries), and the
+    // direct COPY saves the staging table's heap insert and the `INSERT … SELECT` for every row.
     let direct = journal.map(|blob| Added::Records(blob, order.len()));
     match copy_in(pool, &COPY_DIRECT, &data, direct, batch).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
@@ -172,7 +163,7 @@ pub(super) async fn write(
 enum Added {
     /// Every record of the batch (the direct `COPY` stores all or nothing): their journal blob,
     /// being encoded, and how many they are.
-    Records(tokio::task::JoinHandle<Vec<u8>>, usize),
+    Records(tokio::task::JoinHandle<Option<Vec<u8>>>, usize),
     /// The rows the staged move returns (repeats skipped); rolled up only with `rollups`.
     Returned { rollups: bool },
 }
@@ -200,7 +191,7 @@ async fn copy_in(
             let blob = blob
                 .await
                 .map_err(|e| sqlx::Error::Protocol(format!("rollup increments: {e}")))?;
-            (rows > 0).then_some((blob, rows))
+            blob.map(|blob| (blob, rows))
         }
         Some(Added::Returned { rollups: on }) => {
             let rows = sqlx::query(&MOVE).fetch_all(&mut *tx).await?;
