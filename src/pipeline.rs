@@ -10,6 +10,8 @@
 //! in spool order. After each flush the task asks the request log and the live store to confirm
 //! everything handed to them so far ([`RequestLog::sync`], [`LiveStore::sync`]) and publishes
 //! the highest position both confirmed ([`Pipeline::confirmed`]): the spool may then forget it.
+//! Spooled records never meet a full request log: they wait for room, holding theirs in the
+//! ingest queue, and a checkpoint covers only batches the log has been handed (`LogFeed`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::aggregate::{Aggregator, Limits, Outcome};
 use crate::clock::now_ms;
 use crate::health::{DropReason, Health};
-use crate::record::Event;
+use crate::record::{Event, ValidRecord};
 use crate::store::{FleetView, LiveStore, RequestLog};
 
 /// Pipeline settings.
@@ -285,6 +287,7 @@ async fn run(
     let mut tick = tokio::time::interval(cfg.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbox = Vec::with_capacity(256);
+    let mut feed = LogFeed::default();
     loop {
         tokio::select! {
             // The tick first: under sustained load the queue is always ready and would starve it.
@@ -294,17 +297,23 @@ async fn run(
                 agg.expire(now);
                 health.set_pending(agg.pending());
                 flush(&mut agg, applied_pos, now);
-                // One checkpoint at a time: a slow log only delays the next one.
-                if applied_pos > asked_pos && checkpoint.as_ref().is_none_or(|t| t.is_finished()) {
-                    asked_pos = applied_pos;
+                // One checkpoint at a time: a slow log only delays the next one. It covers
+                // what the log has been handed: the live store took at least that much.
+                let pos = feed.logged_pos;
+                if pos > asked_pos && checkpoint.as_ref().is_none_or(|t| t.is_finished()) {
+                    asked_pos = pos;
                     checkpoint = Some(tokio::spawn(confirm(
                         log.clone(),
                         store.clone(),
-                        applied_pos,
+                        pos,
                         confirmed.clone(),
                         None,
                     )));
                 }
+            }
+            // Spooled records waiting for room in the request log.
+            _ = tokio::time::sleep(HELD_RETRY), if feed.is_holding() => {
+                feed.hand_over(log.as_ref(), &health);
             }
             // Drain what is queued in one wake-up: under load a wake-up per message would cost
             // more than the records themselves.
@@ -315,14 +324,18 @@ async fn run(
                 for msg in inbox.drain(..) {
                     match msg {
                         Msg::Events(events, pos) => {
-                            apply(&mut agg, events, log.as_ref(), &health);
+                            let n = events.len();
+                            let counted = apply(&mut agg, events, &health);
                             if let Some(pos) = pos {
                                 applied_pos = applied_pos.max(pos);
                             }
+                            feed.push(counted, n, pos, log.as_ref(), &health);
                         }
                         Msg::LogOnly(events, pos) => {
-                            log_only(events, log.as_ref(), &health);
+                            let n = events.len();
+                            let records = finished(events);
                             applied_pos = applied_pos.max(pos);
+                            feed.push(records, n, Some(pos), log.as_ref(), &health);
                         }
                         Msg::View(reply) => {
                             let now = now_ms();
@@ -335,6 +348,9 @@ async fn run(
         }
     }
     flush(&mut agg, applied_pos, now_ms());
+    feed.hand_over_within(FINAL_CHECKPOINT_WAIT, log.as_ref(), &health)
+        .await;
+    let applied_pos = feed.logged_pos;
     if applied_pos > *confirmed.borrow() {
         // The last checkpoint, before the stores close: what they confirm now is not replayed
         // at the next start (a live store that cannot confirm leaves it to the replay).
@@ -384,23 +400,123 @@ async fn confirm(
     }
 }
 
-/// Replayed records whose deltas the live store holds: to the request log only.
-fn log_only(events: Vec<Event>, log: &dyn RequestLog, health: &Health) {
-    health.queue_depth.fetch_sub(events.len(), Relaxed);
-    let records: Vec<_> = events
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Finish(r) => Some(r),
-            Event::Start(_) => None,
-        })
-        .collect();
+/// Counted records as the request log takes them (boxed as the events carried them: they
+/// move on without a copy).
+#[allow(clippy::vec_box)]
+type Records = Vec<Box<ValidRecord>>;
+
+/// How often spooled records waiting for the request log ask it for room again.
+const HELD_RETRY: Duration = Duration::from_millis(2);
+
+/// A batch's counted records on their way to the request log, with its spool position and the
+/// ingest-queue room its events still hold.
+struct Held {
+    records: Records,
+    pos: u64,
+    events: usize,
+}
+
+/// Hands counted records to the request log. Records without a spool position go at once and
+/// are dropped (`log_full`) when the log is full. Spooled ones wait, in spool order, until the
+/// log has room ([`RequestLog::has_room`]): the spool forgets what the log has taken, so
+/// dropping them would lose acknowledged records. While they wait they keep their room in the
+/// ingest queue, so a log that falls behind slows ingest down (503 at the queue or the spool)
+/// instead of growing memory.
+#[derive(Default)]
+struct LogFeed {
+    held: std::collections::VecDeque<Held>,
+    /// The spool position up to which every batch's records are in the log's hands.
+    logged_pos: u64,
+}
+
+impl LogFeed {
+    fn push(
+        &mut self,
+        records: Records,
+        events: usize,
+        pos: Option<u64>,
+        log: &dyn RequestLog,
+        health: &Health,
+    ) {
+        match pos {
+            None => {
+                health.queue_depth.fetch_sub(events, Relaxed);
+                submit(records, log, health);
+            }
+            Some(pos) => {
+                self.held.push_back(Held {
+                    records,
+                    pos,
+                    events,
+                });
+                self.hand_over(log, health);
+            }
+        }
+    }
+
+    /// Hands over the held batches the log has room for, in order.
+    fn hand_over(&mut self, log: &dyn RequestLog, health: &Health) {
+        while let Some(next) = self.held.front() {
+            if !next.records.is_empty() && !log.has_room(&next.records) {
+                return;
+            }
+            let Held {
+                records,
+                pos,
+                events,
+            } = self.held.pop_front().expect("a front");
+            health.queue_depth.fetch_sub(events, Relaxed);
+            submit(records, log, health);
+            self.logged_pos = self.logged_pos.max(pos);
+        }
+    }
+
+    /// At shutdown: hands over what is held, waiting for room up to `limit`. What is still held
+    /// then stays in the spool (it is not confirmed) and the next start replays it.
+    async fn hand_over_within(&mut self, limit: Duration, log: &dyn RequestLog, health: &Health) {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.hand_over(log, health);
+        while self.is_holding() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(HELD_RETRY).await;
+            self.hand_over(log, health);
+        }
+        if let Some(first) = self.held.front() {
+            let records: usize = self.held.iter().map(|h| h.records.len()).sum();
+            tracing::warn!(
+                records,
+                from_position = first.pos,
+                "The request log had no room for these spooled records before shutdown; \
+                 they stay in the spool and the next start replays them."
+            );
+        }
+    }
+
+    fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+/// Queues `records` in the log, counting them as `log_full` if it refuses.
+fn submit(records: Records, log: &dyn RequestLog, health: &Health) {
     let n = records.len() as u64;
     if n > 0 && log.submit(records).is_err() {
         health.dropped(DropReason::LogFull, n);
     }
 }
 
-fn apply(agg: &mut Aggregator, events: Vec<Event>, log: &dyn RequestLog, health: &Health) {
+/// The records of replayed events whose deltas the live store holds (they go to the log only).
+fn finished(events: Vec<Event>) -> Records {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Finish(r) => Some(r),
+            Event::Start(_) => None,
+        })
+        .collect()
+}
+
+/// Applies `events` to the aggregates; returns the records counted (first seen), for the log.
+fn apply(agg: &mut Aggregator, events: Vec<Event>, health: &Health) -> Records {
     let now = now_ms();
     let n = events.len();
     let mut duplicates = 0u64;
@@ -418,15 +534,11 @@ fn apply(agg: &mut Aggregator, events: Vec<Event>, log: &dyn RequestLog, health:
             Outcome::PendingFull => pending_full += 1,
         }
     }
-    health.queue_depth.fetch_sub(n, Relaxed);
     health.processed(n as u64, duplicates);
     if pending_full > 0 {
         health.dropped(DropReason::PendingFull, pending_full);
     }
-    let logged = counted.len() as u64;
-    if logged > 0 && log.submit(counted).is_err() {
-        health.dropped(DropReason::LogFull, logged);
-    }
+    counted
 }
 
 #[cfg(test)]
@@ -475,6 +587,101 @@ mod tests {
         );
         let h = health.snapshot();
         assert_eq!((h.processed, h.duplicates, h.queue_depth), (1000, 900, 0));
+    }
+
+    /// A request log that takes at most `room` records (it never writes them out).
+    #[derive(Default)]
+    struct TightLog {
+        taken: std::sync::Mutex<Vec<String>>,
+        room: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RequestLog for TightLog {
+        fn name(&self) -> &'static str {
+            "tight"
+        }
+
+        fn submit(&self, records: Vec<Box<ValidRecord>>) -> Result<(), crate::store::StoreError> {
+            if !self.has_room(&records) {
+                return Err(crate::store::StoreError::Full { store: "tight" });
+            }
+            let mut taken = self.taken.lock().expect("lock");
+            taken.extend(records.iter().map(|r| format!("{:?}", r.request_id)));
+            Ok(())
+        }
+
+        fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
+            let taken = self.taken.lock().expect("lock").len();
+            taken + records.len() <= self.room.load(Relaxed)
+        }
+
+        fn close(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// Spooled batches meeting a full request log wait for room instead of being dropped, and
+    /// the spool position confirmed never passes a batch the log has not taken.
+    #[tokio::test]
+    async fn spooled_records_wait_for_room_in_the_log() {
+        let store = Arc::new(MemoryStore::new());
+        let health = Arc::new(Health::new(10_000));
+        let log = Arc::new(TightLog::default());
+        log.room.store(100, Relaxed);
+        let cfg = PipelineConfig {
+            flush_interval: Duration::from_millis(5),
+            ..PipelineConfig::default()
+        };
+        let (p, task) = Pipeline::spawn(cfg, store.clone(), log.clone(), health.clone());
+        let prices = PriceTable::default();
+        let batch = |b: u64| -> Vec<Event> {
+            let v = Validation {
+                now_ms: now_ms(),
+                prices: &prices,
+                keep_requests: None,
+            };
+            (0..100)
+                .map(|i| {
+                    let json = format!(
+                        r#"{{"request_id":"b{b}-{i}","model":"m","status":200,"duration_ms":1}}"#
+                    );
+                    parse_event(&json, &v).expect("valid")
+                })
+                .collect()
+        };
+        for pos in 1..=5 {
+            p.try_reserve(100)
+                .expect("room")
+                .submit(batch(pos), Some(pos))
+                .expect("queued");
+        }
+        let mut confirmed = p.confirmed();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            log.taken.lock().expect("lock").len(),
+            100,
+            "the log is full"
+        );
+        assert_eq!(*confirmed.borrow(), 1, "only the batch the log took");
+        assert_eq!(
+            health.snapshot().queue_depth,
+            400,
+            "held batches keep their room"
+        );
+        log.room.store(usize::MAX, Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), confirmed.wait_for(|&c| c == 5))
+            .await
+            .expect("every batch confirmed")
+            .expect("pipeline running");
+        let h = health.snapshot();
+        assert_eq!(log.taken.lock().expect("lock").len(), 500);
+        assert_eq!(
+            (h.dropped[DropReason::LogFull as usize], h.queue_depth),
+            (0, 0)
+        );
+        assert_eq!(store.view(now_ms()).totals.global.requests, 500);
+        drop(p);
+        task.await.expect("aggregator ends");
     }
 
     #[tokio::test]

@@ -48,6 +48,11 @@ impl RequestLog for FanOut {
         result
     }
 
+    /// True when every sink has room.
+    fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
+        self.sinks.iter().all(|s| s.has_room(records))
+    }
+
     /// True when every sink confirms.
     fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {

@@ -2,7 +2,8 @@
 //!
 //! A backend takes batches without blocking the pipeline (it queues them for its own writer
 //! task) and refuses with [`StoreError::Full`] when its bounded queue is full; the pipeline
-//! counts such drops. The SQL backends (SQLite default, PostgreSQL) implement this trait.
+//! counts such drops, except for spooled records, which wait for room
+//! ([`RequestLog::has_room`]). The SQL backends (SQLite default, PostgreSQL) implement this trait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,14 @@ pub trait RequestLog: Send + Sync + 'static {
     /// sink that keeps nothing, or that the spool does not cover, like the OTLP log export).
     fn sync(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async { true })
+    }
+
+    /// Whether [`submit`](Self::submit) would take `records` now. The pipeline asks before it
+    /// hands over spooled records (`durability: spool`): those wait for room instead of being
+    /// dropped, since the spool forgets what the log has taken. Default: true (a sink that
+    /// never refuses, or whose refusals the spool does not cover, like the OTLP log export).
+    fn has_room(&self, _records: &[Box<ValidRecord>]) -> bool {
+        true
     }
 
     /// [`close`](Self::close), giving up after `limit`; what is then unwritten is counted as

@@ -547,6 +547,20 @@ struct Inner {
     retention_days: u32,
 }
 
+impl Inner {
+    /// Whether a batch of `n` records and `b` bytes fits behind `depth` records and `bytes`
+    /// bytes: within both budgets, or into an empty queue whatever its size (so that no batch
+    /// can wait for room forever).
+    fn fits(&self, depth: usize, n: usize, bytes: usize, b: usize) -> bool {
+        depth == 0 || (depth + n <= self.capacity && bytes + b <= self.byte_capacity)
+    }
+}
+
+/// The queue bytes a batch takes ([`ValidRecord::approx_bytes`]).
+fn batch_bytes(records: &[Box<ValidRecord>]) -> usize {
+    records.iter().map(|r| r.approx_bytes()).sum()
+}
+
 impl SqlLog {
     /// Connects (creating the SQLite file if needed), runs pending migrations, starts the writer
     /// and, when `retention_days > 0`, the retention task.
@@ -912,12 +926,11 @@ impl RequestLog for SqlLog {
         if n == 0 {
             return Ok(());
         }
-        let b: usize = records.iter().map(|r| r.approx_bytes()).sum();
+        let b = batch_bytes(&records);
         let (depth, bytes) = (&self.inner.depth, &self.inner.bytes);
-        let full = depth.fetch_add(n, Relaxed) + n > self.inner.capacity;
-        // The byte budget: a batch alone larger than it still goes into an empty queue.
-        let before = bytes.fetch_add(b, Relaxed);
-        if full || (before > 0 && before + b > self.inner.byte_capacity) {
+        let (depth_before, bytes_before) =
+            (depth.fetch_add(n, Relaxed), bytes.fetch_add(b, Relaxed));
+        if !self.inner.fits(depth_before, n, bytes_before, b) {
             depth.fetch_sub(n, Relaxed);
             bytes.fetch_sub(b, Relaxed);
             return Err(StoreError::Full {
@@ -936,7 +949,15 @@ impl RequestLog for SqlLog {
             })
     }
 
-    /// Bounded by [`CLOSE_TIMEOUT`].
+    /// Whether the queue's record and byte budgets have room for `records` now, and its channel
+    /// a slot.
+    fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
+        let inner = &self.inner;
+        let (n, b) = (records.len(), batch_bytes(records));
+        inner.tx.capacity() > 0
+            && inner.fits(inner.depth.load(Relaxed), n, inner.bytes.load(Relaxed), b)
+    }
+
     /// A flush marker behind everything queued; false if the queue cannot take it now or the
     /// writer gave up (closing deadline). Rows written are durable with their journaled rollup
     /// increments, so this does not wait for a merge.
@@ -948,6 +969,7 @@ impl RequestLog for SqlLog {
         })
     }
 
+    /// Bounded by [`CLOSE_TIMEOUT`].
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(SqlLog::close_within(self, CLOSE_TIMEOUT))
     }

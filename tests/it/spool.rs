@@ -126,6 +126,10 @@ async fn load_and_kill(mut server: ServerProcess) -> Killed {
                     .await;
                 match sent {
                     Ok(r) if r.status() == 200 => acked.push(n),
+                    // Backpressure (a full queue or spool): not acknowledged, sent again as new.
+                    Ok(r) if r.status() == 503 => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     Ok(r) => panic!("unexpected answer {}", r.status()),
                     Err(_) => break, // the server is gone
                 }
@@ -182,6 +186,15 @@ fn write_config(
     dir: &Path,
     extra: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    write_config_with_log(dir, "", extra)
+}
+
+/// [`write_config`], with more `log_store` keys (`log`, e.g. `"queue_capacity: 10"`).
+fn write_config_with_log(
+    dir: &Path,
+    log: &str,
+    extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let db = dir.join("requests.db");
     let spool = dir.join("spool");
     let config = dir.join("gatemeter.yaml");
@@ -189,7 +202,7 @@ fn write_config(
         &config,
         format!(
             "listen: 127.0.0.1:0\ndurability: spool\nspool: {{dir: '{}'}}\n\
-             log_store: {{kind: sqlite, path: '{}'}}\n{extra}",
+             log_store: {{kind: sqlite, path: '{}', {log}}}\n{extra}",
             spool.display(),
             db.display()
         ),
@@ -223,6 +236,33 @@ async fn sigkill_under_load_loses_and_doubles_no_acknowledged_record() {
         spool_bytes(&spool),
         0,
         "a graceful stop confirms and deletes every segment"
+    );
+}
+
+/// A request log that falls behind: its queue holds 2,000 records, far fewer than the load
+/// brings. Spooled records wait for room in it (ingest slows down, answering 503 when the
+/// ingest queue fills) instead of being dropped as `log_full` while the spool forgets them:
+/// after SIGKILL and a restart every acknowledged record is in the log, and none was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_falls_behind_slows_ingest_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, db, spool) = write_config_with_log(dir.path(), "queue_capacity: 2000", "");
+    let killed = load_and_kill(serve(&config)).await;
+    let mut server = serve(&config);
+    let client = Client::new();
+    let m = scrape(&client, &server.addr).await;
+    let dropped = m.value("gatemeter_dropped_records_total", &[("reason", "log_full")]);
+    terminate(&mut server);
+    let logged = check_log(&db, &killed).await;
+    eprintln!("acknowledged {}, logged {logged}", killed.acked.len());
+    assert_eq!(
+        dropped, 0.0,
+        "nothing dropped as log_full during the replay"
+    );
+    assert_eq!(
+        spool_bytes(&spool),
+        0,
+        "every segment confirmed at the stop"
     );
 }
 
