@@ -156,7 +156,7 @@ pub struct BenchLog {
     /// Write without the rollups (the analytics API's tables), to measure what they cost.
     #[arg(long)]
     pub no_rollups: bool,
-    /// The SQLite writer's page cache, MiB [default: `log_store.sqlite_cache_bytes`'s, 16]
+    /// The SQLite writer's page cache, MiB [default: `log_store.sqlite_cache_bytes`'s, 32]
     #[arg(long)]
     pub sqlite_cache_mib: Option<u64>,
     /// Write nothing: time the profile's queries over a database an earlier `bench-log` of the

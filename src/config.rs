@@ -81,6 +81,30 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
     }
 }
 
+/// A configured URL that may carry a credential (a password in its user part or a `password=`
+/// parameter): its `Debug` output, which error messages and the raw sections' `Debug` use,
+/// shows it redacted ([`crate::store::redis::redact_url`]).
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RawUrl(pub(crate) String);
+
+impl std::fmt::Debug for RawUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&crate::store::redis::redact_url(&self.0), f)
+    }
+}
+
+/// Header values from the configuration (they are often credentials): `Debug` shows the names.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+struct RawHeaderValues(BTreeMap<String, String>);
+
+impl std::fmt::Debug for RawHeaderValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
@@ -215,7 +239,7 @@ struct RawOtlp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOtlpExport {
-    endpoint: String,
+    endpoint: RawUrl,
     batch_size: Option<usize>,
     interval_ms: Option<u64>,
     queue_capacity: Option<usize>,
@@ -223,7 +247,7 @@ struct RawOtlpExport {
     max_retries: Option<u32>,
     /// Header → value; `${VAR}` in a value is replaced by the environment variable `VAR`.
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: RawHeaderValues,
     /// `none` (default) or `gzip`.
     compression: Option<String>,
     /// PEM certificates trusted for an `https://` endpoint besides the system's roots.
@@ -757,7 +781,7 @@ impl RawOtlpExport {
     ) -> Result<OtlpExportConfig, ConfigError> {
         let x = self;
         let mut headers = Vec::new();
-        for (name, value) in &x.headers {
+        for (name, value) in &x.headers.0 {
             let key = format!("otlp_export.headers.{name}");
             let n = hyper::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(&key, "is not an HTTP header name"))?;
@@ -779,7 +803,7 @@ impl RawOtlpExport {
                 ));
             }
         };
-        let endpoint: hyper::Uri = x.endpoint.parse().map_err(|e| {
+        let endpoint: hyper::Uri = x.endpoint.0.parse().map_err(|e| {
             invalid(
                 "otlp_export.endpoint",
                 format!("{:?} is not a URL: {e}", x.endpoint),
@@ -859,7 +883,7 @@ struct RawLogStore {
     kind: Option<String>,
     data_dir: Option<PathBuf>,
     path: Option<PathBuf>,
-    url: Option<String>,
+    url: Option<RawUrl>,
     queue_capacity: Option<usize>,
     batch_rows: Option<usize>,
     write_concurrency: Option<usize>,
@@ -905,7 +929,7 @@ impl RawLogStore {
             (Some("none"), _) => return Ok((None, export_max_rows, None)),
             (None | Some("postgres"), Some(url)) => postgres(ENV_DATABASE_URL, url)?,
             (Some("postgres"), None) => match self.url {
-                Some(url) => postgres("log_store.url", url)?,
+                Some(url) => postgres("log_store.url", url.0)?,
                 None => {
                     return Err(invalid(
                         "log_store.url",
@@ -1109,6 +1133,63 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("test.yaml"), &|_| None)
+    }
+
+    /// The raw sections' `Debug` output (and the errors that quote a URL) never shows a
+    /// credential written in the file: URL passwords, `password=` and key-like parameters,
+    /// header values, tokens.
+    #[test]
+    fn raw_sections_never_print_a_credential() {
+        let yaml = "redis: {url: 'redis://:redis-pw@h:6379/0', sentinel: {master_name: m, \
+                    nodes: ['redis://:sentinel-pw@s:26379']}}\n\
+            log_store: {kind: postgres, url: 'postgres://u:pg-pw@h/db?password=pg-param&sslmode=disable'}\n\
+            otlp_export: {endpoint: 'https://u:otlp-pw@collector:4318/v1/logs?api_key=otlp-key', \
+                          headers: {authorization: 'Bearer hdr-secret'}}\n\
+            probes: [{name: p, provider: x, target: 'https://api.example.com/v1?key=probe-key&a=1'}]\n\
+            auth: {admin_tokens: [admin-tok]}\n";
+        let raw: RawConfig = serde_yaml_ng::from_str(yaml).expect("parses");
+        let shown = format!("{raw:?}");
+        for secret in [
+            "redis-pw",
+            "sentinel-pw",
+            "pg-pw",
+            "pg-param",
+            "otlp-pw",
+            "otlp-key",
+            "hdr-secret",
+            "probe-key",
+            "admin-tok",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for kept in [
+            "collector:4318",
+            "authorization",
+            "api.example.com/v1",
+            "a=1",
+        ] {
+            assert!(shown.contains(kept), "{kept} missing from {shown}");
+        }
+        // The validated configuration's `Debug` too.
+        let cfg = parse(
+            "redis: {url: 'redis://:redis-pw@h:6379/0'}\n\
+             log_store: {kind: postgres, url: 'postgres://u:pg-pw@h/db?password=pg-param'}\n\
+             probes: [{name: p, provider: x, target: 'https://api.example.com/v1?key=probe-key&a=1'}]\n",
+        )
+        .expect("valid");
+        let shown = format!("{cfg:?}");
+        for secret in ["redis-pw", "pg-pw", "pg-param", "probe-key"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("api.example.com/v1?key=***&a=1"), "{shown}");
+        // An error quoting the URL redacts it too.
+        let e = parse("otlp_export: {endpoint: 'ftp://u:otlp-pw@collector/?token=t0k'}\n")
+            .expect_err("not http")
+            .to_string();
+        assert!(
+            e.contains("collector") && !e.contains("otlp-pw") && !e.contains("t0k"),
+            "{e}"
+        );
     }
 
     /// `listen_tls`, `metrics_listen_tls` and the OTLP export's `https://` + `ca_file`: files

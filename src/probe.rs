@@ -66,8 +66,8 @@ pub enum Method {
     Head,
 }
 
-/// What a probe checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a probe checks (`Debug` shows the URL without credentials).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// An `http://` or `https://` URL.
     Http {
@@ -89,6 +89,32 @@ pub enum Target {
         /// Port.
         port: u16,
     },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http {
+                url,
+                method,
+                expect_status,
+                headers,
+                ca_file,
+            } => f
+                .debug_struct("Http")
+                .field("url", &crate::record::scrub::redact_url(&url.to_string()))
+                .field("method", method)
+                .field("expect_status", expect_status)
+                .field("headers", headers)
+                .field("ca_file", ca_file)
+                .finish(),
+            Self::Tcp { host, port } => f
+                .debug_struct("Tcp")
+                .field("host", host)
+                .field("port", port)
+                .finish(),
+        }
+    }
 }
 
 impl Target {

@@ -42,27 +42,6 @@ fn number(s: &str) -> Value {
     serde_yaml_ng::from_str(s).unwrap_or_else(|_| Value::from(s))
 }
 
-/// A PostgreSQL URL without its passwords: the user part's and a `password=` parameter's.
-fn redact_pg_url(url: &str) -> String {
-    let url = redact_url(url);
-    match url.split_once('?') {
-        None => url,
-        Some((base, query)) => {
-            let params: Vec<&str> = query
-                .split('&')
-                .map(|p| {
-                    if p.starts_with("password=") {
-                        "password=***"
-                    } else {
-                        p
-                    }
-                })
-                .collect();
-            format!("{base}?{}", params.join("&"))
-        }
-    }
-}
-
 /// A path as text; `""` for none.
 fn path(p: Option<&std::path::Path>) -> Value {
     Value::from(p.map(|p| p.display().to_string()).unwrap_or_default())
@@ -207,7 +186,7 @@ pub fn yaml(c: &Config) -> String {
                     .put("path", path.display().to_string()),
                 SqlBackend::Postgres { url } => Map::default()
                     .put("kind", "postgres")
-                    .put("url", redact_pg_url(url)),
+                    .put("url", redact_url(url)),
             };
             m.put("queue_capacity", sql.queue_capacity as u64)
                 .put("queue_bytes", sql.queue_bytes as u64)

@@ -16,7 +16,7 @@ use crate::probe::{MAX_PROBES, Method, ProbeConfig, Secret, Target};
 pub(super) struct RawProbe {
     name: String,
     provider: String,
-    target: String,
+    target: super::RawUrl,
     method: Option<String>,
     #[serde(default)]
     expect_status: Vec<u16>,
@@ -133,7 +133,7 @@ fn target(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Target, ConfigError> {
     let key = |k: &str| format!("probes[{i}].{k}");
-    if let Some(rest) = p.target.strip_prefix("tcp://") {
+    if let Some(rest) = p.target.0.strip_prefix("tcp://") {
         for (k, set) in [
             ("method", p.method.is_some()),
             ("expect_status", !p.expect_status.is_empty()),
@@ -166,6 +166,7 @@ fn target(
     }
     let url: hyper::Uri = p
         .target
+        .0
         .parse()
         .map_err(|e| invalid(key("target"), format!("{:?} is not a URL: {e}", p.target)))?;
     let https = match url.scheme_str() {

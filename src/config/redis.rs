@@ -22,7 +22,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRedisConfig {
-    url: Option<String>,
+    url: Option<super::RawUrl>,
     ca_file: Option<PathBuf>,
     sentinel: Option<RawSentinel>,
     key_prefix: Option<String>,
@@ -40,7 +40,7 @@ pub struct RawRedisConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RawSentinel {
     master_name: Option<String>,
-    nodes: Option<Vec<String>>,
+    nodes: Option<Vec<super::RawUrl>>,
 }
 
 /// Most Sentinels one config may list.
@@ -98,7 +98,7 @@ fn sentinel(
             .map(|u| (ENV_REDIS_SENTINEL_NODES.to_string(), u.to_string()))
             .collect(),
         None => (raw.nodes.unwrap_or_default().into_iter().enumerate())
-            .map(|(i, u)| (format!("redis.sentinel.nodes[{i}]"), u))
+            .map(|(i, u)| (format!("redis.sentinel.nodes[{i}]"), u.0))
             .collect(),
     };
     if nodes.is_empty() {
@@ -178,7 +178,10 @@ impl RawRedisConfig {
     ) -> Result<RedisConfig, ConfigError> {
         let (url_key, url) = match url_override {
             Some(u) => (ENV_REDIS_URL, u),
-            None => ("redis.url", self.url.unwrap_or_else(|| DEFAULT_URL.into())),
+            None => (
+                "redis.url",
+                self.url.map_or_else(|| DEFAULT_URL.into(), |u| u.0),
+            ),
         };
         if let Err(e) = redis::Client::open(url.as_str()) {
             return Err(invalid(

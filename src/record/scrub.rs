@@ -114,6 +114,27 @@ pub fn is_secret_name(name: &str) -> bool {
     secret_name(name.as_bytes())
 }
 
+/// A URL (PostgreSQL, Redis, HTTP) without its credentials, for logs and `Debug`: the user part
+/// (`user:password@`) becomes `***@`, and the value of a `password=` or key-like query
+/// parameter (`key=`, `api_key=`, `access_token=`: [`is_secret_name`]) becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let url = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((name, _)) if name == "password" || is_secret_name(name) => format!("{name}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
 /// The secret span a pattern finds at trigger byte `i`, if any.
 fn span_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
     match b[i] {

@@ -85,10 +85,5 @@ impl std::fmt::Debug for RedisSentinel {
     }
 }
 
-/// The URL with any user and password replaced by `***` (for logs and `Debug`).
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
-}
+/// The URL without its credentials (for logs and `Debug`).
+pub use crate::record::scrub::redact_url;
