@@ -128,6 +128,82 @@ async fn an_outage_loses_no_acknowledged_record() {
     app.stop().await;
 }
 
+/// With `durability: spool`, an outage longer than the queues: once the log queue (300
+/// records) and the ingest queue (300) are full, ingest answers 503 — spooled records wait for
+/// the log instead of being dropped as `log_full` while the spool forgets them — and after the
+/// database returns every acknowledged record is in the log, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_spool_an_outage_beyond_the_queues_answers_503_and_loses_nothing() {
+    let mut pg = PgProc::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::with_config(&format!(
+        "{}  queue_capacity: 300\ndurability: spool\nspool: {{dir: '{}'}}\n\
+         ingest: {{max_records_per_request: 100}}\npipeline: {{queue_capacity: 300}}\n",
+        yaml(&url),
+        dir.path().join("spool").display()
+    ))
+    .await;
+    let mut acked = send(&app, "before", 0, 100).await;
+    wait_rows(&url, acked, Duration::from_secs(5)).await;
+
+    pg.stop();
+    let post = |tag: &'static str, i: usize| {
+        let now = gatemeter::clock::now_ms();
+        let records: Vec<Value> = (i..i + 100)
+            .map(|i| {
+                json!({"request_id": format!("{tag}-{i}"), "timestamp": now, "namespace": "n",
+                       "model": "m", "status": 200, "duration_ms": 1})
+            })
+            .collect();
+        let app = &app;
+        async move {
+            app.post_json(&serde_json::to_string(&records).expect("json"))
+                .await
+        }
+    };
+    let (mut i, mut refused) = (0, 0);
+    while i < 2_000 {
+        let (status, body) = post("during", i).await;
+        match status {
+            200 => acked += body["accepted"].as_u64().expect("accepted") as usize,
+            503 => refused += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+        i += 100;
+    }
+    assert!(
+        (600..=800).contains(&(acked - 100)),
+        "the queues took {} records before refusing",
+        acked - 100
+    );
+    assert!(refused >= 12, "{refused} batches refused");
+
+    pg.launch();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut j = 0;
+    while j < 300 {
+        let (status, body) = post("after", j).await;
+        if status == 200 {
+            acked += body["accepted"].as_u64().expect("accepted") as usize;
+            j += 100;
+        } else {
+            assert!(Instant::now() < deadline, "still refused: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    wait_rows(&url, acked, Duration::from_secs(10)).await;
+    let m = app.metrics().await;
+    for reason in ["log_write_failed", "log_full"] {
+        assert_eq!(
+            m.value("gatemeter_dropped_records_total", &[("reason", reason)]),
+            0.0,
+            "{reason}"
+        );
+    }
+    app.stop().await;
+}
+
 /// Started while PostgreSQL is away: the server starts and takes records, reports the log
 /// store down (ready all the same), connects and migrates when the database comes, and the
 /// records arrive.
