@@ -437,6 +437,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup journal uncompressed",
         include_str!("../../migrations/postgres/0011_rollup_journal_uncompressed.sql"),
     ),
+    (
+        12,
+        "rollup rows updated in place (fillfactor 50)",
+        include_str!("../../migrations/postgres/0012_rollup_fillfactor.sql"),
+    ),
 ];
 
 /// Migration 0004 keeps one B-tree per filter column where the `btree_gin` extension could not
