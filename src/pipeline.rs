@@ -412,6 +412,8 @@ const HELD_RETRY: Duration = Duration::from_millis(2);
 /// ingest-queue room its events still hold.
 struct Held {
     records: Records,
+    /// What the records weigh ([`ValidRecord::approx_bytes`]), for the log's room check.
+    bytes: usize,
     pos: u64,
     events: usize,
 }
@@ -445,6 +447,7 @@ impl LogFeed {
             }
             Some(pos) => {
                 self.held.push_back(Held {
+                    bytes: crate::record::approx_bytes(&records),
                     records,
                     pos,
                     events,
@@ -457,13 +460,14 @@ impl LogFeed {
     /// Hands over the held batches the log has room for, in order.
     fn hand_over(&mut self, log: &dyn RequestLog, health: &Health) {
         while let Some(next) = self.held.front() {
-            if !next.records.is_empty() && !log.has_room(&next.records) {
+            if !next.records.is_empty() && !log.has_room(next.records.len(), next.bytes) {
                 return;
             }
             let Held {
                 records,
                 pos,
                 events,
+                ..
             } = self.held.pop_front().expect("a front");
             health.queue_depth.fetch_sub(events, Relaxed);
             submit(records, log, health);
@@ -602,7 +606,7 @@ mod tests {
         }
 
         fn submit(&self, records: Vec<Box<ValidRecord>>) -> Result<(), crate::store::StoreError> {
-            if !self.has_room(&records) {
+            if !self.has_room(records.len(), 0) {
                 return Err(crate::store::StoreError::Full { store: "tight" });
             }
             let mut taken = self.taken.lock().expect("lock");
@@ -610,9 +614,9 @@ mod tests {
             Ok(())
         }
 
-        fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
+        fn has_room(&self, records: usize, _bytes: usize) -> bool {
             let taken = self.taken.lock().expect("lock").len();
-            taken + records.len() <= self.room.load(Relaxed)
+            taken + records <= self.room.load(Relaxed)
         }
 
         fn close(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {

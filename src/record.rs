@@ -287,6 +287,11 @@ pub struct ValidRecord {
     pub request: Option<Box<StoredRequest>>,
 }
 
+/// What a batch of records weighs in a byte-sized queue ([`ValidRecord::approx_bytes`], summed).
+pub fn approx_bytes(records: &[Box<ValidRecord>]) -> usize {
+    records.iter().map(|r| r.approx_bytes()).sum()
+}
+
 impl ValidRecord {
     /// The memory a boxed record holds, in bytes (the struct, and the text too long to be kept
     /// inline): what byte-sized queues count.

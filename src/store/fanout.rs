@@ -49,8 +49,8 @@ impl RequestLog for FanOut {
     }
 
     /// True when every sink has room.
-    fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
-        self.sinks.iter().all(|s| s.has_room(records))
+    fn has_room(&self, records: usize, bytes: usize) -> bool {
+        self.sinks.iter().all(|s| s.has_room(records, bytes))
     }
 
     /// True when every sink confirms.

@@ -29,11 +29,12 @@ pub trait RequestLog: Send + Sync + 'static {
         Box::pin(async { true })
     }
 
-    /// Whether [`submit`](Self::submit) would take `records` now. The pipeline asks before it
+    /// Whether [`submit`](Self::submit) would take a batch of `records` records weighing
+    /// `bytes` ([`ValidRecord::approx_bytes`], summed) now. The pipeline asks before it
     /// hands over spooled records (`durability: spool`): those wait for room instead of being
     /// dropped, since the spool forgets what the log has taken. Default: true (a sink that
     /// never refuses, or whose refusals the spool does not cover, like the OTLP log export).
-    fn has_room(&self, _records: &[Box<ValidRecord>]) -> bool {
+    fn has_room(&self, _records: usize, _bytes: usize) -> bool {
         true
     }
 

@@ -561,11 +561,6 @@ impl Inner {
     }
 }
 
-/// The queue bytes a batch takes ([`ValidRecord::approx_bytes`]).
-fn batch_bytes(records: &[Box<ValidRecord>]) -> usize {
-    records.iter().map(|r| r.approx_bytes()).sum()
-}
-
 impl SqlLog {
     /// Connects (creating the SQLite file if needed), runs pending migrations, starts the writer
     /// and, when `retention_days > 0`, the retention task.
@@ -931,7 +926,7 @@ impl RequestLog for SqlLog {
         if n == 0 {
             return Ok(());
         }
-        let b = batch_bytes(&records);
+        let b = crate::record::approx_bytes(&records);
         let (depth, bytes) = (&self.inner.depth, &self.inner.bytes);
         let (depth_before, bytes_before) =
             (depth.fetch_add(n, Relaxed), bytes.fetch_add(b, Relaxed));
@@ -956,9 +951,8 @@ impl RequestLog for SqlLog {
 
     /// Whether the queue's record and byte budgets have room for `records` now, and its channel
     /// a slot.
-    fn has_room(&self, records: &[Box<ValidRecord>]) -> bool {
+    fn has_room(&self, n: usize, b: usize) -> bool {
         let inner = &self.inner;
-        let (n, b) = (records.len(), batch_bytes(records));
         inner.tx.capacity() > 0
             && inner.fits(inner.depth.load(Relaxed), n, inner.bytes.load(Relaxed), b)
     }

@@ -176,7 +176,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         {
             let take = pending.len().min(batch_rows);
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
-            let size: usize = batch.iter().map(|r| r.approx_bytes()).sum();
+            let size = crate::record::approx_bytes(&batch);
             let start = taken;
             taken += take as u64;
             in_flight_starts.insert(start, (take, size));
@@ -252,7 +252,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                     match msg {
                         Msg::Records(r) => {
                             lost += r.len();
-                            lost_bytes += r.iter().map(|r| r.approx_bytes()).sum::<usize>();
+                            lost_bytes += crate::record::approx_bytes(&r);
                         }
                         Msg::Flush { ack, merge } => acks.push((received, ack, merge)),
                     }
