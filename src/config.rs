@@ -83,14 +83,14 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
 
 /// A configured URL that may carry a credential (a password in its user part or a `password=`
 /// parameter): its `Debug` output, which error messages and the raw sections' `Debug` use,
-/// shows it redacted ([`crate::store::redis::redact_url`]).
+/// shows it redacted ([`crate::record::scrub::redact_url`]).
 #[derive(Default, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct RawUrl(pub(crate) String);
 
 impl std::fmt::Debug for RawUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&crate::store::redis::redact_url(&self.0), f)
+        std::fmt::Debug::fmt(&crate::record::scrub::redact_url(&self.0), f)
     }
 }
 

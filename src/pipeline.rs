@@ -350,8 +350,8 @@ async fn run(
     flush(&mut agg, applied_pos, now_ms());
     feed.hand_over_within(FINAL_CHECKPOINT_WAIT, log.as_ref(), &health)
         .await;
-    let applied_pos = feed.logged_pos;
-    if applied_pos > *confirmed.borrow() {
+    let logged_pos = feed.logged_pos;
+    if logged_pos > *confirmed.borrow() {
         // The last checkpoint, before the stores close: what they confirm now is not replayed
         // at the next start (a live store that cannot confirm leaves it to the replay).
         if let Some(t) = checkpoint.take() {
@@ -360,7 +360,7 @@ async fn run(
         confirm(
             log.clone(),
             store.clone(),
-            applied_pos,
+            logged_pos,
             confirmed.clone(),
             Some(FINAL_CHECKPOINT_WAIT),
         )
@@ -553,6 +553,11 @@ mod tests {
     use crate::store::{Discard, MemoryStore};
 
     fn events(n: usize) -> Vec<Event> {
+        tagged_events("d", n)
+    }
+
+    /// `n` valid events with ids `{tag}{i}`.
+    fn tagged_events(tag: &str, n: usize) -> Vec<Event> {
         let prices = PriceTable::default();
         let v = Validation {
             now_ms: now_ms(),
@@ -562,7 +567,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let json = format!(
-                    r#"{{"request_id":"d{i}","model":"m","status":200,"duration_ms":{i}}}"#
+                    r#"{{"request_id":"{tag}{i}","model":"m","status":200,"duration_ms":{i}}}"#
                 );
                 parse_event(&json, &v).expect("valid")
             })
@@ -637,26 +642,10 @@ mod tests {
             ..PipelineConfig::default()
         };
         let (p, task) = Pipeline::spawn(cfg, store.clone(), log.clone(), health.clone());
-        let prices = PriceTable::default();
-        let batch = |b: u64| -> Vec<Event> {
-            let v = Validation {
-                now_ms: now_ms(),
-                prices: &prices,
-                keep_requests: None,
-            };
-            (0..100)
-                .map(|i| {
-                    let json = format!(
-                        r#"{{"request_id":"b{b}-{i}","model":"m","status":200,"duration_ms":1}}"#
-                    );
-                    parse_event(&json, &v).expect("valid")
-                })
-                .collect()
-        };
         for pos in 1..=5 {
             p.try_reserve(100)
                 .expect("room")
-                .submit(batch(pos), Some(pos))
+                .submit(tagged_events(&format!("b{pos}-"), 100), Some(pos))
                 .expect("queued");
         }
         let mut confirmed = p.confirmed();

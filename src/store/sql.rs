@@ -949,8 +949,8 @@ impl RequestLog for SqlLog {
             })
     }
 
-    /// Whether the queue's record and byte budgets have room for `records` now, and its channel
-    /// a slot.
+    /// Whether the queue's record and byte budgets have room for `n` records of `b` bytes now,
+    /// and its channel a slot.
     fn has_room(&self, n: usize, b: usize) -> bool {
         let inner = &self.inner;
         inner.tx.capacity() > 0

@@ -21,8 +21,8 @@ fn yaml(url: &str) -> String {
     format!("log_store:\n  kind: postgres\n  url: {url}\n")
 }
 
-/// POSTs `n` records with ids `{tag}-{from}…`; returns how many were acknowledged.
-async fn send(app: &TestApp, tag: &str, from: usize, n: usize) -> usize {
+/// POSTs `n` records with ids `{tag}-{from}…`: the answer's status and body.
+async fn post(app: &TestApp, tag: &str, from: usize, n: usize) -> (u16, Value) {
     let now = gatemeter::clock::now_ms();
     let records: Vec<Value> = (from..from + n)
         .map(|i| {
@@ -30,11 +30,32 @@ async fn send(app: &TestApp, tag: &str, from: usize, n: usize) -> usize {
                    "model": "m", "status": 200, "duration_ms": 1})
         })
         .collect();
-    let (status, body) = app
-        .post_json(&serde_json::to_string(&records).expect("json"))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.post_json(&serde_json::to_string(&records).expect("json"))
+        .await
+}
+
+/// The records an answer acknowledged.
+fn accepted(body: &Value) -> usize {
     body["accepted"].as_u64().expect("accepted") as usize
+}
+
+/// [`post`], which must be acknowledged; returns how many records were.
+async fn send(app: &TestApp, tag: &str, from: usize, n: usize) -> usize {
+    let (status, body) = post(app, tag, from, n).await;
+    assert_eq!(status, 200, "{body}");
+    accepted(&body)
+}
+
+/// Nothing was dropped on the way to the log (`log_write_failed`, `log_full`).
+async fn assert_no_log_drops(app: &TestApp) {
+    let m = app.metrics().await;
+    for reason in ["log_write_failed", "log_full"] {
+        assert_eq!(
+            m.value("gatemeter_dropped_records_total", &[("reason", reason)]),
+            0.0,
+            "{reason}"
+        );
+    }
 }
 
 /// (rows, distinct request ids) in the cluster's log; None while it cannot be read.
@@ -117,14 +138,7 @@ async fn an_outage_loses_no_acknowledged_record() {
     wait_rows(&url, acked, Duration::from_secs(8)).await;
     wait_log_up(&app, 1.0, Duration::from_secs(2)).await;
     assert_eq!(readyz(&app).await.1["log_store_up"], true);
-    let m = app.metrics().await;
-    for reason in ["log_write_failed", "log_full"] {
-        assert_eq!(
-            m.value("gatemeter_dropped_records_total", &[("reason", reason)]),
-            0.0,
-            "{reason}"
-        );
-    }
+    assert_no_log_drops(&app).await;
     app.stop().await;
 }
 
@@ -148,25 +162,11 @@ async fn with_the_spool_an_outage_beyond_the_queues_answers_503_and_loses_nothin
     wait_rows(&url, acked, Duration::from_secs(5)).await;
 
     pg.stop();
-    let post = |tag: &'static str, i: usize| {
-        let now = gatemeter::clock::now_ms();
-        let records: Vec<Value> = (i..i + 100)
-            .map(|i| {
-                json!({"request_id": format!("{tag}-{i}"), "timestamp": now, "namespace": "n",
-                       "model": "m", "status": 200, "duration_ms": 1})
-            })
-            .collect();
-        let app = &app;
-        async move {
-            app.post_json(&serde_json::to_string(&records).expect("json"))
-                .await
-        }
-    };
     let (mut i, mut refused) = (0, 0);
     while i < 2_000 {
-        let (status, body) = post("during", i).await;
+        let (status, body) = post(&app, "during", i, 100).await;
         match status {
-            200 => acked += body["accepted"].as_u64().expect("accepted") as usize,
+            200 => acked += accepted(&body),
             503 => refused += 1,
             other => panic!("unexpected {other}: {body}"),
         }
@@ -183,9 +183,9 @@ async fn with_the_spool_an_outage_beyond_the_queues_answers_503_and_loses_nothin
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut j = 0;
     while j < 300 {
-        let (status, body) = post("after", j).await;
+        let (status, body) = post(&app, "after", j, 100).await;
         if status == 200 {
-            acked += body["accepted"].as_u64().expect("accepted") as usize;
+            acked += accepted(&body);
             j += 100;
         } else {
             assert!(Instant::now() < deadline, "still refused: {status} {body}");
@@ -193,14 +193,7 @@ async fn with_the_spool_an_outage_beyond_the_queues_answers_503_and_loses_nothin
         }
     }
     wait_rows(&url, acked, Duration::from_secs(10)).await;
-    let m = app.metrics().await;
-    for reason in ["log_write_failed", "log_full"] {
-        assert_eq!(
-            m.value("gatemeter_dropped_records_total", &[("reason", reason)]),
-            0.0,
-            "{reason}"
-        );
-    }
+    assert_no_log_drops(&app).await;
     app.stop().await;
 }
 
