@@ -1,14 +1,14 @@
-//! The SQLite writer's inner loop: one transaction per batch, one prepared single-row
-//! `INSERT … ON CONFLICT (request_id) DO NOTHING` bound and stepped per row, through SQLite's C
-//! API on the writer's own sqlx connection (`sqlite_raw.rs`), on a blocking thread. A request id
-//! written as a canonical UUID is stored as its 16 bytes (`columns::uuid_bytes`): the unique
-//! index, where random UUIDs land anywhere, is then about half the size.
+//! The SQLite writer's inner loop: one transaction per batch, a prepared 64-row
+//! `INSERT OR IGNORE … VALUES` bound and stepped per 64 rows, through SQLite's C API on the
+//! writer's own sqlx connection (`sqlite_raw.rs`), on a blocking thread. A request id written
+//! as a canonical UUID is stored as its 16 bytes (`columns::uuid_bytes`): the unique index,
+//! where random UUIDs land anywhere, is then about half the size.
 //!
 //! Why not `sqlx::query`: every `sqlx` statement is a round trip to the connection's worker
-//! thread, and a multi-row `VALUES` list (36 parameters a row, ~900 rows per statement) makes
-//! SQLite parse a huge statement and keep a statement journal for it. Binding borrowed text to a
-//! prepared statement costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md for
-//! the figures).
+//! thread, and a long `VALUES` list sent as text (36 parameters a row, ~900 rows per statement)
+//! makes SQLite parse a huge statement at every batch. Binding borrowed text to a statement
+//! prepared once per batch costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md
+//! for the figures).
 
 use std::sync::Arc;
 
@@ -113,20 +113,80 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
 /// some 20 µs to start; a small batch is added up in less).
 const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 
-/// Inserts `order`'s rows; returns the positions of those skipped as repeats, in order.
+/// Inserts `order`'s rows, [`ROWS_PER_INSERT`] per statement; returns the positions of those
+/// skipped as repeats, in order.
+///
+/// Why several rows per statement: SQLite opens a cursor on the table and on each of its six
+/// indexes at every statement run, and each index insert then descends from the root page. A
+/// 64-row `VALUES` list pays that once per 64 rows: `bench-log --profile live`, the inserts
+/// take 10.2–10.7 s per million rows instead of 11.1–11.4 s (docs/benchmarks.md).
+///
+/// Why `OR IGNORE` rather than `ON CONFLICT (request_id) DO NOTHING`: a statement of several
+/// rows that a constraint could abort halfway keeps a statement journal of every page it
+/// changes, so that it can undo itself (with `DO NOTHING`, other constraints still abort);
+/// under `OR IGNORE` none can, and SQLite keeps none. The price is that a row refused for any
+/// reason is skipped silently; so when a statement stored fewer rows than it was given, each
+/// missing row is looked up, and one that is not a repeated request id fails the batch.
 fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, String> {
-    let mut stmt = db.prepare(&insert_one_sql())?;
-    let mut chain = String::new();
+    let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
+    let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
+    let mut chains = vec![String::new(); ROWS_PER_INSERT];
     let mut skipped = Vec::new();
-    for (i, r) in order.iter().enumerate() {
-        columns::provider_chain(r, &mut chain);
-        stmt.run_once(binds(r, &chain))?;
-        // A repeated request id changed nothing: it is not counted again.
-        if db.changes() != 1 {
-            skipped.push(i);
+    for (at, rows) in (0..)
+        .step_by(ROWS_PER_INSERT)
+        .zip(order.chunks(ROWS_PER_INSERT))
+    {
+        for (r, chain) in rows.iter().zip(&mut chains) {
+            columns::provider_chain(r, chain);
+        }
+        let values = rows.iter().zip(&chains).flat_map(|(r, c)| binds(r, c));
+        last_id.step()?;
+        let before = last_id.int(0);
+        last_id.reset();
+        if rows.len() == ROWS_PER_INSERT {
+            full.run_once(values)?;
+        } else {
+            db.prepare(&insert_sql(rows.len()))?.run_once(values)?;
+        }
+        if usize::try_from(db.changes()).ok() != Some(rows.len()) {
+            skipped.extend(repeats(db, rows, before)?.into_iter().map(|i| at + i));
         }
     }
     Ok(skipped)
+}
+
+/// Rows of the request log written per `INSERT` statement (2,304 parameters; SQLite allows
+/// 32,766). 64, 256 and 800 wrote at the same rate.
+const ROWS_PER_INSERT: usize = 64;
+
+/// The positions in `rows` of those an `INSERT OR IGNORE` did not store because their request
+/// id was stored before (by a row numbered `before` or lower). A row missing for any other
+/// reason is an error.
+fn repeats(db: Handle<'_>, rows: &[&ValidRecord], before: i64) -> Result<Vec<usize>, String> {
+    let mut find = db.prepare("SELECT id FROM request_log WHERE request_id = ?1")?;
+    let mut out = Vec::new();
+    let mut stored = 0;
+    for (i, r) in rows.iter().enumerate() {
+        let Some(id) = &r.request_id else {
+            stored += 1;
+            continue;
+        };
+        find.bind(1, stored_request_id(id.as_str()))?;
+        match find.step()?.then(|| find.int(0)) {
+            Some(n) if n > before => stored += 1,
+            Some(_) => out.push(i),
+            None => {
+                return Err(format!(
+                    "the request log did not store the row of request id {id:?}"
+                ));
+            }
+        }
+        find.reset();
+    }
+    if usize::try_from(db.changes()).ok() != Some(stored) {
+        return Err("the request log stored an unexpected number of rows".into());
+    }
+    Ok(out)
 }
 
 /// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
@@ -181,9 +241,8 @@ fn insert_requests(db: Handle<'_>, batch: &[Box<ValidRecord>]) -> Result<(), Str
     }
     let mut stmt = db.prepare(REQUEST_INSERT)?;
     for (id, req, ts_ms) in with {
-        let id = columns::uuid_bytes(id.as_str()).map_or(Bind::Text(id.as_str()), Bind::Blob16);
         stmt.run_once([
-            id,
+            stored_request_id(id.as_str()),
             Bind::Int(ts_ms),
             Bind::Text(&req.json),
             Bind::Int(i64::from(req.truncated)),
@@ -261,16 +320,20 @@ fn merge_rollups(db: Handle<'_>, batch: Batch) -> Result<(), String> {
     Ok(())
 }
 
+/// A request id as `request_log` holds it: a canonical UUID as its 16 bytes
+/// ([`columns::uuid_bytes`]), anything else as text.
+fn stored_request_id(id: &str) -> Bind<'_> {
+    columns::uuid_bytes(id).map_or(Bind::Text(id), Bind::Blob16)
+}
+
 /// One record's values in the order of [`columns::FIELDS`]; a `request_id` written as a
-/// canonical UUID is bound as its 16 bytes ([`columns::uuid_bytes`]).
+/// canonical UUID is bound as its 16 bytes ([`stored_request_id`]).
 fn binds<'v>(r: &'v ValidRecord, chain: &'v str) -> impl Iterator<Item = Bind<'v>> {
     columns::values(r, chain)
         .into_iter()
         .enumerate()
         .map(|(field, v)| match v {
-            Value::Text(Some(id)) if field == columns::REQUEST_ID_FIELD => {
-                columns::uuid_bytes(id).map_or(Bind::Text(id), Bind::Blob16)
-            }
+            Value::Text(Some(id)) if field == columns::REQUEST_ID_FIELD => stored_request_id(id),
             Value::Text(Some(t)) => Bind::Text(t),
             Value::Text(None) | Value::Int8(None) => Bind::Null,
             Value::Int8(Some(n)) => Bind::Int(n),
@@ -278,20 +341,23 @@ fn binds<'v>(r: &'v ValidRecord, chain: &'v str) -> impl Iterator<Item = Bind<'v
         })
 }
 
-/// `INSERT INTO request_log (…) VALUES (?1, …, ?36) ON CONFLICT (request_id) DO NOTHING`.
-fn insert_one_sql() -> String {
+/// `INSERT OR IGNORE INTO request_log (…) VALUES (?1, …, ?36), (?37, …), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
     let mut sql = format!(
-        "INSERT INTO request_log ({}) VALUES (",
+        "INSERT OR IGNORE INTO request_log ({}) VALUES ",
         columns::column_list()
     );
-    for i in 1..=COLUMNS {
-        if i > 1 {
-            sql.push_str(", ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 1..=COLUMNS {
+            if col > 1 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(row * COLUMNS + col).to_string());
         }
-        sql.push('?');
-        sql.push_str(&i.to_string());
+        sql.push(')');
     }
-    sql.push_str(") ON CONFLICT (request_id) DO NOTHING");
     sql
 }
 
@@ -440,31 +506,48 @@ mod tests {
         assert_eq!((rows, cost), (n + 1, (n + 5) * 1_000_000));
     }
 
+    /// A fresh log with `trigger` (a `CREATE TRIGGER` statement) on it.
+    async fn pool_with_trigger(dir: &tempfile::TempDir, trigger: &str) -> SqlitePool {
+        let pool = pool(dir).await;
+        sqlx::query(trigger).execute(&pool).await.expect("trigger");
+        pool
+    }
+
+    async fn log_rows(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM request_log")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
     #[tokio::test]
     async fn a_failing_row_rolls_back_its_whole_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = pool(&dir).await;
-        sqlx::query(
+        let pool = pool_with_trigger(
+            &dir,
             "CREATE TRIGGER refuse BEFORE INSERT ON request_log WHEN NEW.request_id = 'boom' \
              BEGIN SELECT RAISE(ABORT, 'refused by test'); END",
         )
-        .execute(&pool)
-        .await
-        .expect("trigger");
+        .await;
         let r = |id: &str| {
             record(json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1}))
         };
-        let err = write(&pool, Arc::new(vec![r("a"), r("boom"), r("c")]), true)
-            .await
-            .expect_err("the trigger refuses a row");
-        assert!(err.to_string().contains("refused by test"), "{err}");
-        let count = || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM request_log")
-                .fetch_one(&pool)
+        let count = || log_rows(&pool);
+        // A short batch (one statement of its own length) and a long one (several statements
+        // of ROWS_PER_INSERT rows, the refused row in the second).
+        let long: Vec<_> = (0..ROWS_PER_INSERT * 3)
+            .map(|i| match i == ROWS_PER_INSERT + 5 {
+                true => r("boom"),
+                false => r(&format!("x-{i}")),
+            })
+            .collect();
+        for batch in [vec![r("a"), r("boom"), r("c")], long] {
+            let err = write(&pool, Arc::new(batch), true)
                 .await
-                .expect("count")
-        };
-        assert_eq!(count().await, 0, "nothing of the failed batch is kept");
+                .expect_err("the trigger refuses a row");
+            assert!(err.to_string().contains("refused by test"), "{err}");
+            assert_eq!(count().await, 0, "nothing of the failed batch is kept");
+        }
         // The connection is usable again (no transaction left open), and ids stay unique.
         write(&pool, Arc::new(vec![r("a"), r("c"), r("a")]), true)
             .await
@@ -473,5 +556,65 @@ mod tests {
             .await
             .expect("write");
         assert_eq!(count().await, 2);
+    }
+
+    /// `INSERT OR IGNORE` skips a row that the database refuses for any reason, not only a
+    /// repeated id: such a row fails the batch rather than pass for a repeat (and go uncounted).
+    #[tokio::test]
+    async fn a_row_the_database_skips_silently_fails_its_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool_with_trigger(
+            &dir,
+            "CREATE TRIGGER skip BEFORE INSERT ON request_log WHEN NEW.request_id = 'r-70' \
+             BEGIN SELECT RAISE(IGNORE); END",
+        )
+        .await;
+        let rec = |i: usize| {
+            record(
+                json!({"request_id": format!("r-{i}"), "model": "m", "status": 200,
+                          "duration_ms": 1}),
+            )
+        };
+        let batch: Vec<_> = (0..ROWS_PER_INSERT * 2).map(rec).collect();
+        let err = write(&pool, Arc::new(batch), true)
+            .await
+            .expect_err("a row is missing");
+        assert!(err.to_string().contains("did not store"), "{err}");
+        assert_eq!(log_rows(&pool).await, 0);
+    }
+
+    /// Repeats in every statement of a long batch, and in its short last one: each is skipped
+    /// and not counted; the rows stored are numbered in the insert order without gaps.
+    #[tokio::test]
+    async fn repeats_anywhere_in_a_long_batch_are_skipped_and_not_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        let rec = |i: usize, cost: f64| {
+            record(
+                json!({"request_id": format!("r-{i}"), "model": "m", "status": 200,
+                          "duration_ms": 1, "user": "u", "cost_usd": cost}),
+            )
+        };
+        let first: Vec<_> = (0..ROWS_PER_INSERT * 3)
+            .step_by(7)
+            .map(|i| rec(i, 5.0))
+            .collect();
+        let repeated = i64::try_from(first.len()).expect("small");
+        write(&pool, Arc::new(first), true).await.expect("first");
+        let n = ROWS_PER_INSERT * 3 + 10;
+        write(&pool, Arc::new((0..n).map(|i| rec(i, 1.0)).collect()), true)
+            .await
+            .expect("second");
+        merge_pending(&pool).await.expect("merge");
+        let n = i64::try_from(n).expect("small");
+        let (rows, cost) = hour_sums(&pool, Dim::User).await;
+        assert_eq!(rows, n);
+        assert_eq!(cost, repeated * 5_000_000 + (n - repeated) * 1_000_000);
+        let (count, max_id): (i64, i64) =
+            sqlx::query_as("SELECT count(*), max(id) FROM request_log")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!((count, max_id), (n, n));
     }
 }

@@ -223,6 +223,17 @@ impl Statement<'_> {
         self.check(rc)
     }
 
+    /// Binds a copy of `v` to parameter `at`.
+    pub(super) fn bind(&mut self, at: c_int, v: Bind<'_>) -> Result<(), String> {
+        match v {
+            Bind::Text(t) => self.bind_text(at, t),
+            Bind::Blob16(b) => self.bind_blob(at, &b),
+            Bind::Bytes(b) => self.bind_blob(at, b),
+            Bind::Int(n) => self.bind_int(at, n),
+            Bind::Null => self.bind_null(at),
+        }
+    }
+
     pub(super) fn bind_null(&mut self, at: c_int) -> Result<(), String> {
         // SAFETY: as in `bind_int`.
         let rc = unsafe { ffi::sqlite3_bind_null(self.stmt.as_ptr(), at) };

@@ -1,8 +1,8 @@
 //! The one writer task of the SQL request log: drains the queue, writes what it took in one
-//! statement or transaction per batch — SQLite: a prepared single-row `INSERT` stepped per row
-//! in one transaction (`sqlite_insert.rs`); PostgreSQL: a binary `COPY` into a staging table,
-//! then one `INSERT … SELECT` (`writer/postgres.rs`) — both
-//! `ON CONFLICT (request_id) DO NOTHING`.
+//! statement or transaction per batch — SQLite: a prepared 64-row `INSERT OR IGNORE` stepped
+//! per 64 rows in one transaction (`sqlite_insert.rs`); PostgreSQL: a binary `COPY` into a
+//! staging table, then one `INSERT … SELECT … ON CONFLICT (request_id) DO NOTHING`
+//! (`writer/postgres.rs`). Either way a repeated request id stores nothing.
 //!
 //! A failed write is classified ([`WriteError`]): while the database is away (an outage) the
 //! batch is held and retried with back-off, without end, and what arrives meanwhile waits in
