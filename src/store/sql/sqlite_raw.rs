@@ -96,8 +96,8 @@ impl Handle<'_> {
         }
     }
 
-    /// Rows changed by the last `INSERT`, `UPDATE` or `DELETE` on this connection (an
-    /// `INSERT … ON CONFLICT DO NOTHING` that skipped its row: 0).
+    /// Rows changed by the last `INSERT`, `UPDATE` or `DELETE` on this connection (rows an
+    /// `INSERT OR IGNORE` skipped are not counted; statements that only read leave it as is).
     pub(super) fn changes(&self) -> i64 {
         // SAFETY: `db` is the open connection lent to this job (see `with_handle`).
         unsafe { ffi::sqlite3_changes64(self.db.as_ptr()) }
