@@ -129,7 +129,13 @@ const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 /// missing row is looked up, and one that is not a repeated request id fails the batch.
 fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, String> {
     let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
-    let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
+    // The highest id before the batch: a row this batch stores is numbered above it, a repeat
+    // (of a row stored before: `insert_order` keeps each id once per batch) at or below it.
+    let before = {
+        let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
+        last_id.step()?;
+        last_id.int(0)
+    };
     let mut chains = vec![String::new(); ROWS_PER_INSERT];
     let mut skipped = Vec::new();
     for (at, rows) in (0..)
@@ -140,9 +146,6 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
             columns::provider_chain(r, chain);
         }
         let values = rows.iter().zip(&chains).flat_map(|(r, c)| binds(r, c));
-        last_id.step()?;
-        let before = last_id.int(0);
-        last_id.reset();
         if rows.len() == ROWS_PER_INSERT {
             full.run_once(values)?;
         } else {
@@ -160,8 +163,8 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
 const ROWS_PER_INSERT: usize = 64;
 
 /// The positions in `rows` of those an `INSERT OR IGNORE` did not store because their request
-/// id was stored before (by a row numbered `before` or lower). A row missing for any other
-/// reason is an error.
+/// id was stored before the batch (by a row numbered `before` or lower). A row missing for any
+/// other reason is an error.
 fn repeats(db: Handle<'_>, rows: &[&ValidRecord], before: i64) -> Result<Vec<usize>, String> {
     let mut find = db.prepare("SELECT id FROM request_log WHERE request_id = ?1")?;
     let mut out = Vec::new();
