@@ -380,6 +380,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup journal and month buckets",
         include_str!("../../migrations/sqlite/0009_rollup_journal_and_months.sql"),
     ),
+    (
+        10,
+        "request ids in a table of their own",
+        include_str!("../../migrations/sqlite/0010_request_ids_table.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (

@@ -1,8 +1,9 @@
 //! The SQLite writer's inner loop: one transaction per batch, a prepared 64-row
 //! `INSERT OR IGNORE … VALUES` bound and stepped per 64 rows, through SQLite's C API on the
-//! writer's own sqlx connection (`sqlite_raw.rs`), on a blocking thread. A request id written
-//! as a canonical UUID is stored as its 16 bytes (`columns::uuid_bytes`): the unique index,
-//! where random UUIDs land anywhere, is then about half the size.
+//! writer's own sqlx connection (`sqlite_raw.rs`), on a blocking thread. The batch's request
+//! ids go first into `request_ids` (the ids the log holds, unique), sorted, which tells the
+//! repeats apart before any row is written. A request id written as a canonical UUID is stored
+//! as its 16 bytes (`columns::uuid_bytes`), about half the size.
 //!
 //! Why not `sqlx::query`: every `sqlx` statement is a round trip to the connection's worker
 //! thread, and a long `VALUES` list sent as text (40 parameters a row, ~800 rows per statement)
@@ -113,35 +114,39 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
 /// some 20 µs to start; a small batch is added up in less).
 const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 
-/// Inserts `order`'s rows, [`ROWS_PER_INSERT`] per statement; returns the positions of those
-/// skipped as repeats, in order.
+/// Inserts `order`'s rows but those whose request id the log already holds (after recording
+/// the ids in `request_ids`: [`claim_request_ids`]), [`ROWS_PER_INSERT`] per statement; returns
+/// the positions in `order` of the rows skipped as repeats, in order.
 ///
-/// Why several rows per statement: SQLite opens a cursor on the table and on each of its six
+/// Why several rows per statement: SQLite opens a cursor on the table and on each of its
 /// indexes at every statement run, and each index insert then descends from the root page. A
 /// 64-row `VALUES` list pays that once per 64 rows: `bench-log --profile live`, the inserts
 /// take 10.2–10.7 s per million rows instead of 11.1–11.4 s (docs/benchmarks.md).
 ///
-/// Why `OR IGNORE` rather than `ON CONFLICT (request_id) DO NOTHING`: a statement of several
-/// rows that a constraint could abort halfway keeps a statement journal of every page it
-/// changes, so that it can undo itself (with `DO NOTHING`, other constraints still abort);
-/// under `OR IGNORE` none can, and SQLite keeps none. The price is that a row refused for any
-/// reason is skipped silently; so when a statement stored fewer rows than it was given, each
-/// missing row is looked up, and one that is not a repeated request id fails the batch.
+/// Why `OR IGNORE` when nothing should be refused: a statement of several rows that a
+/// constraint could abort halfway keeps a statement journal of every page it changes, so that
+/// it can undo itself; under `OR IGNORE` none can, and SQLite keeps none. The price is that a
+/// row refused for any reason is skipped silently; so a statement that stored fewer rows than
+/// it was given fails the batch.
 fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, String> {
-    let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
-    // The highest id before the batch: a row this batch stores is numbered above it, a repeat
-    // (of a row stored before: `insert_order` keeps each id once per batch) at or below it.
+    // The highest id before the batch: the rows of the batch are numbered from the next one on.
     let before = {
         let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
         last_id.step()?;
         last_id.int(0)
     };
+    let skipped = claim_request_ids(db, order, before)?;
+    let rows: Vec<&ValidRecord> = if skipped.is_empty() {
+        order.to_vec()
+    } else {
+        (order.iter().enumerate())
+            .filter(|(at, _)| skipped.binary_search(at).is_err())
+            .map(|(_, &r)| r)
+            .collect()
+    };
+    let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
     let mut chains = vec![String::new(); ROWS_PER_INSERT];
-    let mut skipped = Vec::new();
-    for (at, rows) in (0..)
-        .step_by(ROWS_PER_INSERT)
-        .zip(order.chunks(ROWS_PER_INSERT))
-    {
+    for rows in rows.chunks(ROWS_PER_INSERT) {
         for (r, chain) in rows.iter().zip(&mut chains) {
             columns::provider_chain(r, chain);
         }
@@ -151,8 +156,13 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
         } else {
             db.prepare(&insert_sql(rows.len()))?.run_once(values)?;
         }
-        if usize::try_from(db.changes()).ok() != Some(rows.len()) {
-            skipped.extend(repeats(db, rows, before)?.into_iter().map(|i| at + i));
+        let stored = usize::try_from(db.changes()).unwrap_or(0);
+        if stored != rows.len() {
+            return Err(format!(
+                "the request log did not store {} of the {} rows of a statement",
+                rows.len().saturating_sub(stored),
+                rows.len()
+            ));
         }
     }
     Ok(skipped)
@@ -162,34 +172,110 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
 /// 32,766). 64, 256 and 800 wrote at the same rate.
 const ROWS_PER_INSERT: usize = 64;
 
-/// The positions in `rows` of those an `INSERT OR IGNORE` did not store because their request
-/// id was stored before the batch (by a row numbered `before` or lower). A row missing for any
-/// other reason is an error.
-fn repeats(db: Handle<'_>, rows: &[&ValidRecord], before: i64) -> Result<Vec<usize>, String> {
-    let mut find = db.prepare("SELECT id FROM request_log WHERE request_id = ?1")?;
-    let mut out = Vec::new();
-    let mut stored = 0;
-    for (i, r) in rows.iter().enumerate() {
-        let Some(id) = &r.request_id else {
-            stored += 1;
-            continue;
-        };
-        find.bind(1, stored_request_id(id.as_str()))?;
-        match find.step()?.then(|| find.int(0)) {
-            Some(n) if n > before => stored += 1,
-            Some(_) => out.push(i),
-            None => {
-                return Err(format!(
-                    "the request log did not store the row of request id {id:?}"
-                ));
-            }
+/// Request ids written per `INSERT` into `request_ids` (512 parameters).
+const IDS_PER_INSERT: usize = 256;
+
+/// A request id as `request_log` and `request_ids` hold it, ordered as SQLite orders them
+/// (text before blobs, each byte by byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StoredId<'a> {
+    Text(&'a str),
+    Uuid([u8; 16]),
+}
+
+impl<'a> StoredId<'a> {
+    /// A canonical UUID as its 16 bytes ([`columns::uuid_bytes`]), anything else as text.
+    fn of(id: &'a str) -> Self {
+        columns::uuid_bytes(id).map_or(Self::Text(id), Self::Uuid)
+    }
+
+    fn bind(self) -> Bind<'a> {
+        match self {
+            Self::Text(t) => Bind::Text(t),
+            Self::Uuid(b) => Bind::Blob16(b),
         }
+    }
+}
+
+/// Records the request ids of `order`'s rows in `request_ids`, each with the id its row gets
+/// (`before` + 1, + 2, … in `order`, repeats left out); returns the positions in `order` of
+/// the rows whose request id the log held before (repeats: `insert_order` keeps each id once
+/// per batch).
+///
+/// Why a table of their own, written in id order: the rows go in in session order (see
+/// `columns::insert_order`), in which random ids (UUIDs) are in no order at all. As a unique
+/// index of `request_log`, each row's id went to a random page, and once the index outgrew the
+/// writer's page cache, nearly every row read a page in and wrote one out; sorted, a batch
+/// sweeps the table once. `bench-log --profile live`: 82,000–83,000 → 101,000–104,000 rows/s
+/// (docs/benchmarks.md).
+///
+/// The ids are first written as if none were a repeat (`OR IGNORE` keeps the row of an id
+/// stored before, with its lower log id); only when a statement stored fewer than it was given
+/// are that statement's ids looked up, and the log ids after the first repeat renumbered.
+fn claim_request_ids(
+    db: Handle<'_>,
+    order: &[&ValidRecord],
+    before: i64,
+) -> Result<Vec<usize>, String> {
+    let mut ids: Vec<(StoredId<'_>, usize)> = (order.iter().enumerate())
+        .filter_map(|(at, r)| Some((StoredId::of(r.request_id.as_ref()?.as_str()), at)))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    ids.sort_unstable();
+    let log_id = |at: usize| before + 1 + i64::try_from(at).unwrap_or(i64::MAX);
+    let mut full = db.prepare(&ids_insert_sql(IDS_PER_INSERT))?;
+    let mut short = Vec::new();
+    for chunk in ids.chunks(IDS_PER_INSERT) {
+        let values = (chunk.iter()).flat_map(|&(id, at)| [id.bind(), Bind::Int(log_id(at))]);
+        if chunk.len() == IDS_PER_INSERT {
+            full.run_once(values)?;
+        } else {
+            db.prepare(&ids_insert_sql(chunk.len()))?.run_once(values)?;
+        }
+        if usize::try_from(db.changes()).ok() != Some(chunk.len()) {
+            short.push(chunk);
+        }
+    }
+    if short.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Some ids were stored before: those whose row keeps a log id from before the batch.
+    let mut find = db.prepare("SELECT log_id FROM request_ids WHERE request_id = ?1")?;
+    let mut repeats = Vec::new();
+    for &(id, at) in short.into_iter().flatten() {
+        find.bind(1, id.bind())?;
+        let found = find.step()?.then(|| find.int(0));
         find.reset();
+        match found {
+            Some(n) if n <= before => repeats.push(at),
+            Some(_) => {}
+            None => return Err("the request ids of a batch were not all stored".into()),
+        }
     }
-    if usize::try_from(db.changes()).ok() != Some(stored) {
-        return Err("the request log stored an unexpected number of rows".into());
+    repeats.sort_unstable();
+    // The rows after a repeat move up by one for each repeat before them.
+    let mut renumber = db.prepare("UPDATE request_ids SET log_id = ?1 WHERE request_id = ?2")?;
+    for &(id, at) in &ids {
+        let earlier = repeats.partition_point(|&r| r < at);
+        if earlier > 0 && repeats.get(earlier) != Some(&at) {
+            let moved = log_id(at) - i64::try_from(earlier).unwrap_or(i64::MAX);
+            renumber.run_once([Bind::Int(moved), id.bind()])?;
+        }
     }
-    Ok(out)
+    Ok(repeats)
+}
+
+/// `INSERT OR IGNORE INTO request_ids (request_id, log_id) VALUES (?1, ?2), …` for `rows` ids.
+fn ids_insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    format!(
+        "INSERT OR IGNORE INTO request_ids (request_id, log_id) VALUES {}",
+        values.join(", ")
+    )
 }
 
 /// Folds every pending journal row into the rollup tables and deletes it, in one transaction.
@@ -326,7 +412,7 @@ fn merge_rollups(db: Handle<'_>, batch: Batch) -> Result<(), String> {
 /// A request id as `request_log` holds it: a canonical UUID as its 16 bytes
 /// ([`columns::uuid_bytes`]), anything else as text.
 fn stored_request_id(id: &str) -> Bind<'_> {
-    columns::uuid_bytes(id).map_or(Bind::Text(id), Bind::Blob16)
+    StoredId::of(id).bind()
 }
 
 /// One record's values in the order of [`columns::FIELDS`]; a `request_id` written as a
@@ -573,12 +659,9 @@ mod tests {
                           "user": format!("u-{i}")}),
             )
         };
-        // A row with a request id (looked up: not stored before, so not a repeat) and one
-        // without (nothing to look up: the count of rows stored gives it away).
-        for (row, expected) in [
-            ("NEW.request_id = 'r-70'", "did not store"),
-            ("NEW.user_ref = 'u-100'", "unexpected number of rows"),
-        ] {
+        // A row with a request id (recorded in `request_ids`, so not taken for a repeat) and
+        // one without.
+        for row in ["NEW.request_id = 'r-70'", "NEW.user_ref = 'u-100'"] {
             let dir = tempfile::tempdir().expect("tempdir");
             let pool = pool_with_trigger(
                 &dir,
@@ -592,7 +675,10 @@ mod tests {
             let err = write(&pool, Arc::new(batch), true)
                 .await
                 .expect_err("a row is missing");
-            assert!(err.to_string().contains(expected), "{row}: {err}");
+            assert!(
+                err.to_string().contains("did not store 1 of"),
+                "{row}: {err}"
+            );
             assert_eq!(log_rows(&pool).await, 0, "{row}");
         }
     }
@@ -632,5 +718,56 @@ mod tests {
                 .await
                 .expect("count");
         assert_eq!((count, max_id), (n, n));
+        // Each id in `request_ids` names its own row: the log ids after each repeat were
+        // renumbered to the rows' ids.
+        let matching: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM request_log l JOIN request_ids i \
+             ON i.request_id = l.request_id AND i.log_id = l.id",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("ids");
+        assert_eq!(matching, n);
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM request_ids")
+            .fetch_one(&pool)
+            .await
+            .expect("ids");
+        assert_eq!(held, n);
+    }
+
+    /// A row deleted from the log (retention) takes its request id with it: the same id sent
+    /// again is stored again, as a row of the unique index was.
+    #[tokio::test]
+    async fn a_deleted_row_frees_its_request_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        let rec = |id: &str| {
+            record(json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1}))
+        };
+        let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
+        write(&pool, Arc::new(vec![rec(uuid), rec("kept")]), false)
+            .await
+            .expect("first");
+        sqlx::query("DELETE FROM request_log WHERE id = 1")
+            .execute(&pool)
+            .await
+            .expect("delete");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT log_id FROM request_ids")
+            .fetch_all(&pool)
+            .await
+            .expect("ids");
+        assert_eq!(ids, [2]);
+        write(&pool, Arc::new(vec![rec(uuid), rec("kept")]), false)
+            .await
+            .expect("again");
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT i.log_id, typeof(i.request_id) FROM request_ids i \
+             JOIN request_log l ON l.id = i.log_id AND l.request_id = i.request_id ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("ids");
+        assert_eq!(rows, [(2, "text".to_string()), (3, "blob".to_string())]);
+        assert_eq!(log_rows(&pool).await, 2);
     }
 }
