@@ -156,6 +156,11 @@ pub struct BenchLog {
     /// Write without the rollups (the analytics API's tables), to measure what they cost.
     #[arg(long)]
     pub no_rollups: bool,
+    /// Every Nth row (from row 150,001 on) is sent again with the request id of the row
+    /// 150,000 before it, which an earlier transaction stored: the repeats a retrying client
+    /// sends, skipped and not counted by the writer.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat_every: Option<u64>,
     /// The SQLite writer's page cache, MiB [default: `log_store.sqlite_cache_bytes`'s, 32]
     #[arg(long)]
     pub sqlite_cache_mib: Option<u64>,

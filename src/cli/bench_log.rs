@@ -39,7 +39,13 @@ pub struct BenchArgs {
     pub ids: RequestIds,
     /// Which rows and queries.
     pub profile: Profile,
+    /// Every this many rows one repeats the request id of the row [`REPEAT_DISTANCE`] before.
+    pub repeat_every: Option<usize>,
 }
+
+/// How far back a repeated row's id was sent: farther than a transaction holds rows, so that
+/// the repeat meets an id stored before its own batch.
+pub const REPEAT_DISTANCE: usize = 150_000;
 
 /// The rows written and the queries timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,9 +62,10 @@ pub enum Profile {
     Live,
 }
 
-/// The `request_id`s of the benchmark's rows. Their order decides what the unique index costs:
-/// an ordered id is always added at the right-hand edge of the index, a random one at a random
-/// place, whose page is rarely in the CPU cache and is rewritten by every transaction.
+/// The `request_id`s of the benchmark's rows. Their order decides what keeping them unique
+/// costs (PostgreSQL's unique index, SQLite's `request_ids`): an ordered id is always added at
+/// the right-hand edge, a random one at a random place, whose page is rarely in the cache and
+/// is rewritten by every transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RequestIds {
     /// Random (version 4) UUIDs, as most gateways make them.
@@ -119,8 +126,8 @@ impl fmt::Display for BenchReport {
     }
 }
 
-/// A random (version 4) UUID, as gateways give their requests: ids arrive in no order, so the
-/// unique index takes each at a random place, as it would in production.
+/// A random (version 4) UUID, as gateways give their requests: ids arrive in no order, so each
+/// is kept unique at a random place, as it would be in production.
 fn uuid_v4(rng: &mut SmallRng) -> CompactString {
     let v: u128 = rng.random();
     let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
@@ -313,6 +320,9 @@ pub async fn run_command(args: super::BenchLog) -> anyhow::Result<()> {
         seed: args.seed,
         ids: args.ids,
         profile: args.profile,
+        repeat_every: args
+            .repeat_every
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     if args.queries_only {
         print!("{}", queries_only(&bench).await?);
@@ -360,6 +370,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     let mut write_time = Duration::ZERO;
     let mut write_cpu = Duration::ZERO;
     let mut done = 0;
+    // The ids sent so far (only with `repeat_every`).
+    let mut sent: Vec<Option<gatemeter::record::RequestId>> = Vec::new();
     while done < args.rows {
         let n = CHUNK.min(args.rows - done);
         let mut batches = Vec::with_capacity(n.div_ceil(SUBMIT));
@@ -369,12 +381,19 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
                 (start..end)
                     .map(|i| {
                         let ts = start_ts + (i as f64 * step) as i64;
-                        match args.profile {
+                        let mut r = match args.profile {
                             Profile::Log => record(&mut rng, &mut id_rng, args.ids, i, ts),
                             Profile::Analytics | Profile::Live => {
                                 analytics_record(&mut rng, &mut id_rng, args.ids, i, ts)
                             }
+                        };
+                        if let Some(every) = args.repeat_every {
+                            if i >= REPEAT_DISTANCE && i % every == 0 {
+                                r.request_id = sent[i - REPEAT_DISTANCE].clone();
+                            }
+                            sent.push(r.request_id.clone());
                         }
+                        r
                     })
                     .collect::<Vec<_>>(),
             );

@@ -76,6 +76,9 @@ pub const LOG_TABLES: [&str; 5] = [
     "rollup_pending",
 ];
 
+/// SQLite: the trigger (migration 0010) that deletes a row's request id from `request_ids`.
+const REQUEST_IDS_TRIGGER: &str = "request_log_forget_request_id";
+
 /// Longest wait for a pooled connection before a query fails (issue #4: at most 2 s).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -766,12 +769,30 @@ impl SqlLog {
             .connect_with(SqliteConnectOptions::new().filename(dest))
             .await
             .map_err(unavailable)?;
-        for t in LOG_TABLES {
-            sqlx::query(&format!("DELETE FROM {t}"))
-                .execute(&copy)
+        // SQLite empties a whole table at once only when no trigger is on it: the one that keeps
+        // `request_ids` in step with `request_log` would delete row by row (300,000 rows: 2.5–2.9
+        // s instead of 0.3). It is set aside while both are emptied, then put back.
+        let trigger: Option<String> = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = $1",
+        )
+        .bind(REQUEST_IDS_TRIGGER)
+        .fetch_optional(&copy)
+        .await
+        .map_err(unavailable)?;
+        let mut tx = copy.begin().await.map_err(unavailable)?;
+        let drop_trigger = format!("DROP TRIGGER IF EXISTS {REQUEST_IDS_TRIGGER}");
+        let empty = LOG_TABLES.iter().map(|t| format!("DELETE FROM {t}"));
+        for sql in std::iter::once(drop_trigger)
+            .chain(std::iter::once("DELETE FROM request_ids".to_string()))
+            .chain(empty)
+            .chain(trigger)
+        {
+            sqlx::query(&sql)
+                .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
         }
+        tx.commit().await.map_err(unavailable)?;
         sqlx::query("VACUUM")
             .execute(&copy)
             .await

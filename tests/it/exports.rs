@@ -436,6 +436,16 @@ pub async fn sqlite_snapshot_while_writes_continue_or_dump_restores(db: Db) {
                     assert_eq!(bodies, rows);
                 } else {
                     assert_eq!((rows, bodies), (0, 0));
+                    // The request ids went with their rows, and the trigger that keeps them in
+                    // step is back.
+                    let (ids, triggers): (i64, i64) = sqlx::query_as(
+                        "SELECT (SELECT count(*) FROM request_ids), (SELECT count(*) FROM \
+                         sqlite_master WHERE type = 'trigger' AND tbl_name = 'request_log')",
+                    )
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count");
+                    assert_eq!((ids, triggers), (0, 1));
                     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM export_audit")
                         .fetch_one(&mut c)
                         .await

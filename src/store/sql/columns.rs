@@ -163,7 +163,7 @@ pub(crate) const REQUEST_ID_FIELD: usize = 0;
 /// Only that form maps to bytes, so the mapping is one-to-one and undone exactly by the
 /// `SELECT` of the log's readers (`query.rs`): an uppercase or unhyphenated id stays text (a
 /// different id, as it always was), and a BLOB never equals a TEXT in SQLite, so no text id can
-/// meet a UUID's bytes in the unique index.
+/// meet a UUID's bytes in `request_ids` (which keeps them unique).
 pub(crate) fn uuid_bytes(id: &str) -> Option<[u8; 16]> {
     let b = id.as_bytes();
     if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {

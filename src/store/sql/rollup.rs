@@ -878,6 +878,61 @@ mod tests {
         }
     }
 
+    /// The writers hand `journal_of` their rows in the insert order; a session that spans
+    /// namespaces keeps the namespace of its first record in arrival order all the same.
+    #[test]
+    fn a_journal_is_the_same_whatever_the_order_rows_are_added_in() {
+        let rec = |ns: &str, session: &str, user: &str, ts: i64| {
+            let mut r = crate::record::test_record(
+                r#"{"model": "m", "status": 200, "duration_ms": 3}"#,
+                ts,
+            );
+            r.namespace = ns.into();
+            r.session_id = Some(session.into());
+            r.user = Some(user.into());
+            r
+        };
+        let batch = vec![
+            rec("first", "s1", "u", 1_000),
+            rec("second", "s1", "u", 2_000),
+            rec("other", "s2", "u", 1_500),
+            rec("third", "s1", "u", 500),
+            rec("other", "s2", "v", 1_600),
+            rec("other", "s2", "u", 1_700),
+        ];
+        let sessions = |positions: Vec<usize>| {
+            let mut b = Batch::default();
+            b.decode_into(&Batch::journal_of(&batch, positions).expect("rows"))
+                .expect("a journal");
+            let (_, sessions) = b.into_rows();
+            sessions
+                .into_iter()
+                .map(|((id, user), s)| {
+                    let who = format!("{id}/{user}");
+                    (
+                        who,
+                        s.namespace.to_string(),
+                        s.counts.requests,
+                        s.first_ms,
+                        s.last_ms,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let expected = [
+            ("s1/u".to_string(), "first".to_string(), 3, 500, 2_000),
+            ("s2/u".to_string(), "other".to_string(), 2, 1_500, 1_700),
+            ("s2/v".to_string(), "other".to_string(), 1, 1_600, 1_600),
+        ];
+        for positions in [
+            vec![0, 1, 2, 3, 4, 5],
+            vec![3, 1, 0, 5, 4, 2],
+            vec![2, 4, 5, 1, 3, 0],
+        ] {
+            assert_eq!(sessions(positions.clone()), expected, "{positions:?}");
+        }
+    }
+
     #[test]
     fn hours_and_days_are_derived_from_the_finest_buckets() {
         let mut b = Batch::default();

@@ -6,7 +6,7 @@
 //! as its 16 bytes (`columns::uuid_bytes`), about half the size.
 //!
 //! Why not `sqlx::query`: every `sqlx` statement is a round trip to the connection's worker
-//! thread, and a long `VALUES` list sent as text (40 parameters a row, ~800 rows per statement)
+//! thread, and a long `VALUES` list sent as text (41 parameters a row, ~800 rows per statement)
 //! makes SQLite parse a huge statement at every batch. Binding borrowed text to a statement
 //! prepared once per batch costs a few hundred nanoseconds a row (issue #4: see ARCHITECTURE.md
 //! for the figures).
@@ -83,26 +83,29 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
             .map(|(_, &i)| i)
             .collect()
     };
-    // The rollup increments of the rows are added up and encoded on a thread of their own
+    // The highest id before the batch: its rows are numbered from the next one on.
+    let before = {
+        let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
+        last_id.step()?;
+        last_id.int(0)
+    };
+    // The repeats are known before any row is written, so the rows the batch stores are too.
+    let skipped = claim_request_ids(db, &order, before)?;
+    // The rollup increments of those rows are added up and encoded on a thread of their own
     // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
-    // it ~1 µs a row. They are added up assuming every row is stored; when the insert skipped
-    // some (repeated request ids: they are not counted again), they are added up here again,
-    // from the rows stored only.
-    let (skipped, journal) = std::thread::scope(|s| {
+    // it ~1 µs a row.
+    let blob = std::thread::scope(|s| {
         let parallel = rollups && order.len() >= PARALLEL_ROLLUP_ROWS;
-        let rollup = parallel.then(|| s.spawn(|| Batch::journal_of(batch, stored(&[]))));
-        let inserted = insert_rows(db, &order);
+        let rollup = parallel.then(|| s.spawn(|| Batch::journal_of(batch, stored(&skipped))));
+        let inserted = insert_rows(db, &order, before, &skipped);
         let journal = rollup.map(|t| t.join().expect("the rollup thread does not panic"));
-        inserted.map(|skipped| (skipped, journal))
+        inserted.map(|()| journal)
     })?;
     insert_requests(db, batch)?;
     if !rollups {
         return Ok(());
     }
-    let blob = match journal {
-        Some(blob) if skipped.is_empty() => blob,
-        _ => Batch::journal_of(batch, stored(&skipped)),
-    };
+    let blob = blob.unwrap_or_else(|| Batch::journal_of(batch, stored(&skipped)));
     let Some(blob) = blob else { return Ok(()) };
     // The increments are journaled with the rows; `merge_pending` folds them in later.
     let mut journal = db.prepare("INSERT INTO rollup_pending (rows, delta) VALUES (?1, ?2)")?;
@@ -114,9 +117,8 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
 /// some 20 µs to start; a small batch is added up in less).
 const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 
-/// Inserts `order`'s rows but those whose request id the log already holds (after recording
-/// the ids in `request_ids`: [`claim_request_ids`]), [`ROWS_PER_INSERT`] per statement; returns
-/// the positions in `order` of the rows skipped as repeats, in order.
+/// Inserts `order`'s rows but the `skipped` places (repeats: [`claim_request_ids`]), each
+/// numbered by its place ([`row_id`]), [`ROWS_PER_INSERT`] per statement.
 ///
 /// Why several rows per statement: SQLite opens a cursor on the table and on each of its
 /// indexes at every statement run, and each index insert then descends from the root page. A
@@ -128,29 +130,26 @@ const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 /// it can undo itself; under `OR IGNORE` none can, and SQLite keeps none. The price is that a
 /// row refused for any reason is skipped silently; so a statement that stored fewer rows than
 /// it was given fails the batch.
-fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, String> {
-    // The highest id before the batch: the rows of the batch are numbered from the next one on.
-    let before = {
-        let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
-        last_id.step()?;
-        last_id.int(0)
-    };
-    let skipped = claim_request_ids(db, order, before)?;
-    let rows: Vec<&ValidRecord> = if skipped.is_empty() {
-        order.to_vec()
-    } else {
-        (order.iter().enumerate())
-            .filter(|(at, _)| skipped.binary_search(at).is_err())
-            .map(|(_, &r)| r)
-            .collect()
-    };
+fn insert_rows(
+    db: Handle<'_>,
+    order: &[&ValidRecord],
+    before: i64,
+    skipped: &[usize],
+) -> Result<(), String> {
+    // Each row numbered by its place in `order` (a repeat leaves its number unused, as a
+    // repeat does in PostgreSQL's identity column), as `request_ids` has it.
+    let rows: Vec<(i64, &ValidRecord)> = (order.iter().enumerate())
+        .filter(|(at, _)| skipped.binary_search(at).is_err())
+        .map(|(at, &r)| (row_id(before, at), r))
+        .collect();
     let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
     let mut chains = vec![String::new(); ROWS_PER_INSERT];
     for rows in rows.chunks(ROWS_PER_INSERT) {
-        for (r, chain) in rows.iter().zip(&mut chains) {
+        for ((_, r), chain) in rows.iter().zip(&mut chains) {
             columns::provider_chain(r, chain);
         }
-        let values = rows.iter().zip(&chains).flat_map(|(r, c)| binds(r, c));
+        let values = (rows.iter().zip(&chains))
+            .flat_map(|(&(id, r), c)| std::iter::once(Bind::Int(id)).chain(binds(r, c)));
         if rows.len() == ROWS_PER_INSERT {
             full.run_once(values)?;
         } else {
@@ -165,10 +164,10 @@ fn insert_rows(db: Handle<'_>, order: &[&ValidRecord]) -> Result<Vec<usize>, Str
             ));
         }
     }
-    Ok(skipped)
+    Ok(())
 }
 
-/// Rows of the request log written per `INSERT` statement (2,560 parameters; SQLite allows
+/// Rows of the request log written per `INSERT` statement (2,624 parameters; SQLite allows
 /// 32,766). 64, 256 and 800 wrote at the same rate.
 const ROWS_PER_INSERT: usize = 64;
 
@@ -198,20 +197,22 @@ impl<'a> StoredId<'a> {
 }
 
 /// Records the request ids of `order`'s rows in `request_ids`, each with the id its row gets
-/// (`before` + 1, + 2, … in `order`, repeats left out); returns the positions in `order` of
+/// ([`row_id`]: `before` + 1, + 2, … by place in `order`); returns the positions in `order` of
 /// the rows whose request id the log held before (repeats: `insert_order` keeps each id once
-/// per batch).
+/// per batch), whose rows are not written and whose numbers stay unused.
 ///
 /// Why a table of their own, written in id order: the rows go in in session order (see
 /// `columns::insert_order`), in which random ids (UUIDs) are in no order at all. As a unique
 /// index of `request_log`, each row's id went to a random page, and once the index outgrew the
 /// writer's page cache, nearly every row read a page in and wrote one out; sorted, a batch
-/// sweeps the table once. `bench-log --profile live`: 82,000–83,000 → 101,000–104,000 rows/s
-/// (docs/benchmarks.md).
+/// sweeps the table once. `bench-log --profile live`: 91,000–93,000 → 111,000–113,000 rows/s
+/// (docs/benchmarks.md, 2026-12-05). Only this writer inserts into `request_log`, so only it
+/// needs to keep `request_ids` (a delete trigger keeps it in step with deletes).
 ///
-/// The ids are first written as if none were a repeat (`OR IGNORE` keeps the row of an id
-/// stored before, with its lower log id); only when a statement stored fewer than it was given
-/// are that statement's ids looked up, and the log ids after the first repeat renumbered.
+/// `OR IGNORE` keeps the row of an id stored before, with its lower log id; only when a
+/// statement stored fewer ids than it was given are that statement's ids looked up. Numbers
+/// are not closed up after a repeat: that took one `UPDATE` per id after it (a batch with one
+/// repeat wrote 8–11 % slower).
 fn claim_request_ids(
     db: Handle<'_>,
     order: &[&ValidRecord],
@@ -224,13 +225,21 @@ fn claim_request_ids(
         return Ok(Vec::new());
     }
     ids.sort_unstable();
-    let log_id = |at: usize| before + 1 + i64::try_from(at).unwrap_or(i64::MAX);
-    let mut full = db.prepare(&ids_insert_sql(IDS_PER_INSERT))?;
+    if !i64::try_from(order.len()).is_ok_and(|n| n < i64::MAX - before) {
+        return Err("the request log has run out of row ids".into());
+    }
+    let log_id = |at: usize| row_id(before, at);
+    let mut full = None;
     let mut short = Vec::new();
     for chunk in ids.chunks(IDS_PER_INSERT) {
         let values = (chunk.iter()).flat_map(|&(id, at)| [id.bind(), Bind::Int(log_id(at))]);
         if chunk.len() == IDS_PER_INSERT {
-            full.run_once(values)?;
+            if full.is_none() {
+                full = Some(db.prepare(&ids_insert_sql(IDS_PER_INSERT))?);
+            }
+            if let Some(full) = &mut full {
+                full.run_once(values)?;
+            }
         } else {
             db.prepare(&ids_insert_sql(chunk.len()))?.run_once(values)?;
         }
@@ -255,16 +264,13 @@ fn claim_request_ids(
         }
     }
     repeats.sort_unstable();
-    // The rows after a repeat move up by one for each repeat before them.
-    let mut renumber = db.prepare("UPDATE request_ids SET log_id = ?1 WHERE request_id = ?2")?;
-    for &(id, at) in &ids {
-        let earlier = repeats.partition_point(|&r| r < at);
-        if earlier > 0 && repeats.get(earlier) != Some(&at) {
-            let moved = log_id(at) - i64::try_from(earlier).unwrap_or(i64::MAX);
-            renumber.run_once([Bind::Int(moved), id.bind()])?;
-        }
-    }
     Ok(repeats)
+}
+
+/// The id of the row at place `at` of a batch's insert order, the highest id before the batch
+/// being `before` (checked by [`claim_request_ids`] to leave room).
+fn row_id(before: i64, at: usize) -> i64 {
+    before.saturating_add(1 + i64::try_from(at).unwrap_or(i64::MAX - 1))
 }
 
 /// `INSERT OR IGNORE INTO request_ids (request_id, log_id) VALUES (?1, ?2), …` for `rows` ids.
@@ -430,21 +436,22 @@ fn binds<'v>(r: &'v ValidRecord, chain: &'v str) -> impl Iterator<Item = Bind<'v
         })
 }
 
-/// `INSERT OR IGNORE INTO request_log (…) VALUES (?1, …, ?40), (?41, …), …` for `rows` rows
-/// ([`COLUMNS`] parameters a row).
+/// `INSERT OR IGNORE INTO request_log (id, …) VALUES (?1, …, ?41), (?42, …), …` for `rows`
+/// rows (the id, then [`COLUMNS`] parameters a row).
 fn insert_sql(rows: usize) -> String {
     let mut sql = format!(
-        "INSERT OR IGNORE INTO request_log ({}) VALUES ",
+        "INSERT OR IGNORE INTO request_log (id, {}) VALUES ",
         columns::column_list()
     );
+    let per_row = COLUMNS + 1;
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for col in 1..=COLUMNS {
+        for col in 1..=per_row {
             if col > 1 {
                 sql.push_str(", ");
             }
             sql.push('?');
-            sql.push_str(&(row * COLUMNS + col).to_string());
+            sql.push_str(&(row * per_row + col).to_string());
         }
         sql.push(')');
     }
@@ -603,6 +610,13 @@ mod tests {
         pool
     }
 
+    async fn held_ids(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM request_ids")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
     async fn log_rows(pool: &SqlitePool) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM request_log")
             .fetch_one(pool)
@@ -637,6 +651,7 @@ mod tests {
                 .expect_err("the trigger refuses a row");
             assert!(err.to_string().contains("refused by test"), "{err}");
             assert_eq!(count().await, 0, "nothing of the failed batch is kept");
+            assert_eq!(held_ids(&pool).await, 0, "nor its request ids");
         }
         // The connection is usable again (no transaction left open), and ids stay unique.
         write(&pool, Arc::new(vec![r("a"), r("c"), r("a")]), true)
@@ -680,11 +695,16 @@ mod tests {
                 "{row}: {err}"
             );
             assert_eq!(log_rows(&pool).await, 0, "{row}");
+            assert_eq!(
+                held_ids(&pool).await,
+                0,
+                "{row}: the ids went with the rows"
+            );
         }
     }
 
     /// Repeats in every statement of a long batch, and in its short last one: each is skipped
-    /// and not counted; the rows stored are numbered in the insert order without gaps.
+    /// and not counted; the rows stored are numbered by their place in the insert order.
     #[tokio::test]
     async fn repeats_anywhere_in_a_long_batch_are_skipped_and_not_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -717,9 +737,17 @@ mod tests {
                 .fetch_one(&pool)
                 .await
                 .expect("count");
-        assert_eq!((count, max_id), (n, n));
-        // Each id in `request_ids` names its own row: the log ids after each repeat were
-        // renumbered to the rows' ids.
+        // Rows are numbered by their place in the batch; a repeat leaves its number unused.
+        assert_eq!((count, max_id), (n, repeated + n));
+        let placed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM request_log WHERE id > ?1 AND request_id = 'r-' || (id - ?1 - 1)",
+        )
+        .bind(repeated)
+        .fetch_one(&pool)
+        .await
+        .expect("ids");
+        assert_eq!(placed, n - repeated);
+        // Each id in `request_ids` names its own row.
         let matching: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM request_log l JOIN request_ids i \
              ON i.request_id = l.request_id AND i.log_id = l.id",
@@ -728,11 +756,55 @@ mod tests {
         .await
         .expect("ids");
         assert_eq!(matching, n);
-        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM request_ids")
-            .fetch_one(&pool)
-            .await
-            .expect("ids");
-        assert_eq!(held, n);
+        assert_eq!(held_ids(&pool).await, n);
+    }
+
+    /// Repeats spread over several full `request_ids` statements, among rows without a request
+    /// id (which take their places in the numbering too): every row stored once, and each id
+    /// naming its own row.
+    #[tokio::test]
+    async fn repeats_among_rows_without_ids_over_several_id_statements() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        let rec = |i: usize, with_id: bool, cost: f64| {
+            let id = with_id.then(|| format!("r-{i}"));
+            record(
+                json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1,
+                          "user": "u", "cost_usd": cost}),
+            )
+        };
+        let n = IDS_PER_INSERT * 3 + 10;
+        let first: Vec<usize> = (0..n).step_by(5).collect();
+        let without_id = |i: usize| i % 9 == 4;
+        let batch = first.iter().map(|&i| rec(i, true, 5.0)).collect();
+        write(&pool, Arc::new(batch), true).await.expect("first");
+        let second = (0..n).map(|i| rec(i, !without_id(i), 1.0)).collect();
+        write(&pool, Arc::new(second), true).await.expect("second");
+        merge_pending(&pool).await.expect("merge");
+        let count = |it: &mut dyn Iterator<Item = usize>| i64::try_from(it.count()).expect("small");
+        let repeats = count(&mut first.iter().copied().filter(|&i| !without_id(i)));
+        let idless = count(&mut (0..n).filter(|&i| without_id(i)));
+        let first_len = count(&mut first.iter().copied());
+        let n = count(&mut (0..n));
+        let stored = first_len + n - repeats;
+        let (rows, cost) = hour_sums(&pool, Dim::User).await;
+        assert_eq!(rows, stored);
+        assert_eq!(cost, first_len * 5_000_000 + (n - repeats) * 1_000_000);
+        let (rows, max_id): (i64, i64) =
+            sqlx::query_as("SELECT count(*), max(id) FROM request_log")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!((rows, max_id), (stored, first_len + n));
+        let with_ids: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM request_log l JOIN request_ids i \
+             ON i.request_id = l.request_id AND i.log_id = l.id",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("ids");
+        assert_eq!(with_ids, stored - idless);
+        assert_eq!(held_ids(&pool).await, stored - idless);
     }
 
     /// A row deleted from the log (retention) takes its request id with it: the same id sent
