@@ -196,7 +196,8 @@ impl<'a> StoredId<'a> {
     }
 }
 
-/// Records the request ids of `order`'s rows in `request_ids`, each with the id its row gets
+/// Checks that `order`'s rows can be numbered after `before`, then records their request ids
+/// in `request_ids`, each with the id its row gets
 /// ([`row_id`]: `before` + 1, + 2, … by place in `order`); returns the positions in `order` of
 /// the rows whose request id the log held before (repeats: `insert_order` keeps each id once
 /// per batch), whose rows are not written and whose numbers stay unused.
@@ -218,6 +219,9 @@ fn claim_request_ids(
     order: &[&ValidRecord],
     before: i64,
 ) -> Result<Vec<usize>, String> {
+    if !i64::try_from(order.len()).is_ok_and(|n| n < i64::MAX - before) {
+        return Err("the request log has run out of row ids".into());
+    }
     let mut ids: Vec<(StoredId<'_>, usize)> = (order.iter().enumerate())
         .filter_map(|(at, r)| Some((StoredId::of(r.request_id.as_ref()?.as_str()), at)))
         .collect();
@@ -225,9 +229,6 @@ fn claim_request_ids(
         return Ok(Vec::new());
     }
     ids.sort_unstable();
-    if !i64::try_from(order.len()).is_ok_and(|n| n < i64::MAX - before) {
-        return Err("the request log has run out of row ids".into());
-    }
     let log_id = |at: usize| row_id(before, at);
     let mut full = None;
     let mut short = Vec::new();
@@ -805,6 +806,49 @@ mod tests {
         .expect("ids");
         assert_eq!(with_ids, stored - idless);
         assert_eq!(held_ids(&pool).await, stored - idless);
+    }
+
+    /// Rows are numbered after the highest id; a batch that would pass `i64::MAX` (where SQLite
+    /// would pick ids at random) is refused whole, with or without request ids.
+    #[tokio::test]
+    async fn a_batch_past_the_last_row_id_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(&dir).await;
+        write(
+            &pool,
+            Arc::new(vec![record(
+                json!({"model": "m", "status": 200, "duration_ms": 1}),
+            )]),
+            false,
+        )
+        .await
+        .expect("first");
+        sqlx::query("UPDATE request_log SET id = ?1")
+            .bind(i64::MAX - 2)
+            .execute(&pool)
+            .await
+            .expect("move");
+        for ids in [false, true] {
+            let rec = |i: usize| {
+                let id = ids.then(|| format!("r-{i}"));
+                record(json!({"request_id": id, "model": "m", "status": 200, "duration_ms": 1}))
+            };
+            let err = write(&pool, Arc::new(vec![rec(1), rec(2), rec(3)]), false)
+                .await
+                .expect_err("no room");
+            assert!(err.to_string().contains("run out of row ids"), "{err}");
+        }
+        write(
+            &pool,
+            Arc::new(vec![record(
+                json!({"model": "m", "status": 200, "duration_ms": 1}),
+            )]),
+            false,
+        )
+        .await
+        .expect("one more fits");
+        assert_eq!(log_rows(&pool).await, 2);
+        assert_eq!(held_ids(&pool).await, 0);
     }
 
     /// A row deleted from the log (retention) takes its request id with it: the same id sent
