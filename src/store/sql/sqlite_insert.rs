@@ -17,7 +17,7 @@ use sqlx::SqlitePool;
 
 use super::columns::{self, COLUMNS, Value};
 use super::rollup::{self, Batch};
-use super::sqlite_raw::{Bind, Handle, is_outage_message, with_handle};
+use super::sqlite_raw::{Bind, Handle, Statement, is_outage_message, with_handle};
 use super::{WriteError, unavailable, write_error};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
@@ -83,12 +83,7 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
             .map(|(_, &i)| i)
             .collect()
     };
-    // The highest id before the batch: its rows are numbered from the next one on.
-    let before = {
-        let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
-        last_id.step()?;
-        last_id.int(0)
-    };
+    let before = last_row_id(db, order.len())?;
     // The repeats are known before any row is written, so the rows the batch stores are too.
     let skipped = claim_request_ids(db, &order, before)?;
     // The rollup increments of those rows are added up and encoded on a thread of their own
@@ -111,6 +106,18 @@ fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Re
     let mut journal = db.prepare("INSERT INTO rollup_pending (rows, delta) VALUES (?1, ?2)")?;
     let rows = i64::try_from(batch.len()).unwrap_or(i64::MAX);
     journal.run_once([Bind::Int(rows), Bind::Bytes(&blob)])
+}
+
+/// The highest row id before a batch of `rows` rows, which are numbered from the next one on
+/// ([`row_id`]); an error when they would pass `i64::MAX` (where SQLite picks ids at random).
+fn last_row_id(db: Handle<'_>, rows: usize) -> Result<i64, String> {
+    let mut last_id = db.prepare("SELECT coalesce(max(id), 0) FROM request_log")?;
+    last_id.step()?;
+    let before = last_id.int(0);
+    if !i64::try_from(rows).is_ok_and(|n| n < i64::MAX - before) {
+        return Err("the request log has run out of row ids".into());
+    }
+    Ok(before)
 }
 
 /// Batches at least this long add up their rollups on a thread of their own (a thread costs
@@ -142,7 +149,7 @@ fn insert_rows(
         .filter(|(at, _)| skipped.binary_search(at).is_err())
         .map(|(at, &r)| (row_id(before, at), r))
         .collect();
-    let mut full = db.prepare(&insert_sql(ROWS_PER_INSERT))?;
+    let mut statements = Chunked::new(&db, ROWS_PER_INSERT, insert_sql);
     let mut chains = vec![String::new(); ROWS_PER_INSERT];
     for rows in rows.chunks(ROWS_PER_INSERT) {
         for ((_, r), chain) in rows.iter().zip(&mut chains) {
@@ -150,11 +157,7 @@ fn insert_rows(
         }
         let values = (rows.iter().zip(&chains))
             .flat_map(|(&(id, r), c)| std::iter::once(Bind::Int(id)).chain(binds(r, c)));
-        if rows.len() == ROWS_PER_INSERT {
-            full.run_once(values)?;
-        } else {
-            db.prepare(&insert_sql(rows.len()))?.run_once(values)?;
-        }
+        statements.run(rows.len(), values)?;
         let stored = usize::try_from(db.changes()).unwrap_or(0);
         if stored != rows.len() {
             return Err(format!(
@@ -165,6 +168,43 @@ fn insert_rows(
         }
     }
     Ok(())
+}
+
+/// A multi-row `INSERT` run once per chunk of rows: chunks of the full size share one
+/// statement, prepared when first needed; a shorter (last) chunk gets one of its own length.
+struct Chunked<'h, 'd> {
+    db: &'h Handle<'d>,
+    rows: usize,
+    sql: fn(usize) -> String,
+    full: Option<Statement<'h>>,
+}
+
+impl<'h, 'd> Chunked<'h, 'd> {
+    /// Statements of `sql(n)` for chunks of `n` rows, `rows` at most.
+    fn new(db: &'h Handle<'d>, rows: usize, sql: fn(usize) -> String) -> Self {
+        Self {
+            db,
+            rows,
+            sql,
+            full: None,
+        }
+    }
+
+    /// Runs the statement for a chunk of `rows` rows with `values` ([`Statement::run_once`]).
+    fn run<'v>(
+        &mut self,
+        rows: usize,
+        values: impl IntoIterator<Item = Bind<'v>>,
+    ) -> Result<(), String> {
+        if rows != self.rows {
+            return self.db.prepare(&(self.sql)(rows))?.run_once(values);
+        }
+        let full = match &mut self.full {
+            Some(full) => full,
+            empty => empty.insert(self.db.prepare(&(self.sql)(rows))?),
+        };
+        full.run_once(values)
+    }
 }
 
 /// Rows of the request log written per `INSERT` statement (2,624 parameters; SQLite allows
@@ -196,8 +236,7 @@ impl<'a> StoredId<'a> {
     }
 }
 
-/// Checks that `order`'s rows can be numbered after `before`, then records their request ids
-/// in `request_ids`, each with the id its row gets
+/// Records the request ids of `order`'s rows in `request_ids`, each with the id its row gets
 /// ([`row_id`]: `before` + 1, + 2, … by place in `order`); returns the positions in `order` of
 /// the rows whose request id the log held before (repeats: `insert_order` keeps each id once
 /// per batch), whose rows are not written and whose numbers stay unused.
@@ -219,9 +258,6 @@ fn claim_request_ids(
     order: &[&ValidRecord],
     before: i64,
 ) -> Result<Vec<usize>, String> {
-    if !i64::try_from(order.len()).is_ok_and(|n| n < i64::MAX - before) {
-        return Err("the request log has run out of row ids".into());
-    }
     let mut ids: Vec<(StoredId<'_>, usize)> = (order.iter().enumerate())
         .filter_map(|(at, r)| Some((StoredId::of(r.request_id.as_ref()?.as_str()), at)))
         .collect();
@@ -230,20 +266,11 @@ fn claim_request_ids(
     }
     ids.sort_unstable();
     let log_id = |at: usize| row_id(before, at);
-    let mut full = None;
+    let mut statements = Chunked::new(&db, IDS_PER_INSERT, ids_insert_sql);
     let mut short = Vec::new();
     for chunk in ids.chunks(IDS_PER_INSERT) {
         let values = (chunk.iter()).flat_map(|&(id, at)| [id.bind(), Bind::Int(log_id(at))]);
-        if chunk.len() == IDS_PER_INSERT {
-            if full.is_none() {
-                full = Some(db.prepare(&ids_insert_sql(IDS_PER_INSERT))?);
-            }
-            if let Some(full) = &mut full {
-                full.run_once(values)?;
-            }
-        } else {
-            db.prepare(&ids_insert_sql(chunk.len()))?.run_once(values)?;
-        }
+        statements.run(chunk.len(), values)?;
         if usize::try_from(db.changes()).ok() != Some(chunk.len()) {
             short.push(chunk);
         }
@@ -269,7 +296,7 @@ fn claim_request_ids(
 }
 
 /// The id of the row at place `at` of a batch's insert order, the highest id before the batch
-/// being `before` (checked by [`claim_request_ids`] to leave room).
+/// being `before` (checked by [`last_row_id`] to leave room).
 fn row_id(before: i64, at: usize) -> i64 {
     before.saturating_add(1 + i64::try_from(at).unwrap_or(i64::MAX - 1))
 }
@@ -618,6 +645,25 @@ mod tests {
             .expect("count")
     }
 
+    /// Rows of the log and its highest id.
+    async fn rows_and_last_id(pool: &SqlitePool) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), max(id) FROM request_log")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    /// Ids in `request_ids` that name their own row (same id, same row id).
+    async fn ids_naming_their_rows(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM request_log l JOIN request_ids i \
+             ON i.request_id = l.request_id AND i.log_id = l.id",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("ids")
+    }
+
     async fn log_rows(pool: &SqlitePool) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM request_log")
             .fetch_one(pool)
@@ -733,13 +779,8 @@ mod tests {
         let (rows, cost) = hour_sums(&pool, Dim::User).await;
         assert_eq!(rows, n);
         assert_eq!(cost, repeated * 5_000_000 + (n - repeated) * 1_000_000);
-        let (count, max_id): (i64, i64) =
-            sqlx::query_as("SELECT count(*), max(id) FROM request_log")
-                .fetch_one(&pool)
-                .await
-                .expect("count");
         // Rows are numbered by their place in the batch; a repeat leaves its number unused.
-        assert_eq!((count, max_id), (n, repeated + n));
+        assert_eq!(rows_and_last_id(&pool).await, (n, repeated + n));
         let placed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM request_log WHERE id > ?1 AND request_id = 'r-' || (id - ?1 - 1)",
         )
@@ -748,15 +789,7 @@ mod tests {
         .await
         .expect("ids");
         assert_eq!(placed, n - repeated);
-        // Each id in `request_ids` names its own row.
-        let matching: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM request_log l JOIN request_ids i \
-             ON i.request_id = l.request_id AND i.log_id = l.id",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("ids");
-        assert_eq!(matching, n);
+        assert_eq!(ids_naming_their_rows(&pool).await, n);
         assert_eq!(held_ids(&pool).await, n);
     }
 
@@ -791,20 +824,8 @@ mod tests {
         let (rows, cost) = hour_sums(&pool, Dim::User).await;
         assert_eq!(rows, stored);
         assert_eq!(cost, first_len * 5_000_000 + (n - repeats) * 1_000_000);
-        let (rows, max_id): (i64, i64) =
-            sqlx::query_as("SELECT count(*), max(id) FROM request_log")
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-        assert_eq!((rows, max_id), (stored, first_len + n));
-        let with_ids: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM request_log l JOIN request_ids i \
-             ON i.request_id = l.request_id AND i.log_id = l.id",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("ids");
-        assert_eq!(with_ids, stored - idless);
+        assert_eq!(rows_and_last_id(&pool).await, (stored, first_len + n));
+        assert_eq!(ids_naming_their_rows(&pool).await, stored - idless);
         assert_eq!(held_ids(&pool).await, stored - idless);
     }
 

@@ -251,10 +251,7 @@ impl Statement<'_> {
             // SAFETY: `t` is borrowed for longer than this call, and the bindings are cleared
             // below before it returns: SQLite reads `t` only in this call's step.
             Bind::Text(t) => unsafe { self.bind_text_with(at, t, ffi::SQLITE_STATIC()) },
-            Bind::Blob16(b) => self.bind_blob(at, &b),
-            Bind::Bytes(b) => self.bind_blob(at, b),
-            Bind::Int(n) => self.bind_int(at, n),
-            Bind::Null => self.bind_null(at),
+            other => self.bind(at, other),
         });
         let stepped = bound.and_then(|()| self.step());
         self.reset();
