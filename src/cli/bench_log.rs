@@ -3,7 +3,9 @@
 //!
 //! Rows are generated outside the timed section, in chunks of a million; the timed section is
 //! `submit` of a chunk (in 10,000-record handovers, as the pipeline's) plus the writer's `flush`,
-//! i.e. what the database takes under a steady stream. Before the queries the database's
+//! i.e. what the database takes under a steady stream. With rollups, the time until every row
+//! is written (`flush_writes`) is reported as well: the rest is the chunk's last merge, which a
+//! server under a steady stream runs beside the next rows. Before the queries the database's
 //! planner statistics are refreshed, as a running server's are (PostgreSQL's autovacuum). The filled database is left
 //! behind, so `scripts/bench-sql.sh` can then time a usage CSV export of it over HTTP.
 
@@ -83,8 +85,12 @@ pub struct BenchReport {
     pub ids: RequestIds,
     /// Rows written.
     pub rows: usize,
-    /// Time the database took to write them.
+    /// Time the database took to write them, with the rollups merged.
     pub write_time: Duration,
+    /// Of it, the time until every row was written (merges running beside the writes, as in
+    /// `serve`); the rest is the last merge of the rollups, which `serve` runs beside the next
+    /// rows. `None` without rollups.
+    pub written_time: Option<Duration>,
     /// CPU time (user + system, every thread of this process) spent while writing: on a shared
     /// machine a steadier measure of the work than the wall time (PostgreSQL's own work is in
     /// its server processes, not here).
@@ -114,6 +120,15 @@ impl fmt::Display for BenchReport {
                 self.write_cpu.as_secs_f64(),
                 self.rows as f64 / self.write_cpu.as_secs_f64().max(1e-9),
             )?;
+            if let Some(written) = self.written_time {
+                let w = written.as_secs_f64();
+                writeln!(
+                    f,
+                    "rows written in {w:.2} s = {:.0} a second; the last rollup merge took {:.2} s more",
+                    self.rows as f64 / w.max(1e-9),
+                    (secs - w).max(0.0),
+                )?;
+            }
         }
         for (q, t) in &self.queries {
             writeln!(
@@ -368,6 +383,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
     };
     let start_ts = now - (args.rows as f64 * step) as i64;
     let mut write_time = Duration::ZERO;
+    let mut written_time = Duration::ZERO;
     let mut write_cpu = Duration::ZERO;
     let mut done = 0;
     // The ids sent so far (only with `repeat_every`).
@@ -402,6 +418,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
         for batch in batches {
             log.submit(batch)?;
         }
+        log.flush_writes().await;
+        written_time += t.elapsed();
         log.flush().await;
         write_time += t.elapsed();
         write_cpu += cpu_time().saturating_sub(cpu);
@@ -423,6 +441,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, StoreError> {
         ids: args.ids,
         rows: args.rows,
         write_time,
+        written_time: cfg.rollups.then_some(written_time),
         write_cpu,
         dropped,
         queries,
@@ -458,6 +477,7 @@ pub async fn queries_only(args: &BenchArgs) -> Result<BenchReport, StoreError> {
         ids: args.ids,
         rows: 0,
         write_time: Duration::ZERO,
+        written_time: None,
         write_cpu: Duration::ZERO,
         dropped: 0,
         queries,

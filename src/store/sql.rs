@@ -801,8 +801,6 @@ impl SqlLog {
         Ok(())
     }
 
-    /// Waits until every record submitted before this call is written (or dropped and counted);
-    /// while the database is away, until it is back (see [`SqlLog::close_within`] for a bound).
     /// The earliest start of a rollup bucket whose days retention has not begun to delete
     /// (`i64::MIN` without retention): a month bucket from here on is whole.
     pub(crate) fn whole_from(&self) -> i64 {
@@ -816,8 +814,18 @@ impl SqlLog {
     /// and counted in the rollups; while the database is away, until it is back (see
     /// [`SqlLog::close_within`] for a bound).
     pub async fn flush(&self) {
+        self.flush_marker(true).await;
+    }
+
+    /// Waits until every record submitted before this call is written (durable, with its
+    /// journaled rollup increments), without waiting for a merge of the rollups.
+    pub async fn flush_writes(&self) {
+        self.flush_marker(false).await;
+    }
+
+    async fn flush_marker(&self, merge: bool) {
         let (ack, rx) = oneshot::channel();
-        let msg = writer::Msg::Flush { ack, merge: true };
+        let msg = writer::Msg::Flush { ack, merge };
         if self.inner.tx.send(msg).await.is_ok() {
             let _ = rx.await;
         }

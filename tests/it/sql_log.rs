@@ -662,6 +662,26 @@ pub async fn store_counts_what_it_cannot_write(db: Db) {
     assert!(log.page(&LogFilter::default(), None, 1).await.is_err());
 }
 
+/// `flush_writes` returns once every row submitted before it is in the log (it does not wait
+/// for the rollups' merge, which `flush` does).
+pub async fn flush_writes_waits_for_every_row(db: Db) {
+    let (log, _dir) = open_log(db, 2_000).await;
+    let now = gatemeter::clock::now_ms();
+    for part in 0..3 {
+        let batch = (0..300)
+            .map(|i| {
+                valid(
+                    json!({"request_id": format!("w{part}-{i}"), "timestamp": now - i,
+                    "model": "m", "status": 200, "duration_ms": 1}),
+                )
+            })
+            .collect();
+        log.submit(batch).expect("room");
+    }
+    log.flush_writes().await;
+    assert_eq!(stored_ids(&log).await.len(), 900);
+}
+
 /// The store itself: idempotent on request_id, bounded queue, retention purge.
 pub async fn store_idempotent_bounded_and_purged(db: Db) {
     let (log, _dir) = open_log(db, 5).await;
@@ -1316,6 +1336,7 @@ conformance!(
     usage_csv_row_cap,
     roles_force_the_user,
     store_idempotent_bounded_and_purged,
+    flush_writes_waits_for_every_row,
     store_counts_what_it_cannot_write,
     store_keeps_values_and_ids_exactly,
     store_keeps_uuid_ids_exactly,
