@@ -780,14 +780,14 @@ impl SqlLog {
         .await
         .map_err(unavailable)?;
         let mut tx = copy.begin().await.map_err(unavailable)?;
-        let drop_trigger = format!("DROP TRIGGER IF EXISTS {REQUEST_IDS_TRIGGER}");
-        let empty = LOG_TABLES.iter().map(|t| format!("DELETE FROM {t}"));
-        for sql in std::iter::once(drop_trigger)
-            .chain(std::iter::once("DELETE FROM request_ids".to_string()))
-            .chain(empty)
-            .chain(trigger)
-        {
-            sqlx::query(&sql)
+        let mut statements = vec![
+            format!("DROP TRIGGER IF EXISTS {REQUEST_IDS_TRIGGER}"),
+            "DELETE FROM request_ids".to_string(),
+        ];
+        statements.extend(LOG_TABLES.iter().map(|t| format!("DELETE FROM {t}")));
+        statements.extend(trigger);
+        for sql in &statements {
+            sqlx::query(sql)
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;

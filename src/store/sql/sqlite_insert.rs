@@ -265,11 +265,11 @@ fn claim_request_ids(
         return Ok(Vec::new());
     }
     ids.sort_unstable();
-    let log_id = |at: usize| row_id(before, at);
     let mut statements = Chunked::new(&db, IDS_PER_INSERT, ids_insert_sql);
     let mut short = Vec::new();
     for chunk in ids.chunks(IDS_PER_INSERT) {
-        let values = (chunk.iter()).flat_map(|&(id, at)| [id.bind(), Bind::Int(log_id(at))]);
+        let values =
+            (chunk.iter()).flat_map(|&(id, at)| [id.bind(), Bind::Int(row_id(before, at))]);
         statements.run(chunk.len(), values)?;
         if usize::try_from(db.changes()).ok() != Some(chunk.len()) {
             short.push(chunk);
@@ -835,15 +835,12 @@ mod tests {
     async fn a_batch_past_the_last_row_id_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = pool(&dir).await;
-        write(
-            &pool,
+        let idless = || {
             Arc::new(vec![record(
                 json!({"model": "m", "status": 200, "duration_ms": 1}),
-            )]),
-            false,
-        )
-        .await
-        .expect("first");
+            )])
+        };
+        write(&pool, idless(), false).await.expect("first");
         sqlx::query("UPDATE request_log SET id = ?1")
             .bind(i64::MAX - 2)
             .execute(&pool)
@@ -859,15 +856,7 @@ mod tests {
                 .expect_err("no room");
             assert!(err.to_string().contains("run out of row ids"), "{err}");
         }
-        write(
-            &pool,
-            Arc::new(vec![record(
-                json!({"model": "m", "status": 200, "duration_ms": 1}),
-            )]),
-            false,
-        )
-        .await
-        .expect("one more fits");
+        write(&pool, idless(), false).await.expect("one more fits");
         assert_eq!(log_rows(&pool).await, 2);
         assert_eq!(held_ids(&pool).await, 0);
     }
