@@ -697,6 +697,7 @@ impl SqlLog {
             batch_rows: cfg.batch_rows.max(1),
             write_concurrency: cfg.write_concurrency.max(1),
             rollups: cfg.rollups,
+            merge_rows: writer::MERGE_ROWS,
         };
         tokio::spawn(writer::run(w, rx));
         if cfg.rollups {
@@ -1017,6 +1018,25 @@ pub(crate) fn count_failed(health: &Health, n: usize) {
     health.dropped(DropReason::LogWriteFailed, n as u64);
 }
 
+/// A migrated SQLite log at `path` whose own writer stays idle and merges nothing (rollups off):
+/// for tests that write to its database themselves.
+#[cfg(test)]
+pub(crate) async fn open_idle_sqlite(path: PathBuf) -> SqlLog {
+    let cfg = SqlConfig {
+        backend: SqlBackend::Sqlite { path },
+        queue_capacity: 100,
+        batch_rows: 100,
+        write_concurrency: 1,
+        retention_days: 0,
+        rollups: false,
+        queue_bytes: usize::MAX,
+        sqlite_cache_bytes: DEFAULT_SQLITE_CACHE_BYTES,
+    };
+    SqlLog::open(&cfg, Arc::new(Health::new(1)))
+        .await
+        .expect("opens")
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::Row;
@@ -1058,20 +1078,8 @@ mod tests {
             r
         };
         {
-            // Rollups off: this writer merges nothing, its pool is used directly below.
-            let cfg = SqlConfig {
-                backend: SqlBackend::Sqlite { path: path.clone() },
-                queue_capacity: 100,
-                batch_rows: 100,
-                write_concurrency: 1,
-                retention_days: 0,
-                rollups: false,
-                queue_bytes: usize::MAX,
-                sqlite_cache_bytes: DEFAULT_SQLITE_CACHE_BYTES,
-            };
-            let log = SqlLog::open(&cfg, Arc::new(Health::new(1)))
-                .await
-                .expect("opens");
+            // Its pool is used directly below.
+            let log = open_idle_sqlite(path.clone()).await;
             let Backend::Sqlite(pool) = log.backend() else {
                 unreachable!("a SQLite log")
             };

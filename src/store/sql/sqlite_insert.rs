@@ -31,6 +31,15 @@ pub(crate) async fn write(
     batch: Arc<Vec<Box<ValidRecord>>>,
     rollups: bool,
 ) -> Result<(), WriteError> {
+    write_prepared(pool, Arc::new(Prepared::of(batch)), rollups).await
+}
+
+/// [`write`] of a batch whose [`Prepared`] part is done.
+pub(crate) async fn write_prepared(
+    pool: &SqlitePool,
+    batch: Arc<Prepared>,
+    rollups: bool,
+) -> Result<(), WriteError> {
     let conn = pool.acquire().await.map_err(write_error)?;
     with_handle(conn, move |db| {
         db.and_then(|db| in_transaction(db, |db| insert_batch(db, &batch, rollups)))
@@ -38,6 +47,69 @@ pub(crate) async fn write(
     .await
     .map_err(WriteError::Outage)?
     .map_err(classify)
+}
+
+/// What a batch's transaction needs that the database does not tell: the insert order
+/// (`columns::insert_order`) and the request ids as the log stores them, sorted. The writer
+/// works it out on another thread while the batch before is written (`writer.rs`): reading the
+/// records for it, one cache miss each in insert order, took 10–13 % of the writer thread's
+/// time, and SQLite's write rate is that thread's (docs/benchmarks.md, ninth session).
+///
+/// A place is an index into the insert order.
+pub(crate) struct Prepared {
+    #[allow(clippy::vec_box)]
+    batch: Arc<Vec<Box<ValidRecord>>>,
+    /// Positions in `batch`, in insert order: each request id once.
+    positions: Vec<usize>,
+    /// Each place's request id as a canonical UUID's 16 bytes ([`columns::uuid_bytes`]).
+    uuids: Vec<Option<[u8; 16]>>,
+    /// The places with a request id, in the order of their stored ids.
+    by_id: Vec<usize>,
+}
+
+impl Prepared {
+    #[allow(clippy::vec_box)]
+    pub(crate) fn of(batch: Arc<Vec<Box<ValidRecord>>>) -> Self {
+        let positions = columns::insert_order(&batch);
+        let uuids = (positions.iter())
+            .map(|&i| {
+                (batch[i].request_id.as_ref()).and_then(|id| columns::uuid_bytes(id.as_str()))
+            })
+            .collect();
+        let mut prepared = Self {
+            batch,
+            positions,
+            uuids,
+            by_id: Vec::new(),
+        };
+        let mut ids: Vec<(StoredId<'_>, usize)> = (0..prepared.positions.len())
+            .filter_map(|at| Some((prepared.stored_id(at)?, at)))
+            .collect();
+        ids.sort_unstable();
+        let by_id = ids.into_iter().map(|(_, at)| at).collect();
+        prepared.by_id = by_id;
+        prepared
+    }
+
+    /// Rows in the insert order.
+    fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The record at place `at`.
+    fn record(&self, at: usize) -> &ValidRecord {
+        &self.batch[self.positions[at]]
+    }
+
+    /// The request id at place `at` as the log stores it, if the record has one.
+    fn stored_id(&self, at: usize) -> Option<StoredId<'_>> {
+        match self.uuids[at] {
+            Some(bytes) => Some(StoredId::Uuid(bytes)),
+            None => Some(StoredId::Text(
+                self.record(at).request_id.as_ref()?.as_str(),
+            )),
+        }
+    }
 }
 
 /// What a failed step's SQLite message means for the writer: an outage (held and retried) or a
@@ -73,26 +145,25 @@ fn in_transaction(
     result
 }
 
-fn insert_batch(db: Handle<'_>, batch: &[Box<ValidRecord>], rollups: bool) -> Result<(), String> {
-    let positions = columns::insert_order(batch);
-    let order: Vec<&ValidRecord> = positions.iter().map(|&i| &*batch[i]).collect();
-    // The positions in `batch` of the rows stored: all but the `skipped` places of `order`.
+fn insert_batch(db: Handle<'_>, p: &Prepared, rollups: bool) -> Result<(), String> {
+    let batch = &p.batch;
+    // The positions in `batch` of the rows stored: all but the `skipped` places.
     let stored = |skipped: &[usize]| -> Vec<usize> {
-        (positions.iter().enumerate())
+        (p.positions.iter().enumerate())
             .filter(|(at, _)| skipped.binary_search(at).is_err())
             .map(|(_, &i)| i)
             .collect()
     };
-    let before = last_row_id(db, order.len())?;
+    let before = last_row_id(db, p.len())?;
     // The repeats are known before any row is written, so the rows the batch stores are too.
-    let skipped = claim_request_ids(db, &order, before)?;
+    let skipped = claim_request_ids(db, p, before)?;
     // The rollup increments of those rows are added up and encoded on a thread of their own
     // while this one inserts them: SQLite's write rate is this thread's, and the rollups cost
     // it ~1 µs a row.
     let blob = std::thread::scope(|s| {
-        let parallel = rollups && order.len() >= PARALLEL_ROLLUP_ROWS;
+        let parallel = rollups && p.len() >= PARALLEL_ROLLUP_ROWS;
         let rollup = parallel.then(|| s.spawn(|| Batch::journal_of(batch, stored(&skipped))));
-        let inserted = insert_rows(db, &order, before, &skipped);
+        let inserted = insert_rows(db, p, before, &skipped);
         let journal = rollup.map(|t| t.join().expect("the rollup thread does not panic"));
         inserted.map(|()| journal)
     })?;
@@ -124,7 +195,7 @@ fn last_row_id(db: Handle<'_>, rows: usize) -> Result<i64, String> {
 /// some 20 µs to start; a small batch is added up in less).
 const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 
-/// Inserts `order`'s rows but the `skipped` places (repeats: [`claim_request_ids`]), each
+/// Inserts the rows of `p` but the `skipped` places (repeats: [`claim_request_ids`]), each
 /// numbered by its place ([`row_id`]), [`ROWS_PER_INSERT`] per statement.
 ///
 /// Why several rows per statement: SQLite opens a cursor on the table and on each of its
@@ -137,26 +208,23 @@ const PARALLEL_ROLLUP_ROWS: usize = 2_048;
 /// it can undo itself; under `OR IGNORE` none can, and SQLite keeps none. The price is that a
 /// row refused for any reason is skipped silently; so a statement that stored fewer rows than
 /// it was given fails the batch.
-fn insert_rows(
-    db: Handle<'_>,
-    order: &[&ValidRecord],
-    before: i64,
-    skipped: &[usize],
-) -> Result<(), String> {
-    // Each row numbered by its place in `order` (a repeat leaves its number unused, as a
-    // repeat does in PostgreSQL's identity column), as `request_ids` has it.
-    let rows: Vec<(i64, &ValidRecord)> = (order.iter().enumerate())
-        .filter(|(at, _)| skipped.binary_search(at).is_err())
-        .map(|(at, &r)| (row_id(before, at), r))
+fn insert_rows(db: Handle<'_>, p: &Prepared, before: i64, skipped: &[usize]) -> Result<(), String> {
+    // Each row numbered by its place in the insert order (a repeat leaves its number unused, as
+    // a repeat does in PostgreSQL's identity column), as `request_ids` has it.
+    let rows: Vec<(i64, usize)> = (0..p.len())
+        .filter(|at| skipped.binary_search(at).is_err())
+        .map(|at| (row_id(before, at), at))
         .collect();
     let mut statements = Chunked::new(&db, ROWS_PER_INSERT, insert_sql);
     let mut chains = vec![String::new(); ROWS_PER_INSERT];
     for rows in rows.chunks(ROWS_PER_INSERT) {
-        for ((_, r), chain) in rows.iter().zip(&mut chains) {
-            columns::provider_chain(r, chain);
+        for (&(_, at), chain) in rows.iter().zip(&mut chains) {
+            columns::provider_chain(p.record(at), chain);
         }
-        let values = (rows.iter().zip(&chains))
-            .flat_map(|(&(id, r), c)| std::iter::once(Bind::Int(id)).chain(binds(r, c)));
+        let values = (rows.iter().zip(&chains)).flat_map(|(&(id, at), c)| {
+            let request_id = p.stored_id(at).map_or(Bind::Null, StoredId::bind);
+            std::iter::once(Bind::Int(id)).chain(binds(p.record(at), c, request_id))
+        });
         statements.run(rows.len(), values)?;
         let stored = usize::try_from(db.changes()).unwrap_or(0);
         if stored != rows.len() {
@@ -236,8 +304,8 @@ impl<'a> StoredId<'a> {
     }
 }
 
-/// Records the request ids of `order`'s rows in `request_ids`, each with the id its row gets
-/// ([`row_id`]: `before` + 1, + 2, … by place in `order`); returns the positions in `order` of
+/// Records the request ids of `p`'s rows in `request_ids`, each with the id its row gets
+/// ([`row_id`]: `before` + 1, + 2, … by place in `p`); returns the positions in `p` of
 /// the rows whose request id the log held before (repeats: `insert_order` keeps each id once
 /// per batch), whose rows are not written and whose numbers stay unused.
 ///
@@ -253,18 +321,13 @@ impl<'a> StoredId<'a> {
 /// statement stored fewer ids than it was given are that statement's ids looked up. Numbers
 /// are not closed up after a repeat: that took one `UPDATE` per id after it (a batch with one
 /// repeat wrote 8–11 % slower).
-fn claim_request_ids(
-    db: Handle<'_>,
-    order: &[&ValidRecord],
-    before: i64,
-) -> Result<Vec<usize>, String> {
-    let mut ids: Vec<(StoredId<'_>, usize)> = (order.iter().enumerate())
-        .filter_map(|(at, r)| Some((StoredId::of(r.request_id.as_ref()?.as_str()), at)))
+fn claim_request_ids(db: Handle<'_>, p: &Prepared, before: i64) -> Result<Vec<usize>, String> {
+    let ids: Vec<(StoredId<'_>, usize)> = (p.by_id.iter())
+        .filter_map(|&at| Some((p.stored_id(at)?, at)))
         .collect();
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    ids.sort_unstable();
     let mut statements = Chunked::new(&db, IDS_PER_INSERT, ids_insert_sql);
     let mut short = Vec::new();
     for chunk in ids.chunks(IDS_PER_INSERT) {
@@ -449,14 +512,18 @@ fn stored_request_id(id: &str) -> Bind<'_> {
     StoredId::of(id).bind()
 }
 
-/// One record's values in the order of [`columns::FIELDS`]; a `request_id` written as a
-/// canonical UUID is bound as its 16 bytes ([`stored_request_id`]).
-fn binds<'v>(r: &'v ValidRecord, chain: &'v str) -> impl Iterator<Item = Bind<'v>> {
+/// One record's values in the order of [`columns::FIELDS`], its `request_id` bound as
+/// `request_id` (as the log stores it: [`Prepared::stored_id`]).
+fn binds<'v>(
+    r: &'v ValidRecord,
+    chain: &'v str,
+    request_id: Bind<'v>,
+) -> impl Iterator<Item = Bind<'v>> {
     columns::values(r, chain)
         .into_iter()
         .enumerate()
-        .map(|(field, v)| match v {
-            Value::Text(Some(id)) if field == columns::REQUEST_ID_FIELD => stored_request_id(id),
+        .map(move |(field, v)| match v {
+            _ if field == columns::REQUEST_ID_FIELD => request_id,
             Value::Text(Some(t)) => Bind::Text(t),
             Value::Text(None) | Value::Int8(None) => Bind::Null,
             Value::Int8(Some(n)) => Bind::Int(n),

@@ -13,9 +13,11 @@
 //!
 //! Batching adapts to load: while a batch is being written, whatever arrives waits, so a quiet
 //! server writes small transactions at once and a busy one writes up to `batch_rows` rows per
-//! transaction. SQLite writes one batch at a time (it has one writer anyway); PostgreSQL up to
-//! `write_concurrency` at once (default 2), on separate connections — batches may then commit
-//! out of order, which idempotent inserts allow. A flush waits for every record received before it.
+//! transaction. SQLite writes one batch at a time (it has one writer anyway), with the next
+//! one in flight beside it, being prepared (`sqlite_insert::Prepared`) while it waits for its
+//! turn; PostgreSQL writes up to `write_concurrency` at once (default 2), on separate
+//! connections — batches may then commit out of order, which idempotent inserts allow. A flush
+//! waits for every record received before it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::sqlite_insert::Prepared;
 use super::{Backend, Setup, WriteError, count_failed, write_error};
 use crate::health::Health;
 use crate::record::ValidRecord;
@@ -71,6 +74,8 @@ pub(crate) struct Writer {
     pub write_concurrency: usize,
     /// Whether the rows written are added to the rollups (`rollup.rs`).
     pub rollups: bool,
+    /// [`MERGE_ROWS`] (smaller in tests).
+    pub merge_rows: u64,
 }
 
 /// Journaled rows are merged into the rollups once this many request-log rows are waiting…
@@ -100,13 +105,17 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         batch_rows,
         write_concurrency,
         rollups,
+        merge_rows,
     } = w;
-    // SQLite has one writer at a time anyway (a merge too); PostgreSQL writes batches in
-    // parallel, and merges beside them (under the rollup lock).
+    // SQLite writes one batch at a time (one writer connection; the batches take `turn`s), but
+    // two are in flight: the next one is prepared while one is written. Merges run alone: a
+    // due merge waits for the batches in flight, and no batch starts while it runs. PostgreSQL
+    // writes batches in parallel, and merges beside them (under the rollup lock).
     let (max_in_flight, merge_alone) = match backend {
-        Backend::Sqlite(_) => (1, true),
+        Backend::Sqlite(_) => (2, true),
         Backend::Postgres(_) => (write_concurrency, false),
     };
+    let turn = merge_alone.then(|| Arc::new(tokio::sync::Mutex::new(())));
     let mut inbox = Vec::with_capacity(64);
     let mut pending: Vec<Box<ValidRecord>> = Vec::new();
     // Records are numbered in arrival order: `received` so far, `taken` into batches.
@@ -149,15 +158,14 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
         }
         let batches = in_flight_starts.len();
         let idle = pending.is_empty() && batches == 0;
-        if unmerged > 0
+        let merge_due = unmerged > 0
             && !merging
             && Instant::now() >= merge_not_before
-            && !(merge_alone && batches > 0)
             && (idle
                 || !next_merge_acks.is_empty()
-                || unmerged >= MERGE_ROWS
-                || oldest_unmerged.elapsed() >= MERGE_LAG)
-        {
+                || unmerged >= merge_rows
+                || oldest_unmerged.elapsed() >= MERGE_LAG);
+        if merge_due && !(merge_alone && batches > 0) {
             merging = true;
             unmerged = 0;
             merge_acks.append(&mut next_merge_acks);
@@ -171,7 +179,7 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
             }) as JobFuture);
         }
         while in_flight_starts.len() < max_in_flight
-            && !(merge_alone && merging)
+            && !(merge_alone && (merging || merge_due))
             && !pending.is_empty()
         {
             let take = pending.len().min(batch_rows);
@@ -181,8 +189,9 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
             taken += take as u64;
             in_flight_starts.insert(start, (take, size));
             let (backend, setup, health) = (backend.clone(), setup.clone(), health.clone());
+            let turn = turn.clone();
             in_flight.push(Box::pin(async move {
-                write_with_retry(&backend, &setup, &batch, &health, rollups).await;
+                write_with_retry(&backend, &setup, &batch, &health, rollups, turn).await;
                 Done::Batch(start, batch.len())
             }));
         }
@@ -286,7 +295,8 @@ pub(crate) async fn merge_pending(backend: &Backend) -> Result<u64, WriteError> 
 }
 
 /// Writes `batch`, retrying: without end while the database is away (the batch is held, the
-/// store reported down), [`REFUSED_ATTEMPTS`] times when the database refuses it.
+/// store reported down), [`REFUSED_ATTEMPTS`] times when the database refuses it. With a
+/// `turn` (SQLite), the batch is prepared while it waits for it, and written holding it.
 #[allow(clippy::vec_box)]
 async fn write_with_retry(
     backend: &Backend,
@@ -294,13 +304,25 @@ async fn write_with_retry(
     batch: &Arc<Vec<Box<ValidRecord>>>,
     health: &Health,
     rollups: bool,
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
+    // In line for the turn from the first poll (the batches' order), prepared meanwhile.
+    let (prepared, _turn) = match (backend, turn) {
+        (Backend::Sqlite(_), Some(turn)) => {
+            let (prepared, held) = tokio::join!(prepare(batch), turn.lock_owned());
+            (Some(prepared), Some(held))
+        }
+        _ => (None, None),
+    };
     let mut delay = FIRST_RETRY;
     let (mut refused, mut outages) = (0u32, 0u64);
     loop {
-        let result = match setup.ensure().await {
-            Ok(()) => write_batch(backend, batch, rollups).await,
-            Err(e) => Err(e),
+        let result = match (setup.ensure().await, backend, &prepared) {
+            (Ok(()), Backend::Sqlite(pool), Some(prepared)) => {
+                super::sqlite_insert::write_prepared(pool, prepared.clone(), rollups).await
+            }
+            (Ok(()), ..) => write_batch(backend, batch, rollups).await,
+            (Err(e), ..) => Err(e),
         };
         match result {
             Ok(()) => {
@@ -341,6 +363,18 @@ async fn write_with_retry(
     }
 }
 
+/// `batch` made ready for SQLite's transaction, on a blocking thread.
+#[allow(clippy::vec_box)]
+async fn prepare(batch: &Arc<Vec<Box<ValidRecord>>>) -> Arc<Prepared> {
+    let b = Arc::clone(batch);
+    match tokio::task::spawn_blocking(move || Prepared::of(b)).await {
+        Ok(prepared) => Arc::new(prepared),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down: done here instead.
+        Err(_) => Arc::new(Prepared::of(Arc::clone(batch))),
+    }
+}
+
 /// Writes one batch in one transaction, with its rollups when `rollups`. Rows whose
 /// `request_id` is already stored are skipped (and not rolled up).
 #[allow(clippy::vec_box)]
@@ -352,5 +386,76 @@ pub(crate) async fn write_batch(
     match backend {
         Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone(), rollups).await,
         Backend::Postgres(pool) => postgres::write(pool, batch, rollups).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::open_idle_sqlite;
+
+    /// SQLite's writer keeps two batches in flight, so it is never without one under a steady
+    /// stream: a merge that is due must still run, the batches waiting for it, or the journal
+    /// grows until the stream stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_merges_under_a_steady_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Its own writer stays idle; a second one is run below on its database.
+        let log = open_idle_sqlite(dir.path().join("log.db")).await;
+        let backend = log.backend().clone();
+        let Backend::Sqlite(pool) = &backend else {
+            unreachable!("a SQLite log")
+        };
+        let (tx, rx) = mpsc::channel(1_000);
+        let now = crate::clock::now_ms();
+        // Everything is queued before the writer starts: it is never idle until the end.
+        for m in 0..100 {
+            let records = (0..50)
+                .map(|i| {
+                    let mut r = crate::record::test_record(
+                        r#"{"model": "m", "status": 200, "duration_ms": 5, "user": "u"}"#,
+                        now - 10,
+                    );
+                    r.request_id = Some(crate::record::RequestId(format!("r-{m}-{i}").into()));
+                    r
+                })
+                .collect();
+            tx.send(Msg::Records(records)).await.expect("queued");
+        }
+        drop(tx);
+        let w = Writer {
+            backend: backend.clone(),
+            setup: Arc::new(Setup::done()),
+            depth: Arc::new(AtomicUsize::new(5_000)),
+            bytes: Arc::new(AtomicUsize::new(0)),
+            health: Arc::new(Health::new(1)),
+            abandon: Arc::new(Notify::new()),
+            batch_rows: 50,
+            write_concurrency: 1,
+            rollups: true,
+            merge_rows: 100,
+        };
+        let writer = tokio::spawn(run(w, rx));
+        // The most journal rows seen waiting while the stream is written.
+        let mut most = 0;
+        while !writer.is_finished() {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollup_pending")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+            most = most.max(n);
+        }
+        writer.await.expect("the writer ends");
+        let (rows, requests): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM request_log), \
+             (SELECT coalesce(sum(requests), 0) FROM rollup WHERE dim = 0 AND tier = 1)",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("totals");
+        assert_eq!(rows, 5_000);
+        assert_eq!(requests, 5_000, "every row merged once");
+        // A merge is due once two 50-row batches wait, and runs after the one still in flight.
+        assert!(most <= 3, "{most} journal rows waited for a merge");
     }
 }
