@@ -178,9 +178,13 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Msg>) {
                 Done::Merge(merged)
             }) as JobFuture);
         }
+        // SQLite's second batch only once a full one waits: taken sooner, it would be a sliver
+        // of the stream (a transaction of its own), and the batch after it would be prepared
+        // beside that sliver's short write, not beside a long one.
         while in_flight_starts.len() < max_in_flight
             && !(merge_alone && (merging || merge_due))
             && !pending.is_empty()
+            && !(merge_alone && !in_flight_starts.is_empty() && pending.len() < batch_rows)
         {
             let take = pending.len().min(batch_rows);
             let batch: Arc<Vec<_>> = Arc::new(pending.drain(..take).collect());
@@ -393,6 +397,97 @@ pub(crate) async fn write_batch(
 mod tests {
     use super::*;
     use crate::store::sql::open_idle_sqlite;
+    use std::time::Duration;
+
+    /// `n` records of user `u`, ids `r-{m}-0`, `r-{m}-1`, …, at `ts_ms`.
+    fn records(m: usize, n: usize, ts_ms: i64) -> Msg {
+        let records = (0..n)
+            .map(|i| {
+                let mut r = crate::record::test_record(
+                    r#"{"model": "m", "status": 200, "duration_ms": 5, "user": "u"}"#,
+                    ts_ms + 10,
+                );
+                r.timestamp_ms = ts_ms;
+                r.request_id = Some(crate::record::RequestId(format!("r-{m}-{i}").into()));
+                r
+            })
+            .collect();
+        Msg::Records(records)
+    }
+
+    /// A writer with rollups on `backend`.
+    fn writer(backend: &Backend, batch_rows: usize, merge_rows: u64) -> Writer {
+        Writer {
+            backend: backend.clone(),
+            setup: Arc::new(Setup::done()),
+            depth: Arc::new(AtomicUsize::new(0)),
+            bytes: Arc::new(AtomicUsize::new(0)),
+            health: Arc::new(Health::new(1)),
+            abandon: Arc::new(Notify::new()),
+            batch_rows,
+            write_concurrency: 1,
+            rollups: true,
+            merge_rows,
+        }
+    }
+
+    /// While a SQLite batch is written, what arrives waits for it unless a full batch waits: a
+    /// second batch taken at once would hold only the first message to arrive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_takes_a_second_batch_only_when_a_full_one_waits() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.db");
+        let log = open_idle_sqlite(path.clone()).await;
+        let backend = log.backend().clone();
+        let Backend::Sqlite(pool) = &backend else {
+            unreachable!("a SQLite log")
+        };
+        let (tx, rx) = mpsc::channel(100);
+        let writer = tokio::spawn(run(writer(&backend, 1_000, u64::MAX), rx));
+        // Its merge at start is done…
+        let (ack, done) = oneshot::channel();
+        tx.send(Msg::Flush { ack, merge: true })
+            .await
+            .expect("queued");
+        done.await.expect("flushed");
+        // …and the database locked: the first batch waits in its `BEGIN IMMEDIATE`.
+        let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("connects");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .expect("locks");
+        let t = crate::clock::now_ms() - 1_000;
+        tx.send(records(0, 10, t)).await.expect("queued");
+        // Three more messages, each seen by the writer on its own, the later ones older.
+        for m in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(records(m, 10, t - 100 * m as i64))
+                .await
+                .expect("queued");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("COMMIT")
+            .execute(&mut lock)
+            .await
+            .expect("unlocks");
+        drop(tx);
+        writer.await.expect("the writer ends");
+        // A batch numbers its rows by time (one user, no sessions): the three messages went in
+        // as one batch when their rows are numbered oldest first.
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT request_id FROM request_log ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .expect("ids");
+        let messages: Vec<&str> = ids.iter().map(|(id,)| &id[..3]).collect();
+        let mut want = vec!["r-0"; 10];
+        for m in ["r-3", "r-2", "r-1"] {
+            want.extend([m; 10]);
+        }
+        assert_eq!(messages, want);
+    }
 
     /// SQLite's writer keeps two batches in flight, so it is never without one under a steady
     /// stream: a merge that is due must still run, the batches waiting for it, or the journal
@@ -407,35 +502,13 @@ mod tests {
             unreachable!("a SQLite log")
         };
         let (tx, rx) = mpsc::channel(1_000);
-        let now = crate::clock::now_ms();
         // Everything is queued before the writer starts: it is never idle until the end.
         for m in 0..100 {
-            let records = (0..50)
-                .map(|i| {
-                    let mut r = crate::record::test_record(
-                        r#"{"model": "m", "status": 200, "duration_ms": 5, "user": "u"}"#,
-                        now - 10,
-                    );
-                    r.request_id = Some(crate::record::RequestId(format!("r-{m}-{i}").into()));
-                    r
-                })
-                .collect();
-            tx.send(Msg::Records(records)).await.expect("queued");
+            let ts = crate::clock::now_ms() - 10;
+            tx.send(records(m, 50, ts)).await.expect("queued");
         }
         drop(tx);
-        let w = Writer {
-            backend: backend.clone(),
-            setup: Arc::new(Setup::done()),
-            depth: Arc::new(AtomicUsize::new(5_000)),
-            bytes: Arc::new(AtomicUsize::new(0)),
-            health: Arc::new(Health::new(1)),
-            abandon: Arc::new(Notify::new()),
-            batch_rows: 50,
-            write_concurrency: 1,
-            rollups: true,
-            merge_rows: 100,
-        };
-        let writer = tokio::spawn(run(w, rx));
+        let writer = tokio::spawn(run(writer(&backend, 50, 100), rx));
         // The most journal rows seen waiting while the stream is written.
         let mut most = 0;
         while !writer.is_finished() {
