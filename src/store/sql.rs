@@ -1085,7 +1085,7 @@ mod tests {
             };
             // The writer's own step, without its merge: as if the process died right after.
             let batch = Arc::new(vec![rec("a", "u1"), rec("b", "u1"), rec("c", "u2")]);
-            sqlite_insert::write(pool, batch, true)
+            sqlite_insert::write(pool, Arc::new(sqlite_insert::Prepared::of(batch)), true)
                 .await
                 .expect("write");
             let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollup_pending")

@@ -22,20 +22,10 @@ use super::{WriteError, unavailable, write_error};
 use crate::record::ValidRecord;
 use crate::store::StoreError;
 
-/// Writes `batch` in one transaction; rows whose `request_id` is already stored are skipped.
+/// Writes a batch in one transaction; rows whose `request_id` is already stored are skipped.
 /// With `rollups`, the rows stored are added to the rollups in the same transaction. On any
 /// error the transaction is rolled back (nothing of the batch is stored).
-#[allow(clippy::vec_box)]
 pub(crate) async fn write(
-    pool: &SqlitePool,
-    batch: Arc<Vec<Box<ValidRecord>>>,
-    rollups: bool,
-) -> Result<(), WriteError> {
-    write_prepared(pool, Arc::new(Prepared::of(batch)), rollups).await
-}
-
-/// [`write`] of a batch whose [`Prepared`] part is done.
-pub(crate) async fn write_prepared(
     pool: &SqlitePool,
     batch: Arc<Prepared>,
     rollups: bool,
@@ -562,6 +552,16 @@ mod tests {
 
     use super::*;
     use crate::store::sql::rollup::{Dim, Tier};
+
+    /// Writes `batch` as the writer does, its [`Prepared`] part worked out first.
+    #[allow(clippy::vec_box)]
+    async fn write(
+        pool: &SqlitePool,
+        batch: Arc<Vec<Box<ValidRecord>>>,
+        rollups: bool,
+    ) -> Result<(), WriteError> {
+        super::write(pool, Arc::new(Prepared::of(batch)), rollups).await
+    }
 
     fn record(json: Value) -> Box<ValidRecord> {
         crate::record::test_record(&json.to_string(), crate::clock::now_ms())

@@ -311,22 +311,19 @@ async fn write_with_retry(
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
     // In line for the turn from the first poll (the batches' order), prepared meanwhile.
-    let (prepared, _turn) = match (backend, turn) {
-        (Backend::Sqlite(_), Some(turn)) => {
+    let (prepared, _turn) = match turn {
+        Some(turn) => {
             let (prepared, held) = tokio::join!(prepare(batch), turn.lock_owned());
             (Some(prepared), Some(held))
         }
-        _ => (None, None),
+        None => (None, None),
     };
     let mut delay = FIRST_RETRY;
     let (mut refused, mut outages) = (0u32, 0u64);
     loop {
-        let result = match (setup.ensure().await, backend, &prepared) {
-            (Ok(()), Backend::Sqlite(pool), Some(prepared)) => {
-                super::sqlite_insert::write_prepared(pool, prepared.clone(), rollups).await
-            }
-            (Ok(()), ..) => write_batch(backend, batch, rollups).await,
-            (Err(e), ..) => Err(e),
+        let result = match setup.ensure().await {
+            Ok(()) => write_batch(backend, batch, prepared.as_ref(), rollups).await,
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
@@ -380,15 +377,21 @@ async fn prepare(batch: &Arc<Vec<Box<ValidRecord>>>) -> Arc<Prepared> {
 }
 
 /// Writes one batch in one transaction, with its rollups when `rollups`. Rows whose
-/// `request_id` is already stored are skipped (and not rolled up).
+/// `request_id` is already stored are skipped (and not rolled up). SQLite takes the batch's
+/// [`Prepared`] part when it is done ([`prepare`]), and works it out here otherwise.
 #[allow(clippy::vec_box)]
-pub(crate) async fn write_batch(
+async fn write_batch(
     backend: &Backend,
     batch: &Arc<Vec<Box<ValidRecord>>>,
+    prepared: Option<&Arc<Prepared>>,
     rollups: bool,
 ) -> Result<(), WriteError> {
     match backend {
-        Backend::Sqlite(pool) => super::sqlite_insert::write(pool, batch.clone(), rollups).await,
+        Backend::Sqlite(pool) => {
+            let prepared =
+                prepared.map_or_else(|| Arc::new(Prepared::of(Arc::clone(batch))), Arc::clone);
+            super::sqlite_insert::write(pool, prepared, rollups).await
+        }
         Backend::Postgres(pool) => postgres::write(pool, batch, rollups).await,
     }
 }
