@@ -319,9 +319,7 @@ impl SqlLog {
             });
         }
         let mut batch = Batch::default();
-        for f in &facts {
-            batch.add(&f.fact());
-        }
+        batch.add_all(facts.iter().map(FactRow::fact));
         Ok(batch)
     }
 

@@ -56,9 +56,7 @@ pub(crate) async fn rebuild(backend: &Backend) -> Result<u64, StoreError> {
         };
         after = last;
         total += facts.len() as u64;
-        for f in &facts {
-            batch.add(&f.fact());
-        }
+        batch.add_all(facts.iter().map(FactRow::fact));
         // Merged every few chunks: a rollup row is upserted once per merge, not per chunk.
         chunks += 1;
         if chunks % MERGE_CHUNKS == 0 {

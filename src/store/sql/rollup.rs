@@ -500,6 +500,21 @@ pub(crate) struct Batch {
     sessions: Map<SessionKey, SessionCell>,
 }
 
+/// What a row shares with many others ([`Batch::add_all`]): the five cells with a [`Dist`]
+/// it adds to are those of every row with the same key.
+#[derive(PartialEq, Eq, Hash)]
+struct SharedKey<'a> {
+    hour: i64,
+    /// The row's minute when it has a provider (for its provider's minute cell), else its hour.
+    minute: i64,
+    provider: &'a str,
+    model: &'a str,
+    /// The model the client asked for (`original_model`, else `model`).
+    asked: &'a str,
+    namespace: &'a str,
+    endpoint: &'a str,
+}
+
 /// `ts` rounded down to a multiple of `size` (also before 1970; saturating at `i64::MIN`).
 pub fn floor(ts: i64, size: i64) -> i64 {
     ts.saturating_sub(ts.rem_euclid(size))
@@ -513,9 +528,7 @@ impl Batch {
     pub fn journal_of(batch: &[Box<ValidRecord>], mut positions: Vec<usize>) -> Option<Vec<u8>> {
         positions.sort_unstable();
         let mut added = Batch::default();
-        for i in positions {
-            added.add(&Fact::of(&batch[i]));
-        }
+        added.add_all(positions.into_iter().map(|i| Fact::of(&batch[i])));
         (!added.is_empty()).then(|| added.encode())
     }
 
@@ -524,14 +537,13 @@ impl Batch {
         self.cells.is_empty() && self.sessions.is_empty()
     }
 
-    fn cell(
+    /// Adds `c` to the cell of `dim`, `tier`, `bucket_ms`, `value`, `detail`.
+    fn merge_cell(
         &mut self,
-        dim: Dim,
-        tier: Tier,
-        bucket_ms: i64,
+        (dim, tier, bucket_ms): (Dim, Tier, i64),
         value: &str,
         detail: &str,
-        f: &Fact<'_>,
+        c: &Cell,
     ) {
         let key = CellKey {
             dim,
@@ -540,46 +552,80 @@ impl Batch {
             value: value.into(),
             detail: detail.into(),
         };
-        let cell = self.cells.entry(key).or_default();
-        cell.counts.add_fact(f);
-        if dim.has_dist() {
-            cell.dist.get_or_insert_with(Dist::default).record(f);
-        }
+        self.cells.entry(key).or_default().merge(c);
     }
 
-    /// Adds one stored row: its minute (providers) and hour buckets, and its session; hour
-    /// buckets of providers and every day bucket are derived in [`Batch::into_rows`].
-    pub fn add(&mut self, f: &Fact<'_>) {
-        let hour = floor(f.ts_ms, HOUR_MS);
-        if !f.provider.is_empty() {
-            let minute = floor(f.ts_ms, MINUTE_MS);
-            self.cell(Dim::Provider, Tier::Minute, minute, f.provider, f.model, f);
+    /// Adds stored rows, in arrival order (a session's row keeps its first record's namespace):
+    /// per row its minute (providers) and hour buckets, and its session; hour buckets of
+    /// providers and every day bucket are derived in [`Batch::into_rows`].
+    ///
+    /// Rows are first added up by what they share with many others (the hour and minute,
+    /// provider, models, namespace and endpoint: the five cells with a [`Dist`]), by user, by
+    /// key and by session, in maps keyed by the rows' own text; each group then goes into its
+    /// cells once. A row costs four hash probes and one histogram record instead of seven and
+    /// five, and no text is copied for it.
+    pub fn add_all<'a>(&mut self, facts: impl IntoIterator<Item = Fact<'a>>) {
+        let mut shared: Map<SharedKey<'a>, Cell> = Map::default();
+        let mut users: Map<(i64, &'a str), Counts> = Map::default();
+        let mut keys: Map<(i64, &'a str), Counts> = Map::default();
+        let mut sessions: Map<(&'a str, &'a str), (&'a str, i64, i64, Counts)> = Map::default();
+        for f in facts {
+            let hour = floor(f.ts_ms, HOUR_MS);
+            let key = SharedKey {
+                hour,
+                minute: match f.provider {
+                    "" => hour,
+                    _ => floor(f.ts_ms, MINUTE_MS),
+                },
+                provider: f.provider,
+                model: f.model,
+                asked: f.original_model.unwrap_or(f.model),
+                namespace: f.namespace,
+                endpoint: f.endpoint,
+            };
+            let cell = shared.entry(key).or_default();
+            cell.counts.add_fact(&f);
+            cell.dist.get_or_insert_with(Dist::default).record(&f);
+            if let Some(u) = f.user {
+                users.entry((hour, u)).or_default().add_fact(&f);
+            }
+            if let Some(k) = f.key {
+                keys.entry((hour, k)).or_default().add_fact(&f);
+            }
+            if let Some(s) = f.session_id {
+                let (_, first, last, counts) = sessions
+                    .entry((s, f.user.unwrap_or("")))
+                    .or_insert((f.namespace, f.ts_ms, f.ts_ms, Counts::default()));
+                *first = (*first).min(f.ts_ms);
+                *last = (*last).max(f.ts_ms);
+                counts.add_fact(&f);
+            }
         }
-        self.cell(Dim::All, Tier::Hour, hour, "", "", f);
-        if let Some(u) = f.user {
-            self.cell(Dim::User, Tier::Hour, hour, u, "", f);
+        for (k, c) in &shared {
+            let hour = |dim| (dim, Tier::Hour, k.hour);
+            if !k.provider.is_empty() {
+                let minute = (Dim::Provider, Tier::Minute, k.minute);
+                self.merge_cell(minute, k.provider, k.model, c);
+            }
+            self.merge_cell(hour(Dim::All), "", "", c);
+            self.merge_cell(hour(Dim::Model), k.asked, k.model, c);
+            self.merge_cell(hour(Dim::Namespace), k.namespace, "", c);
+            self.merge_cell(hour(Dim::Endpoint), k.endpoint, "", c);
         }
-        if let Some(k) = f.key {
-            self.cell(Dim::Key, Tier::Hour, hour, k, "", f);
+        for (dim, groups) in [(Dim::User, users), (Dim::Key, keys)] {
+            for ((hour, value), counts) in groups {
+                let cell = Cell { counts, dist: None };
+                self.merge_cell((dim, Tier::Hour, hour), value, "", &cell);
+            }
         }
-        let asked = f.original_model.unwrap_or(f.model);
-        self.cell(Dim::Model, Tier::Hour, hour, asked, f.model, f);
-        self.cell(Dim::Namespace, Tier::Hour, hour, f.namespace, "", f);
-        self.cell(Dim::Endpoint, Tier::Hour, hour, f.endpoint, "", f);
-        if let Some(s) = f.session_id {
-            let key = (
-                CompactString::from(s),
-                CompactString::from(f.user.unwrap_or("")),
-            );
-            let session = self.sessions.entry(key).or_insert_with(|| SessionCell {
-                namespace: f.namespace.into(),
-                first_ms: f.ts_ms,
-                last_ms: f.ts_ms,
-                counts: Counts::default(),
-            });
-            session.first_ms = session.first_ms.min(f.ts_ms);
-            session.last_ms = session.last_ms.max(f.ts_ms);
-            session.counts.add_fact(f);
+        for ((id, user), (namespace, first_ms, last_ms, counts)) in sessions {
+            let cell = SessionCell {
+                namespace: namespace.into(),
+                first_ms,
+                last_ms,
+                counts,
+            };
+            self.add_session((id.into(), user.into()), cell);
         }
     }
 
@@ -936,9 +982,11 @@ mod tests {
     #[test]
     fn hours_and_days_are_derived_from_the_finest_buckets() {
         let mut b = Batch::default();
-        b.add(&fact(HOUR_MS + 1, "p", 200, 10));
-        b.add(&fact(HOUR_MS + MINUTE_MS, "p", 503, 30));
-        b.add(&fact(2 * HOUR_MS, "", 403, 5));
+        b.add_all([
+            fact(HOUR_MS + 1, "p", 200, 10),
+            fact(HOUR_MS + MINUTE_MS, "p", 503, 30),
+            fact(2 * HOUR_MS, "", 403, 5),
+        ]);
         let (cells, sessions) = b.into_rows();
         let get = |dim, tier, bucket: i64, value: &str| {
             cells
@@ -978,6 +1026,90 @@ mod tests {
         );
     }
 
+    /// Rows added together (grouped by what they share, then spread over their cells) or one
+    /// by one give exactly each row's cells added one by one: every cell, distribution and
+    /// session.
+    #[test]
+    fn rows_added_together_add_what_each_adds_alone() {
+        let (providers, models) = (["p", "q", ""], ["m1", "m2", "m3", "m4"]);
+        let (users, keys) = ([Some("u1"), Some("u2"), None], [Some("k1"), None]);
+        let (namespaces, endpoints) = (["ns", "other"], ["/v1/messages", "/v1/chat"]);
+        let facts: Vec<Fact<'static>> = (0..600i64)
+            .map(|i| {
+                let n = i as usize;
+                let mut f = fact(
+                    i * 7 * MINUTE_MS / 3 - DAY_MS,
+                    providers[n % 3],
+                    [200, 200, 503, 429, 0][n % 5],
+                    (i * 37) % 900,
+                );
+                f.model = models[n % 4];
+                f.original_model = n.is_multiple_of(3).then_some("asked");
+                f.user = users[n % 3];
+                f.key = keys[n % 2];
+                f.namespace = namespaces[(n / 7) % 2];
+                f.endpoint = endpoints[n % 2];
+                f.session_id = [Some("s1"), Some("s2"), None, Some("s3")][n % 4];
+                f.tokens = [i, 2 * i, 3, i % 5, 7];
+                f.cost_micros = i * 11;
+                f
+            })
+            .collect();
+        let mut together = Batch::default();
+        together.add_all(facts.iter().copied());
+        let mut alone = Batch::default();
+        for f in &facts {
+            alone.add_all([*f]);
+        }
+        let show = |b: Batch| format!("{:?}", b.into_rows());
+        let want = show(by_the_rules(&facts));
+        assert!(
+            want.contains("Minute") && want.contains("errors: {0: "),
+            "{want}"
+        );
+        assert_eq!(show(together), want, "together");
+        assert_eq!(show(alone), want, "alone");
+    }
+
+    /// SPEC §5's cells of each row, one by one, as the first writer added them: the model the
+    /// grouped [`Batch::add_all`] is checked against.
+    fn by_the_rules(facts: &[Fact<'_>]) -> Batch {
+        let mut b = Batch::default();
+        for f in facts {
+            let mut one = Cell::default();
+            one.counts.add_fact(f);
+            let mut with_dist = one.clone();
+            with_dist.dist.get_or_insert_with(Dist::default).record(f);
+            let hour = floor(f.ts_ms, HOUR_MS);
+            let h = |dim| (dim, Tier::Hour, hour);
+            if !f.provider.is_empty() {
+                let minute = (Dim::Provider, Tier::Minute, floor(f.ts_ms, MINUTE_MS));
+                b.merge_cell(minute, f.provider, f.model, &with_dist);
+            }
+            b.merge_cell(h(Dim::All), "", "", &with_dist);
+            if let Some(u) = f.user {
+                b.merge_cell(h(Dim::User), u, "", &one);
+            }
+            if let Some(k) = f.key {
+                b.merge_cell(h(Dim::Key), k, "", &one);
+            }
+            let asked = f.original_model.unwrap_or(f.model);
+            b.merge_cell(h(Dim::Model), asked, f.model, &with_dist);
+            b.merge_cell(h(Dim::Namespace), f.namespace, "", &with_dist);
+            b.merge_cell(h(Dim::Endpoint), f.endpoint, "", &with_dist);
+            if let Some(s) = f.session_id {
+                let session = SessionCell {
+                    namespace: f.namespace.into(),
+                    first_ms: f.ts_ms,
+                    last_ms: f.ts_ms,
+                    counts: one.counts,
+                };
+                b.add_session((s.into(), f.user.unwrap_or("").into()), session);
+            }
+        }
+        b
+    }
+
     #[test]
     fn dist_round_trips_and_refuses_garbage() {
         let mut d = Dist::default();
@@ -1003,10 +1135,9 @@ mod tests {
     #[test]
     fn a_journal_blob_adds_what_its_batch_held() {
         let mut b = Batch::default();
-        b.add(&fact(HOUR_MS + 1, "p", 200, 10));
-        b.add(&fact(-DAY_MS, "p", 503, 30));
+        b.add_all([fact(HOUR_MS + 1, "p", 200, 10), fact(-DAY_MS, "p", 503, 30)]);
         let mut other = Batch::default();
-        other.add(&fact(2 * HOUR_MS, "", 403, 5));
+        other.add_all([fact(2 * HOUR_MS, "", 403, 5)]);
         let blob = b.encode();
         let mut back = Batch::default();
         back.decode_into(&blob).expect("decodes");
@@ -1028,7 +1159,7 @@ mod tests {
         let mut b = Batch::default();
         let mut f = fact(31 * DAY_MS + 5, "p", 200, 10);
         f.key = Some("k");
-        b.add(&f);
+        b.add_all([f]);
         let (cells, _) = b.into_rows();
         let months: Vec<_> = cells
             .iter()

@@ -197,9 +197,11 @@ async fn copy_in(
             let rows = sqlx::query(&MOVE).fetch_all(&mut *tx).await?;
             let mut rollups = Batch::default();
             if on {
-                for row in &rows {
-                    rollups.add(&FactRow::read(row, 0)?.fact());
-                }
+                let facts = rows
+                    .iter()
+                    .map(|row| FactRow::read(row, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                rollups.add_all(facts.iter().map(FactRow::fact));
             }
             (!rollups.is_empty()).then(|| (rollups.encode(), rows.len()))
         }
