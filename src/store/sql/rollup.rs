@@ -573,7 +573,7 @@ impl Batch {
         let mut users: Map<(i64, &'a str), Counts> =
             Map::with_capacity_and_hasher(many, <_>::default());
         let mut keys: Map<(i64, &'a str), Counts> = Map::default();
-        let mut sessions: Map<(&'a str, &'a str), (&'a str, i64, i64, Counts)> =
+        let mut sessions: Map<(&'a str, &'a str), SessionCell> =
             Map::with_capacity_and_hasher(many, <_>::default());
         for f in facts {
             let hour = floor(f.ts_ms, HOUR_MS);
@@ -599,12 +599,17 @@ impl Batch {
                 keys.entry((hour, k)).or_default().add_fact(&f);
             }
             if let Some(s) = f.session_id {
-                let (_, first, last, counts) = sessions
+                let session = sessions
                     .entry((s, f.user.unwrap_or("")))
-                    .or_insert((f.namespace, f.ts_ms, f.ts_ms, Counts::default()));
-                *first = (*first).min(f.ts_ms);
-                *last = (*last).max(f.ts_ms);
-                counts.add_fact(&f);
+                    .or_insert_with(|| SessionCell {
+                        namespace: f.namespace.into(),
+                        first_ms: f.ts_ms,
+                        last_ms: f.ts_ms,
+                        counts: Counts::default(),
+                    });
+                session.first_ms = session.first_ms.min(f.ts_ms);
+                session.last_ms = session.last_ms.max(f.ts_ms);
+                session.counts.add_fact(&f);
             }
         }
         for (k, c) in &shared {
@@ -624,13 +629,7 @@ impl Batch {
                 self.merge_cell((dim, Tier::Hour, hour), value, "", &cell);
             }
         }
-        for ((id, user), (namespace, first_ms, last_ms, counts)) in sessions {
-            let cell = SessionCell {
-                namespace: namespace.into(),
-                first_ms,
-                last_ms,
-                counts,
-            };
+        for ((id, user), cell) in sessions {
             self.add_session((id.into(), user.into()), cell);
         }
     }

@@ -80,10 +80,8 @@ pub(crate) struct Writer {
 
 /// Journaled rows are merged into the rollups once this many request-log rows are waiting…
 /// A merge's cost follows the rollup and session rows it touches (at 100,000 rows/s of 10,000
-/// users, about the same ~40,000 whether it covers 5 or 10 s), so up to that rate merges come
-/// every [`MERGE_LAG`]: 3,000,000-row runs of `bench-log --profile live` on PostgreSQL, 4 pairs,
-/// wrote 1.01–1.06 × as many rows a second (median 1.026) as merging every 500,000. A merge
-/// reads its journal at once: 13.5 MB of blobs for 1,000,000 rows of that profile.
+/// users, about the same whether it covers 5 or 10 s), so up to that rate merges come every
+/// [`MERGE_LAG`]; a merge reads its journal at once (figures: docs/benchmarks.md, tenth session).
 pub(crate) const MERGE_ROWS: u64 = 1_000_000;
 
 /// …or once the oldest waiting one is this old, or as soon as the writer is idle, or when a
