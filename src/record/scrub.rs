@@ -93,6 +93,15 @@ fn run(b: &[u8], from: usize, f: impl Fn(u8) -> bool) -> usize {
 }
 
 fn secret_name(name: &[u8]) -> bool {
+    // Spaces and control characters around a name do not make it another name: a gateway
+    // that forwards raw header names may send `x-api-key ` or `api-key\t`.
+    let blank = |c: &u8| *c <= b' ' || *c == 0x7f;
+    let start = name.iter().position(|c| !blank(c)).unwrap_or(name.len());
+    let end = name
+        .iter()
+        .rposition(|c| !blank(c))
+        .map_or(start, |i| i + 1);
+    let name = &name[start..end];
     let last = name
         .rsplit(|&c| matches!(c, b'-' | b'_' | b'.'))
         .next()
@@ -304,6 +313,25 @@ mod tests {
             "keyboard: qwerty",
         ] {
             assert_eq!(scrub(t), None, "{t}");
+        }
+    }
+
+    /// Spaces and control characters around a name (raw header names a gateway forwarded)
+    /// do not hide it; inside a name they do not make one.
+    #[test]
+    fn names_with_blanks_around_them_are_still_secret() {
+        for name in [
+            "x-api-key ",
+            " Authorization",
+            "api-key\t",
+            "x-api-key\0",
+            "cookie\r\n",
+            "\u{7f}apiKey",
+        ] {
+            assert!(is_secret_name(name), "{name:?}");
+        }
+        for name in ["", " ", "\0", "x-api-key-id", "monkey "] {
+            assert!(!is_secret_name(name), "{name:?}");
         }
     }
 
