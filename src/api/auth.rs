@@ -195,8 +195,9 @@ impl Auth {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
+                // The scheme's name is case-insensitive (RFC 9110 §11.1): `BEARER` too.
+                let (scheme, token) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
             })
             .map(str::trim);
         let Some(token) = token else {
@@ -289,6 +290,35 @@ mod tests {
             format!("Bearer {t}").parse().expect("header"),
         );
         h
+    }
+
+    /// The scheme is matched in any case; another scheme, or none, is no token.
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        let a = auth();
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                v.parse().expect("header"),
+            );
+            a.check(&h, Access::Query)
+        };
+        for v in [
+            "BEARER alice-token-0123456789",
+            "bearer alice-token-0123456789",
+            "BeArEr  alice-token-0123456789",
+        ] {
+            assert_eq!(with(v).expect(v), Principal::User("alice".into()), "{v}");
+        }
+        for v in [
+            "Basic alice-token-0123456789",
+            "Bearer",
+            "Bearer\talice-token-0123456789",
+            "alice-token-0123456789",
+        ] {
+            assert!(matches!(with(v), Err(ApiError::Unauthorized { .. })), "{v}");
+        }
     }
 
     #[test]
