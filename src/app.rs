@@ -118,6 +118,19 @@ impl App {
                 return Err(AppError::OpenNonLoopback(addr));
             }
         }
+        if config.log_store.is_some()
+            && !config.auth.user_tokens.is_empty()
+            && !config.analytics.users_see_leaderboards
+            && config.auth.metrics_token.is_none()
+            && metrics_listener.is_none()
+        {
+            tracing::warn!(
+                "/metrics is open on the main listener and its leaderboard gauges \
+                 (gatemeter_leaderboard_*) name the top users and keys with their cost, which \
+                 the API shows a user token only for itself (analytics.users_see_leaderboards: \
+                 false): set auth.metrics_token or metrics_listen to keep them from users."
+            );
+        }
         // The files were checked with the config; read again here (they may have changed).
         let server_tls = |key: &'static str, t: &Option<crate::server::ListenTls>| {
             t.as_ref()

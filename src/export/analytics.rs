@@ -89,7 +89,25 @@ impl AnalyticsGauges {
     }
 }
 
-/// Top `n` of `(name, value)` by value (ties by name) plus `other` (the rest's sum, when any).
+/// A user or key name as a label value: an email address (Claude Code names its users by
+/// `user.email`) keeps the first character of its local part and its domain, `a***@example.com`
+/// (labels never carry emails, SPEC §6.1); any other name as it is. Model ids such as
+/// `claude-3-5-sonnet@20240620` have no dotted domain and stay whole.
+fn label_name(name: String) -> String {
+    let Some((local, domain)) = name.rsplit_once('@') else {
+        return name;
+    };
+    let dotted = domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.');
+    match local.chars().next() {
+        Some(first) if dotted && !domain.contains(char::is_whitespace) => {
+            format!("{first}***@{domain}")
+        }
+        _ => name,
+    }
+}
+
+/// Top `n` of `(name, value)` by value (ties by name) plus `other` (the rest's sum, when any);
+/// user and key names as [`label_name`] shows them.
 fn top(
     mut all: Vec<(String, i64)>,
     n: usize,
@@ -103,7 +121,13 @@ fn top(
         .into_iter()
         .take(n)
         .enumerate()
-        .map(|(i, (name, v))| (scope, period, (i + 1).to_string(), name, v))
+        .map(|(i, (name, v))| {
+            let name = match scope {
+                "user" | "key" => label_name(name),
+                _ => name,
+            };
+            (scope, period, (i + 1).to_string(), name, v)
+        })
         .collect();
     if more {
         out.push((scope, period, "other".into(), "other".into(), rest));
@@ -283,5 +307,41 @@ mod tests {
             1,
             "no other"
         );
+    }
+
+    /// Users and keys named by an email are shown masked (ranked by the whole name); models
+    /// and providers, and names that are not emails, as they are.
+    #[test]
+    fn emails_never_become_label_values() {
+        let all = vec![
+            ("bob@example.com".into(), 9),
+            ("alice@example.com".into(), 9),
+            ("carol".into(), 5),
+            ("ops@".into(), 4),
+            ("é@corp.example".into(), 3),
+        ];
+        let names = |scope| -> Vec<String> {
+            top(all.clone(), 10, scope, "today")
+                .into_iter()
+                .map(|l| l.3)
+                .collect()
+        };
+        assert_eq!(
+            names("user"),
+            [
+                "a***@example.com",
+                "b***@example.com",
+                "carol",
+                "ops@",
+                "é***@corp.example"
+            ]
+        );
+        assert_eq!(names("key")[0], "a***@example.com");
+        assert_eq!(names("model")[0], "alice@example.com");
+        assert_eq!(
+            label_name("claude-3-5-sonnet@20240620".into()),
+            "claude-3-5-sonnet@20240620"
+        );
+        assert_eq!(label_name("x@.com".into()), "x@.com");
     }
 }
