@@ -36,7 +36,7 @@ use crate::export::usage_csv::format_micros;
 use crate::pipeline::Pipeline;
 use crate::store::sql::SqlLog;
 pub use crate::store::sql::analytics::{AnalyticsConfig, UNKNOWN_AFTER_MS, status};
-use crate::store::sql::analytics::{Keep, SessionRow};
+use crate::store::sql::analytics::{Keep, SessionCursor, SessionRow};
 use crate::store::sql::rollup::{Cell, Counts, DAY_MS, Dim, Dist, HOUR_MS, MINUTE_MS};
 
 /// Default and largest number of lines or sessions in one answer.
@@ -596,7 +596,8 @@ pub struct ProviderAvailability {
     /// Start of its latest request in the last 15 minutes (`null`: none).
     last_request_at: Option<i64>,
     buckets: Vec<Bucket>,
-    /// The active probes of this provider, beside the request-based figures.
+    /// The active probes of this provider, beside the request-based figures (admin tokens and an
+    /// open server only: a user token gets none).
     probes: Vec<ProbeAvailability>,
 }
 
@@ -821,7 +822,9 @@ pub async fn availability(
             }
         })
         .collect();
-    if let Some(plog) = &api.probe_log {
+    // Probes are the fleet's, like the probe log (admins only): a user token's answer is its own
+    // requests' alone, without the probes' runs, errors or the providers only they reach.
+    if let Some(plog) = api.probe_log.as_ref().filter(|_| user.is_none()) {
         let summaries = plog.probe_summaries(from, to).await.map_err(store_error)?;
         for s in summaries {
             if p.get("provider").is_some_and(|w| *w != s.provider) {
@@ -960,18 +963,32 @@ pub struct SessionPage {
     next_cursor: Option<String>,
 }
 
-fn encode_cursor(last_ms: i64, id: &str) -> String {
-    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{last_ms}.{hex}")
+/// A session list cursor: the last row's `last_ms`, session id and user (a session shared by
+/// users is one row per user, so the id alone does not say where a page ended), the texts in hex.
+fn encode_cursor(last_ms: i64, id: &str, user: &str) -> String {
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("{last_ms}.{}.{}", hex(id), hex(user))
 }
 
-fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    let (ms, hex) = c.split_once('.')?;
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((ms.parse().ok()?, String::from_utf8(bytes).ok()?))
+/// The position [`encode_cursor`] wrote. A cursor of an earlier version (no user) resumes after
+/// every row of its session and time, as it did.
+fn decode_cursor(c: &str) -> Option<SessionCursor> {
+    let text = |hex: &str| {
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        String::from_utf8(bytes).ok()
+    };
+    let mut parts = c.split('.');
+    let last_ms = parts.next()?.parse().ok()?;
+    let session_id = text(parts.next()?)?;
+    let user = parts.next().map_or(Some(String::new()), text)?;
+    parts.next().is_none().then_some(SessionCursor {
+        last_ms,
+        session_id,
+        user,
+    })
 }
 
 /// `GET /api/v1/sessions`.
@@ -1014,7 +1031,7 @@ pub async fn sessions(
     let next_cursor = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         rows.last()
-            .map(|r| encode_cursor(r.last_ms, &r.session_id))
+            .map(|r| encode_cursor(r.last_ms, &r.session_id, &r.user))
             .unwrap_or_default()
     });
     Ok(Json(SessionPage {
@@ -1108,7 +1125,12 @@ pub async fn session(
             .filter(|r| !r.user.is_empty())
             .map(|r| r.user.clone())
             .collect(),
-        namespace: rows[0].namespace.clone(),
+        // The namespace of the session's first request: of the row (user) that began first.
+        namespace: rows
+            .iter()
+            .min_by_key(|r| r.first_ms)
+            .map(|r| r.namespace.clone())
+            .unwrap_or_default(),
         first_seen: first,
         last_seen: last,
         active: last >= now_ms() - secs * 1000,
@@ -1285,14 +1307,24 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip_any_session_id() {
-        for id in ["s-1", "ü/.%", ""] {
+    fn cursors_round_trip_any_session_id_and_user() {
+        for (id, user) in [("s-1", "alice"), ("ü/.%", "a.b@c"), ("", "")] {
             assert_eq!(
-                decode_cursor(&encode_cursor(42, id)),
-                Some((42, id.to_string()))
+                decode_cursor(&encode_cursor(42, id, user)),
+                Some(SessionCursor {
+                    last_ms: 42,
+                    session_id: id.to_string(),
+                    user: user.to_string(),
+                })
             );
         }
-        assert_eq!(decode_cursor("x"), None);
-        assert_eq!(decode_cursor("1.zz"), None);
+        // An earlier version's cursor (no user): before every user of its session.
+        assert_eq!(
+            decode_cursor("7.7331").map(|c| (c.last_ms, c.session_id, c.user)),
+            Some((7, "s1".to_string(), String::new()))
+        );
+        for bad in ["x", "1.zz", "1.73.zz", "1.73.61.61"] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
     }
 }

@@ -660,12 +660,82 @@ pub async fn bad_parameters_are_named(db: Db) {
     app.stop().await;
 }
 
+/// A session two users share is a row per user in the list: paged one row at a time, every row
+/// comes once, also when both rows end at the same millisecond (the cursor held the session id
+/// alone, and the second user's row was skipped). Its detail takes the namespace of the
+/// session's first request, not of the user first by name.
+pub async fn a_shared_session_is_paged_whole(db: Db) {
+    let app = analytics_app(db, "").await;
+    let now = gatemeter::clock::now_ms();
+    let r = |id: &str, ts: i64, user: &str, session: &str, ns: &str| {
+        let mut v = rec(id, ts, user, "p", 200, 10);
+        v["session_id"] = json!(session);
+        v["namespace"] = json!(ns);
+        v
+    };
+    let recs = vec![
+        r("s1", now - 60_000, "bob", "shared", "team-bob"),
+        r("s2", now - 30_000, "bob", "shared", "team-bob"),
+        r("s3", now - 30_000, "alice", "shared", "team-alice"),
+        r("s4", now - 90_000, "alice", "other", "team-alice"),
+    ];
+    ingest(&app, Some(INGEST), &recs).await;
+    wait_rows(&app, Some(ADMIN), 4).await;
+    wait_rollups(&app, 4).await;
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let path = format!("/api/v1/sessions?state=active&limit=1{cursor}");
+        let (s, v) = get_json(&app, Some(ADMIN), &path).await;
+        assert_eq!(s, 200, "{v}");
+        for x in v["sessions"].as_array().expect("sessions") {
+            seen.push(format!("{}/{}", x["session_id"], x["user"]));
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "\"shared\"/\"bob\"",
+            "\"shared\"/\"alice\"",
+            "\"other\"/\"alice\""
+        ],
+        "{db:?}"
+    );
+    let (s, v) = get_json(&app, Some(ADMIN), "/api/v1/sessions/shared").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["namespace"], "team-bob", "{db:?}: {v}");
+    assert_eq!(v["first_seen"], now - 60_000);
+    // A cursor of the earlier form (no user) still resumes after its session and time.
+    let old = format!(
+        "{}.{}",
+        now - 30_000,
+        "shared"
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let (s, v) = get_json(
+        &app,
+        Some(ADMIN),
+        &format!("/api/v1/sessions?state=active&cursor={old}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["sessions"][0]["session_id"], "other", "{v}");
+    app.stop().await;
+}
+
 conformance!(
     rollups_are_exact_and_rebuildable,
     month_buckets_are_exact,
     periods_follow_the_time_zone,
     availability_colours_and_buckets,
     sessions_and_what_a_user_sees,
+    a_shared_session_is_paged_whole,
     bad_parameters_are_named,
 );
 

@@ -382,6 +382,11 @@ async fn every_outcome_is_stored_counted_and_logged(db: Db) {
         let d = provider("prov-d");
         assert_eq!(d["probes"][0]["last"]["status"], Value::Null);
         assert_eq!(d["probes"][0]["availability"], 1.0);
+        // Probes are the fleet's, like their log: a user token sees none of them (it has no
+        // requests here, so no provider at all), neither their errors nor their providers.
+        let (status, av) = get_json(&app, Some(ALICE), "/api/v1/availability?window=1h").await;
+        assert_eq!(status, 200, "{av}");
+        assert_eq!(av["providers"], serde_json::json!([]), "{av}");
     }
     app.stop().await;
 }

@@ -645,15 +645,20 @@ impl SqlLog {
         active: bool,
         since: i64,
         user: Option<&str>,
-        after: Option<(i64, String)>,
+        after: Option<SessionCursor>,
         limit: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        let (after_ms, after_id) = after.unwrap_or((i64::MAX, String::new()));
+        let after = after.unwrap_or(SessionCursor {
+            last_ms: i64::MAX,
+            session_id: String::new(),
+            user: String::new(),
+        });
         let sql = format!(
             "SELECT session_id, user_ref, namespace, first_ms, last_ms, {} FROM session_rollup \
              WHERE ({}) AND ($2 IS NULL OR user_ref = $2) \
-             AND (last_ms < $3 OR (last_ms = $3 AND session_id < $4)) \
-             ORDER BY last_ms DESC, session_id DESC LIMIT $5",
+             AND (last_ms < $3 OR (last_ms = $3 AND (session_id < $4 \
+                  OR (session_id = $4 AND user_ref < $6)))) \
+             ORDER BY last_ms DESC, session_id DESC, user_ref DESC LIMIT $5",
             super::rollup::COUNT_COLUMNS.join(", "),
             if active {
                 "last_ms >= $1"
@@ -661,18 +666,19 @@ impl SqlLog {
                 "last_ms < $1"
             },
         );
-        let after_id = if after_ms == i64::MAX {
+        let after_id = if after.last_ms == i64::MAX {
             "\u{10FFFF}".to_string()
         } else {
-            after_id
+            after.session_id
         };
         dispatch!(self.backend(), p, DB => {
             let rows = sqlx::query(&sql)
                 .bind(since)
                 .bind(user)
-                .bind(after_ms)
-                .bind(after_id)
+                .bind(after.last_ms)
+                .bind(&after_id)
                 .bind(limit)
+                .bind(&after.user)
                 .fetch_all(p)
                 .await
                 .map_err(unavailable)?;
@@ -907,6 +913,17 @@ impl SqlLog {
             q.fetch_one(p).await.map_err(unavailable)
         })
     }
+}
+
+/// Where a page of the session list ended: its last row's keys, in the list's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// The row's last request start, epoch ms.
+    pub last_ms: i64,
+    /// Its session id.
+    pub session_id: String,
+    /// Its user (`""`: before every user, as a cursor naming none).
+    pub user: String,
 }
 
 /// One session (and user) of the session rollup.
