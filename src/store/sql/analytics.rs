@@ -648,6 +648,7 @@ impl SqlLog {
         after: Option<SessionCursor>,
         limit: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
+        // No cursor: before every row (no row's `last_ms` is `i64::MAX`).
         let after = after.unwrap_or(SessionCursor {
             last_ms: i64::MAX,
             session_id: String::new(),
@@ -666,17 +667,12 @@ impl SqlLog {
                 "last_ms < $1"
             },
         );
-        let after_id = if after.last_ms == i64::MAX {
-            "\u{10FFFF}".to_string()
-        } else {
-            after.session_id
-        };
         dispatch!(self.backend(), p, DB => {
             let rows = sqlx::query(&sql)
                 .bind(since)
                 .bind(user)
                 .bind(after.last_ms)
-                .bind(&after_id)
+                .bind(&after.session_id)
                 .bind(limit)
                 .bind(&after.user)
                 .fetch_all(p)
